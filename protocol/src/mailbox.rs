@@ -1,0 +1,113 @@
+//! The `/kith/mailbox/1` protocol between users and relays.
+//!
+//! Senders deposit envelopes for recipients that are offline; the relay answers
+//! [`MailboxResponse::Deposited`] only once the envelope is durable. Recipients, authenticated by
+//! the connection's PeerId, fetch and acknowledge their own mailbox; a relay pushes new
+//! envelopes to a connected recipient, who answers with the ids it now holds durably.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Frame, Invalid, check_count, check_non_empty};
+use crate::envelope::{Envelope, validate_envelopes};
+use crate::ids::MessageId;
+use crate::limits::{MAX_MAILBOX_ACK_IDS, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
+
+/// A request on `/kith/mailbox/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxRequest {
+    /// Store `envelope` for its recipient (sender → relay).
+    Deposit(Envelope),
+    /// Return up to `limit` stored envelopes for the connected peer (recipient → relay).
+    Fetch {
+        /// Most envelopes wanted (capped at the relay's batch size).
+        limit: u16,
+    },
+    /// Delete these envelopes: the recipient holds them durably (recipient → relay).
+    Ack {
+        /// Ids of the envelopes received.
+        ids: Vec<MessageId>,
+    },
+    /// New envelopes for the connected recipient (relay → recipient).
+    Push {
+        /// The envelopes.
+        envelopes: Vec<Envelope>,
+    },
+}
+
+/// A response on `/kith/mailbox/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxResponse {
+    /// The envelope is stored durably.
+    Deposited {
+        /// Its id.
+        id: MessageId,
+    },
+    /// Stored envelopes, oldest first.
+    Batch {
+        /// The envelopes.
+        envelopes: Vec<Envelope>,
+        /// How many more are waiting after this batch.
+        remaining: u32,
+    },
+    /// Envelopes deleted after an ack.
+    Acked {
+        /// How many were deleted.
+        removed: u32,
+    },
+    /// The recipient's answer to a push: ids it now holds durably (the relay deletes them).
+    Received {
+        /// Ids received.
+        ids: Vec<MessageId>,
+    },
+    /// The request was refused.
+    Refused(MailboxRefusal),
+}
+
+/// Why a relay refused a mailbox request; senders show it to the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxRefusal {
+    /// The recipient's mailbox is full (message count or bytes).
+    QuotaExceeded,
+    /// This sender deposits too fast.
+    RateLimited,
+    /// The envelope is larger than this relay accepts.
+    TooLarge,
+    /// Only the recipient may fetch or acknowledge its mailbox.
+    NotRecipient,
+    /// This peer is not a relay.
+    NotARelay,
+    /// The relay cannot store right now; retry later.
+    Unavailable,
+}
+
+impl Frame for MailboxRequest {
+    const NAME: &'static str = "mailbox request";
+    const MAX_BYTES: usize = MAX_MAILBOX_FRAME_BYTES;
+
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Self::Deposit(envelope) => envelope.validate(),
+            Self::Fetch { .. } => Ok(()),
+            Self::Ack { ids } => {
+                check_non_empty("ids", ids.len())?;
+                check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS)
+            }
+            Self::Push { envelopes } => validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH),
+        }
+    }
+}
+
+impl Frame for MailboxResponse {
+    const NAME: &'static str = "mailbox response";
+    const MAX_BYTES: usize = MAX_MAILBOX_FRAME_BYTES;
+
+    fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            Self::Batch { envelopes, .. } => {
+                validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
+            }
+            Self::Received { ids } => check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS),
+            Self::Deposited { .. } | Self::Acked { .. } | Self::Refused(_) => Ok(()),
+        }
+    }
+}

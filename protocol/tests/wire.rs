@@ -1,0 +1,340 @@
+//! Wire-format tests: proptest round-trips of every frame, arbitrary and mutated bytes never
+//! panic a decoder, typed errors for each class of bad input, and golden hex vectors.
+
+#![allow(missing_docs)]
+
+mod strategies;
+
+use kith_protocol::codec::{self, DecodeError, Frame, Invalid};
+use kith_protocol::content::*;
+use kith_protocol::direct::*;
+use kith_protocol::envelope::*;
+use kith_protocol::ids::*;
+use kith_protocol::limits::*;
+use kith_protocol::mailbox::*;
+use kith_protocol::media::*;
+use kith_protocol::prekey::*;
+use proptest::prelude::*;
+use strategies::*;
+
+fn round_trip<F: Frame + PartialEq + std::fmt::Debug>(frame: &F) -> Result<(), TestCaseError> {
+    let bytes = codec::encode(frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(bytes[0], codec::WIRE_VERSION);
+    prop_assert!(bytes.len() <= F::MAX_BYTES);
+    let back: F = codec::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(&back, frame);
+    // Canonical: re-encoding gives the same bytes.
+    prop_assert_eq!(codec::encode(&back).map_err(|e| TestCaseError::fail(e.to_string()))?, bytes);
+    Ok(())
+}
+
+/// Decodes `bytes` as every frame type; must never panic, and whatever decodes must re-encode
+/// to the same bytes (no two encodings of one value).
+fn decode_all(bytes: &[u8]) {
+    fn one<F: Frame>(bytes: &[u8]) {
+        if let Ok(frame) = codec::decode::<F>(bytes) {
+            assert_eq!(codec::encode(&frame).expect("decoded frames re-encode"), bytes);
+        }
+    }
+    one::<Envelope>(bytes);
+    one::<GroupEnvelope>(bytes);
+    one::<Content>(bytes);
+    one::<DeliveryAck>(bytes);
+    one::<PreKeyRequest>(bytes);
+    one::<PreKeyResponse>(bytes);
+    one::<UserRecord>(bytes);
+    one::<MailboxRequest>(bytes);
+    one::<MailboxResponse>(bytes);
+    one::<MediaRequest>(bytes);
+    one::<MediaResponse>(bytes);
+}
+
+proptest! {
+    #[test]
+    fn envelope_round_trips(f in envelope()) { round_trip(&f)?; }
+    #[test]
+    fn group_envelope_round_trips(f in group_envelope()) { round_trip(&f)?; }
+    #[test]
+    fn content_round_trips(f in content()) { round_trip(&f)?; }
+    #[test]
+    fn delivery_ack_round_trips(f in delivery_ack()) { round_trip(&f)?; }
+    #[test]
+    fn prekey_request_round_trips(f in prekey_request()) { round_trip(&f)?; }
+    #[test]
+    fn prekey_response_round_trips(f in prekey_response()) { round_trip(&f)?; }
+    #[test]
+    fn user_record_round_trips(f in user_record()) { round_trip(&f)?; }
+    #[test]
+    fn mailbox_request_round_trips(f in mailbox_request()) { round_trip(&f)?; }
+    #[test]
+    fn mailbox_response_round_trips(f in mailbox_response()) { round_trip(&f)?; }
+    #[test]
+    fn media_request_round_trips(f in media_request()) { round_trip(&f)?; }
+    #[test]
+    fn media_response_round_trips(f in media_response()) { round_trip(&f)?; }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_any_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        decode_all(&bytes);
+        // Also with a valid version byte in front, so the body parser is reached.
+        let mut v = vec![codec::WIRE_VERSION];
+        v.extend_from_slice(&bytes);
+        decode_all(&v);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(
+        f in envelope(),
+        c in content(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        for mut bytes in [codec::encode(&f).unwrap(), codec::encode(&c).unwrap()] {
+            for (at, x) in &flips {
+                let i = at % bytes.len();
+                bytes[i] ^= x;
+            }
+            decode_all(&bytes);
+            decode_all(&bytes[..cut % (bytes.len() + 1)]);
+        }
+    }
+}
+
+fn sample_envelope() -> Envelope {
+    Envelope {
+        id: MessageId([0x11; 16]),
+        sender: UserId([0x22; 32]),
+        recipient: UserId([0x33; 32]),
+        kind: EnvelopeKind::Ratchet(RatchetMessage {
+            header: RatchetHeader {
+                ratchet_key: DhPublicKey([0x44; 32]),
+                previous_chain_length: 3,
+                counter: 300,
+            },
+            ciphertext: vec![0x55; 16],
+        }),
+    }
+}
+
+#[test]
+fn oversize_input_is_refused_before_parsing() {
+    let bytes = vec![codec::WIRE_VERSION; MAX_ENVELOPE_BYTES + 1];
+    assert_eq!(
+        codec::decode::<Envelope>(&bytes),
+        Err(DecodeError::TooLarge {
+            frame: "envelope",
+            len: MAX_ENVELOPE_BYTES + 1,
+            max: MAX_ENVELOPE_BYTES
+        })
+    );
+    let ack = vec![0u8; MAX_ACK_FRAME_BYTES + 1];
+    assert!(matches!(codec::decode::<DeliveryAck>(&ack), Err(DecodeError::TooLarge { .. })));
+}
+
+#[test]
+fn oversize_frame_is_refused_when_encoding() {
+    let mut env = sample_envelope();
+    let EnvelopeKind::Ratchet(m) = &mut env.kind else { unreachable!() };
+    m.ciphertext = vec![0; MAX_CIPHERTEXT_BYTES + 1];
+    assert!(matches!(
+        codec::encode(&env),
+        Err(codec::EncodeError::Invalid { reason: Invalid::TooLong { field: "ciphertext", .. }, .. })
+    ));
+}
+
+#[test]
+fn empty_and_wrong_version_are_typed_errors() {
+    assert_eq!(codec::decode::<Envelope>(&[]), Err(DecodeError::Empty { frame: "envelope" }));
+    let mut bytes = codec::encode(&sample_envelope()).unwrap();
+    bytes[0] = 2;
+    assert_eq!(
+        codec::decode::<Envelope>(&bytes),
+        Err(DecodeError::UnsupportedVersion { frame: "envelope", version: 2 })
+    );
+}
+
+#[test]
+fn unknown_variant_is_a_typed_error() {
+    let mut bytes = codec::encode(&sample_envelope()).unwrap();
+    // The kind discriminant follows 1 + 16 + 32 + 32 bytes; 1 = Ratchet. 9 names no variant.
+    let at = 1 + 16 + 32 + 32;
+    assert_eq!(bytes[at], 1);
+    bytes[at] = 9;
+    assert_eq!(codec::decode::<Envelope>(&bytes), Err(DecodeError::UnknownVariant { frame: "envelope" }));
+
+    let ack = DeliveryAck { id: MessageId([0; 16]), result: AckResult::Accepted };
+    let mut bytes = codec::encode(&ack).unwrap();
+    *bytes.last_mut().unwrap() = 7;
+    assert!(matches!(codec::decode::<DeliveryAck>(&bytes), Err(DecodeError::UnknownVariant { .. })));
+}
+
+#[test]
+fn truncated_and_trailing_bytes_are_typed_errors() {
+    let bytes = codec::encode(&sample_envelope()).unwrap();
+    assert_eq!(
+        codec::decode::<Envelope>(&bytes[..bytes.len() - 1]),
+        Err(DecodeError::Malformed { frame: "envelope" })
+    );
+    let mut long = bytes.clone();
+    long.extend_from_slice(&[0, 0]);
+    assert_eq!(
+        codec::decode::<Envelope>(&long),
+        Err(DecodeError::TrailingBytes { frame: "envelope", extra: 2 })
+    );
+}
+
+#[test]
+fn field_limits_are_enforced_on_decode() {
+    // Encode a too-long text by hand (the encoder refuses to), then decode it.
+    let text = "x".repeat(MAX_TEXT_BYTES + 1);
+    let body = Body::Text(Text { body: text, reply_to: None });
+    let raw = postcard::to_extend(&Content { sent_at: 1, body }, vec![codec::WIRE_VERSION]).unwrap();
+    assert!(matches!(
+        codec::decode::<Content>(&raw),
+        Err(DecodeError::Invalid { reason: Invalid::TooLong { field: "text", .. }, .. })
+    ));
+
+    let empty = Content { sent_at: 1, body: Body::Text(Text { body: String::new(), reply_to: None }) };
+    let raw = postcard::to_extend(&empty, vec![codec::WIRE_VERSION]).unwrap();
+    assert!(matches!(
+        codec::decode::<Content>(&raw),
+        Err(DecodeError::Invalid { reason: Invalid::Empty { field: "text" }, .. })
+    ));
+
+    let short = {
+        let mut e = sample_envelope();
+        let EnvelopeKind::Ratchet(m) = &mut e.kind else { unreachable!() };
+        m.ciphertext = vec![1; TAG_BYTES - 1];
+        postcard::to_extend(&e, vec![codec::WIRE_VERSION]).unwrap()
+    };
+    assert!(matches!(
+        codec::decode::<Envelope>(&short),
+        Err(DecodeError::Invalid { reason: Invalid::TooShort { field: "ciphertext", .. }, .. })
+    ));
+}
+
+#[test]
+fn media_manifest_hash_count_must_match_size() {
+    let manifest = MediaManifest {
+        media_id: MediaId([1; 16]),
+        name: "a.bin".into(),
+        mime: "application/octet-stream".into(),
+        size: 10,
+        chunk_size: 4,
+        chunk_hashes: vec![ChunkHash([0; 32]); 2],
+        key: SymmetricKey([9; 32]),
+        thumbnail: None,
+        caption: None,
+    };
+    let content = Content { sent_at: 0, body: Body::Media(manifest) };
+    assert!(matches!(
+        codec::encode(&content),
+        Err(codec::EncodeError::Invalid { reason: Invalid::OutOfRange { field: "chunk_hashes" }, .. })
+    ));
+}
+
+#[test]
+fn max_size_content_fits_an_envelope() {
+    // The largest text, sealed, plus the largest X3DH header must still be a valid envelope.
+    let content = Content {
+        sent_at: u64::MAX,
+        body: Body::Text(Text { body: "€".repeat(MAX_TEXT_BYTES / 3), reply_to: Some(MessageId([1; 16])) }),
+    };
+    let plain = codec::encode(&content).unwrap();
+    let env = Envelope {
+        id: MessageId([0; 16]),
+        sender: UserId([0; 32]),
+        recipient: UserId([0; 32]),
+        kind: EnvelopeKind::PreKey(PreKeyMessage {
+            identity_dh_key: DhPublicKey([0; 32]),
+            identity_dh_signature: Signature([0; 64]),
+            base_key: DhPublicKey([0; 32]),
+            signed_prekey_id: u32::MAX,
+            one_time_prekey_id: Some(u32::MAX),
+            message: RatchetMessage {
+                header: RatchetHeader {
+                    ratchet_key: DhPublicKey([0; 32]),
+                    previous_chain_length: u32::MAX,
+                    counter: u32::MAX,
+                },
+                ciphertext: vec![0; plain.len() + TAG_BYTES],
+            },
+        }),
+    };
+    codec::encode(&env).unwrap();
+}
+
+/// Golden vectors: the exact bytes of fixed frames. If one of these changes, the wire format
+/// changed: bump `WIRE_VERSION` or revert.
+#[test]
+fn golden_vectors() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "envelope/ratchet",
+            codec::encode(&sample_envelope()).unwrap(),
+            concat!(
+                "01", "11111111111111111111111111111111",
+                "2222222222222222222222222222222222222222222222222222222222222222",
+                "3333333333333333333333333333333333333333333333333333333333333333",
+                "01", "4444444444444444444444444444444444444444444444444444444444444444",
+                "03", "ac02", "10", "55555555555555555555555555555555",
+            ),
+        ),
+        (
+            "content/text",
+            codec::encode(&Content {
+                sent_at: 1_700_000_000_000,
+                body: Body::Text(Text { body: "hi".into(), reply_to: None }),
+            })
+            .unwrap(),
+            // version, sent_at varint, variant 0 (Text), len 2 "hi", reply_to None
+            concat!("01", "80d095ffbc31", "00", "02", "6869", "00"),
+        ),
+        (
+            "delivery-ack/rejected",
+            codec::encode(&DeliveryAck {
+                id: MessageId([0xaa; 16]),
+                result: AckResult::Rejected(RejectReason::DecryptFailed),
+            })
+            .unwrap(),
+            concat!("01", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "02", "04"),
+        ),
+        (
+            "mailbox/fetch",
+            codec::encode(&MailboxRequest::Fetch { limit: 64 }).unwrap(),
+            concat!("01", "01", "40"),
+        ),
+        (
+            "media/get",
+            codec::encode(&MediaRequest::Get {
+                media: MediaId([0x01; 16]),
+                index: 7,
+                hash: ChunkHash([0x02; 32]),
+            })
+            .unwrap(),
+            concat!(
+                "01", "00", "01010101010101010101010101010101", "07",
+                "0202020202020202020202020202020202020202020202020202020202020202",
+            ),
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        assert_eq!(hex::encode(&bytes), expected, "{name}");
+    }
+}
+
+#[test]
+fn non_canonical_encoding_is_refused() {
+    // Variant 0 written as the two-byte varint 80 00: postcard reads it, Kith refuses it, so
+    // every frame has exactly one encoding.
+    let mut bytes = vec![codec::WIRE_VERSION];
+    bytes.extend_from_slice(&[0xaa; 16]);
+    bytes.extend_from_slice(&[0x80, 0x00]);
+    assert_eq!(
+        codec::decode::<DeliveryAck>(&bytes),
+        Err(DecodeError::NonCanonical { frame: "delivery ack" })
+    );
+    bytes.truncate(17);
+    bytes.push(0x00);
+    assert!(codec::decode::<DeliveryAck>(&bytes).is_ok());
+}
