@@ -92,7 +92,9 @@ impl Frame for MailboxRequest {
                 check_non_empty("ids", ids.len())?;
                 check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS)
             }
-            Self::Push { envelopes } => validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH),
+            Self::Push { envelopes } => {
+                validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
+            }
         }
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Frame, Invalid, check_count, check_len};
 use crate::ids::{DhPublicKey, Signature, UnixMillis, UserId};
-use crate::limits::{MAX_ADDR_BYTES, MAX_PREKEY_FRAME_BYTES, MAX_PREKEYS_PER_UPLOAD, MAX_RELAY_ADDRS};
+use crate::limits::{
+    MAX_ADDR_BYTES, MAX_PREKEY_FRAME_BYTES, MAX_PREKEYS_PER_UPLOAD, MAX_RELAY_ADDRS,
+};
 
 /// A signed prekey as published: id, key and the identity key's signature over both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

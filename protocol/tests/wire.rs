@@ -138,7 +138,10 @@ fn oversize_frame_is_refused_when_encoding() {
     m.ciphertext = vec![0; MAX_CIPHERTEXT_BYTES + 1];
     assert!(matches!(
         codec::encode(&env),
-        Err(codec::EncodeError::Invalid { reason: Invalid::TooLong { field: "ciphertext", .. }, .. })
+        Err(codec::EncodeError::Invalid {
+            reason: Invalid::TooLong { field: "ciphertext", .. },
+            ..
+        })
     ));
 }
 
@@ -160,12 +163,18 @@ fn unknown_variant_is_a_typed_error() {
     let at = 1 + 16 + 32 + 32;
     assert_eq!(bytes[at], 1);
     bytes[at] = 9;
-    assert_eq!(codec::decode::<Envelope>(&bytes), Err(DecodeError::UnknownVariant { frame: "envelope" }));
+    assert_eq!(
+        codec::decode::<Envelope>(&bytes),
+        Err(DecodeError::UnknownVariant { frame: "envelope" })
+    );
 
     let ack = DeliveryAck { id: MessageId([0; 16]), result: AckResult::Accepted };
     let mut bytes = codec::encode(&ack).unwrap();
     *bytes.last_mut().unwrap() = 7;
-    assert!(matches!(codec::decode::<DeliveryAck>(&bytes), Err(DecodeError::UnknownVariant { .. })));
+    assert!(matches!(
+        codec::decode::<DeliveryAck>(&bytes),
+        Err(DecodeError::UnknownVariant { .. })
+    ));
 }
 
 #[test]
@@ -188,13 +197,15 @@ fn field_limits_are_enforced_on_decode() {
     // Encode a too-long text by hand (the encoder refuses to), then decode it.
     let text = "x".repeat(MAX_TEXT_BYTES + 1);
     let body = Body::Text(Text { body: text, reply_to: None });
-    let raw = postcard::to_extend(&Content { sent_at: 1, body }, vec![codec::WIRE_VERSION]).unwrap();
+    let raw =
+        postcard::to_extend(&Content { sent_at: 1, body }, vec![codec::WIRE_VERSION]).unwrap();
     assert!(matches!(
         codec::decode::<Content>(&raw),
         Err(DecodeError::Invalid { reason: Invalid::TooLong { field: "text", .. }, .. })
     ));
 
-    let empty = Content { sent_at: 1, body: Body::Text(Text { body: String::new(), reply_to: None }) };
+    let empty =
+        Content { sent_at: 1, body: Body::Text(Text { body: String::new(), reply_to: None }) };
     let raw = postcard::to_extend(&empty, vec![codec::WIRE_VERSION]).unwrap();
     assert!(matches!(
         codec::decode::<Content>(&raw),
@@ -229,7 +240,10 @@ fn media_manifest_hash_count_must_match_size() {
     let content = Content { sent_at: 0, body: Body::Media(manifest) };
     assert!(matches!(
         codec::encode(&content),
-        Err(codec::EncodeError::Invalid { reason: Invalid::OutOfRange { field: "chunk_hashes" }, .. })
+        Err(codec::EncodeError::Invalid {
+            reason: Invalid::OutOfRange { field: "chunk_hashes" },
+            ..
+        })
     ));
 }
 
@@ -238,7 +252,10 @@ fn max_size_content_fits_an_envelope() {
     // The largest text, sealed, plus the largest X3DH header must still be a valid envelope.
     let content = Content {
         sent_at: u64::MAX,
-        body: Body::Text(Text { body: "€".repeat(MAX_TEXT_BYTES / 3), reply_to: Some(MessageId([1; 16])) }),
+        body: Body::Text(Text {
+            body: "€".repeat(MAX_TEXT_BYTES / 3),
+            reply_to: Some(MessageId([1; 16])),
+        }),
     };
     let plain = codec::encode(&content).unwrap();
     let env = Envelope {
@@ -273,11 +290,16 @@ fn golden_vectors() {
             "envelope/ratchet",
             codec::encode(&sample_envelope()).unwrap(),
             concat!(
-                "01", "11111111111111111111111111111111",
+                "01",
+                "11111111111111111111111111111111",
                 "2222222222222222222222222222222222222222222222222222222222222222",
                 "3333333333333333333333333333333333333333333333333333333333333333",
-                "01", "4444444444444444444444444444444444444444444444444444444444444444",
-                "03", "ac02", "10", "55555555555555555555555555555555",
+                "01",
+                "4444444444444444444444444444444444444444444444444444444444444444",
+                "03",
+                "ac02",
+                "10",
+                "55555555555555555555555555555555",
             ),
         ),
         (
@@ -313,7 +335,10 @@ fn golden_vectors() {
             })
             .unwrap(),
             concat!(
-                "01", "00", "01010101010101010101010101010101", "07",
+                "01",
+                "00",
+                "01010101010101010101010101010101",
+                "07",
                 "0202020202020202020202020202020202020202020202020202020202020202",
             ),
         ),

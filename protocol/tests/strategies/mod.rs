@@ -135,7 +135,10 @@ pub fn body() -> impl Strategy<Value = Body> {
         manifest().prop_map(Body::Media),
         (message_id(), text(64), any::<bool>())
             .prop_map(|(target, emoji, remove)| Body::Reaction(Reaction { target, emoji, remove })),
-        (prop_oneof![Just(ReceiptKind::Delivered), Just(ReceiptKind::Read)], vec(message_id(), 1..20))
+        (
+            prop_oneof![Just(ReceiptKind::Delivered), Just(ReceiptKind::Read)],
+            vec(message_id(), 1..20)
+        )
             .prop_map(|(kind, ids)| Body::Receipt(Receipt { kind, ids })),
         prop_oneof![Just(TypingState::Started), Just(TypingState::Stopped)].prop_map(Body::Typing),
         (
@@ -281,9 +284,9 @@ pub fn media_request() -> impl Strategy<Value = MediaRequest> {
         (any::<[u8; 16]>(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(m, index, h)| {
             MediaRequest::Get { media: MediaId(m), index, hash: ChunkHash(h) }
         }),
-        (user_id(), any::<[u8; 32]>(), vec(any::<u8>(), 1..500)).prop_map(|(recipient, h, data)| {
-            MediaRequest::Put { recipient, hash: ChunkHash(h), data }
-        }),
+        (user_id(), any::<[u8; 32]>(), vec(any::<u8>(), 1..500)).prop_map(
+            |(recipient, h, data)| { MediaRequest::Put { recipient, hash: ChunkHash(h), data } }
+        ),
     ]
 }
 pub fn media_response() -> impl Strategy<Value = MediaResponse> {

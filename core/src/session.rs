@@ -1,0 +1,263 @@
+//! Sessions: an X3DH handshake followed by a Double Ratchet, bound to both identities.
+//!
+//! The initiator keeps sending its X3DH header with every message ([`PendingPreKey`]) until it
+//! has received a reply, so the responder can set up the session from whichever of the first
+//! messages arrives first; later ones are matched to the session by their base key. A peer may
+//! hold several sessions with us (simultaneous initiation, reinstall): [`PeerSessions`] keeps the
+//! current one and up to [`MAX_PREVIOUS_SESSIONS`] older ones, tries them all on receipt, and
+//! promotes the one that decrypts.
+
+use kith_protocol::envelope::{EnvelopeKind, PreKeyMessage, RatchetMessage};
+use kith_protocol::{DhPublicKey, MessageId, UnixMillis};
+
+use crate::crypto::{DhKeyPair, NonContributory};
+use crate::identity::{IdentityKeyPair, PublicIdentity};
+use crate::prekeys::VerifiedBundle;
+use crate::ratchet::{DecryptError, EncryptError, Ratchet};
+use crate::x3dh::{self, ASSOCIATED_DATA_LEN, AssociatedData};
+
+/// Most superseded sessions kept per peer, to decrypt messages still in flight on them
+/// (libsignal keeps more; Kith's relays hold mail for 14 days, and sessions rarely churn).
+pub const MAX_PREVIOUS_SESSIONS: usize = 5;
+
+/// The X3DH header the initiator repeats until the responder answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PendingPreKey {
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) one_time_prekey_id: Option<u32>,
+}
+
+/// One session with one peer.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    pub(crate) ratchet: Ratchet,
+    pub(crate) peer: PublicIdentity,
+    pub(crate) associated: AssociatedData,
+    /// The initiator's X3DH ephemeral key; identifies the session on both sides.
+    pub(crate) base_key: DhPublicKey,
+    pub(crate) pending_prekey: Option<PendingPreKey>,
+    pub(crate) created_at: UnixMillis,
+}
+
+/// `associated ‖ message id`: what every message of a session authenticates besides its header.
+fn message_ad(associated: &AssociatedData, id: &MessageId) -> [u8; ASSOCIATED_DATA_LEN + 16] {
+    let mut ad = [0u8; ASSOCIATED_DATA_LEN + 16];
+    ad[..ASSOCIATED_DATA_LEN].copy_from_slice(associated);
+    ad[ASSOCIATED_DATA_LEN..].copy_from_slice(&id.0);
+    ad
+}
+
+impl Session {
+    /// Starts a session as initiator from a verified bundle.
+    pub(crate) fn initiate<R: rand_core::CryptoRng + ?Sized>(
+        ours: &IdentityKeyPair,
+        bundle: &VerifiedBundle,
+        now: UnixMillis,
+        rng: &mut R,
+    ) -> Result<Self, NonContributory> {
+        let init = x3dh::initiate(ours, bundle, rng)?;
+        let ratchet = Ratchet::initiator(init.shared, bundle.signed_prekey, rng)
+            .map_err(|_| NonContributory)?;
+        Ok(Self {
+            ratchet,
+            peer: bundle.identity,
+            associated: init.associated,
+            base_key: init.base_key,
+            pending_prekey: Some(PendingPreKey {
+                signed_prekey_id: bundle.signed_prekey_id,
+                one_time_prekey_id: bundle.one_time_prekey.map(|k| k.id),
+            }),
+            created_at: now,
+        })
+    }
+
+    /// Sets up the responder's side of a session from an initial message and decrypts it. The
+    /// caller commits the session (and deletes the one-time prekey) only if this succeeds.
+    pub(crate) fn accept(
+        ours: &IdentityKeyPair,
+        signed_prekey: &DhKeyPair,
+        one_time_prekey: Option<&DhKeyPair>,
+        theirs: PublicIdentity,
+        id: &MessageId,
+        message: &PreKeyMessage,
+        now: UnixMillis,
+    ) -> Result<(Self, Vec<u8>), DecryptError> {
+        let (shared, associated) =
+            x3dh::respond(ours, signed_prekey, one_time_prekey, &theirs, &message.base_key)
+                .map_err(|_| DecryptError::NonContributory)?;
+        let mut session = Self {
+            ratchet: Ratchet::responder(shared, signed_prekey.clone()),
+            peer: theirs,
+            associated,
+            base_key: message.base_key,
+            pending_prekey: None,
+            created_at: now,
+        };
+        let plaintext = session.decrypt(id, &message.message, now)?;
+        Ok((session, plaintext))
+    }
+
+    /// Encrypts `plaintext` as message `id`, as a PreKey message while the peer has not yet
+    /// answered, as a plain ratchet message afterwards.
+    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        id: &MessageId,
+        plaintext: &[u8],
+        rng: &mut R,
+    ) -> Result<EnvelopeKind, EncryptError> {
+        let message = self.ratchet.encrypt(&message_ad(&self.associated, id), plaintext, rng)?;
+        Ok(match self.pending_prekey {
+            Some(pending) => {
+                let identity = ours.public();
+                EnvelopeKind::PreKey(PreKeyMessage {
+                    identity_dh_key: identity.dh_key(),
+                    identity_dh_signature: identity.binding().signature,
+                    base_key: self.base_key,
+                    signed_prekey_id: pending.signed_prekey_id,
+                    one_time_prekey_id: pending.one_time_prekey_id,
+                    message,
+                })
+            }
+            None => EnvelopeKind::Ratchet(message),
+        })
+    }
+
+    /// Decrypts message `id`. On error nothing changes.
+    pub(crate) fn decrypt(
+        &mut self,
+        id: &MessageId,
+        message: &RatchetMessage,
+        now: UnixMillis,
+    ) -> Result<Vec<u8>, DecryptError> {
+        let plaintext = self.ratchet.decrypt(message, &message_ad(&self.associated, id), now)?;
+        // The peer answered on this session, so it holds it: no more X3DH headers.
+        self.pending_prekey = None;
+        Ok(plaintext)
+    }
+}
+
+/// All sessions with one peer: the current one (used to send) and superseded ones.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerSessions {
+    pub(crate) current: Option<Session>,
+    /// Newest first.
+    pub(crate) previous: Vec<Session>,
+}
+
+impl PeerSessions {
+    /// Makes `session` current, keeping the old current one as the newest previous session.
+    pub(crate) fn install(&mut self, session: Session) {
+        if let Some(old) = self.current.replace(session) {
+            self.previous.insert(0, old);
+            self.previous.truncate(MAX_PREVIOUS_SESSIONS);
+        }
+    }
+
+    /// The session with this X3DH base key, if any.
+    pub(crate) fn by_base_key(&mut self, base_key: &DhPublicKey) -> Option<&mut Session> {
+        self.current.iter_mut().chain(self.previous.iter_mut()).find(|s| &s.base_key == base_key)
+    }
+
+    /// Decrypts a ratchet message with whichever session can; a previous session that succeeds
+    /// becomes current (the peer is using it). On error nothing changes.
+    pub(crate) fn decrypt(
+        &mut self,
+        id: &MessageId,
+        message: &RatchetMessage,
+        now: UnixMillis,
+    ) -> Result<Vec<u8>, DecryptError> {
+        let mut first_error = None;
+        if let Some(current) = &mut self.current {
+            match current.decrypt(id, message, now) {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(e) => first_error = Some(e),
+            }
+        }
+        for i in 0..self.previous.len() {
+            let Some(session) = self.previous.get_mut(i) else { break };
+            match session.decrypt(id, message, now) {
+                Ok(plaintext) => {
+                    let session = self.previous.remove(i);
+                    self.install(session);
+                    return Ok(plaintext);
+                }
+                Err(e @ DecryptError::Duplicate { .. }) => first_error = Some(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(DecryptError::Authentication))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kith_protocol::prekey::PreKeyBundle;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::prekeys::{OneTimePreKey, SignedPreKey, verify_bundle};
+
+    #[test]
+    fn prekey_messages_repeat_until_answered() {
+        let mut rng = ChaCha20Rng::seed_from_u64(31);
+        let alice = IdentityKeyPair::generate(&mut rng);
+        let bob = IdentityKeyPair::generate(&mut rng);
+        let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
+        let opk = OneTimePreKey::generate(4, &mut rng);
+        let bundle = PreKeyBundle {
+            identity: bob.binding(),
+            signed_prekey: spk.public(),
+            one_time_prekey: Some(opk.public()),
+        };
+        let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
+        let mut a = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
+        let ids: Vec<_> = (0..3u8).map(|i| MessageId([i; 16])).collect();
+        let sent: Vec<_> =
+            ids.iter().map(|id| a.encrypt(&alice, id, b"hi", &mut rng).unwrap()).collect();
+        let prekeys: Vec<_> = sent
+            .iter()
+            .map(|k| match k {
+                EnvelopeKind::PreKey(m) => m.clone(),
+                other => panic!("expected a PreKey message, got {other:?}"),
+            })
+            .collect();
+        assert!(
+            prekeys
+                .iter()
+                .all(|m| m.base_key == prekeys[0].base_key && m.one_time_prekey_id == Some(4))
+        );
+
+        // Bob gets message 2 first, builds the session from it, then 0 and 1 by base key.
+        let (mut b, plain) = Session::accept(
+            &bob,
+            &spk.pair,
+            Some(&opk.pair),
+            alice.public(),
+            &ids[2],
+            &prekeys[2],
+            0,
+        )
+        .unwrap();
+        assert_eq!(plain, b"hi");
+        for i in [0, 1] {
+            assert_eq!(b.decrypt(&ids[i], &prekeys[i].message, 0).unwrap(), b"hi");
+        }
+        // A message decrypted under the wrong id fails (the id is authenticated).
+        let reply_id = MessageId([9; 16]);
+        let reply = b.encrypt(&bob, &reply_id, b"yo", &mut rng).unwrap();
+        let EnvelopeKind::Ratchet(reply) = reply else {
+            panic!("responder sends plain ratchet messages")
+        };
+        assert_eq!(a.decrypt(&MessageId([8; 16]), &reply, 0), Err(DecryptError::Authentication));
+        assert_eq!(a.decrypt(&reply_id, &reply, 0).unwrap(), b"yo");
+        // Answered: Alice stops sending X3DH headers.
+        assert!(matches!(
+            a.encrypt(&alice, &MessageId([5; 16]), b"x", &mut rng).unwrap(),
+            EnvelopeKind::Ratchet(_)
+        ));
+    }
+}
