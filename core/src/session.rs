@@ -9,11 +9,13 @@
 
 use kith_protocol::envelope::{EnvelopeKind, PreKeyMessage, RatchetMessage};
 use kith_protocol::{DhPublicKey, MessageId, UnixMillis};
+use zeroize::Zeroizing;
 
-use crate::crypto::{DhKeyPair, NonContributory};
+use crate::crypto::NonContributory;
 use crate::identity::{IdentityKeyPair, PublicIdentity};
-use crate::prekeys::VerifiedBundle;
+use crate::prekeys::{OneTimePreKey, SignedPreKey, VerifiedBundle};
 use crate::ratchet::{DecryptError, EncryptError, Ratchet};
+use crate::store::StoreError;
 use crate::x3dh::{self, ASSOCIATED_DATA_LEN, AssociatedData};
 
 /// Most superseded sessions kept per peer, to decrypt messages still in flight on them
@@ -27,9 +29,13 @@ pub(crate) struct PendingPreKey {
     pub(crate) one_time_prekey_id: Option<u32>,
 }
 
-/// One session with one peer.
+/// One session with one peer: the ratchet state plus what binds it to both identities.
+///
+/// This is the low-level API (compare vodozemac's `Session`) for apps that bring their own
+/// transport and storage; [`crate::engine::Engine`] drives sessions for everyone else. `Debug`
+/// shows no key material.
 #[derive(Clone, Debug)]
-pub(crate) struct Session {
+pub struct Session {
     pub(crate) ratchet: Ratchet,
     pub(crate) peer: PublicIdentity,
     pub(crate) associated: AssociatedData,
@@ -48,8 +54,8 @@ fn message_ad(associated: &AssociatedData, id: &MessageId) -> [u8; ASSOCIATED_DA
 }
 
 impl Session {
-    /// Starts a session as initiator from a verified bundle.
-    pub(crate) fn initiate<R: rand_core::CryptoRng + ?Sized>(
+    /// Starts a session as initiator (X3DH) from a verified bundle.
+    pub fn initiate<R: rand_core::CryptoRng + ?Sized>(
         ours: &IdentityKeyPair,
         bundle: &VerifiedBundle,
         now: UnixMillis,
@@ -71,22 +77,29 @@ impl Session {
         })
     }
 
-    /// Sets up the responder's side of a session from an initial message and decrypts it. The
-    /// caller commits the session (and deletes the one-time prekey) only if this succeeds.
-    pub(crate) fn accept(
+    /// Sets up the responder's side of a session from an initial message `id` and decrypts it,
+    /// using the signed and one-time prekeys the message names. The caller keeps the session
+    /// (and deletes the one-time prekey) only if this succeeds; on error nothing was changed.
+    /// `theirs` is the sender's identity, verified from the message's binding or pinned.
+    pub fn accept(
         ours: &IdentityKeyPair,
-        signed_prekey: &DhKeyPair,
-        one_time_prekey: Option<&DhKeyPair>,
+        signed_prekey: &SignedPreKey,
+        one_time_prekey: Option<&OneTimePreKey>,
         theirs: PublicIdentity,
         id: &MessageId,
         message: &PreKeyMessage,
         now: UnixMillis,
     ) -> Result<(Self, Vec<u8>), DecryptError> {
-        let (shared, associated) =
-            x3dh::respond(ours, signed_prekey, one_time_prekey, &theirs, &message.base_key)
-                .map_err(|_| DecryptError::NonContributory)?;
+        let (shared, associated) = x3dh::respond(
+            ours,
+            &signed_prekey.pair,
+            one_time_prekey.map(|k| &k.pair),
+            &theirs,
+            &message.base_key,
+        )
+        .map_err(|_| DecryptError::NonContributory)?;
         let mut session = Self {
-            ratchet: Ratchet::responder(shared, signed_prekey.clone()),
+            ratchet: Ratchet::responder(shared, signed_prekey.pair.clone()),
             peer: theirs,
             associated,
             base_key: message.base_key,
@@ -97,9 +110,9 @@ impl Session {
         Ok((session, plaintext))
     }
 
-    /// Encrypts `plaintext` as message `id`, as a PreKey message while the peer has not yet
-    /// answered, as a plain ratchet message afterwards.
-    pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
+    /// Encrypts `plaintext` as message `id`: a PreKey message while the peer has not yet
+    /// answered, a plain ratchet message afterwards. The id is authenticated with the message.
+    pub fn encrypt<R: rand_core::CryptoRng + ?Sized>(
         &mut self,
         ours: &IdentityKeyPair,
         id: &MessageId,
@@ -123,8 +136,9 @@ impl Session {
         })
     }
 
-    /// Decrypts message `id`. On error nothing changes.
-    pub(crate) fn decrypt(
+    /// Decrypts message `id` (the ratchet part of a PreKey or Ratchet envelope). On error
+    /// nothing changes.
+    pub fn decrypt(
         &mut self,
         id: &MessageId,
         message: &RatchetMessage,
@@ -134,6 +148,31 @@ impl Session {
         // The peer answered on this session, so it holds it: no more X3DH headers.
         self.pending_prekey = None;
         Ok(plaintext)
+    }
+
+    /// The peer's identity.
+    pub fn peer(&self) -> &PublicIdentity {
+        &self.peer
+    }
+
+    /// The X3DH base key that identifies this session on both sides.
+    pub fn base_key(&self) -> DhPublicKey {
+        self.base_key
+    }
+
+    /// Skipped message keys currently held (at most [`crate::ratchet::MAX_SKIPPED_KEYS`]).
+    pub fn skipped_keys(&self) -> usize {
+        self.ratchet.skipped_keys()
+    }
+
+    /// The session's versioned record bytes (they contain key material: keep them secret).
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        crate::store::records::encode_session(self).map(Zeroizing::new)
+    }
+
+    /// Restores a session from [`Session::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        crate::store::records::decode_session(bytes)
     }
 }
 
@@ -232,16 +271,9 @@ mod tests {
         );
 
         // Bob gets message 2 first, builds the session from it, then 0 and 1 by base key.
-        let (mut b, plain) = Session::accept(
-            &bob,
-            &spk.pair,
-            Some(&opk.pair),
-            alice.public(),
-            &ids[2],
-            &prekeys[2],
-            0,
-        )
-        .unwrap();
+        let (mut b, plain) =
+            Session::accept(&bob, &spk, Some(&opk), alice.public(), &ids[2], &prekeys[2], 0)
+                .unwrap();
         assert_eq!(plain, b"hi");
         for i in [0, 1] {
             assert_eq!(b.decrypt(&ids[i], &prekeys[i].message, 0).unwrap(), b"hi");

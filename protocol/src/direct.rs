@@ -51,6 +51,8 @@ pub enum RejectReason {
     RateLimited,
     /// The recipient could not store the envelope; retry later.
     Unavailable,
+    /// The recipient does not support this kind of message.
+    Unsupported,
 }
 
 impl Frame for DeliveryAck {

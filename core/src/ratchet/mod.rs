@@ -194,11 +194,6 @@ impl Ratchet {
         self.skipped.len()
     }
 
-    /// Whether this side has received at least one message.
-    pub(crate) fn has_received(&self) -> bool {
-        !self.receiving.is_empty()
-    }
-
     /// Encrypts `plaintext`; AD = `associated` ‖ header.
     pub(crate) fn encrypt<R: rand_core::CryptoRng + ?Sized>(
         &mut self,

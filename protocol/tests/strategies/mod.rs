@@ -189,6 +189,7 @@ pub fn delivery_ack() -> impl Strategy<Value = DeliveryAck> {
         Just(RejectReason::Blocked),
         Just(RejectReason::RateLimited),
         Just(RejectReason::Unavailable),
+        Just(RejectReason::Unsupported),
     ];
     let result = prop_oneof![
         Just(AckResult::Accepted),

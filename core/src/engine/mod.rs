@@ -1,0 +1,1051 @@
+//! The sans-IO engine: Kith's protocol logic as a deterministic state machine.
+//!
+//! The engine never touches a socket or a clock. The driver (kith-node, or an app's own
+//! transport) feeds it [`Input`]s and [`Command`]s with the current time, and carries out the
+//! [`Output`]s it returns. Randomness comes from the RNG the engine was built with.
+//!
+//! # Drain order
+//!
+//! 1. Feed any number of inputs: [`Engine::handle_input`], [`Engine::handle_command`]. Each
+//!    commits its state changes to the store (not yet durable) and queues outputs.
+//! 2. Call [`Engine::flush`]: it sends the turn's coalesced delivery receipts, makes every
+//!    commit durable with **one** fsync (group commit), and releases the queued outputs.
+//! 3. Drain [`Engine::poll_output`] until `None` and carry the outputs out.
+//! 4. Sleep until [`Engine::poll_timeout`] (or the next input), then feed [`Input::Timeout`].
+//!
+//! Outputs only become visible after the state that produced them is on disk, so an envelope
+//! never leaves before the ratchet state that encrypted it is durable (no key or nonce reuse
+//! after a crash), and an acknowledgement never promises data that a crash could lose.
+
+mod outbox;
+mod prekey_maintenance;
+mod receive;
+mod types;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use kith_protocol::content::{
+    Body, Content, Delete, Edit, Presence, Profile, Reaction, Receipt, ReceiptKind, Text,
+};
+use kith_protocol::direct::{AckResult, RejectReason};
+use kith_protocol::envelope::Envelope;
+use kith_protocol::limits::MAX_RECEIPT_IDS;
+use kith_protocol::prekey::PreKeyBundle;
+use kith_protocol::{MessageId, UnixMillis, UserId};
+
+use crate::fingerprint::SafetyNumber;
+use crate::identity::{IdentityKeyPair, PublicIdentity, peer_id_of};
+use crate::model::{Contact, DeliveryFailure, Direction, Message, MessageReaction, MessageStatus};
+use crate::prekeys::verify_bundle;
+use crate::session::{PeerSessions, Session};
+use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
+use crate::store::{Batch, Store, StoreError};
+
+pub use outbox::{
+    ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS,
+};
+pub use prekey_maintenance::{MAINTENANCE_INTERVAL_MS, SEEN_RETENTION_MS};
+pub use types::*;
+
+use outbox::{Outbox, backoff};
+
+/// Sessions kept decoded in memory (the store is the truth; this only saves decoding).
+const SESSION_CACHE: usize = 256;
+
+/// Settings of an engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Send read receipts when messages are marked read.
+    pub read_receipts: bool,
+    /// Send typing indicators.
+    pub typing_indicators: bool,
+    /// Share presence and last-seen time.
+    pub share_presence: bool,
+    /// Accept messages from users who are not contacts (message requests).
+    pub accept_unknown: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            read_receipts: true,
+            typing_indicators: true,
+            share_presence: true,
+            accept_unknown: true,
+        }
+    }
+}
+
+/// A prekey bundle fetch in progress or waiting to be retried.
+struct Fetch {
+    attempts: u32,
+    /// When to (re)send the request.
+    due: UnixMillis,
+}
+
+/// The engine. See the [module docs](self) for the drain order.
+pub struct Engine<R> {
+    identity: IdentityKeyPair,
+    store: Store,
+    rng: R,
+    config: Config,
+    now: UnixMillis,
+    next_seq: u64,
+    outbox: Outbox,
+    sessions: HashMap<UserId, PeerSessions>,
+    fetches: HashMap<UserId, Fetch>,
+    /// Delivery receipts owed, per peer, sent (coalesced) at the next flush.
+    pending_receipts: BTreeMap<UserId, Vec<MessageId>>,
+    /// Outputs waiting for the next flush.
+    held: VecDeque<Output>,
+    /// Outputs ready to be carried out.
+    ready: VecDeque<Output>,
+    /// Commits not yet flushed.
+    dirty: bool,
+    next_maintenance: UnixMillis,
+    /// All one-time prekeys below this id have been handed out.
+    opk_cursor: u32,
+}
+
+impl<R> std::fmt::Debug for Engine<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("user", &self.identity.user_id())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: rand_core::CryptoRng> Engine<R> {
+    /// Creates a new identity in an empty store and opens an engine on it.
+    pub fn create(
+        store: Store,
+        mut rng: R,
+        now: UnixMillis,
+        config: Config,
+    ) -> Result<Self, OpenError> {
+        if store.identity()?.is_some() {
+            return Err(OpenError::IdentityExists);
+        }
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let mut batch = Batch::new();
+        batch.put_identity(&identity, now);
+        store.commit(batch)?;
+        store.flush()?;
+        Self::open(store, rng, now, config)
+    }
+
+    /// Opens an engine on a store that holds an identity: loads the outbox (everything in it is
+    /// due at once), tops up prekeys and re-requests bundles that messages still wait for.
+    pub fn open(store: Store, rng: R, now: UnixMillis, config: Config) -> Result<Self, OpenError> {
+        let identity = store.identity()?.ok_or(OpenError::NoIdentity)?;
+        let next_seq = store.next_seq()?;
+        let mut engine = Self {
+            identity,
+            store,
+            rng,
+            config,
+            now,
+            next_seq,
+            outbox: Outbox::default(),
+            sessions: HashMap::new(),
+            fetches: HashMap::new(),
+            pending_receipts: BTreeMap::new(),
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            dirty: false,
+            next_maintenance: now,
+            opk_cursor: 0,
+        };
+        for record in engine.store.outbox()? {
+            let due = record.envelope.is_some().then_some(now);
+            let waiting = record.envelope.is_none().then_some(record.to);
+            engine.outbox.insert(record, due);
+            if let Some(user) = waiting {
+                engine.fetches.entry(user).or_insert(Fetch { attempts: 0, due: now });
+            }
+        }
+        engine.maintain(now)?;
+        engine.flush()?;
+        Ok(engine)
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    /// Our user id.
+    pub fn user_id(&self) -> UserId {
+        self.identity.user_id()
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &IdentityKeyPair {
+        &self.identity
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store (read access, e.g. for history paging).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// All contacts.
+    pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        self.store.contacts()
+    }
+
+    /// A contact by id.
+    pub fn contact(&self, user: &UserId) -> Result<Option<Contact>, StoreError> {
+        self.store.contact(user)
+    }
+
+    /// A contact by the name we gave it.
+    pub fn contact_by_name(&self, name: &str) -> Result<Option<Contact>, StoreError> {
+        Ok(self.store.contacts()?.into_iter().find(|c| c.name.as_deref() == Some(name)))
+    }
+
+    /// Up to `limit` messages with `peer` before sequence number `before` (all if `None`),
+    /// oldest first.
+    pub fn history(
+        &self,
+        peer: &UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut records = self.store.history(peer, before, limit)?;
+        records.reverse();
+        records.iter().map(MessageRecord::to_message).collect()
+    }
+
+    /// A message by id.
+    pub fn message(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        self.store.message(id)?.map(|r| r.to_message()).transpose()
+    }
+
+    /// The safety number with `peer`, once their identity is known.
+    pub fn safety_number(&self, peer: &UserId) -> Result<Option<SafetyNumber>, StoreError> {
+        let Some(binding) = self.store.contact(peer)?.and_then(|c| c.identity) else {
+            return Ok(None);
+        };
+        // The binding was verified before it was pinned.
+        let theirs = PublicIdentity {
+            user: binding.user,
+            dh_key: binding.dh_key,
+            signature: binding.signature,
+        };
+        Ok(Some(SafetyNumber::new(&self.identity.public(), &theirs)))
+    }
+
+    /// Messages waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    // ---------------------------------------------------------------- driving
+
+    /// Feeds one input. Errors are reported through outputs (a refused envelope is acknowledged
+    /// with its reason); the returned error is only for store failures.
+    pub fn handle_input(&mut self, now: UnixMillis, input: Input) -> Result<(), StoreError> {
+        self.now = self.now.max(now);
+        let now = self.now;
+        match input {
+            Input::Envelope { bytes, via, reply } => self.on_envelope(now, &bytes, via, reply),
+            Input::Delivery { id, result } => self.on_delivery(now, id, result),
+            Input::PreKeyBundle { user, result } => self.on_bundle(now, user, result),
+            Input::PreKeyRequest { reply } => self.serve_bundle(now, reply),
+            Input::PeerReachable { user } => {
+                for id in self.outbox.for_peer(&user) {
+                    if self.outbox.get(&id).is_some_and(|e| e.record.envelope.is_some()) {
+                        self.outbox.reschedule(&id, Some(now), false);
+                    }
+                }
+                Ok(())
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// Carries out a user command.
+    pub fn handle_command(
+        &mut self,
+        now: UnixMillis,
+        command: Command,
+    ) -> Result<CommandResult, CommandError> {
+        self.now = self.now.max(now);
+        let now = self.now;
+        match command {
+            Command::AddContact { user, name, relays } => self.add_contact(now, user, name, relays),
+            Command::RemoveContact { user } => {
+                self.known_contact(&user)?;
+                let mut batch = Batch::new();
+                batch.delete_contact(&user);
+                batch.put_sessions(&user, &PeerSessions::default());
+                self.commit(batch)?;
+                self.sessions.remove(&user);
+                Ok(CommandResult::Done)
+            }
+            Command::VerifyContact { user } => {
+                let mut contact = self.known_contact(&user)?;
+                if contact.identity.is_none() {
+                    return Err(CommandError::UnknownContact);
+                }
+                contact.verified = true;
+                self.save_contact(contact)?;
+                Ok(CommandResult::Done)
+            }
+            Command::TrustIdentity { user } => self.trust_identity(now, user),
+            Command::Block { user, blocked } => {
+                let mut contact = self.known_contact(&user)?;
+                contact.blocked = blocked;
+                self.save_contact(contact)?;
+                Ok(CommandResult::Done)
+            }
+            Command::SendText { to, text, reply_to } => {
+                let body = Body::Text(Text { body: text, reply_to });
+                self.queue(now, to, body, OutboxKind::Message).map(CommandResult::Queued)
+            }
+            Command::React { to, target, emoji, remove } => {
+                self.react(now, to, target, emoji, remove)
+            }
+            Command::Edit { to, target, text } => self.edit(now, to, target, text),
+            Command::Delete { to, target } => self.delete(now, to, target),
+            Command::MarkRead { peer, ids } => self.mark_read(now, peer, ids),
+            Command::Typing { to, state } => {
+                if self.config.typing_indicators {
+                    self.send_ephemeral(now, to, Body::Typing(state))?;
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::SetPresence { status } => {
+                if self.config.share_presence {
+                    let presence = Presence { status, last_seen: Some(now) };
+                    for contact in self.store.contacts()? {
+                        if !contact.blocked && contact.pending_identity.is_none() {
+                            self.send_ephemeral(now, contact.user, Body::Presence(presence))?;
+                        }
+                    }
+                }
+                Ok(CommandResult::Done)
+            }
+            Command::SetProfile { display_name } => self.set_profile(now, display_name),
+        }
+    }
+
+    /// Sends the turn's receipts, makes all commits durable (one fsync) and releases the
+    /// outputs queued so far. See the drain order in the [module docs](self).
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let receipts = std::mem::take(&mut self.pending_receipts);
+        for (peer, ids) in receipts {
+            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                let body =
+                    Body::Receipt(Receipt { kind: ReceiptKind::Delivered, ids: chunk.to_vec() });
+                match self.queue(self.now, peer, body, OutboxKind::Control) {
+                    Ok(_) => {}
+                    Err(CommandError::Store(e)) => return Err(e),
+                    // Blocked since, identity changed, outbox full: the receipt is not owed.
+                    Err(_) => {}
+                }
+            }
+        }
+        if self.dirty {
+            self.store.flush()?;
+            self.dirty = false;
+        }
+        self.ready.extend(self.held.drain(..));
+        Ok(())
+    }
+
+    /// The next output to carry out (only outputs whose state is durable).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.ready.pop_front()
+    }
+
+    /// When the engine next wants [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+        let fetch = self.fetches.values().map(|f| f.due).min();
+        [self.outbox.next_due(), fetch, Some(self.next_maintenance)].into_iter().flatten().min()
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        self.store.commit(batch)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn event(&mut self, event: Event) {
+        self.held.push_back(Output::Event(event));
+    }
+
+    fn random_id(&mut self) -> MessageId {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        MessageId(id)
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// The sessions with `peer`, taken out of the cache (or loaded). Put them back with
+    /// [`Self::cache_sessions`] only after the batch that stores them committed.
+    fn take_sessions(&mut self, peer: &UserId) -> Result<PeerSessions, StoreError> {
+        match self.sessions.remove(peer) {
+            Some(s) => Ok(s),
+            None => self.store.sessions(peer),
+        }
+    }
+
+    fn cache_sessions(&mut self, peer: UserId, sessions: PeerSessions) {
+        if self.sessions.len() >= SESSION_CACHE
+            && let Some(evict) = self.sessions.keys().next().copied()
+        {
+            self.sessions.remove(&evict);
+        }
+        self.sessions.insert(peer, sessions);
+    }
+
+    fn has_session(&self, peer: &UserId) -> Result<bool, StoreError> {
+        match self.sessions.get(peer) {
+            Some(s) => Ok(s.current.is_some()),
+            None => Ok(self.store.sessions(peer)?.current.is_some()),
+        }
+    }
+
+    fn known_contact(&self, user: &UserId) -> Result<Contact, CommandError> {
+        self.store.contact(user)?.ok_or(CommandError::UnknownContact)
+    }
+
+    fn save_contact(&mut self, contact: Contact) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        self.commit(batch)?;
+        self.event(Event::ContactChanged(contact));
+        Ok(())
+    }
+
+    /// A peer we can address: a valid identity other than ourselves.
+    fn check_peer(&self, user: &UserId) -> Result<(), CommandError> {
+        if *user == self.user_id() {
+            return Err(CommandError::SelfAddressed);
+        }
+        peer_id_of(user).map(|_| ()).map_err(|_| CommandError::InvalidUser)
+    }
+
+    fn add_contact(
+        &mut self,
+        now: UnixMillis,
+        user: UserId,
+        name: String,
+        relays: Vec<String>,
+    ) -> Result<CommandResult, CommandError> {
+        self.check_peer(&user)?;
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > kith_protocol::limits::MAX_NAME_BYTES {
+            return Err(CommandError::InvalidName);
+        }
+        if let Some(other) = self.contact_by_name(&name)?
+            && other.user != user
+        {
+            return Err(CommandError::NameTaken(name));
+        }
+        let mut contact = self.store.contact(&user)?.unwrap_or_else(|| Contact::new(user, now));
+        contact.name = Some(name);
+        if !relays.is_empty() {
+            contact.relays = relays;
+        }
+        self.save_contact(contact)?;
+        Ok(CommandResult::Done)
+    }
+
+    fn trust_identity(
+        &mut self,
+        now: UnixMillis,
+        user: UserId,
+    ) -> Result<CommandResult, CommandError> {
+        let mut contact = self.known_contact(&user)?;
+        let Some(new) = contact.pending_identity.take() else { return Ok(CommandResult::Done) };
+        contact.identity = Some(new);
+        contact.verified = false;
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        // Sessions with the old identity are useless now.
+        batch.put_sessions(&user, &PeerSessions::default());
+        self.commit(batch)?;
+        self.sessions.remove(&user);
+        self.event(Event::ContactChanged(contact));
+        if !self.outbox.for_peer(&user).is_empty() {
+            self.request_bundle(now, user);
+        }
+        Ok(CommandResult::Done)
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    /// Encrypts `plaintext` as envelope `id` to `to` on `session`, returning the envelope bytes.
+    fn seal(
+        &mut self,
+        session: &mut Session,
+        id: MessageId,
+        to: UserId,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CommandError> {
+        let kind = session
+            .encrypt(&self.identity, &id, plaintext, &mut self.rng)
+            .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        let envelope = Envelope { id, sender: self.identity.user_id(), recipient: to, kind };
+        kith_protocol::encode(&envelope).map_err(|e| CommandError::InvalidMessage(e.to_string()))
+    }
+
+    /// The contact to send to, created (unnamed) if new; refused if blocked or unverified.
+    fn sendable_contact(&mut self, now: UnixMillis, to: &UserId) -> Result<Contact, CommandError> {
+        self.check_peer(to)?;
+        let contact = self.store.contact(to)?.unwrap_or_else(|| Contact::new(*to, now));
+        if contact.blocked {
+            return Err(CommandError::Blocked);
+        }
+        if contact.pending_identity.is_some() {
+            return Err(CommandError::IdentityChanged);
+        }
+        Ok(contact)
+    }
+
+    /// Queues a reliable message: stored (and encrypted if a session exists) before any IO,
+    /// then delivered and retried until acknowledged.
+    fn queue(
+        &mut self,
+        now: UnixMillis,
+        to: UserId,
+        body: Body,
+        kind: OutboxKind,
+    ) -> Result<MessageId, CommandError> {
+        let contact = self.sendable_contact(now, &to)?;
+        if self.outbox.len() >= MAX_OUTBOX {
+            return Err(CommandError::OutboxFull { max: MAX_OUTBOX });
+        }
+        let id = self.random_id();
+        let content = Content { sent_at: now, body };
+        let plaintext = kith_protocol::encode(&content)
+            .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        let mut sessions = self.take_sessions(&to)?;
+        let envelope = match sessions.current.as_mut() {
+            Some(session) => Some(self.seal(session, id, to, &plaintext)?),
+            None => None,
+        };
+
+        let seq = self.next_seq;
+        let mut batch = Batch::new();
+        if self.store.contact(&to)?.is_none() {
+            batch.put_contact(&contact);
+        }
+        let message = (kind == OutboxKind::Message).then(|| MessageRecord {
+            id,
+            peer: to,
+            direction: Direction::Outgoing,
+            content: Some(plaintext.clone()),
+            stored_at: now,
+            status: MessageStatus::Queued,
+            reactions: Vec::new(),
+            edited_at: None,
+            sent_at: now,
+            seq,
+        });
+        if let Some(message) = &message {
+            batch.put_message(message);
+        }
+        let record = OutboxRecord {
+            id,
+            to,
+            seq,
+            kind,
+            content: (kind == OutboxKind::Control).then_some(plaintext),
+            envelope,
+            created_at: now,
+        };
+        batch.put_outbox(&record);
+        batch.put_seq(seq + 1);
+        if record.envelope.is_some() {
+            batch.put_sessions(&to, &sessions);
+        }
+        self.commit(batch)?;
+        self.take_seq();
+        self.cache_sessions(to, sessions);
+
+        let sealed = record.envelope.is_some();
+        self.outbox.insert(record, None);
+        if sealed {
+            self.attempt(now, id);
+        } else {
+            self.request_bundle(now, to);
+        }
+        Ok(id)
+    }
+
+    /// Emits one delivery attempt of an outbox entry and schedules the next one in case this
+    /// one goes unanswered.
+    fn attempt(&mut self, now: UnixMillis, id: MessageId) {
+        let Some(entry) = self.outbox.get(&id) else { return };
+        let Some(envelope) = entry.record.envelope.clone() else { return };
+        let to = entry.record.to;
+        let relays = self.store.contact(&to).ok().flatten().map(|c| c.relays).unwrap_or_default();
+        self.held.push_back(Output::Deliver(Delivery {
+            id,
+            to,
+            envelope,
+            ephemeral: false,
+            relays,
+        }));
+        self.outbox.reschedule(&id, Some(now + ATTEMPT_TIMEOUT_MS), true);
+    }
+
+    /// Sends a message that is neither stored nor retried (typing, presence), if a session
+    /// exists. The session advance is still committed before the envelope leaves.
+    fn send_ephemeral(
+        &mut self,
+        now: UnixMillis,
+        to: UserId,
+        body: Body,
+    ) -> Result<(), CommandError> {
+        let contact = self.sendable_contact(now, &to)?;
+        let mut sessions = self.take_sessions(&to)?;
+        let Some(session) = sessions.current.as_mut() else {
+            self.cache_sessions(to, sessions);
+            return Ok(());
+        };
+        let id = self.random_id();
+        let plaintext = kith_protocol::encode(&Content { sent_at: now, body })
+            .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        let envelope = self.seal(session, id, to, &plaintext)?;
+        let mut batch = Batch::new();
+        batch.put_sessions(&to, &sessions);
+        self.commit(batch)?;
+        self.cache_sessions(to, sessions);
+        self.held.push_back(Output::Deliver(Delivery {
+            id,
+            to,
+            envelope,
+            ephemeral: true,
+            relays: contact.relays,
+        }));
+        Ok(())
+    }
+
+    fn request_bundle(&mut self, now: UnixMillis, user: UserId) {
+        let fetch = self.fetches.entry(user).or_insert(Fetch { attempts: 0, due: now });
+        if fetch.due > now && fetch.attempts > 0 {
+            return; // in flight or backing off
+        }
+        fetch.attempts = fetch.attempts.saturating_add(1);
+        fetch.due = now + ATTEMPT_TIMEOUT_MS;
+        let relays = self.store.contact(&user).ok().flatten().map(|c| c.relays).unwrap_or_default();
+        self.held.push_back(Output::FetchPreKeys { user, relays });
+    }
+
+    fn on_bundle(
+        &mut self,
+        now: UnixMillis,
+        user: UserId,
+        result: Result<PreKeyBundle, FetchError>,
+    ) -> Result<(), StoreError> {
+        let waiting: Vec<MessageId> = self
+            .outbox
+            .for_peer(&user)
+            .into_iter()
+            .filter(|id| self.outbox.get(id).is_some_and(|e| e.record.envelope.is_none()))
+            .collect();
+        if waiting.is_empty() {
+            self.fetches.remove(&user);
+            return Ok(());
+        }
+        let verified = result.ok().and_then(|b| verify_bundle(&b, &user, now).ok());
+        let Some(bundle) = verified else {
+            // Unreachable, no bundle, or a forged/stale one: try again later.
+            let jitter = self.rng.next_u32();
+            if let Some(fetch) = self.fetches.get_mut(&user) {
+                fetch.due = now + backoff(fetch.attempts, jitter);
+            }
+            return Ok(());
+        };
+        self.fetches.remove(&user);
+
+        let mut contact = self.store.contact(&user)?.unwrap_or_else(|| Contact::new(user, now));
+        let binding = bundle.identity.binding();
+        if let Some(pinned) = contact.identity
+            && pinned.dh_key != binding.dh_key
+        {
+            contact.pending_identity = Some(binding);
+            let mut batch = Batch::new();
+            batch.put_contact(&contact);
+            self.commit(batch)?;
+            self.event(Event::IdentityChanged { peer: user, identity: binding });
+            for id in waiting {
+                self.fail(id, DeliveryFailure::IdentityChanged)?;
+            }
+            return Ok(());
+        }
+
+        let mut sessions = self.take_sessions(&user)?;
+        let session = match Session::initiate(&self.identity, &bundle, now, &mut self.rng) {
+            Ok(session) => session,
+            Err(_) => {
+                // A low-order key in a validly signed bundle: the user's own keys are broken.
+                self.cache_sessions(user, sessions);
+                for id in waiting {
+                    self.fail(id, DeliveryFailure::NoPreKeys)?;
+                }
+                return Ok(());
+            }
+        };
+        sessions.install(session);
+        let mut batch = Batch::new();
+        if contact.identity.is_none() {
+            contact.identity = Some(binding);
+            batch.put_contact(&contact);
+        }
+        let mut sealed = Vec::with_capacity(waiting.len());
+        for id in waiting {
+            let Some(entry) = self.outbox.get(&id) else { continue };
+            let mut record = entry.record.clone();
+            let plaintext = match &record.content {
+                Some(content) => content.clone(),
+                None => match self.store.message(&id)?.and_then(|m| m.content) {
+                    Some(content) => content,
+                    None => continue, // deleted before it could be sent
+                },
+            };
+            let Some(session) = sessions.current.as_mut() else { break };
+            match self.seal(session, id, user, &plaintext) {
+                Ok(envelope) => record.envelope = Some(envelope),
+                Err(_) => continue,
+            }
+            batch.put_outbox(&record);
+            sealed.push(record);
+        }
+        batch.put_sessions(&user, &sessions);
+        self.commit(batch)?;
+        self.cache_sessions(user, sessions);
+        for record in sealed {
+            let id = record.id;
+            self.outbox.update_record(record);
+            self.attempt(now, id);
+        }
+        self.share_profile_with(now, user)?;
+        Ok(())
+    }
+
+    fn on_delivery(
+        &mut self,
+        now: UnixMillis,
+        id: MessageId,
+        result: DeliveryResult,
+    ) -> Result<(), StoreError> {
+        let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
+        let (to, kind, resets) = (entry.record.to, entry.record.kind, entry.resets);
+        match result {
+            DeliveryResult::Acked(AckResult::Accepted | AckResult::Duplicate)
+            | DeliveryResult::Stored => {
+                let mut batch = Batch::new();
+                batch.delete_outbox(&id);
+                let update = if kind == OutboxKind::Message {
+                    self.set_status(&id, MessageStatus::Sent, &mut batch)?
+                } else {
+                    None
+                };
+                self.commit(batch)?;
+                self.outbox.remove(&id);
+                if let Some(event) = update {
+                    self.event(event);
+                }
+            }
+            DeliveryResult::Acked(AckResult::Rejected(reason)) => match reason {
+                RejectReason::RateLimited | RejectReason::Unavailable => self.retry_later(now, id),
+                RejectReason::NoSession | RejectReason::DecryptFailed => {
+                    // The peer lost (or cannot use) our session: start a new one and re-encrypt
+                    // everything queued for them, once. A second refusal is final.
+                    if resets == 0 {
+                        self.reset_session(now, to)?;
+                    } else {
+                        self.fail(id, DeliveryFailure::Rejected(reason))?;
+                    }
+                }
+                _ => self.fail(id, DeliveryFailure::Rejected(reason))?,
+            },
+            DeliveryResult::Unreachable => self.retry_later(now, id),
+        }
+        Ok(())
+    }
+
+    fn retry_later(&mut self, now: UnixMillis, id: MessageId) {
+        let attempts = self.outbox.get(&id).map(|e| e.attempts).unwrap_or(0);
+        let jitter = self.rng.next_u32();
+        self.outbox.reschedule(&id, Some(now + backoff(attempts.saturating_sub(1), jitter)), false);
+    }
+
+    /// Archives the current session with `peer` and re-queues their messages for a new one.
+    fn reset_session(&mut self, now: UnixMillis, peer: UserId) -> Result<(), StoreError> {
+        let mut sessions = self.take_sessions(&peer)?;
+        if let Some(current) = sessions.current.take() {
+            sessions.previous.insert(0, current);
+            sessions.previous.truncate(crate::session::MAX_PREVIOUS_SESSIONS);
+        }
+        let mut batch = Batch::new();
+        batch.put_sessions(&peer, &sessions);
+        let mut reset = Vec::new();
+        for id in self.outbox.for_peer(&peer) {
+            if let Some(entry) = self.outbox.get(&id) {
+                let mut record = entry.record.clone();
+                record.envelope = None;
+                batch.put_outbox(&record);
+                reset.push(record);
+            }
+        }
+        self.commit(batch)?;
+        self.cache_sessions(peer, sessions);
+        for record in reset {
+            let id = record.id;
+            self.outbox.update_record(record);
+            self.outbox.reschedule(&id, None, false);
+            self.outbox.count_reset(&id);
+        }
+        self.fetches.remove(&peer);
+        self.request_bundle(now, peer);
+        Ok(())
+    }
+
+    /// Gives up on an outbox entry, telling the app why.
+    fn fail(&mut self, id: MessageId, why: DeliveryFailure) -> Result<(), StoreError> {
+        let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
+        let kind = entry.record.kind;
+        let mut batch = Batch::new();
+        batch.delete_outbox(&id);
+        let update = if kind == OutboxKind::Message {
+            self.set_status(&id, MessageStatus::Failed(why), &mut batch)?
+        } else {
+            None
+        };
+        self.commit(batch)?;
+        self.outbox.remove(&id);
+        if let Some(event) = update {
+            self.event(event);
+        }
+        Ok(())
+    }
+
+    /// Moves an outgoing message's status forward (never back); returns the event to emit.
+    fn set_status(
+        &self,
+        id: &MessageId,
+        status: MessageStatus,
+        batch: &mut Batch,
+    ) -> Result<Option<Event>, StoreError> {
+        let Some(mut record) = self.store.message(id)? else { return Ok(None) };
+        if !record.status.advances_to(status) {
+            return Ok(None);
+        }
+        record.status = status;
+        batch.put_message(&record);
+        Ok(Some(Event::StatusChanged { peer: record.peer, id: *id, status }))
+    }
+
+    fn on_timeout(&mut self, now: UnixMillis) -> Result<(), StoreError> {
+        if now >= self.next_maintenance {
+            self.maintain(now)?;
+        }
+        for id in self.outbox.due(now) {
+            self.attempt(now, id);
+        }
+        let due: Vec<UserId> =
+            self.fetches.iter().filter(|(_, f)| f.due <= now).map(|(u, _)| *u).collect();
+        for user in due {
+            if let Some(fetch) = self.fetches.get_mut(&user) {
+                fetch.due = now;
+            }
+            self.request_bundle(now, user);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- user actions
+
+    /// A message of the conversation with `peer`.
+    fn conversation_message(
+        &self,
+        peer: &UserId,
+        id: &MessageId,
+    ) -> Result<MessageRecord, CommandError> {
+        match self.store.message(id)? {
+            Some(record) if record.peer == *peer => Ok(record),
+            _ => Err(CommandError::UnknownMessage),
+        }
+    }
+
+    fn react(
+        &mut self,
+        now: UnixMillis,
+        to: UserId,
+        target: MessageId,
+        emoji: String,
+        remove: bool,
+    ) -> Result<CommandResult, CommandError> {
+        let mut record = self.conversation_message(&to, &target)?;
+        let me = self.user_id();
+        apply_reaction(&mut record.reactions, me, &emoji, remove);
+        let body = Body::Reaction(Reaction { target, emoji, remove });
+        let id = self.queue(now, to, body, OutboxKind::Control)?;
+        self.update_message(record)?;
+        Ok(CommandResult::Queued(id))
+    }
+
+    fn edit(
+        &mut self,
+        now: UnixMillis,
+        to: UserId,
+        target: MessageId,
+        text: String,
+    ) -> Result<CommandResult, CommandError> {
+        let mut record = self.conversation_message(&to, &target)?;
+        if record.direction != Direction::Outgoing {
+            return Err(CommandError::UnknownMessage);
+        }
+        let Some(edited) = edited_content(&record, &text) else {
+            return Err(CommandError::UnknownMessage);
+        };
+        let id =
+            self.queue(now, to, Body::Edit(Edit { target, body: text }), OutboxKind::Control)?;
+        record.content = Some(edited);
+        record.edited_at = Some(now);
+        self.update_message(record)?;
+        Ok(CommandResult::Queued(id))
+    }
+
+    fn delete(
+        &mut self,
+        now: UnixMillis,
+        to: UserId,
+        target: MessageId,
+    ) -> Result<CommandResult, CommandError> {
+        let mut record = self.conversation_message(&to, &target)?;
+        if record.direction != Direction::Outgoing {
+            return Err(CommandError::UnknownMessage);
+        }
+        let id = self.queue(now, to, Body::Delete(Delete { target }), OutboxKind::Control)?;
+        record.content = None;
+        self.update_message(record)?;
+        Ok(CommandResult::Queued(id))
+    }
+
+    fn update_message(&mut self, record: MessageRecord) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put_message(&record);
+        self.commit(batch)?;
+        let message = record.to_message()?;
+        self.event(Event::MessageUpdated(message));
+        Ok(())
+    }
+
+    fn mark_read(
+        &mut self,
+        now: UnixMillis,
+        peer: UserId,
+        ids: Vec<MessageId>,
+    ) -> Result<CommandResult, CommandError> {
+        let mut batch = Batch::new();
+        let mut read = Vec::new();
+        let mut events = Vec::new();
+        for id in ids {
+            let record = self.conversation_message(&peer, &id)?;
+            if record.direction != Direction::Incoming || record.status != MessageStatus::Received {
+                continue;
+            }
+            if let Some(event) = self.set_status(&id, MessageStatus::Read, &mut batch)? {
+                events.push(event);
+            }
+            read.push(id);
+        }
+        self.commit(batch)?;
+        events.into_iter().for_each(|e| self.event(e));
+        if self.config.read_receipts {
+            for chunk in read.chunks(MAX_RECEIPT_IDS) {
+                let body = Body::Receipt(Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() });
+                self.queue(now, peer, body, OutboxKind::Control)?;
+            }
+        }
+        Ok(CommandResult::Done)
+    }
+
+    fn set_profile(
+        &mut self,
+        now: UnixMillis,
+        display_name: String,
+    ) -> Result<CommandResult, CommandError> {
+        let name = display_name.trim().to_owned();
+        if name.is_empty() || name.len() > kith_protocol::limits::MAX_NAME_BYTES {
+            return Err(CommandError::InvalidName);
+        }
+        let mut batch = Batch::new();
+        batch.put_profile_name(&name);
+        self.commit(batch)?;
+        // Everyone we chose to add gets the new name; others get it when we first talk.
+        for mut contact in self.store.contacts()? {
+            if contact.name.is_some() && !contact.blocked && contact.pending_identity.is_none() {
+                contact.profile_shared = false;
+                self.save_contact(contact.clone())?;
+                if self.has_session(&contact.user)? {
+                    self.share_profile_with(now, contact.user)?;
+                }
+            }
+        }
+        Ok(CommandResult::Done)
+    }
+
+    /// Sends our profile to `peer` once, if we have one and `peer` is a contact we added.
+    fn share_profile_with(&mut self, now: UnixMillis, peer: UserId) -> Result<(), StoreError> {
+        let Some(name) = self.store.profile_name()? else { return Ok(()) };
+        let Some(mut contact) = self.store.contact(&peer)? else { return Ok(()) };
+        if contact.profile_shared || contact.name.is_none() {
+            return Ok(());
+        }
+        match self.queue(
+            now,
+            peer,
+            Body::Profile(Profile { display_name: name }),
+            OutboxKind::Control,
+        ) {
+            Ok(_) => {}
+            Err(CommandError::Store(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        contact.profile_shared = true;
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        self.commit(batch)
+    }
+}
+
+/// Adds or removes `from`'s `emoji` reaction.
+fn apply_reaction(reactions: &mut Vec<MessageReaction>, from: UserId, emoji: &str, remove: bool) {
+    reactions.retain(|r| !(r.from == from && r.emoji == emoji));
+    if !remove && reactions.len() < MAX_REACTIONS_PER_MESSAGE {
+        reactions.push(MessageReaction { from, emoji: emoji.to_owned() });
+    }
+}
+
+/// Most reactions stored on one message (bounds what a peer can make us store).
+pub const MAX_REACTIONS_PER_MESSAGE: usize = 64;
+
+/// The content of `record` with its text replaced, if it is a live text message.
+fn edited_content(record: &MessageRecord, text: &str) -> Option<Vec<u8>> {
+    let content: Content = kith_protocol::decode(record.content.as_ref()?).ok()?;
+    let Body::Text(old) = content.body else { return None };
+    let new = Content {
+        sent_at: content.sent_at,
+        body: Body::Text(Text { body: text.to_owned(), reply_to: old.reply_to }),
+    };
+    kith_protocol::encode(&new).ok()
+}

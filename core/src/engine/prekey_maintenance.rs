@@ -1,0 +1,153 @@
+//! Periodic upkeep: signed prekey rotation, one-time prekey top-up, pruning of seen ids and
+//! of undeliverable outbox entries; and serving our prekey bundle (each one-time prekey is
+//! handed out at most once, and only after that is durable).
+
+use kith_protocol::UnixMillis;
+use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse};
+
+use super::{Engine, Output, Reply, ReplyToken};
+use crate::model::DeliveryFailure;
+use crate::prekeys::{
+    MAX_ONE_TIME_PREKEYS, ONE_TIME_PREKEY_BATCH, ONE_TIME_PREKEY_LOW_WATER, OneTimePreKey,
+    SIGNED_PREKEY_GRACE_MS, SIGNED_PREKEY_ROTATION_MS, SignedPreKey,
+};
+use crate::store::records::OneTimePreKeyRecord;
+use crate::store::{Batch, StoreError};
+
+/// How often upkeep runs.
+pub const MAINTENANCE_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+/// How long a received envelope id is remembered for deduplication. Longer than a signed
+/// prekey lives (rotation + grace), so a replayed initial message is recognised for as long as
+/// its prekeys could still accept it.
+pub const SEEN_RETENTION_MS: u64 = 60 * 24 * 60 * 60 * 1000;
+
+/// Seen ids pruned per upkeep run (bounds the work of one run).
+const SEEN_PRUNE_BATCH: usize = 10_000;
+
+/// A one-time prekey handed out but never used this long ago is deleted.
+const HANDED_OUT_MAX_AGE_MS: u64 = SEEN_RETENTION_MS;
+
+impl<R: rand_core::CryptoRng> Engine<R> {
+    pub(super) fn maintain(&mut self, now: UnixMillis) -> Result<(), StoreError> {
+        self.next_maintenance = now + MAINTENANCE_INTERVAL_MS;
+        let mut batch = Batch::new();
+
+        // Signed prekey: create or rotate; delete superseded ones after the grace period.
+        let current = match self.store.current_signed_prekey_id()? {
+            Some(id) => self.store.signed_prekey(id)?,
+            None => None,
+        };
+        let current_id = match current {
+            Some(spk) if now.saturating_sub(spk.created_at()) < SIGNED_PREKEY_ROTATION_MS => {
+                spk.id()
+            }
+            _ => {
+                let id = self.store.next_signed_prekey_id()?;
+                let spk = SignedPreKey::generate(&self.identity, id, now, &mut self.rng);
+                batch.put_signed_prekey(&spk, true);
+                id
+            }
+        };
+        for spk in self.store.signed_prekeys()? {
+            if spk.id() != current_id
+                && now.saturating_sub(spk.created_at())
+                    > SIGNED_PREKEY_ROTATION_MS + SIGNED_PREKEY_GRACE_MS
+            {
+                batch.delete_signed_prekey(spk.id());
+            }
+        }
+
+        // One-time prekeys: forget stale handed-out ones, top up when low, respect the cap.
+        let all = self.store.one_time_prekeys(usize::MAX)?;
+        let mut kept = Vec::with_capacity(all.len());
+        for record in all {
+            match record.handed_out_at {
+                Some(at) if now.saturating_sub(at) > HANDED_OUT_MAX_AGE_MS => {
+                    batch.delete_one_time_prekey(record.to_key().id())
+                }
+                _ => kept.push(record),
+            }
+        }
+        let available = kept.iter().filter(|r| r.handed_out_at.is_none()).count();
+        if available < ONE_TIME_PREKEY_LOW_WATER {
+            let mut next = self.store.next_one_time_prekey_id()?;
+            for _ in 0..ONE_TIME_PREKEY_BATCH {
+                let key = OneTimePreKey::generate(next, &mut self.rng);
+                batch.put_one_time_prekey(&OneTimePreKeyRecord::new(&key), key.id());
+                next = next.wrapping_add(1);
+            }
+            batch.put_next_one_time_prekey_id(next);
+            // Over the cap: drop the oldest handed-out keys first.
+            let excess =
+                (kept.len() + ONE_TIME_PREKEY_BATCH as usize).saturating_sub(MAX_ONE_TIME_PREKEYS);
+            for record in kept.iter().filter(|r| r.handed_out_at.is_some()).take(excess) {
+                batch.delete_one_time_prekey(record.to_key().id());
+            }
+        }
+
+        self.store.prune_seen(
+            now.saturating_sub(SEEN_RETENTION_MS),
+            SEEN_PRUNE_BATCH,
+            &mut batch,
+        )?;
+        self.commit(batch)?;
+
+        // Messages that could not be delivered in time.
+        for id in self.outbox.older_than(now.saturating_sub(super::OUTBOX_DEADLINE_MS)) {
+            let never_encrypted = self.outbox.get(&id).is_some_and(|e| e.record.envelope.is_none());
+            let why =
+                if never_encrypted { DeliveryFailure::NoPreKeys } else { DeliveryFailure::Expired };
+            self.fail(id, why)?;
+        }
+        Ok(())
+    }
+
+    /// Hands out our bundle with the lowest unused one-time prekey (if any is left).
+    pub(super) fn serve_bundle(
+        &mut self,
+        now: UnixMillis,
+        reply: ReplyToken,
+    ) -> Result<(), StoreError> {
+        let Some(signed_prekey) = (match self.store.current_signed_prekey_id()? {
+            Some(id) => self.store.signed_prekey(id)?,
+            None => None,
+        }) else {
+            self.held.push_back(Output::Reply {
+                token: reply,
+                reply: Reply::PreKeys(PreKeyResponse::NotFound),
+            });
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        let mut one_time_prekey = None;
+        let mut id = self.opk_cursor;
+        // Keys are handed out in id order, so everything below the cursor is taken.
+        while let Some(mut record) = self.store.one_time_prekey_from(id)? {
+            let key = record.to_key();
+            id = key.id().wrapping_add(1);
+            if record.handed_out_at.is_none() {
+                record.handed_out_at = Some(now);
+                batch.put_one_time_prekey(&record, key.id());
+                one_time_prekey = Some(key.public());
+                break;
+            }
+        }
+        self.commit(batch)?;
+        self.opk_cursor = id;
+        let bundle = PreKeyBundle {
+            identity: self.identity.binding(),
+            signed_prekey: signed_prekey.public(),
+            one_time_prekey,
+        };
+        self.held.push_back(Output::Reply {
+            token: reply,
+            reply: Reply::PreKeys(PreKeyResponse::Bundle(bundle)),
+        });
+        if one_time_prekey.is_none() {
+            // Out of one-time prekeys: top up at the next timeout.
+            self.next_maintenance = now;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! Receiving: envelope bytes in, durable state and an acknowledgement out.
+//!
+//! Order of checks, cheapest and most general first: decode (size, version, canonical form),
+//! recipient, transport sender, duplicate id, block list, identity pin, then decryption on the
+//! session's plan, then the content's own checks. Only when all pass is anything written, in one
+//! batch: session state, seen id, the message or its effect, the contact, and the consumed
+//! one-time prekey. Any refusal leaves the store untouched.
+
+use kith_protocol::content::{Body, Content};
+use kith_protocol::direct::{AckResult, DeliveryAck};
+use kith_protocol::envelope::{Envelope, EnvelopeKind, PreKeyMessage};
+use kith_protocol::prekey::IdentityBinding;
+use kith_protocol::{MessageId, UnixMillis, UserId};
+
+use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction};
+use crate::identity::PublicIdentity;
+use crate::model::{Contact, Direction, MessageStatus};
+use crate::ratchet::DecryptError;
+use crate::session::{PeerSessions, Session};
+use crate::store::records::MessageRecord;
+use crate::store::{Batch, StoreError};
+
+/// What a received content did, to be made visible once its batch committed.
+#[derive(Default)]
+struct Effects {
+    events: Vec<Event>,
+    /// A delivery receipt is owed for this message.
+    receipt: Option<MessageId>,
+}
+
+impl<R: rand_core::CryptoRng> Engine<R> {
+    pub(super) fn on_envelope(
+        &mut self,
+        now: UnixMillis,
+        bytes: &[u8],
+        via: Via,
+        reply: Option<ReplyToken>,
+    ) -> Result<(), StoreError> {
+        let decoded = kith_protocol::decode::<Envelope>(bytes);
+        let (id, sender) = match &decoded {
+            Ok(e) => (e.id, Some(e.sender)),
+            Err(_) => (MessageId([0; 16]), None),
+        };
+        let result = match decoded {
+            Ok(envelope) => self.receive(now, envelope, via),
+            Err(e) => Err(ReceiveError::Malformed(e)),
+        };
+        let result = match result {
+            Ok(result) => result,
+            // A store failure is the one refusal the caller must also hear about.
+            Err(ReceiveError::Store(e)) => {
+                self.reply(
+                    reply,
+                    id,
+                    AckResult::Rejected(kith_protocol::direct::RejectReason::Unavailable),
+                );
+                return Err(e);
+            }
+            Err(e) => {
+                let reason = e.reject_reason();
+                self.event(Event::Rejected { sender, reason });
+                AckResult::Rejected(reason)
+            }
+        };
+        self.reply(reply, id, result);
+        Ok(())
+    }
+
+    fn reply(&mut self, token: Option<ReplyToken>, id: MessageId, result: AckResult) {
+        if let Some(token) = token {
+            let ack = DeliveryAck { id, result };
+            self.held.push_back(Output::Reply { token, reply: Reply::Ack(ack) });
+        }
+    }
+
+    fn receive(
+        &mut self,
+        now: UnixMillis,
+        envelope: Envelope,
+        via: Via,
+    ) -> Result<AckResult, ReceiveError> {
+        let me = self.user_id();
+        if envelope.recipient != me || envelope.sender == me {
+            return Err(ReceiveError::WrongRecipient);
+        }
+        let sender = envelope.sender;
+        if let Via::Direct(peer) = via
+            && peer != sender
+        {
+            return Err(ReceiveError::SenderMismatch);
+        }
+        if self.store.is_seen(&sender, &envelope.id)? {
+            return Ok(AckResult::Duplicate);
+        }
+        let existing = self.store.contact(&sender)?;
+        match &existing {
+            Some(c) if c.blocked => return Err(ReceiveError::Blocked),
+            None if !self.config.accept_unknown => return Err(ReceiveError::Blocked),
+            _ => {}
+        }
+        let mut contact = existing.clone().unwrap_or_else(|| Contact::new(sender, now));
+
+        let mut sessions = self.take_sessions(&sender)?;
+        let mut batch = Batch::new();
+        let decrypted = match &envelope.kind {
+            EnvelopeKind::Ratchet(message) => {
+                if sessions.current.is_none() && sessions.previous.is_empty() {
+                    Err(ReceiveError::NoSession)
+                } else {
+                    sessions.decrypt(&envelope.id, message, now).map_err(ReceiveError::from)
+                }
+            }
+            EnvelopeKind::PreKey(message) => self.receive_prekey(
+                now,
+                &envelope,
+                message,
+                &mut contact,
+                &mut sessions,
+                &mut batch,
+            ),
+            EnvelopeKind::Group(_) => Err(ReceiveError::Unsupported),
+        };
+        let plaintext = match decrypted {
+            Ok(plaintext) => plaintext,
+            Err(e) => {
+                // Nothing was changed on the sessions (decrypt works on a plan); keep the cache.
+                self.cache_sessions(sender, sessions);
+                if matches!(e, ReceiveError::Decrypt(DecryptError::Duplicate { .. })) {
+                    return Ok(AckResult::Duplicate);
+                }
+                if matches!(e, ReceiveError::IdentityChanged) {
+                    // Remember the new identity so the user can review and accept it.
+                    let mut pending = Batch::new();
+                    pending.put_contact(&contact);
+                    self.commit(pending)?;
+                }
+                return Err(e);
+            }
+        };
+        let Ok(content) = kith_protocol::decode::<Content>(&plaintext) else {
+            return Err(ReceiveError::BadContent);
+        };
+        let effects = self.apply_content(
+            now,
+            sender,
+            envelope.id,
+            plaintext,
+            content,
+            &mut contact,
+            &mut batch,
+        )?;
+
+        batch.put_sessions(&sender, &sessions);
+        batch.mark_seen(&sender, &envelope.id, now);
+        let contact_changed = existing.as_ref() != Some(&contact);
+        if contact_changed {
+            batch.put_contact(&contact);
+        }
+        self.commit(batch)?;
+        self.cache_sessions(sender, sessions);
+
+        if contact_changed {
+            self.event(Event::ContactChanged(contact));
+        }
+        effects.events.into_iter().for_each(|e| self.event(e));
+        if let Some(id) = effects.receipt {
+            self.pending_receipts.entry(sender).or_default().push(id);
+        }
+        Ok(AckResult::Accepted)
+    }
+
+    /// Checks the sender's identity and decrypts an X3DH initial message, setting up the
+    /// session if it is new (the one-time prekey's deletion is added to `batch`).
+    fn receive_prekey(
+        &mut self,
+        now: UnixMillis,
+        envelope: &Envelope,
+        message: &PreKeyMessage,
+        contact: &mut Contact,
+        sessions: &mut PeerSessions,
+        batch: &mut Batch,
+    ) -> Result<Vec<u8>, ReceiveError> {
+        let binding = IdentityBinding {
+            user: envelope.sender,
+            dh_key: message.identity_dh_key,
+            signature: message.identity_dh_signature,
+        };
+        let identity = match contact.identity {
+            // Pinned and unchanged: the binding was verified when it was pinned.
+            Some(pinned) if pinned.dh_key == binding.dh_key => PublicIdentity {
+                user: pinned.user,
+                dh_key: pinned.dh_key,
+                signature: pinned.signature,
+            },
+            Some(_) => {
+                PublicIdentity::verify(&binding).map_err(|_| ReceiveError::BadIdentity)?;
+                if contact.pending_identity != Some(binding) {
+                    contact.pending_identity = Some(binding);
+                    self.event(Event::IdentityChanged { peer: envelope.sender, identity: binding });
+                }
+                return Err(ReceiveError::IdentityChanged);
+            }
+            None => {
+                let identity =
+                    PublicIdentity::verify(&binding).map_err(|_| ReceiveError::BadIdentity)?;
+                contact.identity = Some(binding);
+                identity
+            }
+        };
+
+        // A later message of a session we already set up (e.g. the first one arrived late).
+        if let Some(session) = sessions.by_base_key(&message.base_key) {
+            if session.peer != identity {
+                return Err(ReceiveError::NoSession);
+            }
+            return Ok(session.decrypt(&envelope.id, &message.message, now)?);
+        }
+
+        let signed_prekey =
+            self.store.signed_prekey(message.signed_prekey_id)?.ok_or(ReceiveError::NoSession)?;
+        let one_time_prekey = match message.one_time_prekey_id {
+            // Unknown or already consumed: a replay of an initial message, refused.
+            Some(id) => {
+                Some(self.store.one_time_prekey(id)?.ok_or(ReceiveError::NoSession)?.to_key())
+            }
+            None => None,
+        };
+        let (session, plaintext) = Session::accept(
+            &self.identity,
+            &signed_prekey,
+            one_time_prekey.as_ref(),
+            identity,
+            &envelope.id,
+            message,
+            now,
+        )?;
+        sessions.install(session);
+        if let Some(key) = one_time_prekey {
+            // Consumed in the same batch as the session it created.
+            batch.delete_one_time_prekey(key.id);
+        }
+        Ok(plaintext)
+    }
+
+    /// Applies a decrypted content: adds its writes to `batch` and returns its effects.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_content(
+        &mut self,
+        now: UnixMillis,
+        sender: UserId,
+        id: MessageId,
+        plaintext: Vec<u8>,
+        content: Content,
+        contact: &mut Contact,
+        batch: &mut Batch,
+    ) -> Result<Effects, ReceiveError> {
+        let mut effects = Effects::default();
+        match content.body {
+            Body::Text(_) | Body::Media(_) => {
+                let record = MessageRecord {
+                    id,
+                    peer: sender,
+                    direction: Direction::Incoming,
+                    content: Some(plaintext),
+                    stored_at: now,
+                    status: MessageStatus::Received,
+                    reactions: Vec::new(),
+                    edited_at: None,
+                    sent_at: content.sent_at,
+                    seq: self.next_seq,
+                };
+                self.next_seq += 1;
+                batch.put_message(&record);
+                batch.put_seq(self.next_seq);
+                effects.events.push(Event::Message(record.to_message()?));
+                effects.receipt = Some(id);
+            }
+            Body::Reaction(reaction) => {
+                if let Some(mut target) =
+                    self.store.message(&reaction.target)?.filter(|m| m.peer == sender)
+                {
+                    apply_reaction(&mut target.reactions, sender, &reaction.emoji, reaction.remove);
+                    batch.put_message(&target);
+                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                }
+            }
+            Body::Receipt(receipt) => {
+                let status = match receipt.kind {
+                    kith_protocol::content::ReceiptKind::Delivered => MessageStatus::Delivered,
+                    kith_protocol::content::ReceiptKind::Read => MessageStatus::Read,
+                };
+                for target in &receipt.ids {
+                    let ours = self
+                        .store
+                        .message(target)?
+                        .is_some_and(|m| m.peer == sender && m.direction == Direction::Outgoing);
+                    if ours && let Some(event) = self.set_status(target, status, batch)? {
+                        effects.events.push(event);
+                    }
+                }
+            }
+            Body::Typing(state) => effects.events.push(Event::Typing { peer: sender, state }),
+            Body::Presence(presence) => {
+                contact.presence = Some(presence.status);
+                contact.last_seen = presence.last_seen;
+                effects.events.push(Event::Presence {
+                    peer: sender,
+                    status: presence.status,
+                    last_seen: presence.last_seen,
+                });
+            }
+            Body::Edit(edit) => {
+                let target = self.store.message(&edit.target)?.filter(|m| {
+                    m.peer == sender && m.direction == Direction::Incoming && m.content.is_some()
+                });
+                if let Some(mut target) = target
+                    && let Some(edited) = super::edited_content(&target, &edit.body)
+                {
+                    target.content = Some(edited);
+                    target.edited_at = Some(content.sent_at);
+                    batch.put_message(&target);
+                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                }
+            }
+            Body::Delete(delete) => {
+                let target = self
+                    .store
+                    .message(&delete.target)?
+                    .filter(|m| m.peer == sender && m.direction == Direction::Incoming);
+                if let Some(mut target) = target {
+                    target.content = None;
+                    batch.put_message(&target);
+                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                }
+            }
+            Body::Profile(profile) => contact.profile_name = Some(profile.display_name),
+            Body::GroupControl(_) | Body::SenderKeyDistribution(_) => {
+                return Err(ReceiveError::Unsupported);
+            }
+        }
+        Ok(effects)
+    }
+}

@@ -1,0 +1,407 @@
+//! The engine's vocabulary: what goes in, what comes out, and what can go wrong.
+
+use kith_protocol::content::{PresenceStatus, TypingState};
+use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
+use kith_protocol::prekey::{IdentityBinding, PreKeyBundle, PreKeyResponse};
+use kith_protocol::{DecodeError, MessageId, UnixMillis, UserId};
+
+use crate::model::{Contact, Message, MessageStatus};
+use crate::ratchet::DecryptError;
+use crate::store::StoreError;
+
+/// An opaque token the driver attaches to an input that needs an answer; the answer comes back
+/// as [`Output::Reply`] carrying the same token, once the state behind it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyToken(pub u64);
+
+/// How an envelope reached us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// On a direct connection authenticated as this user (the envelope's sender must match).
+    Direct(UserId),
+    /// Through a relay (only the ciphertext authenticates the sender).
+    Relay,
+}
+
+/// What became of one delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// The recipient answered.
+    Acked(AckResult),
+    /// A relay stored the envelope durably for the recipient.
+    Stored,
+    /// The recipient (and its relays) could not be reached, or the attempt timed out.
+    Unreachable,
+}
+
+/// Why fetching a prekey bundle failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The user could not be found or reached.
+    #[error("the user could not be reached")]
+    Unreachable,
+    /// The user (or relay) has no bundle.
+    #[error("no prekey bundle available")]
+    NotFound,
+}
+
+/// An input from the driver (network, timers).
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Envelope bytes received.
+    Envelope {
+        /// The encoded envelope.
+        bytes: Vec<u8>,
+        /// How it arrived.
+        via: Via,
+        /// Where to send the acknowledgement, if the transport wants one.
+        reply: Option<ReplyToken>,
+    },
+    /// The outcome of an [`Output::Deliver`].
+    Delivery {
+        /// The message delivered.
+        id: MessageId,
+        /// The outcome.
+        result: DeliveryResult,
+    },
+    /// The answer to an [`Output::FetchPreKeys`].
+    PreKeyBundle {
+        /// Whose bundle was asked for.
+        user: UserId,
+        /// The bundle, or why there is none.
+        result: Result<PreKeyBundle, FetchError>,
+    },
+    /// Someone asks for our prekey bundle (each one-time prekey is handed out once).
+    PreKeyRequest {
+        /// Where to send the bundle.
+        reply: ReplyToken,
+    },
+    /// A connection to `user` came up: retry what waits for them now.
+    PeerReachable {
+        /// The user.
+        user: UserId,
+    },
+    /// Time passed (see [`super::Engine::poll_timeout`]).
+    Timeout,
+}
+
+/// A user's request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Adds (or renames) a contact.
+    AddContact {
+        /// Their id.
+        user: UserId,
+        /// The name to know them by (unique among contacts).
+        name: String,
+        /// Their relays, as multiaddr strings.
+        relays: Vec<String>,
+    },
+    /// Removes a contact and the sessions with them (history is kept).
+    RemoveContact {
+        /// Their id.
+        user: UserId,
+    },
+    /// Marks a contact's identity as verified (safety numbers compared).
+    VerifyContact {
+        /// Their id.
+        user: UserId,
+    },
+    /// Accepts a contact's changed identity key (after [`Event::IdentityChanged`]).
+    TrustIdentity {
+        /// Their id.
+        user: UserId,
+    },
+    /// Blocks or unblocks a contact.
+    Block {
+        /// Their id.
+        user: UserId,
+        /// Blocked or not.
+        blocked: bool,
+    },
+    /// Sends a text message.
+    SendText {
+        /// The recipient.
+        to: UserId,
+        /// The text.
+        text: String,
+        /// The message it replies to.
+        reply_to: Option<MessageId>,
+    },
+    /// Reacts to a message of a conversation.
+    React {
+        /// The conversation.
+        to: UserId,
+        /// The message.
+        target: MessageId,
+        /// The emoji.
+        emoji: String,
+        /// Whether to take the reaction back.
+        remove: bool,
+    },
+    /// Edits one of our messages.
+    Edit {
+        /// The conversation.
+        to: UserId,
+        /// Our message.
+        target: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// Deletes one of our messages for everyone.
+    Delete {
+        /// The conversation.
+        to: UserId,
+        /// Our message.
+        target: MessageId,
+    },
+    /// Marks received messages as read (and sends read receipts if enabled).
+    MarkRead {
+        /// The conversation.
+        peer: UserId,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Tells a peer we started or stopped typing (not stored, not retried).
+    Typing {
+        /// The peer.
+        to: UserId,
+        /// Started or stopped.
+        state: TypingState,
+    },
+    /// Shares our presence with every contact we have a session with (not retried).
+    SetPresence {
+        /// Online, away or offline.
+        status: PresenceStatus,
+    },
+    /// Sets our display name and sends it to our contacts.
+    SetProfile {
+        /// The name.
+        display_name: String,
+    },
+}
+
+/// The synchronous result of a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandResult {
+    /// A message was queued with this id.
+    Queued(MessageId),
+    /// The command took effect.
+    Done,
+}
+
+/// A reply to a request that came in with a [`ReplyToken`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The acknowledgement of a received envelope.
+    Ack(DeliveryAck),
+    /// Our prekey bundle.
+    PreKeys(PreKeyResponse),
+}
+
+/// An envelope to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The envelope's id (report the outcome with [`Input::Delivery`]).
+    pub id: MessageId,
+    /// The recipient.
+    pub to: UserId,
+    /// The encoded envelope.
+    pub envelope: Vec<u8>,
+    /// Typing and presence: deliver directly if the peer is connected, never via relays, and
+    /// report nothing back.
+    pub ephemeral: bool,
+    /// The recipient's known relays (multiaddrs), for the fallback.
+    pub relays: Vec<String>,
+}
+
+/// Something the driver must do, or tell the app.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send an envelope.
+    Deliver(Delivery),
+    /// Fetch `user`'s prekey bundle (directly, from their relays or the DHT) and report it
+    /// with [`Input::PreKeyBundle`].
+    FetchPreKeys {
+        /// Whose bundle.
+        user: UserId,
+        /// Their known relays.
+        relays: Vec<String>,
+    },
+    /// Answer a request.
+    Reply {
+        /// The token the request came with.
+        token: ReplyToken,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Tell the app.
+    Event(Event),
+}
+
+/// Something the app should know.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new message arrived.
+    Message(Message),
+    /// One of our messages changed status.
+    StatusChanged {
+        /// The conversation.
+        peer: UserId,
+        /// The message.
+        id: MessageId,
+        /// Its new status.
+        status: MessageStatus,
+    },
+    /// A message was edited, deleted or reacted to.
+    MessageUpdated(Message),
+    /// A peer started or stopped typing.
+    Typing {
+        /// Who.
+        peer: UserId,
+        /// Started or stopped.
+        state: TypingState,
+    },
+    /// A peer's presence changed.
+    Presence {
+        /// Who.
+        peer: UserId,
+        /// Their status.
+        status: PresenceStatus,
+        /// When they were last active, if they share it.
+        last_seen: Option<UnixMillis>,
+    },
+    /// A contact was created (someone wrote to us first) or changed (profile name).
+    ContactChanged(Contact),
+    /// A contact's identity key changed. Messages to and from them are refused until the user
+    /// accepts the new key with [`Command::TrustIdentity`].
+    IdentityChanged {
+        /// Who.
+        peer: UserId,
+        /// The new identity.
+        identity: IdentityBinding,
+    },
+    /// An envelope was refused (for diagnostics; the sender was told too).
+    Rejected {
+        /// The claimed sender, if the envelope decoded.
+        sender: Option<UserId>,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Why a command failed. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The user id is not a valid Kith identity.
+    #[error("not a valid Kith user id")]
+    InvalidUser,
+    /// The command names ourselves where a peer is needed.
+    #[error("cannot do that with yourself")]
+    SelfAddressed,
+    /// No contact with that id.
+    #[error("unknown contact")]
+    UnknownContact,
+    /// Another contact already has that name.
+    #[error("the name `{0}` is already taken by another contact")]
+    NameTaken(String),
+    /// The name is empty or too long.
+    #[error("invalid name")]
+    InvalidName,
+    /// The contact is blocked.
+    #[error("the contact is blocked")]
+    Blocked,
+    /// The message breaks a wire limit (e.g. text too long or empty).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// The referenced message does not exist in that conversation (or is not ours to edit).
+    #[error("no such message in that conversation")]
+    UnknownMessage,
+    /// The outbox is full.
+    #[error("the outbox is full ({max} messages waiting)")]
+    OutboxFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The identity key of the contact changed and was not accepted yet.
+    #[error("the contact's identity key changed; verify and trust it first")]
+    IdentityChanged,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why an envelope was refused; mapped onto the [`RejectReason`] the sender sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The bytes are not a valid envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] DecodeError),
+    /// Not addressed to us.
+    #[error("envelope addressed to someone else")]
+    WrongRecipient,
+    /// The direct connection's peer is not the envelope's sender.
+    #[error("sender does not match the connection's peer")]
+    SenderMismatch,
+    /// The sender's identity binding does not verify.
+    #[error("the sender's identity signature is invalid")]
+    BadIdentity,
+    /// The sender's identity key differs from the pinned one.
+    #[error("the sender's identity key changed")]
+    IdentityChanged,
+    /// The sender is blocked.
+    #[error("the sender is blocked")]
+    Blocked,
+    /// No session matches and the message does not start one (or names an unknown prekey).
+    #[error("no session for this message")]
+    NoSession,
+    /// Decryption failed.
+    #[error("decryption failed: {0}")]
+    Decrypt(#[from] DecryptError),
+    /// The decrypted content is not valid.
+    #[error("invalid content")]
+    BadContent,
+    /// A kind of message this build does not handle.
+    #[error("unsupported message kind")]
+    Unsupported,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ReceiveError {
+    /// The reason reported to the sender.
+    pub fn reject_reason(&self) -> RejectReason {
+        match self {
+            Self::Malformed(_) | Self::BadContent => RejectReason::Malformed,
+            Self::WrongRecipient => RejectReason::WrongRecipient,
+            Self::SenderMismatch => RejectReason::SenderMismatch,
+            Self::BadIdentity | Self::Decrypt(_) => RejectReason::DecryptFailed,
+            Self::IdentityChanged => RejectReason::IdentityChanged,
+            Self::Blocked => RejectReason::Blocked,
+            Self::NoSession => RejectReason::NoSession,
+            Self::Unsupported => RejectReason::Unsupported,
+            Self::Store(_) => RejectReason::Unavailable,
+        }
+    }
+}
+
+/// Why opening an engine failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store holds no identity (create one first).
+    #[error("no identity in this store; create one first")]
+    NoIdentity,
+    /// The store already holds an identity.
+    #[error("this store already holds an identity")]
+    IdentityExists,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,387 @@
+//! On-disk records. Live types are never serialized: each is converted to and from a record
+//! type here, and every record is written as a version-tagged postcard enum, so the disk format
+//! survives refactors of the live types (a new field means a new `V2`, read alongside `V1`).
+
+use kith_protocol::prekey::IdentityBinding;
+use kith_protocol::{DhPublicKey, MessageId, Signature, UnixMillis, UserId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+use crate::crypto::{DhKeyPair, SecretBytes};
+use crate::identity::{IdentityKeyPair, PublicIdentity};
+use crate::model::{Direction, MessageReaction, MessageStatus};
+use crate::prekeys::{OneTimePreKey, SignedPreKey};
+use crate::ratchet::keys::{ChainKey, MessageKey, RootKey};
+use crate::ratchet::skipped::{SkippedKey, SkippedKeys};
+use crate::ratchet::{Ratchet, ReceivingChain, SendingChain};
+use crate::session::{PeerSessions, PendingPreKey, Session};
+
+/// A record type and its name in errors.
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+}
+
+#[derive(Serialize)]
+enum VersionedRef<'a, T> {
+    V1(&'a T),
+}
+
+#[derive(Deserialize)]
+enum Versioned<T> {
+    V1(T),
+}
+
+pub(crate) fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(&VersionedRef::V1(record))
+        .map_err(|_| StoreError::Encode { record: T::NAME })
+}
+
+pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
+    match postcard::from_bytes::<Versioned<T>>(bytes) {
+        Ok(Versioned::V1(record)) => Ok(record),
+        Err(_) => Err(StoreError::Corrupt { record: T::NAME }),
+    }
+}
+
+macro_rules! record {
+    ($($t:ty => $name:literal),* $(,)?) => {$(
+        impl Record for $t { const NAME: &'static str = $name; }
+    )*};
+}
+
+record! {
+    SessionRecord => "session",
+    IdentityRecord => "identity",
+    SignedPreKeyRecord => "signed prekey",
+    OneTimePreKeyRecord => "one-time prekey",
+    PeerSessionsRecord => "sessions",
+    crate::model::Contact => "contact",
+    MessageRecord => "message",
+    OutboxRecord => "outbox",
+}
+
+/// The local identity.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct IdentityRecord {
+    signing_seed: SecretBytes,
+    dh_secret: SecretBytes,
+    dh_public: DhPublicKey,
+    dh_signature: Signature,
+    pub(crate) created_at: UnixMillis,
+}
+
+impl IdentityRecord {
+    pub(crate) fn new(identity: &IdentityKeyPair, created_at: UnixMillis) -> Self {
+        let (signing_seed, dh_secret, dh_public, dh_signature) = identity.to_stored();
+        Self { signing_seed, dh_secret, dh_public, dh_signature, created_at }
+    }
+
+    pub(crate) fn to_identity(&self) -> Result<IdentityKeyPair, StoreError> {
+        IdentityKeyPair::from_stored(
+            &self.signing_seed,
+            &self.dh_secret,
+            self.dh_public,
+            self.dh_signature,
+        )
+        .map_err(|_| StoreError::Corrupt { record: "identity" })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SignedPreKeyRecord {
+    id: u32,
+    secret: SecretBytes,
+    public: DhPublicKey,
+    created_at: UnixMillis,
+    signature: Signature,
+}
+
+impl From<&SignedPreKey> for SignedPreKeyRecord {
+    fn from(k: &SignedPreKey) -> Self {
+        Self {
+            id: k.id,
+            secret: k.pair.secret(),
+            public: k.pair.public(),
+            created_at: k.created_at,
+            signature: k.signature,
+        }
+    }
+}
+
+impl From<SignedPreKeyRecord> for SignedPreKey {
+    fn from(r: SignedPreKeyRecord) -> Self {
+        SignedPreKey {
+            id: r.id,
+            pair: DhKeyPair::from_stored(&r.secret, r.public),
+            created_at: r.created_at,
+            signature: r.signature,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OneTimePreKeyRecord {
+    id: u32,
+    secret: SecretBytes,
+    public: DhPublicKey,
+    /// When it was handed out in a bundle; a key is handed out at most once.
+    pub(crate) handed_out_at: Option<UnixMillis>,
+}
+
+impl OneTimePreKeyRecord {
+    pub(crate) fn new(key: &OneTimePreKey) -> Self {
+        Self {
+            id: key.id,
+            secret: key.pair.secret(),
+            public: key.pair.public(),
+            handed_out_at: None,
+        }
+    }
+
+    pub(crate) fn to_key(&self) -> OneTimePreKey {
+        OneTimePreKey { id: self.id, pair: DhKeyPair::from_stored(&self.secret, self.public) }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RatchetRecord {
+    root: SecretBytes,
+    our_secret: SecretBytes,
+    our_public: DhPublicKey,
+    their: Option<DhPublicKey>,
+    sending: Option<(SecretBytes, u32)>,
+    previous_sending_length: u32,
+    receiving: Vec<(DhPublicKey, SecretBytes, u32)>,
+    skipped: Vec<(DhPublicKey, u32, SecretBytes, UnixMillis)>,
+}
+
+impl From<&Ratchet> for RatchetRecord {
+    fn from(r: &Ratchet) -> Self {
+        Self {
+            root: r.root.0.clone(),
+            our_secret: r.our_ratchet.secret(),
+            our_public: r.our_ratchet.public(),
+            their: r.their_ratchet,
+            sending: r.sending.as_ref().map(|s| (s.chain_key.0.clone(), s.index)),
+            previous_sending_length: r.previous_sending_length,
+            receiving: r
+                .receiving
+                .iter()
+                .map(|c| (c.ratchet_key, c.chain_key.0.clone(), c.index))
+                .collect(),
+            skipped: r
+                .skipped
+                .keys
+                .iter()
+                .map(|k| (k.ratchet_key, k.index, k.key.0.clone(), k.stored_at))
+                .collect(),
+        }
+    }
+}
+
+impl From<RatchetRecord> for Ratchet {
+    fn from(r: RatchetRecord) -> Self {
+        Ratchet {
+            root: RootKey(r.root),
+            our_ratchet: DhKeyPair::from_stored(&r.our_secret, r.our_public),
+            their_ratchet: r.their,
+            sending: r.sending.map(|(k, index)| SendingChain { chain_key: ChainKey(k), index }),
+            previous_sending_length: r.previous_sending_length,
+            receiving: r
+                .receiving
+                .into_iter()
+                .map(|(ratchet_key, k, index)| ReceivingChain {
+                    ratchet_key,
+                    chain_key: ChainKey(k),
+                    index,
+                })
+                .collect(),
+            skipped: SkippedKeys {
+                keys: r
+                    .skipped
+                    .into_iter()
+                    .map(|(ratchet_key, index, k, stored_at)| SkippedKey {
+                        ratchet_key,
+                        index,
+                        key: MessageKey(k),
+                        stored_at,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionRecord {
+    peer: IdentityBinding,
+    #[serde(with = "serde_big_array")]
+    associated: [u8; crate::x3dh::ASSOCIATED_DATA_LEN],
+    base_key: DhPublicKey,
+    pending_prekey: Option<(u32, Option<u32>)>,
+    created_at: UnixMillis,
+    ratchet: RatchetRecord,
+}
+
+/// `[u8; 128]` as a postcard tuple (serde derives arrays only up to 32).
+mod serde_big_array {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserializer, Serializer};
+
+    const N: usize = crate::x3dh::ASSOCIATED_DATA_LEN;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(N)?;
+        bytes.iter().try_for_each(|b| t.serialize_element(b))?;
+        t.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; N], D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = [u8; N];
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{N} bytes")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+                let mut out = [0u8; N];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_tuple(N, V)
+    }
+}
+
+impl From<&Session> for SessionRecord {
+    fn from(s: &Session) -> Self {
+        Self {
+            peer: s.peer.binding(),
+            associated: s.associated,
+            base_key: s.base_key,
+            pending_prekey: s.pending_prekey.map(|p| (p.signed_prekey_id, p.one_time_prekey_id)),
+            created_at: s.created_at,
+            ratchet: RatchetRecord::from(&s.ratchet),
+        }
+    }
+}
+
+impl SessionRecord {
+    fn into_session(self) -> Session {
+        // The binding was verified before the session was first stored; it is our own record.
+        let b = self.peer;
+        Session {
+            ratchet: self.ratchet.into(),
+            peer: PublicIdentity { user: b.user, dh_key: b.dh_key, signature: b.signature },
+            associated: self.associated,
+            base_key: self.base_key,
+            pending_prekey: self.pending_prekey.map(|(signed_prekey_id, one_time_prekey_id)| {
+                PendingPreKey { signed_prekey_id, one_time_prekey_id }
+            }),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// All sessions with one peer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct PeerSessionsRecord {
+    current: Option<SessionRecord>,
+    previous: Vec<SessionRecord>,
+}
+
+impl From<&PeerSessions> for PeerSessionsRecord {
+    fn from(s: &PeerSessions) -> Self {
+        Self {
+            current: s.current.as_ref().map(SessionRecord::from),
+            previous: s.previous.iter().map(SessionRecord::from).collect(),
+        }
+    }
+}
+
+impl From<PeerSessionsRecord> for PeerSessions {
+    fn from(r: PeerSessionsRecord) -> Self {
+        PeerSessions {
+            current: r.current.map(SessionRecord::into_session),
+            previous: r.previous.into_iter().map(SessionRecord::into_session).collect(),
+        }
+    }
+}
+
+/// A message of the history. The content is kept in its wire encoding (version byte first),
+/// so history written by one build stays readable by every later one.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct MessageRecord {
+    pub(crate) id: MessageId,
+    pub(crate) peer: UserId,
+    pub(crate) direction: Direction,
+    /// Wire-encoded `Content`, or `None` once deleted.
+    pub(crate) content: Option<Vec<u8>>,
+    pub(crate) stored_at: UnixMillis,
+    pub(crate) status: MessageStatus,
+    pub(crate) reactions: Vec<MessageReaction>,
+    pub(crate) edited_at: Option<UnixMillis>,
+    pub(crate) sent_at: UnixMillis,
+    pub(crate) seq: u64,
+}
+
+/// What an outbox entry carries, which decides what an acknowledgement means for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum OutboxKind {
+    /// A message of the history: its status is tracked.
+    Message,
+    /// A receipt, reaction, edit, delete or profile: delivered reliably, no status.
+    Control,
+}
+
+/// A message waiting for its recipient's acknowledgement.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct OutboxRecord {
+    pub(crate) id: MessageId,
+    pub(crate) to: UserId,
+    pub(crate) seq: u64,
+    pub(crate) kind: OutboxKind,
+    /// Wire-encoded `Content`, kept so the message can be re-encrypted if the session resets;
+    /// `None` for [`OutboxKind::Message`], whose content is in its message record.
+    pub(crate) content: Option<Vec<u8>>,
+    /// Wire-encoded `Envelope`, once encrypted (absent while waiting for a session).
+    pub(crate) envelope: Option<Vec<u8>>,
+    pub(crate) created_at: UnixMillis,
+}
+
+impl MessageRecord {
+    /// The app-facing message.
+    pub(crate) fn to_message(&self) -> Result<crate::model::Message, StoreError> {
+        let body = match &self.content {
+            Some(bytes) => Some(
+                kith_protocol::decode::<kith_protocol::content::Content>(bytes)
+                    .map_err(|_| StoreError::Corrupt { record: "message content" })?
+                    .body,
+            ),
+            None => None,
+        };
+        Ok(crate::model::Message {
+            id: self.id,
+            peer: self.peer,
+            direction: self.direction,
+            sent_at: self.sent_at,
+            stored_at: self.stored_at,
+            body,
+            status: self.status,
+            reactions: self.reactions.clone(),
+            edited_at: self.edited_at,
+            seq: self.seq,
+        })
+    }
+}
+
+pub(crate) fn encode_session(session: &Session) -> Result<Vec<u8>, StoreError> {
+    encode(&SessionRecord::from(session))
+}
+
+pub(crate) fn decode_session(bytes: &[u8]) -> Result<Session, StoreError> {
+    decode::<SessionRecord>(bytes).map(SessionRecord::into_session)
+}
