@@ -34,7 +34,7 @@ pub(crate) struct PendingPreKey {
 /// This is the low-level API (compare vodozemac's `Session`) for apps that bring their own
 /// transport and storage; [`crate::engine::Engine`] drives sessions for everyone else. `Debug`
 /// shows no key material.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Session {
     pub(crate) ratchet: Ratchet,
     pub(crate) peer: PublicIdentity,
@@ -43,6 +43,18 @@ pub struct Session {
     pub(crate) base_key: DhPublicKey,
     pub(crate) pending_prekey: Option<PendingPreKey>,
     pub(crate) created_at: UnixMillis,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.peer.user())
+            .field("base_key", &self.base_key)
+            .field("pending_prekey", &self.pending_prekey.is_some())
+            .field("created_at", &self.created_at)
+            .field("ratchet", &self.ratchet)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `associated ‖ message id`: what every message of a session authenticates besides its header.

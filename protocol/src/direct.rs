@@ -53,6 +53,12 @@ pub enum RejectReason {
     Unavailable,
     /// The recipient does not support this kind of message.
     Unsupported,
+    /// The message's key is no longer held (it arrived after its key expired or was evicted):
+    /// encrypt the content again and resend.
+    Expired,
+    /// The message is too far ahead of what the recipient has received: send earlier messages
+    /// first and retry.
+    TooFarAhead,
 }
 
 impl Frame for DeliveryAck {

@@ -56,15 +56,27 @@ impl PartialEq for SecretBytes {
 
 impl Eq for SecretBytes {}
 
+/// Stored as a byte string (one length byte and a copy), not as 32 separate elements.
 impl Serialize for SecretBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        serializer.serialize_bytes(self.0.as_slice())
     }
 }
 
 impl<'de> Deserialize<'de> for SecretBytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut bytes = <[u8; 32]>::deserialize(deserializer)?;
-        Ok(Self::from_array(&mut bytes))
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SecretBytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 secret bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SecretBytes, E> {
+                let mut bytes: [u8; 32] =
+                    v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(SecretBytes::from_array(&mut bytes))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
     }
 }

@@ -42,7 +42,7 @@ use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
 use crate::store::{Batch, Store, StoreError};
 
 pub use outbox::{
-    ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS,
+    ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS, SEND_WINDOW,
 };
 pub use prekey_maintenance::{MAINTENANCE_INTERVAL_MS, SEEN_RETENTION_MS};
 pub use types::*;
@@ -159,13 +159,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         };
         for record in engine.store.outbox()? {
             let due = record.envelope.is_some().then_some(now);
-            let waiting = record.envelope.is_none().then_some(record.to);
             engine.outbox.insert(record, due);
-            if let Some(user) = waiting {
-                engine.fetches.entry(user).or_insert(Fetch { attempts: 0, due: now });
-            }
         }
         engine.maintain(now)?;
+        for peer in engine.outbox.peers_with_unsealed() {
+            engine.pump(now, peer)?;
+        }
         engine.flush()?;
         Ok(engine)
     }
@@ -516,8 +515,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(contact)
     }
 
-    /// Queues a reliable message: stored (and encrypted if a session exists) before any IO,
-    /// then delivered and retried until acknowledged.
+    /// Queues a reliable message: stored before any IO, encrypted once it enters the peer's
+    /// send window, then delivered and retried until acknowledged.
     fn queue(
         &mut self,
         now: UnixMillis,
@@ -533,31 +532,25 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let content = Content { sent_at: now, body };
         let plaintext = kith_protocol::encode(&content)
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
-        let mut sessions = self.take_sessions(&to)?;
-        let envelope = match sessions.current.as_mut() {
-            Some(session) => Some(self.seal(session, id, to, &plaintext)?),
-            None => None,
-        };
 
         let seq = self.next_seq;
         let mut batch = Batch::new();
         if self.store.contact(&to)?.is_none() {
             batch.put_contact(&contact);
         }
-        let message = (kind == OutboxKind::Message).then(|| MessageRecord {
-            id,
-            peer: to,
-            direction: Direction::Outgoing,
-            content: Some(plaintext.clone()),
-            stored_at: now,
-            status: MessageStatus::Queued,
-            reactions: Vec::new(),
-            edited_at: None,
-            sent_at: now,
-            seq,
-        });
-        if let Some(message) = &message {
-            batch.put_message(message);
+        if kind == OutboxKind::Message {
+            batch.put_message(&MessageRecord {
+                id,
+                peer: to,
+                direction: Direction::Outgoing,
+                content: Some(plaintext.clone()),
+                stored_at: now,
+                status: MessageStatus::Queued,
+                reactions: Vec::new(),
+                edited_at: None,
+                sent_at: now,
+                seq,
+            });
         }
         let record = OutboxRecord {
             id,
@@ -565,26 +558,74 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             seq,
             kind,
             content: (kind == OutboxKind::Control).then_some(plaintext),
-            envelope,
+            envelope: None,
             created_at: now,
         };
         batch.put_outbox(&record);
         batch.put_seq(seq + 1);
-        if record.envelope.is_some() {
-            batch.put_sessions(&to, &sessions);
-        }
         self.commit(batch)?;
         self.take_seq();
-        self.cache_sessions(to, sessions);
-
-        let sealed = record.envelope.is_some();
         self.outbox.insert(record, None);
-        if sealed {
-            self.attempt(now, id);
-        } else {
-            self.request_bundle(now, to);
-        }
+        self.pump(now, to)?;
         Ok(id)
+    }
+
+    /// Encrypts queued messages for `peer` in queue order while its send window has room (or
+    /// asks for a prekey bundle if there is no session yet), then sends them.
+    fn pump(&mut self, now: UnixMillis, peer: UserId) -> Result<(), StoreError> {
+        let room = SEND_WINDOW.saturating_sub(self.outbox.sealed_count(&peer));
+        let waiting = self.outbox.unsealed(&peer, room);
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let mut sessions = self.take_sessions(&peer)?;
+        let Some(session) = sessions.current.as_mut() else {
+            self.cache_sessions(peer, sessions);
+            self.request_bundle(now, peer);
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        let (mut sealed, mut cancelled) = (Vec::with_capacity(waiting.len()), Vec::new());
+        for id in waiting {
+            let Some(entry) = self.outbox.get(&id) else { continue };
+            let mut record = entry.record.clone();
+            let plaintext = match record.content.clone() {
+                Some(content) => Some(content),
+                None => self.store.message(&id)?.and_then(|m| m.content),
+            };
+            // A message deleted before it could be sent is not sent at all.
+            let Some(plaintext) = plaintext else {
+                batch.delete_outbox(&id);
+                cancelled.push(id);
+                continue;
+            };
+            let kind = session
+                .encrypt(&self.identity, &id, &plaintext, &mut self.rng)
+                .ok()
+                .map(|kind| Envelope { id, sender: self.identity.user_id(), recipient: peer, kind })
+                .and_then(|envelope| kith_protocol::encode(&envelope).ok());
+            let Some(envelope) = kind else {
+                // Cannot happen for content that passed validation; never loop on it.
+                batch.delete_outbox(&id);
+                cancelled.push(id);
+                continue;
+            };
+            record.envelope = Some(envelope);
+            batch.put_outbox(&record);
+            sealed.push(record);
+        }
+        batch.put_sessions(&peer, &sessions);
+        self.commit(batch)?;
+        self.cache_sessions(peer, sessions);
+        for id in cancelled {
+            self.outbox.remove(&id);
+        }
+        for record in sealed {
+            let id = record.id;
+            self.outbox.update_record(record);
+            self.attempt(now, id);
+        }
+        Ok(())
     }
 
     /// Emits one delivery attempt of an outbox entry and schedules the next one in case this
@@ -653,15 +694,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         user: UserId,
         result: Result<PreKeyBundle, FetchError>,
     ) -> Result<(), StoreError> {
-        let waiting: Vec<MessageId> = self
-            .outbox
-            .for_peer(&user)
-            .into_iter()
-            .filter(|id| self.outbox.get(id).is_some_and(|e| e.record.envelope.is_none()))
-            .collect();
-        if waiting.is_empty() {
+        if self.outbox.unsealed(&user, 1).is_empty() || self.has_session(&user)? {
+            // Nothing waits for a session (any more): a session arrived meanwhile, or the
+            // messages were cancelled.
             self.fetches.remove(&user);
-            return Ok(());
+            return self.pump(now, user);
         }
         let verified = result.ok().and_then(|b| verify_bundle(&b, &user, now).ok());
         let Some(bundle) = verified else {
@@ -684,59 +721,31 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             batch.put_contact(&contact);
             self.commit(batch)?;
             self.event(Event::IdentityChanged { peer: user, identity: binding });
-            for id in waiting {
+            for id in self.outbox.for_peer(&user) {
                 self.fail(id, DeliveryFailure::IdentityChanged)?;
             }
             return Ok(());
         }
 
-        let mut sessions = self.take_sessions(&user)?;
-        let session = match Session::initiate(&self.identity, &bundle, now, &mut self.rng) {
-            Ok(session) => session,
-            Err(_) => {
-                // A low-order key in a validly signed bundle: the user's own keys are broken.
-                self.cache_sessions(user, sessions);
-                for id in waiting {
-                    self.fail(id, DeliveryFailure::NoPreKeys)?;
-                }
-                return Ok(());
+        let Ok(session) = Session::initiate(&self.identity, &bundle, now, &mut self.rng) else {
+            // A low-order key in a validly signed bundle: the peer's own keys are broken.
+            for id in self.outbox.for_peer(&user) {
+                self.fail(id, DeliveryFailure::NoPreKeys)?;
             }
+            return Ok(());
         };
+        let mut sessions = self.take_sessions(&user)?;
         sessions.install(session);
         let mut batch = Batch::new();
         if contact.identity.is_none() {
             contact.identity = Some(binding);
             batch.put_contact(&contact);
         }
-        let mut sealed = Vec::with_capacity(waiting.len());
-        for id in waiting {
-            let Some(entry) = self.outbox.get(&id) else { continue };
-            let mut record = entry.record.clone();
-            let plaintext = match &record.content {
-                Some(content) => content.clone(),
-                None => match self.store.message(&id)?.and_then(|m| m.content) {
-                    Some(content) => content,
-                    None => continue, // deleted before it could be sent
-                },
-            };
-            let Some(session) = sessions.current.as_mut() else { break };
-            match self.seal(session, id, user, &plaintext) {
-                Ok(envelope) => record.envelope = Some(envelope),
-                Err(_) => continue,
-            }
-            batch.put_outbox(&record);
-            sealed.push(record);
-        }
         batch.put_sessions(&user, &sessions);
         self.commit(batch)?;
         self.cache_sessions(user, sessions);
-        for record in sealed {
-            let id = record.id;
-            self.outbox.update_record(record);
-            self.attempt(now, id);
-        }
-        self.share_profile_with(now, user)?;
-        Ok(())
+        self.pump(now, user)?;
+        self.share_profile_with(now, user)
     }
 
     fn on_delivery(
@@ -762,23 +771,44 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 if let Some(event) = update {
                     self.event(event);
                 }
+                self.pump(now, to)?;
             }
             DeliveryResult::Acked(AckResult::Rejected(reason)) => match reason {
-                RejectReason::RateLimited | RejectReason::Unavailable => self.retry_later(now, id),
-                RejectReason::NoSession | RejectReason::DecryptFailed => {
-                    // The peer lost (or cannot use) our session: start a new one and re-encrypt
-                    // everything queued for them, once. A second refusal is final.
-                    if resets == 0 {
-                        self.reset_session(now, to)?;
-                    } else {
-                        self.fail(id, DeliveryFailure::Rejected(reason))?;
-                    }
+                RejectReason::RateLimited
+                | RejectReason::Unavailable
+                | RejectReason::TooFarAhead => self.retry_later(now, id),
+                // The key arrived too late, or the peer could not decrypt: encrypt this message
+                // again on the current session; if that is refused too, start a new session;
+                // after that, give up.
+                RejectReason::Expired | RejectReason::DecryptFailed if resets == 0 => {
+                    self.reseal(now, id)?
+                }
+                RejectReason::Expired | RejectReason::DecryptFailed | RejectReason::NoSession
+                    if resets < 2 =>
+                {
+                    self.reset_session(now, to)?
                 }
                 _ => self.fail(id, DeliveryFailure::Rejected(reason))?,
             },
             DeliveryResult::Unreachable => self.retry_later(now, id),
         }
         Ok(())
+    }
+
+    /// Drops an entry's envelope so that it is encrypted again (with a fresh key) on the
+    /// current session.
+    fn reseal(&mut self, now: UnixMillis, id: MessageId) -> Result<(), StoreError> {
+        let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
+        let mut record = entry.record.clone();
+        let peer = record.to;
+        record.envelope = None;
+        let mut batch = Batch::new();
+        batch.put_outbox(&record);
+        self.commit(batch)?;
+        self.outbox.update_record(record);
+        self.outbox.reschedule(&id, None, false);
+        self.outbox.count_reset(&id);
+        self.pump(now, peer)
     }
 
     fn retry_later(&mut self, now: UnixMillis, id: MessageId) {
@@ -830,11 +860,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             None
         };
         self.commit(batch)?;
-        self.outbox.remove(&id);
+        let peer = self.outbox.remove(&id).map(|e| e.record.to);
         if let Some(event) = update {
             self.event(event);
         }
-        Ok(())
+        match peer {
+            Some(peer) if !self.fetches.contains_key(&peer) => self.pump(self.now, peer),
+            _ => Ok(()),
+        }
     }
 
     /// Moves an outgoing message's status forward (never back); returns the event to emit.

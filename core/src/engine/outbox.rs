@@ -25,6 +25,11 @@ pub const OUTBOX_DEADLINE_MS: u64 = 30 * 24 * 60 * 60 * 1_000;
 /// Most messages waiting in the outbox; beyond it new sends are refused.
 pub const MAX_OUTBOX: usize = 100_000;
 
+/// Most messages per peer encrypted but not yet acknowledged. Messages are encrypted only when
+/// they enter this window, so a receiver never sees a message more than this many keys ahead
+/// of the oldest one it has not received: well inside `MAX_SKIP`, also across a ratchet step.
+pub const SEND_WINDOW: usize = 1_000;
+
 pub(crate) struct Entry {
     pub(crate) record: OutboxRecord,
     pub(crate) attempts: u32,
@@ -34,13 +39,21 @@ pub(crate) struct Entry {
     pub(crate) due: Option<UnixMillis>,
 }
 
+/// One recipient's entries.
+#[derive(Default)]
+struct PeerQueue {
+    /// All entries in queue order (seq → id).
+    all: BTreeMap<u64, MessageId>,
+    /// Entries not yet encrypted, in queue order.
+    unsealed: BTreeMap<u64, MessageId>,
+}
+
 #[derive(Default)]
 pub(crate) struct Outbox {
     entries: HashMap<MessageId, Entry>,
     /// (due, seq, id): the retry schedule.
     schedule: BTreeSet<(UnixMillis, u64, MessageId)>,
-    /// Entries per recipient in queue order (seq → id).
-    by_peer: HashMap<UserId, BTreeMap<u64, MessageId>>,
+    by_peer: HashMap<UserId, PeerQueue>,
 }
 
 impl Outbox {
@@ -56,7 +69,11 @@ impl Outbox {
     pub(crate) fn insert(&mut self, record: OutboxRecord, due: Option<UnixMillis>) {
         let id = record.id;
         self.remove(&id);
-        self.by_peer.entry(record.to).or_default().insert(record.seq, id);
+        let queue = self.by_peer.entry(record.to).or_default();
+        queue.all.insert(record.seq, id);
+        if record.envelope.is_none() {
+            queue.unsealed.insert(record.seq, id);
+        }
         if let Some(at) = due {
             self.schedule.insert((at, record.seq, id));
         }
@@ -69,8 +86,9 @@ impl Outbox {
             self.schedule.remove(&(at, entry.record.seq, *id));
         }
         if let Some(queue) = self.by_peer.get_mut(&entry.record.to) {
-            queue.remove(&entry.record.seq);
-            if queue.is_empty() {
+            queue.all.remove(&entry.record.seq);
+            queue.unsealed.remove(&entry.record.seq);
+            if queue.all.is_empty() {
                 self.by_peer.remove(&entry.record.to);
             }
         }
@@ -98,11 +116,35 @@ impl Outbox {
         }
     }
 
-    /// Replaces an entry's record, keeping its schedule.
+    /// Replaces an entry's record (e.g. once encrypted), keeping its schedule.
     pub(crate) fn update_record(&mut self, record: OutboxRecord) {
-        if let Some(entry) = self.entries.get_mut(&record.id) {
-            entry.record = record;
+        let Some(entry) = self.entries.get_mut(&record.id) else { return };
+        if let Some(queue) = self.by_peer.get_mut(&record.to) {
+            if record.envelope.is_none() {
+                queue.unsealed.insert(record.seq, record.id);
+            } else {
+                queue.unsealed.remove(&record.seq);
+            }
         }
+        entry.record = record;
+    }
+
+    /// Entries for `peer` that are encrypted and not yet acknowledged.
+    pub(crate) fn sealed_count(&self, peer: &UserId) -> usize {
+        self.by_peer.get(peer).map_or(0, |q| q.all.len() - q.unsealed.len())
+    }
+
+    /// Up to `limit` entries for `peer` waiting to be encrypted, in queue order.
+    pub(crate) fn unsealed(&self, peer: &UserId, limit: usize) -> Vec<MessageId> {
+        self.by_peer
+            .get(peer)
+            .map(|q| q.unsealed.values().take(limit).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Recipients with entries waiting to be encrypted.
+    pub(crate) fn peers_with_unsealed(&self) -> Vec<UserId> {
+        self.by_peer.iter().filter(|(_, q)| !q.unsealed.is_empty()).map(|(u, _)| *u).collect()
     }
 
     /// The earliest scheduled attempt.
@@ -117,7 +159,7 @@ impl Outbox {
 
     /// The ids queued for `peer`, in queue order.
     pub(crate) fn for_peer(&self, peer: &UserId) -> Vec<MessageId> {
-        self.by_peer.get(peer).map(|q| q.values().copied().collect()).unwrap_or_default()
+        self.by_peer.get(peer).map(|q| q.all.values().copied().collect()).unwrap_or_default()
     }
 
     /// Entries queued before `cutoff`.

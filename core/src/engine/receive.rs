@@ -15,7 +15,6 @@ use kith_protocol::{MessageId, UnixMillis, UserId};
 use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction};
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
-use crate::ratchet::DecryptError;
 use crate::session::{PeerSessions, Session};
 use crate::store::records::MessageRecord;
 use crate::store::{Batch, StoreError};
@@ -124,10 +123,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Ok(plaintext) => plaintext,
             Err(e) => {
                 // Nothing was changed on the sessions (decrypt works on a plan); keep the cache.
+                // A `Duplicate` from the ratchet for an id not in the seen set means the key is
+                // gone (evicted or expired), not that we have the message: it is refused as
+                // `Expired` so the sender encrypts it again.
                 self.cache_sessions(sender, sessions);
-                if matches!(e, ReceiveError::Decrypt(DecryptError::Duplicate { .. })) {
-                    return Ok(AckResult::Duplicate);
-                }
                 if matches!(e, ReceiveError::IdentityChanged) {
                     // Remember the new identity so the user can review and accept it.
                     let mut pending = Batch::new();

@@ -381,6 +381,8 @@ impl ReceiveError {
             Self::Malformed(_) | Self::BadContent => RejectReason::Malformed,
             Self::WrongRecipient => RejectReason::WrongRecipient,
             Self::SenderMismatch => RejectReason::SenderMismatch,
+            Self::Decrypt(DecryptError::Duplicate { .. }) => RejectReason::Expired,
+            Self::Decrypt(DecryptError::TooFarAhead { .. }) => RejectReason::TooFarAhead,
             Self::BadIdentity | Self::Decrypt(_) => RejectReason::DecryptFailed,
             Self::IdentityChanged => RejectReason::IdentityChanged,
             Self::Blocked => RejectReason::Blocked,

@@ -64,8 +64,15 @@ impl SkippedKeys {
         }
     }
 
-    /// Deletes keys older than [`MAX_SKIPPED_KEY_AGE_MS`].
+    /// Deletes keys older than [`MAX_SKIPPED_KEY_AGE_MS`]. Keys are stored oldest first, so
+    /// this only looks at the keys it deletes (plus one).
     pub(crate) fn expire(&mut self, now: UnixMillis) {
-        self.keys.retain(|k| now.saturating_sub(k.stored_at) <= MAX_SKIPPED_KEY_AGE_MS);
+        while self
+            .keys
+            .front()
+            .is_some_and(|k| now.saturating_sub(k.stored_at) > MAX_SKIPPED_KEY_AGE_MS)
+        {
+            self.keys.pop_front();
+        }
     }
 }

@@ -171,10 +171,14 @@ impl Backend for MemoryBackend {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let trees = self.lock()?;
-        let upper = if end.is_empty() { Unbounded } else { Excluded((tree, end.to_vec())) };
+        // Without an end, the range stops where the next tree begins (trees sort in order).
+        let upper = match (end.is_empty(), Tree::ALL.get(tree.index() + 1)) {
+            (false, _) => Excluded((tree, end.to_vec())),
+            (true, Some(next)) => Excluded((*next, Vec::new())),
+            (true, None) => Unbounded,
+        };
         let range = trees
             .range((Included((tree, start.to_vec())), upper))
-            .filter(|((t, _), _)| *t == tree)
             .map(|((_, k), v)| (k.clone(), v.clone()));
         Ok(if reverse { range.rev().take(limit).collect() } else { range.take(limit).collect() })
     }

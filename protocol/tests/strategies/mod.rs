@@ -190,6 +190,8 @@ pub fn delivery_ack() -> impl Strategy<Value = DeliveryAck> {
         Just(RejectReason::RateLimited),
         Just(RejectReason::Unavailable),
         Just(RejectReason::Unsupported),
+        Just(RejectReason::Expired),
+        Just(RejectReason::TooFarAhead),
     ];
     let result = prop_oneof![
         Just(AckResult::Accepted),
