@@ -14,7 +14,7 @@
 use kith_protocol::DhPublicKey;
 use zeroize::Zeroizing;
 
-use crate::crypto::kdf::hkdf_sha256;
+use crate::crypto::kdf::hkdf_sha256_zero_salt;
 use crate::crypto::{DhKeyPair, NonContributory, SecretBytes};
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::prekeys::VerifiedBundle;
@@ -57,7 +57,7 @@ fn derive(dhs: &[SecretBytes]) -> SecretBytes {
     dhs.iter().for_each(|dh| ikm.extend_from_slice(dh.expose()));
     let mut shared = SecretBytes::zeroed();
     // 32 bytes is far below HKDF's limit of 8160, so expansion cannot fail.
-    let _ = hkdf_sha256(&[0u8; 32], &ikm, X3DH_INFO, shared.expose_mut());
+    let _ = hkdf_sha256_zero_salt(&ikm, X3DH_INFO, shared.expose_mut());
     shared
 }
 

@@ -1,7 +1,9 @@
 //! ChaCha20-Poly1305 (RFC 8439), the only AEAD Kith uses.
 
 use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use zeroize::Zeroize;
 
 /// Length of the authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
@@ -12,44 +14,42 @@ pub const TAG_LEN: usize = 16;
 #[error("AEAD authentication failed")]
 pub struct AeadError;
 
-/// Encrypts `buffer` in place and appends the tag.
-pub fn seal_in_place(
-    key: &[u8; 32],
-    nonce: &[u8; 12],
-    aad: &[u8],
-    buffer: &mut Vec<u8>,
-) -> Result<(), AeadError> {
-    ChaCha20Poly1305::new(key.into())
-        .encrypt_in_place(nonce.into(), aad, buffer)
-        .map_err(|_| AeadError)
-}
-
-/// Encrypts `plaintext`, returning ciphertext ‖ tag.
+/// Encrypts `plaintext`, returning ciphertext ‖ tag, in one pass (no copy of the plaintext).
 pub fn seal(
     key: &[u8; 32],
     nonce: &[u8; 12],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, AeadError> {
-    let mut buffer = Vec::with_capacity(plaintext.len() + TAG_LEN);
-    buffer.extend_from_slice(plaintext);
-    seal_in_place(key, nonce, aad, &mut buffer)?;
-    Ok(buffer)
+    let mut out = vec![0u8; plaintext.len() + TAG_LEN];
+    let (body, tag_out) = out.split_at_mut(plaintext.len());
+    let buffer = InOutBuf::new(plaintext, body).map_err(|_| AeadError)?;
+    let tag = ChaCha20Poly1305::new(key.into())
+        .encrypt_inout_detached(nonce.into(), aad, buffer)
+        .map_err(|_| AeadError)?;
+    tag_out.copy_from_slice(&tag);
+    Ok(out)
 }
 
-/// Verifies and decrypts ciphertext ‖ tag. Nothing is returned unless the tag verifies.
+/// Verifies and decrypts ciphertext ‖ tag, in one pass. Nothing is returned unless the tag
+/// verifies.
 pub fn open(
     key: &[u8; 32],
     nonce: &[u8; 12],
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Vec<u8>, AeadError> {
-    if sealed.len() < TAG_LEN {
-        return Err(AeadError);
+    let Some(body_len) = sealed.len().checked_sub(TAG_LEN) else { return Err(AeadError) };
+    let (body, tag) = sealed.split_at(body_len);
+    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| AeadError)?;
+    let mut out = vec![0u8; body_len];
+    let buffer = InOutBuf::new(body, &mut out).map_err(|_| AeadError)?;
+    let cipher = ChaCha20Poly1305::new(key.into());
+    match cipher.decrypt_inout_detached(nonce.into(), aad, buffer, tag.into()) {
+        Ok(()) => Ok(out),
+        Err(_) => {
+            out.zeroize();
+            Err(AeadError)
+        }
     }
-    let mut buffer = sealed.to_vec();
-    ChaCha20Poly1305::new(key.into())
-        .decrypt_in_place(nonce.into(), aad, &mut buffer)
-        .map_err(|_| AeadError)?;
-    Ok(buffer)
 }

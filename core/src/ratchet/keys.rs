@@ -6,7 +6,7 @@ use std::fmt;
 use kith_protocol::envelope::RatchetHeader;
 use zeroize::Zeroizing;
 
-use crate::crypto::kdf::{HmacKey, hkdf_sha256};
+use crate::crypto::kdf::{HmacKey, hkdf_sha256, hkdf_sha256_zero_salt};
 use crate::crypto::{SecretBytes, aead};
 
 /// HKDF info for the root chain (Double Ratchet §5.2 `KDF_RK`).
@@ -59,7 +59,7 @@ impl MessageKey {
     fn expand(&self) -> AeadKeys {
         let mut okm = Zeroizing::new([0u8; 44]);
         // 44 bytes is far below HKDF's limit, so expansion cannot fail.
-        let _ = hkdf_sha256(&[], self.0.expose(), MESSAGE_KEY_INFO, okm.as_mut_slice());
+        let _ = hkdf_sha256_zero_salt(self.0.expose(), MESSAGE_KEY_INFO, okm.as_mut_slice());
         let mut keys = AeadKeys { key: [0; 32], nonce: [0; 12] };
         keys.key.copy_from_slice(&okm[..32]);
         keys.nonce.copy_from_slice(&okm[32..]);
@@ -74,7 +74,7 @@ impl MessageKey {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, aead::AeadError> {
         let keys = self.expand();
-        aead::seal(&keys.key, &keys.nonce, &aad(associated, header), plaintext)
+        with_aad(associated, header, |aad| aead::seal(&keys.key, &keys.nonce, aad, plaintext))
     }
 
     /// Decrypts and authenticates; returns nothing unless the tag verifies.
@@ -85,7 +85,7 @@ impl MessageKey {
         ciphertext: &[u8],
     ) -> Result<Vec<u8>, aead::AeadError> {
         let keys = self.expand();
-        aead::open(&keys.key, &keys.nonce, &aad(associated, header), ciphertext)
+        with_aad(associated, header, |aad| aead::open(&keys.key, &keys.nonce, aad, ciphertext))
     }
 }
 
@@ -96,12 +96,22 @@ struct AeadKeys {
     nonce: [u8; 12],
 }
 
-/// `associated ‖ header` (Double Ratchet §3.4: the header is authenticated with the AD).
-fn aad(associated: &[u8], header: &RatchetHeader) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(associated.len() + RatchetHeader::ENCODED_LEN);
-    aad.extend_from_slice(associated);
-    aad.extend_from_slice(&header.to_bytes());
-    aad
+/// Calls `f` with `associated ‖ header` (Double Ratchet §3.4: the header is authenticated with
+/// the AD), built on the stack when it fits (it always does for Kith's sessions).
+fn with_aad<T>(associated: &[u8], header: &RatchetHeader, f: impl FnOnce(&[u8]) -> T) -> T {
+    const STACK: usize = 256;
+    let total = associated.len() + RatchetHeader::ENCODED_LEN;
+    if total <= STACK {
+        let mut buf = [0u8; STACK];
+        buf[..associated.len()].copy_from_slice(associated);
+        buf[associated.len()..total].copy_from_slice(&header.to_bytes());
+        f(&buf[..total])
+    } else {
+        let mut aad = Vec::with_capacity(total);
+        aad.extend_from_slice(associated);
+        aad.extend_from_slice(&header.to_bytes());
+        f(&aad)
+    }
 }
 
 macro_rules! redacted_debug {
