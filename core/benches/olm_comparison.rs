@@ -8,7 +8,13 @@
 //!
 //! Run with `cargo bench -p kith-core --bench olm_comparison`.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stdout
+)]
 
 use std::hint::black_box;
 use std::path::PathBuf;

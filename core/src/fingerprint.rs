@@ -76,8 +76,8 @@ fn half(identity: &PublicIdentity) -> String {
         hash = Sha512::new().chain_update(hash).chain_update(&key).finalize();
     }
     // Six 5-byte chunks, each reduced to five decimal digits.
-    hash[..30]
-        .chunks_exact(5)
+    hash.chunks_exact(5)
+        .take(6)
         .map(|c| {
             let n = c.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
             format!("{:05}", n % 100_000)

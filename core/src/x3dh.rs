@@ -35,8 +35,9 @@ pub(crate) fn associated_data(
 ) -> AssociatedData {
     let mut ad = [0u8; ASSOCIATED_DATA_LEN];
     for (slot, identity) in ad.chunks_exact_mut(64).zip([initiator, responder]) {
-        slot[..32].copy_from_slice(&identity.user().0);
-        slot[32..].copy_from_slice(&identity.dh_key().0);
+        let (user, dh) = slot.split_at_mut(32);
+        user.copy_from_slice(&identity.user().0);
+        dh.copy_from_slice(&identity.dh_key().0);
     }
     ad
 }

@@ -1,6 +1,15 @@
 //! Engine behaviour over a simulated network (virtual time, loss, reordering, duplication,
 //! crashes) and over real sled stores.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    missing_docs
+)]
+
 mod support;
 
 use std::collections::HashSet;

@@ -16,7 +16,7 @@ use crate::limits::{MAX_MAILBOX_ACK_IDS, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BY
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MailboxRequest {
     /// Store `envelope` for its recipient (sender → relay).
-    Deposit(Envelope),
+    Deposit(Box<Envelope>),
     /// Return up to `limit` stored envelopes for the connected peer (recipient → relay).
     Fetch {
         /// Most envelopes wanted (capped at the relay's batch size).

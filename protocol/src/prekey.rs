@@ -94,14 +94,14 @@ pub enum PreKeyRequest {
         user: UserId,
     },
     /// Stores prekeys for the connected user (relays only).
-    Upload(PreKeyUpload),
+    Upload(Box<PreKeyUpload>),
 }
 
 /// A response on `/kith/prekey/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PreKeyResponse {
     /// The requested bundle.
-    Bundle(PreKeyBundle),
+    Bundle(Box<PreKeyBundle>),
     /// This peer has no bundle for that user.
     NotFound,
     /// The upload was stored; the count of one-time prekeys now held.

@@ -425,7 +425,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut batch = Batch::new();
         batch.put_contact(&contact);
         self.commit(batch)?;
-        self.event(Event::ContactChanged(contact));
+        self.event(Event::ContactChanged(Box::new(contact)));
         Ok(())
     }
 
@@ -478,7 +478,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         batch.put_sessions(&user, &PeerSessions::default());
         self.commit(batch)?;
         self.sessions.remove(&user);
-        self.event(Event::ContactChanged(contact));
+        self.event(Event::ContactChanged(Box::new(contact)));
         if !self.outbox.for_peer(&user).is_empty() {
             self.request_bundle(now, user);
         }
@@ -692,7 +692,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         &mut self,
         now: UnixMillis,
         user: UserId,
-        result: Result<PreKeyBundle, FetchError>,
+        result: Result<Box<PreKeyBundle>, FetchError>,
     ) -> Result<(), StoreError> {
         if self.outbox.unsealed(&user, 1).is_empty() || self.has_session(&user)? {
             // Nothing waits for a session (any more): a session arrived meanwhile, or the
@@ -978,7 +978,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         batch.put_message(&record);
         self.commit(batch)?;
         let message = record.to_message()?;
-        self.event(Event::MessageUpdated(message));
+        self.event(Event::MessageUpdated(Box::new(message)));
         Ok(())
     }
 

@@ -142,7 +142,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         };
         self.held.push_back(Output::Reply {
             token: reply,
-            reply: Reply::PreKeys(PreKeyResponse::Bundle(bundle)),
+            reply: Reply::PreKeys(PreKeyResponse::Bundle(Box::new(bundle))),
         });
         if one_time_prekey.is_none() {
             // Out of one-time prekeys: top up at the next timeout.

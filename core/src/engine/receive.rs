@@ -159,7 +159,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.cache_sessions(sender, sessions);
 
         if contact_changed {
-            self.event(Event::ContactChanged(contact));
+            self.event(Event::ContactChanged(Box::new(contact)));
         }
         effects.events.into_iter().for_each(|e| self.event(e));
         if let Some(id) = effects.receipt {
@@ -271,7 +271,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.next_seq += 1;
                 batch.put_message(&record);
                 batch.put_seq(self.next_seq);
-                effects.events.push(Event::Message(record.to_message()?));
+                effects.events.push(Event::Message(Box::new(record.to_message()?)));
                 effects.receipt = Some(id);
             }
             Body::Reaction(reaction) => {
@@ -280,7 +280,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 {
                     apply_reaction(&mut target.reactions, sender, &reaction.emoji, reaction.remove);
                     batch.put_message(&target);
-                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                    effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }
             Body::Receipt(receipt) => {
@@ -318,7 +318,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     target.content = Some(edited);
                     target.edited_at = Some(content.sent_at);
                     batch.put_message(&target);
-                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                    effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }
             Body::Delete(delete) => {
@@ -329,7 +329,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 if let Some(mut target) = target {
                     target.content = None;
                     batch.put_message(&target);
-                    effects.events.push(Event::MessageUpdated(target.to_message()?));
+                    effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }
             Body::Profile(profile) => contact.profile_name = Some(profile.display_name),

@@ -70,7 +70,7 @@ pub enum Input {
         /// Whose bundle was asked for.
         user: UserId,
         /// The bundle, or why there is none.
-        result: Result<PreKeyBundle, FetchError>,
+        result: Result<Box<PreKeyBundle>, FetchError>,
     },
     /// Someone asks for our prekey bundle (each one-time prekey is handed out once).
     PreKeyRequest {
@@ -246,7 +246,7 @@ pub enum Output {
 #[non_exhaustive]
 pub enum Event {
     /// A new message arrived.
-    Message(Message),
+    Message(Box<Message>),
     /// One of our messages changed status.
     StatusChanged {
         /// The conversation.
@@ -257,7 +257,7 @@ pub enum Event {
         status: MessageStatus,
     },
     /// A message was edited, deleted or reacted to.
-    MessageUpdated(Message),
+    MessageUpdated(Box<Message>),
     /// A peer started or stopped typing.
     Typing {
         /// Who.
@@ -275,7 +275,7 @@ pub enum Event {
         last_seen: Option<UnixMillis>,
     },
     /// A contact was created (someone wrote to us first) or changed (profile name).
-    ContactChanged(Contact),
+    ContactChanged(Box<Contact>),
     /// A contact's identity key changed. Messages to and from them are refused until the user
     /// accepts the new key with [`Command::TrustIdentity`].
     IdentityChanged {

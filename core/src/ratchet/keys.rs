@@ -28,8 +28,9 @@ impl RootKey {
         // 64 bytes is far below HKDF's limit, so expansion cannot fail.
         let _ = hkdf_sha256(self.0.expose(), dh_out.expose(), ROOT_INFO, okm.as_mut_slice());
         let (mut root, mut chain) = ([0u8; 32], [0u8; 32]);
-        root.copy_from_slice(&okm[..32]);
-        chain.copy_from_slice(&okm[32..]);
+        let (r, c) = okm.split_at(32);
+        root.copy_from_slice(r);
+        chain.copy_from_slice(c);
         (RootKey(SecretBytes::from_array(&mut root)), ChainKey(SecretBytes::from_array(&mut chain)))
     }
 }
@@ -61,8 +62,9 @@ impl MessageKey {
         // 44 bytes is far below HKDF's limit, so expansion cannot fail.
         let _ = hkdf_sha256_zero_salt(self.0.expose(), MESSAGE_KEY_INFO, okm.as_mut_slice());
         let mut keys = AeadKeys { key: [0; 32], nonce: [0; 12] };
-        keys.key.copy_from_slice(&okm[..32]);
-        keys.nonce.copy_from_slice(&okm[32..]);
+        let (key, nonce) = okm.split_at(32);
+        keys.key.copy_from_slice(key);
+        keys.nonce.copy_from_slice(nonce);
         keys
     }
 
@@ -101,11 +103,12 @@ struct AeadKeys {
 fn with_aad<T>(associated: &[u8], header: &RatchetHeader, f: impl FnOnce(&[u8]) -> T) -> T {
     const STACK: usize = 256;
     let total = associated.len() + RatchetHeader::ENCODED_LEN;
-    if total <= STACK {
-        let mut buf = [0u8; STACK];
-        buf[..associated.len()].copy_from_slice(associated);
-        buf[associated.len()..total].copy_from_slice(&header.to_bytes());
-        f(&buf[..total])
+    let mut buf = [0u8; STACK];
+    if let Some(slot) = buf.get_mut(..total) {
+        let (ad, head) = slot.split_at_mut(associated.len());
+        ad.copy_from_slice(associated);
+        head.copy_from_slice(&header.to_bytes());
+        f(slot)
     } else {
         let mut aad = Vec::with_capacity(total);
         aad.extend_from_slice(associated);

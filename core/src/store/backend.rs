@@ -94,6 +94,11 @@ impl From<sled::Error> for StoreError {
 /// One write of a batch: a value to put, or `None` to delete.
 pub type RawWrite = (Tree, Vec<u8>, Option<Vec<u8>>);
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+type MemoryTrees = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
+
 /// An ordered key-value store with named trees.
 pub trait Backend: Send {
     /// The value at `key`.
@@ -107,7 +112,7 @@ pub trait Backend: Send {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
 
     /// Applies all `writes` atomically, in order (a later write to a key wins): after a crash
     /// either all or none are visible.
@@ -136,7 +141,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// An in-memory backend (for tests and for apps that keep nothing on disk).
 #[derive(Default)]
 pub struct MemoryBackend {
-    trees: Mutex<BTreeMap<(Tree, Vec<u8>), Vec<u8>>>,
+    trees: Mutex<MemoryTrees>,
 }
 
 impl MemoryBackend {
@@ -145,7 +150,7 @@ impl MemoryBackend {
         Self::default()
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<(Tree, Vec<u8>), Vec<u8>>>, StoreError> {
+    fn lock(&self) -> Result<MutexGuard<'_, MemoryTrees>, StoreError> {
         self.trees.lock().map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
     }
 }
@@ -168,7 +173,7 @@ impl Backend for MemoryBackend {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let trees = self.lock()?;
         // Without an end, the range stops where the next tree begins (trees sort in order).
@@ -252,7 +257,7 @@ impl Backend for SledBackend {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let tree = self.tree(tree)?;
         let iter = if end.is_empty() { tree.range(start..) } else { tree.range(start..end) };
         let to_owned = |r: sled::Result<(sled::IVec, sled::IVec)>| {

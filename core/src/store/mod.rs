@@ -30,7 +30,7 @@ use kith_protocol::{MessageId, UnixMillis, UserId};
 use zeroize::Zeroize;
 
 use backend::prefix_end;
-pub use backend::{Backend, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
+pub use backend::{Backend, Entry, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
 use records::{
     IdentityRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, PeerSessionsRecord, Record,
     SignedPreKeyRecord, decode, encode,

@@ -116,7 +116,7 @@ enum Packet {
     Envelope { from: usize, to: usize, bytes: Vec<u8> },
     Ack { to: usize, id: MessageId, result: AckResult },
     BundleRequest { from: usize, to: usize },
-    Bundle { to: usize, user: UserId, result: Result<PreKeyBundle, FetchError> },
+    Bundle { to: usize, user: UserId, result: Result<Box<PreKeyBundle>, FetchError> },
 }
 
 #[derive(Clone, Copy, Debug)]

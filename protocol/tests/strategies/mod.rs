@@ -225,13 +225,17 @@ pub fn prekey_request() -> impl Strategy<Value = PreKeyRequest> {
     prop_oneof![
         user_id().prop_map(|user| PreKeyRequest::Fetch { user }),
         (binding(), spk(), vec(opk(), 0..50)).prop_map(|(identity, signed_prekey, opks)| {
-            PreKeyRequest::Upload(PreKeyUpload { identity, signed_prekey, one_time_prekeys: opks })
+            PreKeyRequest::Upload(Box::new(PreKeyUpload {
+                identity,
+                signed_prekey,
+                one_time_prekeys: opks,
+            }))
         }),
     ]
 }
 pub fn prekey_response() -> impl Strategy<Value = PreKeyResponse> {
     prop_oneof![
-        bundle().prop_map(PreKeyResponse::Bundle),
+        bundle().prop_map(|b| PreKeyResponse::Bundle(Box::new(b))),
         Just(PreKeyResponse::NotFound),
         any::<u32>().prop_map(|n| PreKeyResponse::Uploaded { one_time_prekeys: n }),
         prop_oneof![
@@ -266,7 +270,7 @@ fn mailbox_refusal() -> impl Strategy<Value = MailboxRefusal> {
 }
 pub fn mailbox_request() -> impl Strategy<Value = MailboxRequest> {
     prop_oneof![
-        envelope().prop_map(MailboxRequest::Deposit),
+        envelope().prop_map(|e| MailboxRequest::Deposit(Box::new(e))),
         any::<u16>().prop_map(|limit| MailboxRequest::Fetch { limit }),
         vec(message_id(), 1..30).prop_map(|ids| MailboxRequest::Ack { ids }),
         vec(envelope(), 0..4).prop_map(|envelopes| MailboxRequest::Push { envelopes }),
