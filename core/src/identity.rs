@@ -50,6 +50,16 @@ impl IdentityKeyPair {
         Ok(Self { signing, dh, dh_signature, peer_id })
     }
 
+    /// The same Ed25519 identity with a new X25519 identity key (for tests of identity-key
+    /// changes, which must never be accepted silently).
+    #[cfg(test)]
+    pub(crate) fn with_new_dh_key<R: rand_core::CryptoRng + ?Sized>(&self, rng: &mut R) -> Self {
+        let signing = SigningKeyPair::from_secret(&self.signing.secret());
+        let dh = DhKeyPair::generate(rng);
+        let dh_signature = signing.sign(SignContext::IdentityDh, &[&dh.public().0]);
+        Self { signing, dh, dh_signature, peer_id: self.peer_id }
+    }
+
     /// The stored parts: Ed25519 seed, X25519 secret, X25519 public, binding signature.
     pub(crate) fn to_stored(&self) -> (SecretBytes, SecretBytes, DhPublicKey, Signature) {
         (self.signing.secret(), self.dh.secret(), self.dh.public(), self.dh_signature)

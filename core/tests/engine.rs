@@ -14,11 +14,8 @@ mod support;
 
 use std::collections::HashSet;
 
-use kith_core::engine::{
-    Command, CommandResult, Config, Engine, Event, Input, Output, Reply, ReplyToken, Via,
-};
+use kith_core::engine::{Command, Event, Input, Output, Reply, ReplyToken, Via};
 use kith_core::model::{Direction, MessageStatus};
-use kith_core::store::Store;
 use kith_protocol::content::{Body, PresenceStatus, TypingState};
 use kith_protocol::direct::AckResult;
 use kith_protocol::envelope::{Envelope, EnvelopeKind};
@@ -407,158 +404,39 @@ fn crashes_before_flush_lose_nothing_acknowledged_and_never_reuse_a_message_key(
 
 // ---------------------------------------------------------------- sled
 
-/// Moves outputs between two engines (no faults) until both are idle.
-fn pump(a: &mut Engine<ChaCha20Rng>, b: &mut Engine<ChaCha20Rng>, now: u64) -> Vec<Event> {
-    let mut events = Vec::new();
-    loop {
-        let mut moved = false;
-        for (src, dst) in [(0, 1), (1, 0)] {
-            let (from, to) = if src == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
-            from.flush().unwrap();
-            let from_user = from.user_id();
-            let mut outputs = Vec::new();
-            while let Some(o) = from.poll_output() {
-                outputs.push(o);
-            }
-            for output in outputs {
-                moved = true;
-                match output {
-                    Output::Deliver(d) => {
-                        to.handle_input(
-                            now,
-                            Input::Envelope {
-                                bytes: d.envelope,
-                                via: Via::Direct(from_user),
-                                reply: Some(ReplyToken(d.id.0[0] as u64)),
-                            },
-                        )
-                        .unwrap();
-                        to.flush().unwrap();
-                        while let Some(o) = to.poll_output() {
-                            match o {
-                                Output::Reply { reply: Reply::Ack(ack), .. } => from
-                                    .handle_input(
-                                        now,
-                                        Input::Delivery {
-                                            id: ack.id,
-                                            result: kith_core::engine::DeliveryResult::Acked(
-                                                ack.result,
-                                            ),
-                                        },
-                                    )
-                                    .unwrap(),
-                                Output::Event(e) => events.push(e),
-                                other => {
-                                    // Deliveries the receiver emits (receipts) go back next round.
-                                    if let Output::Deliver(d) = other {
-                                        from.handle_input(
-                                            now,
-                                            Input::Envelope {
-                                                bytes: d.envelope,
-                                                via: Via::Direct(to.user_id()),
-                                                reply: None,
-                                            },
-                                        )
-                                        .unwrap();
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Output::FetchPreKeys { .. } => {
-                        to.handle_input(now, Input::PreKeyRequest { reply: ReplyToken(7) })
-                            .unwrap();
-                        to.flush().unwrap();
-                        while let Some(o) = to.poll_output() {
-                            if let Output::Reply {
-                                reply:
-                                    Reply::PreKeys(kith_protocol::prekey::PreKeyResponse::Bundle(
-                                        bundle,
-                                    )),
-                                ..
-                            } = o
-                            {
-                                from.handle_input(
-                                    now,
-                                    Input::PreKeyBundle { user: to.user_id(), result: Ok(bundle) },
-                                )
-                                .unwrap();
-                            }
-                        }
-                    }
-                    Output::Event(e) => events.push(e),
-                    Output::Reply { .. } => {}
-                }
-            }
-            let _ = dst;
-        }
-        if !moved {
-            return events;
-        }
-    }
-}
-
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => match &m.body {
-                Some(Body::Text(t)) => Some(t.body.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn session_survives_sled_store_close_and_reopen_and_continues_both_ways() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let open = |i: usize, create: bool| {
-        let store = Store::open(dirs[i].path()).unwrap();
-        let rng = ChaCha20Rng::seed_from_u64(100 + i as u64 + create as u64 * 10);
-        if create {
-            Engine::create(store, rng, T0, Config::default()).unwrap()
-        } else {
-            Engine::open(store, rng, T0 + 1000, Config::default()).unwrap()
-        }
-    };
-    let (mut a, mut b) = (open(0, true), open(1, true));
-    let (ua, ub) = (a.user_id(), b.user_id());
-    a.handle_command(T0, Command::AddContact { user: ub, name: "bob".into(), relays: vec![] })
-        .unwrap();
-    b.handle_command(T0, Command::AddContact { user: ua, name: "alice".into(), relays: vec![] })
-        .unwrap();
-    a.handle_command(T0, Command::SendText { to: ub, text: "before 1".into(), reply_to: None })
-        .unwrap();
-    let got = texts(&pump(&mut a, &mut b, T0));
-    assert_eq!(got, ["before 1"]);
-    b.handle_command(T0, Command::SendText { to: ua, text: "before 2".into(), reply_to: None })
-        .unwrap();
-    assert_eq!(texts(&pump(&mut a, &mut b, T0)), ["before 2"]);
+    let mut net = Net::with_sled(&[dirs[0].path(), dirs[1].path()], 8);
+    net.introduce_all();
+    net.sniff = true;
+    let before = [net.send_text(0, 1, "before 1"), net.send_text(1, 0, "before 2")];
+    net.run_until_quiet(u64::MAX);
+    let users = [net.nodes[0].user, net.nodes[1].user];
 
-    // Close both stores (drop the engines, which closes sled) and reopen them.
-    drop(a);
-    drop(b);
-    let (mut a, mut b) = (open(0, false), open(1, false));
-    assert_eq!((a.user_id(), b.user_id()), (ua, ub));
-    let sessions_before = a.store().dump().unwrap().len();
-    assert!(sessions_before > 0);
-    a.handle_command(
-        T0 + 2000,
-        Command::SendText { to: ub, text: "after 1".into(), reply_to: None },
-    )
-    .unwrap();
-    let events = pump(&mut a, &mut b, T0 + 2000);
-    assert_eq!(texts(&events), ["after 1"]);
-    b.handle_command(
-        T0 + 3000,
-        Command::SendText { to: ua, text: "after 2".into(), reply_to: None },
-    )
-    .unwrap();
-    assert_eq!(texts(&pump(&mut a, &mut b, T0 + 3000)), ["after 2"]);
-    // No new X3DH after the reopen: the existing sessions carried on.
-    let history = a.history(&ub, None, 10).unwrap();
-    assert_eq!(history.len(), 4);
-    let _ = CommandResult::Done;
+    // Close both sled databases (dropping the engines closes them) and reopen them.
+    net.stop(0);
+    net.stop(1);
+    net.restart(0);
+    net.restart(1);
+    assert_eq!([net.nodes[0].user, net.nodes[1].user], users);
+    let sent_before = net.sniffed.len();
+    let after = [net.send_text(0, 1, "after 1"), net.send_text(1, 0, "after 2")];
+    net.run_until_quiet(u64::MAX);
+
+    for (i, id) in before.iter().chain(&after).enumerate() {
+        let to = if i % 2 == 0 { 1 } else { 0 };
+        assert_eq!(net.nodes[to].received[id].0, 1);
+        assert_eq!(net.nodes[1 - to].statuses[id], MessageStatus::Delivered);
+    }
+    // The sessions carried on: no X3DH initial message after the reopen.
+    for (_, _, bytes) in &net.sniffed[sent_before..] {
+        let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
+        assert!(matches!(envelope.kind, EnvelopeKind::Ratchet(_)), "a new session was started");
+    }
+    let history = net.nodes[0].engine().history(&users[1], None, 10).unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [before[0], before[1], after[0], after[1]]
+    );
 }

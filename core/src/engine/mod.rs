@@ -20,6 +20,8 @@
 mod outbox;
 mod prekey_maintenance;
 mod receive;
+#[cfg(test)]
+mod tests;
 mod types;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -18,7 +18,7 @@ use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse};
 use kith_protocol::{MessageId, UserId};
 use rand::RngExt;
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
 
 pub const T0: u64 = 1_700_000_000_000;
 
@@ -93,9 +93,26 @@ impl Backend for CrashableBackend {
     }
 }
 
+/// Where a node keeps its state.
+pub enum Storage {
+    /// In memory, with simulated crashes.
+    Crashable(CrashableBackend),
+    /// A real sled database (crashes are not simulated).
+    Sled(std::path::PathBuf),
+}
+
+impl Storage {
+    fn store(&self) -> Store {
+        match self {
+            Storage::Crashable(b) => Store::new(Box::new(b.clone())),
+            Storage::Sled(path) => Store::open(path).unwrap(),
+        }
+    }
+}
+
 pub struct Node {
     pub engine: Option<Engine<ChaCha20Rng>>,
-    pub backend: CrashableBackend,
+    pub storage: Storage,
     pub user: UserId,
     pub seed: u64,
     /// Every incoming message event: id → (times seen, text).
@@ -166,20 +183,36 @@ impl Net {
             sniffed: Vec::new(),
             sniff: false,
         };
-        for i in 0..nodes {
-            let backend = CrashableBackend::default();
-            let node_seed = seed.wrapping_mul(31).wrapping_add(i as u64);
-            let engine = Engine::create(
-                Store::new(Box::new(backend.clone())),
-                ChaCha20Rng::seed_from_u64(node_seed),
-                T0,
-                Config::default(),
-            )
-            .unwrap();
-            let user = engine.user_id();
+        for _ in 0..nodes {
+            net.add_node(Storage::Crashable(CrashableBackend::default()));
+        }
+        net
+    }
+
+    /// A network of nodes on sled databases in `dirs`, without faults.
+    pub fn with_sled(dirs: &[&std::path::Path], seed: u64) -> Self {
+        let mut net = Net::new(0, Faults::NONE, seed);
+        for dir in dirs {
+            net.add_node(Storage::Sled(dir.to_path_buf()));
+        }
+        net
+    }
+
+    fn add_node(&mut self, storage: Storage) {
+        let node_seed = self.rng.next_u64();
+        let engine = Engine::create(
+            storage.store(),
+            ChaCha20Rng::seed_from_u64(node_seed),
+            self.now,
+            Config::default(),
+        )
+        .unwrap();
+        let user = engine.user_id();
+        {
+            let net = &mut *self;
             net.nodes.push(Node {
                 engine: Some(engine),
-                backend,
+                storage,
                 user,
                 seed: node_seed,
                 received: HashMap::new(),
@@ -188,7 +221,6 @@ impl Net {
                 online: true,
             });
         }
-        net
     }
 
     pub fn index_of(&self, user: &UserId) -> Option<usize> {
@@ -421,7 +453,10 @@ impl Net {
     /// Crashes a node: it loses everything not flushed and stops.
     pub fn crash(&mut self, node: usize) {
         self.nodes[node].engine = None;
-        self.nodes[node].backend.crash();
+        match &self.nodes[node].storage {
+            Storage::Crashable(backend) => backend.crash(),
+            Storage::Sled(_) => panic!("crashes are simulated on in-memory nodes only"),
+        }
     }
 
     /// Stops a node cleanly (everything it acknowledged is flushed already).
@@ -437,7 +472,7 @@ impl Net {
         let n = &mut self.nodes[node];
         n.seed = n.seed.wrapping_add(0x9e37_79b9);
         let engine = Engine::open(
-            Store::new(Box::new(n.backend.clone())),
+            n.storage.store(),
             ChaCha20Rng::seed_from_u64(n.seed),
             self.now,
             Config::default(),

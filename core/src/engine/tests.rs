@@ -1,0 +1,256 @@
+//! Engine tests that need crate-internal constructors (an identity whose X25519 key changed).
+
+use kith_protocol::direct::{AckResult, RejectReason};
+use kith_protocol::prekey::PreKeyResponse;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use std::collections::{HashMap, VecDeque};
+
+use super::*;
+use crate::identity::IdentityKeyPair;
+use crate::store::{Batch, Store};
+
+const T: UnixMillis = 1_700_000_000_000;
+
+type E = Engine<ChaCha20Rng>;
+
+fn engine_with(identity: &IdentityKeyPair, seed: u64) -> E {
+    let store = Store::memory();
+    let mut batch = Batch::new();
+    batch.put_identity(identity, T);
+    store.commit(batch).unwrap();
+    Engine::open(store, ChaCha20Rng::seed_from_u64(seed), T, Config::default()).unwrap()
+}
+
+fn drain(e: &mut E) -> Vec<Output> {
+    e.flush().unwrap();
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+/// Routes outputs between two engines (no faults) until both are idle; returns each side's
+/// events. Every output is routed: nothing either side emits is dropped.
+fn pump(a: &mut E, b: &mut E) -> (Vec<Event>, Vec<Event>) {
+    let mut events = [Vec::new(), Vec::new()];
+    // (sender side, reply token → who asked, output)
+    let mut queue: VecDeque<(usize, Output)> = VecDeque::new();
+    let mut asked: HashMap<u64, (usize, Option<MessageId>)> = HashMap::new();
+    let mut next_token = 0u64;
+    loop {
+        for (side, e) in [(0, &mut *a), (1, &mut *b)] {
+            queue.extend(drain(e).into_iter().map(|o| (side, o)));
+        }
+        let Some((side, output)) = queue.pop_front() else {
+            let [ea, eb] = events;
+            return (ea, eb);
+        };
+        let other = 1 - side;
+        let (me, peer) = if side == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+        match output {
+            Output::Deliver(d) => {
+                next_token += 1;
+                asked.insert(next_token, (side, Some(d.id)));
+                let via = Via::Direct(me.user_id());
+                let input =
+                    Input::Envelope { bytes: d.envelope, via, reply: Some(ReplyToken(next_token)) };
+                peer.handle_input(T, input).unwrap();
+            }
+            Output::FetchPreKeys { .. } => {
+                next_token += 1;
+                asked.insert(next_token, (side, None));
+                peer.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(next_token) })
+                    .unwrap();
+            }
+            Output::Reply { token, reply } => {
+                let Some((origin, _)) = asked.remove(&token.0) else { continue };
+                debug_assert_eq!(origin, other);
+                let input = match reply {
+                    Reply::Ack(ack) => {
+                        Input::Delivery { id: ack.id, result: DeliveryResult::Acked(ack.result) }
+                    }
+                    Reply::PreKeys(PreKeyResponse::Bundle(bundle)) => {
+                        Input::PreKeyBundle { user: me.user_id(), result: Ok(bundle) }
+                    }
+                    Reply::PreKeys(_) => Input::PreKeyBundle {
+                        user: me.user_id(),
+                        result: Err(FetchError::NotFound),
+                    },
+                };
+                peer.handle_input(T, input).unwrap();
+            }
+            Output::Event(e) => events[side].push(e),
+        }
+    }
+}
+
+fn send(e: &mut E, to: UserId, text: &str) -> MessageId {
+    match e.handle_command(T, Command::SendText { to, text: text.into(), reply_to: None }).unwrap()
+    {
+        CommandResult::Queued(id) => id,
+        CommandResult::Done => unreachable!(),
+    }
+}
+
+#[test]
+fn changed_identity_key_is_refused_until_the_user_trusts_it() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let bob_id = IdentityKeyPair::generate(&mut rng);
+    let (mut alice, mut bob) = (engine_with(&alice_id, 10), engine_with(&bob_id, 11));
+    let (ua, ub) = (alice.user_id(), bob.user_id());
+    alice
+        .handle_command(T, Command::AddContact { user: ub, name: "bob".into(), relays: vec![] })
+        .unwrap();
+    send(&mut alice, ub, "hi");
+    pump(&mut alice, &mut bob);
+    send(&mut bob, ua, "hello");
+    pump(&mut alice, &mut bob);
+    let pinned = alice.contact(&ub).unwrap().unwrap().identity.unwrap();
+    assert_eq!(pinned, bob_id.binding());
+
+    // Bob reappears with the same Ed25519 key but a new X25519 identity key, and no state.
+    let bob2_id = bob_id.with_new_dh_key(&mut rng);
+    let mut bob2 = engine_with(&bob2_id, 12);
+    let before = alice.store().dump().unwrap();
+    let refused = send(&mut bob2, ua, "it's me, really");
+    let (alice_events, _) = pump(&mut alice, &mut bob2);
+    // Bob2 is told why: the message failed with the recipient's reason.
+    assert_eq!(
+        bob2.message(&refused).unwrap().unwrap().status,
+        MessageStatus::Failed(DeliveryFailure::Rejected(RejectReason::IdentityChanged))
+    );
+    assert!(
+        alice_events.iter().any(|e| matches!(e, Event::IdentityChanged { peer, identity } if *peer == ub && *identity == bob2_id.binding())),
+        "no IdentityChanged event: {alice_events:?}"
+    );
+    assert!(
+        !alice_events.iter().any(|e| matches!(e, Event::Message(_))),
+        "a message under the new key was accepted"
+    );
+    assert!(
+        alice_events
+            .iter()
+            .any(|e| matches!(e, Event::Rejected { reason: RejectReason::IdentityChanged, .. }))
+    );
+    // No session, message or seen id was written: only the contact (which remembers the
+    // pending key) and the one-time prekey Alice handed Bob2 when he fetched her bundle.
+    let after = alice.store().dump().unwrap();
+    let mut changed: Vec<_> =
+        after.iter().filter(|w| !before.contains(w)).map(|(t, _, _)| *t).collect();
+    changed.dedup();
+    assert_eq!(changed, vec![crate::store::Tree::PreKeys, crate::store::Tree::Contacts]);
+    let contact = alice.contact(&ub).unwrap().unwrap();
+    assert_eq!(contact.identity, Some(pinned), "the pinned key must not change silently");
+    assert_eq!(contact.pending_identity, Some(bob2_id.binding()));
+
+    // Nothing goes out to Bob until the user accepts the new key.
+    assert_eq!(
+        alice.handle_command(T, Command::SendText { to: ub, text: "x".into(), reply_to: None }),
+        Err(CommandError::IdentityChanged)
+    );
+    alice.handle_command(T, Command::TrustIdentity { user: ub }).unwrap();
+    let contact = alice.contact(&ub).unwrap().unwrap();
+    assert_eq!(
+        (contact.identity, contact.pending_identity, contact.verified),
+        (Some(bob2_id.binding()), None, false)
+    );
+
+    // Now Bob2's messages are accepted, and Alice can write to the new key.
+    let again = send(&mut bob2, ua, "it's me, really (again)");
+    let (alice_events, _) = pump(&mut alice, &mut bob2);
+    assert_eq!(bob2.message(&again).unwrap().unwrap().status, MessageStatus::Delivered);
+    assert!(alice_events.iter().any(|e| matches!(e, Event::Message(_))));
+    send(&mut alice, ub, "welcome back");
+    let (_, bob2_events) = pump(&mut alice, &mut bob2);
+    assert!(bob2_events.iter().any(|e| matches!(e, Event::Message(_))));
+}
+
+#[test]
+fn changed_identity_key_in_a_fetched_bundle_fails_queued_messages() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let bob_id = IdentityKeyPair::generate(&mut rng);
+    let (mut alice, mut bob) = (engine_with(&alice_id, 20), engine_with(&bob_id, 21));
+    let ub = bob.user_id();
+    send(&mut alice, ub, "hi");
+    pump(&mut alice, &mut bob);
+
+    // Bob lost his state and got a new X25519 key; he refuses Alice's next message twice.
+    let bob2_id = bob_id.with_new_dh_key(&mut rng);
+    let mut bob2 = engine_with(&bob2_id, 22);
+    let id = send(&mut alice, ub, "are you there?");
+    drain(&mut alice);
+    for _ in 0..2 {
+        alice
+            .handle_input(
+                T,
+                Input::Delivery {
+                    id,
+                    result: DeliveryResult::Acked(AckResult::Rejected(RejectReason::NoSession)),
+                },
+            )
+            .unwrap();
+    }
+    // Alice starts over with a new session: the bundle she gets carries the new key.
+    let (alice_events, _) = pump(&mut alice, &mut bob2);
+    assert!(alice_events.iter().any(|e| matches!(e, Event::IdentityChanged { .. })));
+    assert_eq!(
+        alice.message(&id).unwrap().unwrap().status,
+        MessageStatus::Failed(DeliveryFailure::IdentityChanged)
+    );
+    assert_eq!(alice.outbox_len(), 0);
+}
+
+#[test]
+fn debug_output_of_every_secret_type_shows_no_key_bytes() {
+    use crate::crypto::{DhKeyPair, SecretBytes, SigningKeyPair};
+    use crate::prekeys::{OneTimePreKey, SignedPreKey};
+    use crate::ratchet::keys::{ChainKey, MessageKey, RootKey};
+
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let identity = IdentityKeyPair::generate(&mut rng);
+    let dh = DhKeyPair::generate(&mut rng);
+    let signing = SigningKeyPair::generate(&mut rng);
+    let spk = SignedPreKey::generate(&identity, 1, T, &mut rng);
+    let opk = OneTimePreKey::generate(1, &mut rng);
+    let secret = SecretBytes::random(&mut rng);
+    let (seed, dh_secret, ..) = identity.to_stored();
+    let mut engine = engine_with(&identity, 30);
+    let _ = drain(&mut engine);
+    let batch = {
+        let mut b = Batch::new();
+        b.put_identity(&identity, T);
+        b
+    };
+    let media_key = kith_protocol::content::SymmetricKey(*secret.expose());
+
+    let cases: Vec<(String, Vec<[u8; 32]>)> = vec![
+        (format!("{secret:?}"), vec![*secret.expose()]),
+        (format!("{dh:?}"), vec![*dh.secret().expose()]),
+        (format!("{signing:?}"), vec![*signing.secret().expose()]),
+        (format!("{identity:?}"), vec![*seed.expose(), *dh_secret.expose()]),
+        (format!("{spk:?}"), vec![*spk.pair.secret().expose()]),
+        (format!("{opk:?}"), vec![*opk.pair.secret().expose()]),
+        (format!("{:?}", RootKey(secret.clone())), vec![*secret.expose()]),
+        (format!("{:?}", ChainKey(secret.clone())), vec![*secret.expose()]),
+        (format!("{:?}", MessageKey(secret.clone())), vec![*secret.expose()]),
+        (format!("{media_key:?}"), vec![*secret.expose()]),
+        (format!("{engine:?}"), vec![*seed.expose(), *dh_secret.expose()]),
+        (format!("{batch:?}"), vec![*seed.expose(), *dh_secret.expose()]),
+    ];
+    for (shown, secrets) in cases {
+        for key in secrets {
+            // Neither hex nor a Rust byte list of any 6-byte window of the key may appear.
+            for window in key.windows(6) {
+                let hex: String = window.iter().map(|b| format!("{b:02x}")).collect();
+                let list = format!("{window:?}");
+                let list = list.trim_matches(['[', ']']);
+                assert!(
+                    !shown.contains(&hex) && !shown.contains(list),
+                    "Debug leaks key bytes: {shown}"
+                );
+            }
+        }
+        assert!(!shown.is_empty());
+    }
+}
