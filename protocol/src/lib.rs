@@ -1,6 +1,6 @@
 //! # kith-protocol
 //!
-//! The wire format of [Kith](https://github.com/kith-im/kith): every byte that leaves a Kith
+//! The wire format of Kith: every byte that leaves a Kith
 //! node is one of the frames defined here. Pure data: no IO, no clocks, no secret state.
 //!
 //! ```text

@@ -370,3 +370,18 @@ fn non_canonical_encoding_is_refused() {
     bytes.push(0x00);
     assert!(codec::decode::<DeliveryAck>(&bytes).is_ok());
 }
+
+/// The `decode_frames` fuzz target's committed corpus (`fuzz/seeds/decode_frames`, regressions
+/// included) replayed as an ordinary test.
+#[test]
+fn decode_frames_fuzz_corpus_replays_without_panic() {
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/decode_frames");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&corpus).expect("the seed corpus is committed") {
+        decode_all(&std::fs::read(entry.unwrap().path()).unwrap());
+        replayed += 1;
+    }
+    assert!(replayed > 0, "empty seed corpus");
+    println!("decode_frames corpus: {replayed} inputs replayed");
+}

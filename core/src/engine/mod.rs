@@ -16,6 +16,59 @@
 //! Outputs only become visible after the state that produced them is on disk, so an envelope
 //! never leaves before the ratchet state that encrypted it is durable (no key or nonce reuse
 //! after a crash), and an acknowledgement never promises data that a crash could lose.
+//!
+//! # Example: a driver for two engines
+//!
+//! An app with its own transport does what this loop does with its network: hand envelopes,
+//! prekey requests and their answers to the other side, and acknowledgements back.
+//!
+//! ```
+//! use kith_core::engine::*;
+//! use kith_core::store::Store;
+//! use kith_protocol::prekey::PreKeyResponse;
+//!
+//! let now = 1_700_000_000_000;
+//! let mut alice = Engine::create(Store::memory(), rand::rng(), now, Config::default())?;
+//! let mut bob = Engine::create(Store::memory(), rand::rng(), now, Config::default())?;
+//! let bob_id = bob.user_id();
+//! alice.handle_command(now, Command::AddContact { user: bob_id, name: "bob".into(), relays: vec![] })?;
+//! let CommandResult::Queued(id) =
+//!     alice.handle_command(now, Command::SendText { to: bob_id, text: "hello".into(), reply_to: None })?
+//! else { unreachable!() };
+//!
+//! let mut received = None;
+//! let mut pending: Vec<(bool, Output)> = Vec::new(); // (from Alice?, output)
+//! loop {
+//!     for (from_alice, engine) in [(true, &mut alice), (false, &mut bob)] {
+//!         engine.flush()?; // one fsync per turn, then the outputs are safe to act on
+//!         while let Some(output) = engine.poll_output() {
+//!             pending.push((from_alice, output));
+//!         }
+//!     }
+//!     let Some((from_alice, output)) = pending.pop() else { break };
+//!     let (me, peer) = if from_alice { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+//!     match output {
+//!         Output::Deliver(d) => {
+//!             let via = Via::Direct(me.user_id());
+//!             peer.handle_input(now, Input::Envelope { bytes: d.envelope, via, reply: Some(ReplyToken(0)) })?
+//!         }
+//!         Output::FetchPreKeys { .. } => peer.handle_input(now, Input::PreKeyRequest { reply: ReplyToken(1) })?,
+//!         Output::Reply { reply: Reply::Ack(ack), .. } => {
+//!             peer.handle_input(now, Input::Delivery { id: ack.id, result: DeliveryResult::Acked(ack.result) })?
+//!         }
+//!         Output::Reply { reply: Reply::PreKeys(PreKeyResponse::Bundle(bundle)), .. } => {
+//!             let user = me.user_id();
+//!             peer.handle_input(now, Input::PreKeyBundle { user, result: Ok(bundle) })?
+//!         }
+//!         Output::Event(Event::Message(m)) => received = Some(m.id),
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(received, Some(id));
+//! // Bob's delivery receipt came back: Alice sees the message as delivered.
+//! assert_eq!(alice.message(&id)?.unwrap().status, kith_core::model::MessageStatus::Delivered);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod outbox;
 mod prekey_maintenance;
