@@ -85,6 +85,7 @@ pub mod identity;
 pub mod model;
 pub mod prekeys;
 pub mod ratchet;
+pub mod record;
 pub mod session;
 pub mod store;
 pub mod x3dh;

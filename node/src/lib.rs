@@ -1,22 +1,89 @@
 //! # kith-node
 //!
-//! The runtime that carries [`kith_core`]'s sans-IO engine over the network. This first
-//! version owns the profile on disk: the data directory (owner-only), its sled database and
-//! the wall clock; the libp2p swarm, discovery and delivery protocols build on it.
+//! The libp2p runtime of Kith: it carries [`kith_core`]'s sans-IO engine over the network.
+//!
+//! ```text
+//!  Node handle ──calls──► driver task ──► Engine (kith-core) ──► sled (one fsync per turn)
+//!     ▲  events               │  ▲                 │ outputs (after the flush)
+//!     └───────────────────────┘  │                 ▼
+//!                             swarm: TCP/QUIC + Noise + Yamux
+//!                                    identify, ping, mDNS, Kademlia (/kith/kad/1.0.0),
+//!                                    /kith/envelope/1, /kith/prekey/1, connection limits
+//! ```
+//!
+//! A contact is found by PeerId alone: a connected or mDNS-discovered peer is used directly,
+//! otherwise a Kademlia lookup finds its addresses; its prekey bundle comes from the peer (or,
+//! when it is offline, its signed user record in the DHT); the engine runs X3DH and delivers
+//! through the durable outbox with retries and backoff.
+//!
+//! ## Example: embed a node in an app
 //!
 //! ```
-//! let dir = tempfile::tempdir()?;
-//! let profile = kith_node::Profile::create(dir.path(), Default::default())?;
-//! let id = profile.engine().identity().peer_id();
-//! drop(profile);
-//! let reopened = kith_node::Profile::open(dir.path(), Default::default())?;
-//! assert_eq!(reopened.engine().identity().peer_id(), id);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! use std::time::Duration;
+//! use kith_node::{Node, NodeConfig, NodeEvent};
+//! use kith_node::kith_core::engine::Event;
+//! use kith_node::kith_core::model::MessageStatus;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+//! // Two nodes on 127.0.0.1 (no mDNS); Bob bootstraps from Alice.
+//! let alice = Node::create(NodeConfig::loopback(dirs.0.path())).await?;
+//! let mut bob_config = NodeConfig::loopback(dirs.1.path());
+//! bob_config.bootstrap = alice.addresses().await?;
+//! let bob = Node::create(bob_config).await?;
+//!
+//! let mut bob_events = bob.subscribe();
+//! alice.add_contact(&bob.contact_string(), "bob").await?;
+//! let id = alice.send_text(bob.user_id(), "hello Bob").await?;
+//! let status = alice.wait_for_status(id, MessageStatus::Delivered, Duration::from_secs(20)).await?;
+//! assert_eq!(status, MessageStatus::Delivered);
+//! loop {
+//!     if let NodeEvent::Engine(Event::Message(m)) = bob_events.recv().await? {
+//!         assert_eq!(m.id, id);
+//!         break;
+//!     }
+//! }
+//! alice.shutdown().await?;
+//! bob.shutdown().await?;
+//! # Ok(())
+//! # }
 //! ```
 
+mod behaviour;
 pub mod clock;
+pub mod codec;
+pub mod config;
+mod driver;
+mod limiter;
+mod node;
 mod profile;
 
+pub use behaviour::{
+    IDLE_CONNECTION_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
+    MAX_DHT_RECORDS, MAX_MEMORY_FRACTION, MAX_PENDING_INCOMING, REQUEST_TIMEOUT,
+};
+pub use config::NodeConfig;
+pub use driver::{
+    ENVELOPE_RATE, LOOKUP_COOLDOWN, MAX_BATCH, PREKEY_RATE, RECORD_REPUBLISH, RECORD_RETRY,
+};
 pub use kith_core;
 pub use kith_protocol;
+pub use libp2p;
+pub use limiter::{MAX_TRACKED_PEERS, RateLimiter};
+pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError};
 pub use profile::{Profile, ProfileError, ProfileRng};
+
+/// Something that happened on a node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// An event of the engine (messages, statuses, typing, presence, contacts).
+    Engine(kith_core::engine::Event),
+    /// The node listens on a new address.
+    Listening(libp2p::Multiaddr),
+    /// A first connection to a peer came up.
+    PeerConnected(libp2p::PeerId),
+    /// The last connection to a peer went down.
+    PeerDisconnected(libp2p::PeerId),
+}

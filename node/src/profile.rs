@@ -108,6 +108,11 @@ impl Profile {
         &self.engine
     }
 
+    /// The engine, taking it out of the profile (the node's driver owns it).
+    pub fn into_engine(self) -> Engine<ProfileRng> {
+        self.engine
+    }
+
     /// The engine, mutably.
     pub fn engine_mut(&mut self) -> &mut Engine<ProfileRng> {
         &mut self.engine

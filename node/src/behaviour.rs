@@ -1,0 +1,133 @@
+//! The libp2p behaviour of a Kith node and the swarm built around it.
+
+use std::time::Duration;
+
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    Swarm, SwarmBuilder, connection_limits, identify, identity, kad, mdns,
+    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+};
+
+use crate::codec::{
+    ENVELOPE_PROTOCOL, EnvelopeCodec, IDENTIFY_VERSION, KAD_PROTOCOL, PREKEY_PROTOCOL, PreKeyCodec,
+};
+use crate::config::NodeConfig;
+
+/// Most established connections in total.
+pub const MAX_CONNECTIONS: u32 = 512;
+/// Most established connections per peer (one each way is plenty).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Most connections being set up (incoming) at once.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// New connections are refused above this share of system memory in use.
+pub const MAX_MEMORY_FRACTION: f64 = 0.9;
+/// Most records the DHT store keeps (user records are ~400 bytes).
+pub const MAX_DHT_RECORDS: usize = 65_536;
+/// How long a request-response exchange may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent inbound/outbound substreams per protocol and connection.
+pub const MAX_CONCURRENT_STREAMS: usize = 512;
+/// Idle connections are kept this long (so a chat does not redial for every message).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Everything a Kith node speaks.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Caps on connection counts.
+    pub limits: connection_limits::Behaviour,
+    /// Refuses connections when memory is short.
+    pub memory: memory_connection_limits::Behaviour,
+    /// Learns peers' listen addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Keeps connections alive and measures round trips.
+    pub ping: ping::Behaviour,
+    /// LAN discovery (off unless enabled).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// The DHT: peer routing and user records.
+    pub kad: kad::Behaviour<MemoryStore>,
+    /// `/kith/envelope/1`.
+    pub envelope: request_response::Behaviour<EnvelopeCodec>,
+    /// `/kith/prekey/1`.
+    pub prekey: request_response::Behaviour<PreKeyCodec>,
+}
+
+/// Why the swarm could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("could not build the network stack: {0}")]
+pub(crate) struct BuildError(String);
+
+fn request_response_config() -> request_response::Config {
+    request_response::Config::default()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+}
+
+/// Builds the swarm: TCP and QUIC, Noise, Yamux, and [`Behaviour`].
+pub(crate) fn build_swarm(
+    keypair: identity::Keypair,
+    config: &NodeConfig,
+) -> Result<Swarm<Behaviour>, BuildError> {
+    let mdns_enabled = config.mdns;
+    let dht_server = config.dht_server;
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| BuildError(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| BuildError(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(MAX_CONNECTIONS))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            // Puts are validated (signature, owner) before they are stored.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+            let store_config =
+                MemoryStoreConfig { max_records: MAX_DHT_RECORDS, ..Default::default() };
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                MemoryStore::with_config(peer_id, store_config),
+                kad_config,
+            );
+            if dht_server {
+                kad.set_mode(Some(kad::Mode::Server));
+            }
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                memory: memory_connection_limits::Behaviour::with_max_percentage(
+                    MAX_MEMORY_FRACTION,
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_VERSION.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+                kad,
+                envelope: request_response::Behaviour::new(
+                    [(ENVELOPE_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response_config(),
+                ),
+                prekey: request_response::Behaviour::new(
+                    [(PREKEY_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response_config(),
+                ),
+            })
+        })
+        .map_err(|e| BuildError(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}

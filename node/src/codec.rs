@@ -1,0 +1,195 @@
+//! Size-capped codecs for Kith's request-response protocols.
+//!
+//! One request and one response per substream, each read to the end of the stream with a hard
+//! limit: a frame over its limit fails the stream before anything is parsed. Envelope requests
+//! stay raw bytes here, so that a malformed envelope still reaches the engine and is answered
+//! with a typed refusal instead of a dropped stream.
+
+use std::io;
+use std::marker::PhantomData;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use kith_protocol::Frame;
+use kith_protocol::direct::DeliveryAck;
+use kith_protocol::limits::MAX_ENVELOPE_BYTES;
+use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
+use libp2p::StreamProtocol;
+
+/// `/kith/envelope/1`: direct delivery, answered by a [`DeliveryAck`].
+pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/envelope/1");
+/// `/kith/prekey/1`: prekey bundles.
+pub const PREKEY_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/prekey/1");
+/// Kith's own Kademlia protocol name (a separate DHT from IPFS's).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
+/// Identify's protocol version string.
+pub const IDENTIFY_VERSION: &str = "/kith/1.0.0";
+
+/// Reads `io` to its end, refusing more than `max` bytes.
+async fn read_capped<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    // One byte over the limit is enough to know the frame is too large.
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    io.take(limit).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame exceeds {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+async fn write_all<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+fn decode<F: Frame>(bytes: &[u8]) -> io::Result<F> {
+    kith_protocol::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn encode<F: Frame>(frame: &F) -> io::Result<Vec<u8>> {
+    kith_protocol::encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// An envelope as it travels: at most [`MAX_ENVELOPE_BYTES`], decoded by the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEnvelope(pub Vec<u8>);
+
+/// Codec of `/kith/envelope/1`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnvelopeCodec;
+
+impl libp2p::request_response::Codec for EnvelopeCodec {
+    type Protocol = StreamProtocol;
+    type Request = RawEnvelope;
+    type Response = DeliveryAck;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<RawEnvelope> {
+        read_capped(io, MAX_ENVELOPE_BYTES).await.map(RawEnvelope)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<DeliveryAck> {
+        decode(&read_capped(io, DeliveryAck::MAX_BYTES).await?)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        RawEnvelope(bytes): RawEnvelope,
+    ) -> io::Result<()> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "envelope too large"));
+        }
+        write_all(io, &bytes).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        ack: DeliveryAck,
+    ) -> io::Result<()> {
+        write_all(io, &encode(&ack)?).await
+    }
+}
+
+/// A codec whose request and response are both [`Frame`]s, decoded with their limits.
+#[derive(Debug)]
+pub struct FrameCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
+
+impl<Req, Resp> Default for FrameCodec<Req, Resp> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for FrameCodec<Req, Resp>
+where
+    Req: Frame + Send + 'static,
+    Resp: Frame + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Req> {
+        decode(&read_capped(io, Req::MAX_BYTES).await?)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Resp> {
+        decode(&read_capped(io, Resp::MAX_BYTES).await?)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Req,
+    ) -> io::Result<()> {
+        write_all(io, &encode(&req)?).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> io::Result<()> {
+        write_all(io, &encode(&resp)?).await
+    }
+}
+
+/// Codec of `/kith/prekey/1`.
+pub type PreKeyCodec = FrameCodec<PreKeyRequest, PreKeyResponse>;
+
+#[cfg(test)]
+mod tests {
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn oversize_and_garbage_frames_are_io_errors_not_panics() {
+        let mut codec = EnvelopeCodec;
+        let big = vec![1u8; MAX_ENVELOPE_BYTES + 1];
+        let err = codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(big)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // At the limit is fine (the engine decides what the bytes mean).
+        let at_limit = vec![1u8; MAX_ENVELOPE_BYTES];
+        assert!(codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(at_limit)).await.is_ok());
+
+        let mut prekeys = PreKeyCodec::default();
+        let err = prekeys
+            .read_request(&PREKEY_PROTOCOL, &mut Cursor::new(vec![1, 9, 9, 9]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let huge = vec![0u8; kith_protocol::limits::MAX_PREKEY_FRAME_BYTES + 1];
+        assert!(prekeys.read_response(&PREKEY_PROTOCOL, &mut Cursor::new(huge)).await.is_err());
+    }
+}

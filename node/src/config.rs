@@ -1,0 +1,57 @@
+//! Node settings.
+
+use std::path::PathBuf;
+
+use libp2p::Multiaddr;
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The profile directory (identity, keys, messages).
+    pub data_dir: PathBuf,
+    /// Addresses to listen on. Empty: listen nowhere (an offline node that only serves its
+    /// local API).
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers for the DHT (each with its `/p2p/<peer-id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS. This announces the peer id and the interface
+    /// addresses to the local network.
+    pub mdns: bool,
+    /// Serve the DHT (Kademlia server mode) even before an external address is confirmed.
+    pub dht_server: bool,
+    /// Engine settings (receipts, typing, presence, message requests).
+    pub engine: kith_core::engine::Config,
+}
+
+impl NodeConfig {
+    /// Defaults for `data_dir`: listen on all interfaces (TCP and QUIC, ports chosen by the
+    /// OS), mDNS on, no bootstrap peers, DHT client mode until reachable.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: default_listen(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            dht_server: false,
+            engine: kith_core::engine::Config::default(),
+        }
+    }
+
+    /// A node that does not touch the network (for local commands).
+    pub fn offline(data_dir: impl Into<PathBuf>) -> Self {
+        Self { listen: Vec::new(), mdns: false, ..Self::new(data_dir) }
+    }
+
+    /// A node on 127.0.0.1 only, without mDNS (tests, the demo).
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
+        let listen = ["/ip4/127.0.0.1/tcp/0"].iter().filter_map(|a| a.parse().ok()).collect();
+        Self { listen, mdns: false, ..Self::new(data_dir) }
+    }
+}
+
+fn default_listen() -> Vec<Multiaddr> {
+    ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}

@@ -1,0 +1,531 @@
+//! The driver: one task that owns the swarm and the engine.
+//!
+//! Each loop turn waits for one thing (a call from a [`crate::Node`] handle, a swarm event or
+//! the engine's timer), then takes everything else that is already ready (up to
+//! [`MAX_BATCH`]), then flushes the engine once — one fsync for the whole turn (group commit)
+//! — and only then carries out the outputs and answers the callers. An acknowledgement or a
+//! "queued" answer therefore always means the data is on disk.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use kith_core::engine::{
+    Command, CommandError, CommandResult, DeliveryResult, Engine, FetchError, Input, Output, Reply,
+    ReplyToken, Via,
+};
+use kith_core::identity::{peer_id_of, user_id_of};
+use kith_core::record::{record_key, verify_record};
+use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
+use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, UserRecord};
+use kith_protocol::{MessageId, UserId};
+use libp2p::kad::store::RecordStore;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::NodeEvent;
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::clock::now_millis;
+use crate::codec::{KAD_PROTOCOL, RawEnvelope};
+use crate::limiter::RateLimiter;
+use crate::profile::ProfileRng;
+
+/// Most extra events and calls taken into one turn (one fsync) besides the first.
+pub const MAX_BATCH: usize = 1024;
+/// Inbound envelopes per peer: average per second, and burst.
+pub const ENVELOPE_RATE: (f64, f64) = (2_000.0, 10_000.0);
+/// Inbound prekey fetches per peer (each may hand out a one-time prekey): per second, burst.
+pub const PREKEY_RATE: (f64, f64) = (1.0 / 6.0, 10.0);
+/// A DHT lookup for the same peer is not repeated sooner than this.
+pub const LOOKUP_COOLDOWN: Duration = Duration::from_secs(10);
+/// Our user record is republished this often once published.
+pub const RECORD_REPUBLISH: Duration = Duration::from_secs(30 * 60);
+/// A failed publication of our user record is retried after this.
+pub const RECORD_RETRY: Duration = Duration::from_secs(30);
+
+/// A request from a [`crate::Node`] handle.
+pub(crate) enum Call {
+    /// A user command; answered once its effects are durable.
+    Command(Command, oneshot::Sender<Result<CommandResult, CommandError>>),
+    /// Runs a closure on the driver (queries, network actions).
+    With(Box<dyn FnOnce(&mut Driver) + Send>),
+    /// Flushes and stops.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct Driver {
+    pub(crate) engine: Engine<ProfileRng>,
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) listen_addrs: Vec<Multiaddr>,
+    user: UserId,
+    calls: mpsc::Receiver<Call>,
+    events: broadcast::Sender<NodeEvent>,
+    after_flush: Vec<Box<dyn FnOnce() + Send>>,
+    next_token: u64,
+    envelope_replies: HashMap<u64, ResponseChannel<DeliveryAck>>,
+    prekey_replies: HashMap<u64, ResponseChannel<PreKeyResponse>>,
+    deliveries: HashMap<OutboundRequestId, MessageId>,
+    bundle_fetches: HashMap<OutboundRequestId, UserId>,
+    record_gets: HashMap<kad::QueryId, UserId>,
+    lookups: HashMap<PeerId, Instant>,
+    envelope_limiter: RateLimiter,
+    prekey_limiter: RateLimiter,
+    record_due: Instant,
+    stopping: Option<oneshot::Sender<()>>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        engine: Engine<ProfileRng>,
+        swarm: Swarm<Behaviour>,
+        calls: mpsc::Receiver<Call>,
+        events: broadcast::Sender<NodeEvent>,
+    ) -> Self {
+        let user = engine.user_id();
+        Self {
+            engine,
+            swarm,
+            listen_addrs: Vec::new(),
+            user,
+            calls,
+            events,
+            after_flush: Vec::new(),
+            next_token: 0,
+            envelope_replies: HashMap::new(),
+            prekey_replies: HashMap::new(),
+            deliveries: HashMap::new(),
+            bundle_fetches: HashMap::new(),
+            record_gets: HashMap::new(),
+            lookups: HashMap::new(),
+            envelope_limiter: RateLimiter::new(ENVELOPE_RATE.0, ENVELOPE_RATE.1),
+            prekey_limiter: RateLimiter::new(PREKEY_RATE.0, PREKEY_RATE.1),
+            record_due: Instant::now() + Duration::from_secs(1),
+            stopping: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            let timer = self.next_deadline();
+            tokio::select! {
+                call = self.calls.recv() => match call {
+                    Some(call) => self.on_call(call),
+                    // Every handle is gone: stop.
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(timer.into()) => self.on_timer(),
+            }
+            // Group commit: take what else is ready now into the same turn.
+            for _ in 0..MAX_BATCH {
+                if self.stopping.is_some() {
+                    break;
+                }
+                if let Some(Some(event)) = self.swarm.next().now_or_never() {
+                    self.on_swarm_event(event);
+                } else if let Ok(call) = self.calls.try_recv() {
+                    self.on_call(call);
+                } else {
+                    break;
+                }
+            }
+            self.flush_and_act();
+            if let Some(done) = self.stopping.take() {
+                let _ = done.send(());
+                break;
+            }
+        }
+        if let Err(e) = self.engine.flush() {
+            tracing::error!("final flush failed: {e}");
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let engine = self
+            .engine
+            .poll_timeout()
+            .map(|t| now + Duration::from_millis(t.saturating_sub(now_millis())));
+        engine.map_or(self.record_due, |e| e.min(self.record_due))
+    }
+
+    fn input(&mut self, input: Input) {
+        if let Err(e) = self.engine.handle_input(now_millis(), input) {
+            tracing::error!("store failure while handling network input: {e}");
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        // No subscriber is fine; a lagging one loses old events (bounded channel).
+        let _ = self.events.send(event);
+    }
+
+    fn on_call(&mut self, call: Call) {
+        match call {
+            Call::Command(command, reply) => {
+                let result = self.engine.handle_command(now_millis(), command);
+                self.after_flush.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
+            }
+            Call::With(f) => f(self),
+            Call::Shutdown(done) => self.stopping = Some(done),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        self.input(Input::Timeout);
+        if Instant::now() >= self.record_due {
+            self.publish_record();
+        }
+    }
+
+    /// Flushes the turn (one fsync), then carries out the engine's outputs and answers callers.
+    fn flush_and_act(&mut self) {
+        if let Err(e) = self.engine.flush() {
+            // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
+            tracing::error!("flush failed, retrying next turn: {e}");
+            return;
+        }
+        while let Some(output) = self.engine.poll_output() {
+            self.act(output);
+        }
+        for reply in self.after_flush.drain(..) {
+            reply();
+        }
+    }
+
+    fn act(&mut self, output: Output) {
+        match output {
+            Output::Deliver(delivery) => {
+                let Ok(peer) = peer_id_of(&delivery.to) else {
+                    self.input(Input::Delivery {
+                        id: delivery.id,
+                        result: DeliveryResult::Unreachable,
+                    });
+                    return;
+                };
+                if delivery.ephemeral {
+                    // Typing and presence: only to a peer we are connected to, never retried.
+                    if self.swarm.is_connected(&peer) {
+                        self.swarm
+                            .behaviour_mut()
+                            .envelope
+                            .send_request(&peer, RawEnvelope(delivery.envelope));
+                    }
+                    return;
+                }
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_request(&peer, RawEnvelope(delivery.envelope));
+                self.deliveries.insert(request, delivery.id);
+            }
+            Output::FetchPreKeys { user, .. } => match peer_id_of(&user) {
+                Ok(peer) => {
+                    let request = self
+                        .swarm
+                        .behaviour_mut()
+                        .prekey
+                        .send_request(&peer, PreKeyRequest::Fetch { user });
+                    self.bundle_fetches.insert(request, user);
+                }
+                Err(_) => {
+                    self.input(Input::PreKeyBundle { user, result: Err(FetchError::Unreachable) })
+                }
+            },
+            Output::Reply { token, reply: Reply::Ack(ack) } => {
+                if let Some(channel) = self.envelope_replies.remove(&token.0) {
+                    // The requester may have gone; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().envelope.send_response(channel, ack);
+                }
+            }
+            Output::Reply { token, reply: Reply::PreKeys(response) } => {
+                if let Some(channel) = self.prekey_replies.remove(&token.0) {
+                    let _ = self.swarm.behaviour_mut().prekey.send_response(channel, response);
+                }
+            }
+            Output::Event(event) => self.emit(NodeEvent::Engine(event)),
+        }
+    }
+
+    /// Looks `peer` up in the DHT (at most once per [`LOOKUP_COOLDOWN`]); a found peer is dialed.
+    fn lookup(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        if self.lookups.get(&peer).is_some_and(|at| now.duration_since(*at) < LOOKUP_COOLDOWN) {
+            return;
+        }
+        self.lookups.retain(|_, at| now.duration_since(*at) < LOOKUP_COOLDOWN);
+        self.lookups.insert(peer, now);
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+    }
+
+    /// Asks the DHT for `user`'s record, a bundle without one-time prekey for a first message.
+    fn fetch_record(&mut self, user: UserId) {
+        if self.record_gets.values().any(|u| *u == user) {
+            return;
+        }
+        let query =
+            self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&record_key(&user)));
+        self.record_gets.insert(query, user);
+    }
+
+    fn publish_record(&mut self) {
+        self.record_due = Instant::now() + RECORD_RETRY;
+        match self.engine.user_record(Vec::new()).map(|r| kith_protocol::encode(&r)) {
+            Ok(Ok(bytes)) => {
+                let record = kad::Record::new(kad::RecordKey::new(&record_key(&self.user)), bytes);
+                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One)
+                {
+                    tracing::warn!("could not store our user record: {e}");
+                }
+            }
+            Ok(Err(e)) => tracing::error!("could not encode our user record: {e}"),
+            Err(e) => tracing::error!("could not build our user record: {e}"),
+        }
+    }
+
+    /// Accepts a DHT put only for a record signed by the user it is stored under.
+    fn validate_put(&mut self, record: kad::Record) {
+        let key = record.key.to_vec();
+        let Some(user) =
+            key.strip_prefix(b"/kith/user/".as_slice()).and_then(|u| <[u8; 32]>::try_from(u).ok())
+        else {
+            return;
+        };
+        let valid = kith_protocol::decode::<UserRecord>(&record.value)
+            .ok()
+            .is_some_and(|r| verify_record(&r, &UserId(user), now_millis()).is_ok());
+        if valid {
+            if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                tracing::warn!("DHT store full: {e}");
+            }
+        } else {
+            tracing::debug!("refused an invalid user record put");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!("listening on {address}");
+                self.listen_addrs.push(address.clone());
+                self.emit(NodeEvent::Listening(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                if num_established.get() == 1 {
+                    self.emit(NodeEvent::PeerConnected(peer_id));
+                }
+                if let Ok(user) = user_id_of(&peer_id) {
+                    self.input(Input::PeerReachable { user });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.emit(NodeEvent::PeerDisconnected(peer_id));
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Envelope(event) => self.on_envelope_event(event),
+            BehaviourEvent::Prekey(event) => self.on_prekey_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for address in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, address);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, address) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+                    self.swarm.add_peer_address(peer, address);
+                    if let Ok(user) = user_id_of(&peer) {
+                        self.input(Input::PeerReachable { user });
+                    }
+                }
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::PutRecord { record: Some(record), .. },
+            } => {
+                self.validate_put(record);
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                    let Ok(target) = PeerId::from_bytes(&ok.key) else { return };
+                    if let Some(found) = ok.peers.into_iter().find(|p| p.peer_id == target) {
+                        for address in found.addrs {
+                            self.swarm.add_peer_address(target, address);
+                        }
+                        let _ = self.swarm.dial(target);
+                    }
+                }
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                    let Some(user) = self.record_gets.get(&id).copied() else { return };
+                    let bundle = kith_protocol::decode::<UserRecord>(&found.record.value)
+                        .ok()
+                        .and_then(|r| verify_record(&r, &user, now_millis()).ok());
+                    if let Some(bundle) = bundle {
+                        self.record_gets.remove(&id);
+                        self.input(Input::PreKeyBundle { user, result: Ok(Box::new(bundle)) });
+                    }
+                }
+                kad::QueryResult::GetRecord(_) if step.last => {
+                    self.record_gets.remove(&id);
+                }
+                kad::QueryResult::PutRecord(Ok(_)) => {
+                    self.record_due = Instant::now() + RECORD_REPUBLISH;
+                }
+                kad::QueryResult::PutRecord(Err(e)) => {
+                    tracing::debug!("publishing our user record failed: {e}");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_envelope_event(&mut self, event: request_response::Event<RawEnvelope, DeliveryAck>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request: RawEnvelope(bytes), channel, ..
+                } => {
+                    let refuse = |reason| DeliveryAck {
+                        id: MessageId([0; 16]),
+                        result: AckResult::Rejected(reason),
+                    };
+                    let Ok(user) = user_id_of(&peer) else {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .envelope
+                            .send_response(channel, refuse(RejectReason::SenderMismatch));
+                        return;
+                    };
+                    if !self.envelope_limiter.allow(peer, Instant::now()) {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .envelope
+                            .send_response(channel, refuse(RejectReason::RateLimited));
+                        return;
+                    }
+                    let token = self.token();
+                    self.envelope_replies.insert(token, channel);
+                    self.input(Input::Envelope {
+                        bytes,
+                        via: Via::Direct(user),
+                        reply: Some(ReplyToken(token)),
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(id) = self.deliveries.remove(&request_id) {
+                        self.input(Input::Delivery {
+                            id,
+                            result: DeliveryResult::Acked(response.result),
+                        });
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(id) = self.deliveries.remove(&request_id) {
+                    self.input(Input::Delivery { id, result: DeliveryResult::Unreachable });
+                }
+                if matches!(error, OutboundFailure::DialFailure) {
+                    self.lookup(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_prekey_event(&mut self, event: request_response::Event<PreKeyRequest, PreKeyResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let answer = match request {
+                        PreKeyRequest::Fetch { user } if user == self.user => {
+                            if self.prekey_limiter.allow(peer, Instant::now()) {
+                                let token = self.token();
+                                self.prekey_replies.insert(token, channel);
+                                self.input(Input::PreKeyRequest { reply: ReplyToken(token) });
+                                return;
+                            }
+                            PreKeyResponse::Refused(PreKeyRefusal::RateLimited)
+                        }
+                        PreKeyRequest::Fetch { .. } => PreKeyResponse::NotFound,
+                        PreKeyRequest::Upload(_) => {
+                            PreKeyResponse::Refused(PreKeyRefusal::NotARelay)
+                        }
+                    };
+                    let _ = self.swarm.behaviour_mut().prekey.send_response(channel, answer);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    let Some(user) = self.bundle_fetches.remove(&request_id) else { return };
+                    match response {
+                        PreKeyResponse::Bundle(bundle) => {
+                            self.input(Input::PreKeyBundle { user, result: Ok(bundle) })
+                        }
+                        _ => {
+                            self.input(Input::PreKeyBundle {
+                                user,
+                                result: Err(FetchError::NotFound),
+                            });
+                            self.fetch_record(user);
+                        }
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(user) = self.bundle_fetches.remove(&request_id) {
+                    self.input(Input::PreKeyBundle { user, result: Err(FetchError::Unreachable) });
+                    self.fetch_record(user);
+                }
+                if matches!(error, OutboundFailure::DialFailure) {
+                    self.lookup(peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Dials `address` (with `/p2p/<peer>`) and adds it to the DHT routing table.
+    pub(crate) fn connect(&mut self, address: Multiaddr) -> Result<(), String> {
+        let peer = address.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+            _ => None,
+        });
+        if let Some(peer) = peer {
+            self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+            self.swarm.add_peer_address(peer, address.clone());
+        }
+        self.swarm.dial(address).map_err(|e| e.to_string())
+    }
+
+    /// Starts a DHT bootstrap if any peer is known.
+    pub(crate) fn bootstrap(&mut self) {
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+}

@@ -1,0 +1,336 @@
+//! The async handle apps use: start a node, send, query, subscribe to events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_core::engine::{Command, CommandError, CommandResult};
+use kith_core::fingerprint::SafetyNumber;
+use kith_core::identity::{ContactString, peer_id_of, user_id_of};
+use kith_core::model::{Contact, Message, MessageStatus};
+use kith_core::store::StoreError;
+use kith_protocol::{MessageId, UserId};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::NodeEvent;
+use crate::behaviour::build_swarm;
+use crate::config::NodeConfig;
+use crate::driver::{Call, Driver};
+use crate::profile::{Profile, ProfileError};
+
+/// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
+pub const CALL_QUEUE: usize = 1024;
+/// Events buffered per subscriber; a subscriber that falls further behind loses the oldest.
+pub const EVENT_BUFFER: usize = 8192;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The profile could not be opened.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The network stack could not start.
+    #[error("network: {0}")]
+    Network(String),
+    /// The command was refused.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No contact has that name, and it is not a peer id.
+    #[error("no contact named `{0}` (and it is not a peer id)")]
+    UnknownContact(String),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+    /// Waiting took too long.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+}
+
+/// A running Kith node. Cheap to clone; the node stops when the last clone is dropped or on
+/// [`Node::shutdown`].
+#[derive(Clone)]
+pub struct Node {
+    calls: mpsc::Sender<Call>,
+    events: broadcast::Sender<NodeEvent>,
+    user: UserId,
+    peer_id: PeerId,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node on an existing profile (see [`Profile::create`] or [`Node::create`]).
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let profile = Profile::open(&config.data_dir, config.engine.clone())?;
+        Self::start_with(profile, config).await
+    }
+
+    /// Creates a new identity in `config.data_dir` and starts a node on it.
+    pub async fn create(config: NodeConfig) -> Result<Self, NodeError> {
+        let profile = Profile::create(&config.data_dir, config.engine.clone())?;
+        Self::start_with(profile, config).await
+    }
+
+    async fn start_with(profile: Profile, config: NodeConfig) -> Result<Self, NodeError> {
+        let engine = profile.into_engine();
+        let keypair = engine.identity().libp2p_keypair();
+        let peer_id = keypair.public().to_peer_id();
+        let user = engine.user_id();
+        let mut swarm =
+            build_swarm(keypair, &config).map_err(|e| NodeError::Network(e.to_string()))?;
+        for address in &config.listen {
+            swarm
+                .listen_on(address.clone())
+                .map_err(|e| NodeError::Network(format!("listen on {address}: {e}")))?;
+        }
+        let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut driver = Driver::new(engine, swarm, calls_rx, events.clone());
+        for address in &config.bootstrap {
+            driver
+                .connect(address.clone())
+                .map_err(|e| NodeError::Network(format!("bootstrap {address}: {e}")))?;
+        }
+        driver.bootstrap();
+        let task = tokio::spawn(driver.run());
+        let node = Self { calls, events, user, peer_id, task: Arc::new(Mutex::new(Some(task))) };
+        if !config.listen.is_empty() {
+            node.wait_listening(Duration::from_secs(10)).await?;
+        }
+        Ok(node)
+    }
+
+    /// Runs `f` on the driver and returns its result.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Driver) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let call = Call::With(Box::new(move |driver| {
+            let _ = tx.send(f(driver));
+        }));
+        self.calls.send(call).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    async fn wait_listening(&self, timeout: Duration) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.listen_addrs().await?.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Timeout("the node to listen"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Our user id.
+    pub fn user_id(&self) -> UserId {
+        self.user
+    }
+
+    /// Our libp2p peer id (the same key as the user id).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Our contact string (`kith:<peer-id>`).
+    pub fn contact_string(&self) -> ContactString {
+        ContactString::new(self.user, Vec::new())
+    }
+
+    /// Events from now on: messages, statuses, typing, presence, contacts, network.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Carries out a command. When this returns `Ok`, its effects are on disk.
+    pub async fn command(&self, command: Command) -> Result<CommandResult, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.calls.send(Call::Command(command, tx)).await.map_err(|_| NodeError::Stopped)?;
+        Ok(rx.await.map_err(|_| NodeError::Stopped)??)
+    }
+
+    /// Sends a text message; returns its id once it is durably queued.
+    pub async fn send_text(
+        &self,
+        to: UserId,
+        text: impl Into<String>,
+    ) -> Result<MessageId, NodeError> {
+        match self.command(Command::SendText { to, text: text.into(), reply_to: None }).await? {
+            CommandResult::Queued(id) => Ok(id),
+            CommandResult::Done => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Adds (or renames) a contact from its contact string.
+    pub async fn add_contact(&self, contact: &ContactString, name: &str) -> Result<(), NodeError> {
+        let relays = contact.relays.iter().map(ToString::to_string).collect();
+        self.command(Command::AddContact { user: contact.user, name: name.to_owned(), relays })
+            .await?;
+        Ok(())
+    }
+
+    /// All contacts.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, NodeError> {
+        Ok(self.with(|d| d.engine.contacts()).await??)
+    }
+
+    /// A contact by id.
+    pub async fn contact(&self, user: UserId) -> Result<Option<Contact>, NodeError> {
+        Ok(self.with(move |d| d.engine.contact(&user)).await??)
+    }
+
+    /// The user a contact name or a peer id (with or without `kith:`) refers to.
+    pub async fn resolve(&self, name_or_peer: &str) -> Result<UserId, NodeError> {
+        let owned = name_or_peer.to_owned();
+        if let Some(contact) = self.with(move |d| d.engine.contact_by_name(&owned)).await?? {
+            return Ok(contact.user);
+        }
+        let bare = name_or_peer.trim().strip_prefix("kith:").unwrap_or(name_or_peer.trim());
+        let bare = bare.split('?').next().unwrap_or(bare);
+        bare.parse::<PeerId>()
+            .ok()
+            .and_then(|peer| user_id_of(&peer).ok())
+            .ok_or_else(|| NodeError::UnknownContact(name_or_peer.to_owned()))
+    }
+
+    /// Up to `limit` messages with `peer` before sequence number `before`, oldest first.
+    pub async fn history(
+        &self,
+        peer: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Message>, NodeError> {
+        Ok(self.with(move |d| d.engine.history(&peer, before, limit)).await??)
+    }
+
+    /// A message by id.
+    pub async fn message(&self, id: MessageId) -> Result<Option<Message>, NodeError> {
+        Ok(self.with(move |d| d.engine.message(&id)).await??)
+    }
+
+    /// The safety number with `peer`, once their identity is known.
+    pub async fn safety_number(&self, peer: UserId) -> Result<Option<SafetyNumber>, NodeError> {
+        Ok(self.with(move |d| d.engine.safety_number(&peer)).await??)
+    }
+
+    /// Our display name.
+    pub async fn profile_name(&self) -> Result<Option<String>, NodeError> {
+        Ok(self.with(|d| d.engine.store().profile_name()).await??)
+    }
+
+    /// Messages waiting in the outbox.
+    pub async fn outbox_len(&self) -> Result<usize, NodeError> {
+        self.with(|d| d.engine.outbox_len()).await
+    }
+
+    /// The addresses we listen on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.with(|d| d.listen_addrs.clone()).await
+    }
+
+    /// Our listen addresses with `/p2p/<peer-id>`: what another node can dial or bootstrap from.
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        let peer = self.peer_id;
+        Ok(self
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
+            .collect())
+    }
+
+    /// Peers we have a connection to.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        self.with(|d| d.swarm.connected_peers().copied().collect()).await
+    }
+
+    /// Whether we have a connection to `user`.
+    pub async fn is_connected(&self, user: UserId) -> Result<bool, NodeError> {
+        let Ok(peer) = peer_id_of(&user) else { return Ok(false) };
+        self.with(move |d| d.swarm.is_connected(&peer)).await
+    }
+
+    /// Dials `address` (which should end in `/p2p/<peer-id>`) and adds it to the DHT.
+    pub async fn connect(&self, address: Multiaddr) -> Result<(), NodeError> {
+        self.with(move |d| d.connect(address)).await?.map_err(NodeError::Network)
+    }
+
+    /// Waits until message `id` has reached at least `target` (or failed), returning its status.
+    pub async fn wait_for_status(
+        &self,
+        id: MessageId,
+        target: MessageStatus,
+        timeout: Duration,
+    ) -> Result<MessageStatus, NodeError> {
+        let reached = |status: MessageStatus| {
+            matches!(status, MessageStatus::Failed(_)) || status_rank(status) >= status_rank(target)
+        };
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.message(id).await?.map(|m| m.status);
+            if let Some(status) = status.filter(|s| reached(*s)) {
+                return Ok(status);
+            }
+            // Wake on the next event (or periodically, in case events were lost to lag).
+            let wait = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(500)),
+                events.recv(),
+            );
+            if wait.await.is_err() && tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Timeout("the message status"));
+            }
+        }
+    }
+
+    /// A BLAKE3 digest of everything the node has stored (for tests and diagnostics: two equal
+    /// digests mean byte-identical stores).
+    pub async fn store_digest(&self) -> Result<String, NodeError> {
+        let dump = self.with(|d| d.engine.store().dump()).await??;
+        let mut hasher = blake3::Hasher::new();
+        for (tree, key, value) in dump {
+            hasher.update(tree.name().as_bytes());
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(&key);
+            let value = value.unwrap_or_default();
+            hasher.update(&(value.len() as u64).to_be_bytes());
+            hasher.update(&value);
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// Flushes and stops the node, waiting until its database is closed.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        if self.calls.send(Call::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+/// Progress rank of an outgoing status.
+fn status_rank(status: MessageStatus) -> u8 {
+    match status {
+        MessageStatus::Queued => 0,
+        MessageStatus::Sent | MessageStatus::Received => 1,
+        MessageStatus::Delivered => 2,
+        MessageStatus::Read => 3,
+        MessageStatus::Failed(_) => 4,
+    }
+}
