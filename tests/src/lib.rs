@@ -4,9 +4,16 @@
 //! (with kith-node's network layer) multi-node, fault and namespace tests. This library holds
 //! their shared helpers.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use kith_node::kith_core::engine::Event;
+use kith_node::kith_core::model::Message;
+use kith_node::libp2p::Multiaddr;
+use kith_node::{Node, NodeConfig, NodeEvent};
 
 /// The path of the `kith` binary, built once per test run (in the test profile's target
 /// directory) with the same cargo that runs the tests.
@@ -54,4 +61,111 @@ pub fn kith(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output>
         .args(args)
         .env_remove("KITH_DATA_DIR")
         .output()?)
+}
+
+/// A node on 127.0.0.1 (no mDNS, DHT server mode) with its own temporary profile directory.
+pub struct TestNode {
+    /// The node.
+    pub node: Node,
+    /// Its profile directory (kept alive as long as the node).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Creates an identity and starts a node bootstrapping from `bootstrap`.
+    pub async fn start(bootstrap: Vec<Multiaddr>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let node = Node::create(Self::config(dir.path(), bootstrap)).await?;
+        Ok(Self { node, dir })
+    }
+
+    /// The settings used for test nodes.
+    pub fn config(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
+        let mut config = NodeConfig::loopback(dir);
+        config.bootstrap = bootstrap;
+        config.dht_server = true;
+        config
+    }
+
+    /// Stops the node and starts it again from its directory, bootstrapping from `bootstrap`.
+    pub async fn restart(&mut self, bootstrap: Vec<Multiaddr>) -> anyhow::Result<()> {
+        self.node.shutdown().await?;
+        self.node = Node::start(Self::config(self.dir.path(), bootstrap)).await?;
+        Ok(())
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Collects every engine event a node emits, in a background task.
+pub struct EventLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+    lagged: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    /// Starts recording `node`'s events (from now on).
+    pub fn record(node: &Node) -> Self {
+        let mut rx = node.subscribe();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lagged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (sink, lost) = (events.clone(), lagged.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(NodeEvent::Engine(e)) => sink.lock().map(|mut v| v.push(e)).unwrap_or(()),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { events, lagged, task }
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Events lost because the log fell behind (a test should see 0).
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The new messages received so far.
+    pub fn messages(&self) -> Vec<Message> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(*m),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
