@@ -1,20 +1,32 @@
-//! `kith`: the command-line messenger. Thin by design: it parses, renders, and calls
-//! `kith-node`.
+//! `kith`: the command-line messenger. Thin by design: it parses arguments, renders results,
+//! and calls a Kith node (the running daemon, or one it starts for the command).
 
+// The CLI reads API results as `serde_json::Value`; indexing a `Value` by key never panics (a
+// missing key reads as `Null`), and nothing in this crate writes through an index.
+#![allow(clippy::indexing_slicing)]
+
+mod chat;
+mod conn;
+mod demo;
+mod render;
+
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use kith_node::Profile;
+use clap::{Parser, Subcommand, ValueEnum};
+use conn::{Conn, NetArgs};
 use kith_node::kith_core::engine::{Command as EngineCommand, Config};
 use kith_node::kith_core::identity::ContactString;
+use kith_node::{Node, Profile, rpc};
+use serde_json::{Value, json};
 
 /// Kith: peer-to-peer, end-to-end encrypted messaging.
 #[derive(Parser, Debug)]
 #[command(name = "kith", version, about, long_about = None)]
 struct Cli {
-    /// Profile directory (identity, keys, messages). Defaults to `$XDG_DATA_HOME/kith`.
+    /// Profile directory (identity, keys, messages). Default: $XDG_DATA_HOME/kith.
     #[arg(long, global = true, env = "KITH_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
@@ -24,21 +36,119 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Creates a new identity in the profile directory.
+    /// Create a new identity in the profile directory.
     Init {
         /// Your display name, shared with the contacts you add.
         #[arg(long)]
         name: Option<String>,
     },
-    /// Prints your contact string (`kith:<peer-id>`) for others to add you.
+    /// Print your contact string (and, while the daemon runs, its addresses).
     Id {
-        /// Print JSON for scripts.
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         /// Also print the contact string as a QR code.
         #[arg(long)]
         qr: bool,
     },
+    /// Manage contacts.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Run the node in the foreground, with the control socket (JSON-RPC) in the profile.
+    Daemon {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Stop the running daemon.
+    Stop,
+    /// Send a text message.
+    Send {
+        /// Contact name or peer id.
+        to: String,
+        /// The text.
+        text: String,
+        /// Wait until the message is sent (held by the peer or a relay), delivered or read.
+        #[arg(long, value_enum)]
+        wait: Option<Wait>,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Network options when no daemon runs.
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Show the conversation with a contact.
+    History {
+        /// Contact name or peer id.
+        peer: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Chat with a contact in a terminal UI.
+    Chat {
+        /// Contact name or peer id.
+        peer: String,
+        /// Network options when no daemon runs.
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Watch two people find each other and chat, on this machine, narrated.
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum ContactCommand {
+    /// Add (or rename) a contact from their contact string (kith:<peer-id>...).
+    Add {
+        /// The contact string.
+        contact: String,
+        /// The name to know them by.
+        #[arg(long)]
+        name: String,
+    },
+    /// List contacts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the safety number with a contact and mark them verified once it matches.
+    Verify {
+        /// Contact name or peer id.
+        name: String,
+        /// Mark verified without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Accept a contact's changed identity key.
+    Trust {
+        /// Contact name or peer id.
+        name: String,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Wait {
+    Sent,
+    Delivered,
+    Read,
+}
+
+impl Wait {
+    fn word(self) -> &'static str {
+        match self {
+            Wait::Sent => "sent",
+            Wait::Delivered => "delivered",
+            Wait::Read => "read",
+        }
+    }
 }
 
 fn data_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -56,8 +166,39 @@ fn qr(text: &str) -> anyhow::Result<String> {
     Ok(code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build())
 }
 
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    let mut stdout = std::io::stdout();
+    write!(stdout, "{question} [y/N] ")?;
+    stdout.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn contact_label(c: &Value) -> String {
+    let name = c["name"].as_str().or(c["profile_name"].as_str()).unwrap_or("(unnamed)");
+    let mut flags = Vec::new();
+    if c["verified"].as_bool() == Some(true) {
+        flags.push("verified");
+    }
+    if c["identity_changed"].as_bool() == Some(true) {
+        flags.push("IDENTITY CHANGED");
+    }
+    if c["blocked"].as_bool() == Some(true) {
+        flags.push("blocked");
+    }
+    if let Some(p) = c["presence"].as_str() {
+        flags.push(p);
+    }
+    let flags = if flags.is_empty() { String::new() } else { format!("  ({})", flags.join(", ")) };
+    format!("{name}  kith:{}{flags}", c["peer_id"].as_str().unwrap_or(""))
+}
+
 #[allow(clippy::print_stdout, reason = "printing is this binary's job")]
-fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Init { name } => {
@@ -69,36 +210,180 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .handle_command(now, EngineCommand::SetProfile { display_name: name })?;
                 profile.engine_mut().flush()?;
             }
-            let contact = ContactString::new(profile.engine().user_id(), Vec::new());
             println!("Created a new identity in {}", dir.display());
-            println!("Your contact string: {contact}");
+            println!(
+                "Your contact string: {}",
+                ContactString::new(profile.engine().user_id(), Vec::new())
+            );
         }
         Command::Id { json, qr: show_qr } => {
-            let profile = Profile::open(&dir, Config::default())?;
-            let engine = profile.engine();
-            let contact = ContactString::new(engine.user_id(), Vec::new()).to_string();
+            let mut conn = Conn::open(&dir, None).await?;
+            let id = conn.call("id", Value::Null).await?;
+            conn.close().await?;
+            let contact = id["contact"].as_str().unwrap_or_default().to_owned();
             if json {
-                let value = serde_json::json!({
-                    "peer_id": engine.identity().peer_id().to_string(),
-                    "contact": contact,
-                    "display_name": engine.store().profile_name()?,
-                });
-                println!("{value}");
+                println!("{id}");
             } else {
                 println!("{contact}");
+                for address in id["addresses"].as_array().into_iter().flatten() {
+                    println!("listening: {}", address.as_str().unwrap_or_default());
+                }
             }
             if show_qr {
                 println!("{}", qr(&contact)?);
             }
         }
+        Command::Contact(command) => {
+            let mut conn = Conn::open(&dir, None).await?;
+            let result = contact(&mut conn, command).await;
+            conn.close().await?;
+            result?;
+        }
+        Command::Daemon { net } => daemon(&dir, &net).await?,
+        Command::Stop => {
+            let mut client = rpc::RpcClient::connect(&dir)
+                .await
+                .with_context(|| format!("no daemon is running for {}", dir.display()))?;
+            client.call("shutdown", Value::Null).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("daemon stopped");
+        }
+        Command::Send { to, text, wait, timeout, json, net } => {
+            let mut conn = Conn::open(&dir, Some(&net)).await?;
+            // A node started just for this command stays up until the message left it.
+            let wait = wait.map(Wait::word).or((!conn.is_daemon()).then_some("sent"));
+            // A null `wait` means "do not wait".
+            let params =
+                json!({ "to": to, "text": text, "timeout_ms": timeout * 1000, "wait": wait });
+            let result = conn.call("send", params).await;
+            let local = !conn.is_daemon();
+            conn.close().await?;
+            let result = match result {
+                Err(e) if e.to_string().contains("timed out") && local => {
+                    println!(
+                        "not sent yet: the message is queued and goes out the next time a node runs (`kith daemon`)"
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+                other => other?,
+            };
+            if json {
+                println!("{result}");
+            } else {
+                let status = result["status"].as_str().unwrap_or_default();
+                let failure =
+                    result["failure"].as_str().map(|f| format!(": {f}")).unwrap_or_default();
+                println!("{} {status}{failure}", result["id"].as_str().unwrap_or_default());
+            }
+            if result["status"] == "failed" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::History { peer, json, limit } => {
+            let mut conn = Conn::open(&dir, None).await?;
+            let history = conn.call("history", json!({ "peer": peer, "limit": limit })).await;
+            conn.close().await?;
+            let history = history?;
+            if json {
+                println!("{history}");
+            } else {
+                for m in history.as_array().into_iter().flatten() {
+                    println!("{}", render::message_line(m, &peer));
+                }
+            }
+        }
+        Command::Chat { peer, net } => {
+            let conn = Conn::open(&dir, Some(&net)).await?;
+            chat::run(conn, &peer).await?;
+        }
+        Command::Demo => demo::run().await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout, reason = "printing is this binary's job")]
+async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()> {
+    match command {
+        ContactCommand::Add { contact, name } => {
+            // Check the string here too, for a precise error before anything is touched.
+            contact
+                .parse::<ContactString>()
+                .with_context(|| format!("malformed contact string `{contact}`"))?;
+            conn.call("contact.add", json!({ "contact": contact, "name": name })).await?;
+            println!("added {name}");
+        }
+        ContactCommand::List { json } => {
+            let contacts = conn.call("contact.list", Value::Null).await?;
+            if json {
+                println!("{contacts}");
+            } else {
+                for c in contacts.as_array().into_iter().flatten() {
+                    println!("{}", contact_label(c));
+                }
+            }
+        }
+        ContactCommand::Verify { name, yes } => {
+            let shown =
+                conn.call("contact.verify", json!({ "contact": name, "mark": false })).await?;
+            println!(
+                "Safety number with {name}:\n\n    {}\n",
+                shown["safety_number"].as_str().unwrap_or_default()
+            );
+            println!("Compare it with the one on {name}'s device (in person or on a call).");
+            if yes || confirm("Do the numbers match?")? {
+                conn.call("contact.verify", json!({ "contact": name, "mark": true })).await?;
+                println!("{name} is now verified.");
+            } else {
+                println!("Not marked as verified.");
+            }
+        }
+        ContactCommand::Trust { name } => {
+            conn.call("contact.trust", json!({ "contact": name })).await?;
+            println!(
+                "accepted {name}'s new identity key; verify the new safety number with `kith contact verify {name}`"
+            );
+        }
     }
     Ok(())
 }
 
+#[allow(clippy::print_stdout, reason = "the daemon reports its addresses on stdout")]
+async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
+    let node = Node::start(net.config(dir)?).await?;
+    let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
+    println!("kith daemon for {}", node.contact_string());
+    for address in node.addresses().await? {
+        println!("listening: {address}");
+    }
+    println!("control socket: {}", rpc::socket_path(dir).display());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stop.recv() => {}
+    }
+    node.shutdown().await?;
+    let _ = std::fs::remove_file(rpc::socket_path(dir));
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 #[allow(clippy::print_stderr, reason = "errors are reported on stderr")]
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kith: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kith: {e:#}");
             ExitCode::FAILURE

@@ -58,6 +58,7 @@ mod driver;
 mod limiter;
 mod node;
 mod profile;
+pub mod rpc;
 
 pub use behaviour::{
     IDLE_CONNECTION_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,

@@ -1,0 +1,268 @@
+//! The JSON shapes of the control API: stable, documented views of Kith's types (ids as hex,
+//! users as peer ids, statuses as lowercase words).
+
+use kith_core::engine::Event;
+use kith_core::identity::peer_id_of;
+use kith_core::model::{Contact, Direction, Message, MessageStatus};
+use kith_protocol::UserId;
+use kith_protocol::content::{Body, PresenceStatus, TypingState};
+use serde::Serialize;
+
+use crate::NodeEvent;
+
+/// A user as a peer id string.
+pub fn peer(user: &UserId) -> String {
+    peer_id_of(user).map(|p| p.to_string()).unwrap_or_else(|_| user.to_string())
+}
+
+/// A status as a word; a failure carries its reason.
+pub fn status(status: &MessageStatus) -> (&'static str, Option<String>) {
+    match status {
+        MessageStatus::Queued => ("queued", None),
+        MessageStatus::Sent => ("sent", None),
+        MessageStatus::Delivered => ("delivered", None),
+        MessageStatus::Read => ("read", None),
+        MessageStatus::Received => ("received", None),
+        MessageStatus::Failed(why) => ("failed", Some(why.to_string())),
+    }
+}
+
+fn presence(status: PresenceStatus) -> &'static str {
+    match status {
+        PresenceStatus::Online => "online",
+        PresenceStatus::Away => "away",
+        PresenceStatus::Offline => "offline",
+    }
+}
+
+/// A reaction.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReactionJson {
+    /// Who reacted (peer id).
+    pub from: String,
+    /// The emoji.
+    pub emoji: String,
+}
+
+/// A message of the history.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageJson {
+    /// Message id (hex).
+    pub id: String,
+    /// The other party (peer id).
+    pub peer: String,
+    /// `incoming` or `outgoing`.
+    pub direction: &'static str,
+    /// `text`, `media` or `deleted`.
+    pub kind: &'static str,
+    /// The text (or the attachment's caption).
+    pub text: Option<String>,
+    /// The attachment's file name.
+    pub file_name: Option<String>,
+    /// The message this replies to (hex id).
+    pub reply_to: Option<String>,
+    /// `queued`, `sent`, `delivered`, `read`, `received` or `failed`.
+    pub status: &'static str,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+    /// Sender's time (ms since the Unix epoch).
+    pub sent_at: u64,
+    /// Local time it was stored.
+    pub stored_at: u64,
+    /// Sender's time of the last edit.
+    pub edited_at: Option<u64>,
+    /// Reactions.
+    pub reactions: Vec<ReactionJson>,
+    /// Position in the conversation.
+    pub seq: u64,
+}
+
+impl From<&Message> for MessageJson {
+    fn from(m: &Message) -> Self {
+        let (kind, text, file_name, reply_to) = match &m.body {
+            Some(Body::Text(t)) => {
+                ("text", Some(t.body.clone()), None, t.reply_to.map(|r| r.to_string()))
+            }
+            Some(Body::Media(media)) => {
+                ("media", media.caption.clone(), Some(media.name.clone()), None)
+            }
+            Some(_) => ("other", None, None, None),
+            None => ("deleted", None, None, None),
+        };
+        let (status, failure) = status(&m.status);
+        Self {
+            id: m.id.to_string(),
+            peer: peer(&m.peer),
+            direction: match m.direction {
+                Direction::Incoming => "incoming",
+                Direction::Outgoing => "outgoing",
+            },
+            kind,
+            text,
+            file_name,
+            reply_to,
+            status,
+            failure,
+            sent_at: m.sent_at,
+            stored_at: m.stored_at,
+            edited_at: m.edited_at,
+            reactions: m
+                .reactions
+                .iter()
+                .map(|r| ReactionJson { from: peer(&r.from), emoji: r.emoji.clone() })
+                .collect(),
+            seq: m.seq,
+        }
+    }
+}
+
+/// A contact.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContactJson {
+    /// Their peer id.
+    pub peer_id: String,
+    /// The name we gave them.
+    pub name: Option<String>,
+    /// Their own display name.
+    pub profile_name: Option<String>,
+    /// Whether safety numbers were compared.
+    pub verified: bool,
+    /// Whether their identity key is pinned yet (after the first exchange).
+    pub identity_known: bool,
+    /// Whether they presented a new identity key that waits for the user's decision.
+    pub identity_changed: bool,
+    /// Their relays.
+    pub relays: Vec<String>,
+    /// `online`, `away`, `offline` as they last shared it.
+    pub presence: Option<&'static str>,
+    /// When they were last active (their clock).
+    pub last_seen: Option<u64>,
+    /// Whether they are blocked.
+    pub blocked: bool,
+}
+
+impl From<&Contact> for ContactJson {
+    fn from(c: &Contact) -> Self {
+        Self {
+            peer_id: peer(&c.user),
+            name: c.name.clone(),
+            profile_name: c.profile_name.clone(),
+            verified: c.verified,
+            identity_known: c.identity.is_some(),
+            identity_changed: c.pending_identity.is_some(),
+            relays: c.relays.clone(),
+            presence: c.presence.map(presence),
+            last_seen: c.last_seen,
+            blocked: c.blocked,
+        }
+    }
+}
+
+/// An event, as sent in `event` notifications.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventJson {
+    /// A new message.
+    Message {
+        /// The message.
+        message: MessageJson,
+    },
+    /// An outgoing message changed status.
+    Status {
+        /// The conversation.
+        peer: String,
+        /// The message.
+        id: String,
+        /// Its status.
+        status: &'static str,
+        /// Why it failed, if it did.
+        failure: Option<String>,
+    },
+    /// A message was edited, deleted or reacted to.
+    Updated {
+        /// The message as it is now.
+        message: MessageJson,
+    },
+    /// A peer started or stopped typing.
+    Typing {
+        /// Who.
+        peer: String,
+        /// Started (true) or stopped.
+        typing: bool,
+    },
+    /// A peer's presence.
+    Presence {
+        /// Who.
+        peer: String,
+        /// `online`, `away` or `offline`.
+        status: &'static str,
+        /// When they were last active.
+        last_seen: Option<u64>,
+    },
+    /// A contact was created or changed.
+    Contact {
+        /// The contact.
+        contact: ContactJson,
+    },
+    /// A contact's identity key changed; accept it with `contact.trust`.
+    IdentityChanged {
+        /// Who.
+        peer: String,
+    },
+    /// An envelope was refused.
+    Rejected {
+        /// The claimed sender.
+        sender: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A peer connected.
+    PeerConnected {
+        /// The peer id.
+        peer: String,
+    },
+    /// A peer disconnected.
+    PeerDisconnected {
+        /// The peer id.
+        peer: String,
+    },
+    /// The node listens on a new address.
+    Listening {
+        /// The address.
+        address: String,
+    },
+}
+
+impl EventJson {
+    /// The JSON view of a node event (`None` for events with no JSON form).
+    pub fn from_event(event: &NodeEvent) -> Option<Self> {
+        Some(match event {
+            NodeEvent::Engine(e) => match e {
+                Event::Message(m) => Self::Message { message: m.as_ref().into() },
+                Event::StatusChanged { peer: p, id, status: s } => {
+                    let (status, failure) = status(s);
+                    Self::Status { peer: peer(p), id: id.to_string(), status, failure }
+                }
+                Event::MessageUpdated(m) => Self::Updated { message: m.as_ref().into() },
+                Event::Typing { peer: p, state } => {
+                    Self::Typing { peer: peer(p), typing: *state == TypingState::Started }
+                }
+                Event::Presence { peer: p, status, last_seen } => Self::Presence {
+                    peer: peer(p),
+                    status: presence(*status),
+                    last_seen: *last_seen,
+                },
+                Event::ContactChanged(c) => Self::Contact { contact: c.as_ref().into() },
+                Event::IdentityChanged { peer: p, .. } => Self::IdentityChanged { peer: peer(p) },
+                Event::Rejected { sender, reason } => Self::Rejected {
+                    sender: sender.as_ref().map(peer),
+                    reason: format!("{reason:?}"),
+                },
+                _ => return None,
+            },
+            NodeEvent::PeerConnected(p) => Self::PeerConnected { peer: p.to_string() },
+            NodeEvent::PeerDisconnected(p) => Self::PeerDisconnected { peer: p.to_string() },
+            NodeEvent::Listening(a) => Self::Listening { address: a.to_string() },
+        })
+    }
+}
