@@ -169,3 +169,88 @@ impl Drop for EventLog {
         self.task.abort();
     }
 }
+
+/// A `kith daemon` process, killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Its profile directory.
+    pub dir: PathBuf,
+    /// The addresses it announced (with `/p2p/`).
+    pub addresses: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `kith --data-dir DIR daemon ARGS...`, optionally wrapped in `wrapper` (e.g.
+    /// `ip netns exec NS`), and waits until its control socket is ready.
+    pub fn spawn(dir: &std::path::Path, args: &[&str], wrapper: &[&str]) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let kith = kith_binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&kith);
+                c
+            }
+            None => Command::new(&kith),
+        };
+        let mut child = command
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("daemon")
+            .args(args)
+            .env_remove("KITH_DATA_DIR")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut daemon = Self { child, dir: dir.to_owned(), addresses: Vec::new() };
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.starts_with("control socket:") => return Ok(daemon),
+                Ok(line) => {
+                    if let Some(address) = line.strip_prefix("listening: ") {
+                        daemon.addresses.push(address.to_owned());
+                    }
+                }
+                Err(_) => anyhow::bail!("the daemon for {} did not start", dir.display()),
+            }
+        }
+    }
+
+    /// Runs `kith` against this daemon's profile.
+    pub fn kith(&self, args: &[&str]) -> anyhow::Result<Output> {
+        kith(&self.dir, args)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Ask politely (flush and remove the socket), then make sure.
+        let _ = kith(&self.dir, &["stop"]);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `kith` and returns its stdout, failing with its stderr if it exits non-zero.
+pub fn kith_ok(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = kith(data_dir, args)?;
+    if !out.status.success() {
+        anyhow::bail!("kith {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}

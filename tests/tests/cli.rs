@@ -53,3 +53,93 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
     let out = kith(&profile, &["frobnicate"]).unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit with 2");
 }
+
+use kith_tests::{Daemon, kith_ok};
+
+const LOOPBACK: &[&str] = &["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--dht-server"];
+
+#[test]
+fn two_daemons_contact_add_send_and_history_json_show_the_message_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+
+    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    assert!(!alice.addresses.is_empty());
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+
+    // `kith id` talks to the running daemon: it knows the listen addresses.
+    let alice_id: serde_json::Value =
+        serde_json::from_str(&kith_ok(&a, &["id", "--json"]).unwrap()).unwrap();
+    assert!(!alice_id["addresses"].as_array().unwrap().is_empty());
+    let bob_contact = kith_ok(&b, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    let alice_contact = alice_id["contact"].as_str().unwrap().to_owned();
+    kith_ok(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+
+    let sent: serde_json::Value = serde_json::from_str(
+        &kith_ok(&a, &["send", "bob", "hello from the CLI", "--wait", "delivered", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    let id = sent["id"].as_str().unwrap();
+
+    let history: serde_json::Value =
+        serde_json::from_str(&kith_ok(&a, &["history", "bob", "--json"]).unwrap()).unwrap();
+    let mine =
+        history.as_array().unwrap().iter().find(|m| m["id"] == id).expect("in Alice's history");
+    assert_eq!(
+        (mine["direction"].as_str(), mine["status"].as_str(), mine["text"].as_str()),
+        (Some("outgoing"), Some("delivered"), Some("hello from the CLI"))
+    );
+    let history: serde_json::Value =
+        serde_json::from_str(&kith_ok(&b, &["history", "alice", "--json"]).unwrap()).unwrap();
+    let theirs =
+        history.as_array().unwrap().iter().find(|m| m["id"] == id).expect("in Bob's history");
+    assert_eq!(
+        (theirs["direction"].as_str(), theirs["status"].as_str(), theirs["text"].as_str()),
+        (Some("incoming"), Some("received"), Some("hello from the CLI"))
+    );
+
+    // Human output too.
+    let lines = kith_ok(&a, &["history", "bob"]).unwrap();
+    assert!(lines.contains("me: hello from the CLI ✓✓"), "{lines}");
+    let contacts = kith_ok(&a, &["contact", "list"]).unwrap();
+    assert!(contacts.contains("bob") && contacts.contains(&bob_contact), "{contacts}");
+    // Safety numbers agree on both sides and verification sticks.
+    let sa = kith_ok(&a, &["contact", "verify", "bob", "--yes"]).unwrap();
+    let sb = kith_ok(&b, &["contact", "verify", "alice"]).unwrap();
+    let number = |s: &str| s.lines().nth(2).unwrap().trim().to_owned();
+    assert_eq!(number(&sa), number(&sb));
+    assert!(sa.contains("now verified") && sb.contains("Not marked"), "{sa}\n{sb}");
+    assert!(kith_ok(&a, &["contact", "list", "--json"]).unwrap().contains("\"verified\":true"));
+    drop((alice, bob));
+}
+
+#[test]
+fn cli_refuses_bad_input_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("alice");
+    kith_ok(&a, &["init"]).unwrap();
+    let fails = |args: &[&str], needle: &str| {
+        let out = kith(&a, args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: expected `{needle}` in: {err}");
+    };
+    fails(&["contact", "add", "kith:not-a-peer-id", "--name", "x"], "malformed contact string");
+    fails(&["contact", "add", "12D3KooWBadScheme", "--name", "x"], "malformed contact string");
+    fails(
+        &["send", "nobody", "hi", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        "no contact named `nobody`",
+    );
+    fails(&["history", "nobody"], "no contact named `nobody`");
+    fails(&["daemon", "--listen", "not-a-multiaddr"], "not a valid multiaddr");
+    fails(&["send", "x", "hi", "--bootstrap", "/ip4/1.2.3"], "not a valid multiaddr");
+    fails(&["stop"], "no daemon is running");
+    fails(&["contact", "verify", "nobody", "--yes"], "no contact named `nobody`");
+}
