@@ -29,6 +29,9 @@ pub const MAX_DHT_RECORDS: usize = 65_536;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent inbound/outbound substreams per protocol and connection.
 pub const MAX_CONCURRENT_STREAMS: usize = 512;
+/// Events a connection may queue for the swarm before it waits: room for a full window of
+/// in-flight requests from the peer, so that one driver turn (one fsync) can take them all.
+pub const CONNECTION_EVENT_BUFFER: usize = 256;
 /// Idle connections are kept this long (so a chat does not redial for every message).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -127,7 +130,10 @@ pub(crate) fn build_swarm(
             })
         })
         .map_err(|e| BuildError(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                .with_per_connection_event_buffer_size(CONNECTION_EVENT_BUFFER)
+        })
         .build();
     Ok(swarm)
 }

@@ -6,7 +6,7 @@
 //! — and only then carries out the outputs and answers the callers. An acknowledgement or a
 //! "queued" answer therefore always means the data is on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -34,8 +34,13 @@ use crate::profile::ProfileRng;
 
 /// Most extra events and calls taken into one turn (one fsync) besides the first.
 pub const MAX_BATCH: usize = 1024;
-/// Inbound envelopes per peer: average per second, and burst.
-pub const ENVELOPE_RATE: (f64, f64) = (2_000.0, 10_000.0);
+/// Inbound envelopes per peer: average per second, and burst. Far above what a person sends
+/// (and above what one node can store), it only stops a peer from monopolising the node.
+pub const ENVELOPE_RATE: (f64, f64) = (50_000.0, 100_000.0);
+/// Most envelope requests in flight to one peer; more wait in the driver, in outbox order.
+/// Each request is a Yamux stream, and a connection that exceeds the peer's stream limit
+/// (512 by default, shared with the peer's own requests to us) is torn down.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 128;
 /// Inbound prekey fetches per peer (each may hand out a one-time prekey): per second, burst.
 pub const PREKEY_RATE: (f64, f64) = (1.0 / 6.0, 10.0);
 /// A DHT lookup for the same peer is not repeated sooner than this.
@@ -67,6 +72,12 @@ pub(crate) struct Driver {
     envelope_replies: HashMap<u64, ResponseChannel<DeliveryAck>>,
     prekey_replies: HashMap<u64, ResponseChannel<PreKeyResponse>>,
     deliveries: HashMap<OutboundRequestId, MessageId>,
+    /// Envelope requests in flight per peer (every one ends in a response or a failure).
+    in_flight: HashMap<PeerId, usize>,
+    /// Deliveries waiting for room under [`MAX_IN_FLIGHT_PER_PEER`], in order.
+    waiting: HashMap<PeerId, VecDeque<MessageId>>,
+    /// The newest envelope bytes of each waiting delivery.
+    waiting_envelopes: HashMap<MessageId, Vec<u8>>,
     bundle_fetches: HashMap<OutboundRequestId, UserId>,
     record_gets: HashMap<kad::QueryId, UserId>,
     lookups: HashMap<PeerId, Instant>,
@@ -96,6 +107,9 @@ impl Driver {
             envelope_replies: HashMap::new(),
             prekey_replies: HashMap::new(),
             deliveries: HashMap::new(),
+            in_flight: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_envelopes: HashMap::new(),
             bundle_fetches: HashMap::new(),
             record_gets: HashMap::new(),
             lookups: HashMap::new(),
@@ -213,21 +227,22 @@ impl Driver {
                     return;
                 };
                 if delivery.ephemeral {
-                    // Typing and presence: only to a peer we are connected to, never retried.
-                    if self.swarm.is_connected(&peer) {
-                        self.swarm
-                            .behaviour_mut()
-                            .envelope
-                            .send_request(&peer, RawEnvelope(delivery.envelope));
+                    // Typing and presence: only to a peer we are connected to and not busy
+                    // with, never retried.
+                    if self.swarm.is_connected(&peer) && self.has_room(&peer) {
+                        self.send_envelope(peer, delivery.envelope);
                     }
                     return;
                 }
-                let request = self
-                    .swarm
-                    .behaviour_mut()
-                    .envelope
-                    .send_request(&peer, RawEnvelope(delivery.envelope));
-                self.deliveries.insert(request, delivery.id);
+                if self.has_room(&peer) {
+                    let request = self.send_envelope(peer, delivery.envelope);
+                    self.deliveries.insert(request, delivery.id);
+                } else {
+                    // A retry of a waiting delivery replaces its bytes and keeps its place.
+                    if self.waiting_envelopes.insert(delivery.id, delivery.envelope).is_none() {
+                        self.waiting.entry(peer).or_default().push_back(delivery.id);
+                    }
+                }
             }
             Output::FetchPreKeys { user, .. } => match peer_id_of(&user) {
                 Ok(peer) => {
@@ -254,6 +269,44 @@ impl Driver {
                 }
             }
             Output::Event(event) => self.emit(NodeEvent::Engine(event)),
+        }
+    }
+
+    fn has_room(&self, peer: &PeerId) -> bool {
+        self.in_flight.get(peer).copied().unwrap_or(0) < MAX_IN_FLIGHT_PER_PEER
+    }
+
+    fn send_envelope(&mut self, peer: PeerId, envelope: Vec<u8>) -> OutboundRequestId {
+        *self.in_flight.entry(peer).or_default() += 1;
+        self.swarm.behaviour_mut().envelope.send_request(&peer, RawEnvelope(envelope))
+    }
+
+    /// An envelope request to `peer` ended: sends the next waiting delivery, or, if the peer
+    /// could not be reached, hands every waiting delivery back to the engine to retry later.
+    fn envelope_done(&mut self, peer: PeerId, reached: bool) {
+        if let Some(n) = self.in_flight.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(&peer);
+            }
+        }
+        let Some(mut queue) = self.waiting.remove(&peer) else { return };
+        if !reached {
+            for id in queue {
+                self.waiting_envelopes.remove(&id);
+                self.input(Input::Delivery { id, result: DeliveryResult::Unreachable });
+            }
+            return;
+        }
+        while self.has_room(&peer) {
+            let Some(id) = queue.pop_front() else { break };
+            if let Some(envelope) = self.waiting_envelopes.remove(&id) {
+                let request = self.send_envelope(peer, envelope);
+                self.deliveries.insert(request, id);
+            }
+        }
+        if !queue.is_empty() {
+            self.waiting.insert(peer, queue);
         }
     }
 
@@ -447,12 +500,15 @@ impl Driver {
                             result: DeliveryResult::Acked(response.result),
                         });
                     }
+                    self.envelope_done(peer, true);
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(id) = self.deliveries.remove(&request_id) {
                     self.input(Input::Delivery { id, result: DeliveryResult::Unreachable });
                 }
+                // A peer that answered slowly is still there; one we cannot reach is not.
+                self.envelope_done(peer, matches!(error, OutboundFailure::Timeout));
                 if matches!(error, OutboundFailure::DialFailure) {
                     self.lookup(peer);
                 }

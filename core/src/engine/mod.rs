@@ -174,7 +174,7 @@ impl<R> std::fmt::Debug for Engine<R> {
 impl<R: rand_core::CryptoRng> Engine<R> {
     /// Creates a new identity in an empty store and opens an engine on it.
     pub fn create(
-        store: Store,
+        mut store: Store,
         mut rng: R,
         now: UnixMillis,
         config: Config,
@@ -664,7 +664,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             };
             // A message deleted before it could be sent is not sent at all.
             let Some(plaintext) = plaintext else {
-                batch.delete_outbox(&id);
+                batch.delete_outbox(record.seq);
                 cancelled.push(id);
                 continue;
             };
@@ -675,7 +675,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 .and_then(|envelope| kith_protocol::encode(&envelope).ok());
             let Some(envelope) = kind else {
                 // Cannot happen for content that passed validation; never loop on it.
-                batch.delete_outbox(&id);
+                batch.delete_outbox(record.seq);
                 cancelled.push(id);
                 continue;
             };
@@ -824,12 +824,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         result: DeliveryResult,
     ) -> Result<(), StoreError> {
         let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
-        let (to, kind, resets) = (entry.record.to, entry.record.kind, entry.resets);
+        let (to, kind, resets, seq) =
+            (entry.record.to, entry.record.kind, entry.resets, entry.record.seq);
         match result {
             DeliveryResult::Acked(AckResult::Accepted | AckResult::Duplicate)
             | DeliveryResult::Stored => {
                 let mut batch = Batch::new();
-                batch.delete_outbox(&id);
+                batch.delete_outbox(seq);
                 let update = if kind == OutboxKind::Message {
                     self.set_status(&id, MessageStatus::Sent, &mut batch)?
                 } else {
@@ -920,9 +921,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// Gives up on an outbox entry, telling the app why.
     fn fail(&mut self, id: MessageId, why: DeliveryFailure) -> Result<(), StoreError> {
         let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
-        let kind = entry.record.kind;
+        let (kind, seq) = (entry.record.kind, entry.record.seq);
         let mut batch = Batch::new();
-        batch.delete_outbox(&id);
+        batch.delete_outbox(seq);
         let update = if kind == OutboxKind::Message {
             self.set_status(&id, MessageStatus::Failed(why), &mut batch)?
         } else {
@@ -951,7 +952,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Ok(None);
         }
         record.status = status;
-        batch.put_message(&record);
+        batch.update_message(&record);
         Ok(Some(Event::StatusChanged { peer: record.peer, id: *id, status }))
     }
 
@@ -1044,7 +1045,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     fn update_message(&mut self, record: MessageRecord) -> Result<(), StoreError> {
         let mut batch = Batch::new();
-        batch.put_message(&record);
+        batch.update_message(&record);
         self.commit(batch)?;
         let message = record.to_message()?;
         self.event(Event::MessageUpdated(Box::new(message)));

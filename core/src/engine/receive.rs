@@ -91,6 +91,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if self.store.is_seen(&sender, &envelope.id)? {
             return Ok(AckResult::Duplicate);
         }
+        // Message ids are chosen by senders; one already in the history (any conversation)
+        // is never stored again, so no one can overwrite a message by reusing its id.
+        if self.store.message(&envelope.id)?.is_some() {
+            return Ok(AckResult::Duplicate);
+        }
         let existing = self.store.contact(&sender)?;
         match &existing {
             Some(c) if c.blocked => return Err(ReceiveError::Blocked),
@@ -279,7 +284,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     self.store.message(&reaction.target)?.filter(|m| m.peer == sender)
                 {
                     apply_reaction(&mut target.reactions, sender, &reaction.emoji, reaction.remove);
-                    batch.put_message(&target);
+                    batch.update_message(&target);
                     effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }
@@ -317,7 +322,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 {
                     target.content = Some(edited);
                     target.edited_at = Some(content.sent_at);
-                    batch.put_message(&target);
+                    batch.update_message(&target);
                     effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }
@@ -328,7 +333,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     .filter(|m| m.peer == sender && m.direction == Direction::Incoming);
                 if let Some(mut target) = target {
                     target.content = None;
-                    batch.put_message(&target);
+                    batch.update_message(&target);
                     effects.events.push(Event::MessageUpdated(Box::new(target.to_message()?)));
                 }
             }

@@ -16,7 +16,7 @@ const T: UnixMillis = 1_700_000_000_000;
 type E = Engine<ChaCha20Rng>;
 
 fn engine_with(identity: &IdentityKeyPair, seed: u64) -> E {
-    let store = Store::memory();
+    let mut store = Store::memory();
     let mut batch = Batch::new();
     batch.put_identity(identity, T);
     store.commit(batch).unwrap();

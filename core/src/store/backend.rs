@@ -18,10 +18,10 @@ pub enum Tree {
     Sessions,
     /// Contacts and their pinned identity keys.
     Contacts,
-    /// Messages by id.
+    /// Messages by peer ‖ sequence number (each conversation is one key range).
     Messages,
-    /// Conversation index: peer ‖ sequence number → message id.
-    Conversations,
+    /// Message index: id → peer ‖ sequence number.
+    MessageIds,
     /// Messages not yet acknowledged by their recipient.
     Outbox,
     /// Received envelope ids (sender ‖ id), for deduplication.
@@ -38,7 +38,7 @@ impl Tree {
         Tree::Sessions,
         Tree::Contacts,
         Tree::Messages,
-        Tree::Conversations,
+        Tree::MessageIds,
         Tree::Outbox,
         Tree::Seen,
         Tree::SeenByTime,
@@ -52,7 +52,7 @@ impl Tree {
             Tree::Sessions => "sessions",
             Tree::Contacts => "contacts",
             Tree::Messages => "messages",
-            Tree::Conversations => "conversations",
+            Tree::MessageIds => "message_ids",
             Tree::Outbox => "outbox",
             Tree::Seen => "seen",
             Tree::SeenByTime => "seen_by_time",
@@ -61,6 +61,11 @@ impl Tree {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The byte that prefixes this tree's keys in a single-keyspace backend.
+    pub(crate) fn prefix(self) -> u8 {
+        self as u8
     }
 }
 
@@ -175,6 +180,9 @@ impl Backend for MemoryBackend {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
+        if !end.is_empty() && start >= end {
+            return Ok(Vec::new());
+        }
         let trees = self.lock()?;
         // Without an end, the range stops where the next tree begins (trees sort in order).
         let upper = match (end.is_empty(), Tree::ALL.get(tree.index() + 1)) {
@@ -208,29 +216,29 @@ impl Backend for MemoryBackend {
     }
 }
 
-/// The sled backend: one sled database per profile, one sled tree per [`Tree`]. Batches that
-/// touch one tree use sled's atomic `apply_batch`; batches across trees run as one sled
-/// transaction. sled writes its log in the background; [`Backend::flush`] fsyncs it.
+/// The sled backend: one sled database per profile holding every [`Tree`] in one keyspace,
+/// each key prefixed with its tree's byte, so that any batch, whatever trees it touches, is
+/// one atomic sled `apply_batch` (cheaper than a multi-tree transaction). sled writes its log
+/// in the background; [`Backend::flush`] fsyncs it.
 pub struct SledBackend {
     db: sled::Db,
-    trees: Vec<sled::Tree>,
 }
 
 /// sled's page cache size: enough for a busy profile, far below sled's 1 GiB default.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+fn sled_key(tree: Tree, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(tree.prefix());
+    out.extend_from_slice(key);
+    out
+}
+
 impl SledBackend {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).cache_capacity(SLED_CACHE_BYTES).open()?;
-        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?;
-        Ok(Self { db, trees })
-    }
-
-    fn tree(&self, tree: Tree) -> Result<&sled::Tree, StoreError> {
-        self.trees
-            .get(tree.index())
-            .ok_or_else(|| StoreError::Backend(format!("tree {} missing", tree.name())))
+        Ok(Self { db })
     }
 
     /// Bytes the database occupies on disk.
@@ -247,7 +255,7 @@ impl fmt::Debug for SledBackend {
 
 impl Backend for SledBackend {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+        Ok(self.db.get(sled_key(tree, key))?.map(|v| v.to_vec()))
     }
 
     fn range(
@@ -258,10 +266,16 @@ impl Backend for SledBackend {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let tree = self.tree(tree)?;
-        let iter = if end.is_empty() { tree.range(start..) } else { tree.range(start..end) };
+        let start = sled_key(tree, start);
+        // Without an end, the range stops where the next tree's keys begin.
+        let end = if end.is_empty() { vec![tree.prefix() + 1] } else { sled_key(tree, end) };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let iter = self.db.range(start..end);
         let to_owned = |r: sled::Result<(sled::IVec, sled::IVec)>| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)
+            let (k, v) = r?;
+            Ok((k.get(1..).unwrap_or_default().to_vec(), v.to_vec()))
         };
         if reverse {
             iter.rev().take(limit).map(to_owned).collect()
@@ -271,42 +285,14 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, writes: &[RawWrite]) -> Result<(), StoreError> {
-        let mut touched: Vec<Tree> = writes.iter().map(|(t, _, _)| *t).collect();
-        touched.sort();
-        touched.dedup();
-        match touched.as_slice() {
-            [] => Ok(()),
-            [only] => {
-                let mut batch = sled::Batch::default();
-                for (_, key, value) in writes {
-                    match value {
-                        Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                        None => batch.remove(key.as_slice()),
-                    }
-                }
-                Ok(self.tree(*only)?.apply_batch(batch)?)
-            }
-            many => {
-                use sled::Transactional;
-                let trees = many.iter().map(|t| self.tree(*t)).collect::<Result<Vec<_>, _>>()?;
-                trees
-                    .as_slice()
-                    .transaction(|txs| {
-                        for (tree, key, value) in writes {
-                            let slot = many.iter().position(|t| t == tree).and_then(|i| txs.get(i));
-                            let Some(tx) = slot else { continue };
-                            match value {
-                                Some(value) => tx.insert(key.as_slice(), value.as_slice())?,
-                                None => tx.remove(key.as_slice())?,
-                            };
-                        }
-                        Ok(())
-                    })
-                    .map_err(|e: sled::transaction::TransactionError<()>| {
-                        StoreError::Backend(format!("transaction failed: {e:?}"))
-                    })
+        let mut batch = sled::Batch::default();
+        for (tree, key, value) in writes {
+            match value {
+                Some(value) => batch.insert(sled_key(*tree, key), value.as_slice()),
+                None => batch.remove(sled_key(*tree, key)),
             }
         }
+        Ok(self.db.apply_batch(batch)?)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -317,9 +303,8 @@ impl Backend for SledBackend {
     fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
         let mut out = Vec::new();
         for tree in Tree::ALL {
-            for entry in self.tree(tree)?.iter() {
-                let (k, v) = entry?;
-                out.push((tree, k.to_vec(), Some(v.to_vec())));
+            for (k, v) in self.range(tree, &[], &[], false, usize::MAX)? {
+                out.push((tree, k, Some(v)));
             }
         }
         Ok(out)

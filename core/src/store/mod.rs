@@ -2,11 +2,17 @@
 //!
 //! All reads go through [`Store`]'s per-concern methods (identity, prekeys, sessions, contacts,
 //! messages, outbox, seen ids); all writes are collected in a [`Batch`] and applied with
-//! [`Store::commit`], atomically across trees. A commit is durable only after
-//! [`Store::flush`]; the engine flushes once per turn (group commit) before anything that
-//! depends on the commit leaves the process.
+//! [`Store::commit`]. Commits are write-back: they land in memory at once (every read sees
+//! them) and reach the backend only at [`Store::flush`], all of them as one atomic backend
+//! batch followed by one fsync. The engine flushes once per turn (group commit) before
+//! anything that depends on the turn leaves the process, so a crash loses a whole turn or
+//! nothing, and a key written many times in a turn (a session, an outbox entry queued and
+//! acknowledged) costs one write or none.
 //!
-//! Key layout (all integers big-endian, so that byte order is numeric order):
+//! Key layout (all integers big-endian, so that byte order is numeric order). The large
+//! values (messages, sealed outbox envelopes) sit under keys that grow with time, so that
+//! sled appends to few pages instead of rewriting random ones (measured 6 µs instead of
+//! 16 µs per 1 KiB insert); only small values live under random keys.
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -14,16 +20,18 @@
 //! | prekeys | `s` ‖ id / `o` ‖ id | signed / one-time prekey record |
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
-//! | messages | message id | message record |
-//! | conversations | user ‖ seq | message id |
-//! | outbox | message id | outbox record |
+//! | messages | user ‖ seq | message record (a conversation is one key range) |
+//! | message_ids | message id | user ‖ seq |
+//! | outbox | seq | outbox record |
 //! | seen | sender ‖ message id | time |
 //! | seen_by_time | time ‖ sender ‖ message id | (empty) |
 
 mod backend;
 pub(crate) mod records;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::path::Path;
 
 use kith_protocol::{MessageId, UnixMillis, UserId};
@@ -190,21 +198,25 @@ impl Batch {
         self.delete(Tree::Contacts, &user.0);
     }
 
+    /// Stores a new message (or one whose id is not indexed yet).
     pub(crate) fn put_message(&mut self, record: &MessageRecord) {
-        self.put(Tree::Messages, &record.id.0, record);
-        self.put_raw(
-            Tree::Conversations,
-            &conversation_key(&record.peer, record.seq),
-            record.id.0.to_vec(),
-        );
+        let key = conversation_key(&record.peer, record.seq);
+        self.put(Tree::Messages, &key, record);
+        self.put_raw(Tree::MessageIds, &record.id.0, key.to_vec());
+    }
+
+    /// Rewrites a message loaded from the store (same id, peer and sequence number).
+    pub(crate) fn update_message(&mut self, record: &MessageRecord) {
+        self.put(Tree::Messages, &conversation_key(&record.peer, record.seq), record);
     }
 
     pub(crate) fn put_outbox(&mut self, record: &OutboxRecord) {
-        self.put(Tree::Outbox, &record.id.0, record);
+        self.put(Tree::Outbox, &record.seq.to_be_bytes(), record);
     }
 
-    pub(crate) fn delete_outbox(&mut self, id: &MessageId) {
-        self.delete(Tree::Outbox, &id.0);
+    /// Removes the outbox record with sequence number `seq`.
+    pub(crate) fn delete_outbox(&mut self, seq: u64) {
+        self.delete(Tree::Outbox, &seq.to_be_bytes());
     }
 
     pub(crate) fn mark_seen(&mut self, sender: &UserId, id: &MessageId, now: UnixMillis) {
@@ -220,9 +232,25 @@ impl Batch {
     }
 }
 
+/// Writes committed but not yet flushed, per tree: the newest value of each key (`None`: deleted).
+type Pending = BTreeMap<Tree, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
+
 /// The typed store.
 pub struct Store {
     backend: Box<dyn Backend>,
+    pending: Pending,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        zeroize_pending(&mut self.pending);
+    }
+}
+
+fn zeroize_pending(pending: &mut Pending) {
+    for value in pending.values_mut().flat_map(|tree| tree.values_mut()).flatten() {
+        value.zeroize();
+    }
 }
 
 impl fmt::Debug for Store {
@@ -234,7 +262,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// A store over any backend.
     pub fn new(backend: Box<dyn Backend>) -> Self {
-        Self { backend }
+        Self { backend, pending: Pending::new() }
     }
 
     /// An in-memory store.
@@ -247,40 +275,117 @@ impl Store {
         Ok(Self::new(Box::new(SledBackend::open(path)?)))
     }
 
-    /// Applies `batch` atomically (not yet durable: see [`Store::flush`]).
-    pub fn commit(&self, mut batch: Batch) -> Result<(), StoreError> {
+    /// Applies `batch`: all of it or, if a record could not be encoded, none of it. Every
+    /// read sees it at once; it becomes durable at the next [`Store::flush`].
+    pub fn commit(&mut self, mut batch: Batch) -> Result<(), StoreError> {
         if let Some(e) = batch.error.take() {
             return Err(e);
         }
-        if batch.writes.is_empty() {
-            return Ok(());
+        for (tree, key, value) in std::mem::take(&mut batch.writes) {
+            if let Some(Some(mut old)) = self.pending.entry(tree).or_default().insert(key, value) {
+                old.zeroize();
+            }
         }
-        self.backend.apply(&batch.writes)
+        Ok(())
     }
 
-    /// Makes every committed batch durable.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    /// Whether commits are waiting for [`Store::flush`].
+    pub fn has_pending(&self) -> bool {
+        self.pending.values().any(|tree| !tree.is_empty())
+    }
+
+    /// Writes every commit since the last flush to the backend as one atomic batch and makes
+    /// it durable. On failure nothing is lost: the writes stay pending for the next flush.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.has_pending() {
+            let mut writes: Vec<RawWrite> = std::mem::take(&mut self.pending)
+                .into_iter()
+                .flat_map(|(tree, entries)| entries.into_iter().map(move |(k, v)| (tree, k, v)))
+                .collect();
+            if let Err(e) = self.backend.apply(&writes) {
+                for (tree, key, value) in writes {
+                    self.pending.entry(tree).or_default().insert(key, value);
+                }
+                return Err(e);
+            }
+            for value in writes.iter_mut().filter_map(|(_, _, v)| v.as_mut()) {
+                value.zeroize();
+            }
+        }
         self.backend.flush()
     }
 
-    /// Every stored entry, in tree and key order (for tests and diagnostics).
+    /// Every stored entry (flushed or not), in tree and key order (for tests and diagnostics).
     pub fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
-        self.backend.dump()
+        let mut all: BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>> =
+            self.backend.dump()?.into_iter().map(|(t, k, v)| ((t, k), v)).collect();
+        for (tree, entries) in &self.pending {
+            for (key, value) in entries {
+                all.insert((*tree, key.clone()), value.clone());
+            }
+        }
+        Ok(all.into_iter().filter_map(|((t, k), v)| v.map(|v| (t, k, Some(v)))).collect())
+    }
+
+    /// The value at `key`, pending writes first.
+    fn raw(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.pending.get(&tree).and_then(|entries| entries.get(key)) {
+            Some(value) => Ok(value.clone()),
+            None => self.backend.get(tree, key),
+        }
+    }
+
+    /// Up to `limit` entries with keys in `[start, end)` (no end bound if `end` is empty),
+    /// ascending or descending, pending writes merged over the backend's.
+    fn range(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = match self.pending.get(&tree) {
+            Some(entries) if end.is_empty() || start < end => {
+                entries.range::<[u8], _>((Bound::Included(start), upper)).collect()
+            }
+            _ => Vec::new(),
+        };
+        if overlay.is_empty() {
+            return self.backend.range(tree, start, end, reverse, limit);
+        }
+        // Each pending delete hides at most one backend entry, so the first `limit +
+        // overlay.len()` backend entries hold every backend entry of the merged first `limit`.
+        let base =
+            self.backend.range(tree, start, end, reverse, limit.saturating_add(overlay.len()))?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+        for (key, value) in overlay {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(if reverse {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        })
     }
 
     fn get<T: Record>(&self, tree: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
-        self.backend.get(tree, key)?.map(|v| decode(&v)).transpose()
+        self.raw(tree, key)?.map(|v| decode(&v)).transpose()
     }
 
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
-        match self.backend.get(Tree::Meta, key)? {
+        match self.raw(Tree::Meta, key)? {
             Some(v) => read_u64(&v).map(Some).ok_or(StoreError::Corrupt { record: "counter" }),
             None => Ok(None),
         }
     }
 
     fn meta_u32(&self, key: &[u8]) -> Result<Option<u32>, StoreError> {
-        match self.backend.get(Tree::Meta, key)? {
+        match self.raw(Tree::Meta, key)? {
             Some(v) => read_u32(&v).map(Some).ok_or(StoreError::Corrupt { record: "counter" }),
             None => Ok(None),
         }
@@ -295,7 +400,7 @@ impl Store {
 
     /// Our display name, if set.
     pub fn profile_name(&self) -> Result<Option<String>, StoreError> {
-        match self.backend.get(Tree::Meta, META_PROFILE)? {
+        match self.raw(Tree::Meta, META_PROFILE)? {
             Some(v) => String::from_utf8(v)
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt { record: "profile" }),
@@ -317,8 +422,7 @@ impl Store {
 
     /// All stored signed prekeys, oldest id first.
     pub fn signed_prekeys(&self) -> Result<Vec<SignedPreKey>, StoreError> {
-        self.backend
-            .range(Tree::PreKeys, b"s", b"t", false, usize::MAX)?
+        self.range(Tree::PreKeys, b"s", b"t", false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode::<SignedPreKeyRecord>(&v).map(SignedPreKey::from))
             .collect()
@@ -353,7 +457,7 @@ impl Store {
         id: u32,
     ) -> Result<Option<OneTimePreKeyRecord>, StoreError> {
         let start = opk_key(id);
-        Ok(match self.backend.range(Tree::PreKeys, &start, b"p", false, 1)?.into_iter().next() {
+        Ok(match self.range(Tree::PreKeys, &start, b"p", false, 1)?.into_iter().next() {
             Some((_, v)) => Some(decode(&v)?),
             None => None,
         })
@@ -364,8 +468,7 @@ impl Store {
         &self,
         limit: usize,
     ) -> Result<Vec<OneTimePreKeyRecord>, StoreError> {
-        self.backend
-            .range(Tree::PreKeys, b"o", b"p", false, limit)?
+        self.range(Tree::PreKeys, b"o", b"p", false, limit)?
             .into_iter()
             .map(|(_, v)| decode(&v))
             .collect()
@@ -400,8 +503,7 @@ impl Store {
 
     /// All contacts.
     pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        self.backend
-            .range(Tree::Contacts, &[], &[], false, usize::MAX)?
+        self.range(Tree::Contacts, &[], &[], false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode(&v))
             .collect()
@@ -410,7 +512,10 @@ impl Store {
     // --- messages ---
 
     pub(crate) fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        self.get(Tree::Messages, &id.0)
+        match self.raw(Tree::MessageIds, &id.0)? {
+            Some(key) => self.get(Tree::Messages, &key),
+            None => Ok(None),
+        }
     }
 
     /// Up to `limit` messages of the conversation with `peer` whose sequence number is below
@@ -426,26 +531,17 @@ impl Store {
             Some(seq) => conversation_key(peer, seq).to_vec(),
             None => prefix_end(&peer.0),
         };
-        let mut out = Vec::new();
-        for (_, id) in self.backend.range(Tree::Conversations, &start, &end, true, limit)? {
-            let id = MessageId(
-                id.as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt { record: "conversation" })?,
-            );
-            if let Some(record) = self.message(&id)? {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        self.range(Tree::Messages, &start, &end, true, limit)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
     }
 
     // --- outbox ---
 
     /// Every outbox entry.
     pub(crate) fn outbox(&self) -> Result<Vec<OutboxRecord>, StoreError> {
-        self.backend
-            .range(Tree::Outbox, &[], &[], false, usize::MAX)?
+        self.range(Tree::Outbox, &[], &[], false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode(&v))
             .collect()
@@ -455,7 +551,7 @@ impl Store {
 
     /// Whether an envelope `id` from `sender` was already received.
     pub(crate) fn is_seen(&self, sender: &UserId, id: &MessageId) -> Result<bool, StoreError> {
-        Ok(self.backend.get(Tree::Seen, &seen_key(sender, id))?.is_some())
+        Ok(self.raw(Tree::Seen, &seen_key(sender, id))?.is_some())
     }
 
     /// Adds to `batch` the removal of up to `limit` seen ids recorded before `cutoff`; returns
@@ -466,10 +562,13 @@ impl Store {
         limit: usize,
         batch: &mut Batch,
     ) -> Result<usize, StoreError> {
-        let old = self.backend.range(Tree::SeenByTime, &[], &cutoff.to_be_bytes(), false, limit)?;
+        let old = self.range(Tree::SeenByTime, &[], &cutoff.to_be_bytes(), false, limit)?;
         for (key, _) in &old {
             batch.forget_seen(key);
         }
         Ok(old.len())
     }
 }
+
+#[cfg(test)]
+mod tests;

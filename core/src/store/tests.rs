@@ -1,0 +1,224 @@
+//! The write-back store against a model: every read sees every commit, a flush makes them
+//! durable as one batch, and a failed flush loses nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(bool, u8, u8),
+    Delete(bool, u8),
+    Commit,
+    Flush,
+    Range { second: bool, start: u8, end: Option<u8>, reverse: bool, limit: usize },
+}
+
+fn tree(second: bool) -> Tree {
+    if second { Tree::Outbox } else { Tree::Messages }
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        4 => (any::<bool>(), 0u8..24, any::<u8>()).prop_map(|(t, k, v)| Op::Put(t, k, v)),
+        2 => (any::<bool>(), 0u8..24).prop_map(|(t, k)| Op::Delete(t, k)),
+        2 => Just(Op::Commit),
+        1 => Just(Op::Flush),
+        2 => (any::<bool>(), 0u8..26, proptest::option::of(0u8..26), any::<bool>(), 0usize..30)
+            .prop_map(|(second, start, end, reverse, limit)| Op::Range {
+                second,
+                start,
+                end,
+                reverse,
+                limit
+            }),
+    ];
+    proptest::collection::vec(op, 1..120)
+}
+
+/// Runs `ops` on `store` and on a model, checking every read; returns the model.
+fn check(store: &mut Store, ops: &[Op]) -> BTreeMap<(Tree, Vec<u8>), Vec<u8>> {
+    let mut model: BTreeMap<(Tree, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    let mut staged: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut batch = Batch::new();
+    for op in ops {
+        match op {
+            Op::Put(t, k, v) => {
+                batch.put_raw(tree(*t), &[*k], vec![*v; 3]);
+                staged.push((tree(*t), vec![*k], Some(vec![*v; 3])));
+            }
+            Op::Delete(t, k) => {
+                batch.delete(tree(*t), &[*k]);
+                staged.push((tree(*t), vec![*k], None));
+            }
+            Op::Commit => {
+                store.commit(std::mem::take(&mut batch)).unwrap();
+                for (t, k, v) in staged.drain(..) {
+                    match v {
+                        Some(v) => model.insert((t, k), v),
+                        None => model.remove(&(t, k)),
+                    };
+                }
+            }
+            Op::Flush => store.flush().unwrap(),
+            Op::Range { second, start, end, reverse, limit } => {
+                let t = tree(*second);
+                let end_key = end.map(|e| vec![e]).unwrap_or_default();
+                let got = store.range(t, &[*start], &end_key, *reverse, *limit).unwrap();
+                let matching = model.iter().filter(|((mt, k), _)| {
+                    *mt == t && k[0] >= *start && end.is_none_or(|e| k[0] < e)
+                });
+                let want: Vec<Entry> = if *reverse {
+                    matching.rev().take(*limit).map(|((_, k), v)| (k.clone(), v.clone())).collect()
+                } else {
+                    matching.take(*limit).map(|((_, k), v)| (k.clone(), v.clone())).collect()
+                };
+                assert_eq!(got, want, "range {op:?}");
+            }
+        }
+    }
+    for ((t, k), v) in &model {
+        assert_eq!(store.raw(*t, k).unwrap().as_ref(), Some(v));
+    }
+    let dump: Vec<RawWrite> = store.dump().unwrap();
+    let want: Vec<RawWrite> =
+        model.iter().map(|((t, k), v)| (*t, k.clone(), Some(v.clone()))).collect();
+    assert_eq!(dump, want);
+    model
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn write_back_store_reads_match_a_model_on_memory_backend(ops in ops()) {
+        check(&mut Store::memory(), &ops);
+    }
+
+    #[test]
+    fn write_back_store_reads_match_a_model_on_sled_and_survive_reopen(ops in ops()) {
+        let dir = tempfile::tempdir().unwrap();
+        let model = {
+            let mut store = Store::open(dir.path()).unwrap();
+            let model = check(&mut store, &ops);
+            store.flush().unwrap();
+            model
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let want: Vec<RawWrite> =
+            model.iter().map(|((t, k), v)| (*t, k.clone(), Some(v.clone()))).collect();
+        prop_assert_eq!(store.dump().unwrap(), want);
+    }
+}
+
+#[test]
+fn unflushed_commits_are_not_on_disk_and_flushed_ones_are() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put_raw(Tree::Messages, b"durable", b"1".to_vec());
+        store.commit(batch).unwrap();
+        store.flush().unwrap();
+        let mut batch = Batch::new();
+        batch.put_raw(Tree::Messages, b"volatile", b"2".to_vec());
+        batch.delete(Tree::Messages, b"durable");
+        store.commit(batch).unwrap();
+        assert_eq!(store.raw(Tree::Messages, b"durable").unwrap(), None);
+        // Dropped without a flush: as if the process died here.
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.raw(Tree::Messages, b"durable").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.raw(Tree::Messages, b"volatile").unwrap(), None);
+}
+
+#[test]
+fn sled_trees_do_not_leak_into_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut batch = Batch::new();
+    for tree in Tree::ALL {
+        batch.put_raw(tree, &[0xff, 0xff], vec![tree.prefix()]);
+        batch.put_raw(tree, &[], vec![tree.prefix()]);
+    }
+    store.commit(batch).unwrap();
+    store.flush().unwrap();
+    for tree in Tree::ALL {
+        let all = store.backend.range(tree, &[], &[], false, usize::MAX).unwrap();
+        assert_eq!(
+            all,
+            vec![(vec![], vec![tree.prefix()]), (vec![0xff, 0xff], vec![tree.prefix()])]
+        );
+        let back = store.backend.range(tree, &[], &[], true, 1).unwrap();
+        assert_eq!(back, vec![(vec![0xff, 0xff], vec![tree.prefix()])]);
+    }
+}
+
+/// A backend whose writes fail while `failing` is set.
+struct Flaky {
+    inner: MemoryBackend,
+    failing: Arc<AtomicBool>,
+}
+
+impl Backend for Flaky {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn range(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.range(tree, start, end, reverse, limit)
+    }
+    fn apply(&self, writes: &[RawWrite]) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("disk full".into()));
+        }
+        self.inner.apply(writes)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
+        self.inner.dump()
+    }
+}
+
+#[test]
+fn a_failed_flush_keeps_every_commit_for_the_next_one() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let mut store =
+        Store::new(Box::new(Flaky { inner: MemoryBackend::new(), failing: failing.clone() }));
+    let mut batch = Batch::new();
+    batch.put_raw(Tree::Outbox, b"a", b"1".to_vec());
+    batch.put_raw(Tree::Seen, b"b", b"2".to_vec());
+    store.commit(batch).unwrap();
+    assert!(store.flush().is_err());
+    assert!(store.has_pending());
+    assert_eq!(store.raw(Tree::Outbox, b"a").unwrap(), Some(b"1".to_vec()));
+    failing.store(false, Ordering::SeqCst);
+    store.flush().unwrap();
+    assert!(!store.has_pending());
+    assert_eq!(store.backend.get(Tree::Seen, b"b").unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn a_batch_with_an_unencodable_record_changes_nothing() {
+    let mut store = Store::memory();
+    let mut batch = Batch::new();
+    batch.put_raw(Tree::Outbox, b"a", b"1".to_vec());
+    batch.error = Some(StoreError::Encode { record: "test" });
+    assert!(store.commit(batch).is_err());
+    assert!(!store.has_pending());
+    assert_eq!(store.raw(Tree::Outbox, b"a").unwrap(), None);
+}

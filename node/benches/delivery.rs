@@ -1,0 +1,286 @@
+//! Kith 1:1 delivery beside a bare rust-libp2p request-response echo, in one run on loopback.
+//!
+//! Both sides use the same transport (TCP, Noise, Yamux) and a 1 KiB payload.
+//!
+//! - **Latency**: one message at a time. Bare libp2p: request → echoed response. Kith: `send`
+//!   → the peer decrypts, stores and flushes it, and acknowledges → the sender records *Sent*
+//!   (the same network round trip, plus end-to-end encryption and an fsync on each side).
+//! - **Throughput**: many messages in flight. Bare: 1 KiB requests with up to 512 outstanding.
+//!   Kith: messages sent concurrently until all have arrived at the peer (each stored durably
+//!   on both sides; the peer's delivery receipts flow back meanwhile).
+//!
+//! Run with `cargo bench -p kith-node --bench delivery`.
+
+#![allow(
+    missing_docs,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use kith_node::kith_core::engine::Event;
+use kith_node::kith_core::model::MessageStatus;
+use kith_node::libp2p::request_response::{self, ProtocolSupport};
+use kith_node::libp2p::swarm::SwarmEvent;
+use kith_node::libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
+use kith_node::{Node, NodeConfig, NodeEvent};
+
+const PAYLOAD: usize = 1024;
+const LATENCY_SAMPLES: usize = 1000;
+const THROUGHPUT_MESSAGES: usize = 2_000;
+const PROTOCOL: StreamProtocol = StreamProtocol::new("/bench/echo/1");
+
+#[derive(Clone, Default)]
+struct Echo;
+
+impl request_response::Codec for Echo {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        self.read_request(p, io).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await?;
+        io.close().await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        self.write_request(p, io, r).await
+    }
+}
+
+fn echo_swarm() -> Swarm<request_response::Behaviour<Echo>> {
+    let config = request_response::Config::default()
+        .with_request_timeout(Duration::from_secs(60))
+        .with_max_concurrent_streams(kith_node::MAX_CONCURRENT_STREAMS);
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::new([(PROTOCOL, ProtocolSupport::Full)], config)
+        })
+        .unwrap()
+        .build()
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    per_second: f64,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+async fn bare_libp2p() -> Figures {
+    let mut server = echo_swarm();
+    server.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let address: Multiaddr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server.behaviour_mut().send_response(channel, request);
+            }
+        }
+    });
+    let mut client = echo_swarm();
+    client.add_peer_address(server_id, address);
+    let payload = vec![0x5a; PAYLOAD];
+    // Waits for `n` responses (panics on a failure: the bench must not report broken runs).
+    async fn responses(client: &mut Swarm<request_response::Behaviour<Echo>>, mut n: usize) {
+        while n > 0 {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                }) => n -= 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("echo failed: {error}"),
+                _ => {}
+            }
+        }
+    }
+    // Warm up (connection setup).
+    client.behaviour_mut().send_request(&server_id, payload.clone());
+    responses(&mut client, 1).await;
+
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES {
+        let start = Instant::now();
+        client.behaviour_mut().send_request(&server_id, payload.clone());
+        responses(&mut client, 1).await;
+        samples.push(start.elapsed());
+    }
+    let (p50, p99) = percentiles(samples);
+
+    let start = Instant::now();
+    let window = kith_node::MAX_CONCURRENT_STREAMS;
+    let mut sent = 0;
+    let mut done = 0;
+    while done < THROUGHPUT_MESSAGES {
+        while sent < THROUGHPUT_MESSAGES && sent - done < window {
+            client.behaviour_mut().send_request(&server_id, payload.clone());
+            sent += 1;
+        }
+        responses(&mut client, 1).await;
+        done += 1;
+    }
+    let per_second = THROUGHPUT_MESSAGES as f64 / start.elapsed().as_secs_f64();
+    Figures { p50, p99, per_second }
+}
+
+async fn kith() -> Figures {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = Node::create(NodeConfig::loopback(dirs.0.path())).await.unwrap();
+    let mut bob_config = NodeConfig::loopback(dirs.1.path());
+    bob_config.bootstrap = alice.addresses().await.unwrap();
+    let bob = Node::create(bob_config).await.unwrap();
+    alice.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let to = bob.user_id();
+    let text = "x".repeat(PAYLOAD);
+    // Warm up: session setup, then a few messages.
+    for _ in 0..10 {
+        let id = alice.send_text(to, text.clone()).await.unwrap();
+        alice.wait_for_status(id, MessageStatus::Delivered, Duration::from_secs(30)).await.unwrap();
+    }
+
+    let mut events = alice.subscribe();
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES {
+        let start = Instant::now();
+        let id = alice.send_text(to, text.clone()).await.unwrap();
+        loop {
+            if let Ok(NodeEvent::Engine(Event::StatusChanged {
+                id: i,
+                status: MessageStatus::Sent,
+                ..
+            })) = events.recv().await
+                && i == id
+            {
+                break;
+            }
+        }
+        samples.push(start.elapsed());
+    }
+    let (p50, p99) = percentiles(samples);
+    drop(events);
+    // Let the last receipts settle before measuring throughput.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut arrivals = bob.subscribe();
+    let start = Instant::now();
+    let counter = tokio::spawn(async move {
+        let mut n = 0;
+        while n < THROUGHPUT_MESSAGES {
+            match arrivals.recv().await {
+                Ok(NodeEvent::Engine(Event::Message(_))) => n += 1,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                    panic!("bench lost {k} events")
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut sends = FuturesUnordered::new();
+    for _ in 0..THROUGHPUT_MESSAGES {
+        let (alice, text) = (alice.clone(), text.clone());
+        sends.push(async move { alice.send_text(to, text).await.unwrap() });
+        // Keep a bounded number of calls in flight (like an app sending as fast as it can).
+        while sends.len() >= 512 {
+            sends.next().await;
+        }
+    }
+    while sends.next().await.is_some() {}
+    counter.await.unwrap();
+    let per_second = THROUGHPUT_MESSAGES as f64 / start.elapsed().as_secs_f64();
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+    Figures { p50, p99, per_second }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        // `cargo test --all-targets` runs benches as tests: nothing to check here quickly.
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let bare = bare_libp2p().await;
+    let kith = kith().await;
+    println!(
+        "\n1 KiB payload, loopback, TCP + Noise + Yamux; {LATENCY_SAMPLES} latency samples, {THROUGHPUT_MESSAGES} messages for throughput\n"
+    );
+    println!(
+        "| | bare libp2p request-response echo | Kith (E2EE, persisted, acked) | Kith ÷ bare | target |"
+    );
+    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| latency p50 | {} | {} | {:.2}× | ≤ 2× |",
+        ms(bare.p50),
+        ms(kith.p50),
+        kith.p50.as_secs_f64() / bare.p50.as_secs_f64()
+    );
+    println!(
+        "| latency p99 | {} | {} | {:.2}× | |",
+        ms(bare.p99),
+        ms(kith.p99),
+        kith.p99.as_secs_f64() / bare.p99.as_secs_f64()
+    );
+    println!(
+        "| throughput | {:.0} msg/s | {:.0} msg/s | {:.2}× | ≥ 10,000 msg/s |",
+        bare.per_second,
+        kith.per_second,
+        kith.per_second / bare.per_second
+    );
+}
