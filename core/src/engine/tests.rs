@@ -254,3 +254,49 @@ fn debug_output_of_every_secret_type_shows_no_key_bytes() {
         assert!(!shown.is_empty());
     }
 }
+
+/// Regression: message ids are chosen by senders, and a contact who reused another contact's
+/// message id used to overwrite that message in the history.
+#[test]
+fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let (alice_id, bob_id, mallory_id) = (
+        IdentityKeyPair::generate(&mut rng),
+        IdentityKeyPair::generate(&mut rng),
+        IdentityKeyPair::generate(&mut rng),
+    );
+    let (mut alice, mut bob, mut mallory) =
+        (engine_with(&alice_id, 30), engine_with(&bob_id, 31), engine_with(&mallory_id, 32));
+    let ua = alice.user_id();
+    let bobs = send(&mut bob, ua, "from bob");
+    pump(&mut alice, &mut bob);
+    send(&mut mallory, ua, "hi");
+    pump(&mut alice, &mut mallory);
+    let before = alice.message(&bobs).unwrap().unwrap();
+    assert_eq!(before.peer, bob.user_id());
+
+    // Mallory seals a message of her own under Bob's message id.
+    let plaintext = kith_protocol::encode(&Content {
+        sent_at: T,
+        body: Body::Text(kith_protocol::content::Text { body: "forged".into(), reply_to: None }),
+    })
+    .unwrap();
+    let mut sessions = mallory.take_sessions(&ua).unwrap();
+    let session = sessions.current.as_mut().unwrap();
+    let envelope = mallory.seal(session, bobs, ua, &plaintext).unwrap();
+    let via = Via::Direct(mallory.user_id());
+    alice
+        .handle_input(T, Input::Envelope { bytes: envelope, via, reply: Some(ReplyToken(7)) })
+        .unwrap();
+    let acks: Vec<AckResult> = drain(&mut alice)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { token: ReplyToken(7), reply: Reply::Ack(ack) } => Some(ack.result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![AckResult::Duplicate]);
+    assert_eq!(alice.message(&bobs).unwrap().unwrap(), before);
+    let with_mallory = alice.history(&mallory.user_id(), None, 10).unwrap();
+    assert_eq!(with_mallory.len(), 1, "the forged message is not stored");
+}
