@@ -278,7 +278,7 @@ fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
     // Mallory seals a message of her own under Bob's message id.
     let plaintext = kith_protocol::encode(&Content {
         sent_at: T,
-        body: Body::Text(kith_protocol::content::Text { body: "forged".into(), reply_to: None }),
+        body: Body::Text(Text { body: "forged".into(), reply_to: None }),
     })
     .unwrap();
     let mut sessions = mallory.take_sessions(&ua).unwrap();
