@@ -35,7 +35,7 @@ use kith_node::{Node, NodeConfig, NodeEvent};
 
 const PAYLOAD: usize = 1024;
 const LATENCY_SAMPLES: usize = 1000;
-const THROUGHPUT_MESSAGES: usize = 2_000;
+const THROUGHPUT_MESSAGES: usize = 20_000;
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/bench/echo/1");
 
 #[derive(Clone, Default)]

@@ -952,7 +952,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Ok(None);
         }
         record.status = status;
-        batch.update_message(&record);
+        batch.put_message_status(&record);
         Ok(Some(Event::StatusChanged { peer: record.peer, id: *id, status }))
     }
 

@@ -21,7 +21,7 @@
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
 //! | messages | user ‖ seq | message record (a conversation is one key range) |
-//! | message_ids | message id | user ‖ seq |
+//! | message_ids | message id | user, seq and status of the message |
 //! | outbox | seq | outbox record |
 //! | seen | sender ‖ message id | time |
 //! | seen_by_time | time ‖ sender ‖ message id | (empty) |
@@ -40,8 +40,8 @@ use zeroize::Zeroize;
 use backend::prefix_end;
 pub use backend::{Backend, Entry, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
 use records::{
-    IdentityRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, PeerSessionsRecord, Record,
-    SignedPreKeyRecord, decode, encode,
+    IdentityRecord, MessageIndexRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord,
+    PeerSessionsRecord, Record, SignedPreKeyRecord, decode, encode,
 };
 
 use crate::identity::IdentityKeyPair;
@@ -198,16 +198,22 @@ impl Batch {
         self.delete(Tree::Contacts, &user.0);
     }
 
-    /// Stores a new message (or one whose id is not indexed yet).
+    /// Stores a new message and its index entry (with its status).
     pub(crate) fn put_message(&mut self, record: &MessageRecord) {
-        let key = conversation_key(&record.peer, record.seq);
-        self.put(Tree::Messages, &key, record);
-        self.put_raw(Tree::MessageIds, &record.id.0, key.to_vec());
+        self.update_message(record);
+        self.put_message_status(record);
     }
 
-    /// Rewrites a message loaded from the store (same id, peer and sequence number).
+    /// Rewrites a stored message's content, reactions or edit time (not its status).
     pub(crate) fn update_message(&mut self, record: &MessageRecord) {
         self.put(Tree::Messages, &conversation_key(&record.peer, record.seq), record);
+    }
+
+    /// Rewrites a stored message's status only: a small index entry.
+    pub(crate) fn put_message_status(&mut self, record: &MessageRecord) {
+        let index =
+            MessageIndexRecord { peer: record.peer, seq: record.seq, status: record.status };
+        self.put(Tree::MessageIds, &record.id.0, &index);
     }
 
     pub(crate) fn put_outbox(&mut self, record: &OutboxRecord) {
@@ -512,10 +518,12 @@ impl Store {
     // --- messages ---
 
     pub(crate) fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        match self.raw(Tree::MessageIds, &id.0)? {
-            Some(key) => self.get(Tree::Messages, &key),
-            None => Ok(None),
-        }
+        let Some(index) = self.get::<MessageIndexRecord>(Tree::MessageIds, &id.0)? else {
+            return Ok(None);
+        };
+        let key = conversation_key(&index.peer, index.seq);
+        let record = self.get::<MessageRecord>(Tree::Messages, &key)?;
+        Ok(record.map(|record| MessageRecord { status: index.status, ..record }))
     }
 
     /// Up to `limit` messages of the conversation with `peer` whose sequence number is below
@@ -531,10 +539,14 @@ impl Store {
             Some(seq) => conversation_key(peer, seq).to_vec(),
             None => prefix_end(&peer.0),
         };
-        self.range(Tree::Messages, &start, &end, true, limit)?
-            .into_iter()
-            .map(|(_, v)| decode(&v))
-            .collect()
+        let mut out = Vec::new();
+        for (_, value) in self.range(Tree::Messages, &start, &end, true, limit)? {
+            let mut record: MessageRecord = decode(&value)?;
+            let index = self.get::<MessageIndexRecord>(Tree::MessageIds, &record.id.0)?;
+            record.status = index.ok_or(StoreError::Corrupt { record: "message index" })?.status;
+            out.push(record);
+        }
+        Ok(out)
     }
 
     // --- outbox ---

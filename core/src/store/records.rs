@@ -58,6 +58,7 @@ record! {
     crate::model::Contact => "contact",
     MessageRecord => "message",
     OutboxRecord => "outbox",
+    MessageIndexRecord => "message index",
 }
 
 /// The local identity.
@@ -318,14 +319,32 @@ pub(crate) struct MessageRecord {
     pub(crate) id: MessageId,
     pub(crate) peer: UserId,
     pub(crate) direction: Direction,
-    /// Wire-encoded `Content`, or `None` once deleted.
+    /// Wire-encoded `Content`, or `None` once deleted. (`serde_bytes`: the same postcard bytes
+    /// as a `Vec<u8>`, copied at once instead of one element at a time.)
+    #[serde(with = "serde_bytes")]
     pub(crate) content: Option<Vec<u8>>,
     pub(crate) stored_at: UnixMillis,
+    /// Stored in the message's [`MessageIndexRecord`], not here: it is the field rewritten
+    /// most often, and rewriting a small index entry is far cheaper than the whole message.
+    #[serde(skip, default = "status_from_index")]
     pub(crate) status: MessageStatus,
     pub(crate) reactions: Vec<MessageReaction>,
     pub(crate) edited_at: Option<UnixMillis>,
     pub(crate) sent_at: UnixMillis,
     pub(crate) seq: u64,
+}
+
+/// Placeholder until the store fills in the status from the message's index entry.
+fn status_from_index() -> MessageStatus {
+    MessageStatus::Queued
+}
+
+/// Where a message lives (its conversation key) and its status.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct MessageIndexRecord {
+    pub(crate) peer: UserId,
+    pub(crate) seq: u64,
+    pub(crate) status: MessageStatus,
 }
 
 /// What an outbox entry carries, which decides what an acknowledgement means for it.
@@ -346,8 +365,10 @@ pub(crate) struct OutboxRecord {
     pub(crate) kind: OutboxKind,
     /// Wire-encoded `Content`, kept so the message can be re-encrypted if the session resets;
     /// `None` for [`OutboxKind::Message`], whose content is in its message record.
+    #[serde(with = "serde_bytes")]
     pub(crate) content: Option<Vec<u8>>,
     /// Wire-encoded `Envelope`, once encrypted (absent while waiting for a session).
+    #[serde(with = "serde_bytes")]
     pub(crate) envelope: Option<Vec<u8>>,
     pub(crate) created_at: UnixMillis,
 }
