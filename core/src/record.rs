@@ -99,6 +99,13 @@ pub fn verify_record(
     })
 }
 
+/// Whether a verified record `new` may replace `stored`, the record already kept for the same
+/// user: only one issued no earlier does, so an old record replayed into the DHT cannot roll a
+/// user back to an earlier signed prekey or relay list.
+pub fn supersedes(new: &UserRecord, stored: &UserRecord) -> bool {
+    new.issued_at >= stored.issued_at
+}
+
 #[cfg(test)]
 mod tests {
     use rand_chacha::ChaCha20Rng;
@@ -129,6 +136,18 @@ mod tests {
         assert_eq!(bundle, bundle_of(&record));
         let late = sign_record(&id, spk, vec![], 1000 + MAX_RECORD_FUTURE_MS + 1);
         assert_eq!(verify_record(&late, &id.user_id(), 1000), Err(RecordError::FromTheFuture));
+    }
+
+    #[test]
+    fn an_older_record_does_not_replace_a_newer_one() {
+        let mut rng = ChaCha20Rng::seed_from_u64(10);
+        let id = IdentityKeyPair::generate(&mut rng);
+        let spk = SignedPreKey::generate(&id, 3, 1000, &mut rng).public();
+        let old = sign_record(&id, spk, vec![], 1000);
+        let new = sign_record(&id, spk, vec![b"/ip4/1.2.3.4/tcp/1".to_vec()], 2000);
+        assert!(supersedes(&new, &old));
+        assert!(supersedes(&new, &new), "republishing the same record is fine");
+        assert!(!supersedes(&old, &new));
     }
 
     fn bundle_of(record: &UserRecord) -> PreKeyBundle {

@@ -15,7 +15,7 @@ use kith_core::engine::{
     ReplyToken, Via,
 };
 use kith_core::identity::{peer_id_of, user_id_of};
-use kith_core::record::{record_key, verify_record};
+use kith_core::record::{record_key, supersedes, verify_record};
 use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
 use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, UserRecord};
 use kith_protocol::{MessageId, UserId};
@@ -346,7 +346,8 @@ impl Driver {
         }
     }
 
-    /// Accepts a DHT put only for a record signed by the user it is stored under.
+    /// Accepts a DHT put only for a record signed by the user it is stored under and no older
+    /// than the one already kept for that user.
     fn validate_put(&mut self, record: kad::Record) {
         let key = record.key.to_vec();
         let Some(user) =
@@ -354,9 +355,18 @@ impl Driver {
         else {
             return;
         };
-        let valid = kith_protocol::decode::<UserRecord>(&record.value)
+        let verified = kith_protocol::decode::<UserRecord>(&record.value)
             .ok()
-            .is_some_and(|r| verify_record(&r, &UserId(user), now_millis()).is_ok());
+            .filter(|r| verify_record(r, &UserId(user), now_millis()).is_ok());
+        let valid = verified.is_some_and(|new| {
+            let store = self.swarm.behaviour_mut().kad.store_mut();
+            // A stored record was verified when it was put; one that no longer decodes is
+            // replaced.
+            store
+                .get(&record.key)
+                .and_then(|stored| kith_protocol::decode::<UserRecord>(&stored.value).ok())
+                .is_none_or(|stored| supersedes(&new, &stored))
+        });
         if valid {
             if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
                 tracing::warn!("DHT store full: {e}");
