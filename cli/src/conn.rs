@@ -21,7 +21,8 @@ pub(crate) struct NetArgs {
     /// Do not announce or discover peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
-    /// Serve the DHT (Kademlia server mode), e.g. on a publicly reachable machine.
+    /// Serve the DHT (Kademlia server mode) from the start; a node listening on a public
+    /// address does so on its own.
     #[arg(long)]
     pub(crate) dht_server: bool,
 }

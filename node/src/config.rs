@@ -17,7 +17,9 @@ pub struct NodeConfig {
     /// Discover peers on the LAN with mDNS. This announces the peer id and the interface
     /// addresses to the local network.
     pub mdns: bool,
-    /// Serve the DHT (Kademlia server mode) even before an external address is confirmed.
+    /// Serve the DHT (Kademlia server mode) from the start. Without it, a node serves the DHT
+    /// once it listens on a globally routable address (it is then publicly reachable) and is
+    /// a DHT client otherwise.
     pub dht_server: bool,
     /// Engine settings (receipts, typing, presence, message requests).
     pub engine: kith_core::engine::Config,

@@ -31,6 +31,7 @@ use crate::clock::now_millis;
 use crate::codec::{KAD_PROTOCOL, RawEnvelope};
 use crate::limiter::RateLimiter;
 use crate::profile::ProfileRng;
+use crate::reachability;
 
 /// Most extra events and calls taken into one turn (one fsync) besides the first.
 pub const MAX_BATCH: usize = 1024;
@@ -380,10 +381,15 @@ impl Driver {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("listening on {address}");
+                if reachability::is_public(&address) {
+                    // Reachable from the Internet: Kademlia serves the DHT from now on.
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.push(address.clone());
                 self.emit(NodeEvent::Listening(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
                 self.listen_addrs.retain(|a| a != &address)
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {

@@ -58,6 +58,7 @@ mod driver;
 mod limiter;
 mod node;
 mod profile;
+mod reachability;
 pub mod rpc;
 
 pub use behaviour::{
