@@ -947,13 +947,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         status: MessageStatus,
         batch: &mut Batch,
     ) -> Result<Option<Event>, StoreError> {
-        let Some(mut record) = self.store.message(id)? else { return Ok(None) };
-        if !record.status.advances_to(status) {
+        // Only the small index entry: the message itself is neither read nor rewritten.
+        let Some(mut index) = self.store.message_index(id)? else { return Ok(None) };
+        if !index.status.advances_to(status) {
             return Ok(None);
         }
-        record.status = status;
-        batch.put_message_status(&record);
-        Ok(Some(Event::StatusChanged { peer: record.peer, id: *id, status }))
+        index.status = status;
+        batch.put_message_index(id, &index);
+        Ok(Some(Event::StatusChanged { peer: index.peer, id: *id, status }))
     }
 
     fn on_timeout(&mut self, now: UnixMillis) -> Result<(), StoreError> {

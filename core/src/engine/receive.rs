@@ -93,7 +93,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         // Message ids are chosen by senders; one already in the history (any conversation)
         // is never stored again, so no one can overwrite a message by reusing its id.
-        if self.store.message(&envelope.id)?.is_some() {
+        if self.store.message_index(&envelope.id)?.is_some() {
             return Ok(AckResult::Duplicate);
         }
         let existing = self.store.contact(&sender)?;

@@ -39,9 +39,10 @@ use zeroize::Zeroize;
 
 use backend::prefix_end;
 pub use backend::{Backend, Entry, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
+pub(crate) use records::MessageIndexRecord;
 use records::{
-    IdentityRecord, MessageIndexRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord,
-    PeerSessionsRecord, Record, SignedPreKeyRecord, decode, encode,
+    IdentityRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, PeerSessionsRecord, Record,
+    SignedPreKeyRecord, decode, encode,
 };
 
 use crate::identity::IdentityKeyPair;
@@ -213,7 +214,12 @@ impl Batch {
     pub(crate) fn put_message_status(&mut self, record: &MessageRecord) {
         let index =
             MessageIndexRecord { peer: record.peer, seq: record.seq, status: record.status };
-        self.put(Tree::MessageIds, &record.id.0, &index);
+        self.put_message_index(&record.id, &index);
+    }
+
+    /// Writes a message's index entry (where it lives and its status).
+    pub(crate) fn put_message_index(&mut self, id: &MessageId, index: &MessageIndexRecord) {
+        self.put(Tree::MessageIds, &id.0, index);
     }
 
     pub(crate) fn put_outbox(&mut self, record: &OutboxRecord) {
@@ -517,8 +523,16 @@ impl Store {
 
     // --- messages ---
 
+    /// Where a message lives and its status, without loading the message itself.
+    pub(crate) fn message_index(
+        &self,
+        id: &MessageId,
+    ) -> Result<Option<MessageIndexRecord>, StoreError> {
+        self.get(Tree::MessageIds, &id.0)
+    }
+
     pub(crate) fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        let Some(index) = self.get::<MessageIndexRecord>(Tree::MessageIds, &id.0)? else {
+        let Some(index) = self.message_index(id)? else {
             return Ok(None);
         };
         let key = conversation_key(&index.peer, index.seq);
