@@ -88,6 +88,15 @@ pub enum StoreError {
         /// Record type.
         record: &'static str,
     },
+    /// The database was written by a build of Kith with another storage layout (0: an early
+    /// development build that recorded none).
+    #[error("the database has storage layout {found}, this build of Kith reads layout {supported}")]
+    UnsupportedLayout {
+        /// The layout found in the database.
+        found: u32,
+        /// The layout this build reads and writes.
+        supported: u32,
+    },
 }
 
 impl From<sled::Error> for StoreError {

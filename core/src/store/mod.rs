@@ -16,7 +16,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | meta | `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next` | identity, name, counters |
+//! | meta | `layout`, `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next` | [`STORE_LAYOUT`], identity, name, counters |
 //! | prekeys | `s` ‖ id / `o` ‖ id | signed / one-time prekey record |
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
@@ -56,6 +56,12 @@ const META_SPK_NEXT: &[u8] = b"spk-next";
 const META_SPK_CURRENT: &[u8] = b"spk-current";
 const META_OPK_NEXT: &[u8] = b"opk-next";
 const META_PROFILE: &[u8] = b"profile";
+const META_LAYOUT: &[u8] = b"layout";
+
+/// The storage layout (trees, keys and record encodings) this build reads and writes. A
+/// database with another layout is refused with [`StoreError::UnsupportedLayout`] rather than
+/// misread.
+pub const STORE_LAYOUT: u32 = 2;
 
 fn spk_key(id: u32) -> [u8; 5] {
     let mut k = [b's', 0, 0, 0, 0];
@@ -282,9 +288,38 @@ impl Store {
         Self::new(Box::new(MemoryBackend::new()))
     }
 
-    /// A sled store at `path`.
+    /// A sled store at `path`: a new one, or one with this build's [`STORE_LAYOUT`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::new(Box::new(SledBackend::open(path)?)))
+        let store = Self::new(Box::new(SledBackend::open(path)?));
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// Accepts a database with this build's layout and stamps an empty one with it.
+    fn check_layout(&self) -> Result<(), StoreError> {
+        match self.backend.get(Tree::Meta, META_LAYOUT)? {
+            Some(found) => {
+                let found = <[u8; 4]>::try_from(found.as_slice())
+                    .map_err(|_| StoreError::Corrupt { record: "layout" })?;
+                match u32::from_be_bytes(found) {
+                    STORE_LAYOUT => Ok(()),
+                    found => Err(StoreError::UnsupportedLayout { found, supported: STORE_LAYOUT }),
+                }
+            }
+            None => {
+                for tree in Tree::ALL {
+                    if !self.backend.range(tree, &[], &[], false, 1)?.is_empty() {
+                        return Err(StoreError::UnsupportedLayout {
+                            found: 0,
+                            supported: STORE_LAYOUT,
+                        });
+                    }
+                }
+                let layout = STORE_LAYOUT.to_be_bytes().to_vec();
+                self.backend.apply(&[(Tree::Meta, META_LAYOUT.to_vec(), Some(layout))])?;
+                self.backend.flush()
+            }
+        }
     }
 
     /// Applies `batch`: all of it or, if a record could not be encoded, none of it. Every

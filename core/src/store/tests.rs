@@ -105,12 +105,12 @@ proptest! {
     fn write_back_store_reads_match_a_model_on_sled_and_survive_reopen(ops in ops()) {
         let dir = tempfile::tempdir().unwrap();
         let model = {
-            let mut store = Store::open(dir.path()).unwrap();
+            let mut store = raw_sled(dir.path());
             let model = check(&mut store, &ops);
             store.flush().unwrap();
             model
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = raw_sled(dir.path());
         let want: Vec<RawWrite> =
             model.iter().map(|((t, k), v)| (*t, k.clone(), Some(v.clone()))).collect();
         prop_assert_eq!(store.dump().unwrap(), want);
@@ -121,7 +121,7 @@ proptest! {
 fn unflushed_commits_are_not_on_disk_and_flushed_ones_are() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = raw_sled(dir.path());
         let mut batch = Batch::new();
         batch.put_raw(Tree::Messages, b"durable", b"1".to_vec());
         store.commit(batch).unwrap();
@@ -133,7 +133,7 @@ fn unflushed_commits_are_not_on_disk_and_flushed_ones_are() {
         assert_eq!(store.raw(Tree::Messages, b"durable").unwrap(), None);
         // Dropped without a flush: as if the process died here.
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = raw_sled(dir.path());
     assert_eq!(store.raw(Tree::Messages, b"durable").unwrap(), Some(b"1".to_vec()));
     assert_eq!(store.raw(Tree::Messages, b"volatile").unwrap(), None);
 }
@@ -141,7 +141,7 @@ fn unflushed_commits_are_not_on_disk_and_flushed_ones_are() {
 #[test]
 fn sled_trees_do_not_leak_into_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path()).unwrap();
+    let mut store = raw_sled(dir.path());
     let mut batch = Batch::new();
     for tree in Tree::ALL {
         batch.put_raw(tree, &[0xff, 0xff], vec![tree.prefix()]);
@@ -221,4 +221,51 @@ fn a_batch_with_an_unencodable_record_changes_nothing() {
     assert!(store.commit(batch).is_err());
     assert!(!store.has_pending());
     assert_eq!(store.raw(Tree::Outbox, b"a").unwrap(), None);
+}
+
+#[test]
+fn a_database_with_another_storage_layout_is_refused_not_misread() {
+    // A new database is stamped with this build's layout and reopens.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    store.commit(seq_batch(7)).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    assert_eq!(Store::open(dir.path()).unwrap().next_seq().unwrap(), 7);
+
+    // Another layout number.
+    let other = tempfile::tempdir().unwrap();
+    let backend = SledBackend::open(other.path()).unwrap();
+    let layout = (STORE_LAYOUT + 1).to_be_bytes().to_vec();
+    backend.apply(&[(Tree::Meta, META_LAYOUT.to_vec(), Some(layout))]).unwrap();
+    backend.flush().unwrap();
+    drop(backend);
+    assert_eq!(
+        Store::open(other.path()).err(),
+        Some(StoreError::UnsupportedLayout { found: STORE_LAYOUT + 1, supported: STORE_LAYOUT })
+    );
+
+    // Data but no layout at all: an early development build. Refused, and left as it was.
+    let early = tempfile::tempdir().unwrap();
+    let backend = SledBackend::open(early.path()).unwrap();
+    backend.apply(&[(Tree::Messages, b"old".to_vec(), Some(b"old".to_vec()))]).unwrap();
+    backend.flush().unwrap();
+    drop(backend);
+    assert_eq!(
+        Store::open(early.path()).err(),
+        Some(StoreError::UnsupportedLayout { found: 0, supported: STORE_LAYOUT })
+    );
+    let backend = SledBackend::open(early.path()).unwrap();
+    assert_eq!(backend.get(Tree::Meta, META_LAYOUT).unwrap(), None);
+}
+
+fn seq_batch(next: u64) -> Batch {
+    let mut batch = Batch::new();
+    batch.put_seq(next);
+    batch
+}
+
+/// A sled store without the layout stamp, for tests that compare the backend's whole contents.
+fn raw_sled(path: &Path) -> Store {
+    Store::new(Box::new(SledBackend::open(path).unwrap()))
 }
