@@ -1,9 +1,9 @@
 //! Sessions: an X3DH handshake followed by a Double Ratchet, bound to both identities.
 //!
-//! The initiator keeps sending its X3DH header with every message ([`PendingPreKey`]) until it
+//! The initiator keeps sending its X3DH header with every message (`PendingPreKey`) until it
 //! has received a reply, so the responder can set up the session from whichever of the first
 //! messages arrives first; later ones are matched to the session by their base key. A peer may
-//! hold several sessions with us (simultaneous initiation, reinstall): [`PeerSessions`] keeps the
+//! hold several sessions with us (simultaneous initiation, reinstall): `PeerSessions` keeps the
 //! current one and up to [`MAX_PREVIOUS_SESSIONS`] older ones, tries them all on receipt, and
 //! promotes the one that decrypts.
 
