@@ -591,7 +591,7 @@ impl Store {
         let mut out = Vec::new();
         for (_, value) in self.range(Tree::Messages, &start, &end, true, limit)? {
             let mut record: MessageRecord = decode(&value)?;
-            let index = self.get::<MessageIndexRecord>(Tree::MessageIds, &record.id.0)?;
+            let index = self.message_index(&record.id)?;
             record.status = index.ok_or(StoreError::Corrupt { record: "message index" })?.status;
             out.push(record);
         }
