@@ -297,15 +297,9 @@ impl Store {
 
     /// Accepts a database with this build's layout and stamps an empty one with it.
     fn check_layout(&self) -> Result<(), StoreError> {
-        match self.backend.get(Tree::Meta, META_LAYOUT)? {
-            Some(found) => {
-                let found = <[u8; 4]>::try_from(found.as_slice())
-                    .map_err(|_| StoreError::Corrupt { record: "layout" })?;
-                match u32::from_be_bytes(found) {
-                    STORE_LAYOUT => Ok(()),
-                    found => Err(StoreError::UnsupportedLayout { found, supported: STORE_LAYOUT }),
-                }
-            }
+        match self.meta_u32(META_LAYOUT)? {
+            Some(STORE_LAYOUT) => Ok(()),
+            Some(found) => Err(StoreError::UnsupportedLayout { found, supported: STORE_LAYOUT }),
             None => {
                 for tree in Tree::ALL {
                     if !self.backend.range(tree, &[], &[], false, 1)?.is_empty() {
