@@ -1,7 +1,8 @@
 //! The `/kith/mailbox/1` protocol between users and relays.
 //!
-//! Senders deposit envelopes for recipients that are offline; the relay answers
-//! [`MailboxResponse::Deposited`] only once the envelope is durable. Recipients, authenticated by
+//! Senders deposit envelopes for recipients that are offline, several per request and in the
+//! order they should be read; the relay answers [`MailboxResponse::Deposited`] only once the
+//! stored ones are durable. Recipients, authenticated by
 //! the connection's PeerId, fetch and acknowledge their own mailbox; a relay pushes new
 //! envelopes to a connected recipient, who answers with the ids it now holds durably.
 
@@ -15,8 +16,11 @@ use crate::limits::{MAX_MAILBOX_ACK_IDS, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BY
 /// A request on `/kith/mailbox/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MailboxRequest {
-    /// Store `envelope` for its recipient (sender → relay).
-    Deposit(Box<Envelope>),
+    /// Store these envelopes for their recipients, in this order (sender → relay).
+    Deposit {
+        /// The envelopes (1 to [`MAX_MAILBOX_BATCH`]).
+        envelopes: Vec<Envelope>,
+    },
     /// Return up to `limit` stored envelopes for the connected peer (recipient → relay).
     Fetch {
         /// Most envelopes wanted (capped at the relay's batch size).
@@ -37,10 +41,10 @@ pub enum MailboxRequest {
 /// A response on `/kith/mailbox/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MailboxResponse {
-    /// The envelope is stored durably.
+    /// What became of each deposited envelope, in request order; the stored ones are durable.
     Deposited {
-        /// Its id.
-        id: MessageId,
+        /// One result per envelope of the request.
+        results: Vec<DepositResult>,
     },
     /// Stored envelopes, oldest first.
     Batch {
@@ -61,6 +65,15 @@ pub enum MailboxResponse {
     },
     /// The request was refused.
     Refused(MailboxRefusal),
+}
+
+/// What a relay did with one deposited envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepositResult {
+    /// The envelope's id.
+    pub id: MessageId,
+    /// `None`: stored durably (or already held); otherwise why it was refused.
+    pub refused: Option<MailboxRefusal>,
 }
 
 /// Why a relay refused a mailbox request; senders show it to the user.
@@ -86,7 +99,10 @@ impl Frame for MailboxRequest {
 
     fn validate(&self) -> Result<(), Invalid> {
         match self {
-            Self::Deposit(envelope) => envelope.validate(),
+            Self::Deposit { envelopes } => {
+                check_non_empty("envelopes", envelopes.len())?;
+                validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
+            }
             Self::Fetch { .. } => Ok(()),
             Self::Ack { ids } => {
                 check_non_empty("ids", ids.len())?;
@@ -109,7 +125,10 @@ impl Frame for MailboxResponse {
                 validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
             }
             Self::Received { ids } => check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS),
-            Self::Deposited { .. } | Self::Acked { .. } | Self::Refused(_) => Ok(()),
+            Self::Deposited { results } => {
+                check_count("results", results.len(), MAX_MAILBOX_BATCH)
+            }
+            Self::Acked { .. } | Self::Refused(_) => Ok(()),
         }
     }
 }

@@ -334,6 +334,30 @@ fn golden_vectors() {
             concat!("01", "01", "40"),
         ),
         (
+            "mailbox/deposited",
+            codec::encode(&MailboxResponse::Deposited {
+                results: vec![
+                    DepositResult { id: MessageId([0x0b; 16]), refused: None },
+                    DepositResult {
+                        id: MessageId([0x0c; 16]),
+                        refused: Some(MailboxRefusal::QuotaExceeded),
+                    },
+                ],
+            })
+            .unwrap(),
+            // version, variant 0, two results: id + None, id + Some(variant 0)
+            concat!(
+                "01",
+                "00",
+                "02",
+                "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b",
+                "00",
+                "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c",
+                "01",
+                "00",
+            ),
+        ),
+        (
             "media/get",
             codec::encode(&MediaRequest::Get {
                 media: MediaId([0x01; 16]),

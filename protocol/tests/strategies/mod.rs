@@ -270,7 +270,7 @@ fn mailbox_refusal() -> impl Strategy<Value = MailboxRefusal> {
 }
 pub fn mailbox_request() -> impl Strategy<Value = MailboxRequest> {
     prop_oneof![
-        envelope().prop_map(|e| MailboxRequest::Deposit(Box::new(e))),
+        vec(envelope(), 1..4).prop_map(|envelopes| MailboxRequest::Deposit { envelopes }),
         any::<u16>().prop_map(|limit| MailboxRequest::Fetch { limit }),
         vec(message_id(), 1..30).prop_map(|ids| MailboxRequest::Ack { ids }),
         vec(envelope(), 0..4).prop_map(|envelopes| MailboxRequest::Push { envelopes }),
@@ -278,7 +278,11 @@ pub fn mailbox_request() -> impl Strategy<Value = MailboxRequest> {
 }
 pub fn mailbox_response() -> impl Strategy<Value = MailboxResponse> {
     prop_oneof![
-        message_id().prop_map(|id| MailboxResponse::Deposited { id }),
+        vec((message_id(), option::of(mailbox_refusal())), 0..8).prop_map(|r| {
+            MailboxResponse::Deposited {
+                results: r.into_iter().map(|(id, refused)| DepositResult { id, refused }).collect(),
+            }
+        }),
         (vec(envelope(), 0..4), any::<u32>())
             .prop_map(|(envelopes, remaining)| MailboxResponse::Batch { envelopes, remaining }),
         any::<u32>().prop_map(|removed| MailboxResponse::Acked { removed }),
