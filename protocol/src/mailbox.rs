@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Frame, Invalid, check_count, check_non_empty};
 use crate::envelope::{Envelope, validate_envelopes};
-use crate::ids::MessageId;
+use crate::ids::{MessageId, UserId};
 use crate::limits::{MAX_MAILBOX_ACK_IDS, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
 
 /// A request on `/kith/mailbox/1`.
@@ -21,13 +21,20 @@ pub enum MailboxRequest {
         /// The envelopes (1 to [`MAX_MAILBOX_BATCH`]).
         envelopes: Vec<Envelope>,
     },
-    /// Return up to `limit` stored envelopes for the connected peer (recipient → relay).
+    /// Return up to `limit` stored envelopes of `recipient`'s mailbox, oldest first
+    /// (recipient → relay; refused with [`MailboxRefusal::NotRecipient`] unless the
+    /// connection is authenticated as `recipient`).
     Fetch {
+        /// Whose mailbox.
+        recipient: UserId,
         /// Most envelopes wanted (capped at the relay's batch size).
         limit: u16,
     },
-    /// Delete these envelopes: the recipient holds them durably (recipient → relay).
+    /// Delete these envelopes from `recipient`'s mailbox: the recipient holds them durably
+    /// (recipient → relay; refused unless the connection is authenticated as `recipient`).
     Ack {
+        /// Whose mailbox.
+        recipient: UserId,
         /// Ids of the envelopes received.
         ids: Vec<MessageId>,
     },
@@ -104,7 +111,7 @@ impl Frame for MailboxRequest {
                 validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
             }
             Self::Fetch { .. } => Ok(()),
-            Self::Ack { ids } => {
+            Self::Ack { ids, .. } => {
                 check_non_empty("ids", ids.len())?;
                 check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS)
             }

@@ -330,8 +330,14 @@ fn golden_vectors() {
         ),
         (
             "mailbox/fetch",
-            codec::encode(&MailboxRequest::Fetch { limit: 64 }).unwrap(),
-            concat!("01", "01", "40"),
+            codec::encode(&MailboxRequest::Fetch { recipient: UserId([0x0a; 32]), limit: 64 })
+                .unwrap(),
+            concat!(
+                "01",
+                "01",
+                "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+                "40"
+            ),
         ),
         (
             "mailbox/deposited",

@@ -271,8 +271,10 @@ fn mailbox_refusal() -> impl Strategy<Value = MailboxRefusal> {
 pub fn mailbox_request() -> impl Strategy<Value = MailboxRequest> {
     prop_oneof![
         vec(envelope(), 1..4).prop_map(|envelopes| MailboxRequest::Deposit { envelopes }),
-        any::<u16>().prop_map(|limit| MailboxRequest::Fetch { limit }),
-        vec(message_id(), 1..30).prop_map(|ids| MailboxRequest::Ack { ids }),
+        (user_id(), any::<u16>())
+            .prop_map(|(recipient, limit)| MailboxRequest::Fetch { recipient, limit }),
+        (user_id(), vec(message_id(), 1..30))
+            .prop_map(|(recipient, ids)| MailboxRequest::Ack { recipient, ids }),
         vec(envelope(), 0..4).prop_map(|envelopes| MailboxRequest::Push { envelopes }),
     ]
 }
