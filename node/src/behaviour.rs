@@ -11,7 +11,8 @@ use libp2p::{
 };
 
 use crate::codec::{
-    ENVELOPE_PROTOCOL, EnvelopeCodec, IDENTIFY_VERSION, KAD_PROTOCOL, PREKEY_PROTOCOL, PreKeyCodec,
+    ENVELOPE_PROTOCOL, EnvelopeCodec, IDENTIFY_VERSION, KAD_PROTOCOL, MAILBOX_PROTOCOL,
+    MailboxCodec, PREKEY_PROTOCOL, PreKeyCodec,
 };
 use crate::config::NodeConfig;
 
@@ -54,6 +55,8 @@ pub(crate) struct Behaviour {
     pub envelope: request_response::Behaviour<EnvelopeCodec>,
     /// `/kith/prekey/1`.
     pub prekey: request_response::Behaviour<PreKeyCodec>,
+    /// `/kith/mailbox/1` (every node: relays serve mailboxes, users receive pushes).
+    pub mailbox: request_response::Behaviour<MailboxCodec>,
 }
 
 /// Why the swarm could not be built.
@@ -125,6 +128,10 @@ pub(crate) fn build_swarm(
                 ),
                 prekey: request_response::Behaviour::new(
                     [(PREKEY_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response_config(),
+                ),
+                mailbox: request_response::Behaviour::new(
+                    [(MAILBOX_PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response_config(),
                 ),
             })

@@ -12,11 +12,14 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use kith_protocol::Frame;
 use kith_protocol::direct::DeliveryAck;
 use kith_protocol::limits::MAX_ENVELOPE_BYTES;
+use kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
 use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
 use libp2p::StreamProtocol;
 
 /// `/kith/envelope/1`: direct delivery, answered by a [`DeliveryAck`].
 pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/envelope/1");
+/// `/kith/mailbox/1`: store-and-forward through relays.
+pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/mailbox/1");
 /// `/kith/prekey/1`: prekey bundles.
 pub const PREKEY_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/prekey/1");
 /// Kith's own Kademlia protocol name (a separate DHT from IPFS's).
@@ -165,6 +168,9 @@ where
 
 /// Codec of `/kith/prekey/1`.
 pub type PreKeyCodec = FrameCodec<PreKeyRequest, PreKeyResponse>;
+
+/// Codec of `/kith/mailbox/1`.
+pub type MailboxCodec = FrameCodec<MailboxRequest, MailboxResponse>;
 
 #[cfg(test)]
 mod tests {

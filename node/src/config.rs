@@ -21,9 +21,19 @@ pub struct NodeConfig {
     /// once it listens on a globally routable address (it is then publicly reachable) and is
     /// a DHT client otherwise.
     pub dht_server: bool,
+    /// Our home relays (each with its `/p2p/<peer-id>`): advertised in our user record and
+    /// contact string, given our prekeys to serve, and fetched from on start and reconnect.
+    pub relays: Vec<Multiaddr>,
+    /// How many relays a message goes to when the recipient cannot be reached directly.
+    pub relay_copies: usize,
+    /// Run the mailbox service (a relay, `kith relay`), with these operator settings.
+    pub relay_service: Option<crate::relay::RelayConfig>,
     /// Engine settings (receipts, typing, presence, message requests).
     pub engine: kith_core::engine::Config,
 }
+
+/// Default number of relays a message is deposited with: one relay failure loses nothing.
+pub const DEFAULT_RELAY_COPIES: usize = 2;
 
 impl NodeConfig {
     /// Defaults for `data_dir`: listen on all interfaces (TCP and QUIC, ports chosen by the
@@ -35,6 +45,9 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             dht_server: false,
+            relays: Vec::new(),
+            relay_copies: DEFAULT_RELAY_COPIES,
+            relay_service: None,
             engine: kith_core::engine::Config::default(),
         }
     }
@@ -42,6 +55,16 @@ impl NodeConfig {
     /// A node that does not touch the network (for local commands).
     pub fn offline(data_dir: impl Into<PathBuf>) -> Self {
         Self { listen: Vec::new(), mdns: false, ..Self::new(data_dir) }
+    }
+
+    /// A relay on 127.0.0.1 only (tests, the demo): the mailbox service with default
+    /// settings, DHT server mode, no mDNS.
+    pub fn loopback_relay(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            relay_service: Some(crate::relay::RelayConfig::default()),
+            dht_server: true,
+            ..Self::loopback(data_dir)
+        }
     }
 
     /// A node on 127.0.0.1 only, without mDNS (tests, the demo).

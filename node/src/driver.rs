@@ -30,8 +30,10 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::clock::now_millis;
 use crate::codec::{KAD_PROTOCOL, RawEnvelope};
 use crate::limiter::RateLimiter;
+use crate::mailbox::{Mailboxes, NetAction};
 use crate::profile::ProfileRng;
 use crate::reachability;
+use crate::relay::RelayService;
 
 /// Most extra events and calls taken into one turn (one fsync) besides the first.
 pub const MAX_BATCH: usize = 1024;
@@ -65,7 +67,10 @@ pub(crate) struct Driver {
     pub(crate) engine: Engine<ProfileRng>,
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
-    user: UserId,
+    pub(crate) user: UserId,
+    pub(crate) mailboxes: Mailboxes,
+    /// The mailbox service, when this node is a relay.
+    pub(crate) relay: Option<RelayService>,
     calls: mpsc::Receiver<Call>,
     events: broadcast::Sender<NodeEvent>,
     after_flush: Vec<Box<dyn FnOnce() + Send>>,
@@ -79,10 +84,12 @@ pub(crate) struct Driver {
     waiting: HashMap<PeerId, VecDeque<MessageId>>,
     /// The newest envelope bytes of each waiting delivery.
     waiting_envelopes: HashMap<MessageId, Vec<u8>>,
-    bundle_fetches: HashMap<OutboundRequestId, UserId>,
+    /// Bundle fetches in flight: whose, and the relays still to ask (`None`: this one is the
+    /// peer itself, its relays come next).
+    pub(crate) bundle_fetches: HashMap<OutboundRequestId, (UserId, Option<Vec<Multiaddr>>)>,
     record_gets: HashMap<kad::QueryId, UserId>,
     lookups: HashMap<PeerId, Instant>,
-    envelope_limiter: RateLimiter,
+    pub(crate) envelope_limiter: RateLimiter,
     prekey_limiter: RateLimiter,
     record_due: Instant,
     stopping: Option<oneshot::Sender<()>>,
@@ -94,6 +101,8 @@ impl Driver {
         swarm: Swarm<Behaviour>,
         calls: mpsc::Receiver<Call>,
         events: broadcast::Sender<NodeEvent>,
+        mailboxes: Mailboxes,
+        relay: Option<RelayService>,
     ) -> Self {
         let user = engine.user_id();
         Self {
@@ -101,6 +110,8 @@ impl Driver {
             swarm,
             listen_addrs: Vec::new(),
             user,
+            mailboxes,
+            relay,
             calls,
             events,
             after_flush: Vec::new(),
@@ -163,21 +174,28 @@ impl Driver {
             .engine
             .poll_timeout()
             .map(|t| now + Duration::from_millis(t.saturating_sub(now_millis())));
-        engine.map_or(self.record_due, |e| e.min(self.record_due))
+        let mut deadline = engine.map_or(self.record_due, |e| e.min(self.record_due));
+        if let Some(poll) = self.mailboxes.next_deadline() {
+            deadline = deadline.min(poll);
+        }
+        if let Some(relay) = &self.relay {
+            deadline = deadline.min(relay.next_deadline());
+        }
+        deadline
     }
 
-    fn input(&mut self, input: Input) {
+    pub(crate) fn input(&mut self, input: Input) {
         if let Err(e) = self.engine.handle_input(now_millis(), input) {
             tracing::error!("store failure while handling network input: {e}");
         }
     }
 
-    fn token(&mut self) -> u64 {
+    pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }
 
-    fn emit(&self, event: NodeEvent) {
+    pub(crate) fn emit(&self, event: NodeEvent) {
         // No subscriber is fine; a lagging one loses old events (bounded channel).
         let _ = self.events.send(event);
     }
@@ -197,8 +215,15 @@ impl Driver {
 
     fn on_timer(&mut self) {
         self.input(Input::Timeout);
-        if Instant::now() >= self.record_due {
+        let now = Instant::now();
+        if now >= self.record_due {
             self.publish_record();
+        }
+        if self.mailboxes.next_deadline().is_some_and(|at| now >= at) {
+            self.poll_home_relays();
+        }
+        if let Some(relay) = self.relay.as_mut() {
+            relay.maintain(now_millis());
         }
     }
 
@@ -209,9 +234,21 @@ impl Driver {
             tracing::error!("flush failed, retrying next turn: {e}");
             return;
         }
+        if let Some(relay) = self.relay.as_mut()
+            && let Err(e) = relay.flush()
+        {
+            tracing::error!("relay flush failed, retrying next turn: {e}");
+            return;
+        }
         while let Some(output) = self.engine.poll_output() {
             self.act(output);
         }
+        // Outputs may have queued more (prekey uploads); the engine flush covers them.
+        if let Err(e) = self.engine.flush() {
+            tracing::error!("flush failed, retrying next turn: {e}");
+            return;
+        }
+        self.after_flush_network();
         for reply in self.after_flush.drain(..) {
             reply();
         }
@@ -235,6 +272,7 @@ impl Driver {
                     }
                     return;
                 }
+                self.track_attempt(delivery.id, delivery.to, &delivery.envelope, &delivery.relays);
                 if self.has_room(&peer) {
                     let request = self.send_envelope(peer, delivery.envelope);
                     self.deliveries.insert(request, delivery.id);
@@ -252,13 +290,16 @@ impl Driver {
                         .behaviour_mut()
                         .prekey
                         .send_request(&peer, PreKeyRequest::Fetch { user });
-                    self.bundle_fetches.insert(request, user);
+                    self.bundle_fetches.insert(request, (user, None));
                 }
                 Err(_) => {
                     self.input(Input::PreKeyBundle { user, result: Err(FetchError::Unreachable) })
                 }
             },
             Output::Reply { token, reply: Reply::Ack(ack) } => {
+                if self.relay_envelope_answered(token.0, &ack) {
+                    return;
+                }
                 if let Some(channel) = self.envelope_replies.remove(&token.0) {
                     // The requester may have gone; nothing to do then.
                     let _ = self.swarm.behaviour_mut().envelope.send_response(channel, ack);
@@ -295,7 +336,7 @@ impl Driver {
         if !reached {
             for id in queue {
                 self.waiting_envelopes.remove(&id);
-                self.input(Input::Delivery { id, result: DeliveryResult::Unreachable });
+                self.fall_back(id);
             }
             return;
         }
@@ -323,7 +364,7 @@ impl Driver {
     }
 
     /// Asks the DHT for `user`'s record, a bundle without one-time prekey for a first message.
-    fn fetch_record(&mut self, user: UserId) {
+    pub(crate) fn fetch_record(&mut self, user: UserId) {
         if self.record_gets.values().any(|u| *u == user) {
             return;
         }
@@ -334,7 +375,8 @@ impl Driver {
 
     fn publish_record(&mut self) {
         self.record_due = Instant::now() + RECORD_RETRY;
-        match self.engine.user_record(Vec::new()).map(|r| kith_protocol::encode(&r)) {
+        let relays = self.mailboxes.home_addrs().iter().map(|a| a.to_vec()).collect();
+        match self.engine.user_record(relays).map(|r| kith_protocol::encode(&r)) {
             Ok(Ok(bytes)) => {
                 let record = kad::Record::new(kad::RecordKey::new(&record_key(&self.user)), bytes);
                 if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One)
@@ -399,9 +441,14 @@ impl Driver {
                 if let Ok(user) = user_id_of(&peer_id) {
                     self.input(Input::PeerReachable { user });
                 }
+                if num_established.get() == 1 {
+                    self.on_relay_connected(peer_id);
+                }
+                self.count_peers();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.emit(NodeEvent::PeerDisconnected(peer_id));
+                self.count_peers();
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -412,6 +459,7 @@ impl Driver {
         match event {
             BehaviourEvent::Envelope(event) => self.on_envelope_event(event),
             BehaviourEvent::Prekey(event) => self.on_prekey_event(event),
+            BehaviourEvent::Mailbox(event) => self.on_mailbox_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&KAD_PROTOCOL) =>
             {
@@ -452,10 +500,17 @@ impl Driver {
                 }
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
                     let Some(user) = self.record_gets.get(&id).copied() else { return };
-                    let bundle = kith_protocol::decode::<UserRecord>(&found.record.value)
-                        .ok()
-                        .and_then(|r| verify_record(&r, &user, now_millis()).ok());
-                    if let Some(bundle) = bundle {
+                    let record = kith_protocol::decode::<UserRecord>(&found.record.value).ok();
+                    let bundle = record.as_ref().and_then(|r| {
+                        verify_record(r, &user, now_millis()).ok().map(|b| (b, &r.relays))
+                    });
+                    if let Some((bundle, relays)) = bundle {
+                        // Signed by the user: their relays for the fallback.
+                        let relays = relays
+                            .iter()
+                            .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+                            .collect();
+                        self.mailboxes.remember_relays(user, relays);
                         self.record_gets.remove(&id);
                         self.input(Input::PreKeyBundle { user, result: Ok(Box::new(bundle)) });
                     }
@@ -511,6 +566,7 @@ impl Driver {
                 }
                 request_response::Message::Response { request_id, response } => {
                     if let Some(id) = self.deliveries.remove(&request_id) {
+                        self.attempt_answered(&id);
                         self.input(Input::Delivery {
                             id,
                             result: DeliveryResult::Acked(response.result),
@@ -521,7 +577,8 @@ impl Driver {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 if let Some(id) = self.deliveries.remove(&request_id) {
-                    self.input(Input::Delivery { id, result: DeliveryResult::Unreachable });
+                    // Unreachable or too slow: the recipient's relays take it.
+                    self.fall_back(id);
                 }
                 // A peer that answered slowly is still there; one we cannot reach is not.
                 self.envelope_done(peer, matches!(error, OutboundFailure::Timeout));
@@ -547,33 +604,51 @@ impl Driver {
                             }
                             PreKeyResponse::Refused(PreKeyRefusal::RateLimited)
                         }
-                        PreKeyRequest::Fetch { .. } => PreKeyResponse::NotFound,
-                        PreKeyRequest::Upload(_) => {
-                            PreKeyResponse::Refused(PreKeyRefusal::NotARelay)
-                        }
+                        PreKeyRequest::Fetch { user } => match self.relay.as_mut() {
+                            // Hands out a one-time prekey: answered after the flush.
+                            Some(relay) => {
+                                let response = relay.bundle(&user);
+                                self.mailboxes
+                                    .after_flush
+                                    .push(NetAction::PreKeyReply(channel, response));
+                                return;
+                            }
+                            None => PreKeyResponse::NotFound,
+                        },
+                        PreKeyRequest::Upload(upload) => match self.relay.as_mut() {
+                            Some(relay) => {
+                                let response = relay.upload_prekeys(&peer, *upload, now_millis());
+                                self.mailboxes
+                                    .after_flush
+                                    .push(NetAction::PreKeyReply(channel, response));
+                                return;
+                            }
+                            None => PreKeyResponse::Refused(PreKeyRefusal::NotARelay),
+                        },
                     };
                     let _ = self.swarm.behaviour_mut().prekey.send_response(channel, answer);
                 }
                 request_response::Message::Response { request_id, response } => {
-                    let Some(user) = self.bundle_fetches.remove(&request_id) else { return };
+                    if self.on_upload_answer(request_id, &response) {
+                        return;
+                    }
+                    let Some((user, relays_left)) = self.bundle_fetches.remove(&request_id) else {
+                        return;
+                    };
                     match response {
                         PreKeyResponse::Bundle(bundle) => {
                             self.input(Input::PreKeyBundle { user, result: Ok(bundle) })
                         }
-                        _ => {
-                            self.input(Input::PreKeyBundle {
-                                user,
-                                result: Err(FetchError::NotFound),
-                            });
-                            self.fetch_record(user);
-                        }
+                        _ => self.bundle_fetch_failed(user, relays_left, FetchError::NotFound),
                     }
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(user) = self.bundle_fetches.remove(&request_id) {
-                    self.input(Input::PreKeyBundle { user, result: Err(FetchError::Unreachable) });
-                    self.fetch_record(user);
+                if self.upload_failed(&request_id) {
+                    return;
+                }
+                if let Some((user, relays_left)) = self.bundle_fetches.remove(&request_id) {
+                    self.bundle_fetch_failed(user, relays_left, FetchError::Unreachable);
                 }
                 if matches!(error, OutboundFailure::DialFailure) {
                     self.lookup(peer);
@@ -594,6 +669,13 @@ impl Driver {
             self.swarm.add_peer_address(peer, address.clone());
         }
         self.swarm.dial(address).map_err(|e| e.to_string())
+    }
+
+    fn count_peers(&self) {
+        if let Some(relay) = &self.relay {
+            let peers = self.swarm.connected_peers().count();
+            relay.metrics.connected_peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
+        }
     }
 
     /// Starts a DHT bootstrap if any peer is known.

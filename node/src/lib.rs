@@ -56,9 +56,11 @@ pub mod codec;
 pub mod config;
 mod driver;
 mod limiter;
+mod mailbox;
 mod node;
 mod profile;
 mod reachability;
+pub mod relay;
 pub mod rpc;
 
 pub use behaviour::{
@@ -66,7 +68,7 @@ pub use behaviour::{
     MAX_CONNECTIONS_PER_PEER, MAX_DHT_RECORDS, MAX_MEMORY_FRACTION, MAX_PENDING_INCOMING,
     REQUEST_TIMEOUT,
 };
-pub use config::NodeConfig;
+pub use config::{DEFAULT_RELAY_COPIES, NodeConfig};
 pub use driver::{
     ENVELOPE_RATE, LOOKUP_COOLDOWN, MAX_BATCH, MAX_IN_FLIGHT_PER_PEER, PREKEY_RATE,
     RECORD_REPUBLISH, RECORD_RETRY,
@@ -75,7 +77,11 @@ pub use kith_core;
 pub use kith_protocol;
 pub use libp2p;
 pub use limiter::{MAX_TRACKED_PEERS, RateLimiter};
-pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError};
+pub use mailbox::{
+    FETCH_LIMIT, MAILBOX_POLL, MAX_REMEMBERED_RELAYS, PREKEY_REFRESH, RELAY_PREKEY_BATCH,
+    RELAY_PREKEY_LOW_WATER,
+};
+pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError, RelayUsage};
 pub use profile::{Profile, ProfileError, ProfileRng};
 
 /// Something that happened on a node.
@@ -90,4 +96,21 @@ pub enum NodeEvent {
     PeerConnected(libp2p::PeerId),
     /// The last connection to a peer went down.
     PeerDisconnected(libp2p::PeerId),
+    /// A relay refused to store one of our messages (the message stays queued and is retried;
+    /// the reason is for the user).
+    RelayRefused {
+        /// The message.
+        id: kith_protocol::MessageId,
+        /// The relay.
+        relay: libp2p::PeerId,
+        /// Why.
+        reason: kith_protocol::mailbox::MailboxRefusal,
+    },
+}
+
+/// A peer id shortened for logs (its last 8 characters), so that logs do not list whom a
+/// node talks to in full.
+pub(crate) fn short(peer: &libp2p::PeerId) -> String {
+    let full = peer.to_base58();
+    full.get(full.len().saturating_sub(8)..).unwrap_or_default().to_owned()
 }

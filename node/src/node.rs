@@ -18,6 +18,7 @@ use crate::behaviour::build_swarm;
 use crate::config::NodeConfig;
 use crate::driver::{Call, Driver};
 use crate::profile::{Profile, ProfileError};
+use crate::relay::RelayService;
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
 pub const CALL_QUEUE: usize = 1024;
@@ -51,6 +52,19 @@ pub enum NodeError {
     Timeout(&'static str),
 }
 
+/// What a relay holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayUsage {
+    /// Envelopes in mailboxes.
+    pub envelopes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Users whose prekeys the relay serves.
+    pub prekey_users: usize,
+    /// The relay database's size on disk.
+    pub disk_bytes: u64,
+}
+
 /// A running Kith node. Cheap to clone; the node stops when the last clone is dropped or on
 /// [`Node::shutdown`].
 #[derive(Clone)]
@@ -59,6 +73,8 @@ pub struct Node {
     events: broadcast::Sender<NodeEvent>,
     user: UserId,
     peer_id: PeerId,
+    relays: Vec<Multiaddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -81,7 +97,23 @@ impl Node {
         Self::start_with(profile, config).await
     }
 
+    /// Where a relay keeps its mailboxes inside its data directory.
+    pub fn relay_db_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+        data_dir.join("relay")
+    }
+
+    /// Starts a node on `config.data_dir`, creating its identity first if it has none (what
+    /// a relay does: its identity, and so its PeerId, persists from then on).
+    pub async fn start_or_create(config: NodeConfig) -> Result<Self, NodeError> {
+        match Profile::open(&config.data_dir, config.engine.clone()) {
+            Ok(profile) => Self::start_with(profile, config).await,
+            Err(ProfileError::NoIdentity(_)) => Self::create(config).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn start_with(profile: Profile, config: NodeConfig) -> Result<Self, NodeError> {
+        let mut metrics_task = None;
         let engine = profile.into_engine();
         let keypair = engine.identity().libp2p_keypair();
         let peer_id = keypair.public().to_peer_id();
@@ -95,15 +127,55 @@ impl Node {
         }
         let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let mut driver = Driver::new(engine, swarm, calls_rx, events.clone());
+        for relay in &config.relays {
+            if crate::mailbox::peer_of(relay).is_none() {
+                return Err(NodeError::Network(format!(
+                    "relay {relay}: the address must end in /p2p/<peer-id>"
+                )));
+            }
+        }
+        let mailboxes = crate::mailbox::Mailboxes::new(&config.relays, config.relay_copies);
+        let mut metrics_addr = None;
+        let relay = match &config.relay_service {
+            Some(settings) => {
+                let service =
+                    RelayService::open(&Self::relay_db_path(&config.data_dir), settings.clone())
+                        .map_err(|e| NodeError::Network(e.to_string()))?;
+                if let Some(addr) = settings.metrics {
+                    let (listener, bound) = crate::relay::metrics::bind(addr)
+                        .await
+                        .map_err(|e| NodeError::Network(format!("metrics on {addr}: {e}")))?;
+                    metrics_addr = Some(bound);
+                    let served = crate::relay::metrics::serve(listener, service.metrics.clone());
+                    metrics_task = Some(tokio::spawn(served));
+                }
+                Some(service)
+            }
+            None => None,
+        };
+        let mut driver = Driver::new(engine, swarm, calls_rx, events.clone(), mailboxes, relay);
         for address in &config.bootstrap {
             driver
                 .connect(address.clone())
                 .map_err(|e| NodeError::Network(format!("bootstrap {address}: {e}")))?;
         }
         driver.bootstrap();
-        let task = tokio::spawn(driver.run());
-        let node = Self { calls, events, user, peer_id, task: Arc::new(Mutex::new(Some(task))) };
+        driver.dial_home_relays();
+        let task = tokio::spawn(async move {
+            driver.run().await;
+            if let Some(metrics) = metrics_task {
+                metrics.abort();
+            }
+        });
+        let node = Self {
+            calls,
+            events,
+            user,
+            peer_id,
+            relays: config.relays.clone(),
+            metrics_addr,
+            task: Arc::new(Mutex::new(Some(task))),
+        };
         if !config.listen.is_empty() {
             node.wait_listening(Duration::from_secs(10)).await?;
         }
@@ -144,9 +216,31 @@ impl Node {
         self.peer_id
     }
 
-    /// Our contact string (`kith:<peer-id>`).
+    /// Our contact string (`kith:<peer-id>`, with our home relays).
     pub fn contact_string(&self) -> ContactString {
-        ContactString::new(self.user, Vec::new())
+        ContactString::new(self.user, self.relays.clone())
+    }
+
+    /// Where this relay serves its Prometheus metrics (if it is a relay and serves them).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Envelopes and envelope bytes this relay holds, and its database's size on disk
+    /// (`None` if this node is not a relay).
+    pub async fn relay_usage(&self) -> Result<Option<RelayUsage>, NodeError> {
+        self.with(|d| {
+            d.relay.as_ref().map(|r| {
+                let (envelopes, bytes, prekey_users) = r.stored();
+                RelayUsage {
+                    envelopes,
+                    bytes,
+                    prekey_users,
+                    disk_bytes: r.size_on_disk().unwrap_or(0),
+                }
+            })
+        })
+        .await
     }
 
     /// Events from now on: messages, statuses, typing, presence, contacts, network.

@@ -132,9 +132,7 @@ impl Frame for MailboxResponse {
                 validate_envelopes("envelopes", envelopes, MAX_MAILBOX_BATCH)
             }
             Self::Received { ids } => check_count("ids", ids.len(), MAX_MAILBOX_ACK_IDS),
-            Self::Deposited { results } => {
-                check_count("results", results.len(), MAX_MAILBOX_BATCH)
-            }
+            Self::Deposited { results } => check_count("results", results.len(), MAX_MAILBOX_BATCH),
             Self::Acked { .. } | Self::Refused(_) => Ok(()),
         }
     }

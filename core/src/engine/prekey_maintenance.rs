@@ -3,7 +3,7 @@
 //! handed out at most once, and only after that is durable).
 
 use kith_protocol::UnixMillis;
-use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse};
+use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse, PreKeyUpload};
 
 use super::{Engine, Output, Reply, ReplyToken};
 use crate::model::DeliveryFailure;
@@ -101,6 +101,47 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.fail(id, why)?;
         }
         Ok(())
+    }
+
+    /// Our current signed prekey and up to `count` unused one-time prekeys for one of our
+    /// relays to serve. The keys are marked handed out in the pending batch: send the upload
+    /// only after the next [`Engine::flush`], so that no key is ever handed out twice.
+    pub fn prekey_upload(
+        &mut self,
+        now: UnixMillis,
+        count: usize,
+    ) -> Result<Option<PreKeyUpload>, StoreError> {
+        let Some(signed_prekey) = (match self.store.current_signed_prekey_id()? {
+            Some(id) => self.store.signed_prekey(id)?,
+            None => None,
+        }) else {
+            return Ok(None);
+        };
+        let count = count.min(kith_protocol::limits::MAX_PREKEYS_PER_UPLOAD);
+        let mut batch = Batch::new();
+        let mut one_time_prekeys = Vec::with_capacity(count);
+        let mut id = self.opk_cursor;
+        while one_time_prekeys.len() < count {
+            let Some(mut record) = self.store.one_time_prekey_from(id)? else { break };
+            let key = record.to_key();
+            id = key.id().wrapping_add(1);
+            if record.handed_out_at.is_none() {
+                record.handed_out_at = Some(now);
+                batch.put_one_time_prekey(&record, key.id());
+                one_time_prekeys.push(key.public());
+            }
+        }
+        self.commit(batch)?;
+        self.opk_cursor = id;
+        if one_time_prekeys.len() < count {
+            // Running low: top up at the next timeout.
+            self.next_maintenance = now;
+        }
+        Ok(Some(PreKeyUpload {
+            identity: self.identity.binding(),
+            signed_prekey: signed_prekey.public(),
+            one_time_prekeys,
+        }))
     }
 
     /// Hands out our bundle with the lowest unused one-time prekey (if any is left).

@@ -231,6 +231,15 @@ pub enum EventJson {
         /// The address.
         address: String,
     },
+    /// A relay refused to store one of our messages (it stays queued and is retried).
+    RelayRefused {
+        /// The message id.
+        id: String,
+        /// The relay's peer id.
+        relay: String,
+        /// Why: `quota_exceeded`, `rate_limited`, `too_large`, `unavailable`, ...
+        reason: String,
+    },
 }
 
 impl EventJson {
@@ -263,6 +272,11 @@ impl EventJson {
             NodeEvent::PeerConnected(p) => Self::PeerConnected { peer: p.to_string() },
             NodeEvent::PeerDisconnected(p) => Self::PeerDisconnected { peer: p.to_string() },
             NodeEvent::Listening(a) => Self::Listening { address: a.to_string() },
+            NodeEvent::RelayRefused { id, relay, reason } => Self::RelayRefused {
+                id: id.to_string(),
+                relay: relay.to_string(),
+                reason: crate::relay::metrics::reason_label(*reason).to_owned(),
+            },
         })
     }
 }

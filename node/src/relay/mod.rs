@@ -1,0 +1,387 @@
+//! Store-and-forward: the mailbox service a relay runs (`kith relay`).
+//!
+//! A relay holds ciphertext envelopes for recipients that are offline and hands them over when
+//! they come back:
+//!
+//! ```text
+//!  sender --Deposit[envelopes]--> relay: per envelope: size, sender rate, recipient quota,
+//!                                        relay capacity -> stored (flushed) or refused(reason)
+//!                                   |-- recipient connected? --Push--> recipient --Received-->
+//!  recipient --Fetch{me}--> relay --Batch (oldest first)--> recipient --Ack{me, ids}--> deleted
+//! ```
+//!
+//! Only the recipient, authenticated by its connection's PeerId, may fetch or acknowledge its
+//! mailbox; anyone else is refused with [`MailboxRefusal::NotRecipient`]. Every answer that
+//! says "stored" or "deleted" is sent after the relay's database is flushed. Envelopes older
+//! than the TTL are purged unread; nobody is told they were delivered. A relay also serves the
+//! prekey bundles its users upload, each one-time prekey at most once.
+
+pub(crate) mod metrics;
+pub(crate) mod store;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kith_core::identity::user_id_of;
+use kith_core::prekeys::verify_bundle;
+use kith_protocol::envelope::Envelope;
+use kith_protocol::limits::{MAX_ENVELOPE_BYTES, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
+use kith_protocol::mailbox::{DepositResult, MailboxRefusal, MailboxResponse};
+use kith_protocol::prekey::{PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyUpload};
+use kith_protocol::{MessageId, UnixMillis, UserId};
+use libp2p::PeerId;
+
+pub use metrics::{MAX_REQUEST_HEAD, REQUEST_TIMEOUT as METRICS_REQUEST_TIMEOUT};
+pub use store::{MAX_RELAY_ONE_TIME_PREKEYS, RelayStoreError};
+
+use crate::limiter::RateLimiter;
+use metrics::RelayMetrics;
+use store::{Deposit, RelayStore};
+
+/// Default time an envelope waits in a mailbox before it is purged unread.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+/// Default most envelopes waiting for one recipient.
+pub const DEFAULT_MAX_MESSAGES_PER_RECIPIENT: u64 = 10_000;
+/// Default most envelope bytes waiting for one recipient.
+pub const DEFAULT_MAX_BYTES_PER_RECIPIENT: u64 = 100 * 1024 * 1024;
+/// Default most envelope bytes a relay holds in all.
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default deposits per sender: envelopes per second on average.
+pub const DEFAULT_SENDER_RATE: f64 = 50.0;
+/// Default deposits per sender: burst (a day's backlog of a chatty contact).
+pub const DEFAULT_SENDER_BURST: f64 = 1_000.0;
+/// Default most users whose prekeys a relay stores.
+pub const DEFAULT_MAX_PREKEY_USERS: usize = 100_000;
+/// Expired envelopes deleted per purge pass (bounds the work of one driver turn).
+pub const PURGE_BATCH: usize = 10_000;
+/// Default interval between purges of expired envelopes.
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// Uploads of prekeys per user: per second on average, and burst.
+pub const PREKEY_UPLOAD_RATE: (f64, f64) = (1.0 / 60.0, 10.0);
+/// Bytes of a mailbox frame besides its envelopes (variant, counts, `remaining`).
+const FRAME_OVERHEAD: usize = 64;
+
+/// How a relay is run: its operator's settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Most envelopes waiting for one recipient.
+    pub max_messages_per_recipient: u64,
+    /// Most envelope bytes waiting for one recipient.
+    pub max_bytes_per_recipient: u64,
+    /// Most envelope bytes the relay holds in all (its disk budget).
+    pub max_total_bytes: u64,
+    /// Largest envelope accepted (at most the protocol's [`MAX_ENVELOPE_BYTES`]).
+    pub max_envelope_bytes: usize,
+    /// Deposits per sender: envelopes per second on average.
+    pub sender_rate: f64,
+    /// Deposits per sender: burst.
+    pub sender_burst: f64,
+    /// How long an envelope waits before it is purged unread.
+    pub ttl: Duration,
+    /// Most users whose prekeys the relay stores.
+    pub max_prekey_users: usize,
+    /// How often expired envelopes are purged.
+    pub purge_interval: Duration,
+    /// Where to serve Prometheus metrics (`None`: not served).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_messages_per_recipient: DEFAULT_MAX_MESSAGES_PER_RECIPIENT,
+            max_bytes_per_recipient: DEFAULT_MAX_BYTES_PER_RECIPIENT,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_envelope_bytes: MAX_ENVELOPE_BYTES,
+            sender_rate: DEFAULT_SENDER_RATE,
+            sender_burst: DEFAULT_SENDER_BURST,
+            ttl: DEFAULT_TTL,
+            max_prekey_users: DEFAULT_MAX_PREKEY_USERS,
+            purge_interval: DEFAULT_PURGE_INTERVAL,
+            metrics: None,
+        }
+    }
+}
+
+/// New envelopes to push to a recipient that is connected.
+pub(crate) struct Push {
+    pub(crate) recipient: UserId,
+    pub(crate) envelopes: Vec<Envelope>,
+}
+
+/// The mailbox service: the relay's store and its rules.
+pub(crate) struct RelayService {
+    config: RelayConfig,
+    store: RelayStore,
+    limiter: RateLimiter,
+    upload_limiter: RateLimiter,
+    pub(crate) metrics: RelayMetrics,
+    next_purge: Instant,
+}
+
+impl RelayService {
+    /// Opens the relay's store in `dir`.
+    pub(crate) fn open(dir: &Path, config: RelayConfig) -> Result<Self, RelayStoreError> {
+        let store = RelayStore::open(dir)?;
+        let metrics = RelayMetrics::new();
+        let total = store.total();
+        metrics.set_stored(total.messages, total.bytes);
+        metrics.prekey_users.set(i64::try_from(store.prekey_users()).unwrap_or(i64::MAX));
+        Ok(Self {
+            limiter: RateLimiter::new(config.sender_rate, config.sender_burst),
+            upload_limiter: RateLimiter::new(PREKEY_UPLOAD_RATE.0, PREKEY_UPLOAD_RATE.1),
+            config,
+            store,
+            metrics,
+            next_purge: Instant::now(),
+        })
+    }
+
+    fn refuse(&self, reason: MailboxRefusal) -> Option<MailboxRefusal> {
+        self.metrics.reject(reason);
+        Some(reason)
+    }
+
+    fn expired_before(&self, now: UnixMillis) -> UnixMillis {
+        now.saturating_sub(u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Stores what it may of a deposit from `sender`; the results are true once flushed.
+    pub(crate) fn deposit(
+        &mut self,
+        sender: PeerId,
+        envelopes: Vec<Envelope>,
+        now: UnixMillis,
+    ) -> (Vec<DepositResult>, Vec<Push>) {
+        let mut results = Vec::with_capacity(envelopes.len());
+        let mut pushes: Vec<Push> = Vec::new();
+        let instant = Instant::now();
+        for envelope in envelopes {
+            let id = envelope.id;
+            let refused = match kith_protocol::encode(&envelope) {
+                Err(_) => self.refuse(MailboxRefusal::TooLarge),
+                Ok(bytes) if bytes.len() > self.config.max_envelope_bytes => {
+                    self.refuse(MailboxRefusal::TooLarge)
+                }
+                Ok(_) if !self.limiter.allow(sender, instant) => {
+                    self.refuse(MailboxRefusal::RateLimited)
+                }
+                Ok(bytes) => match self.store_one(&envelope.recipient, &id, &bytes, now) {
+                    Ok(Deposit::Stored) => {
+                        self.metrics.deposits.inc();
+                        match pushes.iter_mut().find(|p| p.recipient == envelope.recipient) {
+                            Some(push) => push.envelopes.push(envelope),
+                            None => pushes.push(Push {
+                                recipient: envelope.recipient,
+                                envelopes: vec![envelope],
+                            }),
+                        }
+                        None
+                    }
+                    Ok(Deposit::AlreadyHeld) => None,
+                    Err(QuotaRefusal(reason)) => self.refuse(reason),
+                },
+            };
+            results.push(DepositResult { id, refused });
+        }
+        self.update_gauges();
+        (results, pushes)
+    }
+
+    /// Checks quotas and stores one envelope.
+    fn store_one(
+        &mut self,
+        recipient: &UserId,
+        id: &MessageId,
+        bytes: &[u8],
+        now: UnixMillis,
+    ) -> Result<Deposit, QuotaRefusal> {
+        let unavailable = |e: RelayStoreError| {
+            tracing::error!("{e}");
+            QuotaRefusal(MailboxRefusal::Unavailable)
+        };
+        if self.store.holds(recipient, id).map_err(unavailable)? {
+            return Ok(Deposit::AlreadyHeld);
+        }
+        let size = bytes.len() as u64;
+        let usage = self.store.usage(recipient);
+        if usage.messages + 1 > self.config.max_messages_per_recipient
+            || usage.bytes + size > self.config.max_bytes_per_recipient
+        {
+            return Err(QuotaRefusal(MailboxRefusal::QuotaExceeded));
+        }
+        if self.store.total().bytes + size > self.config.max_total_bytes {
+            return Err(QuotaRefusal(MailboxRefusal::Unavailable));
+        }
+        self.store.deposit(recipient, id, bytes, now).map_err(unavailable)
+    }
+
+    /// Answers a fetch by `peer` for `recipient`'s mailbox.
+    pub(crate) fn fetch(
+        &mut self,
+        peer: &PeerId,
+        recipient: &UserId,
+        limit: u16,
+        now: UnixMillis,
+    ) -> MailboxResponse {
+        if !is_peer(peer, recipient) {
+            self.metrics.reject(MailboxRefusal::NotRecipient);
+            return MailboxResponse::Refused(MailboxRefusal::NotRecipient);
+        }
+        self.metrics.fetches.inc();
+        let limit = usize::from(limit).min(MAX_MAILBOX_BATCH);
+        let max_bytes = MAX_MAILBOX_FRAME_BYTES - FRAME_OVERHEAD;
+        match self.store.fetch(recipient, limit, max_bytes, self.expired_before(now)) {
+            Ok((mail, remaining)) => {
+                let envelopes =
+                    mail.iter().filter_map(|m| kith_protocol::decode(&m.bytes).ok()).collect();
+                MailboxResponse::Batch {
+                    envelopes,
+                    remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                self.metrics.reject(MailboxRefusal::Unavailable);
+                MailboxResponse::Refused(MailboxRefusal::Unavailable)
+            }
+        }
+    }
+
+    /// Deletes envelopes `recipient` holds durably (after an ack or a push answer by `peer`);
+    /// the answer is true once flushed.
+    pub(crate) fn ack(
+        &mut self,
+        peer: &PeerId,
+        recipient: &UserId,
+        ids: &[MessageId],
+    ) -> MailboxResponse {
+        if !is_peer(peer, recipient) {
+            self.metrics.reject(MailboxRefusal::NotRecipient);
+            return MailboxResponse::Refused(MailboxRefusal::NotRecipient);
+        }
+        match self.store.remove(recipient, ids) {
+            Ok(removed) => {
+                self.metrics.delivered.inc_by(u64::from(removed));
+                self.update_gauges();
+                MailboxResponse::Acked { removed }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                self.metrics.reject(MailboxRefusal::Unavailable);
+                MailboxResponse::Refused(MailboxRefusal::Unavailable)
+            }
+        }
+    }
+
+    /// Stores prekeys uploaded by `peer` (who must be the identity they belong to).
+    pub(crate) fn upload_prekeys(
+        &mut self,
+        peer: &PeerId,
+        upload: PreKeyUpload,
+        now: UnixMillis,
+    ) -> PreKeyResponse {
+        let user = upload.identity.user;
+        let bundle = PreKeyBundle {
+            identity: upload.identity,
+            signed_prekey: upload.signed_prekey,
+            one_time_prekey: None,
+        };
+        if !is_peer(peer, &user) || verify_bundle(&bundle, &user, now).is_err() {
+            return PreKeyResponse::Refused(PreKeyRefusal::Unauthorized);
+        }
+        if !self.upload_limiter.allow(*peer, Instant::now()) {
+            return PreKeyResponse::Refused(PreKeyRefusal::RateLimited);
+        }
+        let known = self.store.stored_prekeys(&user).ok().flatten().is_some();
+        if !known && self.store.prekey_users() >= self.config.max_prekey_users {
+            return PreKeyResponse::Refused(PreKeyRefusal::QuotaExceeded);
+        }
+        match self.store.put_prekeys(upload) {
+            Ok(one_time_prekeys) => {
+                self.metrics
+                    .prekey_users
+                    .set(i64::try_from(self.store.prekey_users()).unwrap_or(i64::MAX));
+                PreKeyResponse::Uploaded { one_time_prekeys }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                PreKeyResponse::Refused(PreKeyRefusal::QuotaExceeded)
+            }
+        }
+    }
+
+    /// A bundle for `user` from uploaded prekeys (its one-time prekey is used up), true once
+    /// flushed.
+    pub(crate) fn bundle(&mut self, user: &UserId) -> PreKeyResponse {
+        match self.store.take_bundle(user) {
+            Ok(Some(bundle)) => PreKeyResponse::Bundle(Box::new(bundle)),
+            Ok(None) => PreKeyResponse::NotFound,
+            Err(e) => {
+                tracing::error!("{e}");
+                PreKeyResponse::NotFound
+            }
+        }
+    }
+
+    /// Purges expired envelopes if a purge is due.
+    pub(crate) fn maintain(&mut self, now: UnixMillis) {
+        let instant = Instant::now();
+        if instant < self.next_purge {
+            return;
+        }
+        match self.store.purge_expired(self.expired_before(now), PURGE_BATCH) {
+            Ok(purged) => {
+                self.metrics.expired.inc_by(purged as u64);
+                // A full batch: more may be waiting, purge again next turn.
+                self.next_purge = if purged >= PURGE_BATCH {
+                    instant
+                } else {
+                    instant + self.config.purge_interval
+                };
+                if purged > 0 {
+                    tracing::info!("purged {purged} expired envelopes");
+                    self.update_gauges();
+                }
+            }
+            Err(e) => {
+                tracing::error!("purge: {e}");
+                self.next_purge = instant + self.config.purge_interval;
+            }
+        }
+    }
+
+    /// When [`Self::maintain`] next has work.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        self.next_purge
+    }
+
+    /// Makes everything written so far durable.
+    pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
+        self.store.flush()
+    }
+
+    /// Envelopes and envelope bytes held, and users whose prekeys are served.
+    pub(crate) fn stored(&self) -> (u64, u64, usize) {
+        let total = self.store.total();
+        (total.messages, total.bytes, self.store.prekey_users())
+    }
+
+    /// Bytes the relay's database occupies on disk.
+    pub(crate) fn size_on_disk(&self) -> Result<u64, RelayStoreError> {
+        self.store.size_on_disk()
+    }
+
+    fn update_gauges(&self) {
+        let total = self.store.total();
+        self.metrics.set_stored(total.messages, total.bytes);
+    }
+}
+
+/// A refusal decided while storing.
+struct QuotaRefusal(MailboxRefusal);
+
+/// Whether the connection's `peer` is `user`.
+fn is_peer(peer: &PeerId, user: &UserId) -> bool {
+    user_id_of(peer).is_ok_and(|u| &u == user)
+}

@@ -1,0 +1,465 @@
+//! The relay's disk: mailboxes and uploaded prekeys, in a sled database of their own.
+//!
+//! One `mailbox` tree holds three kinds of entry, so that every change is one atomic batch:
+//!
+//! ```text
+//!  'm' ‖ recipient ‖ seq            → deposited_at ‖ id ‖ envelope bytes   (the mail, in order)
+//!  'i' ‖ recipient ‖ id             → seq ‖ deposited_at                   (dedup, acks)
+//!  'e' ‖ deposited_at ‖ recipient ‖ seq → ()                               (expiry order)
+//! ```
+//!
+//! `seq` comes from sled's persistent id generator, so a recipient's mail reads back in deposit
+//! order, also across restarts. Usage per recipient (messages, bytes) is kept in memory and
+//! rebuilt from the `'m'` entries on open. Nothing here is durable until [`RelayStore::flush`]
+//! returns; the relay acknowledges only after it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kith_protocol::prekey::{OneTimePreKeyPublic, PreKeyBundle, PreKeyRequest, PreKeyUpload};
+use kith_protocol::{MessageId, UnixMillis, UserId};
+
+/// Most one-time prekeys a relay keeps per user (older ones are dropped first).
+pub const MAX_RELAY_ONE_TIME_PREKEYS: usize = 100;
+
+const MAIL: u8 = b'm';
+const IDS: u8 = b'i';
+const EXPIRY: u8 = b'e';
+/// Bytes of a mail value before the envelope: deposited_at (8) and id (16).
+const MAIL_HEADER: usize = 8 + 16;
+
+/// A storage failure (the relay answers `Unavailable` and keeps running).
+#[derive(Debug, thiserror::Error)]
+#[error("relay store: {0}")]
+pub struct RelayStoreError(#[from] sled::Error);
+
+/// Messages and bytes held for one recipient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+}
+
+/// What became of a deposit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deposit {
+    /// Stored now.
+    Stored,
+    /// Already held (a retry); nothing changed.
+    AlreadyHeld,
+}
+
+/// One stored envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Mail {
+    pub(crate) id: MessageId,
+    pub(crate) bytes: Vec<u8>,
+}
+
+pub(crate) struct RelayStore {
+    db: sled::Db,
+    mailbox: sled::Tree,
+    prekeys: sled::Tree,
+    usage: HashMap<UserId, Usage>,
+    total: Usage,
+    prekey_users: usize,
+    dirty: bool,
+}
+
+fn mail_key(recipient: &UserId, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.push(MAIL);
+    key.extend_from_slice(&recipient.0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn id_key(recipient: &UserId, id: &MessageId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(49);
+    key.push(IDS);
+    key.extend_from_slice(&recipient.0);
+    key.extend_from_slice(&id.0);
+    key
+}
+
+fn expiry_key(deposited_at: UnixMillis, recipient: &UserId, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(49);
+    key.push(EXPIRY);
+    key.extend_from_slice(&deposited_at.to_be_bytes());
+    key.extend_from_slice(&recipient.0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn prefix(kind: u8, recipient: &UserId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(kind);
+    key.extend_from_slice(&recipient.0);
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// Splits a `'m'` key into recipient and seq.
+fn parse_mail_key(key: &[u8]) -> Option<(UserId, u64)> {
+    let recipient: [u8; 32] = key.get(1..33)?.try_into().ok()?;
+    Some((UserId(recipient), be_u64(key.get(33..41)?)?))
+}
+
+/// Splits a mail value into deposited_at, id and envelope.
+fn parse_mail(value: &[u8]) -> Option<(UnixMillis, MessageId, &[u8])> {
+    let at = be_u64(value)?;
+    let id: [u8; 16] = value.get(8..MAIL_HEADER)?.try_into().ok()?;
+    Some((at, MessageId(id), value.get(MAIL_HEADER..)?))
+}
+
+impl RelayStore {
+    /// Opens (or creates) the store at `path` and reads the usage of every mailbox.
+    pub(crate) fn open(path: &Path) -> Result<Self, RelayStoreError> {
+        Self::with_db(sled::Config::new().path(path).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<Self, RelayStoreError> {
+        let mailbox = db.open_tree("mailbox")?;
+        let prekeys = db.open_tree("prekeys")?;
+        let mut usage: HashMap<UserId, Usage> = HashMap::new();
+        let mut total = Usage::default();
+        for entry in mailbox.scan_prefix([MAIL]) {
+            let (key, value) = entry?;
+            let Some((recipient, _)) = parse_mail_key(&key) else { continue };
+            let bytes = value.len().saturating_sub(MAIL_HEADER) as u64;
+            let u = usage.entry(recipient).or_default();
+            u.messages += 1;
+            u.bytes += bytes;
+            total.messages += 1;
+            total.bytes += bytes;
+        }
+        let prekey_users = prekeys.len();
+        Ok(Self { db, mailbox, prekeys, usage, total, prekey_users, dirty: false })
+    }
+
+    /// What `recipient` has stored.
+    pub(crate) fn usage(&self, recipient: &UserId) -> Usage {
+        self.usage.get(recipient).copied().unwrap_or_default()
+    }
+
+    /// What the whole relay holds.
+    pub(crate) fn total(&self) -> Usage {
+        self.total
+    }
+
+    /// Users with prekeys stored.
+    pub(crate) fn prekey_users(&self) -> usize {
+        self.prekey_users
+    }
+
+    /// Whether `recipient` already holds an envelope with this id.
+    pub(crate) fn holds(
+        &self,
+        recipient: &UserId,
+        id: &MessageId,
+    ) -> Result<bool, RelayStoreError> {
+        Ok(self.mailbox.contains_key(id_key(recipient, id))?)
+    }
+
+    /// Stores an envelope (quota checks are the caller's); durable after [`Self::flush`].
+    pub(crate) fn deposit(
+        &mut self,
+        recipient: &UserId,
+        id: &MessageId,
+        envelope: &[u8],
+        now: UnixMillis,
+    ) -> Result<Deposit, RelayStoreError> {
+        if self.holds(recipient, id)? {
+            return Ok(Deposit::AlreadyHeld);
+        }
+        let seq = self.db.generate_id()?;
+        let mut value = Vec::with_capacity(MAIL_HEADER + envelope.len());
+        value.extend_from_slice(&now.to_be_bytes());
+        value.extend_from_slice(&id.0);
+        value.extend_from_slice(envelope);
+        let mut index = [0u8; 16];
+        index[..8].copy_from_slice(&seq.to_be_bytes());
+        index[8..].copy_from_slice(&now.to_be_bytes());
+        let mut batch = sled::Batch::default();
+        batch.insert(mail_key(recipient, seq), value);
+        batch.insert(id_key(recipient, id), index.as_slice());
+        batch.insert(expiry_key(now, recipient, seq), &[]);
+        self.mailbox.apply_batch(batch)?;
+        self.dirty = true;
+        let bytes = envelope.len() as u64;
+        let u = self.usage.entry(*recipient).or_default();
+        u.messages += 1;
+        u.bytes += bytes;
+        self.total.messages += 1;
+        self.total.bytes += bytes;
+        Ok(Deposit::Stored)
+    }
+
+    /// Up to `limit` envelopes of `recipient`, oldest first, at most `max_bytes` of envelopes
+    /// (but always at least one), skipping those deposited before `expired_before`; and how
+    /// many envelopes are left after them.
+    pub(crate) fn fetch(
+        &self,
+        recipient: &UserId,
+        limit: usize,
+        max_bytes: usize,
+        expired_before: UnixMillis,
+    ) -> Result<(Vec<Mail>, u64), RelayStoreError> {
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        let mut seen = 0u64;
+        for entry in self.mailbox.scan_prefix(prefix(MAIL, recipient)) {
+            let (_, value) = entry?;
+            let Some((at, id, envelope)) = parse_mail(&value) else { continue };
+            if out.len() >= limit || (!out.is_empty() && size + envelope.len() > max_bytes) {
+                break;
+            }
+            seen += 1;
+            if at < expired_before {
+                continue;
+            }
+            size += envelope.len();
+            out.push(Mail { id, bytes: envelope.to_vec() });
+        }
+        let remaining = self.usage(recipient).messages.saturating_sub(seen);
+        Ok((out, remaining))
+    }
+
+    /// Deletes these envelopes of `recipient`; returns how many it held.
+    pub(crate) fn remove(
+        &mut self,
+        recipient: &UserId,
+        ids: &[MessageId],
+    ) -> Result<u32, RelayStoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u32;
+        let mut bytes = 0u64;
+        for id in ids {
+            let key = id_key(recipient, id);
+            let Some(index) = self.mailbox.get(&key)? else { continue };
+            let (Some(seq), Some(at)) = (be_u64(&index), index.get(8..).and_then(be_u64)) else {
+                continue;
+            };
+            if let Some(mail) = self.mailbox.get(mail_key(recipient, seq))? {
+                bytes += mail.len().saturating_sub(MAIL_HEADER) as u64;
+            }
+            batch.remove(mail_key(recipient, seq));
+            batch.remove(key);
+            batch.remove(expiry_key(at, recipient, seq));
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        self.mailbox.apply_batch(batch)?;
+        self.dirty = true;
+        self.release(recipient, u64::from(removed), bytes);
+        Ok(removed)
+    }
+
+    fn release(&mut self, recipient: &UserId, messages: u64, bytes: u64) {
+        if let Some(u) = self.usage.get_mut(recipient) {
+            u.messages = u.messages.saturating_sub(messages);
+            u.bytes = u.bytes.saturating_sub(bytes);
+            if u.messages == 0 {
+                self.usage.remove(recipient);
+            }
+        }
+        self.total.messages = self.total.messages.saturating_sub(messages);
+        self.total.bytes = self.total.bytes.saturating_sub(bytes);
+    }
+
+    /// Deletes up to `max` envelopes deposited before `cutoff`; returns how many.
+    pub(crate) fn purge_expired(
+        &mut self,
+        cutoff: UnixMillis,
+        max: usize,
+    ) -> Result<usize, RelayStoreError> {
+        let mut expired: Vec<(UserId, MessageId)> = Vec::new();
+        for entry in self.mailbox.range(vec![EXPIRY]..expiry_key(cutoff, &UserId([0; 32]), 0)) {
+            let (key, _) = entry?;
+            let parsed = key
+                .get(9..41)
+                .and_then(|r| <[u8; 32]>::try_from(r).ok())
+                .zip(key.get(41..49).and_then(be_u64));
+            let Some((recipient, seq)) = parsed else { continue };
+            let recipient = UserId(recipient);
+            let id = self
+                .mailbox
+                .get(mail_key(&recipient, seq))?
+                .and_then(|v| parse_mail(&v).map(|(_, id, _)| id));
+            match id {
+                Some(id) => expired.push((recipient, id)),
+                // A stale index entry: drop it alone.
+                None => {
+                    self.mailbox.remove(key)?;
+                    self.dirty = true;
+                }
+            }
+            if expired.len() >= max {
+                break;
+            }
+        }
+        let mut purged = 0;
+        for (recipient, id) in expired {
+            purged += self.remove(&recipient, &[id])? as usize;
+        }
+        Ok(purged)
+    }
+
+    /// Stores (or merges) a user's prekeys: the newer signed prekey wins, one-time prekeys
+    /// accumulate up to [`MAX_RELAY_ONE_TIME_PREKEYS`], oldest dropped first. Returns how many
+    /// one-time prekeys the relay now holds for the user.
+    pub(crate) fn put_prekeys(&mut self, upload: PreKeyUpload) -> Result<u32, RelayStoreError> {
+        let key = upload.identity.user.0;
+        let merged = match self.stored_prekeys(&upload.identity.user)? {
+            Some(mut stored) => {
+                if upload.signed_prekey.created_at >= stored.signed_prekey.created_at {
+                    stored.signed_prekey = upload.signed_prekey;
+                    stored.identity = upload.identity;
+                }
+                for key in upload.one_time_prekeys {
+                    if !stored.one_time_prekeys.iter().any(|k| k.id == key.id) {
+                        stored.one_time_prekeys.push(key);
+                    }
+                }
+                stored
+            }
+            None => {
+                self.prekey_users += 1;
+                upload
+            }
+        };
+        let merged = trim_prekeys(merged);
+        let count = u32::try_from(merged.one_time_prekeys.len()).unwrap_or(u32::MAX);
+        self.write_prekeys(&key, &merged)?;
+        Ok(count)
+    }
+
+    /// `user`'s bundle with one one-time prekey, which is deleted (each is handed out once).
+    pub(crate) fn take_bundle(
+        &mut self,
+        user: &UserId,
+    ) -> Result<Option<PreKeyBundle>, RelayStoreError> {
+        let Some(mut stored) = self.stored_prekeys(user)? else { return Ok(None) };
+        let one_time_prekey: Option<OneTimePreKeyPublic> =
+            (!stored.one_time_prekeys.is_empty()).then(|| stored.one_time_prekeys.remove(0));
+        if one_time_prekey.is_some() {
+            self.write_prekeys(&user.0, &stored)?;
+        }
+        Ok(Some(PreKeyBundle {
+            identity: stored.identity,
+            signed_prekey: stored.signed_prekey,
+            one_time_prekey,
+        }))
+    }
+
+    pub(crate) fn stored_prekeys(
+        &self,
+        user: &UserId,
+    ) -> Result<Option<PreKeyUpload>, RelayStoreError> {
+        // A record that no longer decodes is treated as absent (and replaced on upload).
+        // Stored as the upload frame itself, so that decoding re-checks its limits.
+        let decoded = self.prekeys.get(user.0)?.and_then(|v| kith_protocol::decode(&v).ok());
+        Ok(match decoded {
+            Some(PreKeyRequest::Upload(upload)) => Some(*upload),
+            _ => None,
+        })
+    }
+
+    fn write_prekeys(&mut self, key: &[u8], upload: &PreKeyUpload) -> Result<(), RelayStoreError> {
+        let bytes = kith_protocol::encode(&PreKeyRequest::Upload(Box::new(upload.clone())))
+            .map_err(|e| sled::Error::Unsupported(format!("prekey record: {e}")))?;
+        self.prekeys.insert(key, bytes)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
+        if self.dirty {
+            self.db.flush()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub(crate) fn size_on_disk(&self) -> Result<u64, RelayStoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn trim_prekeys(mut upload: PreKeyUpload) -> PreKeyUpload {
+    let excess = upload.one_time_prekeys.len().saturating_sub(MAX_RELAY_ONE_TIME_PREKEYS);
+    upload.one_time_prekeys.drain(..excess);
+    upload
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> RelayStore {
+        RelayStore::with_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
+    }
+
+    const BOB: UserId = UserId([2; 32]);
+    const CAROL: UserId = UserId([3; 32]);
+
+    #[test]
+    fn mail_reads_back_in_order_and_acks_delete_it() {
+        let mut s = store();
+        for i in 0..5u8 {
+            assert_eq!(
+                s.deposit(&BOB, &MessageId([i; 16]), &[i; 10], 100).unwrap(),
+                Deposit::Stored
+            );
+        }
+        s.deposit(&CAROL, &MessageId([9; 16]), &[9; 3], 100).unwrap();
+        assert_eq!(
+            s.deposit(&BOB, &MessageId([1; 16]), &[1; 10], 200).unwrap(),
+            Deposit::AlreadyHeld
+        );
+        assert_eq!(s.usage(&BOB), Usage { messages: 5, bytes: 50 });
+        assert_eq!(s.total(), Usage { messages: 6, bytes: 53 });
+
+        let (mail, remaining) = s.fetch(&BOB, 3, usize::MAX, 0).unwrap();
+        assert_eq!(mail.iter().map(|m| m.id.0[0]).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(remaining, 2);
+        // The byte cap cuts the batch, but never below one envelope.
+        assert_eq!(s.fetch(&BOB, 10, 25, 0).unwrap().0.len(), 2);
+        assert_eq!(s.fetch(&BOB, 10, 1, 0).unwrap().0.len(), 1);
+
+        // Acks for another mailbox's ids remove nothing.
+        assert_eq!(s.remove(&CAROL, &[MessageId([0; 16])]).unwrap(), 0);
+        assert_eq!(s.remove(&BOB, &[MessageId([0; 16]), MessageId([1; 16])]).unwrap(), 2);
+        let (mail, remaining) = s.fetch(&BOB, 10, usize::MAX, 0).unwrap();
+        assert_eq!(mail.iter().map(|m| m.id.0[0]).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(remaining, 0);
+        assert_eq!(s.usage(&BOB), Usage { messages: 3, bytes: 30 });
+    }
+
+    #[test]
+    fn usage_survives_reopen_and_expired_mail_is_purged_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = RelayStore::open(dir.path()).unwrap();
+            s.deposit(&BOB, &MessageId([1; 16]), &[1; 10], 1_000).unwrap();
+            s.deposit(&BOB, &MessageId([2; 16]), &[2; 20], 5_000).unwrap();
+            s.flush().unwrap();
+        }
+        let mut s = RelayStore::open(dir.path()).unwrap();
+        assert_eq!(s.usage(&BOB), Usage { messages: 2, bytes: 30 });
+        // Expired mail is not served even before it is purged.
+        let (mail, _) = s.fetch(&BOB, 10, usize::MAX, 2_000).unwrap();
+        assert_eq!(mail.iter().map(|m| m.id.0[0]).collect::<Vec<_>>(), [2]);
+        assert_eq!(s.purge_expired(2_000, 100).unwrap(), 1);
+        assert_eq!(s.usage(&BOB), Usage { messages: 1, bytes: 20 });
+        assert!(!s.holds(&BOB, &MessageId([1; 16])).unwrap());
+        assert_eq!(s.purge_expired(2_000, 100).unwrap(), 0);
+    }
+}

@@ -1,0 +1,240 @@
+//! Store-and-forward with real nodes and relays on 127.0.0.1: offline delivery, first contact
+//! while offline, redundancy, TTL, and what a relay holds on disk.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::time::Duration;
+
+use kith_node::kith_core::model::{Direction, MessageStatus};
+use kith_node::kith_protocol::UserId;
+use kith_node::kith_protocol::content::Body;
+use kith_node::libp2p::Multiaddr;
+use kith_node::relay::RelayConfig;
+use kith_node::{Node, NodeConfig};
+use kith_tests::{TestNode, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Relay {
+    node: Node,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    async fn start(settings: RelayConfig) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::loopback_relay(dir.path());
+        config.relay_service = Some(settings);
+        let node = Node::start_or_create(config).await.unwrap();
+        Relay { node, dir }
+    }
+
+    async fn address(&self) -> Multiaddr {
+        self.node.addresses().await.unwrap().remove(0)
+    }
+
+    async fn held(&self) -> u64 {
+        self.node.relay_usage().await.unwrap().unwrap().envelopes
+    }
+}
+
+/// A user node whose home relays are `relays`.
+async fn user(dir: &std::path::Path, relays: Vec<Multiaddr>, create: bool) -> Node {
+    let mut config = TestNode::config(dir, vec![]);
+    config.relays = relays;
+    if create { Node::create(config).await.unwrap() } else { Node::start(config).await.unwrap() }
+}
+
+/// The texts `node` received from `from`, in the order it received them.
+async fn texts(node: &Node, from: UserId) -> Vec<String> {
+    node.history(from, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.direction == Direction::Incoming)
+        .filter_map(|m| match m.body {
+            Some(Body::Text(t)) => Some(t.body),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_prekeys_uploaded(relay: &Relay) {
+    eventually(WAIT, "the relay to hold Bob's prekeys", || async {
+        Ok((relay.node.relay_usage().await?.unwrap().prekey_users > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_gets_two_hundred_messages_once_in_order_from_its_relay() {
+    const N: usize = 200;
+    let relay = Relay::start(RelayConfig::default()).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    // A first message while both are online sets the session up.
+    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    bob.shutdown().await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(alice.node.send_text(bob.user_id(), format!("offline {i}")).await.unwrap());
+    }
+    for id in &ids {
+        let status = alice.node.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap();
+        assert_eq!(status, MessageStatus::Sent);
+    }
+    assert_eq!(relay.held().await, N as u64);
+
+    let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
+    for id in &ids {
+        let status = alice.node.wait_for_status(*id, MessageStatus::Delivered, WAIT).await.unwrap();
+        assert_eq!(status, MessageStatus::Delivered);
+    }
+    let mut expected: Vec<String> = vec!["hello".into()];
+    expected.extend((0..N).map(|i| format!("offline {i}")));
+    assert_eq!(texts(&bob, alice.node.user_id()).await, expected, "each once, in order");
+    eventually(WAIT, "the relay to delete what Bob acknowledged", || async {
+        Ok((relay.held().await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_to_an_offline_stranger_arrives_through_prekeys_its_relay_serves() {
+    let relay = Relay::start(RelayConfig::default()).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
+    wait_prekeys_uploaded(&relay).await;
+    let contact = bob.contact_string();
+    let bob_id = bob.user_id();
+    bob.shutdown().await.unwrap();
+
+    // Alice has never talked to Bob, and Bob is offline.
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&contact, "bob").await.unwrap();
+    let id = alice.node.send_text(bob_id, "nice to meet you").await.unwrap();
+    assert_eq!(
+        alice.node.wait_for_status(id, MessageStatus::Sent, WAIT).await.unwrap(),
+        MessageStatus::Sent
+    );
+
+    let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
+    assert_eq!(
+        alice.node.wait_for_status(id, MessageStatus::Delivered, WAIT).await.unwrap(),
+        MessageStatus::Delivered
+    );
+    assert_eq!(texts(&bob, alice.node.user_id()).await, ["nice to meet you"]);
+
+    // The relay's disk holds ciphertext only.
+    bob.shutdown().await.unwrap();
+    relay.node.shutdown().await.unwrap();
+    assert_no_plaintext(relay.dir.path(), &["nice to meet you"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_of_two_relays_down_for_good_nothing_is_lost() {
+    let (r1, r2) =
+        (Relay::start(RelayConfig::default()).await, Relay::start(RelayConfig::default()).await);
+    let relays = vec![r1.address().await, r2.address().await];
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = user(bob_dir.path(), relays.clone(), true).await;
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    bob.shutdown().await.unwrap();
+    r2.node.shutdown().await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(alice.node.send_text(bob.user_id(), format!("m{i}")).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(
+            alice.node.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap(),
+            MessageStatus::Sent
+        );
+    }
+    let bob = user(bob_dir.path(), relays, false).await;
+    for id in &ids {
+        assert_eq!(
+            alice.node.wait_for_status(*id, MessageStatus::Delivered, WAIT).await.unwrap(),
+            MessageStatus::Delivered
+        );
+    }
+    let mut expected: Vec<String> = vec!["hello".into()];
+    expected.extend((0..20).map(|i| format!("m{i}")));
+    assert_eq!(texts(&bob, alice.node.user_id()).await, expected);
+    bob.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_envelopes_are_purged_and_never_reported_delivered() {
+    let settings = RelayConfig {
+        ttl: Duration::from_secs(2),
+        purge_interval: Duration::from_millis(200),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(settings).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    bob.shutdown().await.unwrap();
+
+    let late = alice.node.send_text(bob.user_id(), "too late").await.unwrap();
+    alice.node.wait_for_status(late, MessageStatus::Sent, WAIT).await.unwrap();
+    assert_eq!(relay.held().await, 1);
+    eventually(WAIT, "the purge", || async { Ok((relay.held().await == 0).then_some(())) })
+        .await
+        .unwrap();
+
+    let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
+    eventually(WAIT, "Bob connected to his relay", || async {
+        Ok(bob.connected_peers().await?.contains(&relay.node.peer_id()).then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(texts(&bob, alice.node.user_id()).await, ["hello"], "an expired envelope arrived");
+    assert_eq!(alice.node.message(late).await.unwrap().unwrap().status, MessageStatus::Sent);
+    bob.shutdown().await.unwrap();
+}
+
+/// Fails if any file under `dir` contains one of `texts`.
+pub fn assert_no_plaintext(dir: &std::path::Path, texts: &[&str]) {
+    let mut files = vec![dir.to_owned()];
+    let mut searched = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        searched += bytes.len();
+        for text in texts {
+            assert!(
+                !bytes.windows(text.len()).any(|w| w == text.as_bytes()),
+                "{} holds the plaintext {text:?}",
+                path.display()
+            );
+        }
+    }
+    assert!(searched > 0, "nothing on disk to search");
+}
