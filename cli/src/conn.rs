@@ -25,6 +25,10 @@ pub(crate) struct NetArgs {
     /// address does so on its own.
     #[arg(long)]
     pub(crate) dht_server: bool,
+    /// A home relay, with its /p2p/<peer-id> (repeatable): it holds messages for you while
+    /// you are offline and serves your prekeys; it is shared in your contact string.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) relay: Vec<String>,
 }
 
 impl NetArgs {
@@ -37,11 +41,20 @@ impl NetArgs {
         config.bootstrap = parse_addrs(&self.bootstrap, "--bootstrap")?;
         config.mdns = !self.no_mdns;
         config.dht_server = self.dht_server;
+        config.relays = parse_addrs(&self.relay, "--relay")?;
+        if let Some(bad) = config.relays.iter().find(|a| {
+            !a.iter().any(|p| matches!(p, kith_node::libp2p::multiaddr::Protocol::P2p(_)))
+        }) {
+            anyhow::bail!("--relay {bad}: the address must end in /p2p/<peer-id>");
+        }
         Ok(config)
     }
 }
 
-fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<kith_node::libp2p::Multiaddr>> {
+pub(crate) fn parse_addrs(
+    addrs: &[String],
+    flag: &str,
+) -> anyhow::Result<Vec<kith_node::libp2p::Multiaddr>> {
     addrs
         .iter()
         .map(|a| {

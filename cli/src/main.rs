@@ -8,6 +8,7 @@
 mod chat;
 mod conn;
 mod demo;
+mod relay;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -59,6 +60,9 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// Run a relay: a headless node that holds encrypted messages for offline users and
+    /// serves their prekeys (it never sees plaintext).
+    Relay(relay::RelayArgs),
     /// Stop the running daemon.
     Stop,
     /// Send a text message.
@@ -240,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
         }
         Command::Daemon { net } => daemon(&dir, &net).await?,
+        Command::Relay(args) => relay::run(&dir, &args).await?,
         Command::Stop => {
             let mut client = rpc::RpcClient::connect(&dir)
                 .await

@@ -254,3 +254,71 @@ pub fn kith_ok(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Stri
     }
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// A `kith relay` process on 127.0.0.1, killed (SIGKILL) when dropped.
+pub struct RelayProcess {
+    child: std::process::Child,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// The address it announced (with `/p2p/`).
+    pub address: Multiaddr,
+}
+
+impl RelayProcess {
+    /// Starts `kith --data-dir DIR relay --listen /ip4/127.0.0.1/tcp/PORT ARGS...` and waits
+    /// until it announces its address.
+    pub fn spawn(dir: &std::path::Path, port: u16, args: &[&str]) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(kith_binary()?)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("relay")
+            .arg("--listen")
+            .arg(format!("/ip4/127.0.0.1/tcp/{port}"))
+            .args(args)
+            .env_remove("KITH_DATA_DIR")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(address) = line.strip_prefix("listening: ") {
+                        let address = address.parse()?;
+                        return Ok(Self { child, dir: dir.to_owned(), address });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    anyhow::bail!("the relay in {} did not start", dir.display())
+                }
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL (no flush, no goodbye) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,118 @@
+//! The real `kith relay` binary: its help documents every operator setting, and a relay killed
+//! with SIGKILL again and again while deposits are in flight loses nothing it acknowledged and
+//! delivers nothing twice.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use kith_node::Node;
+use kith_node::kith_core::model::{Direction, MessageStatus};
+use kith_node::kith_protocol::content::Body;
+use kith_tests::{RelayProcess, TestNode, free_port, kith_ok};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn relay_help_documents_every_operator_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = kith_ok(dir.path(), &["relay", "--help"]).unwrap();
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--bootstrap",
+        "--max-messages-per-recipient",
+        "--max-bytes-per-recipient",
+        "--max-store-bytes",
+        "--max-envelope-bytes",
+        "--sender-rate",
+        "--sender-burst",
+        "--ttl",
+        "--max-prekey-users",
+        "--metrics",
+    ] {
+        assert!(help.contains(flag), "`kith relay --help` does not mention {flag}:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_repeatedly_mid_deposit_loses_no_acked_message_and_duplicates_none() {
+    const N: usize = 120;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let mut relay = RelayProcess::spawn(relay_dir.path(), port, &[]).unwrap();
+    let relay_address = relay.address.clone();
+
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob_config = || {
+        let mut c = TestNode::config(bob_dir.path(), vec![]);
+        c.relays = vec![relay_address.clone()];
+        c
+    };
+    let bob = Node::create(bob_config()).await.unwrap();
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    let bob_user = bob.user_id();
+    bob.shutdown().await.unwrap();
+
+    // Alice sends while the relay is killed with SIGKILL and restarted, six times over.
+    let sender = {
+        let alice = alice.node.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..N {
+                ids.push(alice.send_text(bob_user, format!("m{i}")).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ids
+        })
+    };
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        relay.kill();
+        relay = RelayProcess::spawn(relay_dir.path(), port, &[]).unwrap();
+        assert_eq!(relay.address, relay_address, "a restarted relay is the same peer");
+    }
+    let ids = sender.await.unwrap();
+    // Every message is eventually acknowledged by the relay (Sent): Alice retries the ones
+    // whose deposit was lost with a killed relay.
+    for id in &ids {
+        assert_eq!(
+            alice.node.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap(),
+            MessageStatus::Sent
+        );
+    }
+
+    let bob = Node::start(bob_config()).await.unwrap();
+    for id in &ids {
+        assert_eq!(
+            alice.node.wait_for_status(*id, MessageStatus::Delivered, WAIT).await.unwrap(),
+            MessageStatus::Delivered
+        );
+    }
+    let received: Vec<String> = bob
+        .history(alice.node.user_id(), None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.direction == Direction::Incoming)
+        .filter_map(|m| match m.body {
+            Some(Body::Text(t)) => Some(t.body),
+            _ => None,
+        })
+        .collect();
+    let unique: HashSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "a message arrived twice");
+    assert_eq!(received.len(), N + 1);
+    bob.shutdown().await.unwrap();
+}
