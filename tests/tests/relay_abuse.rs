@@ -163,7 +163,7 @@ async fn strangers_oversize_spammers_and_full_mailboxes_are_refused_with_their_r
 
     // A spammer: a burst of 8, then refused (to recipients whose quotas are not the limit).
     let flood: Vec<Envelope> =
-        (0..12).map(|n| envelope(spammer, UserId([n as u8 + 100; 32]), n, 20)).collect();
+        (0..12u8).map(|n| envelope(spammer, UserId([n + 100; 32]), n.into(), 20)).collect();
     let response = call(spammer_c, relay_peer, MailboxRequest::Deposit { envelopes: flood }).await;
     let got = refusals(&response);
     assert_eq!(got.iter().filter(|r| r.is_none()).count(), 8, "{got:?}");
