@@ -94,8 +94,7 @@ async fn response(swarm: &mut Client) -> (OutboundRequestId, MailboxResponse) {
 fn sled_ceiling(batch: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
-    let value =
-        kith_node::kith_protocol::encode(&envelope(UserId([1; 32]), UserId([2; 32]), 0)).unwrap();
+    let value = kith_protocol::encode(&envelope(UserId([1; 32]), UserId([2; 32]), 0)).unwrap();
     let started = Instant::now();
     for chunk in (0..ENVELOPES as u64).collect::<Vec<_>>().chunks(batch) {
         for n in chunk {
