@@ -490,6 +490,9 @@ impl Driver {
             }
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                    if self.on_keyspace_peers(id, ok.peers.clone()) {
+                        return;
+                    }
                     let Ok(target) = PeerId::from_bytes(&ok.key) else { return };
                     if let Some(found) = ok.peers.into_iter().find(|p| p.peer_id == target) {
                         for address in found.addrs {
@@ -514,6 +517,12 @@ impl Driver {
                         self.record_gets.remove(&id);
                         self.input(Input::PreKeyBundle { user, result: Ok(Box::new(bundle)) });
                     }
+                }
+                kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
+                    peers,
+                    ..
+                })) => {
+                    self.on_keyspace_peers(id, peers);
                 }
                 kad::QueryResult::GetRecord(_) if step.last => {
                     self.record_gets.remove(&id);

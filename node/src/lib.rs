@@ -78,8 +78,8 @@ pub use kith_protocol;
 pub use libp2p;
 pub use limiter::{MAX_TRACKED_PEERS, RateLimiter};
 pub use mailbox::{
-    FETCH_LIMIT, MAILBOX_POLL, MAX_REMEMBERED_RELAYS, PREKEY_REFRESH, RELAY_PREKEY_BATCH,
-    RELAY_PREKEY_LOW_WATER,
+    FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
+    PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
 };
 pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError, RelayUsage};
 pub use profile::{Profile, ProfileError, ProfileRng};

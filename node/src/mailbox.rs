@@ -3,11 +3,13 @@
 //! As a user:
 //! - **Fallback.** A non-ephemeral delivery goes to the peer first. If that fails or times out,
 //!   its envelope is deposited with up to `relay_copies` of the recipient's relays (from the
-//!   contact, or from their signed DHT record), in outbox order: one deposit request in flight
-//!   per relay, batching what waits. The engine hears `Stored` once every relay answered and
+//!   contact, or from their signed DHT record; for a recipient with neither, the relays closest
+//!   to their id in the Kademlia keyspace), in outbox order: one deposit request in flight per
+//!   relay, batching what waits. A peer that answers "not a relay" is not asked again. The engine hears `Stored` once every relay answered and
 //!   at least one holds the envelope durably, `Unreachable` otherwise (and retries later).
-//! - **Fetch.** Our home relays are dialed on start; on every connection to one (and every
-//!   [`MAILBOX_POLL`]) we fetch our mailbox, feed the envelopes to the engine as
+//! - **Fetch.** Our home relays are dialed on start (with none, we look up the relays closest
+//!   to our own id, where senders without a record deposit); on every connection to one (and
+//!   every [`MAILBOX_POLL`]) we fetch our mailbox, feed the envelopes to the engine as
 //!   [`Via::Relay`], and acknowledge them to the relay only after the engine answered for all
 //!   of them, which it does after its flush: an envelope leaves the relay only once we hold it.
 //!   A relay's pushes are handled the same way.
@@ -32,7 +34,7 @@ use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse, PreKeyUpload};
 use kith_protocol::{MessageId, UserId};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, kad};
 
 use crate::NodeEvent;
 use crate::clock::now_millis;
@@ -50,8 +52,12 @@ pub const RELAY_PREKEY_LOW_WATER: u32 = 10;
 pub const RELAY_PREKEY_BATCH: usize = 20;
 /// Our signed prekey is re-uploaded to each home relay this often (it rotates weekly).
 pub const PREKEY_REFRESH: Duration = Duration::from_secs(6 * 60 * 60);
-/// Most users whose relays (from their DHT records) are remembered.
+/// Most users whose relays (from their DHT records or the keyspace) are remembered.
 pub const MAX_REMEMBERED_RELAYS: usize = 4096;
+/// Most peers remembered as "not a relay".
+pub const MAX_NOT_RELAYS: usize = 4096;
+/// Delay before the first keyspace lookup of our own relays (the DHT bootstraps first).
+pub const FIRST_KEYSPACE_POLL: Duration = Duration::from_secs(2);
 /// Room in a deposit frame for everything but the envelopes.
 const DEPOSIT_OVERHEAD: usize = 64;
 
@@ -112,6 +118,14 @@ pub(crate) struct Mailboxes {
     receiving: HashMap<u64, Receiving>,
     next_group: u64,
     record_relays: HashMap<UserId, Vec<Multiaddr>>,
+    /// Peers closest to a user's id in the DHT keyspace (relay candidates), closest first.
+    keyspace_relays: HashMap<UserId, Vec<Multiaddr>>,
+    /// Keyspace lookups in flight, by user.
+    keyspace_queries: HashMap<kad::QueryId, UserId>,
+    /// Peers that said they are not relays.
+    not_relays: HashSet<PeerId>,
+    /// Relays closest to our own id that we fetch from (when we have no home relays).
+    own_keyspace: Vec<(PeerId, Multiaddr)>,
     uploads: HashMap<OutboundRequestId, PeerId>,
     uploaded: HashMap<PeerId, Instant>,
     pushes: HashSet<OutboundRequestId>,
@@ -133,18 +147,38 @@ impl Mailboxes {
         Self { home, copies: copies.max(1), ..Self::default() }
     }
 
+    /// Relays we fetch from: our home relays, or without any, those closest to our id.
+    fn ours(&self) -> Vec<(PeerId, Multiaddr)> {
+        if self.home.is_empty() {
+            self.own_keyspace
+                .iter()
+                .filter(|(p, _)| !self.not_relays.contains(p))
+                .cloned()
+                .collect()
+        } else {
+            self.home.clone()
+        }
+    }
+
+    fn mark_not_relay(&mut self, peer: PeerId) {
+        if self.not_relays.len() >= MAX_NOT_RELAYS {
+            self.not_relays.clear();
+        }
+        self.not_relays.insert(peer);
+    }
+
     /// Our home relays' addresses.
     pub(crate) fn home_addrs(&self) -> Vec<Multiaddr> {
         self.home.iter().map(|(_, a)| a.clone()).collect()
     }
 
-    fn is_home(&self, peer: &PeerId) -> bool {
-        self.home.iter().any(|(p, _)| p == peer)
+    fn is_ours(&self, peer: &PeerId) -> bool {
+        self.ours().iter().any(|(p, _)| p == peer)
     }
 
-    /// When the next poll of our home relays is due.
+    /// When the next poll of our relays is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.next_poll.filter(|_| !self.home.is_empty())
+        self.next_poll
     }
 
     /// Remembers `user`'s relays from their verified record.
@@ -157,7 +191,8 @@ impl Mailboxes {
         self.record_relays.insert(user, relays);
     }
 
-    /// `user`'s relays: those given with the contact, then those of their record.
+    /// `user`'s relays: those given with the contact, then those of their record; with
+    /// neither, the relays closest to them in the keyspace.
     pub(crate) fn relays_for(&self, user: &UserId, given: &[String]) -> Vec<Multiaddr> {
         let mut out: Vec<Multiaddr> = given.iter().filter_map(|a| a.parse().ok()).collect();
         for a in self.record_relays.get(user).into_iter().flatten() {
@@ -165,7 +200,10 @@ impl Mailboxes {
                 out.push(a.clone());
             }
         }
-        out.retain(|a| peer_of(a).is_some());
+        if out.is_empty() {
+            out.extend(self.keyspace_relays.get(user).into_iter().flatten().cloned());
+        }
+        out.retain(|a| peer_of(a).is_some_and(|p| !self.not_relays.contains(&p)));
         out
     }
 }
@@ -202,6 +240,7 @@ impl Driver {
             relays = self.mailboxes.relays_for(&attempt.to, &[]);
             if relays.is_empty() {
                 self.fetch_record(attempt.to);
+                self.find_keyspace_relays(attempt.to);
             }
         }
         let envelope = kith_protocol::decode::<Envelope>(&attempt.envelope).ok();
@@ -296,6 +335,9 @@ impl Driver {
                 }
             }
             Some(MailboxResponse::Refused(reason)) => {
+                if reason == MailboxRefusal::NotARelay {
+                    self.mailboxes.mark_not_relay(relay);
+                }
                 for id in ids {
                     self.relay_outcome(id, relay, Some(reason), false);
                 }
@@ -354,22 +396,74 @@ impl Driver {
 
     // ------------------------------------------------------------------ as a recipient
 
-    /// Dials our home relays (on start).
+    /// Dials our home relays (on start); without any, schedules the first keyspace lookup.
     pub(crate) fn dial_home_relays(&mut self) {
         for address in self.mailboxes.home_addrs() {
             if let Err(e) = self.connect(address.clone()) {
                 tracing::warn!("home relay {address}: {e}");
             }
         }
-        self.mailboxes.next_poll = Some(Instant::now() + MAILBOX_POLL);
+        let first = if self.mailboxes.home.is_empty() { FIRST_KEYSPACE_POLL } else { MAILBOX_POLL };
+        self.mailboxes.next_poll = Some(Instant::now() + first);
     }
 
-    /// A connection to `peer` came up: fetch from it if it is one of our home relays.
+    /// Looks up the peers closest to `user`'s id: relay candidates for them.
+    pub(crate) fn find_keyspace_relays(&mut self, user: UserId) {
+        if self.mailboxes.keyspace_queries.values().any(|u| *u == user) {
+            return;
+        }
+        let Ok(peer) = peer_id_of(&user) else { return };
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.mailboxes.keyspace_queries.insert(query, user);
+    }
+
+    /// The answer to a keyspace lookup; returns false if the query was not one.
+    pub(crate) fn on_keyspace_peers(
+        &mut self,
+        query: kad::QueryId,
+        peers: Vec<kad::PeerInfo>,
+    ) -> bool {
+        let Some(user) = self.mailboxes.keyspace_queries.remove(&query) else { return false };
+        let Ok(target) = peer_id_of(&user) else { return true };
+        let target_key = kad::KBucketKey::from(target);
+        let local = *self.swarm.local_peer_id();
+        let mut peers: Vec<kad::PeerInfo> =
+            peers.into_iter().filter(|p| p.peer_id != target && p.peer_id != local).collect();
+        peers.sort_by_key(|p| kad::KBucketKey::from(p.peer_id).distance(&target_key));
+        let mut found: Vec<(PeerId, Multiaddr)> = Vec::new();
+        for info in peers {
+            for address in &info.addrs {
+                self.swarm.add_peer_address(info.peer_id, address.clone());
+            }
+            if let Some(address) = info.addrs.into_iter().next() {
+                let address = address.clone().with_p2p(info.peer_id).unwrap_or(address);
+                found.push((info.peer_id, address));
+            }
+        }
+        if user == self.user {
+            self.mailboxes.own_keyspace = found;
+            for (relay, _) in self.mailboxes.ours().into_iter().take(2 * self.mailboxes.copies) {
+                self.fetch_mailbox(relay);
+            }
+        } else {
+            let relays = found.into_iter().map(|(_, a)| a).collect();
+            if self.mailboxes.keyspace_relays.len() >= MAX_REMEMBERED_RELAYS {
+                self.mailboxes.keyspace_relays.clear();
+            }
+            self.mailboxes.keyspace_relays.insert(user, relays);
+        }
+        true
+    }
+
+    /// A connection to `peer` came up: fetch from it if it is one of our relays.
     pub(crate) fn on_relay_connected(&mut self, peer: PeerId) {
-        if !self.mailboxes.is_home(&peer) {
+        if !self.mailboxes.is_ours(&peer) {
             return;
         }
         self.fetch_mailbox(peer);
+        if !self.mailboxes.home.iter().any(|(p, _)| *p == peer) {
+            return; // prekeys go to home relays only
+        }
         let due =
             self.mailboxes.uploaded.get(&peer).is_none_or(|at| at.elapsed() >= PREKEY_REFRESH);
         if due {
@@ -379,10 +473,14 @@ impl Driver {
         }
     }
 
-    /// Polls every home relay (redialing it if needed).
+    /// Polls every relay of ours (redialing it if needed); without home relays, looks up the
+    /// relays closest to us first.
     pub(crate) fn poll_home_relays(&mut self) {
         self.mailboxes.next_poll = Some(Instant::now() + MAILBOX_POLL);
-        for (relay, address) in self.mailboxes.home.clone() {
+        if self.mailboxes.home.is_empty() {
+            self.find_keyspace_relays(self.user);
+        }
+        for (relay, address) in self.mailboxes.ours().into_iter().take(2 * self.mailboxes.copies) {
             if !self.swarm.is_connected(&relay) {
                 self.swarm.add_peer_address(relay, address);
             }
@@ -494,6 +592,9 @@ impl Driver {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 tracing::debug!("mailbox request to {} failed: {error}", crate::short(&peer));
+                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                    self.mailboxes.mark_not_relay(peer);
+                }
                 if self.mailboxes.deposits.contains_key(&request_id) {
                     self.deposit_done(request_id, None);
                 }
@@ -571,6 +672,9 @@ impl Driver {
                     self.receive_from_relay(peer, envelopes, Source::Fetch { remaining });
                 }
                 MailboxResponse::Batch { .. } => {}
+                MailboxResponse::Refused(MailboxRefusal::NotARelay) => {
+                    self.mailboxes.mark_not_relay(peer);
+                }
                 other => tracing::info!("relay {} refused a fetch: {other:?}", crate::short(&peer)),
             }
             return;

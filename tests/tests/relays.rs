@@ -238,3 +238,61 @@ pub fn assert_no_plaintext(dir: &std::path::Path, texts: &[&str]) {
     }
     assert!(searched > 0, "nothing on disk to search");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_named_relays_messages_wait_at_the_relays_closest_to_the_recipient() {
+    let r1 = Relay::start(RelayConfig::default()).await;
+    let r2_dir = tempfile::tempdir().unwrap();
+    let mut r2_config = NodeConfig::loopback_relay(r2_dir.path());
+    r2_config.bootstrap = vec![r1.address().await];
+    let r2 = Node::create(r2_config).await.unwrap();
+    let bootstrap = vec![r1.address().await];
+    // Alice and Bob are DHT clients (behind NAT, say) and name no relays.
+    let client = |dir: &std::path::Path| {
+        let mut c = TestNode::config(dir, bootstrap.clone());
+        c.dht_server = false;
+        c
+    };
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = Node::create(client(alice_dir.path())).await.unwrap();
+    let bob = Node::create(client(bob_dir.path())).await.unwrap();
+    assert!(bob.contact_string().relays.is_empty());
+    alice.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let first = alice.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    let bob_user = bob.user_id();
+    bob.shutdown().await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(alice.send_text(bob_user, format!("k{i}")).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(
+            alice.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap(),
+            MessageStatus::Sent
+        );
+    }
+    // Both relays are the closest peers to Bob: each holds a copy.
+    assert_eq!(r1.held().await, 5);
+    assert_eq!(r2.relay_usage().await.unwrap().unwrap().envelopes, 5);
+
+    let bob = Node::start(client(bob_dir.path())).await.unwrap();
+    for id in &ids {
+        assert_eq!(
+            alice.wait_for_status(*id, MessageStatus::Delivered, WAIT).await.unwrap(),
+            MessageStatus::Delivered
+        );
+    }
+    let mut expected: Vec<String> = vec!["hello".into()];
+    expected.extend((0..5).map(|i| format!("k{i}")));
+    assert_eq!(texts(&bob, alice.user_id()).await, expected);
+    eventually(WAIT, "both relays to be emptied", || async {
+        let r2_held = r2.relay_usage().await?.map_or(0, |u| u.envelopes);
+        Ok((r1.held().await == 0 && r2_held == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    bob.shutdown().await.unwrap();
+    r2.shutdown().await.unwrap();
+}
