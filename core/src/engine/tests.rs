@@ -300,3 +300,28 @@ fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
     let with_mallory = alice.history(&mallory.user_id(), None, 10).unwrap();
     assert_eq!(with_mallory.len(), 1, "the forged message is not stored");
 }
+
+#[test]
+fn prekeys_uploaded_to_a_relay_are_never_handed_out_again() {
+    let identity = IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(40));
+    let mut e = engine_with(&identity, 41);
+    e.handle_input(T, Input::Timeout).unwrap();
+    drain(&mut e);
+    let upload = e.prekey_upload(T, 5).unwrap().expect("a signed prekey exists");
+    assert_eq!(upload.one_time_prekeys.len(), 5);
+    assert_eq!(upload.identity, identity.binding());
+    let uploaded: Vec<u32> = upload.one_time_prekeys.iter().map(|k| k.id).collect();
+
+    // A second upload and direct requests get other keys.
+    let again = e.prekey_upload(T, 5).unwrap().unwrap();
+    assert!(again.one_time_prekeys.iter().all(|k| !uploaded.contains(&k.id)));
+    e.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(1) }).unwrap();
+    let served = drain(&mut e).into_iter().find_map(|o| match o {
+        Output::Reply { reply: Reply::PreKeys(PreKeyResponse::Bundle(b)), .. } => {
+            b.one_time_prekey.map(|k| k.id)
+        }
+        _ => None,
+    });
+    let served = served.expect("a one-time prekey");
+    assert!(!uploaded.contains(&served) && again.one_time_prekeys.iter().all(|k| k.id != served));
+}
