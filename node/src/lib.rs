@@ -8,13 +8,17 @@
 //!     └───────────────────────┘  │                 ▼
 //!                             swarm: TCP/QUIC + Noise + Yamux
 //!                                    identify, ping, mDNS, Kademlia (/kith/kad/1.0.0),
-//!                                    /kith/envelope/1, /kith/prekey/1, connection limits
+//!                                    /kith/envelope/1, /kith/prekey/1, /kith/mailbox/1,
+//!                                    connection limits
+//!                             relay fallback + mailbox fetch (mailbox), relay service (relay)
 //! ```
 //!
 //! A contact is found by PeerId alone: a connected or mDNS-discovered peer is used directly,
 //! otherwise a Kademlia lookup finds its addresses; its prekey bundle comes from the peer (or,
 //! when it is offline, its signed user record in the DHT); the engine runs X3DH and delivers
-//! through the durable outbox with retries and backoff.
+//! through the durable outbox with retries and backoff. When the peer cannot be reached, the
+//! envelope is deposited with its relays and fetched by the peer when it is back; a node
+//! started with [`relay::RelayConfig`] in [`NodeConfig::relay_service`] is such a relay.
 //!
 //! ## Example: embed a node in an app
 //!

@@ -400,7 +400,8 @@ impl Driver {
     pub(crate) fn dial_home_relays(&mut self) {
         for address in self.mailboxes.home_addrs() {
             if let Err(e) = self.connect(address.clone()) {
-                tracing::warn!("home relay {address}: {e}");
+                let who = peer_of(&address).map(|p| crate::short(&p)).unwrap_or_default();
+                tracing::warn!("home relay …{who}: {e}");
             }
         }
         let first = if self.mailboxes.home.is_empty() { FIRST_KEYSPACE_POLL } else { MAILBOX_POLL };
