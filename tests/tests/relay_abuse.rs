@@ -245,3 +245,55 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_recipient_gets_new_mail_pushed_and_the_relay_then_deletes_it() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Node::create(NodeConfig::loopback_relay(relay_dir.path())).await.unwrap();
+    let relay_peer = relay.peer_id();
+    let address = relay.listen_addrs().await.unwrap().remove(0);
+    let bob_dir = tempfile::tempdir().unwrap();
+    let mut bob_config = NodeConfig::loopback(bob_dir.path());
+    bob_config.relays = vec![address.clone().with_p2p(relay_peer).unwrap()];
+    let bob = Node::create(bob_config).await.unwrap();
+    let mut bob_events = bob.subscribe();
+    // Bob is connected (and has fetched his empty mailbox).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !bob.connected_peers().await.unwrap().contains(&relay_peer) {
+        assert!(tokio::time::Instant::now() < deadline, "Bob never connected to his relay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A stranger deposits an envelope for Bob that Bob cannot decrypt.
+    let key = Keypair::generate_ed25519();
+    let stranger = user(&key);
+    let mut c = client(key);
+    c.add_peer_address(relay_peer, address);
+    let sent = envelope(stranger, bob.user_id(), 1, 64);
+    let response =
+        call(&mut c, relay_peer, MailboxRequest::Deposit { envelopes: vec![sent.clone()] }).await;
+    assert_eq!(refusals(&response), [None]);
+
+    // The relay pushes it at once (Bob's next poll is a minute away); Bob's engine refuses it
+    // for good, so Bob answers that he is done with it and the relay deletes it.
+    let rejected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(kith_node::NodeEvent::Engine(
+                kith_node::kith_core::engine::Event::Rejected { sender, .. },
+            )) = bob_events.recv().await
+            {
+                return sender;
+            }
+        }
+    })
+    .await
+    .expect("the envelope was not pushed to Bob");
+    assert_eq!(rejected, Some(stranger));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.relay_usage().await.unwrap().unwrap().envelopes != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the relay kept a pushed envelope");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bob.shutdown().await.unwrap();
+    relay.shutdown().await.unwrap();
+}
