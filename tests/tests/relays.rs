@@ -131,6 +131,10 @@ async fn a_first_message_to_an_offline_stranger_arrives_through_prekeys_its_rela
         alice.node.wait_for_status(id, MessageStatus::Sent, WAIT).await.unwrap(),
         MessageStatus::Sent
     );
+    // While the relay holds it: its files carry Bob's id (what a relay must know) and no text.
+    assert_eq!(relay.held().await, 1);
+    assert_no_plaintext(relay.dir.path(), &["nice to meet you"]);
+    assert!(dir_contains(relay.dir.path(), &bob_id.0), "the search would not find stored data");
 
     let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
     assert_eq!(
@@ -215,6 +219,19 @@ async fn expired_envelopes_are_purged_and_never_reported_delivered() {
     assert_eq!(texts(&bob, alice.node.user_id()).await, ["hello"], "an expired envelope arrived");
     assert_eq!(alice.node.message(late).await.unwrap().unwrap().status, MessageStatus::Sent);
     bob.shutdown().await.unwrap();
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut files = vec![dir.to_owned()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Fails if any file under `dir` contains one of `texts`.
