@@ -243,11 +243,7 @@ impl Driver {
         while let Some(output) = self.engine.poll_output() {
             self.act(output);
         }
-        // Outputs may have queued more (prekey uploads); the engine flush covers them.
-        if let Err(e) = self.engine.flush() {
-            tracing::error!("flush failed, retrying next turn: {e}");
-            return;
-        }
+        // Relay answers, pushes and prekey uploads queued by this turn's events: all durable now.
         self.after_flush_network();
         for reply in self.after_flush.drain(..) {
             reply();
@@ -490,7 +486,8 @@ impl Driver {
             }
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => {
-                    if self.on_keyspace_peers(id, ok.peers.clone()) {
+                    if self.mailboxes.is_keyspace_query(&id) {
+                        self.on_keyspace_peers(id, ok.peers);
                         return;
                     }
                     let Ok(target) = PeerId::from_bytes(&ok.key) else { return };

@@ -176,6 +176,11 @@ impl Mailboxes {
         self.ours().iter().any(|(p, _)| p == peer)
     }
 
+    /// Whether `query` is one of our keyspace lookups.
+    pub(crate) fn is_keyspace_query(&self, query: &kad::QueryId) -> bool {
+        self.keyspace_queries.contains_key(query)
+    }
+
     /// When the next poll of our relays is due.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.next_poll
