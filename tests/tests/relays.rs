@@ -313,3 +313,24 @@ async fn without_named_relays_messages_wait_at_the_relays_closest_to_the_recipie
     bob.shutdown().await.unwrap();
     r2.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_waits_says_why_the_relays_refused_it() {
+    // A relay whose mailboxes hold nothing: every deposit is refused for the quota.
+    let relay =
+        Relay::start(RelayConfig { max_messages_per_recipient: 0, ..RelayConfig::default() }).await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
+    let alice = TestNode::start(vec![]).await.unwrap();
+    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
+    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    bob.shutdown().await.unwrap();
+
+    let params =
+        serde_json::json!({ "to": "bob", "text": "anyone?", "wait": "sent", "timeout_ms": 5000 });
+    let error = kith_node::rpc::dispatch(&alice.node, "send", params).await.unwrap_err();
+    assert!(error.message.contains("timed out"), "{}", error.message);
+    assert!(error.message.contains("quota_exceeded"), "{}", error.message);
+    assert_eq!(relay.held().await, 0);
+}

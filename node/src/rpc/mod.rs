@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 
 pub use json::{ContactJson, EventJson, MessageJson};
 
-use crate::{Node, NodeError};
+use crate::{Node, NodeError, NodeEvent};
 
 /// The socket's file name in the profile directory.
 pub const SOCKET_NAME: &str = "kith.sock";
@@ -90,6 +90,37 @@ impl RpcError {
 impl From<NodeError> for RpcError {
     fn from(e: NodeError) -> Self {
         Self::refused(e)
+    }
+}
+
+/// Why relays refused message `id`, from the events seen so far (empty if none did).
+fn relay_refusals(
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    id: MessageId,
+) -> String {
+    let mut reasons: Vec<&'static str> = Vec::new();
+    loop {
+        let event = match events.try_recv() {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        };
+        if let NodeEvent::RelayRefused { id: refused, reason, .. } = event
+            && refused == id
+        {
+            let label = crate::relay::metrics::reason_label(reason);
+            if !reasons.contains(&label) {
+                reasons.push(label);
+            }
+        }
+    }
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the peer is unreachable and its relays refused the message: {})",
+            reasons.join(", ")
+        )
     }
 }
 
@@ -177,6 +208,8 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
         "send" => {
             let to = user(node, p, "to").await?;
             let reply_to = p.get("reply_to").and_then(Value::as_str).map(message_id).transpose()?;
+            // Subscribed before queueing: a relay's refusal can come back within the wait.
+            let mut events = node.subscribe();
             let CommandResult::Queued(id) = node
                 .command(Command::SendText { to, text: str_param(p, "text")?.to_owned(), reply_to })
                 .await?
@@ -189,7 +222,15 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                         .get("timeout_ms")
                         .and_then(Value::as_u64)
                         .map_or(DEFAULT_WAIT, Duration::from_millis);
-                    node.wait_for_status(id, wait_target(word)?, timeout).await?
+                    match node.wait_for_status(id, wait_target(word)?, timeout).await {
+                        Err(NodeError::Timeout(what)) => {
+                            let why = relay_refusals(&mut events, id);
+                            return Err(RpcError::refused(format!(
+                                "timed out waiting for {what}{why}"
+                            )));
+                        }
+                        other => other?,
+                    }
                 }
                 None => MessageStatus::Queued,
             };
