@@ -170,6 +170,40 @@ impl Drop for EventLog {
     }
 }
 
+/// The lines a child process prints on its (piped) stdout, read by a background thread.
+fn stdout_lines(
+    child: &mut std::process::Child,
+) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// `alice` adds `bob`, sends him a first message (which sets the session up) and waits until
+/// it is delivered; then `bob` stops. Returns Bob's user id, for what Alice sends next.
+pub async fn meet_then_go_offline(
+    alice: &Node,
+    bob: Node,
+) -> anyhow::Result<kith_node::kith_protocol::UserId> {
+    use kith_node::kith_core::model::MessageStatus;
+    alice.add_contact(&bob.contact_string(), "bob").await?;
+    let first = alice.send_text(bob.user_id(), "hello").await?;
+    let status =
+        alice.wait_for_status(first, MessageStatus::Delivered, Duration::from_secs(60)).await?;
+    anyhow::ensure!(status == MessageStatus::Delivered, "the first message ended {status:?}");
+    let user = bob.user_id();
+    bob.shutdown().await?;
+    Ok(user)
+}
+
 /// A `kith daemon` process, killed when dropped.
 pub struct Daemon {
     child: std::process::Child,
@@ -183,7 +217,6 @@ impl Daemon {
     /// Starts `kith --data-dir DIR daemon ARGS...`, optionally wrapped in `wrapper` (e.g.
     /// `ip netns exec NS`), and waits until its control socket is ready.
     pub fn spawn(dir: &std::path::Path, args: &[&str], wrapper: &[&str]) -> anyhow::Result<Self> {
-        use std::io::BufRead;
         let kith = kith_binary()?;
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -202,15 +235,7 @@ impl Daemon {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         let mut daemon = Self { child, dir: dir.to_owned(), addresses: Vec::new() };
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -268,7 +293,6 @@ impl RelayProcess {
     /// Starts `kith --data-dir DIR relay --listen /ip4/127.0.0.1/tcp/PORT ARGS...` and waits
     /// until it announces its address.
     pub fn spawn(dir: &std::path::Path, port: u16, args: &[&str]) -> anyhow::Result<Self> {
-        use std::io::BufRead;
         let mut child = Command::new(kith_binary()?)
             .arg("--data-dir")
             .arg(dir)
@@ -280,15 +304,7 @@ impl RelayProcess {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {

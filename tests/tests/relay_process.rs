@@ -17,7 +17,7 @@ use std::time::Duration;
 use kith_node::Node;
 use kith_node::kith_core::model::{Direction, MessageStatus};
 use kith_node::kith_protocol::content::Body;
-use kith_tests::{RelayProcess, TestNode, free_port, kith_ok};
+use kith_tests::{RelayProcess, TestNode, free_port, kith_ok, meet_then_go_offline};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -59,11 +59,7 @@ async fn a_relay_killed_repeatedly_mid_deposit_loses_no_acked_message_and_duplic
     };
     let bob = Node::create(bob_config()).await.unwrap();
     let alice = TestNode::start(vec![]).await.unwrap();
-    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    let bob_user = bob.user_id();
-    bob.shutdown().await.unwrap();
+    let bob_user = meet_then_go_offline(&alice.node, bob).await.unwrap();
 
     // Alice sends while the relay is killed with SIGKILL and restarted, six times over.
     let sender = {

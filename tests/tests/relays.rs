@@ -18,7 +18,7 @@ use kith_node::kith_protocol::content::Body;
 use kith_node::libp2p::Multiaddr;
 use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig};
-use kith_tests::{TestNode, eventually};
+use kith_tests::{TestNode, eventually, meet_then_go_offline};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -81,15 +81,11 @@ async fn offline_recipient_gets_two_hundred_messages_once_in_order_from_its_rela
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
     let alice = TestNode::start(vec![]).await.unwrap();
-    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    // A first message while both are online sets the session up.
-    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    bob.shutdown().await.unwrap();
+    let bob_user = meet_then_go_offline(&alice.node, bob).await.unwrap();
 
     let mut ids = Vec::new();
     for i in 0..N {
-        ids.push(alice.node.send_text(bob.user_id(), format!("offline {i}")).await.unwrap());
+        ids.push(alice.node.send_text(bob_user, format!("offline {i}")).await.unwrap());
     }
     for id in &ids {
         let status = alice.node.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap();
@@ -157,15 +153,12 @@ async fn with_one_of_two_relays_down_for_good_nothing_is_lost() {
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), relays.clone(), true).await;
     let alice = TestNode::start(vec![]).await.unwrap();
-    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    bob.shutdown().await.unwrap();
+    let bob_user = meet_then_go_offline(&alice.node, bob).await.unwrap();
     r2.node.shutdown().await.unwrap();
 
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(alice.node.send_text(bob.user_id(), format!("m{i}")).await.unwrap());
+        ids.push(alice.node.send_text(bob_user, format!("m{i}")).await.unwrap());
     }
     for id in &ids {
         assert_eq!(
@@ -197,12 +190,9 @@ async fn expired_envelopes_are_purged_and_never_reported_delivered() {
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
     let alice = TestNode::start(vec![]).await.unwrap();
-    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    bob.shutdown().await.unwrap();
+    let bob_user = meet_then_go_offline(&alice.node, bob).await.unwrap();
 
-    let late = alice.node.send_text(bob.user_id(), "too late").await.unwrap();
+    let late = alice.node.send_text(bob_user, "too late").await.unwrap();
     alice.node.wait_for_status(late, MessageStatus::Sent, WAIT).await.unwrap();
     assert_eq!(relay.held().await, 1);
     eventually(WAIT, "the purge", || async { Ok((relay.held().await == 0).then_some(())) })
@@ -274,11 +264,7 @@ async fn without_named_relays_messages_wait_at_the_relays_closest_to_the_recipie
     let alice = Node::create(client(alice_dir.path())).await.unwrap();
     let bob = Node::create(client(bob_dir.path())).await.unwrap();
     assert!(bob.contact_string().relays.is_empty());
-    alice.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    let first = alice.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    let bob_user = bob.user_id();
-    bob.shutdown().await.unwrap();
+    let bob_user = meet_then_go_offline(&alice, bob).await.unwrap();
 
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -322,10 +308,7 @@ async fn a_send_that_waits_says_why_the_relays_refused_it() {
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
     let alice = TestNode::start(vec![]).await.unwrap();
-    alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
-    let first = alice.node.send_text(bob.user_id(), "hello").await.unwrap();
-    alice.node.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
-    bob.shutdown().await.unwrap();
+    meet_then_go_offline(&alice.node, bob).await.unwrap();
 
     let params =
         serde_json::json!({ "to": "bob", "text": "anyone?", "wait": "sent", "timeout_ms": 5000 });
