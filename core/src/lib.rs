@@ -82,6 +82,7 @@ pub mod crypto;
 pub mod engine;
 pub mod fingerprint;
 pub mod identity;
+pub mod media;
 pub mod model;
 pub mod prekeys;
 pub mod ratchet;

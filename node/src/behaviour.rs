@@ -12,7 +12,7 @@ use libp2p::{
 
 use crate::codec::{
     ENVELOPE_PROTOCOL, EnvelopeCodec, IDENTIFY_VERSION, KAD_PROTOCOL, MAILBOX_PROTOCOL,
-    MailboxCodec, PREKEY_PROTOCOL, PreKeyCodec,
+    MEDIA_PROTOCOL, MailboxCodec, MediaCodec, PREKEY_PROTOCOL, PreKeyCodec,
 };
 use crate::config::NodeConfig;
 
@@ -57,6 +57,8 @@ pub(crate) struct Behaviour {
     pub prekey: request_response::Behaviour<PreKeyCodec>,
     /// `/kith/mailbox/1` (every node: relays serve mailboxes, users receive pushes).
     pub mailbox: request_response::Behaviour<MailboxCodec>,
+    /// `/kith/media/1` (every node: users serve what they send, relays their blob store).
+    pub media: request_response::Behaviour<MediaCodec>,
 }
 
 /// Why the swarm could not be built.
@@ -132,6 +134,10 @@ pub(crate) fn build_swarm(
                 ),
                 mailbox: request_response::Behaviour::new(
                     [(MAILBOX_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response_config(),
+                ),
+                media: request_response::Behaviour::new(
+                    [(MEDIA_PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response_config(),
                 ),
             })

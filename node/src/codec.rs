@@ -13,6 +13,7 @@ use kith_protocol::Frame;
 use kith_protocol::direct::DeliveryAck;
 use kith_protocol::limits::MAX_ENVELOPE_BYTES;
 use kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
+use kith_protocol::media::{MediaRequest, MediaResponse};
 use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
 use libp2p::StreamProtocol;
 
@@ -20,6 +21,8 @@ use libp2p::StreamProtocol;
 pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/envelope/1");
 /// `/kith/mailbox/1`: store-and-forward through relays.
 pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/mailbox/1");
+/// `/kith/media/1`: sealed attachment chunks.
+pub const MEDIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/media/1");
 /// `/kith/prekey/1`: prekey bundles.
 pub const PREKEY_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/prekey/1");
 /// Kith's own Kademlia protocol name (a separate DHT from IPFS's).
@@ -171,6 +174,9 @@ pub type PreKeyCodec = FrameCodec<PreKeyRequest, PreKeyResponse>;
 
 /// Codec of `/kith/mailbox/1`.
 pub type MailboxCodec = FrameCodec<MailboxRequest, MailboxResponse>;
+
+/// Codec of `/kith/media/1`.
+pub type MediaCodec = FrameCodec<MediaRequest, MediaResponse>;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,10 @@ pub struct NodeConfig {
     pub relay_copies: usize,
     /// Run the mailbox service (a relay, `kith relay`), with these operator settings.
     pub relay_service: Option<crate::relay::RelayConfig>,
+    /// Where received attachments are saved (`None`: `<data_dir>/downloads`).
+    pub downloads_dir: Option<PathBuf>,
+    /// The largest attachment sent or accepted; larger ones are refused before any chunk moves.
+    pub max_attachment_bytes: u64,
     /// Engine settings (receipts, typing, presence, message requests).
     pub engine: kith_core::engine::Config,
 }
@@ -48,6 +52,8 @@ impl NodeConfig {
             relays: Vec::new(),
             relay_copies: DEFAULT_RELAY_COPIES,
             relay_service: None,
+            downloads_dir: None,
+            max_attachment_bytes: crate::media::DEFAULT_MAX_ATTACHMENT_BYTES,
             engine: kith_core::engine::Config::default(),
         }
     }
@@ -71,6 +77,13 @@ impl NodeConfig {
     pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
         let listen = ["/ip4/127.0.0.1/tcp/0"].iter().filter_map(|a| a.parse().ok()).collect();
         Self { listen, mdns: false, ..Self::new(data_dir) }
+    }
+}
+
+impl NodeConfig {
+    /// Where received attachments are saved.
+    pub fn downloads(&self) -> PathBuf {
+        self.downloads_dir.clone().unwrap_or_else(|| self.data_dir.join("downloads"))
     }
 }
 

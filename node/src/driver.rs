@@ -31,6 +31,7 @@ use crate::clock::now_millis;
 use crate::codec::{KAD_PROTOCOL, RawEnvelope};
 use crate::limiter::RateLimiter;
 use crate::mailbox::{Mailboxes, NetAction};
+use crate::media::Media;
 use crate::profile::ProfileRng;
 use crate::reachability;
 use crate::relay::RelayService;
@@ -69,11 +70,12 @@ pub(crate) struct Driver {
     pub(crate) listen_addrs: Vec<Multiaddr>,
     pub(crate) user: UserId,
     pub(crate) mailboxes: Mailboxes,
+    pub(crate) media: Media,
     /// The mailbox service, when this node is a relay.
     pub(crate) relay: Option<RelayService>,
     calls: mpsc::Receiver<Call>,
     events: broadcast::Sender<NodeEvent>,
-    after_flush: Vec<Box<dyn FnOnce() + Send>>,
+    pub(crate) after_flush: Vec<Box<dyn FnOnce() + Send>>,
     next_token: u64,
     envelope_replies: HashMap<u64, ResponseChannel<DeliveryAck>>,
     prekey_replies: HashMap<u64, ResponseChannel<PreKeyResponse>>,
@@ -102,6 +104,7 @@ impl Driver {
         calls: mpsc::Receiver<Call>,
         events: broadcast::Sender<NodeEvent>,
         mailboxes: Mailboxes,
+        media: Media,
         relay: Option<RelayService>,
     ) -> Self {
         let user = engine.user_id();
@@ -111,6 +114,7 @@ impl Driver {
             listen_addrs: Vec::new(),
             user,
             mailboxes,
+            media,
             relay,
             calls,
             events,
@@ -142,6 +146,7 @@ impl Driver {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(work) = self.media.work_rx.recv() => self.on_media_work(work),
                 () = tokio::time::sleep_until(timer.into()) => self.on_timer(),
             }
             // Group commit: take what else is ready now into the same turn.
@@ -153,6 +158,8 @@ impl Driver {
                     self.on_swarm_event(event);
                 } else if let Ok(call) = self.calls.try_recv() {
                     self.on_call(call);
+                } else if let Ok(work) = self.media.work_rx.try_recv() {
+                    self.on_media_work(work);
                 } else {
                     break;
                 }
@@ -180,6 +187,9 @@ impl Driver {
         }
         if let Some(relay) = &self.relay {
             deadline = deadline.min(relay.next_deadline());
+        }
+        if let Some(retry) = self.media.next_deadline() {
+            deadline = deadline.min(retry);
         }
         deadline
     }
@@ -225,6 +235,7 @@ impl Driver {
         if let Some(relay) = self.relay.as_mut() {
             relay.maintain(now_millis());
         }
+        self.media_timer();
     }
 
     /// Flushes the turn (one fsync), then carries out the engine's outputs and answers callers.
@@ -240,9 +251,31 @@ impl Driver {
             tracing::error!("relay flush failed, retrying next turn: {e}");
             return;
         }
-        while let Some(output) = self.engine.poll_output() {
-            self.act(output);
+        if let Err(e) = self.media.flush() {
+            tracing::error!("media flush failed, retrying next turn: {e}");
+            return;
         }
+        // Acting may feed the engine (a delivery that cannot start): take its outputs too.
+        loop {
+            let mut outputs = Vec::new();
+            while let Some(output) = self.engine.poll_output() {
+                if let Output::Event(event) = &output {
+                    self.note_incoming_media(event);
+                }
+                outputs.push(output);
+            }
+            if outputs.is_empty() {
+                break;
+            }
+            // Incoming attachments are recorded before their envelopes are acknowledged.
+            if let Err(e) = self.media.flush() {
+                tracing::error!("media flush failed: {e}");
+            }
+            for output in outputs {
+                self.act(output);
+            }
+        }
+        self.start_media();
         // Relay answers, pushes and prekey uploads queued by this turn's events: all durable now.
         self.after_flush_network();
         for reply in self.after_flush.drain(..) {
@@ -439,6 +472,7 @@ impl Driver {
                 }
                 if num_established.get() == 1 {
                     self.on_relay_connected(peer_id);
+                    self.media_peer_connected(peer_id);
                 }
                 self.count_peers();
             }
@@ -456,6 +490,7 @@ impl Driver {
             BehaviourEvent::Envelope(event) => self.on_envelope_event(event),
             BehaviourEvent::Prekey(event) => self.on_prekey_event(event),
             BehaviourEvent::Mailbox(event) => self.on_mailbox_event(event),
+            BehaviourEvent::Media(event) => self.on_media_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&KAD_PROTOCOL) =>
             {

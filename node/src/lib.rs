@@ -61,6 +61,7 @@ pub mod config;
 mod driver;
 mod limiter;
 mod mailbox;
+pub mod media;
 mod node;
 mod profile;
 mod reachability;
@@ -85,7 +86,7 @@ pub use mailbox::{
     FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
     PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
 };
-pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError, RelayUsage};
+pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError, RelayUsage, SentFile};
 pub use profile::{Profile, ProfileError, ProfileRng};
 
 /// Something that happened on a node.
@@ -110,6 +111,8 @@ pub enum NodeEvent {
         /// Why.
         reason: kith_protocol::mailbox::MailboxRefusal,
     },
+    /// Attachment progress and outcomes.
+    Media(media::MediaEvent),
 }
 
 /// A peer id shortened for logs (its last 8 characters), so that logs do not list whom a

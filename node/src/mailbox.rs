@@ -30,6 +30,7 @@ use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
 use kith_protocol::mailbox::{MailboxRefusal, MailboxRequest, MailboxResponse};
+use kith_protocol::media::MediaResponse;
 use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse, PreKeyUpload};
 use kith_protocol::{MessageId, UserId};
 use libp2p::multiaddr::Protocol;
@@ -78,7 +79,9 @@ struct RelayQueue {
 /// How the relays answered for one message so far.
 struct Fallback {
     pending: usize,
-    stored: bool,
+    /// The relays that hold it.
+    stored_at: Vec<Multiaddr>,
+    targets: Vec<(PeerId, Multiaddr)>,
 }
 
 /// Envelopes from a relay being processed by the engine.
@@ -99,6 +102,7 @@ enum Source {
 pub(crate) enum NetAction {
     MailboxReply(ResponseChannel<MailboxResponse>, MailboxResponse),
     PreKeyReply(ResponseChannel<PreKeyResponse>, PreKeyResponse),
+    MediaReply(ResponseChannel<MediaResponse>, MediaResponse),
     Push(Push),
     Upload(PeerId, Box<PreKeyUpload>),
 }
@@ -148,7 +152,7 @@ impl Mailboxes {
     }
 
     /// Relays we fetch from: our home relays, or without any, those closest to our id.
-    fn ours(&self) -> Vec<(PeerId, Multiaddr)> {
+    pub(crate) fn ours(&self) -> Vec<(PeerId, Multiaddr)> {
         if self.home.is_empty() {
             self.own_keyspace
                 .iter()
@@ -267,7 +271,10 @@ impl Driver {
             return;
         }
         let size = attempt.envelope.len();
-        self.mailboxes.fallbacks.insert(id, Fallback { pending: targets.len(), stored: false });
+        self.mailboxes.fallbacks.insert(
+            id,
+            Fallback { pending: targets.len(), stored_at: Vec::new(), targets: targets.clone() },
+        );
         for (relay, address) in targets {
             self.swarm.add_peer_address(relay, address);
             let queue = self.mailboxes.queues.entry(relay).or_default();
@@ -317,12 +324,22 @@ impl Driver {
         }
         let Some(fallback) = self.mailboxes.fallbacks.get_mut(&id) else { return };
         fallback.pending = fallback.pending.saturating_sub(1);
-        fallback.stored |= ok;
+        if ok && let Some((_, address)) = fallback.targets.iter().find(|(p, _)| *p == relay) {
+            fallback.stored_at.push(address.clone());
+        }
         if fallback.pending == 0 {
-            let stored = fallback.stored;
+            let stored_at = std::mem::take(&mut fallback.stored_at);
             self.mailboxes.fallbacks.remove(&id);
-            let result = if stored { DeliveryResult::Stored } else { DeliveryResult::Unreachable };
+            let result = if stored_at.is_empty() {
+                DeliveryResult::Unreachable
+            } else {
+                DeliveryResult::Stored
+            };
             self.input(Input::Delivery { id, result });
+            if !stored_at.is_empty() {
+                // An attachment's chunks follow its manifest to the relays.
+                self.media_stored_at(id, stored_at);
+            }
         }
     }
 
@@ -735,6 +752,9 @@ impl Driver {
                 }
                 NetAction::PreKeyReply(channel, response) => {
                     let _ = self.swarm.behaviour_mut().prekey.send_response(channel, response);
+                }
+                NetAction::MediaReply(channel, response) => {
+                    let _ = self.swarm.behaviour_mut().media.send_response(channel, response);
                 }
                 NetAction::Push(push) => {
                     let Ok(peer) = peer_id_of(&push.recipient) else { continue };

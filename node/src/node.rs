@@ -17,6 +17,7 @@ use crate::NodeEvent;
 use crate::behaviour::build_swarm;
 use crate::config::NodeConfig;
 use crate::driver::{Call, Driver};
+use crate::media::{Attachment, Media, MediaFailure, MediaSettings};
 use crate::profile::{Profile, ProfileError};
 use crate::relay::RelayService;
 
@@ -50,6 +51,9 @@ pub enum NodeError {
     /// Waiting took too long.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// An attachment could not be sent.
+    #[error(transparent)]
+    Media(#[from] MediaFailure),
 }
 
 /// What a relay holds.
@@ -61,8 +65,23 @@ pub struct RelayUsage {
     pub bytes: u64,
     /// Users whose prekeys the relay serves.
     pub prekey_users: usize,
+    /// Attachment chunk bytes held for recipients.
+    pub blob_bytes: u64,
     /// The relay database's size on disk.
     pub disk_bytes: u64,
+}
+
+/// An attachment queued by [`Node::send_file`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentFile {
+    /// The message carrying its manifest.
+    pub message: MessageId,
+    /// The attachment.
+    pub media: kith_protocol::MediaId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its number of chunks.
+    pub chunks: u32,
 }
 
 /// A running Kith node. Cheap to clone; the node stops when the last clone is dropped or on
@@ -138,9 +157,12 @@ impl Node {
         let mut metrics_addr = None;
         let relay = match &config.relay_service {
             Some(settings) => {
-                let service =
-                    RelayService::open(&Self::relay_db_path(&config.data_dir), settings.clone())
-                        .map_err(|e| NodeError::Network(e.to_string()))?;
+                let service = RelayService::open(
+                    &Self::relay_db_path(&config.data_dir),
+                    &config.data_dir.join("relay-blobs"),
+                    settings.clone(),
+                )
+                .map_err(|e| NodeError::Network(e.to_string()))?;
                 if let Some(addr) = settings.metrics {
                     let (listener, bound) = crate::relay::metrics::bind(addr)
                         .await
@@ -153,7 +175,15 @@ impl Node {
             }
             None => None,
         };
-        let mut driver = Driver::new(engine, swarm, calls_rx, events.clone(), mailboxes, relay);
+        let media = Media::open(MediaSettings {
+            db: config.data_dir.join("media"),
+            sealed_dir: config.data_dir.join("media-sealed"),
+            downloads_dir: config.downloads(),
+            max_bytes: config.max_attachment_bytes,
+        })
+        .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))?;
+        let mut driver =
+            Driver::new(engine, swarm, calls_rx, events.clone(), mailboxes, media, relay);
         for address in &config.bootstrap {
             driver
                 .connect(address.clone())
@@ -161,6 +191,8 @@ impl Node {
         }
         driver.bootstrap();
         driver.dial_home_relays();
+        driver.start_media();
+        driver.resume_uploads();
         let task = tokio::spawn(async move {
             driver.run().await;
             if let Some(metrics) = metrics_task {
@@ -180,6 +212,61 @@ impl Node {
             node.wait_listening(Duration::from_secs(10)).await?;
         }
         Ok(node)
+    }
+
+    /// Sends the file at `path` to `to` as an attachment, with an optional caption.
+    ///
+    /// The file is sealed chunk by chunk into a copy in the data directory (so it may change or
+    /// go afterwards), then its manifest is queued like a message; the recipient pulls the
+    /// chunks from this node, or from its relays if it could not be reached. Files above
+    /// [`NodeConfig::max_attachment_bytes`] are refused before anything is written. Progress
+    /// and outcome arrive as [`NodeEvent::Media`] events.
+    pub async fn send_file(
+        &self,
+        to: UserId,
+        path: impl Into<std::path::PathBuf>,
+        caption: Option<String>,
+    ) -> Result<SentFile, NodeError> {
+        let path = path.into();
+        let (sealed_dir, max) =
+            self.with(|d| (d.media.sealed_dir().to_owned(), d.media.max_bytes())).await?;
+        if self.contact(to).await?.is_none() {
+            return Err(NodeError::Command(CommandError::UnknownContact));
+        }
+        let source = path.clone();
+        let (manifest, _) = tokio::task::spawn_blocking(move || {
+            crate::media::files::seal_file(
+                &source,
+                &sealed_dir,
+                kith_core::media::CHUNK_BYTES,
+                max,
+                caption,
+            )
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)??;
+        let chunks = u32::try_from(manifest.chunk_hashes.len()).unwrap_or(u32::MAX);
+        let (media, size) = (manifest.media_id, manifest.size);
+        let source = std::fs::canonicalize(&path).unwrap_or(path);
+        let (tx, rx) = oneshot::channel();
+        self.with(move |driver| {
+            let result = driver.send_media(to, manifest, source);
+            // Answered once the record and the queued manifest are flushed.
+            driver.after_flush.push(Box::new(move || {
+                let _ = tx.send(result);
+            }));
+        })
+        .await?;
+        let message = rx.await.map_err(|_| NodeError::Stopped)??;
+        Ok(SentFile { message, media, size, chunks })
+    }
+
+    /// Attachments sent to or received from `peer` (every one for `None`), with where each
+    /// stands.
+    pub async fn attachments(&self, peer: Option<UserId>) -> Result<Vec<Attachment>, NodeError> {
+        self.with(move |d| d.attachments(peer))
+            .await?
+            .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))
     }
 
     /// Runs `f` on the driver and returns its result.
@@ -236,6 +323,7 @@ impl Node {
                     envelopes,
                     bytes,
                     prekey_users,
+                    blob_bytes: r.blob_bytes(),
                     disk_bytes: r.size_on_disk().unwrap_or(0),
                 }
             })

@@ -14,8 +14,9 @@ use crate::codec::{Frame, Invalid, check_count, check_len, check_non_empty};
 use crate::envelope::check_text;
 use crate::ids::{ChunkHash, GroupId, MediaId, MessageId, Signature, UnixMillis, UserId};
 use crate::limits::{
-    MAX_CONTENT_BYTES, MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS, MAX_MIME_BYTES,
-    MAX_NAME_BYTES, MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_TEXT_BYTES, MAX_THUMBNAIL_BYTES,
+    MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS,
+    MAX_MIME_BYTES, MAX_NAME_BYTES, MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_TEXT_BYTES,
+    MAX_THUMBNAIL_BYTES,
 };
 
 /// Shows a length in place of the redacted value.
@@ -337,7 +338,8 @@ impl Body {
                 check_text("name", &m.name, MAX_FILE_NAME_BYTES)?;
                 check_len("mime", m.mime.len(), MAX_MIME_BYTES)?;
                 check_count("chunk_hashes", m.chunk_hashes.len(), MAX_MEDIA_CHUNKS)?;
-                if m.chunk_size == 0 {
+                // A sealed chunk (plaintext plus the 16-byte tag) must fit a media frame.
+                if m.chunk_size == 0 || m.chunk_size as usize + 16 > MAX_CHUNK_BYTES {
                     return Err(Invalid::OutOfRange { field: "chunk_size" });
                 }
                 // The hash list must cover exactly `size` bytes.

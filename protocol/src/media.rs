@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{Frame, Invalid, check_len, check_non_empty};
+use crate::codec::{Frame, Invalid, check_count, check_len, check_non_empty};
 use crate::ids::{ChunkHash, MediaId, UserId};
-use crate::limits::{MAX_CHUNK_BYTES, MAX_MEDIA_FRAME_BYTES};
+use crate::limits::{MAX_CHUNK_BYTES, MAX_MEDIA_CHUNKS, MAX_MEDIA_FRAME_BYTES};
 
 /// A request on `/kith/media/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,11 @@ pub enum MediaRequest {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Deletes chunks a relay holds for the requester (the recipient has them all).
+    Delete {
+        /// The chunks.
+        hashes: Vec<ChunkHash>,
+    },
 }
 
 /// A response on `/kith/media/1`.
@@ -47,6 +52,11 @@ pub enum MediaResponse {
     NotFound,
     /// The uploaded chunk is stored durably.
     Stored,
+    /// This many of the chunks to delete were held, and are gone.
+    Deleted {
+        /// How many.
+        removed: u32,
+    },
     /// The request was refused.
     Refused(MediaRefusal),
 }
@@ -64,6 +74,8 @@ pub enum MediaRefusal {
     NotRecipient,
     /// The peer cannot serve right now; retry later.
     Unavailable,
+    /// The peer does not store chunks for others.
+    NotARelay,
 }
 
 impl Frame for MediaRequest {
@@ -73,6 +85,10 @@ impl Frame for MediaRequest {
     fn validate(&self) -> Result<(), Invalid> {
         match self {
             Self::Get { .. } => Ok(()),
+            Self::Delete { hashes } => {
+                check_non_empty("hashes", hashes.len())?;
+                check_count("hashes", hashes.len(), MAX_MEDIA_CHUNKS)
+            }
             Self::Put { data, .. } => {
                 check_non_empty("data", data.len())?;
                 check_len("data", data.len(), MAX_CHUNK_BYTES)
@@ -88,7 +104,7 @@ impl Frame for MediaResponse {
     fn validate(&self) -> Result<(), Invalid> {
         match self {
             Self::Chunk { data } => check_len("data", data.len(), MAX_CHUNK_BYTES),
-            Self::NotFound | Self::Stored | Self::Refused(_) => Ok(()),
+            Self::NotFound | Self::Stored | Self::Deleted { .. } | Self::Refused(_) => Ok(()),
         }
     }
 }

@@ -379,6 +379,16 @@ fn golden_vectors() {
                 "0202020202020202020202020202020202020202020202020202020202020202",
             ),
         ),
+        (
+            "media/delete",
+            codec::encode(&MediaRequest::Delete { hashes: vec![ChunkHash([0x03; 32])] }).unwrap(),
+            concat!(
+                "01",
+                "02",
+                "01",
+                "0303030303030303030303030303030303030303030303030303030303030303",
+            ),
+        ),
     ];
     for (name, bytes, expected) in cases {
         assert_eq!(hex::encode(&bytes), expected, "{name}");

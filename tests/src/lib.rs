@@ -254,6 +254,17 @@ impl Daemon {
     pub fn kith(&self, args: &[&str]) -> anyhow::Result<Output> {
         kith(&self.dir, args)
     }
+
+    /// Kills the process with SIGKILL (no flush, no goodbye) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Daemon {

@@ -375,6 +375,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 let body = Body::Text(Text { body: text, reply_to });
                 self.queue(now, to, body, OutboxKind::Message).map(CommandResult::Queued)
             }
+            Command::SendMedia { to, manifest } => self
+                .queue(now, to, Body::Media(*manifest), OutboxKind::Message)
+                .map(CommandResult::Queued),
             Command::React { to, target, emoji, remove } => {
                 self.react(now, to, target, emoji, remove)
             }

@@ -1,6 +1,6 @@
 //! The engine's vocabulary: what goes in, what comes out, and what can go wrong.
 
-use kith_protocol::content::{PresenceStatus, TypingState};
+use kith_protocol::content::{MediaManifest, PresenceStatus, TypingState};
 use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
 use kith_protocol::prekey::{IdentityBinding, PreKeyBundle, PreKeyResponse};
 use kith_protocol::{DecodeError, MessageId, UnixMillis, UserId};
@@ -129,6 +129,13 @@ pub enum Command {
         text: String,
         /// The message it replies to.
         reply_to: Option<MessageId>,
+    },
+    /// Sends an attachment whose chunks are sealed and available (see [`crate::media`]).
+    SendMedia {
+        /// The recipient.
+        to: UserId,
+        /// Everything the recipient needs to fetch, verify and decrypt it.
+        manifest: Box<MediaManifest>,
     },
     /// Reacts to a message of a conversation.
     React {

@@ -35,6 +35,9 @@ pub(crate) struct RelayMetrics {
     pub(crate) rejections: Family<Labels, Counter>,
     pub(crate) connected_peers: Gauge,
     pub(crate) prekey_users: Gauge,
+    pub(crate) stored_blob_bytes: Gauge,
+    pub(crate) blob_uploads: Counter,
+    pub(crate) blobs_served: Counter,
 }
 
 /// The label value of a refusal reason.
@@ -61,6 +64,9 @@ impl RelayMetrics {
         let rejections = Family::<Labels, Counter>::default();
         let connected_peers = Gauge::default();
         let prekey_users = Gauge::default();
+        let stored_blob_bytes = Gauge::default();
+        let blob_uploads = Counter::default();
+        let blobs_served = Counter::default();
         registry.register(
             "stored_envelopes",
             "Envelopes held in mailboxes",
@@ -86,6 +92,21 @@ impl RelayMetrics {
             "Users whose prekeys the relay serves",
             prekey_users.clone(),
         );
+        registry.register(
+            "stored_blob_bytes",
+            "Attachment chunk bytes held for recipients",
+            stored_blob_bytes.clone(),
+        );
+        registry.register(
+            "blob_uploads",
+            "Attachment chunks stored on upload",
+            blob_uploads.clone(),
+        );
+        registry.register(
+            "blobs_served",
+            "Attachment chunks served to recipients",
+            blobs_served.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             stored_envelopes,
@@ -97,6 +118,9 @@ impl RelayMetrics {
             rejections,
             connected_peers,
             prekey_users,
+            stored_blob_bytes,
+            blob_uploads,
+            blobs_served,
         }
     }
 

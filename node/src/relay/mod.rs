@@ -16,6 +16,7 @@
 //! than the TTL are purged unread; nobody is told they were delivered. A relay also serves the
 //! prekey bundles its users upload, each one-time prekey at most once.
 
+pub(crate) mod blobs;
 pub(crate) mod metrics;
 pub(crate) mod store;
 
@@ -27,14 +28,16 @@ use kith_core::prekeys::verify_bundle;
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_ENVELOPE_BYTES, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
 use kith_protocol::mailbox::{DepositResult, MailboxRefusal, MailboxResponse};
+use kith_protocol::media::{MediaRefusal, MediaResponse};
 use kith_protocol::prekey::{PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyUpload};
-use kith_protocol::{MessageId, UnixMillis, UserId};
+use kith_protocol::{ChunkHash, MessageId, UnixMillis, UserId};
 use libp2p::PeerId;
 
 pub use metrics::{MAX_REQUEST_HEAD, REQUEST_TIMEOUT as METRICS_REQUEST_TIMEOUT};
 pub use store::{MAX_RELAY_ONE_TIME_PREKEYS, RelayStoreError};
 
 use crate::limiter::RateLimiter;
+use blobs::{Admit, BlobStore};
 use metrics::RelayMetrics;
 use store::{Deposit, RelayStore};
 
@@ -58,6 +61,10 @@ pub const PURGE_BATCH: usize = 10_000;
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// Uploads of prekeys per user: per second on average, and burst.
 pub const PREKEY_UPLOAD_RATE: (f64, f64) = (1.0 / 60.0, 10.0);
+/// Default most attachment bytes held for one recipient (a maximum-size attachment fits).
+pub const DEFAULT_MAX_BLOB_BYTES_PER_RECIPIENT: u64 = 4 * 1024 * 1024 * 1024;
+/// Default most attachment bytes a relay holds in all.
+pub const DEFAULT_MAX_BLOB_TOTAL_BYTES: u64 = 50 * 1024 * 1024 * 1024;
 /// Bytes of a mailbox frame besides its envelopes (variant, counts, `remaining`).
 const FRAME_OVERHEAD: usize = 64;
 
@@ -84,6 +91,10 @@ pub struct RelayConfig {
     pub purge_interval: Duration,
     /// Where to serve Prometheus metrics (`None`: not served).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Most attachment bytes held for one recipient.
+    pub max_blob_bytes_per_recipient: u64,
+    /// Most attachment bytes held in all (the blob store's disk budget).
+    pub max_blob_total_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -99,6 +110,8 @@ impl Default for RelayConfig {
             max_prekey_users: DEFAULT_MAX_PREKEY_USERS,
             purge_interval: DEFAULT_PURGE_INTERVAL,
             metrics: None,
+            max_blob_bytes_per_recipient: DEFAULT_MAX_BLOB_BYTES_PER_RECIPIENT,
+            max_blob_total_bytes: DEFAULT_MAX_BLOB_TOTAL_BYTES,
         }
     }
 }
@@ -113,6 +126,7 @@ pub(crate) struct Push {
 pub(crate) struct RelayService {
     config: RelayConfig,
     store: RelayStore,
+    blobs: BlobStore,
     limiter: RateLimiter,
     upload_limiter: RateLimiter,
     pub(crate) metrics: RelayMetrics,
@@ -120,9 +134,14 @@ pub(crate) struct RelayService {
 }
 
 impl RelayService {
-    /// Opens the relay's store in `dir`.
-    pub(crate) fn open(dir: &Path, config: RelayConfig) -> Result<Self, RelayStoreError> {
+    /// Opens the relay's store in `dir` and its blob store in `blob_dir`.
+    pub(crate) fn open(
+        dir: &Path,
+        blob_dir: &Path,
+        config: RelayConfig,
+    ) -> Result<Self, RelayStoreError> {
         let store = RelayStore::open(dir)?;
+        let blobs = BlobStore::open(blob_dir, store.tree("blobs")?)?;
         let metrics = RelayMetrics::new();
         let total = store.total();
         metrics.set_stored(total.messages, total.bytes);
@@ -132,6 +151,7 @@ impl RelayService {
             upload_limiter: RateLimiter::new(PREKEY_UPLOAD_RATE.0, PREKEY_UPLOAD_RATE.1),
             config,
             store,
+            blobs,
             metrics,
             next_purge: Instant::now(),
         })
@@ -330,17 +350,28 @@ impl RelayService {
         if instant < self.next_purge {
             return;
         }
-        match self.store.purge_expired(self.expired_before(now), PURGE_BATCH) {
-            Ok(purged) => {
-                self.metrics.expired.inc_by(purged as u64);
+        let cutoff = self.expired_before(now);
+        let purged = self.store.purge_expired(cutoff, PURGE_BATCH).and_then(|envelopes| {
+            let chunks = self.blobs.purge_expired(cutoff, PURGE_BATCH)?;
+            Ok((envelopes, chunks))
+        });
+        match purged {
+            Ok((envelopes, chunks)) => {
+                self.metrics.expired.inc_by(envelopes as u64);
                 // A full batch: more may be waiting, purge again next turn.
-                self.next_purge = if purged >= PURGE_BATCH {
+                self.next_purge = if envelopes.max(chunks) >= PURGE_BATCH {
                     instant
                 } else {
                     instant + self.config.purge_interval
                 };
-                if purged > 0 {
-                    tracing::info!("purged {purged} expired envelopes");
+                if chunks > 0 {
+                    self.store.mark_dirty();
+                    tracing::info!("purged {chunks} expired attachment chunks");
+                }
+                if envelopes > 0 {
+                    tracing::info!("purged {envelopes} expired envelopes");
+                }
+                if envelopes + chunks > 0 {
                     self.update_gauges();
                 }
             }
@@ -375,6 +406,98 @@ impl RelayService {
     fn update_gauges(&self) {
         let total = self.store.total();
         self.metrics.set_stored(total.messages, total.bytes);
+        self.metrics.stored_blob_bytes.set(i64::try_from(self.blobs.total()).unwrap_or(i64::MAX));
+    }
+
+    /// Decides an upload of a chunk by `sender` for `recipient`: refused, already held, or to
+    /// be written at the returned path (its bytes reserved until [`Self::blob_written`]).
+    pub(crate) fn blob_admit(
+        &mut self,
+        sender: PeerId,
+        recipient: &UserId,
+        hash: &ChunkHash,
+        size: u64,
+    ) -> Result<Option<std::path::PathBuf>, MediaRefusal> {
+        if !self.limiter.allow(sender, Instant::now()) {
+            return Err(MediaRefusal::RateLimited);
+        }
+        let admit = self.blobs.admit(
+            recipient,
+            hash,
+            size,
+            self.config.max_blob_bytes_per_recipient,
+            self.config.max_blob_total_bytes,
+        )?;
+        Ok((admit == Admit::Write).then(|| self.blobs.path(recipient, hash)))
+    }
+
+    /// A chunk admitted by [`Self::blob_admit`] was written (or not); the answer is true once
+    /// flushed.
+    pub(crate) fn blob_written(
+        &mut self,
+        recipient: &UserId,
+        hash: &ChunkHash,
+        size: u64,
+        written: Result<(), MediaRefusal>,
+        now: UnixMillis,
+    ) -> MediaResponse {
+        let result = written.and_then(|()| {
+            self.blobs.commit(recipient, hash, size, now).map_err(|e| {
+                tracing::error!("{e}");
+                MediaRefusal::Unavailable
+            })
+        });
+        match result {
+            Ok(()) => {
+                self.store.mark_dirty();
+                self.metrics.blob_uploads.inc();
+                self.update_gauges();
+                MediaResponse::Stored
+            }
+            Err(reason) => {
+                self.blobs.abort(recipient, size);
+                MediaResponse::Refused(reason)
+            }
+        }
+    }
+
+    /// The file of a chunk held for `peer` (only the recipient may fetch its chunks).
+    pub(crate) fn blob_for(&self, peer: &PeerId, hash: &ChunkHash) -> Option<std::path::PathBuf> {
+        let recipient = user_id_of(peer).ok()?;
+        match self.blobs.holds(&recipient, hash) {
+            Ok(true) => {
+                self.metrics.blobs_served.inc();
+                Some(self.blobs.path(&recipient, hash))
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    /// Deletes chunks `peer` holds here; the answer is true once flushed.
+    pub(crate) fn blob_delete(&mut self, peer: &PeerId, hashes: &[ChunkHash]) -> MediaResponse {
+        let Ok(recipient) = user_id_of(peer) else {
+            return MediaResponse::Refused(MediaRefusal::NotRecipient);
+        };
+        match self.blobs.remove(&recipient, hashes) {
+            Ok(removed) => {
+                self.store.mark_dirty();
+                self.update_gauges();
+                MediaResponse::Deleted { removed }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                MediaResponse::Refused(MediaRefusal::Unavailable)
+            }
+        }
+    }
+
+    /// Attachment bytes held in all.
+    pub(crate) fn blob_bytes(&self) -> u64 {
+        self.blobs.total()
     }
 }
 

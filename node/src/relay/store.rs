@@ -378,6 +378,16 @@ impl RelayStore {
         Ok(())
     }
 
+    /// Opens another tree of the relay's database (flushed with it; mark it dirty when written).
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, RelayStoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Notes a write to another tree, for the next flush.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Makes everything written so far durable.
     pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
         if self.dirty {

@@ -9,6 +9,7 @@ use kith_protocol::content::{Body, PresenceStatus, TypingState};
 use serde::Serialize;
 
 use crate::NodeEvent;
+use crate::media::{Attachment, AttachmentState, MediaEvent, TransferDirection};
 
 /// A user as a peer id string.
 pub fn peer(user: &UserId) -> String {
@@ -59,6 +60,8 @@ pub struct MessageJson {
     pub text: Option<String>,
     /// The attachment's file name.
     pub file_name: Option<String>,
+    /// The attachment and where it stands (filled in by `history` and `message`).
+    pub attachment: Option<AttachmentJson>,
     /// The message this replies to (hex id).
     pub reply_to: Option<String>,
     /// `queued`, `sent`, `delivered`, `read`, `received` or `failed`.
@@ -100,6 +103,7 @@ impl From<&Message> for MessageJson {
             kind,
             text,
             file_name,
+            attachment: None,
             reply_to,
             status,
             failure,
@@ -113,6 +117,85 @@ impl From<&Message> for MessageJson {
                 .collect(),
             seq: m.seq,
         }
+    }
+}
+
+/// An attachment.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachmentJson {
+    /// Attachment id (hex).
+    pub media: String,
+    /// The message carrying it (hex).
+    pub message: String,
+    /// The other party (peer id).
+    pub peer: String,
+    /// `sending` or `receiving`.
+    pub direction: &'static str,
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `sent`, `downloading`, `saved` or `failed`.
+    pub state: &'static str,
+    /// The saved file (received) or the file sent.
+    pub path: Option<String>,
+    /// Chunks verified so far (downloading).
+    pub chunks_done: Option<u32>,
+    /// Chunks in all (downloading).
+    pub chunks: Option<u32>,
+    /// Relays that hold every chunk (sent).
+    pub relays: Option<usize>,
+    /// Why it failed.
+    pub failure: Option<String>,
+}
+
+fn direction_word(direction: TransferDirection) -> &'static str {
+    match direction {
+        TransferDirection::Sending => "sending",
+        TransferDirection::Receiving => "receiving",
+    }
+}
+
+impl From<&Attachment> for AttachmentJson {
+    fn from(a: &Attachment) -> Self {
+        let mut json = Self {
+            media: a.media.to_string(),
+            message: a.message.to_string(),
+            peer: peer(&a.peer),
+            direction: direction_word(a.direction),
+            name: a.name.clone(),
+            mime: a.mime.clone(),
+            size: a.size,
+            state: "",
+            path: None,
+            chunks_done: None,
+            chunks: None,
+            relays: None,
+            failure: None,
+        };
+        match &a.state {
+            AttachmentState::Sent { source, relays } => {
+                json.state = "sent";
+                json.path = Some(source.display().to_string());
+                json.relays = Some(*relays);
+            }
+            AttachmentState::Downloading { chunks_done, chunks } => {
+                json.state = "downloading";
+                json.chunks_done = Some(*chunks_done);
+                json.chunks = Some(*chunks);
+            }
+            AttachmentState::Saved(path) => {
+                json.state = "saved";
+                json.path = Some(path.display().to_string());
+            }
+            AttachmentState::Failed(why) => {
+                json.state = "failed";
+                json.failure = Some(why.clone());
+            }
+        }
+        json
     }
 }
 
@@ -240,6 +323,63 @@ pub enum EventJson {
         /// Why: `quota_exceeded`, `rate_limited`, `too_large`, `unavailable`, ...
         reason: String,
     },
+    /// Attachment chunks moved (notifications are spaced out; the last one always comes).
+    MediaProgress {
+        /// Attachment id.
+        media: String,
+        /// Its message id.
+        message: String,
+        /// The other party.
+        peer: String,
+        /// `sending` or `receiving`.
+        direction: &'static str,
+        /// The relay being uploaded to, if any.
+        relay: Option<String>,
+        /// Distinct chunks done.
+        chunks_done: u32,
+        /// Chunks in all.
+        chunks: u32,
+        /// Bytes done.
+        bytes_done: u64,
+        /// Bytes in all.
+        bytes: u64,
+    },
+    /// A relay holds every chunk of an attachment we sent.
+    MediaUploaded {
+        /// Attachment id.
+        media: String,
+        /// Its message id.
+        message: String,
+        /// The relay's peer id.
+        relay: String,
+    },
+    /// A received attachment was saved.
+    MediaSaved {
+        /// Attachment id.
+        media: String,
+        /// Its message id.
+        message: String,
+        /// Where.
+        path: String,
+    },
+    /// A source served a chunk that failed verification (fetched elsewhere).
+    MediaChunkRefused {
+        /// Attachment id.
+        media: String,
+        /// The source's peer id.
+        source: String,
+        /// What was wrong.
+        error: String,
+    },
+    /// An attachment failed for good.
+    MediaFailed {
+        /// Attachment id.
+        media: String,
+        /// Its message id.
+        message: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl EventJson {
@@ -276,6 +416,49 @@ impl EventJson {
                 id: id.to_string(),
                 relay: relay.to_string(),
                 reason: crate::relay::metrics::reason_label(*reason).to_owned(),
+            },
+            NodeEvent::Media(event) => match event {
+                MediaEvent::Progress {
+                    media,
+                    message,
+                    peer: p,
+                    direction,
+                    relay,
+                    chunks_done,
+                    chunks,
+                    bytes_done,
+                    bytes,
+                } => Self::MediaProgress {
+                    media: media.to_string(),
+                    message: message.to_string(),
+                    peer: peer(p),
+                    direction: direction_word(*direction),
+                    relay: relay.map(|r| r.to_string()),
+                    chunks_done: *chunks_done,
+                    chunks: *chunks,
+                    bytes_done: *bytes_done,
+                    bytes: *bytes,
+                },
+                MediaEvent::Uploaded { media, message, relay } => Self::MediaUploaded {
+                    media: media.to_string(),
+                    message: message.to_string(),
+                    relay: relay.to_string(),
+                },
+                MediaEvent::Saved { media, message, path } => Self::MediaSaved {
+                    media: media.to_string(),
+                    message: message.to_string(),
+                    path: path.display().to_string(),
+                },
+                MediaEvent::Failed { media, message, reason } => Self::MediaFailed {
+                    media: media.to_string(),
+                    message: message.to_string(),
+                    reason: reason.to_string(),
+                },
+                MediaEvent::ChunkRefused { media, source, error } => Self::MediaChunkRefused {
+                    media: media.to_string(),
+                    source: source.to_string(),
+                    error: error.to_string(),
+                },
             },
         })
     }

@@ -23,7 +23,9 @@
 //! | `typing` | `{to, typing}` | `{}` |
 //! | `presence` | `{status}` (`online`/`away`/`offline`) | `{}` |
 //! | `profile.set` | `{name}` | `{}` |
-//! | `history` | `{peer, limit?, before?}` | `[Message]`, oldest first |
+//! | `send_file` | `{to, path, caption?}` | `{id, media, size, chunks}`; `path` absolute |
+//! | `attachments` | `{peer?}` | `[Attachment]` |
+//! | `history` | `{peer, limit?, before?}` | `[Message]`, oldest first, attachments with their state |
 //! | `message` | `{id}` | `Message` or `null` |
 //! | `connect` | `{address}` | `{}` |
 //! | `peers` | – | `[peer_id]` |
@@ -49,7 +51,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-pub use json::{ContactJson, EventJson, MessageJson};
+pub use json::{AttachmentJson, ContactJson, EventJson, MessageJson};
 
 use crate::{Node, NodeError, NodeEvent};
 
@@ -295,13 +297,46 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             queued(node, Command::SetProfile { display_name: str_param(p, "name")?.to_owned() })
                 .await
         }
+        "send_file" => {
+            let to = user(node, p, "to").await?;
+            let path = PathBuf::from(str_param(p, "path")?);
+            if !path.is_absolute() {
+                return Err(RpcError::invalid_params("`path` must be absolute"));
+            }
+            let caption = p.get("caption").and_then(Value::as_str).map(str::to_owned);
+            let sent = node.send_file(to, path, caption).await?;
+            Ok(json!({
+                "id": sent.message.to_string(),
+                "media": sent.media.to_string(),
+                "size": sent.size,
+                "chunks": sent.chunks,
+            }))
+        }
+        "attachments" => {
+            let peer = match p.get("peer").and_then(Value::as_str) {
+                Some(name) => Some(node.resolve(name).await?),
+                None => None,
+            };
+            let list = node.attachments(peer).await?;
+            Ok(serde_json::to_value(list.iter().map(AttachmentJson::from).collect::<Vec<_>>())
+                .unwrap_or(Value::Null))
+        }
         "history" => {
             let peer = user(node, p, "peer").await?;
             let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(100).min(10_000) as usize;
             let before = p.get("before").and_then(Value::as_u64);
             let messages = node.history(peer, before, limit).await?;
-            Ok(serde_json::to_value(messages.iter().map(MessageJson::from).collect::<Vec<_>>())
-                .unwrap_or(Value::Null))
+            let attachments = node.attachments(Some(peer)).await?;
+            let list: Vec<MessageJson> = messages
+                .iter()
+                .map(|m| {
+                    let mut json = MessageJson::from(m);
+                    json.attachment =
+                        attachments.iter().find(|a| a.message == m.id).map(AttachmentJson::from);
+                    json
+                })
+                .collect();
+            Ok(serde_json::to_value(list).unwrap_or(Value::Null))
         }
         "message" => {
             let message = node.message(message_id(str_param(p, "id")?)?).await?;
@@ -323,6 +358,42 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             Ok(json!(peers))
         }
         _ => Err(RpcError { code: -32601, message: format!("unknown method `{method}`") }),
+    }
+}
+
+/// Spaces out attachment progress notifications: at most one per attachment and direction
+/// every [`PROGRESS_INTERVAL`], and always the one that completes it.
+#[derive(Default)]
+struct ProgressThrottle {
+    last: std::collections::HashMap<(kith_protocol::MediaId, bool), std::time::Instant>,
+}
+
+/// Shortest time between two progress notifications of one attachment.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+impl ProgressThrottle {
+    fn pass(&mut self, event: &NodeEvent) -> bool {
+        let NodeEvent::Media(crate::media::MediaEvent::Progress {
+            media,
+            direction,
+            chunks_done,
+            chunks,
+            ..
+        }) = event
+        else {
+            return true;
+        };
+        let key = (*media, *direction == crate::media::TransferDirection::Sending);
+        let now = std::time::Instant::now();
+        let due = self.last.get(&key).is_none_or(|at| now.duration_since(*at) >= PROGRESS_INTERVAL);
+        if due || chunks_done >= chunks {
+            if self.last.len() > 1024 {
+                self.last.clear();
+            }
+            self.last.insert(key, now);
+            return true;
+        }
+        false
     }
 }
 
@@ -421,9 +492,13 @@ async fn connection(node: Node, stream: UnixStream, stop: mpsc::Sender<()>) {
                     let mut events = node.subscribe();
                     let out = out_tx.clone();
                     tokio::spawn(async move {
+                        let mut progress = ProgressThrottle::default();
                         loop {
                             match events.recv().await {
                                 Ok(event) => {
+                                    if !progress.pass(&event) {
+                                        continue;
+                                    }
                                     let Some(json) = EventJson::from_event(&event) else {
                                         continue;
                                     };

@@ -300,6 +300,9 @@ pub fn media_request() -> impl Strategy<Value = MediaRequest> {
         (user_id(), any::<[u8; 32]>(), vec(any::<u8>(), 1..500)).prop_map(
             |(recipient, h, data)| { MediaRequest::Put { recipient, hash: ChunkHash(h), data } }
         ),
+        vec(any::<[u8; 32]>(), 1..50).prop_map(|hashes| MediaRequest::Delete {
+            hashes: hashes.into_iter().map(ChunkHash).collect()
+        }),
     ]
 }
 pub fn media_response() -> impl Strategy<Value = MediaResponse> {
@@ -307,12 +310,14 @@ pub fn media_response() -> impl Strategy<Value = MediaResponse> {
         vec(any::<u8>(), 0..500).prop_map(|data| MediaResponse::Chunk { data }),
         Just(MediaResponse::NotFound),
         Just(MediaResponse::Stored),
+        any::<u32>().prop_map(|removed| MediaResponse::Deleted { removed }),
         prop_oneof![
             Just(MediaRefusal::HashMismatch),
             Just(MediaRefusal::QuotaExceeded),
             Just(MediaRefusal::RateLimited),
             Just(MediaRefusal::NotRecipient),
             Just(MediaRefusal::Unavailable),
+            Just(MediaRefusal::NotARelay),
         ]
         .prop_map(MediaResponse::Refused),
     ]

@@ -1,0 +1,238 @@
+//! The blocking side of attachments: sealing a file, reading sealed chunks, and the writer that
+//! verifies, decrypts and writes a download. Everything here runs on blocking threads, never on
+//! the driver.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use kith_core::media::{Layout, Sealer, open_verified};
+use kith_protocol::MediaId;
+use kith_protocol::content::MediaManifest;
+use tokio::sync::mpsc::Sender;
+
+use super::store::{IncomingState, MediaStore, bit, count, set_bit};
+use super::{MediaFailure, Work};
+
+/// Verified chunks written between two syncs of a download (and of its progress record).
+pub const CHECKPOINT_CHUNKS: u32 = 16;
+
+/// Makes a rename or a new file in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Seals `source` into `sealed_dir/<media id>`: chunk after chunk (one chunk in memory), synced
+/// and renamed into place before the manifest is returned.
+pub(crate) fn seal_file(
+    source: &Path,
+    sealed_dir: &Path,
+    chunk_size: u32,
+    max_size: u64,
+    caption: Option<String>,
+) -> Result<(MediaManifest, PathBuf), MediaFailure> {
+    let io = |e: io::Error| MediaFailure::Io(format!("{}: {e}", source.display()));
+    let mut file = File::open(source).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(MediaFailure::Io(format!("{} is not a regular file", source.display())));
+    }
+    let size = meta.len();
+    if size > max_size {
+        return Err(MediaFailure::TooLarge { size, max: max_size });
+    }
+    let mut sealer = Sealer::new(&mut rand::rng(), size, chunk_size)
+        .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
+    let layout = sealer.layout();
+    fs::create_dir_all(sealed_dir).map_err(io)?;
+    let name = sealer.media_id().to_string();
+    let tmp = sealed_dir.join(format!("{name}.tmp"));
+    let done = sealed_dir.join(&name);
+    let result = (|| {
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut buf = vec![0u8; chunk_size as usize];
+        for index in 0..layout.chunks() {
+            let plain = buf.get_mut(..layout.plain_len(index)).unwrap_or_default();
+            file.read_exact(plain)?;
+            let sealed = sealer
+                .seal_next(plain)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            out.write_all(&sealed)?;
+        }
+        out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
+        fs::rename(&tmp, &done)?;
+        sync_dir(sealed_dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    let file_name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "attachment".into());
+    let mime = mime_guess::from_path(source).first_or_octet_stream().essence_str().to_owned();
+    let manifest = sealer
+        .finish(clip(&file_name, kith_protocol::limits::MAX_FILE_NAME_BYTES), mime, caption)
+        .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
+    Ok((manifest, done))
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+/// Reads `len` bytes at `offset` of a sealed file.
+pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    File::open(path)?.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// A file name from the network made safe to create in the downloads directory: its last
+/// path component, without control characters or a leading dot, never empty.
+pub fn safe_file_name(name: &str, media: &MediaId) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String =
+        last.chars().map(|c| if c.is_control() || c == ':' { '_' } else { c }).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
+    if cleaned.is_empty() { format!("attachment-{}", &media.to_string()[..8]) } else { cleaned }
+}
+
+/// `dir/name`, or `dir/stem (n).ext` if that exists.
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let candidate = dir.join(name);
+    if !candidate.exists() {
+        return candidate;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (name, String::new()),
+    };
+    (1..).map(|n| dir.join(format!("{stem} ({n}){ext}"))).find(|p| !p.exists()).unwrap_or(candidate)
+}
+
+/// Where a download's verified plaintext goes until it is complete (in the downloads
+/// directory, so that the final rename stays on one filesystem).
+pub(crate) fn partial_path(downloads: &Path, media: &MediaId) -> PathBuf {
+    downloads.join(format!(".kith-{media}.part"))
+}
+
+/// A sealed chunk for the writer, and which source it came from.
+pub(crate) struct Incoming {
+    pub(crate) index: u32,
+    pub(crate) source: usize,
+    pub(crate) data: Vec<u8>,
+}
+
+/// The writer of one download: verifies and decrypts each chunk, writes it in place, syncs and
+/// records progress every [`CHECKPOINT_CHUNKS`], and when every chunk is there renames the file
+/// into the downloads directory. Runs until the download completes or its channel closes.
+pub(crate) struct Writer {
+    pub(crate) media: MediaId,
+    pub(crate) manifest: Arc<MediaManifest>,
+    pub(crate) layout: Layout,
+    pub(crate) downloads: PathBuf,
+    pub(crate) store: MediaStore,
+    pub(crate) done: Vec<u8>,
+    pub(crate) work: Sender<Work>,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, chunks: Receiver<Incoming>) {
+        if let Err(e) = self.write_all(chunks) {
+            let _ = self.work.blocking_send(Work::Failed {
+                media: self.media,
+                failure: MediaFailure::Io(e.to_string()),
+            });
+        }
+    }
+
+    fn write_all(&mut self, chunks: Receiver<Incoming>) -> io::Result<()> {
+        let path = partial_path(&self.downloads, &self.media);
+        fs::create_dir_all(&self.downloads)?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        let mut have = count(&self.done, self.layout.chunks());
+        let mut synced = self.done.clone();
+        let mut unsynced = 0u32;
+        while have < self.layout.chunks() {
+            let Ok(chunk) = chunks.recv() else {
+                // The node stops: keep what is verified.
+                if unsynced > 0 {
+                    self.checkpoint(&file, &synced)?;
+                }
+                return Ok(());
+            };
+            if bit(&synced, chunk.index) {
+                continue; // fetched twice (a retry raced the answer)
+            }
+            match open_verified(&self.manifest, &self.layout, chunk.index, &chunk.data) {
+                Ok(plain) => {
+                    file.write_all_at(&plain, self.layout.offset(chunk.index))?;
+                    set_bit(&mut synced, chunk.index);
+                    have += 1;
+                    unsynced += 1;
+                    let _ = self.work.blocking_send(Work::ChunkWritten {
+                        media: self.media,
+                        bytes: plain.len() as u64,
+                    });
+                }
+                Err(error) => {
+                    let _ = self.work.blocking_send(Work::ChunkRejected {
+                        media: self.media,
+                        index: chunk.index,
+                        source: chunk.source,
+                        error,
+                    });
+                }
+            }
+            if unsynced >= CHECKPOINT_CHUNKS && have < self.layout.chunks() {
+                self.checkpoint(&file, &synced)?;
+                unsynced = 0;
+            }
+        }
+        file.set_len(self.layout.size())?;
+        file.sync_all()?;
+        drop(file);
+        let name = safe_file_name(&self.manifest.name, &self.media);
+        let target = unique_path(&self.downloads, &name);
+        fs::rename(&path, &target)?;
+        sync_dir(&self.downloads)?;
+        self.finish(IncomingState::Complete(target.clone()), &synced)?;
+        let _ = self.work.blocking_send(Work::Completed { media: self.media, path: target });
+        Ok(())
+    }
+
+    /// Syncs the data written so far, then records it as verified.
+    fn checkpoint(&mut self, file: &File, synced: &[u8]) -> io::Result<()> {
+        file.sync_data()?;
+        self.done = synced.to_vec();
+        self.save(None)
+    }
+
+    fn finish(&mut self, state: IncomingState, synced: &[u8]) -> io::Result<()> {
+        self.done = synced.to_vec();
+        self.save(Some(state))
+    }
+
+    fn save(&self, state: Option<IncomingState>) -> io::Result<()> {
+        let other = |e: super::store::MediaStoreError| io::Error::other(e.to_string());
+        let Some(mut record) = self.store.incoming_record(&self.media).map_err(other)? else {
+            return Ok(());
+        };
+        record.done = self.done.clone();
+        if let Some(state) = state {
+            record.state = state;
+        }
+        self.store.put_incoming(&self.media, &record).map_err(other)?;
+        self.store.flush().map_err(other)
+    }
+}

@@ -1,0 +1,174 @@
+//! The node's attachment records, in a sled database of their own (`<data-dir>/media`).
+//!
+//! ```text
+//!  outgoing: media id → OutgoingRecord   (what we serve: recipient, hashes, sealed copy)
+//!  incoming: media id → IncomingRecord   (manifest, verified chunks on disk, outcome)
+//! ```
+//!
+//! An incoming record's `done` bitmap only names chunks whose bytes were synced to the partial
+//! file before the record was written, so a restarted download trusts it.
+
+use std::path::{Path, PathBuf};
+
+use kith_protocol::content::MediaManifest;
+use kith_protocol::{ChunkHash, MediaId, MessageId, UnixMillis, UserId};
+use serde::{Deserialize, Serialize};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaStoreError {
+    /// sled failed.
+    #[error("media store: {0}")]
+    Backend(#[from] sled::Error),
+    /// A record did not decode.
+    #[error("media store: corrupt record")]
+    Corrupt,
+}
+
+/// An attachment we sent and serve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct OutgoingRecord {
+    pub(crate) message: MessageId,
+    pub(crate) to: UserId,
+    pub(crate) name: String,
+    pub(crate) mime: String,
+    pub(crate) size: u64,
+    pub(crate) chunk_size: u32,
+    pub(crate) hashes: Vec<ChunkHash>,
+    /// The file as the user gave it.
+    pub(crate) source: PathBuf,
+    pub(crate) created_at: UnixMillis,
+    /// Relays (multiaddr bytes) that still need every chunk.
+    pub(crate) pending_uploads: Vec<Vec<u8>>,
+    /// Relays that hold every chunk.
+    pub(crate) uploaded: Vec<Vec<u8>>,
+}
+
+/// Where an incoming attachment stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum IncomingState {
+    /// Chunks are being fetched.
+    Downloading,
+    /// Saved at this path.
+    Complete(PathBuf),
+    /// Given up, for this reason.
+    Failed(String),
+}
+
+/// An attachment we receive.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct IncomingRecord {
+    pub(crate) message: MessageId,
+    pub(crate) from: UserId,
+    pub(crate) manifest: MediaManifest,
+    /// One bit per chunk: verified, written and synced.
+    pub(crate) done: Vec<u8>,
+    pub(crate) state: IncomingState,
+}
+
+/// Bitmap helpers for [`IncomingRecord::done`].
+pub(crate) fn bitmap(chunks: u32) -> Vec<u8> {
+    vec![0; (chunks as usize).div_ceil(8)]
+}
+
+pub(crate) fn bit(map: &[u8], index: u32) -> bool {
+    map.get(index as usize / 8).is_some_and(|b| b & (1 << (index % 8)) != 0)
+}
+
+/// How many of the first `chunks` bits are set.
+pub(crate) fn count(map: &[u8], chunks: u32) -> u32 {
+    (0..chunks).fold(0, |n, i| n + u32::from(bit(map, i)))
+}
+
+pub(crate) fn set_bit(map: &mut [u8], index: u32) {
+    if let Some(b) = map.get_mut(index as usize / 8) {
+        *b |= 1 << (index % 8);
+    }
+}
+
+/// The attachment database. Cheap to clone (the download writers share it).
+#[derive(Clone)]
+pub(crate) struct MediaStore {
+    db: sled::Db,
+    outgoing: sled::Tree,
+    incoming: sled::Tree,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+impl MediaStore {
+    pub(crate) fn open(path: &Path) -> Result<Self, MediaStoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Self { outgoing: db.open_tree("outgoing")?, incoming: db.open_tree("incoming")?, db })
+    }
+
+    pub(crate) fn put_outgoing(
+        &self,
+        media: &MediaId,
+        record: &OutgoingRecord,
+    ) -> Result<(), MediaStoreError> {
+        self.outgoing.insert(media.0, encode(record))?;
+        Ok(())
+    }
+
+    pub(crate) fn outgoing(&self) -> Result<Vec<(MediaId, OutgoingRecord)>, MediaStoreError> {
+        self.outgoing
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let id =
+                    <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
+                let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
+                Ok((MediaId(id), record))
+            })
+            .collect()
+    }
+
+    pub(crate) fn delete_outgoing(&self, media: &MediaId) -> Result<(), MediaStoreError> {
+        self.outgoing.remove(media.0)?;
+        Ok(())
+    }
+
+    pub(crate) fn put_incoming(
+        &self,
+        media: &MediaId,
+        record: &IncomingRecord,
+    ) -> Result<(), MediaStoreError> {
+        self.incoming.insert(media.0, encode(record))?;
+        Ok(())
+    }
+
+    pub(crate) fn incoming_record(
+        &self,
+        media: &MediaId,
+    ) -> Result<Option<IncomingRecord>, MediaStoreError> {
+        match self.incoming.get(media.0)? {
+            Some(value) => {
+                postcard::from_bytes(&value).map(Some).map_err(|_| MediaStoreError::Corrupt)
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn incoming(&self) -> Result<Vec<(MediaId, IncomingRecord)>, MediaStoreError> {
+        self.incoming
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let id =
+                    <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
+                let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
+                Ok((MediaId(id), record))
+            })
+            .collect()
+    }
+
+    /// Makes every write so far durable.
+    pub(crate) fn flush(&self) -> Result<(), MediaStoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
