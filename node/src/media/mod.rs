@@ -271,6 +271,14 @@ struct Source {
     banned: bool,
     /// Unreachable or lacking chunks this round.
     resting: bool,
+    /// Could not be reached in its last request.
+    unreachable: bool,
+}
+
+impl Source {
+    fn new(peer: PeerId) -> Self {
+        Self { peer, banned: false, resting: false, unreachable: false }
+    }
 }
 
 struct Download {
@@ -765,7 +773,7 @@ impl Driver {
         tokio::task::spawn_blocking(move || worker.run(chunks));
         let mut sources = Vec::new();
         if let Ok(peer) = peer_id_of(&record.from) {
-            sources.push(Source { peer, banned: false, resting: false });
+            sources.push(Source::new(peer));
         }
         let download = Download {
             message: record.message,
@@ -801,7 +809,7 @@ impl Driver {
         for (peer, address) in relays {
             if !download.sources.iter().any(|s| s.peer == peer) {
                 self.swarm.add_peer_address(peer, address);
-                download.sources.push(Source { peer, banned: false, resting: false });
+                download.sources.push(Source::new(peer));
             }
         }
     }
@@ -837,14 +845,16 @@ impl Driver {
         self.download_stalled(media);
     }
 
-    /// If nothing is in flight or waiting but chunks are still missing, either every source is
-    /// banned (the download fails) or the sources rest until the next round.
+    /// If nothing is in flight or waiting but chunks are still missing: when every source we
+    /// reached served bad bytes and the others are unreachable, the download fails (the user
+    /// may retry it later); otherwise the sources rest until the next round.
     fn download_stalled(&mut self, media: MediaId) {
         let Some(download) = self.media.downloads.get_mut(&media) else { return };
         if download.in_flight > 0 || !download.missing.is_empty() || download.stalled.is_empty() {
             return;
         }
-        if !download.sources.is_empty() && download.sources.iter().all(|s| s.banned) {
+        let some_banned = download.sources.iter().any(|s| s.banned);
+        if some_banned && download.sources.iter().all(|s| s.banned || s.unreachable) {
             let error = download.last_error.unwrap_or(ChunkError::NoSuchIndex(0));
             self.fail_download(media, MediaFailure::Corrupt(error));
             return;
@@ -877,11 +887,12 @@ impl Driver {
     }
 
     /// A chunk request ended without a chunk: the source rests, the chunk goes back.
-    fn chunk_missed(&mut self, media: MediaId, index: u32, source: usize) {
+    fn chunk_missed(&mut self, media: MediaId, index: u32, source: usize, unreachable: bool) {
         let Some(download) = self.media.downloads.get_mut(&media) else { return };
         download.in_flight = download.in_flight.saturating_sub(1);
         if let Some(s) = download.sources.get_mut(source) {
             s.resting = true;
+            s.unreachable = unreachable;
         }
         download.missing.push_front(index);
         self.pump_download(media);
@@ -958,7 +969,7 @@ impl Driver {
             request_response::Event::OutboundFailure { request_id, .. } => {
                 match self.media.requests.remove(&request_id) {
                     Some(Pending::Get { media, index, source }) => {
-                        self.chunk_missed(media, index, source)
+                        self.chunk_missed(media, index, source, true)
                     }
                     Some(Pending::Put { media, relay, index }) => {
                         self.upload_answered(media, relay, index, false)
@@ -1087,10 +1098,10 @@ impl Driver {
                     let Some(download) = self.media.downloads.get_mut(&media) else { return };
                     // Still in flight until the writer is done with it: the channel has room.
                     if download.writer.try_send(files::Incoming { index, source, data }).is_err() {
-                        self.chunk_missed(media, index, source);
+                        self.chunk_missed(media, index, source, false);
                     }
                 }
-                _ => self.chunk_missed(media, index, source),
+                _ => self.chunk_missed(media, index, source, false),
             },
             Some(Pending::Put { media, relay, index }) => match response {
                 MediaResponse::Stored => self.upload_answered(media, relay, index, true),
