@@ -46,6 +46,12 @@ pub(crate) struct ChatState {
     pub(crate) notice: String,
 }
 
+/// Whether an attachment event belongs to a message shown in this conversation.
+fn for_us_or_ours(state: &ChatState, event: &Value) -> bool {
+    let id = event.get("message").and_then(Value::as_str);
+    state.messages.iter().any(|m| m.get("id").and_then(Value::as_str) == id)
+}
+
 impl ChatState {
     fn upsert(&mut self, message: Value) {
         let id = message.get("id").cloned();
@@ -61,6 +67,35 @@ impl ChatState {
         if let Some(m) = found.and_then(Value::as_object_mut) {
             m.insert("status".into(), json!(status));
             m.insert("failure".into(), json!(failure));
+        }
+    }
+
+    /// Follows an attachment of this conversation: progress, saved path, failure.
+    fn update_attachment(&mut self, kind: &str, event: &Value) {
+        let id = event.get("message").and_then(Value::as_str);
+        let found = self.messages.iter_mut().find(|m| m.get("id").and_then(Value::as_str) == id);
+        let Some(message) = found.and_then(Value::as_object_mut) else { return };
+        let attachment = message.entry("attachment").or_insert_with(|| json!({}));
+        if attachment.is_null() {
+            *attachment = json!({});
+        }
+        let Some(a) = attachment.as_object_mut() else { return };
+        match kind {
+            "media_progress" if event["direction"] == "receiving" => {
+                a.insert("state".into(), json!("downloading"));
+                a.insert("size".into(), event["bytes"].clone());
+                a.insert("chunks_done".into(), event["chunks_done"].clone());
+                a.insert("chunks".into(), event["chunks"].clone());
+            }
+            "media_saved" => {
+                a.insert("state".into(), json!("saved"));
+                a.insert("path".into(), event["path"].clone());
+            }
+            "media_failed" => {
+                a.insert("state".into(), json!("failed"));
+                a.insert("failure".into(), event["reason"].clone());
+            }
+            _ => {}
         }
     }
 
@@ -89,6 +124,9 @@ impl ChatState {
             }
             "presence" if for_us(event) => {
                 self.presence = event.get("status").and_then(Value::as_str).map(str::to_owned);
+            }
+            "media_progress" | "media_saved" | "media_failed" if for_us_or_ours(self, event) => {
+                self.update_attachment(kind, event);
             }
             "identity_changed" if for_us(event) => {
                 self.notice = format!(
@@ -325,6 +363,15 @@ mod tests {
         assert!(shown.contains("draft"), "{shown}");
         assert!(!shown.contains("other"), "{shown}");
         state.apply(&json!({"type":"status","peer":"P","id":"2","status":"read"}));
+        state.apply(&json!({"type":"message","message":{"id":"4","peer":"P","direction":"incoming","kind":"media","file_name":"cat.png","status":"received","stored_at":0}}));
+        state.apply(&json!({"type":"media_progress","message":"4","direction":"receiving","bytes":2048,"chunks_done":1,"chunks":2}));
+        assert!(
+            screen(&state).contains("[file cat.png, 2.0 KiB] (downloading 50%)"),
+            "{}",
+            screen(&state)
+        );
+        state.apply(&json!({"type":"media_saved","message":"4","path":"/dl/cat.png"}));
+        assert!(screen(&state).contains("(saved to /dl/cat.png)"));
         assert!(screen(&state).contains("✓✓ read"));
     }
 

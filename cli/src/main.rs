@@ -8,6 +8,7 @@
 mod chat;
 mod conn;
 mod demo;
+mod media;
 mod relay;
 mod render;
 
@@ -76,6 +77,29 @@ enum Command {
         wait: Option<Wait>,
         /// How long to wait, in seconds.
         #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Network options when no daemon runs.
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Send a file (photo, video, document) as an end-to-end encrypted attachment, with a
+    /// progress bar until the recipient (or, while they are offline, their relay) has it all.
+    SendFile {
+        /// Contact name or peer id.
+        to: String,
+        /// The file.
+        path: PathBuf,
+        /// A caption shown with it.
+        #[arg(long)]
+        caption: Option<String>,
+        /// Return once the file is queued (the daemon keeps serving it).
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the transfer, in seconds.
+        #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Print JSON.
         #[arg(long)]
@@ -283,6 +307,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::SendFile { to, path, caption, no_wait, timeout, json, net } => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut conn = Conn::open(&dir, Some(&net)).await?;
+            let result = media::send_file(&mut conn, &to, &path, caption, no_wait, timeout).await;
+            let local = !conn.is_daemon();
+            conn.close().await?;
+            let (sent, outcome) = result?;
+            if json {
+                println!("{}", json!({ "sent": sent, "outcome": outcome.word() }));
+            } else {
+                println!(
+                    "{} {}",
+                    sent["id"].as_str().unwrap_or_default(),
+                    outcome.describe(&to, local)
+                );
+            }
+            if outcome == media::Outcome::TimedOut && local {
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::History { peer, json, limit } => {
             let mut conn = Conn::open(&dir, None).await?;
             let history = conn.call("history", json!({ "peer": peer, "limit": limit })).await;
@@ -355,6 +400,8 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
 async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     let node = Node::start(net.config(dir)?).await?;
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
+    // Received attachments download on their own; show them (bars only on a terminal).
+    tokio::spawn(media::show_downloads(node.subscribe()));
     println!("kith daemon for {}", node.contact_string());
     for address in node.addresses().await? {
         println!("listening: {address}");

@@ -24,6 +24,46 @@ pub(crate) fn clock(ms: u64) -> String {
         .unwrap_or_else(|| "--:--".into())
 }
 
+/// Bytes as a short human size (`812 B`, `4.2 MiB`).
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS.get(unit).unwrap_or(&"TiB"))
+}
+
+/// An attachment message: `[file NAME, SIZE] caption (where it stands)`.
+fn attachment_text(m: &Value) -> String {
+    let a = &m["attachment"];
+    let name = m["file_name"].as_str().unwrap_or("attachment");
+    let size = a["size"].as_u64().map(|s| format!(", {}", human_size(s))).unwrap_or_default();
+    let caption = m["text"].as_str().map(|c| format!(" {c}")).unwrap_or_default();
+    let state = match a["state"].as_str() {
+        Some("saved") => format!(" (saved to {})", a["path"].as_str().unwrap_or("?")),
+        Some("downloading") => {
+            let (done, all) = (a["chunks_done"].as_u64().unwrap_or(0), a["chunks"].as_u64());
+            let percent = all.filter(|n| *n > 0).map_or(0, |n| done * 100 / n);
+            format!(" (downloading {percent}%)")
+        }
+        Some("failed") => format!(" (failed: {})", a["failure"].as_str().unwrap_or("?")),
+        Some("sent") => match a["relays"].as_u64() {
+            Some(n) if n > 0 => {
+                format!(" (from {}, on {n} relay(s))", a["path"].as_str().unwrap_or("?"))
+            }
+            _ => format!(" (from {})", a["path"].as_str().unwrap_or("?")),
+        },
+        _ => String::new(),
+    };
+    format!("[file {name}{size}]{caption}{state}")
+}
+
 /// One line for a message (as the API returns it): time, who, text, marks, reactions.
 pub(crate) fn message_line(m: &Value, peer_name: &str) -> String {
     let get = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
@@ -31,7 +71,7 @@ pub(crate) fn message_line(m: &Value, peer_name: &str) -> String {
     let who = if outgoing { "me" } else { peer_name };
     let body = match get("kind") {
         "deleted" => "(deleted)".to_owned(),
-        "media" => format!("[file {}] {}", get("file_name"), get("text")),
+        "media" => attachment_text(m),
         _ => get("text").to_owned(),
     };
     let edited = if m.get("edited_at").is_some_and(|v| !v.is_null()) { " (edited)" } else { "" };
@@ -65,5 +105,17 @@ mod tests {
         assert!(message_line(&m, "bob").contains("bob: (deleted)"));
         let m = json!({"direction":"outgoing","kind":"text","text":"x","status":"failed","failure":"no prekeys","stored_at":0});
         assert!(message_line(&m, "bob").ends_with("✗ (no prekeys)"));
+    }
+
+    #[test]
+    fn attachments_show_name_size_and_where_they_stand() {
+        let m = json!({"direction":"incoming","kind":"media","file_name":"a.jpg","text":"look","status":"received","stored_at":0,
+                       "attachment":{"size":3_500_000,"state":"saved","path":"/d/a.jpg"}});
+        let line = message_line(&m, "bob");
+        assert!(line.contains("bob: [file a.jpg, 3.3 MiB] look (saved to /d/a.jpg)"), "{line}");
+        let m = json!({"direction":"incoming","kind":"media","file_name":"v.mp4","status":"received","stored_at":0,
+                       "attachment":{"size":10,"state":"downloading","chunks_done":3,"chunks":4}});
+        assert!(message_line(&m, "bob").contains("[file v.mp4, 10 B] (downloading 75%)"));
+        assert_eq!(human_size(2 << 30), "2.0 GiB");
     }
 }

@@ -433,3 +433,73 @@ async fn a_download_killed_midway_resumes_after_restart_without_fetching_verifie
         "{total} chunks served for {chunks}: verified chunks were fetched again"
     );
 }
+
+#[test]
+fn send_file_through_two_daemons_and_history_lists_the_saved_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let loopback = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--dht-server"];
+    let alice = Daemon::spawn(&a, &loopback, &[]).unwrap();
+    let mut bob_args = loopback.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let bob_contact = kith_ok(&b, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    kith_ok(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+
+    let files = tempfile::tempdir().unwrap();
+    let path = random_file(files.path(), "notes.txt", 3 * 1024 * 1024);
+    let path_arg = path.display().to_string();
+    let out: serde_json::Value = serde_json::from_str(
+        &kith_ok(&a, &["send-file", "bob", &path_arg, "--caption", "the notes", "--json"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["outcome"], "delivered", "{out}");
+    assert_eq!(out["sent"]["chunks"], 6);
+    let id = out["sent"]["id"].as_str().unwrap().to_owned();
+
+    let saved = eventually_blocking(|| {
+        let history: serde_json::Value =
+            serde_json::from_str(&kith_ok(&b, &["history", "alice", "--json"]).unwrap()).unwrap();
+        let m = history.as_array().unwrap().iter().find(|m| m["id"] == id.as_str())?.clone();
+        (m["attachment"]["state"] == "saved").then_some(m)
+    });
+    assert_eq!(
+        (saved["kind"].as_str(), saved["text"].as_str()),
+        (Some("media"), Some("the notes"))
+    );
+    let saved_path = PathBuf::from(saved["attachment"]["path"].as_str().unwrap());
+    assert_eq!(saved_path, b.join("downloads").join("notes.txt"));
+    assert_eq!(blake3_file(&saved_path), blake3_file(&path));
+    let lines = kith_ok(&b, &["history", "alice"]).unwrap();
+    assert!(
+        lines.contains(&format!(
+            "[file notes.txt, 3.0 MiB] the notes (saved to {})",
+            saved_path.display()
+        )),
+        "{lines}"
+    );
+    // The sender's side lists the file it sent.
+    let lines = kith_ok(&a, &["history", "bob"]).unwrap();
+    assert!(lines.contains(&format!("(from {path_arg})")), "{lines}");
+
+    // Bad input: a missing file is a clear error, nothing is sent.
+    let out = kith_tests::kith(&a, &["send-file", "bob", "/no/such/file"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /no/such/file"));
+}
+
+/// Polls `check` every 50 ms for up to two minutes.
+fn eventually_blocking<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

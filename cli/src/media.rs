@@ -1,0 +1,155 @@
+//! Attachments in the CLI: `send-file` with a progress bar, and the daemon's download bars.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kith_node::NodeEvent;
+use kith_node::media::{MediaEvent, TransferDirection};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::conn::Conn;
+
+/// How a `send-file` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The recipient has every chunk.
+    Delivered,
+    /// A relay holds every chunk for the recipient.
+    OnRelay,
+    /// Queued; not waited for.
+    Queued,
+    /// The wait ended first.
+    TimedOut,
+}
+
+impl Outcome {
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::OnRelay => "on_relay",
+            Self::Queued => "queued",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    pub(crate) fn describe(self, to: &str, local: bool) -> String {
+        match self {
+            Self::Delivered => format!("{to} has the whole file"),
+            Self::OnRelay => format!("{to}'s relay holds the file until {to} fetches it"),
+            Self::Queued => "queued; the daemon serves it".into(),
+            Self::TimedOut if local => {
+                "not sent yet: the file is queued and served the next time a node runs (`kith daemon`)"
+                    .into()
+            }
+            Self::TimedOut => "still sending: the daemon keeps serving it".into(),
+        }
+    }
+}
+
+/// A bar showing bytes, rate and ETA.
+fn bar(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// Sends `path` to `to`, then follows the transfer until the recipient or one of its relays has
+/// every chunk (unless `no_wait`).
+pub(crate) async fn send_file(
+    conn: &mut Conn,
+    to: &str,
+    path: &Path,
+    caption: Option<String>,
+    no_wait: bool,
+    timeout: u64,
+) -> anyhow::Result<(Value, Outcome)> {
+    // Subscribed first: the recipient may start pulling right away.
+    let mut events = conn.events().await?;
+    let params = json!({ "to": to, "path": path.display().to_string(), "caption": caption });
+    let sent = conn.call("send_file", params).await?;
+    if no_wait && conn.is_daemon() {
+        return Ok((sent, Outcome::Queued));
+    }
+    let media = sent["media"].as_str().unwrap_or_default().to_owned();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let progress = bar(sent["size"].as_u64().unwrap_or(0), &format!("sending {name}"));
+    let wait = async {
+        while let Some(event) = events.recv().await {
+            if event["media"].as_str() != Some(media.as_str()) {
+                continue;
+            }
+            match event["type"].as_str() {
+                Some("media_progress") if event["direction"] == "sending" => {
+                    let done = event["bytes_done"].as_u64().unwrap_or(0);
+                    progress.set_position(done.max(progress.position()));
+                    let relay = event["relay"].is_string();
+                    if !relay && event["chunks_done"] == event["chunks"] {
+                        return Ok(Outcome::Delivered);
+                    }
+                }
+                Some("media_uploaded") => return Ok(Outcome::OnRelay),
+                Some("media_failed") => {
+                    anyhow::bail!("{}", event["reason"].as_str().unwrap_or("the transfer failed"))
+                }
+                _ => {}
+            }
+        }
+        anyhow::bail!("the node stopped")
+    };
+    let outcome = match tokio::time::timeout(Duration::from_secs(timeout), wait).await {
+        Ok(outcome) => outcome?,
+        Err(_) => Outcome::TimedOut,
+    };
+    progress.finish_and_clear();
+    Ok((sent, outcome))
+}
+
+/// Shows a bar per attachment being downloaded, and a line when it is saved or fails.
+#[allow(clippy::print_stdout, reason = "the daemon reports saved attachments on stdout")]
+pub(crate) async fn show_downloads(mut events: broadcast::Receiver<NodeEvent>) {
+    let bars = MultiProgress::new();
+    let mut shown: HashMap<kith_node::kith_protocol::MediaId, ProgressBar> = HashMap::new();
+    loop {
+        let event = match events.recv().await {
+            Ok(NodeEvent::Media(event)) => event,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match event {
+            MediaEvent::Progress {
+                media,
+                direction: TransferDirection::Receiving,
+                bytes_done,
+                bytes,
+                ..
+            } => {
+                let progress = shown
+                    .entry(media)
+                    .or_insert_with(|| bars.add(bar(bytes, &format!("receiving {media:?}"))));
+                progress.set_position(bytes_done);
+            }
+            MediaEvent::Saved { media, path, .. } => {
+                if let Some(progress) = shown.remove(&media) {
+                    progress.finish_and_clear();
+                }
+                println!("attachment saved: {}", path.display());
+            }
+            MediaEvent::Failed { media, reason, .. } => {
+                if let Some(progress) = shown.remove(&media) {
+                    progress.abandon();
+                }
+                println!("attachment failed: {reason}");
+            }
+            _ => {}
+        }
+    }
+}
