@@ -30,9 +30,17 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
 /// Identify's protocol version string.
 pub const IDENTIFY_VERSION: &str = "/kith/1.0.0";
 
-/// Reads `io` to its end, refusing more than `max` bytes.
-async fn read_capped<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+/// Room reserved up front for a response (the largest media frame): a sealed chunk is read
+/// without regrowing and copying its buffer.
+const RESPONSE_CAPACITY: usize = kith_protocol::limits::MAX_MEDIA_FRAME_BYTES;
+
+/// Reads `io` to its end, refusing more than `max` bytes; `capacity` is reserved first.
+async fn read_capped<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    capacity: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(capacity.min(max.saturating_add(1)));
     // One byte over the limit is enough to know the frame is too large.
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     io.take(limit).read_to_end(&mut buf).await?;
@@ -76,7 +84,7 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<RawEnvelope> {
-        read_capped(io, MAX_ENVELOPE_BYTES).await.map(RawEnvelope)
+        read_capped(io, MAX_ENVELOPE_BYTES, 0).await.map(RawEnvelope)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -84,7 +92,7 @@ impl libp2p::request_response::Codec for EnvelopeCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<DeliveryAck> {
-        decode(&read_capped(io, DeliveryAck::MAX_BYTES).await?)
+        decode(&read_capped(io, DeliveryAck::MAX_BYTES, DeliveryAck::MAX_BYTES).await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -139,7 +147,7 @@ where
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Req> {
-        decode(&read_capped(io, Req::MAX_BYTES).await?)
+        decode(&read_capped(io, Req::MAX_BYTES, 0).await?)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -147,7 +155,7 @@ where
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Resp> {
-        decode(&read_capped(io, Resp::MAX_BYTES).await?)
+        decode(&read_capped(io, Resp::MAX_BYTES, RESPONSE_CAPACITY).await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

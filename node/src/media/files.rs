@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-use kith_core::media::{Layout, Sealer, open_verified};
+use kith_core::media::{Layout, Sealer};
 use kith_protocol::MediaId;
 use kith_protocol::content::MediaManifest;
 use tokio::sync::mpsc::Sender;
@@ -90,10 +90,16 @@ fn clip(s: &str, max: usize) -> String {
     s.get(..end).unwrap_or_default().to_owned()
 }
 
-/// Reads `len` bytes at `offset` of a sealed file.
+/// Reads `len` bytes at `offset` of a sealed file (into fresh capacity: no zeroing first).
 pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    File::open(path)?.read_exact_at(&mut buf, offset)?;
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sealed file too short"));
+    }
     Ok(buf)
 }
 
@@ -126,14 +132,13 @@ pub(crate) fn partial_path(downloads: &Path, media: &MediaId) -> PathBuf {
     downloads.join(format!(".kith-{media}.part"))
 }
 
-/// A sealed chunk for the writer, and which source it came from.
+/// A verified, decrypted chunk for the writer.
 pub(crate) struct Incoming {
     pub(crate) index: u32,
-    pub(crate) source: usize,
-    pub(crate) data: Vec<u8>,
+    pub(crate) plain: Vec<u8>,
 }
 
-/// The writer of one download: verifies and decrypts each chunk, writes it in place, syncs and
+/// The writer of one download: writes each verified chunk in place, syncs and
 /// records progress every [`CHECKPOINT_CHUNKS`], and when every chunk is there renames the file
 /// into the downloads directory. Runs until the download completes or its channel closes.
 pub(crate) struct Writer {
@@ -172,28 +177,17 @@ impl Writer {
                 return Ok(());
             };
             if bit(&synced, chunk.index) {
-                continue; // fetched twice (a retry raced the answer)
+                // Fetched twice (a retry raced the answer): free its slot, count nothing.
+                let _ =
+                    self.work.blocking_send(Work::ChunkWritten { media: self.media, bytes: None });
+                continue;
             }
-            match open_verified(&self.manifest, &self.layout, chunk.index, &chunk.data) {
-                Ok(plain) => {
-                    file.write_all_at(&plain, self.layout.offset(chunk.index))?;
-                    set_bit(&mut synced, chunk.index);
-                    have += 1;
-                    unsynced += 1;
-                    let _ = self.work.blocking_send(Work::ChunkWritten {
-                        media: self.media,
-                        bytes: plain.len() as u64,
-                    });
-                }
-                Err(error) => {
-                    let _ = self.work.blocking_send(Work::ChunkRejected {
-                        media: self.media,
-                        index: chunk.index,
-                        source: chunk.source,
-                        error,
-                    });
-                }
-            }
+            file.write_all_at(&chunk.plain, self.layout.offset(chunk.index))?;
+            set_bit(&mut synced, chunk.index);
+            have += 1;
+            unsynced += 1;
+            let bytes = Some(chunk.plain.len() as u64);
+            let _ = self.work.blocking_send(Work::ChunkWritten { media: self.media, bytes });
             if unsynced >= CHECKPOINT_CHUNKS && have < self.layout.chunks() {
                 self.checkpoint(&file, &synced)?;
                 unsynced = 0;

@@ -233,9 +233,10 @@ pub(crate) enum Work {
         size: u64,
         result: Result<(), MediaRefusal>,
     },
+    /// A chunk was written (`None`: it was a duplicate and was dropped).
     ChunkWritten {
         media: MediaId,
-        bytes: u64,
+        bytes: Option<u64>,
     },
     ChunkRejected {
         media: MediaId,
@@ -285,7 +286,7 @@ struct Download {
     message: MessageId,
     from: UserId,
     layout: Layout,
-    hashes: Arc<Vec<ChunkHash>>,
+    manifest: Arc<MediaManifest>,
     missing: VecDeque<u32>,
     in_flight: usize,
     sources: Vec<Source>,
@@ -779,7 +780,7 @@ impl Driver {
             message: record.message,
             from: record.from,
             layout,
-            hashes: Arc::new(manifest.chunk_hashes.clone()),
+            manifest: manifest.clone(),
             missing,
             in_flight: 0,
             sources,
@@ -828,7 +829,8 @@ impl Driver {
             let pick = (0..n)
                 .map(|k| (download.cursor + k) % n.max(1))
                 .find(|i| download.sources.get(*i).is_some_and(|s| !s.banned && !s.resting));
-            let (Some(source), Some(hash)) = (pick, download.hashes.get(index as usize)) else {
+            let hash = download.manifest.chunk_hashes.get(index as usize);
+            let (Some(source), Some(hash)) = (pick, hash) else {
                 download.stalled.push(index);
                 continue;
             };
@@ -1095,11 +1097,27 @@ impl Driver {
         match self.media.requests.remove(&request) {
             Some(Pending::Get { media, index, source }) => match response {
                 MediaResponse::Chunk { data } => {
-                    let Some(download) = self.media.downloads.get_mut(&media) else { return };
-                    // Still in flight until the writer is done with it: the channel has room.
-                    if download.writer.try_send(files::Incoming { index, source, data }).is_err() {
-                        self.chunk_missed(media, index, source, false);
-                    }
+                    let Some(download) = self.media.downloads.get(&media) else { return };
+                    // Verified and decrypted on a blocking thread (chunks in parallel), then
+                    // written by the download's writer. Still in flight until the writer is
+                    // done with it, so the writer's channel always has room.
+                    let (manifest, layout) = (download.manifest.clone(), download.layout);
+                    let (writer, work) = (download.writer.clone(), self.media.work_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        match kith_core::media::open_verified(&manifest, &layout, index, &data) {
+                            Ok(plain) => {
+                                let _ = writer.send(files::Incoming { index, plain });
+                            }
+                            Err(error) => {
+                                let _ = work.blocking_send(Work::ChunkRejected {
+                                    media,
+                                    index,
+                                    source,
+                                    error,
+                                });
+                            }
+                        }
+                    });
                 }
                 _ => self.chunk_missed(media, index, source, false),
             },
@@ -1150,6 +1168,10 @@ impl Driver {
             Work::ChunkWritten { media, bytes } => {
                 let Some(download) = self.media.downloads.get_mut(&media) else { return };
                 download.in_flight = download.in_flight.saturating_sub(1);
+                let Some(bytes) = bytes else {
+                    self.pump_download(media);
+                    return;
+                };
                 download.chunks_done += 1;
                 download.bytes_done += bytes;
                 let event = MediaEvent::Progress {
@@ -1190,7 +1212,7 @@ impl Driver {
                 // The relays may drop their copies now.
                 let relays: Vec<PeerId> = download.sources.iter().skip(1).map(|s| s.peer).collect();
                 for relay in relays {
-                    let hashes = download.hashes.to_vec();
+                    let hashes = download.manifest.chunk_hashes.clone();
                     let request = self
                         .swarm
                         .behaviour_mut()
