@@ -57,8 +57,11 @@ pub(crate) struct Behaviour {
     pub prekey: request_response::Behaviour<PreKeyCodec>,
     /// `/kith/mailbox/1` (every node: relays serve mailboxes, users receive pushes).
     pub mailbox: request_response::Behaviour<MailboxCodec>,
-    /// `/kith/media/1` (every node: users serve what they send, relays their blob store).
+    /// `/kith/media/1`: chunk uploads to relays and their deletion.
     pub media: request_response::Behaviour<MediaCodec>,
+    /// Long-lived streams: `/kith/media/fetch/1` (every node serves what it sent, relays their
+    /// blob store).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Why the swarm could not be built.
@@ -140,6 +143,7 @@ pub(crate) fn build_swarm(
                     [(MEDIA_PROTOCOL, request_response::ProtocolSupport::Full)],
                     request_response_config(),
                 ),
+                stream: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| BuildError(e.to_string()))?

@@ -67,6 +67,8 @@ pub struct RelayUsage {
     pub prekey_users: usize,
     /// Attachment chunk bytes held for recipients.
     pub blob_bytes: u64,
+    /// Attachment chunks served to their recipients since the relay started.
+    pub blobs_served: u64,
     /// The relay database's size on disk.
     pub disk_bytes: u64,
 }
@@ -182,6 +184,13 @@ impl Node {
             max_bytes: config.max_attachment_bytes,
         })
         .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))?;
+        let mut media = media;
+        media
+            .serve_fetches(
+                swarm.behaviour().stream.new_control(),
+                relay.as_ref().map(RelayService::blob_index),
+            )
+            .map_err(|e| NodeError::Network(e.to_string()))?;
         let mut driver =
             Driver::new(engine, swarm, calls_rx, events.clone(), mailboxes, media, relay);
         for address in &config.bootstrap {
@@ -324,6 +333,7 @@ impl Node {
                     bytes,
                     prekey_users,
                     blob_bytes: r.blob_bytes(),
+                    blobs_served: r.metrics.blobs_served.get(),
                     disk_bytes: r.size_on_disk().unwrap_or(0),
                 }
             })

@@ -18,7 +18,7 @@ use kith_node::kith_core::identity::ContactString;
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_protocol::UserId;
 use kith_node::kith_protocol::content::Body;
-use kith_node::libp2p::{Multiaddr, PeerId};
+use kith_node::libp2p::Multiaddr;
 use kith_node::media::{
     AttachmentState, CHECKPOINT_CHUNKS, MediaEvent, MediaFailure, PARALLEL_CHUNKS,
     TransferDirection,
@@ -97,6 +97,35 @@ impl MediaLog {
         .await
         .unwrap()
     }
+}
+
+/// The path of the first attachment `node` saved (from its state, so nothing is missed
+/// before a subscription).
+async fn saved_by(node: &Node) -> PathBuf {
+    eventually(WAIT, "the attachment to be saved", || async {
+        for a in node.attachments(None).await? {
+            match a.state {
+                AttachmentState::Saved(path) => return Ok(Some(path)),
+                AttachmentState::Failed(why) => anyhow::bail!("failed: {why}"),
+                _ => {}
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap()
+}
+
+/// Why the first attachment `node` gave up on failed.
+async fn failure_of(node: &Node) -> String {
+    eventually(WAIT, "the attachment to fail", || async {
+        Ok(node.attachments(None).await?.into_iter().find_map(|a| match a.state {
+            AttachmentState::Failed(why) => Some(why),
+            _ => None,
+        }))
+    })
+    .await
+    .unwrap()
 }
 
 impl Drop for MediaLog {
@@ -336,21 +365,13 @@ async fn an_offline_senders_file_comes_from_the_relays_past_a_corrupt_one() {
 
     let bob =
         bob_with_relays(bob_dir.path(), vec![r1.address().await, r2.address().await], false).await;
-    let log = MediaLog::record(&bob);
-    let saved = log.saved().await;
+    let saved = saved_by(&bob).await;
     assert_eq!(blake3_file(&saved), blake3_file(&path), "the saved file differs");
     // Positive control for the search above: the saved file holds those bytes.
     assert!(dir_contains(saved.parent().unwrap(), &plain[3_000_000..3_000_064]));
-    let refused: Vec<PeerId> = log
-        .events()
-        .iter()
-        .filter_map(|e| match e {
-            MediaEvent::ChunkRefused { source, .. } => Some(*source),
-            _ => None,
-        })
-        .collect();
-    assert!(!refused.is_empty(), "the corrupt relay was never asked");
-    assert!(refused.iter().all(|p| *p == r1.node.peer_id()), "{refused:?}");
+    // The corrupt relay was asked (and what it served was refused: the file is right).
+    let served = r1.node.relay_usage().await.unwrap().unwrap().blobs_served;
+    assert!(served > 0, "the corrupt relay was never asked");
     // Once Bob has the file, the relays let go of it.
     eventually(WAIT, "the good relay to delete the chunks", || async {
         Ok((r2.blob_bytes().await == 0).then_some(()))
@@ -369,10 +390,8 @@ async fn when_every_source_is_corrupt_the_download_fails_clearly_and_writes_no_f
     corrupt(&relay.chunks_for(&bob_id));
 
     let bob = bob_with_relays(bob_dir.path(), vec![relay.address().await], false).await;
-    let log = MediaLog::record(&bob);
-    let failure = log.failed().await;
-    assert!(matches!(failure, MediaFailure::Corrupt(_)), "{failure}");
-    assert!(failure.to_string().contains("corrupt"), "{failure}");
+    let failure = failure_of(&bob).await;
+    assert!(failure.contains("corrupt"), "{failure}");
     let downloads = bob_dir.path().join("downloads");
     assert_eq!(files_under(&downloads), Vec::<PathBuf>::new(), "a file was written");
     let listed = bob.attachments(None).await.unwrap();

@@ -74,7 +74,7 @@ async fn a_64_mib_file_arrives_byte_identical_and_memory_stays_far_below_its_siz
 
     assert_eq!(blake3_file(&saved), blake3_file(&path), "the file differs");
     // Both nodes together hold a few chunks at a time: the sealed copy and the download stream
-    // through 512 KiB buffers (8 in flight, 8 queued for the writer, 32 reads at most served).
+    // through 512 KiB buffers (16 chunks in flight per download, one per fetch stream served).
     assert!(growth_mib < 32, "peak RSS grew by {growth_mib} MiB for a 64 MiB file");
     bob.shutdown().await.unwrap();
 }

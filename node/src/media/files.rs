@@ -166,32 +166,57 @@ impl Writer {
         fs::create_dir_all(&self.downloads)?;
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         let mut have = count(&self.done, self.layout.chunks());
-        let mut synced = self.done.clone();
-        let mut unsynced = 0u32;
-        while have < self.layout.chunks() {
-            let Ok(chunk) = chunks.recv() else {
-                // The node stops: keep what is verified.
-                if unsynced > 0 {
-                    self.checkpoint(&file, &synced)?;
+        let mut written = self.done.clone();
+        let this = &*self;
+        // Checkpoints run beside the writes: a snapshot of what is written, then a sync (which
+        // covers every write made before it), then the record. Writing never waits for a sync.
+        let finished = std::thread::scope(|scope| -> io::Result<bool> {
+            let (checkpoints, snapshots) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+            let file = &file;
+            let syncer = scope.spawn(move || -> io::Result<()> {
+                for snapshot in snapshots {
+                    file.sync_data()?;
+                    this.save(&snapshot, None)?;
                 }
-                return Ok(());
-            };
-            if bit(&synced, chunk.index) {
-                // Fetched twice (a retry raced the answer): free its slot, count nothing.
-                let _ =
-                    self.work.blocking_send(Work::ChunkWritten { media: self.media, bytes: None });
-                continue;
+                Ok(())
+            });
+            let mut unsynced = 0u32;
+            let mut stopped = false;
+            while have < this.layout.chunks() {
+                let Ok(chunk) = chunks.recv() else {
+                    stopped = true; // the node stops: keep what is written
+                    break;
+                };
+                if bit(&written, chunk.index) {
+                    // Fetched twice (a retry raced the answer): free its slot, count nothing.
+                    let _ = this
+                        .work
+                        .blocking_send(Work::ChunkWritten { media: this.media, bytes: None });
+                    continue;
+                }
+                file.write_all_at(&chunk.plain, this.layout.offset(chunk.index))?;
+                set_bit(&mut written, chunk.index);
+                have += 1;
+                unsynced += 1;
+                let bytes = Some(chunk.plain.len() as u64);
+                let _ = this.work.blocking_send(Work::ChunkWritten { media: this.media, bytes });
+                // A busy syncer takes the next snapshot instead.
+                if unsynced >= CHECKPOINT_CHUNKS
+                    && have < this.layout.chunks()
+                    && checkpoints.try_send(written.clone()).is_ok()
+                {
+                    unsynced = 0;
+                }
             }
-            file.write_all_at(&chunk.plain, self.layout.offset(chunk.index))?;
-            set_bit(&mut synced, chunk.index);
-            have += 1;
-            unsynced += 1;
-            let bytes = Some(chunk.plain.len() as u64);
-            let _ = self.work.blocking_send(Work::ChunkWritten { media: self.media, bytes });
-            if unsynced >= CHECKPOINT_CHUNKS && have < self.layout.chunks() {
-                self.checkpoint(&file, &synced)?;
-                unsynced = 0;
+            if stopped && unsynced > 0 {
+                let _ = checkpoints.send(written.clone());
             }
+            drop(checkpoints);
+            syncer.join().map_err(|_| io::Error::other("the checkpoint thread panicked"))??;
+            Ok(!stopped)
+        })?;
+        if !finished {
+            return Ok(());
         }
         file.set_len(self.layout.size())?;
         file.sync_all()?;
@@ -200,29 +225,18 @@ impl Writer {
         let target = unique_path(&self.downloads, &name);
         fs::rename(&path, &target)?;
         sync_dir(&self.downloads)?;
-        self.finish(IncomingState::Complete(target.clone()), &synced)?;
+        self.save(&written, Some(IncomingState::Complete(target.clone())))?;
         let _ = self.work.blocking_send(Work::Completed { media: self.media, path: target });
         Ok(())
     }
 
-    /// Syncs the data written so far, then records it as verified.
-    fn checkpoint(&mut self, file: &File, synced: &[u8]) -> io::Result<()> {
-        file.sync_data()?;
-        self.done = synced.to_vec();
-        self.save(None)
-    }
-
-    fn finish(&mut self, state: IncomingState, synced: &[u8]) -> io::Result<()> {
-        self.done = synced.to_vec();
-        self.save(Some(state))
-    }
-
-    fn save(&self, state: Option<IncomingState>) -> io::Result<()> {
+    /// Records `done` (and a new state) for this download, durably.
+    fn save(&self, done: &[u8], state: Option<IncomingState>) -> io::Result<()> {
         let other = |e: super::store::MediaStoreError| io::Error::other(e.to_string());
         let Some(mut record) = self.store.incoming_record(&self.media).map_err(other)? else {
             return Ok(());
         };
-        record.done = self.done.clone();
+        record.done = done.to_vec();
         if let Some(state) = state {
             record.state = state;
         }

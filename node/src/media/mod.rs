@@ -1,12 +1,14 @@
-//! Attachments over `/kith/media/1`: sending, serving, downloading and relay uploads.
+//! Attachments: sending, serving and downloading over `/kith/media/fetch/1` streams
+//! ([`fetch`]), uploads to relays and their deletion over `/kith/media/1`.
 //!
 //! ```text
 //!  send_file: seal the file chunk by chunk into <data-dir>/media-sealed/<id> (synced), record
 //!             it, send the manifest in the ratchet (Content::Media)
 //!  recipient: manifest arrives → record (flushed before the envelope is acknowledged) →
-//!             pull up to PARALLEL_CHUNKS chunks at once, round-robin over the sources (the
-//!             sender, then our relays) → the writer thread checks length and BLAKE3 hash,
-//!             decrypts, writes in place, syncs and records progress every CHECKPOINT_CHUNKS →
+//!             pull up to PARALLEL_CHUNKS chunks at once over one fetch stream per source,
+//!             round-robin over the sources (the sender, then our relays) → blocking threads
+//!             check each chunk's length and BLAKE3 hash and decrypt it → the writer thread
+//!             writes in place, syncs and records progress every CHECKPOINT_CHUNKS →
 //!             complete: renamed into the downloads directory, relays told to delete
 //!  sender:    the manifest went to the recipient's relays (they were unreachable) → upload
 //!             every chunk to each of those relays, UPLOAD_IN_FLIGHT at a time
@@ -18,6 +20,7 @@
 //! served bad bytes fails, and no file is written. Nothing of a download is trusted after a
 //! restart but the chunks its record names, which were synced first.
 
+pub(crate) mod fetch;
 pub(crate) mod files;
 pub(crate) mod store;
 
@@ -27,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kith_core::engine::{Command, CommandError, CommandResult, Event};
-use kith_core::identity::{peer_id_of, user_id_of};
+use kith_core::identity::peer_id_of;
 use kith_core::media::{ChunkError, Layout};
 use kith_core::model::{Direction, Message};
 use kith_protocol::content::{Body, MediaManifest};
@@ -41,17 +44,16 @@ use crate::NodeEvent;
 use crate::clock::now_millis;
 use crate::driver::Driver;
 use crate::mailbox::{NetAction, peer_of};
+pub use fetch::{FETCH_PROTOCOL, FETCH_TIMEOUT, MAX_FETCH_STREAMS};
 pub use files::{CHECKPOINT_CHUNKS, safe_file_name};
 pub use store::MediaStoreError;
 use store::{IncomingRecord, IncomingState, MediaStore, OutgoingRecord, bit, bitmap};
 
-/// Chunk requests in flight per download.
-pub const PARALLEL_CHUNKS: usize = 8;
+/// Chunk requests in flight per download (on the fetch streams, or being verified and
+/// written).
+pub const PARALLEL_CHUNKS: usize = 16;
 /// Chunk uploads in flight per relay.
 pub const UPLOAD_IN_FLIGHT: usize = 4;
-/// Chunk reads in flight for the peers we serve, in all; requests beyond it are answered
-/// `Unavailable` (bounds the memory a greedy peer can make us spend).
-pub const MAX_SERVING: usize = 32;
 /// Results from blocking threads queued for the driver; a full queue makes those threads wait.
 pub const WORK_QUEUE: usize = 256;
 /// Default largest attachment sent or accepted.
@@ -211,12 +213,24 @@ pub enum AttachmentState {
 
 /// Results from blocking threads, handled by the driver.
 pub(crate) enum Work {
-    /// A chunk read for a peer (ours or a relay's), ready to answer.
-    Serve {
-        channel: ResponseChannel<MediaResponse>,
+    /// A chunk of ours was served to its recipient on a fetch stream.
+    Served {
+        media: MediaId,
+        index: u32,
+    },
+    /// A relay's chunk was served to its recipient.
+    BlobServed,
+    /// A fetch stream answered a chunk request.
+    Fetched {
+        media: MediaId,
+        index: u32,
+        source: usize,
         response: MediaResponse,
-        /// An attachment of ours served to its recipient: the chunk.
-        ours: Option<(MediaId, u32)>,
+    },
+    /// A fetch stream could not be opened or broke: its requests are lost.
+    SourceDown {
+        media: MediaId,
+        source: usize,
     },
     /// A chunk read for an upload.
     UploadRead {
@@ -298,6 +312,10 @@ struct Download {
     /// Chunks for the writer; requests in flight include those it has not finished, so this
     /// never holds more than [`PARALLEL_CHUNKS`].
     writer: std::sync::mpsc::SyncSender<files::Incoming>,
+    /// One fetch stream per source in use.
+    sessions: HashMap<usize, mpsc::Sender<(u32, ChunkHash)>>,
+    /// Chunks requested and not answered yet, and from which source.
+    assigned: HashMap<u32, usize>,
     chunks_done: u32,
     bytes_done: u64,
     last_error: Option<ChunkError>,
@@ -315,7 +333,6 @@ struct Upload {
 }
 
 enum Pending {
-    Get { media: MediaId, index: u32, source: usize },
     Put { media: MediaId, relay: PeerId, index: u32 },
     Delete,
 }
@@ -332,7 +349,10 @@ pub(crate) struct Media {
     starting: Vec<MediaId>,
     uploads: HashMap<(MediaId, PeerId), Upload>,
     requests: HashMap<OutboundRequestId, Pending>,
-    serving: usize,
+    /// What the fetch server may hand out (shared with it).
+    pub(crate) catalog: fetch::Catalog,
+    /// Opens fetch streams (set once the swarm exists).
+    pub(crate) control: Option<libp2p_stream::Control>,
     dirty: bool,
     work_tx: mpsc::Sender<Work>,
     pub(crate) work_rx: mpsc::Receiver<Work>,
@@ -361,7 +381,8 @@ impl Media {
             starting: Vec::new(),
             uploads: HashMap::new(),
             requests: HashMap::new(),
-            serving: 0,
+            catalog: fetch::Catalog::default(),
+            control: None,
             dirty: false,
             work_tx,
             work_rx,
@@ -377,11 +398,7 @@ impl Media {
                 media.dirty = true;
                 continue;
             }
-            let served = bitmap(layout.chunks());
-            media.outgoing.insert(
-                id,
-                Outgoing { record, layout, sealed, served, served_chunks: 0, served_bytes: 0 },
-            );
+            media.add_outgoing(id, record, layout, sealed);
         }
         for (id, record) in media.store.incoming()? {
             if record.state == IncomingState::Downloading {
@@ -389,6 +406,46 @@ impl Media {
             }
         }
         Ok(media)
+    }
+
+    /// Starts answering fetch streams (from what we sent and, on a relay, from `blobs`), and
+    /// keeps `control` to open our own.
+    pub(crate) fn serve_fetches(
+        &mut self,
+        mut control: libp2p_stream::Control,
+        blobs: Option<fetch::BlobIndex>,
+    ) -> Result<(), libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(FETCH_PROTOCOL)?;
+        self.catalog.blobs = blobs;
+        tokio::spawn(fetch::serve(incoming, self.catalog.clone(), self.work_tx.clone()));
+        self.control = Some(control);
+        Ok(())
+    }
+
+    /// Serves an attachment we sent (here and on fetch streams).
+    fn add_outgoing(
+        &mut self,
+        id: MediaId,
+        record: OutgoingRecord,
+        layout: Layout,
+        sealed: PathBuf,
+    ) {
+        if let Ok(mut catalog) = self.catalog.outgoing.write() {
+            catalog.insert(
+                id,
+                fetch::Served {
+                    to: record.to,
+                    sealed: sealed.clone(),
+                    layout,
+                    hashes: Arc::new(record.hashes.clone()),
+                },
+            );
+        }
+        let served = bitmap(layout.chunks());
+        self.outgoing.insert(
+            id,
+            Outgoing { record, layout, sealed, served, served_chunks: 0, served_bytes: 0 },
+        );
     }
 
     /// Makes the records written this turn durable.
@@ -513,11 +570,7 @@ impl Driver {
             CommandError::Store(kith_core::store::StoreError::Backend(e.to_string()))
         })?;
         self.media.dirty = true;
-        let served = bitmap(layout.chunks());
-        self.media.outgoing.insert(
-            media,
-            Outgoing { record, layout, sealed, served, served_chunks: 0, served_bytes: 0 },
-        );
+        self.media.add_outgoing(media, record, layout, sealed);
         Ok(message)
     }
 
@@ -789,6 +842,8 @@ impl Driver {
             retry_at: None,
             backoff: RETRY_FIRST,
             writer,
+            sessions: HashMap::new(),
+            assigned: HashMap::new(),
             chunks_done,
             bytes_done,
             last_error: None,
@@ -836,13 +891,32 @@ impl Driver {
             };
             download.cursor = source + 1;
             let Some(peer) = download.sources.get(source).map(|s| s.peer) else { continue };
-            let request = self
-                .swarm
-                .behaviour_mut()
-                .media
-                .send_request(&peer, MediaRequest::Get { media, index, hash: *hash });
+            let session = match (download.sessions.get(&source), &self.media.control) {
+                (Some(session), _) => session.clone(),
+                (None, Some(control)) => {
+                    let session = fetch::start_session(
+                        control.clone(),
+                        peer,
+                        media,
+                        source,
+                        self.media.work_tx.clone(),
+                    );
+                    download.sessions.insert(source, session.clone());
+                    session
+                }
+                (None, None) => {
+                    download.stalled.push(index);
+                    continue;
+                }
+            };
+            // Room is guaranteed: a session never has more than PARALLEL_CHUNKS requests.
+            if session.try_send((index, *hash)).is_err() {
+                download.sessions.remove(&source);
+                download.missing.push_front(index);
+                break;
+            }
             download.in_flight += 1;
-            self.media.requests.insert(request, Pending::Get { media, index, source });
+            download.assigned.insert(index, source);
         }
         self.download_stalled(media);
     }
@@ -892,6 +966,7 @@ impl Driver {
     fn chunk_missed(&mut self, media: MediaId, index: u32, source: usize, unreachable: bool) {
         let Some(download) = self.media.downloads.get_mut(&media) else { return };
         download.in_flight = download.in_flight.saturating_sub(1);
+        download.assigned.remove(&index);
         if let Some(s) = download.sources.get_mut(source) {
             s.resting = true;
             s.unreachable = unreachable;
@@ -970,9 +1045,6 @@ impl Driver {
             },
             request_response::Event::OutboundFailure { request_id, .. } => {
                 match self.media.requests.remove(&request_id) {
-                    Some(Pending::Get { media, index, source }) => {
-                        self.chunk_missed(media, index, source, true)
-                    }
                     Some(Pending::Put { media, relay, index }) => {
                         self.upload_answered(media, relay, index, false)
                     }
@@ -994,9 +1066,8 @@ impl Driver {
         channel: ResponseChannel<MediaResponse>,
     ) {
         match request {
-            MediaRequest::Get { media, index, hash } => {
-                self.serve_chunk(peer, media, index, hash, channel)
-            }
+            // Chunks travel on fetch streams (`/kith/media/fetch/1`).
+            MediaRequest::Get { .. } => self.answer_media(channel, MediaResponse::NotFound),
             MediaRequest::Put { recipient, hash, data } => {
                 let Some(relay) = self.relay.as_mut() else {
                     self.answer_media(channel, MediaResponse::Refused(MediaRefusal::NotARelay));
@@ -1035,92 +1106,39 @@ impl Driver {
         }
     }
 
-    /// Answers a chunk request: from the attachments we sent (to their recipient only), or
-    /// from a relay's blob store (to the recipient it holds them for).
-    fn serve_chunk(
+    /// A fetch stream answered: a chunk goes to be verified, anything else is a miss.
+    fn chunk_fetched(
         &mut self,
-        peer: PeerId,
         media: MediaId,
         index: u32,
-        hash: ChunkHash,
-        channel: ResponseChannel<MediaResponse>,
+        source: usize,
+        response: MediaResponse,
     ) {
-        if self.media.serving >= MAX_SERVING {
-            self.answer_media(channel, MediaResponse::Refused(MediaRefusal::Unavailable));
-            return;
-        }
-        let read = if let Some(outgoing) = self.media.outgoing.get(&media) {
-            if user_id_of(&peer).ok() != Some(outgoing.record.to) {
-                self.answer_media(channel, MediaResponse::Refused(MediaRefusal::NotRecipient));
-                return;
-            }
-            if outgoing.record.hashes.get(index as usize) != Some(&hash) {
-                self.answer_media(channel, MediaResponse::NotFound);
-                return;
-            }
-            let layout = outgoing.layout;
-            Some((
-                outgoing.sealed.clone(),
-                layout.sealed_offset(index),
-                layout.sealed_len(index),
-                Some((media, index)),
-            ))
-        } else {
-            self.relay.as_ref().and_then(|relay| relay.blob_for(&peer, &hash)).and_then(|path| {
-                let len = std::fs::metadata(&path).ok()?.len();
-                Some((path, 0, usize::try_from(len).ok()?, None))
-            })
-        };
-        let Some((path, offset, len, ours)) = read else {
-            self.answer_media(channel, MediaResponse::NotFound);
+        let MediaResponse::Chunk { data } = response else {
+            self.chunk_missed(media, index, source, false);
             return;
         };
-        if len > kith_protocol::limits::MAX_CHUNK_BYTES {
-            self.answer_media(channel, MediaResponse::NotFound);
-            return;
-        }
-        self.media.serving += 1;
-        let work = self.media.work_tx.clone();
+        let Some(download) = self.media.downloads.get_mut(&media) else { return };
+        download.assigned.remove(&index);
+        // Verified and decrypted on a blocking thread (chunks in parallel), then written by the
+        // download's writer. Still in flight until the writer is done with it, so the writer's
+        // channel always has room.
+        let (manifest, layout) = (download.manifest.clone(), download.layout);
+        let (writer, work) = (download.writer.clone(), self.media.work_tx.clone());
         tokio::task::spawn_blocking(move || {
-            let response = match files::read_at(&path, offset, len) {
-                Ok(data) => MediaResponse::Chunk { data },
-                Err(e) => {
-                    tracing::warn!("reading a chunk to serve: {e}");
-                    MediaResponse::NotFound
+            match kith_core::media::open_verified(&manifest, &layout, index, &data) {
+                Ok(plain) => {
+                    let _ = writer.send(files::Incoming { index, plain });
                 }
-            };
-            let _ = work.blocking_send(Work::Serve { channel, response, ours });
+                Err(error) => {
+                    let _ = work.blocking_send(Work::ChunkRejected { media, index, source, error });
+                }
+            }
         });
     }
 
     fn on_media_response(&mut self, request: OutboundRequestId, response: MediaResponse) {
         match self.media.requests.remove(&request) {
-            Some(Pending::Get { media, index, source }) => match response {
-                MediaResponse::Chunk { data } => {
-                    let Some(download) = self.media.downloads.get(&media) else { return };
-                    // Verified and decrypted on a blocking thread (chunks in parallel), then
-                    // written by the download's writer. Still in flight until the writer is
-                    // done with it, so the writer's channel always has room.
-                    let (manifest, layout) = (download.manifest.clone(), download.layout);
-                    let (writer, work) = (download.writer.clone(), self.media.work_tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        match kith_core::media::open_verified(&manifest, &layout, index, &data) {
-                            Ok(plain) => {
-                                let _ = writer.send(files::Incoming { index, plain });
-                            }
-                            Err(error) => {
-                                let _ = work.blocking_send(Work::ChunkRejected {
-                                    media,
-                                    index,
-                                    source,
-                                    error,
-                                });
-                            }
-                        }
-                    });
-                }
-                _ => self.chunk_missed(media, index, source, false),
-            },
             Some(Pending::Put { media, relay, index }) => match response {
                 MediaResponse::Stored => self.upload_answered(media, relay, index, true),
                 MediaResponse::Refused(MediaRefusal::RateLimited | MediaRefusal::Unavailable) => {
@@ -1136,12 +1154,26 @@ impl Driver {
     /// Handles what a blocking thread finished.
     pub(crate) fn on_media_work(&mut self, work: Work) {
         match work {
-            Work::Serve { channel, response, ours } => {
-                self.media.serving = self.media.serving.saturating_sub(1);
-                let served = matches!(response, MediaResponse::Chunk { .. });
-                self.answer_media(channel, response);
-                if let (true, Some((media, index))) = (served, ours) {
-                    self.chunk_served(media, index);
+            Work::Served { media, index } => self.chunk_served(media, index),
+            Work::BlobServed => {
+                if let Some(relay) = &self.relay {
+                    relay.metrics.blobs_served.inc();
+                }
+            }
+            Work::Fetched { media, index, source, response } => {
+                self.chunk_fetched(media, index, source, response)
+            }
+            Work::SourceDown { media, source } => {
+                let Some(download) = self.media.downloads.get_mut(&media) else { return };
+                download.sessions.remove(&source);
+                let lost: Vec<u32> = download
+                    .assigned
+                    .iter()
+                    .filter(|(_, s)| **s == source)
+                    .map(|(index, _)| *index)
+                    .collect();
+                for index in lost {
+                    self.chunk_missed(media, index, source, true);
                 }
             }
             Work::UploadRead { media, relay, index, data } => {

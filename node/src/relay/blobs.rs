@@ -83,6 +83,18 @@ impl BlobStore {
         self.dir.join(recipient.to_string()).join(hash.to_string())
     }
 
+    /// A lookup of held chunks for the fetch server, which runs beside the driver (sled trees
+    /// are safe to read from several threads).
+    pub(crate) fn index(&self) -> crate::media::fetch::BlobIndex {
+        let (index, dir) = (self.index.clone(), self.dir.clone());
+        crate::media::fetch::BlobIndex {
+            lookup: std::sync::Arc::new(move |recipient: &UserId, hash: &ChunkHash| {
+                let held = index.contains_key(blob_key(recipient, hash)).ok()?;
+                held.then(|| dir.join(recipient.to_string()).join(hash.to_string()))
+            }),
+        }
+    }
+
     /// Whether `recipient` has this chunk.
     pub(crate) fn holds(
         &self,

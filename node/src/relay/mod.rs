@@ -461,20 +461,9 @@ impl RelayService {
         }
     }
 
-    /// The file of a chunk held for `peer` (only the recipient may fetch its chunks).
-    pub(crate) fn blob_for(&self, peer: &PeerId, hash: &ChunkHash) -> Option<std::path::PathBuf> {
-        let recipient = user_id_of(peer).ok()?;
-        match self.blobs.holds(&recipient, hash) {
-            Ok(true) => {
-                self.metrics.blobs_served.inc();
-                Some(self.blobs.path(&recipient, hash))
-            }
-            Ok(false) => None,
-            Err(e) => {
-                tracing::error!("{e}");
-                None
-            }
-        }
+    /// The blob lookup the fetch server answers from (only a chunk's recipient gets it).
+    pub(crate) fn blob_index(&self) -> crate::media::fetch::BlobIndex {
+        self.blobs.index()
     }
 
     /// Deletes chunks `peer` holds here; the answer is true once flushed.
