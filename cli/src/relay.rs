@@ -32,6 +32,12 @@ pub(crate) struct RelayArgs {
     /// Most message bytes the relay stores in all: its disk budget (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "10G", value_parser = parse_size)]
     max_store_bytes: u64,
+    /// Most attachment bytes held for one recipient (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "4G", value_parser = parse_size)]
+    max_blob_bytes_per_recipient: u64,
+    /// Most attachment bytes the relay stores in all: its blob disk budget (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "50G", value_parser = parse_size)]
+    max_blob_store_bytes: u64,
     /// Largest message accepted, in bytes (suffixes K, M; at most 256K, the protocol's limit).
     #[arg(long, value_name = "BYTES", default_value = "256K", value_parser = parse_size)]
     max_envelope_bytes: u64,
@@ -125,6 +131,8 @@ impl RelayArgs {
             ttl: self.ttl,
             max_prekey_users: self.max_prekey_users,
             metrics: self.metrics,
+            max_blob_bytes_per_recipient: self.max_blob_bytes_per_recipient,
+            max_blob_total_bytes: self.max_blob_store_bytes,
             ..RelayConfig::default()
         });
         Ok(config)

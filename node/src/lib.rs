@@ -9,8 +9,10 @@
 //!                             swarm: TCP/QUIC + Noise + Yamux
 //!                                    identify, ping, mDNS, Kademlia (/kith/kad/1.0.0),
 //!                                    /kith/envelope/1, /kith/prekey/1, /kith/mailbox/1,
+//!                                    /kith/media/1, /kith/media/fetch/1 streams,
 //!                                    connection limits
-//!                             relay fallback + mailbox fetch (mailbox), relay service (relay)
+//!                             relay fallback + mailbox fetch (mailbox), relay service (relay),
+//!                             attachments: send, serve, download, upload (media)
 //! ```
 //!
 //! A contact is found by PeerId alone: a connected or mDNS-discovered peer is used directly,

@@ -32,6 +32,8 @@ fn relay_help_documents_every_operator_setting() {
         "--max-messages-per-recipient",
         "--max-bytes-per-recipient",
         "--max-store-bytes",
+        "--max-blob-bytes-per-recipient",
+        "--max-blob-store-bytes",
         "--max-envelope-bytes",
         "--sender-rate",
         "--sender-burst",

@@ -274,3 +274,52 @@ pub(crate) fn start_session(
     });
     requests_tx
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_the_recipient_gets_our_chunks_and_only_by_their_hash() {
+        let (bob, mallory) = (UserId([1; 32]), UserId([2; 32]));
+        let media = MediaId([3; 16]);
+        let hashes = vec![ChunkHash([4; 32]), ChunkHash([5; 32])];
+        let catalog = Catalog::default();
+        catalog.outgoing.write().unwrap().insert(
+            media,
+            Served {
+                to: bob,
+                sealed: PathBuf::from("/sealed"),
+                layout: Layout::new(1000, 512).unwrap(),
+                hashes: Arc::new(hashes.clone()),
+            },
+        );
+        let refused = MediaResponse::Refused(MediaRefusal::NotRecipient);
+        assert_eq!(catalog.locate(Some(mallory), &media, 0, &hashes[0]), Err(refused.clone()));
+        assert_eq!(catalog.locate(None, &media, 0, &hashes[0]), Err(refused));
+        assert_eq!(catalog.locate(Some(bob), &media, 0, &hashes[1]), Err(MediaResponse::NotFound));
+        assert_eq!(catalog.locate(Some(bob), &media, 7, &hashes[0]), Err(MediaResponse::NotFound));
+        assert_eq!(
+            catalog.locate(Some(bob), &media, 1, &hashes[1]),
+            Ok((PathBuf::from("/sealed"), 528, 504, true))
+        );
+        // Not ours, and not a relay: nothing.
+        assert_eq!(
+            catalog.locate(Some(bob), &MediaId([9; 16]), 0, &hashes[0]),
+            Err(MediaResponse::NotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_refused_before_they_are_read() {
+        let mut frame = 257u32.to_be_bytes().to_vec();
+        frame.extend(vec![0u8; 300]);
+        let err =
+            read_frame(&mut futures::io::Cursor::new(frame), MAX_REQUEST_FRAME).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let empty: &[u8] = &[];
+        assert!(read_frame(&mut futures::io::Cursor::new(empty), 10).await.unwrap().is_none());
+    }
+}

@@ -244,3 +244,31 @@ impl Writer {
         self.store.flush().map_err(other)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn names_from_the_network_cannot_leave_the_downloads_directory() {
+        let media = MediaId([0xab; 16]);
+        assert_eq!(safe_file_name("../../etc/passwd", &media), "passwd");
+        assert_eq!(safe_file_name("..\\..\\boot.ini", &media), "boot.ini");
+        assert_eq!(safe_file_name(".bashrc", &media), "bashrc");
+        assert_eq!(safe_file_name("a\nb\u{0}c:d", &media), "a_b_c_d");
+        assert_eq!(safe_file_name("..", &media), "attachment-abababab");
+        assert_eq!(safe_file_name("dir/", &media), "attachment-abababab");
+        assert_eq!(safe_file_name("photo.jpg", &media), "photo.jpg");
+    }
+
+    #[test]
+    fn a_taken_name_gets_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unique_path(dir.path(), "a.txt"), dir.path().join("a.txt"));
+        fs::write(dir.path().join("a.txt"), b"x").unwrap();
+        fs::write(dir.path().join("a (1).txt"), b"x").unwrap();
+        assert_eq!(unique_path(dir.path(), "a.txt"), dir.path().join("a (2).txt"));
+    }
+}

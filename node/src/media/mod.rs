@@ -1,5 +1,5 @@
 //! Attachments: sending, serving and downloading over `/kith/media/fetch/1` streams
-//! ([`fetch`]), uploads to relays and their deletion over `/kith/media/1`.
+//! (see [`FETCH_PROTOCOL`]), uploads to relays and their deletion over `/kith/media/1`.
 //!
 //! ```text
 //!  send_file: seal the file chunk by chunk into <data-dir>/media-sealed/<id> (synced), record
