@@ -1,7 +1,10 @@
-//! The `/kith/media/1` protocol: sealed attachment chunks, addressed by their BLAKE3 hash.
+//! Media frames: sealed attachment chunks, addressed by their BLAKE3 hash.
 //!
-//! Recipients pull chunks from the sender or from a relay's blob store; senders upload chunks to
-//! a recipient's relay when the recipient is unreachable. Chunks are ciphertext: neither relays
+//! Recipients pull chunks from the sender or from a relay's blob store with [`MediaRequest::Get`]
+//! on `/kith/media/fetch/1` streams (each frame preceded by its length as a big-endian `u32`,
+//! many requests pipelined on one stream, answered in order); senders upload chunks to a
+//! recipient's relay ([`MediaRequest::Put`]) and recipients release them
+//! ([`MediaRequest::Delete`]) with one request-response exchange each on `/kith/media/1`. Chunks are ciphertext: neither relays
 //! nor the network learn anything but sizes and hashes.
 
 use serde::{Deserialize, Serialize};
