@@ -165,26 +165,13 @@ impl request_response::Codec for FetchCodec {
     }
 }
 
-fn swarm<
-    C: request_response::Codec<Protocol = StreamProtocol> + Clone + Default + Send + 'static,
->() -> Swarm<request_response::Behaviour<C>> {
+fn swarm<C>(codec: C) -> Swarm<request_response::Behaviour<C>>
+where
+    C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+{
     let config = request_response::Config::default()
         .with_request_timeout(Duration::from_secs(600))
         .with_max_concurrent_streams(kith_node::MAX_CONCURRENT_STREAMS);
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::new([(PROTOCOL, ProtocolSupport::Full)], config)
-        })
-        .unwrap()
-        .build()
-}
-
-fn copy_swarm(sink: Option<std::path::PathBuf>) -> Swarm<request_response::Behaviour<CopyCodec>> {
-    let config = request_response::Config::default().with_request_timeout(Duration::from_secs(600));
-    let codec = CopyCodec { sink };
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -207,7 +194,7 @@ async fn bare_libp2p(
     runs: usize,
     sink: Option<std::path::PathBuf>,
 ) -> Vec<f64> {
-    let mut server = copy_swarm(sink);
+    let mut server = swarm(CopyCodec { sink });
     server.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
     let address: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -229,7 +216,7 @@ async fn bare_libp2p(
             }
         }
     });
-    let mut client = copy_swarm(None);
+    let mut client = swarm(CopyCodec::default());
     client.add_peer_address(server_id, address);
     let mut times = Vec::new();
     // The first run also sets the connection up: not counted.
@@ -264,7 +251,7 @@ async fn bare_request_response(
     window: usize,
     runs: usize,
 ) -> Vec<f64> {
-    let mut server = swarm::<FetchCodec>();
+    let mut server = swarm(FetchCodec);
     server.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
     let address: Multiaddr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
@@ -286,7 +273,7 @@ async fn bare_request_response(
             }
         }
     });
-    let mut client = swarm::<FetchCodec>();
+    let mut client = swarm(FetchCodec);
     client.add_peer_address(server_id, address);
     let chunks = data.len().div_ceil(chunk);
     let mut times = Vec::new();

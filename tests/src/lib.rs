@@ -349,3 +349,89 @@ impl Drop for RelayProcess {
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A relay node on 127.0.0.1 with its own temporary data directory.
+pub struct TestRelay {
+    /// The node.
+    pub node: Node,
+    /// Its data directory (kept alive as long as the node).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// Starts a relay with these operator settings.
+    pub async fn start(settings: kith_node::relay::RelayConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = NodeConfig::loopback_relay(dir.path());
+        config.relay_service = Some(settings);
+        let node = Node::start_or_create(config).await?;
+        Ok(Self { node, dir })
+    }
+
+    /// Its first listen address (with `/p2p/`).
+    pub async fn address(&self) -> anyhow::Result<Multiaddr> {
+        self.node.addresses().await?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no address"))
+    }
+
+    /// What it holds.
+    pub async fn usage(&self) -> anyhow::Result<kith_node::RelayUsage> {
+        self.node.relay_usage().await?.ok_or_else(|| anyhow::anyhow!("not a relay"))
+    }
+}
+
+/// Creates (or restarts) a user node in `dir` whose home relays are `relays`.
+pub async fn user_with_relays(
+    dir: &std::path::Path,
+    relays: Vec<Multiaddr>,
+    create: bool,
+) -> anyhow::Result<Node> {
+    let mut config = TestNode::config(dir, vec![]);
+    config.relays = relays;
+    Ok(if create { Node::create(config).await? } else { Node::start(config).await? })
+}
+
+/// Files under `dir`, recursively, in path order (none if it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { dirs.push(path) } else { out.push(path) }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether any file under `dir` contains `needle`.
+pub fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    files_under(dir).iter().any(|path| {
+        std::fs::read(path).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+/// A file of `len` random bytes in `dir`, written 1 MiB at a time.
+pub fn random_file(dir: &std::path::Path, name: &str, len: usize) -> anyhow::Result<PathBuf> {
+    use rand::Rng;
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path)?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len());
+        let part = block.get_mut(..n).unwrap_or_default();
+        rand::rng().fill_bytes(part);
+        file.write_all(part)?;
+        left -= n;
+    }
+    Ok(path)
+}
+
+/// BLAKE3 of a file, read 1 MiB at a time (no mapping: memory stays flat).
+pub fn blake3_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}

@@ -23,9 +23,11 @@ use kith_node::media::{
     AttachmentState, CHECKPOINT_CHUNKS, MediaEvent, MediaFailure, PARALLEL_CHUNKS,
     TransferDirection,
 };
+use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig, NodeError, NodeEvent};
-use kith_tests::{Daemon, TestNode, eventually, kith_ok};
-use rand::Rng;
+use kith_tests::{
+    Daemon, TestNode, TestRelay, dir_contains, eventually, files_under, kith_ok, user_with_relays,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -134,56 +136,12 @@ impl Drop for MediaLog {
     }
 }
 
-/// A file of `len` random bytes in `dir`, written 1 MiB at a time.
 fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join(name);
-    let mut file = std::fs::File::create(&path).unwrap();
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len());
-        rand::rng().fill_bytes(&mut block[..n]);
-        file.write_all(&block[..n]).unwrap();
-        left -= n;
-    }
-    path
+    kith_tests::random_file(dir, name, len).unwrap()
 }
 
-/// BLAKE3 of a file, read 1 MiB at a time (no mapping: the test's memory stays flat).
 fn blake3_file(path: &Path) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path).unwrap()).unwrap();
-    hasher.finalize()
-}
-
-/// Whether any file under `dir` contains `needle`.
-fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            dir_contains(&path, needle)
-        } else {
-            std::fs::read(&path).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle))
-        }
-    })
-}
-
-/// Files under `dir` (recursively).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
+    kith_tests::blake3_file(path).unwrap()
 }
 
 /// Alice and Bob (Bob bootstraps from Alice; Alice has him as a contact).
@@ -262,48 +220,32 @@ async fn an_attachment_above_the_maximum_is_refused_before_any_chunk_moves() {
     bob.shutdown().await.unwrap();
 }
 
-struct Relay {
-    node: Node,
-    dir: tempfile::TempDir,
+/// A relay with default settings.
+async fn relay() -> TestRelay {
+    TestRelay::start(RelayConfig::default()).await.unwrap()
 }
 
-impl Relay {
-    async fn start() -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let node = Node::start_or_create(NodeConfig::loopback_relay(dir.path())).await.unwrap();
-        Relay { node, dir }
-    }
-
-    async fn address(&self) -> Multiaddr {
-        self.node.addresses().await.unwrap().remove(0)
-    }
-
-    /// The chunk files it holds for `user`, in name order.
-    fn chunks_for(&self, user: &UserId) -> Vec<PathBuf> {
-        files_under(&self.dir.path().join("relay-blobs").join(user.to_string()))
-    }
-
-    async fn blob_bytes(&self) -> u64 {
-        self.node.relay_usage().await.unwrap().unwrap().blob_bytes
-    }
+/// The chunk files `relay` holds for `user`, in name order.
+fn chunks_for(relay: &TestRelay, user: &UserId) -> Vec<PathBuf> {
+    files_under(&relay.dir.path().join("relay-blobs").join(user.to_string()))
 }
 
 /// Bob, whose home relays are `relays`.
 async fn bob_with_relays(dir: &Path, relays: Vec<Multiaddr>, create: bool) -> Node {
-    let mut config = TestNode::config(dir, vec![]);
-    config.relays = relays;
-    if create { Node::create(config).await.unwrap() } else { Node::start(config).await.unwrap() }
+    user_with_relays(dir, relays, create).await.unwrap()
 }
 
 /// Alice meets Bob, Bob goes offline, Alice sends `len` random bytes, waits until every relay
 /// holds every chunk, and goes offline too. Returns Bob's id, the file and Alice's log.
 async fn send_while_bob_is_offline(
-    relays: &[&Relay],
+    relays: &[&TestRelay],
     bob_dir: &Path,
     files: &Path,
     len: usize,
 ) -> (UserId, PathBuf) {
-    let addresses = futures::future::join_all(relays.iter().map(|r| r.address())).await;
+    let addresses =
+        futures::future::join_all(relays.iter().map(|r| async { r.address().await.unwrap() }))
+            .await;
     let bob = bob_with_relays(bob_dir, addresses, true).await;
     let alice = TestNode::start(vec![]).await.unwrap();
     let bob_id = kith_tests::meet_then_go_offline(&alice.node, bob).await.unwrap();
@@ -348,7 +290,7 @@ fn corrupt(chunks: &[PathBuf]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_senders_file_comes_from_the_relays_past_a_corrupt_one() {
-    let (r1, r2) = (Relay::start().await, Relay::start().await);
+    let (r1, r2) = (relay().await, relay().await);
     let (bob_dir, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (bob_id, path) =
         send_while_bob_is_offline(&[&r1, &r2], bob_dir.path(), files.path(), 6_000_000).await;
@@ -356,25 +298,29 @@ async fn an_offline_senders_file_comes_from_the_relays_past_a_corrupt_one() {
     // The relays hold ciphertext only: no 64-byte window of the file is on their disks.
     let plain = std::fs::read(&path).unwrap();
     for relay in [&r1, &r2] {
-        assert_eq!(relay.chunks_for(&bob_id).len(), 12, "every chunk, once");
+        assert_eq!(chunks_for(relay, &bob_id).len(), 12, "every chunk, once");
         for window in [&plain[..64], &plain[3_000_000..3_000_064], &plain[plain.len() - 64..]] {
             assert!(!dir_contains(relay.dir.path(), window), "plaintext on a relay's disk");
         }
     }
-    corrupt(&r1.chunks_for(&bob_id));
+    corrupt(&chunks_for(&r1, &bob_id));
 
-    let bob =
-        bob_with_relays(bob_dir.path(), vec![r1.address().await, r2.address().await], false).await;
+    let bob = bob_with_relays(
+        bob_dir.path(),
+        vec![r1.address().await.unwrap(), r2.address().await.unwrap()],
+        false,
+    )
+    .await;
     let saved = saved_by(&bob).await;
     assert_eq!(blake3_file(&saved), blake3_file(&path), "the saved file differs");
     // Positive control for the search above: the saved file holds those bytes.
     assert!(dir_contains(saved.parent().unwrap(), &plain[3_000_000..3_000_064]));
     // The corrupt relay was asked (and what it served was refused: the file is right).
-    let served = r1.node.relay_usage().await.unwrap().unwrap().blobs_served;
+    let served = r1.usage().await.unwrap().blobs_served;
     assert!(served > 0, "the corrupt relay was never asked");
     // Once Bob has the file, the relays let go of it.
     eventually(WAIT, "the good relay to delete the chunks", || async {
-        Ok((r2.blob_bytes().await == 0).then_some(()))
+        Ok((r2.usage().await?.blob_bytes == 0).then_some(()))
     })
     .await
     .unwrap();
@@ -383,13 +329,13 @@ async fn an_offline_senders_file_comes_from_the_relays_past_a_corrupt_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_source_is_corrupt_the_download_fails_clearly_and_writes_no_file() {
-    let relay = Relay::start().await;
+    let relay = relay().await;
     let (bob_dir, files) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (bob_id, _) =
         send_while_bob_is_offline(&[&relay], bob_dir.path(), files.path(), 2_000_000).await;
-    corrupt(&relay.chunks_for(&bob_id));
+    corrupt(&chunks_for(&relay, &bob_id));
 
-    let bob = bob_with_relays(bob_dir.path(), vec![relay.address().await], false).await;
+    let bob = bob_with_relays(bob_dir.path(), vec![relay.address().await.unwrap()], false).await;
     let failure = failure_of(&bob).await;
     assert!(failure.contains("corrupt"), "{failure}");
     let downloads = bob_dir.path().join("downloads");

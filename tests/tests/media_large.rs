@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
-use std::io::Write;
 use std::time::Duration;
 
 use kith_node::media::MediaEvent;
 use kith_node::{Node, NodeEvent};
 use kith_tests::TestNode;
-use rand::Rng;
 
 const LEN: usize = 64 * 1024 * 1024;
 
@@ -18,12 +16,6 @@ fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn blake3_file(path: &std::path::Path) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path).unwrap()).unwrap();
-    hasher.finalize()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,14 +28,7 @@ async fn a_64_mib_file_arrives_byte_identical_and_memory_stays_far_below_its_siz
     alice.node.add_contact(&bob.contact_string(), "bob").await.unwrap();
 
     let files = tempfile::tempdir().unwrap();
-    let path = files.path().join("archive.tar");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let mut block = vec![0u8; 1 << 20];
-    for _ in 0..LEN / block.len() {
-        rand::rng().fill_bytes(&mut block);
-        file.write_all(&block).unwrap();
-    }
-    drop((file, block));
+    let path = kith_tests::random_file(files.path(), "archive.tar", LEN).unwrap();
 
     // Peak RSS from here on (writing 5 to clear_refs resets VmHWM to the current RSS).
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
@@ -72,7 +57,11 @@ async fn a_64_mib_file_arrives_byte_identical_and_memory_stays_far_below_its_siz
         LEN >> 20
     );
 
-    assert_eq!(blake3_file(&saved), blake3_file(&path), "the file differs");
+    assert_eq!(
+        kith_tests::blake3_file(&saved).unwrap(),
+        kith_tests::blake3_file(&path).unwrap(),
+        "the file differs"
+    );
     // Both nodes together hold a few chunks at a time: the sealed copy and the download stream
     // through 512 KiB buffers (16 chunks in flight per download, one per fetch stream served).
     assert!(growth_mib < 32, "peak RSS grew by {growth_mib} MiB for a 64 MiB file");

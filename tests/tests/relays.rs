@@ -18,38 +18,39 @@ use kith_node::kith_protocol::content::Body;
 use kith_node::libp2p::Multiaddr;
 use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig};
-use kith_tests::{TestNode, eventually, meet_then_go_offline};
+use kith_tests::{
+    TestNode, TestRelay, dir_contains, eventually, meet_then_go_offline, user_with_relays,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Relay {
-    node: Node,
-    dir: tempfile::TempDir,
-}
+/// A relay with these settings, and what it holds.
+struct Relay(TestRelay);
 
 impl Relay {
     async fn start(settings: RelayConfig) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = NodeConfig::loopback_relay(dir.path());
-        config.relay_service = Some(settings);
-        let node = Node::start_or_create(config).await.unwrap();
-        Relay { node, dir }
+        Relay(TestRelay::start(settings).await.unwrap())
     }
 
     async fn address(&self) -> Multiaddr {
-        self.node.addresses().await.unwrap().remove(0)
+        self.0.address().await.unwrap()
     }
 
     async fn held(&self) -> u64 {
-        self.node.relay_usage().await.unwrap().unwrap().envelopes
+        self.0.usage().await.unwrap().envelopes
+    }
+}
+
+impl std::ops::Deref for Relay {
+    type Target = TestRelay;
+    fn deref(&self) -> &TestRelay {
+        &self.0
     }
 }
 
 /// A user node whose home relays are `relays`.
 async fn user(dir: &std::path::Path, relays: Vec<Multiaddr>, create: bool) -> Node {
-    let mut config = TestNode::config(dir, vec![]);
-    config.relays = relays;
-    if create { Node::create(config).await.unwrap() } else { Node::start(config).await.unwrap() }
+    user_with_relays(dir, relays, create).await.unwrap()
 }
 
 /// The texts `node` received from `from`, in the order it received them.
@@ -209,19 +210,6 @@ async fn expired_envelopes_are_purged_and_never_reported_delivered() {
     assert_eq!(texts(&bob, alice.node.user_id()).await, ["hello"], "an expired envelope arrived");
     assert_eq!(alice.node.message(late).await.unwrap().unwrap().status, MessageStatus::Sent);
     bob.shutdown().await.unwrap();
-}
-
-/// Whether any file under `dir` contains `needle`.
-fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
-    let mut files = vec![dir.to_owned()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
-            return true;
-        }
-    }
-    false
 }
 
 /// Fails if any file under `dir` contains one of `texts`.

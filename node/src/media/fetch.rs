@@ -174,22 +174,22 @@ async fn serve_stream(
                 "not a chunk request",
             ));
         };
-        let (response, ours) = match catalog.locate(requester, &media, index, &hash) {
-            Err(response) => (response, false),
-            Ok((path, offset, len, ours)) => {
-                let read =
-                    tokio::task::spawn_blocking(move || super::files::read_at(&path, offset, len))
-                        .await
-                        .map_err(std::io::Error::other)?;
-                match read {
+        // Finding the file and reading it both touch the disk: on a blocking thread.
+        let catalog = catalog.clone();
+        let (response, ours) = tokio::task::spawn_blocking(move || {
+            match catalog.locate(requester, &media, index, &hash) {
+                Err(response) => (response, false),
+                Ok((path, offset, len, ours)) => match super::files::read_at(&path, offset, len) {
                     Ok(data) => (MediaResponse::Chunk { data }, ours),
                     Err(e) => {
                         tracing::warn!("reading a chunk to serve: {e}");
                         (MediaResponse::NotFound, false)
                     }
-                }
+                },
             }
-        };
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         let frame = kith_protocol::encode(&response)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         write_frame(&mut stream, &frame).await?;

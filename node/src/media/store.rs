@@ -99,6 +99,20 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
+/// Every record of a tree keyed by media id.
+fn scan<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+) -> Result<Vec<(MediaId, T)>, MediaStoreError> {
+    tree.iter()
+        .map(|entry| {
+            let (key, value) = entry?;
+            let id = <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
+            let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
+            Ok((MediaId(id), record))
+        })
+        .collect()
+}
+
 impl MediaStore {
     pub(crate) fn open(path: &Path) -> Result<Self, MediaStoreError> {
         let db = sled::Config::new().path(path).open()?;
@@ -115,16 +129,7 @@ impl MediaStore {
     }
 
     pub(crate) fn outgoing(&self) -> Result<Vec<(MediaId, OutgoingRecord)>, MediaStoreError> {
-        self.outgoing
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry?;
-                let id =
-                    <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
-                let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
-                Ok((MediaId(id), record))
-            })
-            .collect()
+        scan(&self.outgoing)
     }
 
     pub(crate) fn delete_outgoing(&self, media: &MediaId) -> Result<(), MediaStoreError> {
@@ -154,16 +159,7 @@ impl MediaStore {
     }
 
     pub(crate) fn incoming(&self) -> Result<Vec<(MediaId, IncomingRecord)>, MediaStoreError> {
-        self.incoming
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry?;
-                let id =
-                    <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
-                let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
-                Ok((MediaId(id), record))
-            })
-            .collect()
+        scan(&self.incoming)
     }
 
     /// Makes every write so far durable.
