@@ -81,6 +81,7 @@
 pub mod crypto;
 pub mod engine;
 pub mod fingerprint;
+pub mod group;
 pub mod identity;
 pub mod media;
 pub mod model;

@@ -1,9 +1,9 @@
 //! The app-facing data model: contacts, messages and their delivery status.
 
-use kith_protocol::content::{Body, PresenceStatus};
+use kith_protocol::content::{Body, PresenceStatus, ReceiptKind};
 use kith_protocol::direct::RejectReason;
 use kith_protocol::prekey::IdentityBinding;
-use kith_protocol::{MessageId, UnixMillis, UserId};
+use kith_protocol::{GroupId, MessageId, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A contact: someone we have added, or who wrote to us.
@@ -141,8 +141,10 @@ pub struct MessageReaction {
 pub struct Message {
     /// Its id.
     pub id: MessageId,
-    /// The other party of the conversation.
+    /// The other party of the conversation; in a group, the author (ourselves for ours).
     pub peer: UserId,
+    /// The group, for a group message.
+    pub group: Option<GroupId>,
     /// Which way it went.
     pub direction: Direction,
     /// When the sender wrote it (sender's clock).
@@ -159,4 +161,15 @@ pub struct Message {
     pub edited_at: Option<UnixMillis>,
     /// Position in the conversation.
     pub seq: u64,
+    /// Our group messages: which members reported delivery or reading.
+    pub receipts: Vec<MemberReceipt>,
+}
+
+/// A member's receipt for one of our group messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReceipt {
+    /// The member.
+    pub member: UserId,
+    /// The furthest they reported: delivered or read.
+    pub kind: ReceiptKind,
 }

@@ -265,12 +265,15 @@ pub struct GroupControl {
 /// The changes a group admits.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupAction {
-    /// Creates the group.
+    /// Creates the group. The group id is derived from the creator and `salt`, so only the
+    /// creator can sign a valid `Create` for it.
     Create {
         /// Group name.
         name: String,
         /// Initial members, creator included.
         members: Vec<UserId>,
+        /// Random bytes the group id is derived from, with the creator's id.
+        salt: [u8; 16],
     },
     /// Adds a member.
     Add {
@@ -299,7 +302,7 @@ pub enum GroupAction {
 impl fmt::Debug for GroupAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Create { name, members } => f
+            Self::Create { name, members, .. } => f
                 .debug_struct("Create")
                 .field("name", &Redacted(name.len()))
                 .field("members", &members.len())
@@ -364,7 +367,7 @@ impl Body {
             Self::Edit(e) => check_text("edit", &e.body, MAX_TEXT_BYTES),
             Self::Profile(p) => check_text("display_name", &p.display_name, MAX_NAME_BYTES),
             Self::GroupControl(c) => match &c.action {
-                GroupAction::Create { name, members } => {
+                GroupAction::Create { name, members, .. } => {
                     check_text("group name", name, MAX_NAME_BYTES)?;
                     check_non_empty("members", members.len())?;
                     check_count("members", members.len(), MAX_GROUP_MEMBERS)

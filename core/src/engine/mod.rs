@@ -70,6 +70,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod group;
+#[cfg(test)]
+mod group_tests;
 mod outbox;
 mod prekey_maintenance;
 mod receive;
@@ -96,6 +99,7 @@ use crate::session::{PeerSessions, Session};
 use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
 use crate::store::{Batch, Store, StoreError};
 
+pub use group::MAX_PENDING_PER_GROUP;
 pub use outbox::{
     ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS, SEND_WINDOW,
 };
@@ -160,6 +164,10 @@ pub struct Engine<R> {
     next_maintenance: UnixMillis,
     /// All one-time prekeys below this id have been handed out.
     opk_cursor: u32,
+    /// Every group we know and its replayed membership.
+    groups: group::GroupMap,
+    /// Group tag → id, for incoming group messages.
+    tags: group::TagMap,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -211,7 +219,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             dirty: false,
             next_maintenance: now,
             opk_cursor: 0,
+            groups: HashMap::new(),
+            tags: HashMap::new(),
         };
+        engine.load_groups()?;
         for record in engine.store.outbox()? {
             let due = record.envelope.is_some().then_some(now);
             engine.outbox.insert(record, due);
@@ -269,7 +280,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut records = self.store.history(peer, before, limit)?;
+        let mut records = self.store.history(&peer.0, before, limit)?;
         records.reverse();
         records.iter().map(MessageRecord::to_message).collect()
     }
@@ -324,6 +335,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Input::Delivery { id, result } => self.on_delivery(now, id, result),
             Input::PreKeyBundle { user, result } => self.on_bundle(now, user, result),
             Input::PreKeyRequest { reply } => self.serve_bundle(now, reply),
+            Input::GroupMessage { bytes, token } => self.on_group_gossip(now, &bytes, token),
+            Input::GroupPublished { id, unreached } => self.on_group_published(now, id, &unreached),
             Input::PeerReachable { user } => {
                 for id in self.outbox.for_peer(&user) {
                     if self.outbox.get(&id).is_some_and(|e| e.record.envelope.is_some()) {
@@ -402,6 +415,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 Ok(CommandResult::Done)
             }
             Command::SetProfile { display_name } => self.set_profile(now, display_name),
+            Command::CreateGroup { name, members } => self.create_group(now, name, members),
+            Command::Group { group, command } => self.group_command(now, group, command),
         }
     }
 
@@ -614,6 +629,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             batch.put_message(&MessageRecord {
                 id,
                 peer: to,
+                group: None,
                 direction: Direction::Outgoing,
                 content: Some(plaintext.clone()),
                 stored_at: now,
@@ -622,6 +638,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 edited_at: None,
                 sent_at: now,
                 seq,
+                receipts: Vec::new(),
             });
         }
         let record = OutboxRecord {
@@ -834,10 +851,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             | DeliveryResult::Stored => {
                 let mut batch = Batch::new();
                 batch.delete_outbox(seq);
-                let update = if kind == OutboxKind::Message {
-                    self.set_status(&id, MessageStatus::Sent, &mut batch)?
-                } else {
-                    None
+                let update = match kind {
+                    OutboxKind::Message => self.set_status(&id, MessageStatus::Sent, &mut batch)?,
+                    OutboxKind::GroupCopy => match entry.record.envelope.clone() {
+                        Some(envelope) => self.group_copy_delivered(&envelope, &mut batch)?,
+                        None => None,
+                    },
+                    OutboxKind::Control => None,
                 };
                 self.commit(batch)?;
                 self.outbox.remove(&id);
@@ -845,6 +865,15 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     self.event(event);
                 }
                 self.pump(now, to)?;
+            }
+            // A copy of a group message cannot be sealed again: refused is final.
+            DeliveryResult::Acked(AckResult::Rejected(reason)) if kind == OutboxKind::GroupCopy => {
+                match reason {
+                    RejectReason::RateLimited | RejectReason::Unavailable => {
+                        self.retry_later(now, id)
+                    }
+                    _ => self.fail(id, DeliveryFailure::Rejected(reason))?,
+                }
             }
             DeliveryResult::Acked(AckResult::Rejected(reason)) => match reason {
                 RejectReason::RateLimited
@@ -957,7 +986,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         index.status = status;
         batch.put_message_index(id, &index);
-        Ok(Some(Event::StatusChanged { peer: index.peer, id: *id, status }))
+        Ok(Some(Event::StatusChanged { peer: index.peer, group: index.group, id: *id, status }))
     }
 
     fn on_timeout(&mut self, now: UnixMillis) -> Result<(), StoreError> {

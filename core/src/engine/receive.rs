@@ -8,10 +8,11 @@
 
 use kith_protocol::content::{Body, Content};
 use kith_protocol::direct::{AckResult, DeliveryAck};
-use kith_protocol::envelope::{Envelope, EnvelopeKind, PreKeyMessage};
+use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, PreKeyMessage};
 use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
+use super::group::{GroupEffect, GroupReceived};
 use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction};
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
@@ -25,6 +26,8 @@ struct Effects {
     events: Vec<Event>,
     /// A delivery receipt is owed for this message.
     receipt: Option<MessageId>,
+    /// Group changes and sender keys, applied once the envelope is committed.
+    group: Vec<GroupEffect>,
 }
 
 impl<R: rand_core::CryptoRng> Engine<R> {
@@ -95,6 +98,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         // is never stored again, so no one can overwrite a message by reusing its id.
         if self.store.message_index(&envelope.id)?.is_some() {
             return Ok(AckResult::Duplicate);
+        }
+        if let EnvelopeKind::Group(message) = envelope.kind {
+            // A copy of a group message for us: the sender key authenticates it.
+            let group = GroupEnvelope { id: envelope.id, sender, message };
+            return match self.receive_group(now, group, false, false)? {
+                GroupReceived::Accepted | GroupReceived::Pending => Ok(AckResult::Accepted),
+                GroupReceived::Duplicate => Ok(AckResult::Duplicate),
+            };
         }
         let existing = self.store.contact(&sender)?;
         match &existing {
@@ -170,6 +181,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if let Some(id) = effects.receipt {
             self.pending_receipts.entry(sender).or_default().push(id);
         }
+        self.apply_group_effects(now, sender, effects.group)?;
         Ok(AckResult::Accepted)
     }
 
@@ -264,6 +276,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 let record = MessageRecord {
                     id,
                     peer: sender,
+                    group: None,
                     direction: Direction::Incoming,
                     content: Some(plaintext),
                     stored_at: now,
@@ -272,6 +285,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     edited_at: None,
                     sent_at: content.sent_at,
                     seq: self.next_seq,
+                    receipts: Vec::new(),
                 };
                 self.next_seq += 1;
                 batch.put_message(&record);
@@ -280,8 +294,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 effects.receipt = Some(id);
             }
             Body::Reaction(reaction) => {
-                if let Some(mut target) =
-                    self.store.message(&reaction.target)?.filter(|m| m.peer == sender)
+                if let Some(mut target) = self
+                    .store
+                    .message(&reaction.target)?
+                    .filter(|m| m.peer == sender && m.group.is_none())
                 {
                     apply_reaction(&mut target.reactions, sender, &reaction.emoji, reaction.remove);
                     batch.update_message(&target);
@@ -294,13 +310,19 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     kith_protocol::content::ReceiptKind::Read => MessageStatus::Read,
                 };
                 for target in &receipt.ids {
-                    let ours = self
-                        .store
-                        .message(target)?
-                        .is_some_and(|m| m.peer == sender && m.direction == Direction::Outgoing);
-                    if ours && let Some(event) = self.set_status(target, status, batch)? {
-                        effects.events.push(event);
+                    let Some(message) = self.store.message(target)? else { continue };
+                    if message.direction != Direction::Outgoing {
+                        continue;
                     }
+                    let event = if message.group.is_some() {
+                        // A member's receipt for our group message (pairwise, like Signal's).
+                        self.group_receipt(message, sender, receipt.kind, batch)?
+                    } else if message.peer == sender {
+                        self.set_status(target, status, batch)?
+                    } else {
+                        None
+                    };
+                    effects.events.extend(event);
                 }
             }
             Body::Typing(state) => effects.events.push(Event::Typing { peer: sender, state }),
@@ -315,7 +337,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             Body::Edit(edit) => {
                 let target = self.store.message(&edit.target)?.filter(|m| {
-                    m.peer == sender && m.direction == Direction::Incoming && m.content.is_some()
+                    m.peer == sender
+                        && m.group.is_none()
+                        && m.direction == Direction::Incoming
+                        && m.content.is_some()
                 });
                 if let Some(mut target) = target
                     && let Some(edited) = super::edited_content(&target, &edit.body)
@@ -327,10 +352,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
             Body::Delete(delete) => {
-                let target = self
-                    .store
-                    .message(&delete.target)?
-                    .filter(|m| m.peer == sender && m.direction == Direction::Incoming);
+                let target = self.store.message(&delete.target)?.filter(|m| {
+                    m.peer == sender && m.group.is_none() && m.direction == Direction::Incoming
+                });
                 if let Some(mut target) = target {
                     target.content = None;
                     batch.update_message(&target);
@@ -338,9 +362,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
             Body::Profile(profile) => contact.profile_name = Some(profile.display_name),
-            Body::GroupControl(_) | Body::SenderKeyDistribution(_) => {
-                return Err(ReceiveError::Unsupported);
-            }
+            Body::GroupControl(op) => effects.group.push(GroupEffect::Control(op)),
+            Body::SenderKeyDistribution(skd) => effects.group.push(GroupEffect::SenderKey(skd)),
         }
         Ok(effects)
     }

@@ -79,6 +79,11 @@ fn pump(a: &mut E, b: &mut E) -> (Vec<Event>, Vec<Event>) {
                 peer.handle_input(T, input).unwrap();
             }
             Output::Event(e) => events[side].push(e),
+            // No groups here.
+            Output::Publish(_)
+            | Output::Subscribe { .. }
+            | Output::Unsubscribe { .. }
+            | Output::Validation { .. } => {}
         }
     }
 }
@@ -87,7 +92,7 @@ fn send(e: &mut E, to: UserId, text: &str) -> MessageId {
     match e.handle_command(T, Command::SendText { to, text: text.into(), reply_to: None }).unwrap()
     {
         CommandResult::Queued(id) => id,
-        CommandResult::Done => unreachable!(),
+        other => unreachable!("{other:?}"),
     }
 }
 

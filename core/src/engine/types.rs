@@ -4,7 +4,10 @@ use kith_protocol::content::{MediaManifest, PresenceStatus, TypingState};
 use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
 use kith_protocol::prekey::{IdentityBinding, PreKeyBundle, PreKeyResponse};
 use kith_protocol::{DecodeError, MessageId, UnixMillis, UserId};
+use kith_protocol::{GroupId, GroupTag};
 
+use crate::group::Group;
+use crate::group::sender_key::GroupDecryptError;
 use crate::model::{Contact, Message, MessageStatus};
 use crate::ratchet::DecryptError;
 use crate::store::StoreError;
@@ -76,6 +79,22 @@ pub enum Input {
     PreKeyRequest {
         /// Where to send the bundle.
         reply: ReplyToken,
+    },
+    /// A group message received by gossip. Answer with [`Output::Validation`] carrying
+    /// `token`: whether to forward it, drop it, or penalise whoever sent it.
+    GroupMessage {
+        /// The encoded `GroupEnvelope`.
+        bytes: Vec<u8>,
+        /// Identifies the message in the answer.
+        token: ValidationToken,
+    },
+    /// The outcome of an [`Output::Publish`]: the members the topic did not reach get a copy
+    /// through the outbox (directly once reachable, else through their relays).
+    GroupPublished {
+        /// The group message.
+        id: MessageId,
+        /// Members that were not subscribed peers of ours when it was published.
+        unreached: Vec<UserId>,
     },
     /// A connection to `user` came up: retry what waits for them now.
     PeerReachable {
@@ -188,6 +207,123 @@ pub enum Command {
         /// The name.
         display_name: String,
     },
+    /// Creates a group with us as its admin (answered with [`CommandResult::Group`]).
+    CreateGroup {
+        /// Its name.
+        name: String,
+        /// The other members.
+        members: Vec<UserId>,
+    },
+    /// Acts in a group.
+    Group {
+        /// The group.
+        group: GroupId,
+        /// What to do.
+        command: GroupCommand,
+    },
+}
+
+/// What a member can do in a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupCommand {
+    /// Sends a text message.
+    Send {
+        /// The text.
+        text: String,
+        /// The message it replies to.
+        reply_to: Option<MessageId>,
+    },
+    /// Sends an attachment whose chunks are sealed and available.
+    SendMedia {
+        /// The attachment's manifest.
+        manifest: Box<MediaManifest>,
+    },
+    /// Reacts to a message of the group.
+    React {
+        /// The message.
+        target: MessageId,
+        /// The emoji.
+        emoji: String,
+        /// Whether to take the reaction back.
+        remove: bool,
+    },
+    /// Edits one of our messages.
+    Edit {
+        /// Our message.
+        target: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// Deletes one of our messages for everyone.
+    Delete {
+        /// Our message.
+        target: MessageId,
+    },
+    /// Marks messages as read (read receipts go to their authors).
+    MarkRead {
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Tells the group we started or stopped typing.
+    Typing {
+        /// Started or stopped.
+        state: TypingState,
+    },
+    /// Adds a member (admins).
+    Add {
+        /// The new member.
+        member: UserId,
+    },
+    /// Removes a member (admins); every remaining member rotates its sender key.
+    Remove {
+        /// The member.
+        member: UserId,
+    },
+    /// Leaves the group.
+    Leave,
+    /// Renames the group (admins).
+    Rename {
+        /// The new name.
+        name: String,
+    },
+    /// Makes a member an admin (admins).
+    Promote {
+        /// The member.
+        member: UserId,
+    },
+}
+
+/// Identifies a gossip message awaiting its [`Output::Validation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValidationToken(pub u64);
+
+/// What to do with a gossip message (gossipsub v1.1 validation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: forward it.
+    Accept,
+    /// Not judged (not our group, a key not yet received, a copy we had by mail): drop it,
+    /// without penalty.
+    Ignore,
+    /// Invalid (malformed, forged, replayed, from a non-member): drop it and penalise the
+    /// peer that sent it.
+    Reject,
+}
+
+/// A group message to publish on its topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    /// The message id (report the outcome with [`Input::GroupPublished`] unless ephemeral).
+    pub id: MessageId,
+    /// The group's tag: the topic is its hex.
+    pub tag: GroupTag,
+    /// The encoded `GroupEnvelope`.
+    pub envelope: Vec<u8>,
+    /// The other members.
+    pub members: Vec<UserId>,
+    /// Typing indicators: published if anyone listens, never copied to mailboxes.
+    pub ephemeral: bool,
 }
 
 /// The synchronous result of a command.
@@ -197,6 +333,8 @@ pub enum CommandResult {
     Queued(MessageId),
     /// The command took effect.
     Done,
+    /// A group was created with this id.
+    Group(GroupId),
 }
 
 /// A reply to a request that came in with a [`ReplyToken`].
@@ -244,6 +382,27 @@ pub enum Output {
         /// The answer.
         reply: Reply,
     },
+    /// Publish a group message on its topic.
+    Publish(Publication),
+    /// Subscribe to a group's topic and connect to its members (repeated when members join).
+    Subscribe {
+        /// The group's tag.
+        tag: GroupTag,
+        /// The other members.
+        members: Vec<UserId>,
+    },
+    /// Leave a group's topic.
+    Unsubscribe {
+        /// The group's tag.
+        tag: GroupTag,
+    },
+    /// Report the validation of a gossip message.
+    Validation {
+        /// The token it came with.
+        token: ValidationToken,
+        /// The verdict.
+        verdict: Verdict,
+    },
     /// Tell the app.
     Event(Event),
 }
@@ -256,8 +415,10 @@ pub enum Event {
     Message(Box<Message>),
     /// One of our messages changed status.
     StatusChanged {
-        /// The conversation.
+        /// The conversation (ourselves for a group message).
         peer: UserId,
+        /// The group, for a group message.
+        group: Option<GroupId>,
         /// The message.
         id: MessageId,
         /// Its new status.
@@ -265,6 +426,17 @@ pub enum Event {
     },
     /// A message was edited, deleted or reacted to.
     MessageUpdated(Box<Message>),
+    /// A group was created, joined, changed, or left.
+    GroupChanged(Box<Group>),
+    /// A member started or stopped typing in a group.
+    GroupTyping {
+        /// The group.
+        group: GroupId,
+        /// Who.
+        peer: UserId,
+        /// Started or stopped.
+        state: TypingState,
+    },
     /// A peer started or stopped typing.
     Typing {
         /// Who.
@@ -337,6 +509,21 @@ pub enum CommandError {
     /// The identity key of the contact changed and was not accepted yet.
     #[error("the contact's identity key changed; verify and trust it first")]
     IdentityChanged,
+    /// No such group.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// We are not a member of the group (any more).
+    #[error("not a member of this group")]
+    NotAMember,
+    /// Only an admin may do that.
+    #[error("only a group admin can do that")]
+    NotAnAdmin,
+    /// The change does not apply (already a member, not a member, the creator, ...).
+    #[error("that change does not apply to this group")]
+    InvalidChange,
+    /// The group has reached a limit (members or changes).
+    #[error("the group is full")]
+    GroupFull,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -376,6 +563,21 @@ pub enum ReceiveError {
     /// A kind of message this build does not handle.
     #[error("unsupported message kind")]
     Unsupported,
+    /// A group message for a group we are not in.
+    #[error("unknown group")]
+    UnknownGroup,
+    /// A group message whose sender is not a member.
+    #[error("the sender is not a member of the group")]
+    NotAMember,
+    /// A group message seen before, arriving by gossip again.
+    #[error("replayed group message")]
+    Replay,
+    /// A group message that does not verify or open.
+    #[error("group message refused: {0}")]
+    Group(#[from] GroupDecryptError),
+    /// Too many group messages wait for keys.
+    #[error("too many group messages waiting for keys")]
+    PendingFull,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -395,7 +597,14 @@ impl ReceiveError {
             Self::Blocked => RejectReason::Blocked,
             Self::NoSession => RejectReason::NoSession,
             Self::Unsupported => RejectReason::Unsupported,
-            Self::Store(_) => RejectReason::Unavailable,
+            Self::UnknownGroup => RejectReason::WrongRecipient,
+            Self::NotAMember => RejectReason::Blocked,
+            Self::Replay | Self::Group(GroupDecryptError::Duplicate { .. }) => {
+                RejectReason::Expired
+            }
+            Self::Group(GroupDecryptError::TooFarAhead { .. }) => RejectReason::TooFarAhead,
+            Self::Group(_) => RejectReason::DecryptFailed,
+            Self::Store(_) | Self::PendingFull => RejectReason::Unavailable,
         }
     }
 }

@@ -28,11 +28,17 @@ pub enum Tree {
     Seen,
     /// Time index of `Seen` (time ‖ sender ‖ id), for pruning.
     SeenByTime,
+    /// Groups: their control messages, one record per group.
+    Groups,
+    /// Sender keys: group ‖ member → that member's chains (ours included).
+    SenderKeys,
+    /// Group messages waiting for their sender's key: group ‖ sender ‖ id.
+    GroupPending,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -42,6 +48,9 @@ impl Tree {
         Tree::Outbox,
         Tree::Seen,
         Tree::SeenByTime,
+        Tree::Groups,
+        Tree::SenderKeys,
+        Tree::GroupPending,
     ];
 
     /// The tree's name in the database.
@@ -56,6 +65,9 @@ impl Tree {
             Tree::Outbox => "outbox",
             Tree::Seen => "seen",
             Tree::SeenByTime => "seen_by_time",
+            Tree::Groups => "groups",
+            Tree::SenderKeys => "sender_keys",
+            Tree::GroupPending => "group_pending",
         }
     }
 

@@ -20,11 +20,14 @@
 //! | prekeys | `s` ‖ id / `o` ‖ id | signed / one-time prekey record |
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
-//! | messages | user ‖ seq | message record (a conversation is one key range) |
-//! | message_ids | message id | user, seq and status of the message |
+//! | messages | user or group ‖ seq | message record (a conversation is one key range) |
+//! | message_ids | message id | user, group, seq and status of the message |
 //! | outbox | seq | outbox record |
-//! | seen | sender ‖ message id | time |
+//! | seen | sender ‖ message id | time (‖ 1 if it came by gossip) |
 //! | seen_by_time | time ‖ sender ‖ message id | (empty) |
+//! | groups | group | its control messages |
+//! | sender_keys | group ‖ member | our chain (member = us) or the member's chains |
+//! | group_pending | group ‖ sender ‖ message id | a group message waiting for its key |
 
 mod backend;
 pub(crate) mod records;
@@ -34,17 +37,19 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
 
-use kith_protocol::{MessageId, UnixMillis, UserId};
+use kith_protocol::{GroupId, MessageId, UnixMillis, UserId};
 use zeroize::Zeroize;
 
 use backend::prefix_end;
 pub use backend::{Backend, Entry, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
 pub(crate) use records::MessageIndexRecord;
 use records::{
-    IdentityRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, PeerSessionsRecord, Record,
+    GroupRecord, IdentityRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord,
+    OutboxRecord, OwnChainRecord, PeerSessionsRecord, PendingGroupRecord, Record,
     SignedPreKeyRecord, decode, encode,
 };
 
+use crate::group::sender_key::{MemberChains, OwnChain};
 use crate::identity::IdentityKeyPair;
 use crate::model::Contact;
 use crate::prekeys::{OneTimePreKey, SignedPreKey};
@@ -61,7 +66,7 @@ const META_LAYOUT: &[u8] = b"layout";
 /// The storage layout (trees, keys and record encodings) this build reads and writes. A
 /// database with another layout is refused with [`StoreError::UnsupportedLayout`] rather than
 /// misread.
-pub const STORE_LAYOUT: u32 = 2;
+pub const STORE_LAYOUT: u32 = 3;
 
 fn spk_key(id: u32) -> [u8; 5] {
     let mut k = [b's', 0, 0, 0, 0];
@@ -75,9 +80,9 @@ fn opk_key(id: u32) -> [u8; 5] {
     k
 }
 
-fn conversation_key(peer: &UserId, seq: u64) -> [u8; 40] {
+fn conversation_key(conversation: &[u8; 32], seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
-    k[..32].copy_from_slice(&peer.0);
+    k[..32].copy_from_slice(conversation);
     k[32..].copy_from_slice(&seq.to_be_bytes());
     k
 }
@@ -93,6 +98,20 @@ fn seen_time_key(at: UnixMillis, sender: &UserId, id: &MessageId) -> [u8; 56] {
     let mut k = [0u8; 56];
     k[..8].copy_from_slice(&at.to_be_bytes());
     k[8..].copy_from_slice(&seen_key(sender, id));
+    k
+}
+
+fn member_key(group: &GroupId, member: &UserId) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&group.0);
+    k[32..].copy_from_slice(&member.0);
+    k
+}
+
+fn pending_key(group: &GroupId, sender: &UserId, id: &MessageId) -> [u8; 80] {
+    let mut k = [0u8; 80];
+    k[..64].copy_from_slice(&member_key(group, sender));
+    k[64..].copy_from_slice(&id.0);
     k
 }
 
@@ -213,13 +232,17 @@ impl Batch {
 
     /// Rewrites a stored message's content, reactions or edit time (not its status).
     pub(crate) fn update_message(&mut self, record: &MessageRecord) {
-        self.put(Tree::Messages, &conversation_key(&record.peer, record.seq), record);
+        self.put(Tree::Messages, &conversation_key(&record.conversation(), record.seq), record);
     }
 
     /// Rewrites a stored message's status only: a small index entry.
     pub(crate) fn put_message_status(&mut self, record: &MessageRecord) {
-        let index =
-            MessageIndexRecord { peer: record.peer, seq: record.seq, status: record.status };
+        let index = MessageIndexRecord {
+            peer: record.peer,
+            group: record.group,
+            seq: record.seq,
+            status: record.status,
+        };
         self.put_message_index(&record.id, &index);
     }
 
@@ -240,6 +263,64 @@ impl Batch {
     pub(crate) fn mark_seen(&mut self, sender: &UserId, id: &MessageId, now: UnixMillis) {
         self.put_raw(Tree::Seen, &seen_key(sender, id), now.to_be_bytes().to_vec());
         self.put_raw(Tree::SeenByTime, &seen_time_key(now, sender, id), Vec::new());
+    }
+
+    /// Marks a group message seen, remembering whether it came by gossip (a second copy by
+    /// gossip is then a replay; after a mailbox copy it is the gossip catching up).
+    pub(crate) fn mark_seen_group(
+        &mut self,
+        sender: &UserId,
+        id: &MessageId,
+        now: UnixMillis,
+        gossip: bool,
+    ) {
+        let mut value = now.to_be_bytes().to_vec();
+        if gossip {
+            value.push(1);
+        }
+        self.put_raw(Tree::Seen, &seen_key(sender, id), value);
+        self.put_raw(Tree::SeenByTime, &seen_time_key(now, sender, id), Vec::new());
+    }
+
+    pub(crate) fn put_group(&mut self, record: &GroupRecord) {
+        self.put(Tree::Groups, &record.id.0, record);
+    }
+
+    pub(crate) fn put_own_chain(&mut self, group: &GroupId, me: &UserId, chain: &OwnChain) {
+        self.put(Tree::SenderKeys, &member_key(group, me), &OwnChainRecord::from(chain));
+    }
+
+    pub(crate) fn put_member_chains(
+        &mut self,
+        group: &GroupId,
+        member: &UserId,
+        chains: &MemberChains,
+    ) {
+        self.put(Tree::SenderKeys, &member_key(group, member), &MemberChainsRecord::from(chains));
+    }
+
+    /// Forgets a member's chains (or ours).
+    pub(crate) fn delete_chains(&mut self, group: &GroupId, member: &UserId) {
+        self.delete(Tree::SenderKeys, &member_key(group, member));
+    }
+
+    pub(crate) fn put_pending_group(
+        &mut self,
+        group: &GroupId,
+        sender: &UserId,
+        id: &MessageId,
+        record: &PendingGroupRecord,
+    ) {
+        self.put(Tree::GroupPending, &pending_key(group, sender, id), record);
+    }
+
+    pub(crate) fn delete_pending_group(
+        &mut self,
+        group: &GroupId,
+        sender: &UserId,
+        id: &MessageId,
+    ) {
+        self.delete(Tree::GroupPending, &pending_key(group, sender, id));
     }
 
     fn forget_seen(&mut self, time_key: &[u8]) {
@@ -564,23 +645,24 @@ impl Store {
         let Some(index) = self.message_index(id)? else {
             return Ok(None);
         };
-        let key = conversation_key(&index.peer, index.seq);
+        let conversation = records::conversation_of(&index.peer, index.group.as_ref());
+        let key = conversation_key(&conversation, index.seq);
         let record = self.get::<MessageRecord>(Tree::Messages, &key)?;
         Ok(record.map(|record| MessageRecord { status: index.status, ..record }))
     }
 
-    /// Up to `limit` messages of the conversation with `peer` whose sequence number is below
-    /// `before` (all if `None`), newest first.
+    /// Up to `limit` messages of a conversation (a peer's or a group's id) whose sequence
+    /// number is below `before` (all if `None`), newest first.
     pub(crate) fn history(
         &self,
-        peer: &UserId,
+        conversation: &[u8; 32],
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        let start = conversation_key(peer, 0);
+        let start = conversation_key(conversation, 0);
         let end = match before {
-            Some(seq) => conversation_key(peer, seq).to_vec(),
-            None => prefix_end(&peer.0),
+            Some(seq) => conversation_key(conversation, seq).to_vec(),
+            None => prefix_end(conversation),
         };
         let mut out = Vec::new();
         for (_, value) in self.range(Tree::Messages, &start, &end, true, limit)? {
@@ -602,11 +684,87 @@ impl Store {
             .collect()
     }
 
+    // --- groups ---
+
+    /// Every group we hold.
+    pub(crate) fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.range(Tree::Groups, &[], &[], false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
+    }
+
+    pub(crate) fn own_chain(
+        &self,
+        group: &GroupId,
+        me: &UserId,
+    ) -> Result<Option<OwnChain>, StoreError> {
+        Ok(self.get::<OwnChainRecord>(Tree::SenderKeys, &member_key(group, me))?.map(Into::into))
+    }
+
+    pub(crate) fn member_chains(
+        &self,
+        group: &GroupId,
+        member: &UserId,
+    ) -> Result<MemberChains, StoreError> {
+        Ok(self
+            .get::<MemberChainsRecord>(Tree::SenderKeys, &member_key(group, member))?
+            .map(Into::into)
+            .unwrap_or_default())
+    }
+
+    /// The members (and ourselves) holding chains in `group`.
+    pub(crate) fn chain_holders(&self, group: &GroupId) -> Result<Vec<UserId>, StoreError> {
+        let entries =
+            self.range(Tree::SenderKeys, &group.0, &prefix_end(&group.0), false, usize::MAX)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, _)| k.get(32..64).and_then(|u| <[u8; 32]>::try_from(u).ok()))
+            .map(UserId)
+            .collect())
+    }
+
+    /// Up to `limit` group messages waiting for a key, in `group` (from `sender` only, if
+    /// given), oldest key first.
+    pub(crate) fn pending_group(
+        &self,
+        group: &GroupId,
+        sender: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, MessageId, PendingGroupRecord)>, StoreError> {
+        let prefix = match sender {
+            Some(s) => member_key(group, s).to_vec(),
+            None => group.0.to_vec(),
+        };
+        let entries =
+            self.range(Tree::GroupPending, &prefix, &prefix_end(&prefix), false, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let (Some(sender), Some(id)) = (
+                key.get(32..64).and_then(|u| <[u8; 32]>::try_from(u).ok()),
+                key.get(64..80).and_then(|u| <[u8; 16]>::try_from(u).ok()),
+            ) else {
+                return Err(StoreError::Corrupt { record: "pending group message" });
+            };
+            out.push((UserId(sender), MessageId(id), decode(&value)?));
+        }
+        Ok(out)
+    }
+
     // --- seen ids ---
 
     /// Whether an envelope `id` from `sender` was already received.
     pub(crate) fn is_seen(&self, sender: &UserId, id: &MessageId) -> Result<bool, StoreError> {
         Ok(self.raw(Tree::Seen, &seen_key(sender, id))?.is_some())
+    }
+
+    /// Whether a group message was seen: `None` if not, else whether it came by gossip.
+    pub(crate) fn seen_group(
+        &self,
+        sender: &UserId,
+        id: &MessageId,
+    ) -> Result<Option<bool>, StoreError> {
+        Ok(self.raw(Tree::Seen, &seen_key(sender, id))?.map(|v| v.get(8) == Some(&1)))
     }
 
     /// Adds to `batch` the removal of up to `limit` seen ids recorded before `cutoff`; returns

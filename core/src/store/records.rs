@@ -2,14 +2,17 @@
 //! type here, and every record is written as a version-tagged postcard enum, so the disk format
 //! survives refactors of the live types (a new field means a new `V2`, read alongside `V1`).
 
+use kith_protocol::content::GroupControl;
 use kith_protocol::prekey::IdentityBinding;
-use kith_protocol::{DhPublicKey, MessageId, Signature, UnixMillis, UserId};
+use kith_protocol::{DhPublicKey, GroupId, MessageId, Signature, UnixMillis, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
+use crate::crypto::SigningKeyPair;
 use crate::crypto::{DhKeyPair, SecretBytes};
+use crate::group::sender_key::{MemberChains, OwnChain, PeerChain, SkippedGroupKey};
 use crate::identity::{IdentityKeyPair, PublicIdentity};
-use crate::model::{Direction, MessageReaction, MessageStatus};
+use crate::model::{Direction, MemberReceipt, MessageReaction, MessageStatus};
 use crate::prekeys::{OneTimePreKey, SignedPreKey};
 use crate::ratchet::keys::{ChainKey, MessageKey, RootKey};
 use crate::ratchet::skipped::{SkippedKey, SkippedKeys};
@@ -59,6 +62,122 @@ record! {
     MessageRecord => "message",
     OutboxRecord => "outbox",
     MessageIndexRecord => "message index",
+    GroupRecord => "group",
+    OwnChainRecord => "own sender key",
+    MemberChainsRecord => "sender keys",
+    PendingGroupRecord => "pending group message",
+}
+
+/// A group: every control message we hold for it (its state is their replay).
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct GroupRecord {
+    pub(crate) id: GroupId,
+    pub(crate) ops: Vec<GroupControl>,
+    /// When we first heard of it.
+    pub(crate) since: UnixMillis,
+}
+
+/// Our sending chain in a group.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OwnChainRecord {
+    chain_id: u32,
+    iteration: u32,
+    chain_key: SecretBytes,
+    signing_seed: SecretBytes,
+}
+
+impl From<&OwnChain> for OwnChainRecord {
+    fn from(c: &OwnChain) -> Self {
+        Self {
+            chain_id: c.chain_id,
+            iteration: c.iteration,
+            chain_key: c.chain_key.0.clone(),
+            signing_seed: c.signing.secret(),
+        }
+    }
+}
+
+impl From<OwnChainRecord> for OwnChain {
+    fn from(r: OwnChainRecord) -> Self {
+        OwnChain {
+            chain_id: r.chain_id,
+            iteration: r.iteration,
+            chain_key: ChainKey(r.chain_key),
+            signing: SigningKeyPair::from_secret(&r.signing_seed),
+        }
+    }
+}
+
+/// Another member's chains in a group, newest first.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MemberChainsRecord {
+    chains: Vec<PeerChainRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerChainRecord {
+    chain_id: u32,
+    iteration: u32,
+    chain_key: SecretBytes,
+    signing_key: UserId,
+    skipped: Vec<(u32, SecretBytes, UnixMillis)>,
+}
+
+impl From<&MemberChains> for MemberChainsRecord {
+    fn from(m: &MemberChains) -> Self {
+        let chains = m
+            .chains
+            .iter()
+            .map(|c| PeerChainRecord {
+                chain_id: c.chain_id,
+                iteration: c.iteration,
+                chain_key: c.chain_key.0.clone(),
+                signing_key: c.signing_key,
+                skipped: c
+                    .skipped
+                    .iter()
+                    .map(|k| (k.iteration, k.key.0.clone(), k.stored_at))
+                    .collect(),
+            })
+            .collect();
+        Self { chains }
+    }
+}
+
+impl From<MemberChainsRecord> for MemberChains {
+    fn from(r: MemberChainsRecord) -> Self {
+        let chains = r
+            .chains
+            .into_iter()
+            .map(|c| PeerChain {
+                chain_id: c.chain_id,
+                iteration: c.iteration,
+                chain_key: ChainKey(c.chain_key),
+                signing_key: c.signing_key,
+                skipped: c
+                    .skipped
+                    .into_iter()
+                    .map(|(iteration, key, stored_at)| SkippedGroupKey {
+                        iteration,
+                        key: MessageKey(key),
+                        stored_at,
+                    })
+                    .collect(),
+            })
+            .collect();
+        MemberChains { chains }
+    }
+}
+
+/// A group message that arrived before its sender's key.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct PendingGroupRecord {
+    /// The wire-encoded `GroupEnvelope`.
+    #[serde(with = "serde_bytes")]
+    pub(crate) envelope: Vec<u8>,
+    pub(crate) received_at: UnixMillis,
+    /// Whether it came from gossip (else from a mailbox or a direct copy).
+    pub(crate) gossip: bool,
 }
 
 /// The local identity.
@@ -317,7 +436,10 @@ impl From<PeerSessionsRecord> for PeerSessions {
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct MessageRecord {
     pub(crate) id: MessageId,
+    /// The other party of a conversation; in a group, the message's author.
     pub(crate) peer: UserId,
+    /// The group, for a group message (its history is the group's key range).
+    pub(crate) group: Option<GroupId>,
     pub(crate) direction: Direction,
     /// Wire-encoded `Content`, or `None` once deleted. (`serde_bytes`: the same postcard bytes
     /// as a `Vec<u8>`, copied at once instead of one element at a time.)
@@ -332,6 +454,20 @@ pub(crate) struct MessageRecord {
     pub(crate) edited_at: Option<UnixMillis>,
     pub(crate) sent_at: UnixMillis,
     pub(crate) seq: u64,
+    /// Our group messages: who reported delivery or reading.
+    pub(crate) receipts: Vec<MemberReceipt>,
+}
+
+impl MessageRecord {
+    /// The key range of its conversation: the group's id, or the peer's.
+    pub(crate) fn conversation(&self) -> [u8; 32] {
+        conversation_of(&self.peer, self.group.as_ref())
+    }
+}
+
+/// The conversation key of a message with `peer`, in `group` if any.
+pub(crate) fn conversation_of(peer: &UserId, group: Option<&GroupId>) -> [u8; 32] {
+    group.map_or(peer.0, |g| g.0)
 }
 
 /// Placeholder until the store fills in the status from the message's index entry.
@@ -343,6 +479,7 @@ fn status_from_index() -> MessageStatus {
 #[derive(Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct MessageIndexRecord {
     pub(crate) peer: UserId,
+    pub(crate) group: Option<GroupId>,
     pub(crate) seq: u64,
     pub(crate) status: MessageStatus,
 }
@@ -354,6 +491,9 @@ pub(crate) enum OutboxKind {
     Message,
     /// A receipt, reaction, edit, delete or profile: delivered reliably, no status.
     Control,
+    /// A copy of a sealed group message for a member the topic did not reach: delivered
+    /// reliably (directly or through its relays), never re-encrypted.
+    GroupCopy,
 }
 
 /// A message waiting for its recipient's acknowledgement.
@@ -387,6 +527,7 @@ impl MessageRecord {
         Ok(crate::model::Message {
             id: self.id,
             peer: self.peer,
+            group: self.group,
             direction: self.direction,
             sent_at: self.sent_at,
             stored_at: self.stored_at,
@@ -395,6 +536,7 @@ impl MessageRecord {
             reactions: self.reactions.clone(),
             edited_at: self.edited_at,
             seq: self.seq,
+            receipts: self.receipts.clone(),
         })
     }
 }

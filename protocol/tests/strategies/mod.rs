@@ -118,8 +118,8 @@ fn manifest() -> impl Strategy<Value = MediaManifest> {
 
 fn group_action() -> impl Strategy<Value = GroupAction> {
     prop_oneof![
-        (text(128), vec(user_id(), 1..10))
-            .prop_map(|(name, members)| GroupAction::Create { name, members }),
+        (text(128), vec(user_id(), 1..10), any::<[u8; 16]>())
+            .prop_map(|(name, members, salt)| GroupAction::Create { name, members, salt }),
         user_id().prop_map(|member| GroupAction::Add { member }),
         user_id().prop_map(|member| GroupAction::Remove { member }),
         Just(GroupAction::Leave),

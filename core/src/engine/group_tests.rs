@@ -1,0 +1,338 @@
+//! Group tests over N engines: pairwise envelopes routed directly, publications "gossiped" to
+//! every subscribed, online engine, and the other members reported unreached.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use kith_protocol::content::ReceiptKind;
+use kith_protocol::envelope::GroupEnvelope;
+use kith_protocol::prekey::PreKeyResponse;
+use kith_protocol::{GroupId, GroupTag};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::model::MessageStatus;
+use crate::store::Store;
+
+const T: UnixMillis = 1_700_000_000_000;
+
+struct Net {
+    engines: Vec<Engine<ChaCha20Rng>>,
+    online: Vec<bool>,
+    subscribed: Vec<BTreeSet<GroupTag>>,
+    events: Vec<Vec<Event>>,
+    verdicts: Vec<Vec<Verdict>>,
+    /// Every publication, as a non-member listening on the topic would see it.
+    published: Vec<Vec<u8>>,
+    next_token: u64,
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        let engines = (0..n)
+            .map(|i| {
+                let rng = ChaCha20Rng::seed_from_u64(i as u64 + 100);
+                Engine::create(Store::memory(), rng, T, Config::default()).unwrap()
+            })
+            .collect();
+        Self {
+            engines,
+            online: vec![true; n],
+            subscribed: vec![BTreeSet::new(); n],
+            events: vec![Vec::new(); n],
+            verdicts: vec![Vec::new(); n],
+            published: Vec::new(),
+            next_token: 0,
+        }
+    }
+
+    fn id(&self, i: usize) -> UserId {
+        self.engines[i].user_id()
+    }
+
+    fn index(&self, user: &UserId) -> usize {
+        self.engines.iter().position(|e| e.user_id() == *user).unwrap()
+    }
+
+    fn command(&mut self, i: usize, command: Command) -> CommandResult {
+        let result = self.engines[i].handle_command(T, command).unwrap();
+        self.run();
+        result
+    }
+
+    fn group_command(&mut self, i: usize, group: GroupId, command: GroupCommand) -> CommandResult {
+        self.command(i, Command::Group { group, command })
+    }
+
+    fn gossip(&mut self, to: usize, bytes: Vec<u8>) {
+        self.next_token += 1;
+        let token = ValidationToken(self.next_token);
+        self.engines[to].handle_input(T, Input::GroupMessage { bytes, token }).unwrap();
+    }
+
+    /// Routes everything until every online engine is idle.
+    fn run(&mut self) {
+        let n = self.engines.len();
+        let mut queue: VecDeque<(usize, Output)> = VecDeque::new();
+        // token → (asker, outbox id)
+        let mut asked: HashMap<u64, (usize, Option<MessageId>)> = HashMap::new();
+        loop {
+            for i in 0..n {
+                self.engines[i].flush().unwrap();
+                while let Some(o) = self.engines[i].poll_output() {
+                    queue.push_back((i, o));
+                }
+            }
+            let Some((from, output)) = queue.pop_front() else { return };
+            match output {
+                Output::Deliver(d) => {
+                    let to = self.index(&d.to);
+                    if !self.online[to] {
+                        if !d.ephemeral {
+                            let result = DeliveryResult::Unreachable;
+                            self.engines[from]
+                                .handle_input(T, Input::Delivery { id: d.id, result })
+                                .unwrap();
+                        }
+                        continue;
+                    }
+                    self.next_token += 1;
+                    asked.insert(self.next_token, (from, Some(d.id)));
+                    let via = Via::Direct(self.id(from));
+                    let reply = Some(ReplyToken(self.next_token));
+                    self.engines[to]
+                        .handle_input(T, Input::Envelope { bytes: d.envelope, via, reply })
+                        .unwrap();
+                }
+                Output::FetchPreKeys { user, .. } => {
+                    let to = self.index(&user);
+                    self.next_token += 1;
+                    asked.insert(self.next_token, (from, None));
+                    self.engines[to]
+                        .handle_input(
+                            T,
+                            Input::PreKeyRequest { reply: ReplyToken(self.next_token) },
+                        )
+                        .unwrap();
+                }
+                Output::Reply { token, reply } => {
+                    let Some((asker, outbox_id)) = asked.remove(&token.0) else { continue };
+                    let input = match reply {
+                        Reply::Ack(ack) => Input::Delivery {
+                            id: outbox_id.unwrap_or(ack.id),
+                            result: DeliveryResult::Acked(ack.result),
+                        },
+                        Reply::PreKeys(PreKeyResponse::Bundle(bundle)) => {
+                            Input::PreKeyBundle { user: self.id(from), result: Ok(bundle) }
+                        }
+                        Reply::PreKeys(_) => Input::PreKeyBundle {
+                            user: self.id(from),
+                            result: Err(FetchError::NotFound),
+                        },
+                    };
+                    self.engines[asker].handle_input(T, input).unwrap();
+                }
+                Output::Publish(p) => {
+                    self.published.push(p.envelope.clone());
+                    let mut unreached = Vec::new();
+                    for member in &p.members {
+                        let to = self.index(member);
+                        if self.online[to] && self.subscribed[to].contains(&p.tag) {
+                            self.gossip(to, p.envelope.clone());
+                        } else {
+                            unreached.push(*member);
+                        }
+                    }
+                    if !p.ephemeral {
+                        let input = Input::GroupPublished { id: p.id, unreached };
+                        self.engines[from].handle_input(T, input).unwrap();
+                    }
+                }
+                Output::Subscribe { tag, .. } => {
+                    self.subscribed[from].insert(tag);
+                }
+                Output::Unsubscribe { tag } => {
+                    self.subscribed[from].remove(&tag);
+                }
+                Output::Validation { verdict, .. } => self.verdicts[from].push(verdict),
+                Output::Event(e) => self.events[from].push(e),
+            }
+        }
+    }
+
+    fn create(&mut self, admin: usize, members: &[usize]) -> GroupId {
+        let members = members.iter().map(|m| self.id(*m)).collect();
+        let CommandResult::Group(group) =
+            self.command(admin, Command::CreateGroup { name: "team".into(), members })
+        else {
+            panic!("no group")
+        };
+        group
+    }
+
+    fn texts(&self, i: usize, group: &GroupId) -> Vec<String> {
+        self.engines[i]
+            .group_history(group, None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m.body {
+                Some(Body::Text(t)) => Some(t.body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn send(&mut self, i: usize, group: GroupId, text: &str) -> MessageId {
+        let command = GroupCommand::Send { text: text.into(), reply_to: None };
+        let CommandResult::Queued(id) = self.group_command(i, group, command) else { panic!() };
+        id
+    }
+
+    /// `user` came back: everyone retries what waits for it.
+    fn reachable(&mut self, user: usize) {
+        let user = self.id(user);
+        for e in &mut self.engines {
+            e.handle_input(T, Input::PeerReachable { user }).unwrap();
+            e.handle_input(T, Input::Timeout).unwrap();
+        }
+        self.run();
+    }
+
+    fn members(&self, i: usize, group: &GroupId) -> Vec<UserId> {
+        self.engines[i].group(group).map(|g| g.members).unwrap_or_default()
+    }
+}
+
+#[test]
+fn members_converge_and_every_message_arrives_once_with_receipts() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2, 3]);
+    for i in 0..4 {
+        assert_eq!(net.members(i, &group).len(), 4, "member {i}");
+    }
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for i in 0..4 {
+            let text = format!("{i}/{round}");
+            sent.push((net.send(i, group, &text), text));
+        }
+    }
+    for i in 0..4 {
+        let mut got = net.texts(i, &group);
+        got.sort();
+        let mut all: Vec<String> = sent.iter().map(|(_, t)| t.clone()).collect();
+        all.sort();
+        assert_eq!(got, all, "member {i} has every message once (its own included)");
+    }
+    // Everyone has everything: delivered; then all read one of 0's messages.
+    let (first, _) = sent[0].clone();
+    assert_eq!(net.engines[0].message(&first).unwrap().unwrap().status, MessageStatus::Delivered);
+    for i in 1..4 {
+        net.group_command(i, group, GroupCommand::MarkRead { ids: vec![first] });
+    }
+    let message = net.engines[0].message(&first).unwrap().unwrap();
+    assert_eq!(message.status, MessageStatus::Read);
+    assert_eq!(message.receipts.len(), 3);
+    assert!(message.receipts.iter().all(|r| r.kind == ReceiptKind::Read));
+    // Nothing was refused along the way.
+    assert!(net.verdicts.iter().flatten().all(|v| *v == Verdict::Accept));
+}
+
+#[test]
+fn a_removed_member_reads_nothing_sent_after() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2, 3]);
+    net.send(1, group, "before");
+    assert_eq!(net.texts(3, &group), ["before"]);
+    // 3 does not hear of its removal: it keeps every key it had and still thinks it is in.
+    net.online[3] = false;
+    net.group_command(0, group, GroupCommand::Remove { member: net.id(3) });
+    for i in 0..3 {
+        assert_eq!(net.members(i, &group).len(), 3);
+    }
+    net.send(1, group, "after");
+    net.send(2, group, "after 2");
+    net.send(0, group, "after 3");
+    assert_eq!(net.texts(0, &group), ["before", "after", "after 2", "after 3"]);
+    // Every later message still reaches it on the topic; none opens.
+    assert!(net.engines[3].group(&group).unwrap().joined);
+    let after: Vec<Vec<u8>> = net.published.iter().rev().take(3).cloned().collect();
+    for bytes in after {
+        net.gossip(3, bytes);
+    }
+    net.run();
+    assert_eq!(net.texts(3, &group), ["before"]);
+    assert_eq!(net.engines[3].pending_group_messages(&group).unwrap(), 3);
+    assert!(net.verdicts[3].iter().rev().take(3).all(|v| *v == Verdict::Ignore));
+    // Once it hears of the removal it forgets the group's keys and what waited for them.
+    net.online[3] = true;
+    net.reachable(3);
+    assert!(!net.engines[3].group(&group).unwrap().joined);
+    assert_eq!(net.engines[3].pending_group_messages(&group).unwrap(), 0);
+}
+
+#[test]
+fn forged_replayed_and_non_member_messages_are_rejected() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2]);
+    net.send(1, group, "real");
+    let real = net.published.last().unwrap().clone();
+    let before = net.verdicts[2].len();
+
+    // Forged: a flipped ciphertext bit (the signature no longer holds).
+    let mut forged: GroupEnvelope = kith_protocol::decode(&real).unwrap();
+    forged.message.ciphertext[0] ^= 1;
+    forged.id = MessageId([9; 16]);
+    net.gossip(2, kith_protocol::encode(&forged).unwrap());
+    // Replayed: the very same bytes again.
+    net.gossip(2, real.clone());
+    // A non-member (3) with its own chain for the group's tag.
+    let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
+    let outsider = net.id(3);
+    let id = MessageId([7; 16]);
+    let message = chain.seal(crate::group::group_tag(&group), &outsider, &id, b"x").unwrap();
+    net.gossip(2, kith_protocol::encode(&GroupEnvelope { id, sender: outsider, message }).unwrap());
+    // Garbage.
+    net.gossip(2, vec![1, 2, 3]);
+    net.run();
+    assert_eq!(net.verdicts[2][before..], [Verdict::Reject; 4]);
+    assert_eq!(net.texts(2, &group), ["real"]);
+}
+
+#[test]
+fn an_offline_member_gets_copies_and_concurrent_changes_converge() {
+    let mut net = Net::new(6);
+    let group = net.create(0, &[1, 2, 3, 4]);
+    net.group_command(0, group, GroupCommand::Promote { member: net.id(1) });
+    // 4 is offline while 2 writes: the topic does not reach it, the outbox keeps its copy.
+    net.online[4] = false;
+    net.send(2, group, "while you were out");
+    assert!(net.texts(4, &group).is_empty());
+    assert!(net.engines[2].outbox_len() > 0);
+    // Meanwhile two admins change the group at once (neither sees the other's change first).
+    let (add, remove) = (net.id(5), net.id(3));
+    net.engines[0]
+        .handle_command(T, Command::Group { group, command: GroupCommand::Add { member: add } })
+        .unwrap();
+    net.engines[1]
+        .handle_command(
+            T,
+            Command::Group { group, command: GroupCommand::Remove { member: remove } },
+        )
+        .unwrap();
+    net.run();
+    net.online[4] = true;
+    net.reachable(4);
+    assert_eq!(net.texts(4, &group), ["while you were out"]);
+    let expected: Vec<UserId> = {
+        let mut m: Vec<UserId> = [0, 1, 2, 4, 5].iter().map(|i| net.id(*i)).collect();
+        m.sort();
+        m
+    };
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(net.members(i, &group), expected, "member {i}");
+    }
+    // The newcomer reads what is sent from now on.
+    net.send(4, group, "welcome");
+    assert_eq!(net.texts(5, &group), ["welcome"]);
+}
