@@ -62,6 +62,8 @@ pub(crate) struct Behaviour {
     /// Long-lived streams: `/kith/media/fetch/1` (every node serves what it sent, relays their
     /// blob store).
     pub stream: libp2p_stream::Behaviour,
+    /// Group topics (see [`crate::groups`]).
+    pub gossipsub: libp2p::gossipsub::Behaviour,
 }
 
 /// Why the swarm could not be built.
@@ -82,6 +84,7 @@ pub(crate) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let mdns_enabled = config.mdns;
     let dht_server = config.dht_server;
+    let gossipsub = crate::groups::behaviour(config.gossip_duplicate_cache).map_err(BuildError)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -144,6 +147,7 @@ pub(crate) fn build_swarm(
                     request_response_config(),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
+                gossipsub,
             })
         })
         .map_err(|e| BuildError(e.to_string()))?

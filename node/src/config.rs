@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub max_attachment_bytes: u64,
     /// Engine settings (receipts, typing, presence, message requests).
     pub engine: kith_core::engine::Config,
+    /// How long group gossip remembers message ids: a copy within it is dropped silently, one
+    /// after it is judged a replay (refused, its sender penalised). Keep it well above the
+    /// gossip window (a few seconds).
+    pub gossip_duplicate_cache: std::time::Duration,
 }
 
 /// Default number of relays a message is deposited with: one relay failure loses nothing.
@@ -55,6 +59,7 @@ impl NodeConfig {
             downloads_dir: None,
             max_attachment_bytes: crate::media::DEFAULT_MAX_ATTACHMENT_BYTES,
             engine: kith_core::engine::Config::default(),
+            gossip_duplicate_cache: crate::groups::DEFAULT_GOSSIP_DUPLICATE_CACHE,
         }
     }
 

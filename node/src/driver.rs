@@ -95,6 +95,8 @@ pub(crate) struct Driver {
     prekey_limiter: RateLimiter,
     record_due: Instant,
     stopping: Option<oneshot::Sender<()>>,
+    /// Gossip messages waiting for the engine's verdict.
+    pub(crate) validations: crate::groups::Validations,
 }
 
 impl Driver {
@@ -133,6 +135,7 @@ impl Driver {
             prekey_limiter: RateLimiter::new(PREKEY_RATE.0, PREKEY_RATE.1),
             record_due: Instant::now() + Duration::from_secs(1),
             stopping: None,
+            validations: HashMap::new(),
         }
     }
 
@@ -339,6 +342,10 @@ impl Driver {
                     let _ = self.swarm.behaviour_mut().prekey.send_response(channel, response);
                 }
             }
+            Output::Publish(publication) => self.publish_group(publication),
+            Output::Subscribe { tag, members } => self.subscribe_group(tag, &members),
+            Output::Unsubscribe { tag } => self.unsubscribe_group(tag),
+            Output::Validation { token, verdict } => self.report_validation(token, verdict),
             Output::Event(event) => self.emit(NodeEvent::Engine(event)),
         }
     }
@@ -382,7 +389,7 @@ impl Driver {
     }
 
     /// Looks `peer` up in the DHT (at most once per [`LOOKUP_COOLDOWN`]); a found peer is dialed.
-    fn lookup(&mut self, peer: PeerId) {
+    pub(crate) fn lookup(&mut self, peer: PeerId) {
         let now = Instant::now();
         if self.lookups.get(&peer).is_some_and(|at| now.duration_since(*at) < LOOKUP_COOLDOWN) {
             return;
@@ -508,6 +515,7 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             _ => {}
         }
     }

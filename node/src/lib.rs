@@ -61,6 +61,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 mod driver;
+pub mod groups;
 mod limiter;
 mod mailbox;
 pub mod media;

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kith_core::engine::{Command, CommandError, CommandResult};
+use kith_core::engine::{Command, CommandError, CommandResult, GroupCommand};
+use kith_core::group::Group;
 use kith_core::fingerprint::SafetyNumber;
 use kith_core::identity::{ContactString, peer_id_of, user_id_of};
 use kith_core::model::{Contact, Message, MessageStatus};
 use kith_core::store::StoreError;
-use kith_protocol::{MessageId, UserId};
+use kith_protocol::{GroupId, MessageId, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -45,6 +46,9 @@ pub enum NodeError {
     /// No contact has that name, and it is not a peer id.
     #[error("no contact named `{0}` (and it is not a peer id)")]
     UnknownContact(String),
+    /// No group has that name or id (or the name is ambiguous).
+    #[error("no group named `{0}` (or more than one: use its id)")]
+    UnknownGroup(String),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
@@ -361,8 +365,91 @@ impl Node {
     ) -> Result<MessageId, NodeError> {
         match self.command(Command::SendText { to, text: text.into(), reply_to: None }).await? {
             CommandResult::Queued(id) => Ok(id),
-            CommandResult::Done => Err(NodeError::Stopped),
+            _ => Err(NodeError::Stopped),
         }
+    }
+
+    /// Creates a group with `members` (we are its admin); returns its id once it is stored
+    /// and the invitations are queued.
+    pub async fn create_group(
+        &self,
+        name: impl Into<String>,
+        members: Vec<UserId>,
+    ) -> Result<GroupId, NodeError> {
+        match self.command(Command::CreateGroup { name: name.into(), members }).await? {
+            CommandResult::Group(id) => Ok(id),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Acts in a group (send, react, add, remove, leave, ...).
+    pub async fn group_command(
+        &self,
+        group: GroupId,
+        command: GroupCommand,
+    ) -> Result<CommandResult, NodeError> {
+        self.command(Command::Group { group, command }).await
+    }
+
+    /// Sends a text to a group; returns its id once it is sealed and stored.
+    pub async fn send_group_text(
+        &self,
+        group: GroupId,
+        text: impl Into<String>,
+    ) -> Result<MessageId, NodeError> {
+        let command = GroupCommand::Send { text: text.into(), reply_to: None };
+        match self.group_command(group, command).await? {
+            CommandResult::Queued(id) => Ok(id),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Every group we know (joined or left).
+    pub async fn groups(&self) -> Result<Vec<Group>, NodeError> {
+        self.with(|d| d.engine.groups()).await
+    }
+
+    /// A group by id.
+    pub async fn group(&self, id: GroupId) -> Result<Option<Group>, NodeError> {
+        self.with(move |d| d.engine.group(&id)).await
+    }
+
+    /// The group a name (unique among our groups) or a hex id (or its prefix of at least 8
+    /// characters) refers to.
+    pub async fn resolve_group(&self, name_or_id: &str) -> Result<GroupId, NodeError> {
+        let wanted = name_or_id.trim().to_lowercase();
+        let groups = self.groups().await?;
+        let by_name: Vec<&Group> =
+            groups.iter().filter(|g| g.name.to_lowercase() == wanted).collect();
+        let by_id: Vec<&Group> = groups
+            .iter()
+            .filter(|g| wanted.len() >= 8 && g.id.to_string().starts_with(&wanted))
+            .collect();
+        match (by_name.as_slice(), by_id.as_slice()) {
+            ([one], _) | ([], [one]) => Ok(one.id),
+            _ => Err(NodeError::UnknownGroup(name_or_id.to_owned())),
+        }
+    }
+
+    /// Up to `limit` messages of a group before sequence number `before`, oldest first.
+    pub async fn group_history(
+        &self,
+        group: GroupId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Message>, NodeError> {
+        Ok(self.with(move |d| d.engine.group_history(&group, before, limit)).await??)
+    }
+
+    /// Group messages received that wait for their sender's key (or will never open: traffic
+    /// a removed member still receives).
+    pub async fn pending_group_messages(&self, group: GroupId) -> Result<usize, NodeError> {
+        Ok(self.with(move |d| d.engine.pending_group_messages(&group)).await??)
+    }
+
+    /// Gossipsub's score of `peer` (negative once it sent invalid group messages), if known.
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
+        self.with(move |d| d.swarm.behaviour().gossipsub.peer_score(&peer)).await
     }
 
     /// Adds (or renames) a contact from its contact string.

@@ -557,7 +557,7 @@ impl Driver {
         let command = Command::SendMedia { to, manifest: Box::new(manifest) };
         let message = match self.engine.handle_command(now_millis(), command) {
             Ok(CommandResult::Queued(id)) => id,
-            Ok(CommandResult::Done) => {
+            Ok(_) => {
                 return Err(CommandError::InvalidMessage("attachment not queued".into()));
             }
             Err(e) => {

@@ -2,6 +2,7 @@
 //! users as peer ids, statuses as lowercase words).
 
 use kith_core::engine::Event;
+use kith_core::group::Group;
 use kith_core::identity::peer_id_of;
 use kith_core::model::{Contact, Direction, Message, MessageStatus};
 use kith_protocol::UserId;
@@ -50,8 +51,10 @@ pub struct ReactionJson {
 pub struct MessageJson {
     /// Message id (hex).
     pub id: String,
-    /// The other party (peer id).
+    /// The other party (peer id); in a group, the author.
     pub peer: String,
+    /// The group (hex id), for a group message.
+    pub group: Option<String>,
     /// `incoming` or `outgoing`.
     pub direction: &'static str,
     /// `text`, `media` or `deleted`.
@@ -78,6 +81,35 @@ pub struct MessageJson {
     pub reactions: Vec<ReactionJson>,
     /// Position in the conversation.
     pub seq: u64,
+    /// Our group messages: members that reported `delivered` or `read` (peer id → word).
+    pub receipts: Vec<(String, &'static str)>,
+}
+
+/// A group.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupJson {
+    /// Group id (hex).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Members (peer ids).
+    pub members: Vec<String>,
+    /// Admins (peer ids).
+    pub admins: Vec<String>,
+    /// Whether we are a member.
+    pub joined: bool,
+}
+
+impl From<&Group> for GroupJson {
+    fn from(g: &Group) -> Self {
+        Self {
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            members: g.members.iter().map(peer).collect(),
+            admins: g.admins.iter().map(peer).collect(),
+            joined: g.joined,
+        }
+    }
 }
 
 impl From<&Message> for MessageJson {
@@ -96,6 +128,7 @@ impl From<&Message> for MessageJson {
         Self {
             id: m.id.to_string(),
             peer: peer(&m.peer),
+            group: m.group.map(|g| g.to_string()),
             direction: match m.direction {
                 Direction::Incoming => "incoming",
                 Direction::Outgoing => "outgoing",
@@ -116,6 +149,17 @@ impl From<&Message> for MessageJson {
                 .map(|r| ReactionJson { from: peer(&r.from), emoji: r.emoji.clone() })
                 .collect(),
             seq: m.seq,
+            receipts: m
+                .receipts
+                .iter()
+                .map(|r| {
+                    let word = match r.kind {
+                        kith_protocol::content::ReceiptKind::Delivered => "delivered",
+                        kith_protocol::content::ReceiptKind::Read => "read",
+                    };
+                    (peer(&r.member), word)
+                })
+                .collect(),
         }
     }
 }
@@ -254,6 +298,8 @@ pub enum EventJson {
     Status {
         /// The conversation.
         peer: String,
+        /// The group (hex id), for a group message.
+        group: Option<String>,
         /// The message.
         id: String,
         /// Its status.
@@ -298,6 +344,20 @@ pub enum EventJson {
         sender: Option<String>,
         /// Why.
         reason: String,
+    },
+    /// A group was created, joined, changed or left.
+    Group {
+        /// The group as it is now.
+        group: GroupJson,
+    },
+    /// A member started or stopped typing in a group.
+    GroupTyping {
+        /// The group (hex id).
+        group: String,
+        /// Who.
+        peer: String,
+        /// Started (true) or stopped.
+        typing: bool,
     },
     /// A peer connected.
     PeerConnected {
@@ -388,10 +448,22 @@ impl EventJson {
         Some(match event {
             NodeEvent::Engine(e) => match e {
                 Event::Message(m) => Self::Message { message: m.as_ref().into() },
-                Event::StatusChanged { peer: p, id, status: s } => {
+                Event::StatusChanged { peer: p, id, status: s, group } => {
                     let (status, failure) = status(s);
-                    Self::Status { peer: peer(p), id: id.to_string(), status, failure }
+                    Self::Status {
+                        peer: peer(p),
+                        group: group.map(|g| g.to_string()),
+                        id: id.to_string(),
+                        status,
+                        failure,
+                    }
                 }
+                Event::GroupChanged(g) => Self::Group { group: g.as_ref().into() },
+                Event::GroupTyping { group, peer: p, state } => Self::GroupTyping {
+                    group: group.to_string(),
+                    peer: peer(p),
+                    typing: *state == TypingState::Started,
+                },
                 Event::MessageUpdated(m) => Self::Updated { message: m.as_ref().into() },
                 Event::Typing { peer: p, state } => {
                     Self::Typing { peer: peer(p), typing: *state == TypingState::Started }

@@ -25,14 +25,26 @@
 //! | `profile.set` | `{name}` | `{}` |
 //! | `send_file` | `{to, path, caption?}` | `{id, media, size, chunks}`; `path` absolute |
 //! | `attachments` | `{peer?}` | `[Attachment]` |
-//! | `history` | `{peer, limit?, before?}` | `[Message]`, oldest first, attachments with their state |
+//! | `history` | `{peer or group, limit?, before?}` | `[Message]`, oldest first, attachments with their state |
 //! | `message` | `{id}` | `Message` or `null` |
+//! | `group.create` | `{name, members}` | `{group}`; `members` an array of contacts |
+//! | `group.list` | – | `[Group]` |
+//! | `group.info` | `{group}` | `Group` |
+//! | `group.add` / `group.remove` / `group.promote` | `{group, member}` | `{}` (admins) |
+//! | `group.leave` | `{group}` | `{}` |
+//! | `group.rename` | `{group, name}` | `{}` (admins) |
+//! | `group.send` | `{group, text, reply_to?}` | `{id}` |
+//! | `group.react` | `{group, target, emoji, remove?}` | `{id}` |
+//! | `group.edit` / `group.delete` | `{group, target, text?}` | `{id}` |
+//! | `group.read` | `{group, ids}` | `{}` — read receipts go to each author |
+//! | `group.typing` | `{group, typing}` | `{}` |
 //! | `connect` | `{address}` | `{}` |
 //! | `peers` | – | `[peer_id]` |
 //! | `subscribe` | – | `true`, then `event` notifications |
 //! | `shutdown` | – | `true`, then the daemon stops |
 //!
-//! Contacts (`to`, `peer`, `contact`) are names or peer ids. Errors use the JSON-RPC codes
+//! Contacts (`to`, `peer`, `contact`, `member`) are names or peer ids; groups are names or
+//! hex ids (a prefix of 8 or more characters will do). Errors use the JSON-RPC codes
 //! (-32700 parse, -32600 invalid request, -32601 unknown method, -32602 invalid params) and
 //! -32000 for a refused operation, with a message saying why.
 
@@ -41,17 +53,17 @@ pub mod json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kith_core::engine::{Command, CommandResult};
+use kith_core::engine::{Command, CommandResult, GroupCommand};
 use kith_core::identity::ContactString;
 use kith_core::model::MessageStatus;
 use kith_protocol::content::{PresenceStatus, TypingState};
-use kith_protocol::{MessageId, UserId};
+use kith_protocol::{GroupId, MessageId, UserId};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-pub use json::{AttachmentJson, ContactJson, EventJson, MessageJson};
+pub use json::{AttachmentJson, ContactJson, EventJson, GroupJson, MessageJson};
 
 use crate::{Node, NodeError, NodeEvent};
 
@@ -142,6 +154,27 @@ async fn user(node: &Node, params: &Value, name: &str) -> Result<UserId, RpcErro
     Ok(node.resolve(str_param(params, name)?).await?)
 }
 
+async fn group(node: &Node, params: &Value) -> Result<GroupId, RpcError> {
+    Ok(node.resolve_group(str_param(params, "group")?).await?)
+}
+
+fn message_ids(params: &Value) -> Result<Vec<MessageId>, RpcError> {
+    params
+        .get("ids")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RpcError::invalid_params("`ids` (an array) is required"))?
+        .iter()
+        .map(|v| {
+            v.as_str().ok_or_else(|| RpcError::invalid_params("ids are strings")).and_then(message_id)
+        })
+        .collect()
+}
+
+/// A group call: `command` built from the params, carried out in the named group.
+async fn in_group(node: &Node, params: &Value, command: GroupCommand) -> Result<Value, RpcError> {
+    queued(node, Command::Group { group: group(node, params).await?, command }).await
+}
+
 fn wait_target(word: &str) -> Result<MessageStatus, RpcError> {
     match word {
         "queued" => Ok(MessageStatus::Queued),
@@ -157,7 +190,8 @@ fn wait_target(word: &str) -> Result<MessageStatus, RpcError> {
 async fn queued(node: &Node, command: Command) -> Result<Value, RpcError> {
     match node.command(command).await? {
         CommandResult::Queued(id) => Ok(json!({ "id": id.to_string() })),
-        CommandResult::Done => Ok(json!({})),
+        CommandResult::Group(id) => Ok(json!({ "group": id.to_string() })),
+        _ => Ok(json!({})),
     }
 }
 
@@ -264,18 +298,74 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             queued(node, command).await
         }
         "read" => {
-            let ids = p
-                .get("ids")
-                .and_then(Value::as_array)
-                .ok_or_else(|| RpcError::invalid_params("`ids` (an array) is required"))?
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .ok_or_else(|| RpcError::invalid_params("ids are strings"))
-                        .and_then(message_id)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let ids = message_ids(p)?;
             queued(node, Command::MarkRead { peer: user(node, p, "peer").await?, ids }).await
+        }
+        "group.create" => {
+            let mut members = Vec::new();
+            for name in p.get("members").and_then(Value::as_array).into_iter().flatten() {
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| RpcError::invalid_params("members are strings"))?;
+                members.push(node.resolve(name).await?);
+            }
+            let name = str_param(p, "name")?.to_owned();
+            queued(node, Command::CreateGroup { name, members }).await
+        }
+        "group.list" => {
+            let groups = node.groups().await?;
+            Ok(serde_json::to_value(groups.iter().map(GroupJson::from).collect::<Vec<_>>())
+                .unwrap_or(Value::Null))
+        }
+        "group.info" => {
+            let id = group(node, p).await?;
+            let found = node.group(id).await?.ok_or(NodeError::UnknownGroup(id.to_string()))?;
+            Ok(serde_json::to_value(GroupJson::from(&found)).unwrap_or(Value::Null))
+        }
+        "group.add" => {
+            in_group(node, p, GroupCommand::Add { member: user(node, p, "member").await? }).await
+        }
+        "group.remove" => {
+            in_group(node, p, GroupCommand::Remove { member: user(node, p, "member").await? })
+                .await
+        }
+        "group.promote" => {
+            in_group(node, p, GroupCommand::Promote { member: user(node, p, "member").await? })
+                .await
+        }
+        "group.leave" => in_group(node, p, GroupCommand::Leave).await,
+        "group.rename" => {
+            in_group(node, p, GroupCommand::Rename { name: str_param(p, "name")?.to_owned() }).await
+        }
+        "group.send" => {
+            let reply_to = p.get("reply_to").and_then(Value::as_str).map(message_id).transpose()?;
+            let text = str_param(p, "text")?.to_owned();
+            in_group(node, p, GroupCommand::Send { text, reply_to }).await
+        }
+        "group.react" => {
+            let command = GroupCommand::React {
+                target: message_id(str_param(p, "target")?)?,
+                emoji: str_param(p, "emoji")?.to_owned(),
+                remove: p.get("remove").and_then(Value::as_bool).unwrap_or(false),
+            };
+            in_group(node, p, command).await
+        }
+        "group.edit" => {
+            let command = GroupCommand::Edit {
+                target: message_id(str_param(p, "target")?)?,
+                text: str_param(p, "text")?.to_owned(),
+            };
+            in_group(node, p, command).await
+        }
+        "group.delete" => {
+            let target = message_id(str_param(p, "target")?)?;
+            in_group(node, p, GroupCommand::Delete { target }).await
+        }
+        "group.read" => in_group(node, p, GroupCommand::MarkRead { ids: message_ids(p)? }).await,
+        "group.typing" => {
+            let typing = p.get("typing").and_then(Value::as_bool).unwrap_or(true);
+            let state = if typing { TypingState::Started } else { TypingState::Stopped };
+            in_group(node, p, GroupCommand::Typing { state }).await
         }
         "typing" => {
             let typing = p.get("typing").and_then(Value::as_bool).unwrap_or(true);
@@ -322,11 +412,15 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 .unwrap_or(Value::Null))
         }
         "history" => {
-            let peer = user(node, p, "peer").await?;
             let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(100).min(10_000) as usize;
             let before = p.get("before").and_then(Value::as_u64);
-            let messages = node.history(peer, before, limit).await?;
-            let attachments = node.attachments(Some(peer)).await?;
+            let (messages, attachments) = if p.get("group").is_some() {
+                let id = group(node, p).await?;
+                (node.group_history(id, before, limit).await?, node.attachments(None).await?)
+            } else {
+                let peer = user(node, p, "peer").await?;
+                (node.history(peer, before, limit).await?, node.attachments(Some(peer)).await?)
+            };
             let list: Vec<MessageJson> = messages
                 .iter()
                 .map(|m| {
