@@ -135,7 +135,7 @@ impl Driver {
             prekey_limiter: RateLimiter::new(PREKEY_RATE.0, PREKEY_RATE.1),
             record_due: Instant::now() + Duration::from_secs(1),
             stopping: None,
-            validations: HashMap::new(),
+            validations: crate::groups::Validations::default(),
         }
     }
 

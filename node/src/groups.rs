@@ -9,11 +9,11 @@ use kith_core::engine::{Input, Publication, ValidationToken, Verdict};
 use kith_core::identity::peer_id_of;
 use kith_protocol::limits::MAX_ENVELOPE_BYTES;
 use kith_protocol::{GroupTag, UserId};
+use libp2p::PeerId;
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAcceptance, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds,
     TopicScoreParams, ValidationMode,
 };
-use libp2p::PeerId;
 
 use crate::driver::Driver;
 
@@ -25,18 +25,30 @@ pub const DEFAULT_GOSSIP_DUPLICATE_CACHE: Duration = Duration::from_secs(120);
 /// invalid messages put a peer below the graylist threshold.
 pub const INVALID_MESSAGE_WEIGHT: f64 = -100.0;
 
-/// A gossip message waiting for its verdict.
-pub(crate) type Validations = HashMap<u64, (gossipsub::MessageId, PeerId)>;
+/// Application score per invalid group message a peer sent us. Gossipsub's own penalty does
+/// not cover everything (a replay of a message it judged valid within its record window goes
+/// unpunished there), so the driver adds its own, through the application-specific score.
+pub const INVALID_APP_PENALTY: f64 = -100.0;
+
+/// Gossip messages waiting for their verdict, and what each peer owes for invalid ones.
+#[derive(Default)]
+pub(crate) struct Validations {
+    waiting: HashMap<u64, (gossipsub::MessageId, PeerId)>,
+    invalid: HashMap<PeerId, u32>,
+}
+
+/// Peers whose invalid messages are counted (the count restarts beyond it).
+const MAX_PENALISED_PEERS: usize = 4096;
 
 /// The topic of a group.
-pub(crate) fn topic(tag: &GroupTag) -> IdentTopic {
+pub fn topic(tag: &GroupTag) -> IdentTopic {
     IdentTopic::new(format!("kith/group/{tag}"))
 }
 
 /// The gossipsub behaviour: anonymous publishing (the group's sender keys authenticate
 /// messages; the topic and envelope say nothing of who is in the group beyond the sender's
 /// id), content-addressed message ids, every message validated before it is forwarded.
-pub(crate) fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, String> {
+pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, String> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Anonymous)
         .validate_messages()
@@ -50,19 +62,23 @@ pub(crate) fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviou
     let mut gossip = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config)?;
     // Members of a group often share an address (an office behind one NAT, tests on
     // loopback): no penalty for that. Invalid messages are what costs.
-    let params = PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        ..PeerScoreParams::default()
-    };
+    let params = PeerScoreParams { ip_colocation_factor_weight: 0.0, ..PeerScoreParams::default() };
     gossip.with_peer_score(params, PeerScoreThresholds::default())?;
     Ok(gossip)
 }
 
-/// Scoring for one group's topic: only invalid messages count (a quiet group must not
-/// penalise its quiet members for delivering little).
+/// Scoring for one group's topic. Invalid messages dominate: one costs more than the most a
+/// peer can earn (time in the mesh up to +1, first deliveries up to +10), so its publisher
+/// drops below zero at once. No penalty for delivering little: a quiet group must not punish
+/// its quiet members.
 fn topic_params() -> TopicScoreParams {
     TopicScoreParams {
         topic_weight: 1.0,
+        time_in_mesh_weight: 0.1,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 10.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_cap: 10.0,
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
         invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
@@ -106,7 +122,10 @@ impl Driver {
             .collect();
         let published = match gossip.publish(topic, publication.envelope) {
             Ok(_) => true,
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::AllQueuesFull(_)) => false,
+            Err(
+                gossipsub::PublishError::NoPeersSubscribedToTopic
+                | gossipsub::PublishError::AllQueuesFull(_),
+            ) => false,
             Err(e) => {
                 tracing::warn!("publishing a group message failed: {e}");
                 false
@@ -118,9 +137,7 @@ impl Driver {
         let unreached = publication
             .members
             .into_iter()
-            .filter(|m| {
-                !published || peer_id_of(m).map_or(true, |peer| !listening.contains(&peer))
-            })
+            .filter(|m| !published || peer_id_of(m).map_or(true, |peer| !listening.contains(&peer)))
             .collect();
         self.input(Input::GroupPublished { id: publication.id, unreached });
     }
@@ -129,7 +146,7 @@ impl Driver {
     pub(crate) fn on_gossip_event(&mut self, event: gossipsub::Event) {
         if let gossipsub::Event::Message { propagation_source, message_id, message } = event {
             let token = self.token();
-            self.validations.insert(token, (message_id, propagation_source));
+            self.validations.waiting.insert(token, (message_id, propagation_source));
             self.input(Input::GroupMessage { bytes: message.data, token: ValidationToken(token) });
         }
     }
@@ -137,12 +154,21 @@ impl Driver {
     /// Reports the engine's verdict: accepted messages are forwarded, rejected ones penalise
     /// the peer that sent them.
     pub(crate) fn report_validation(&mut self, token: ValidationToken, verdict: Verdict) {
-        let Some((id, source)) = self.validations.remove(&token.0) else { return };
+        let Some((id, source)) = self.validations.waiting.remove(&token.0) else { return };
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
         let acceptance = match verdict {
             Verdict::Accept => MessageAcceptance::Accept,
             Verdict::Ignore => MessageAcceptance::Ignore,
-            Verdict::Reject => MessageAcceptance::Reject,
+            Verdict::Reject => {
+                if self.validations.invalid.len() >= MAX_PENALISED_PEERS {
+                    self.validations.invalid.clear();
+                }
+                let count = self.validations.invalid.entry(source).or_default();
+                *count = count.saturating_add(1);
+                gossip.set_application_score(&source, INVALID_APP_PENALTY * f64::from(*count));
+                MessageAcceptance::Reject
+            }
         };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+        gossip.report_message_validation_result(&id, &source, acceptance);
     }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_core::engine::{Command, CommandError, CommandResult, GroupCommand};
-use kith_core::group::Group;
 use kith_core::fingerprint::SafetyNumber;
+use kith_core::group::Group;
 use kith_core::identity::{ContactString, peer_id_of, user_id_of};
 use kith_core::model::{Contact, Message, MessageStatus};
 use kith_core::store::StoreError;

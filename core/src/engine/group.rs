@@ -33,6 +33,11 @@ use crate::store::{Batch, StoreError};
 /// dropped (ignored) and mailbox copies refused for now (the relay keeps them).
 pub const MAX_PENDING_PER_GROUP: usize = 1024;
 
+/// A member the topic reached has this long to acknowledge a group message (its delivery
+/// receipt) before its copy goes out through the outbox after all: a member that dropped off
+/// as the message was published misses nothing.
+pub const GROUP_RECEIPT_TIMEOUT_MS: u64 = 15_000;
+
 /// Pending messages retried per key that arrives.
 const PENDING_RETRY_BATCH: usize = 256;
 
@@ -621,7 +626,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// The driver published `id`: the members it did not reach get their copy now; the
-    /// others' copies go.
+    /// others' copies wait for their delivery receipts, and go out if none comes in time.
     pub(super) fn on_group_published(
         &mut self,
         now: UnixMillis,
@@ -640,12 +645,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut reached_any = false;
         for member in members {
             let copy = copy_id(&id, &member);
-            let Some(entry) = self.outbox.get(&copy) else { continue };
+            if self.outbox.get(&copy).is_none() {
+                continue;
+            }
             if unreached.contains(&member) {
                 send.push(copy);
             } else {
                 reached_any = true;
-                batch.delete_outbox(entry.record.seq);
+                self.outbox.reschedule(&copy, Some(now + GROUP_RECEIPT_TIMEOUT_MS), false);
             }
         }
         let status =
@@ -897,12 +904,18 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         from: UserId,
         kind: ReceiptKind,
         batch: &mut Batch,
+        copies_done: &mut Vec<MessageId>,
     ) -> Result<Option<Event>, StoreError> {
         let Some(group) = record.group else { return Ok(None) };
         let me = self.user_id();
         let Some(state) = self.groups.get(&group) else { return Ok(None) };
         if !state.membership.members.contains(&from) {
             return Ok(None);
+        }
+        // They have it: their copy need not go.
+        if let Some(entry) = self.outbox.get(&copy_id(&record.id, &from)) {
+            batch.delete_outbox(entry.record.seq);
+            copies_done.push(entry.record.id);
         }
         match record.receipts.iter_mut().find(|r| r.member == from) {
             Some(r) if r.kind == ReceiptKind::Read || r.kind == kind => return Ok(None),

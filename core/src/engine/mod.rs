@@ -99,7 +99,7 @@ use crate::session::{PeerSessions, Session};
 use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
 use crate::store::{Batch, Store, StoreError};
 
-pub use group::MAX_PENDING_PER_GROUP;
+pub use group::{GROUP_RECEIPT_TIMEOUT_MS, MAX_PENDING_PER_GROUP};
 pub use outbox::{
     ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS, SEND_WINDOW,
 };

@@ -28,6 +28,9 @@ struct Effects {
     receipt: Option<MessageId>,
     /// Group changes and sender keys, applied once the envelope is committed.
     group: Vec<GroupEffect>,
+    /// Copies of our group messages whose recipient confirmed them: out of the outbox once
+    /// the batch that deletes their records is committed.
+    copies_done: Vec<MessageId>,
 }
 
 impl<R: rand_core::CryptoRng> Engine<R> {
@@ -181,6 +184,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if let Some(id) = effects.receipt {
             self.pending_receipts.entry(sender).or_default().push(id);
         }
+        for id in effects.copies_done {
+            self.outbox.remove(&id);
+        }
         self.apply_group_effects(now, sender, effects.group)?;
         Ok(AckResult::Accepted)
     }
@@ -316,7 +322,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     }
                     let event = if message.group.is_some() {
                         // A member's receipt for our group message (pairwise, like Signal's).
-                        self.group_receipt(message, sender, receipt.kind, batch)?
+                        self.group_receipt(
+                            message,
+                            sender,
+                            receipt.kind,
+                            batch,
+                            &mut effects.copies_done,
+                        )?
                     } else if message.peer == sender {
                         self.set_status(target, status, batch)?
                     } else {

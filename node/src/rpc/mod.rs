@@ -165,7 +165,9 @@ fn message_ids(params: &Value) -> Result<Vec<MessageId>, RpcError> {
         .ok_or_else(|| RpcError::invalid_params("`ids` (an array) is required"))?
         .iter()
         .map(|v| {
-            v.as_str().ok_or_else(|| RpcError::invalid_params("ids are strings")).and_then(message_id)
+            v.as_str()
+                .ok_or_else(|| RpcError::invalid_params("ids are strings"))
+                .and_then(message_id)
         })
         .collect()
 }
@@ -304,9 +306,8 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
         "group.create" => {
             let mut members = Vec::new();
             for name in p.get("members").and_then(Value::as_array).into_iter().flatten() {
-                let name = name
-                    .as_str()
-                    .ok_or_else(|| RpcError::invalid_params("members are strings"))?;
+                let name =
+                    name.as_str().ok_or_else(|| RpcError::invalid_params("members are strings"))?;
                 members.push(node.resolve(name).await?);
             }
             let name = str_param(p, "name")?.to_owned();
@@ -326,8 +327,7 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             in_group(node, p, GroupCommand::Add { member: user(node, p, "member").await? }).await
         }
         "group.remove" => {
-            in_group(node, p, GroupCommand::Remove { member: user(node, p, "member").await? })
-                .await
+            in_group(node, p, GroupCommand::Remove { member: user(node, p, "member").await? }).await
         }
         "group.promote" => {
             in_group(node, p, GroupCommand::Promote { member: user(node, p, "member").await? })
