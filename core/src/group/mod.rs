@@ -125,7 +125,7 @@ impl Membership {
     /// Replays `ops` (in any order) for `group`.
     pub fn replay(group: &GroupId, ops: &[GroupControl]) -> Self {
         let mut sorted: Vec<(_, &GroupControl)> = ops.iter().map(|op| (op_order(op), op)).collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_by_key(|(key, _)| *key);
         let mut state = Self::default();
         for (_, op) in sorted {
             state.lamport = state.lamport.max(op.lamport);

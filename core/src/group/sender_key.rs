@@ -351,7 +351,7 @@ mod tests {
         for i in [0, 3, 4] {
             assert_eq!(
                 open(&mut theirs, &ids[i], &sealed[i]),
-                Err(GroupDecryptError::Duplicate { iteration: i as u32 })
+                Err(GroupDecryptError::Duplicate { iteration: u32::try_from(i).unwrap() })
             );
         }
     }
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_new_chain_cannot_be_read_with_the_old_one() {
-        let (mut own, mut theirs) = pair();
+        let (mut own, theirs) = pair();
         let id = MessageId([1; 16]);
         own.seal(TAG, &ALICE, &id, b"old").expect("seal");
         let mut rotated = OwnChain::generate(&mut rand::rng());

@@ -62,7 +62,7 @@ fn only_the_creator_the_id_commits_to_can_create() {
     assert!(!Membership::replay(&group, &[hijack]).created());
     // Changes before the group exists do nothing.
     let add = op(&p[0], group, 1, GroupAction::Add { member: p[2].user_id() });
-    assert!(!Membership::replay(&group, &[add.clone()]).created());
+    assert!(!Membership::replay(&group, std::slice::from_ref(&add)).created());
     assert!(Membership::replay(&group, &[add, real]).members.contains(&p[2].user_id()));
 }
 
