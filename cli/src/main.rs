@@ -8,6 +8,7 @@
 mod chat;
 mod conn;
 mod demo;
+mod group;
 mod media;
 mod relay;
 mod render;
@@ -56,6 +57,9 @@ enum Command {
     /// Manage contacts.
     #[command(subcommand)]
     Contact(ContactCommand),
+    /// Groups: create, add, remove, leave, list, info, send.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Run the node in the foreground, with the control socket (JSON-RPC) in the profile.
     Daemon {
         #[command(flatten)]
@@ -261,6 +265,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", qr(&contact)?);
             }
         }
+        Command::Group(command) => {
+            let net = command.net().cloned();
+            let mut conn = Conn::open(&dir, net.as_ref()).await?;
+            let result = group::run(&mut conn, command).await;
+            conn.close().await?;
+            result?;
+        }
         Command::Contact(command) => {
             let mut conn = Conn::open(&dir, None).await?;
             let result = contact(&mut conn, command).await;
@@ -330,7 +341,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { peer, json, limit } => {
             let mut conn = Conn::open(&dir, None).await?;
-            let history = conn.call("history", json!({ "peer": peer, "limit": limit })).await;
+            let mut history = conn.call("history", json!({ "peer": peer, "limit": limit })).await;
+            // Not a contact: perhaps a group.
+            if history.as_ref().is_err_and(|e| e.to_string().contains("no contact named")) {
+                history = conn.call("history", json!({ "group": peer, "limit": limit })).await;
+            }
             conn.close().await?;
             let history = history?;
             if json {

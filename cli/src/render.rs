@@ -68,7 +68,17 @@ fn attachment_text(m: &Value) -> String {
 pub(crate) fn message_line(m: &Value, peer_name: &str) -> String {
     let get = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
     let outgoing = get("direction") == "outgoing";
-    let who = if outgoing { "me" } else { peer_name };
+    // In a group, the author (the end of its peer id), not the conversation's name.
+    let author;
+    let who = if outgoing {
+        "me"
+    } else if m.get("group").is_some_and(Value::is_string) {
+        let peer = get("peer");
+        author = format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer));
+        &author
+    } else {
+        peer_name
+    };
     let body = match get("kind") {
         "deleted" => "(deleted)".to_owned(),
         "media" => attachment_text(m),

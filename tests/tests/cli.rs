@@ -143,3 +143,59 @@ fn cli_refuses_bad_input_with_clear_messages() {
     fails(&["stop"], "no daemon is running");
     fails(&["contact", "verify", "nobody", "--yes"], "no contact named `nobody`");
 }
+
+#[test]
+fn group_create_send_info_and_history_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let bob_contact = kith_ok(&b, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    kith_ok(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+
+    let created: serde_json::Value = serde_json::from_str(
+        &kith_ok(&a, &["group", "create", "climbers", "--member", "bob", "--json"]).unwrap(),
+    )
+    .unwrap();
+    let group = created["group"].as_str().unwrap().to_owned();
+    // Bob's node joins once the invitation and keys arrive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let info = kith(&b, &["group", "info", &group, "--json"]).unwrap();
+        if info.status.success() {
+            let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            if info["members"].as_array().unwrap().len() == 2 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "Bob never joined");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let list = kith_ok(&b, &["group", "list"]).unwrap();
+    assert!(list.contains("climbers") && list.contains("2 members"), "{list}");
+
+    kith_ok(&a, &["group", "send", "climbers", "rope at 6"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let history: serde_json::Value =
+            serde_json::from_str(&kith_ok(&b, &["history", "climbers", "--json"]).unwrap())
+                .unwrap();
+        if let Some(m) = history.as_array().unwrap().iter().find(|m| m["text"] == "rope at 6") {
+            assert_eq!(m["group"].as_str(), Some(group.as_str()));
+            assert_eq!(m["direction"], "incoming");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the group message never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Bad input: an unknown group and a non-admin removal are clear errors.
+    let unknown = kith(&b, &["group", "send", "nosuchgroup", "hi"]).unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no group named"));
+    let not_admin = kith(&b, &["group", "remove", "climbers", &bob_contact]).unwrap();
+    assert!(!not_admin.status.success());
+}
