@@ -1,0 +1,235 @@
+//! Group fan-out: Kith group messages beside the same payload on a bare gossipsub mesh of the
+//! same size, in one run on loopback (TCP, Noise, Yamux).
+//!
+//! For groups of 4, 8 and 16: one member publishes a 1 KiB message, and the time until the
+//! *last* other member has it is one sample. Kith: `send_group_text` → sealed with the sender
+//! key and stored → published → each member validates (signature), decrypts and stores it
+//! durably. Bare: `publish` of 1 KiB on a plain gossipsub mesh (same message ids, no
+//! validation, nothing stored).
+//!
+//! Run with `cargo bench -p kith-node --bench groups` (`KITH_BENCH_SAMPLES`, default 100).
+
+#![allow(
+    missing_docs,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kith_node::kith_core::engine::Event;
+use kith_node::kith_protocol::MessageId;
+use kith_node::libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use kith_node::libp2p::swarm::SwarmEvent;
+use kith_node::libp2p::{Multiaddr, Swarm, SwarmBuilder, noise, tcp, yamux};
+use kith_node::{Node, NodeConfig, NodeEvent};
+use tokio::sync::mpsc;
+
+const PAYLOAD: usize = 1024;
+const SIZES: [usize; 3] = [4, 8, 16];
+
+fn samples() -> usize {
+    std::env::var("KITH_BENCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------- bare gossipsub
+
+fn bare_swarm() -> Swarm<gossipsub::Behaviour> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Anonymous)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..20])
+        })
+        .build()
+        .unwrap();
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config).unwrap()
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    swarm
+}
+
+/// Each swarm runs in its own task; publications go in by channel, arrivals come out.
+async fn bare(n: usize, samples: usize) -> Vec<Duration> {
+    let topic = IdentTopic::new("bench");
+    let mut swarms: Vec<Swarm<gossipsub::Behaviour>> = (0..n).map(|_| bare_swarm()).collect();
+    let mut addrs: Vec<Multiaddr> = Vec::new();
+    for swarm in &mut swarms {
+        loop {
+            if let Some(SwarmEvent::NewListenAddr { address, .. }) = swarm.next().await {
+                addrs.push(address.with_p2p(*swarm.local_peer_id()).unwrap());
+                break;
+            }
+        }
+        swarm.behaviour_mut().subscribe(&topic).unwrap();
+    }
+    for (i, swarm) in swarms.iter_mut().enumerate() {
+        for addr in &addrs[i + 1..] {
+            swarm.dial(addr.clone()).unwrap();
+        }
+    }
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(usize, Vec<u8>, Instant)>();
+    let mut publish = Vec::new();
+    for (i, mut swarm) in swarms.into_iter().enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        publish.push(tx);
+        let arrived_tx = arrived_tx.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    data = rx.recv() => match data {
+                        Some(data) => { let _ = swarm.behaviour_mut().publish(topic.clone(), data); }
+                        None => return,
+                    },
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) = event {
+                            let _ = arrived_tx.send((i, message.data, Instant::now()));
+                        }
+                    }
+                }
+            }
+        });
+    }
+    // Let the mesh form (a few heartbeats), then measure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut out = Vec::new();
+    for s in 0..samples + 10 {
+        let mut data = vec![0u8; PAYLOAD];
+        data[..8].copy_from_slice(&(s as u64).to_be_bytes());
+        let start = Instant::now();
+        publish[0].send(data.clone()).unwrap();
+        let mut got = 0;
+        let mut last = start;
+        while got < n - 1 {
+            let (_, d, at) = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+                .await
+                .expect("bare gossip delivered")
+                .unwrap();
+            if d == data {
+                got += 1;
+                last = at;
+            }
+        }
+        if s >= 10 {
+            out.push(last - start);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- Kith
+
+async fn kith(n: usize, samples: usize) -> Vec<Duration> {
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for dir in &dirs {
+        nodes.push(Node::create(NodeConfig::loopback(dir.path())).await.unwrap());
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            for addr in nodes[j].addresses().await.unwrap() {
+                nodes[i].connect(addr).await.unwrap();
+            }
+        }
+    }
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(usize, MessageId, Instant)>();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let mut events = node.subscribe();
+        let tx = arrived_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                if let NodeEvent::Engine(Event::Message(m)) = event {
+                    let _ = tx.send((i, m.id, Instant::now()));
+                }
+            }
+        });
+    }
+    let others = nodes[1..].iter().map(Node::user_id).collect();
+    let group = nodes[0].create_group("bench", others).await.unwrap();
+    // Everyone in, every key delivered, the mesh formed: a message reaches all.
+    loop {
+        let mut ready = true;
+        for node in &nodes {
+            ready &= node.group(group).await.unwrap().is_some_and(|g| g.members.len() == n);
+        }
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = "x".repeat(PAYLOAD);
+    let mut out = Vec::new();
+    let mut early: HashMap<MessageId, Vec<Instant>> = HashMap::new();
+    for s in 0..samples + 10 {
+        let start = Instant::now();
+        let id = nodes[0].send_group_text(group, text.clone()).await.unwrap();
+        let mut times = early.remove(&id).unwrap_or_default();
+        while times.len() < n - 1 {
+            let (_, got, at) = tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+                .await
+                .expect("Kith group message delivered")
+                .unwrap();
+            if got == id {
+                times.push(at);
+            } else {
+                early.entry(got).or_default().push(at);
+            }
+        }
+        if s >= 10 {
+            out.push(*times.iter().max().unwrap() - start);
+        }
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let samples = samples();
+    println!("group fan-out, 1 KiB, time until the last member has it ({samples} samples each)");
+    println!("| members | bare gossipsub p50 | p99 | Kith p50 | p99 | Kith / bare (p50) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in SIZES {
+        let mut b = bare(n, samples).await;
+        let mut k = kith(n, samples).await;
+        b.sort();
+        k.sort();
+        let (b50, b99, k50, k99) =
+            (percentile(&b, 0.5), percentile(&b, 0.99), percentile(&k, 0.5), percentile(&k, 0.99));
+        println!(
+            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× |",
+            ms(b50),
+            ms(b99),
+            ms(k50),
+            ms(k99),
+            ms(k50) / ms(b50)
+        );
+    }
+}
