@@ -342,9 +342,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { peer, json, limit } => {
             let mut conn = Conn::open(&dir, None).await?;
             let mut history = conn.call("history", json!({ "peer": peer, "limit": limit })).await;
-            // Not a contact: perhaps a group.
+            // Not a contact: perhaps a group. If it is neither, the contact error stands.
             if history.as_ref().is_err_and(|e| e.to_string().contains("no contact named")) {
-                history = conn.call("history", json!({ "group": peer, "limit": limit })).await;
+                let group = conn.call("history", json!({ "group": peer, "limit": limit })).await;
+                if !group.as_ref().is_err_and(|e| e.to_string().contains("no group named")) {
+                    history = group;
+                }
             }
             conn.close().await?;
             let history = history?;
