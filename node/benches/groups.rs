@@ -34,6 +34,8 @@ use tokio::sync::mpsc;
 
 const PAYLOAD: usize = 1024;
 const SIZES: [usize; 3] = [4, 8, 16];
+/// Room in the bench's channels (far above what is in flight).
+const CHANNEL: usize = 65_536;
 
 fn samples() -> usize {
     std::env::var("KITH_BENCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
@@ -91,10 +93,10 @@ async fn bare(n: usize, samples: usize) -> Vec<Duration> {
             swarm.dial(addr.clone()).unwrap();
         }
     }
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(usize, Vec<u8>, Instant)>();
+    let (arrived_tx, mut arrived) = mpsc::channel::<(usize, Vec<u8>, Instant)>(CHANNEL);
     let mut publish = Vec::new();
     for (i, mut swarm) in swarms.into_iter().enumerate() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL);
         publish.push(tx);
         let arrived_tx = arrived_tx.clone();
         let topic = topic.clone();
@@ -107,7 +109,7 @@ async fn bare(n: usize, samples: usize) -> Vec<Duration> {
                     },
                     event = swarm.select_next_some() => {
                         if let SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) = event {
-                            let _ = arrived_tx.send((i, message.data, Instant::now()));
+                            let _ = arrived_tx.send((i, message.data, Instant::now())).await;
                         }
                     }
                 }
@@ -121,7 +123,7 @@ async fn bare(n: usize, samples: usize) -> Vec<Duration> {
         let mut data = vec![0u8; PAYLOAD];
         data[..8].copy_from_slice(&(s as u64).to_be_bytes());
         let start = Instant::now();
-        publish[0].send(data.clone()).unwrap();
+        publish[0].send(data.clone()).await.unwrap();
         let mut got = 0;
         let mut last = start;
         while got < n - 1 {
@@ -156,14 +158,14 @@ async fn kith(n: usize, samples: usize) -> Vec<Duration> {
             }
         }
     }
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(usize, MessageId, Instant)>();
+    let (arrived_tx, mut arrived) = mpsc::channel::<(usize, MessageId, Instant)>(CHANNEL);
     for (i, node) in nodes.iter().enumerate().skip(1) {
         let mut events = node.subscribe();
         let tx = arrived_tx.clone();
         tokio::spawn(async move {
             while let Ok(event) = events.recv().await {
                 if let NodeEvent::Engine(Event::Message(m)) = event {
-                    let _ = tx.send((i, m.id, Instant::now()));
+                    let _ = tx.send((i, m.id, Instant::now())).await;
                 }
             }
         });
