@@ -108,9 +108,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut records = self.store.history(&group.0, before, limit)?;
-        records.reverse();
-        records.iter().map(MessageRecord::to_message).collect()
+        self.conversation(&group.0, before, limit)
     }
 
     /// How many group messages of `group` wait for their sender's key (messages we received
@@ -837,23 +835,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let in_group = |record: &MessageRecord| record.group == Some(group);
         match content.body {
             Body::Text(_) | Body::Media(_) => {
-                let record = MessageRecord {
+                let sent_at = content.sent_at;
+                events.push(self.store_incoming(
+                    now,
+                    sender,
+                    Some(group),
                     id,
-                    peer: sender,
-                    group: Some(group),
-                    direction: Direction::Incoming,
-                    content: Some(plaintext),
-                    stored_at: now,
-                    status: MessageStatus::Received,
-                    reactions: Vec::new(),
-                    edited_at: None,
-                    sent_at: content.sent_at,
-                    seq: self.take_seq(),
-                    receipts: Vec::new(),
-                };
-                batch.put_message(&record);
-                batch.put_seq(self.next_seq);
-                events.push(Event::Message(Box::new(record.to_message()?)));
+                    plaintext,
+                    sent_at,
+                    batch,
+                )?);
             }
             Body::Reaction(reaction) => {
                 if let Some(mut target) = self.store.message(&reaction.target)?.filter(in_group) {

@@ -280,9 +280,51 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let mut records = self.store.history(&peer.0, before, limit)?;
+        self.conversation(&peer.0, before, limit)
+    }
+
+    /// A conversation's messages (a peer's or a group's key range), oldest first.
+    fn conversation(
+        &self,
+        key: &[u8; 32],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut records = self.store.history(key, before, limit)?;
         records.reverse();
         records.iter().map(MessageRecord::to_message).collect()
+    }
+
+    /// Adds a received text or attachment to `batch` as the next message of its conversation;
+    /// returns the event that announces it.
+    #[allow(clippy::too_many_arguments)]
+    fn store_incoming(
+        &mut self,
+        now: UnixMillis,
+        sender: UserId,
+        group: Option<kith_protocol::GroupId>,
+        id: MessageId,
+        plaintext: Vec<u8>,
+        sent_at: UnixMillis,
+        batch: &mut Batch,
+    ) -> Result<Event, StoreError> {
+        let record = MessageRecord {
+            id,
+            peer: sender,
+            group,
+            direction: Direction::Incoming,
+            content: Some(plaintext),
+            stored_at: now,
+            status: MessageStatus::Received,
+            reactions: Vec::new(),
+            edited_at: None,
+            sent_at,
+            seq: self.take_seq(),
+            receipts: Vec::new(),
+        };
+        batch.put_message(&record);
+        batch.put_seq(self.next_seq);
+        Ok(Event::Message(Box::new(record.to_message()?)))
     }
 
     /// A message by id.

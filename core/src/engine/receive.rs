@@ -17,7 +17,6 @@ use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_r
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
 use crate::session::{PeerSessions, Session};
-use crate::store::records::MessageRecord;
 use crate::store::{Batch, StoreError};
 
 /// What a received content did, to be made visible once its batch committed.
@@ -279,24 +278,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut effects = Effects::default();
         match content.body {
             Body::Text(_) | Body::Media(_) => {
-                let record = MessageRecord {
-                    id,
-                    peer: sender,
-                    group: None,
-                    direction: Direction::Incoming,
-                    content: Some(plaintext),
-                    stored_at: now,
-                    status: MessageStatus::Received,
-                    reactions: Vec::new(),
-                    edited_at: None,
-                    sent_at: content.sent_at,
-                    seq: self.next_seq,
-                    receipts: Vec::new(),
-                };
-                self.next_seq += 1;
-                batch.put_message(&record);
-                batch.put_seq(self.next_seq);
-                effects.events.push(Event::Message(Box::new(record.to_message()?)));
+                let sent_at = content.sent_at;
+                effects
+                    .events
+                    .push(self.store_incoming(now, sender, None, id, plaintext, sent_at, batch)?);
                 effects.receipt = Some(id);
             }
             Body::Reaction(reaction) => {
