@@ -5,14 +5,14 @@
 //! group's topic, and the members the topic did not reach get the same sealed message through
 //! the outbox (directly when they come back, else through their relays).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use kith_protocol::content::{
-    Body, Content, Delete, Edit, GroupAction, GroupControl, Reaction, Receipt, ReceiptKind,
+    Body, Content, Delete, Edit, GroupAction, GroupControl, Reaction, ReceiptKind,
     SenderKeyDistribution, Text,
 };
 use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, GroupMessage};
-use kith_protocol::limits::{MAX_GROUP_MEMBERS, MAX_NAME_BYTES, MAX_RECEIPT_IDS};
+use kith_protocol::limits::{MAX_GROUP_MEMBERS, MAX_NAME_BYTES};
 use kith_protocol::{GroupId, GroupTag, MessageId, UnixMillis, UserId};
 
 use super::{
@@ -301,35 +301,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         group: GroupId,
         ids: Vec<MessageId>,
     ) -> Result<CommandResult, CommandError> {
-        let mut batch = Batch::new();
-        let mut by_author: BTreeMap<UserId, Vec<MessageId>> = BTreeMap::new();
-        let mut events = Vec::new();
-        for id in ids {
-            let record = self.group_message(&group, &id)?;
-            if record.direction != Direction::Incoming || record.status != MessageStatus::Received {
-                continue;
-            }
-            if let Some(event) = self.set_status(&id, MessageStatus::Read, &mut batch)? {
-                events.push(event);
-            }
-            by_author.entry(record.peer).or_default().push(id);
-        }
-        self.commit(batch)?;
-        events.into_iter().for_each(|e| self.event(e));
-        if self.config.read_receipts {
-            for (author, ids) in by_author {
-                for chunk in ids.chunks(MAX_RECEIPT_IDS) {
-                    let body =
-                        Body::Receipt(Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() });
-                    // An author we can no longer write to (blocked, key changed) goes without.
-                    match self.queue(now, author, body, OutboxKind::Control) {
-                        Ok(_) | Err(CommandError::Blocked | CommandError::IdentityChanged) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        Ok(CommandResult::Done)
+        let records =
+            ids.iter().map(|id| self.group_message(&group, id)).collect::<Result<_, _>>()?;
+        self.mark_records_read(now, records)
     }
 
     // ---------------------------------------------------------------- membership

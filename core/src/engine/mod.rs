@@ -1133,25 +1133,44 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         peer: UserId,
         ids: Vec<MessageId>,
     ) -> Result<CommandResult, CommandError> {
+        let records =
+            ids.iter().map(|id| self.conversation_message(&peer, id)).collect::<Result<_, _>>()?;
+        self.mark_records_read(now, records)
+    }
+
+    /// Marks the incoming, unread ones of `records` read, and (if enabled) sends read receipts
+    /// to their authors: the peer of a conversation, each author in a group.
+    fn mark_records_read(
+        &mut self,
+        now: UnixMillis,
+        records: Vec<MessageRecord>,
+    ) -> Result<CommandResult, CommandError> {
         let mut batch = Batch::new();
-        let mut read = Vec::new();
+        let mut by_author: BTreeMap<UserId, Vec<MessageId>> = BTreeMap::new();
         let mut events = Vec::new();
-        for id in ids {
-            let record = self.conversation_message(&peer, &id)?;
+        for record in records {
             if record.direction != Direction::Incoming || record.status != MessageStatus::Received {
                 continue;
             }
-            if let Some(event) = self.set_status(&id, MessageStatus::Read, &mut batch)? {
+            if let Some(event) = self.set_status(&record.id, MessageStatus::Read, &mut batch)? {
                 events.push(event);
             }
-            read.push(id);
+            by_author.entry(record.peer).or_default().push(record.id);
         }
         self.commit(batch)?;
         events.into_iter().for_each(|e| self.event(e));
         if self.config.read_receipts {
-            for chunk in read.chunks(MAX_RECEIPT_IDS) {
-                let body = Body::Receipt(Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() });
-                self.queue(now, peer, body, OutboxKind::Control)?;
+            for (author, ids) in by_author {
+                for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                    let body =
+                        Body::Receipt(Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() });
+                    // An author we can no longer write to (blocked, key changed) goes without:
+                    // the messages are read here all the same.
+                    match self.queue(now, author, body, OutboxKind::Control) {
+                        Ok(_) | Err(CommandError::Blocked | CommandError::IdentityChanged) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
         Ok(CommandResult::Done)
