@@ -7,7 +7,8 @@
 //! durably. Bare: `publish` of 1 KiB on a plain gossipsub mesh (same message ids, no
 //! validation, nothing stored).
 //!
-//! Run with `cargo bench -p kith-node --bench groups` (`KITH_BENCH_SAMPLES`, default 100).
+//! Run with `cargo bench -p kith-node --bench groups` (`KITH_BENCH_SAMPLES`, default 100;
+//! `KITH_BENCH_SIZES`, default `4,8,16`).
 
 #![allow(
     missing_docs,
@@ -39,6 +40,15 @@ const CHANNEL: usize = 65_536;
 
 fn samples() -> usize {
     std::env::var("KITH_BENCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+}
+
+/// Group sizes to measure: `KITH_BENCH_SIZES` (comma-separated), default 4, 8 and 16.
+fn sizes() -> Vec<usize> {
+    std::env::var("KITH_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| SIZES.to_vec())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -218,7 +228,7 @@ async fn main() {
     println!("group fan-out, 1 KiB, time until the last member has it ({samples} samples each)");
     println!("| members | bare gossipsub p50 | p99 | Kith p50 | p99 | Kith / bare (p50) |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    for n in SIZES {
+    for n in sizes() {
         let mut b = bare(n, samples).await;
         let mut k = kith(n, samples).await;
         b.sort();

@@ -54,6 +54,16 @@ pub const RECORD_REPUBLISH: Duration = Duration::from_secs(30 * 60);
 /// A failed publication of our user record is retried after this.
 pub const RECORD_RETRY: Duration = Duration::from_secs(30);
 
+/// Runs disk work that blocks (an fsync) without stalling the runtime's other tasks (the
+/// swarm's connections, an app's own): on a multi-threaded runtime tokio hands them to another
+/// worker meanwhile. A current-thread runtime has no other worker; there it simply blocks.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// A request from a [`crate::Node`] handle.
 pub(crate) enum Call {
     /// A user command; answered once its effects are durable.
@@ -222,7 +232,12 @@ impl Driver {
                 }));
             }
             Call::With(f) => f(self),
-            Call::Shutdown(done) => self.stopping = Some(done),
+            Call::Shutdown(done) => {
+                // Receipts owed go into the outbox now, durable, rather than wait for a
+                // timer that will not fire.
+                self.engine.release_receipts();
+                self.stopping = Some(done);
+            }
         }
     }
 
@@ -243,19 +258,13 @@ impl Driver {
 
     /// Flushes the turn (one fsync), then carries out the engine's outputs and answers callers.
     fn flush_and_act(&mut self) {
-        if let Err(e) = self.engine.flush() {
+        // Gossip verdicts are ready before the flush (they promise nothing about our state):
+        // a valid message is forwarded without waiting for our fsync.
+        while let Some(output) = self.engine.poll_output() {
+            self.act(output);
+        }
+        if !blocking(|| self.flush_stores()) {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
-            tracing::error!("flush failed, retrying next turn: {e}");
-            return;
-        }
-        if let Some(relay) = self.relay.as_mut()
-            && let Err(e) = relay.flush()
-        {
-            tracing::error!("relay flush failed, retrying next turn: {e}");
-            return;
-        }
-        if let Err(e) = self.media.flush() {
-            tracing::error!("media flush failed, retrying next turn: {e}");
             return;
         }
         // Acting may feed the engine (a delivery that cannot start): take its outputs too.
@@ -284,6 +293,25 @@ impl Driver {
         for reply in self.after_flush.drain(..) {
             reply();
         }
+    }
+
+    /// Makes the turn's writes durable: the engine's, the relay's and the media store's.
+    fn flush_stores(&mut self) -> bool {
+        if let Err(e) = self.engine.flush() {
+            tracing::error!("flush failed, retrying next turn: {e}");
+            return false;
+        }
+        if let Some(relay) = self.relay.as_mut()
+            && let Err(e) = relay.flush()
+        {
+            tracing::error!("relay flush failed, retrying next turn: {e}");
+            return false;
+        }
+        if let Err(e) = self.media.flush() {
+            tracing::error!("media flush failed, retrying next turn: {e}");
+            return false;
+        }
+        true
     }
 
     fn act(&mut self, output: Output) {

@@ -38,6 +38,12 @@ pub const MAX_PENDING_PER_GROUP: usize = 1024;
 /// as the message was published misses nothing.
 pub const GROUP_RECEIPT_TIMEOUT_MS: u64 = 15_000;
 
+/// Delivery receipts for group messages wait up to this long, so that one receipt to an
+/// author covers every message of theirs received meanwhile: without it, each message of a
+/// group of n costs its author n − 1 receipts to open and store. Well below
+/// [`GROUP_RECEIPT_TIMEOUT_MS`], so that a waiting copy is not sent needlessly.
+pub const GROUP_RECEIPT_DELAY_MS: u64 = 1_000;
+
 /// Pending messages retried per key that arrives.
 const PENDING_RETRY_BATCH: usize = 256;
 
@@ -653,7 +659,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     // ---------------------------------------------------------------- receiving
 
-    /// A group message from gossip: judged, applied, and the verdict released after the flush.
+    /// A group message from gossip: judged and applied; the verdict is ready at once (it
+    /// promises nothing about our state, so gossip need not wait for the flush to forward).
     pub(super) fn on_group_gossip(
         &mut self,
         now: UnixMillis,
@@ -670,7 +677,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Ok(GroupReceived::Accepted) => Verdict::Accept,
             Ok(GroupReceived::Pending | GroupReceived::Duplicate) => Verdict::Ignore,
             Err(ReceiveError::Store(e)) => {
-                self.held.push_back(Output::Validation { token, verdict: Verdict::Ignore });
+                self.ready.push_back(Output::Validation { token, verdict: Verdict::Ignore });
                 return Err(e);
             }
             Err(ReceiveError::UnknownGroup | ReceiveError::PendingFull) => Verdict::Ignore,
@@ -679,7 +686,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 Verdict::Reject
             }
         };
-        self.held.push_back(Output::Validation { token, verdict });
+        self.ready.push_back(Output::Validation { token, verdict });
         Ok(())
     }
 
@@ -735,9 +742,34 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let receipt = events.iter().any(|e| matches!(e, Event::Message(_)));
         events.into_iter().for_each(|e| self.event(e));
         if receipt {
-            self.pending_receipts.entry(sender).or_default().push(id);
+            self.owe_group_receipt(now, sender, id);
         }
         Ok(GroupReceived::Accepted)
+    }
+
+    /// Owes `author` a delivery receipt for its group message `id`: it goes with every other
+    /// one owed within [`GROUP_RECEIPT_DELAY_MS`] (or at [`Engine::release_receipts`]).
+    pub(super) fn owe_group_receipt(&mut self, now: UnixMillis, author: UserId, id: MessageId) {
+        self.group_receipts.entry(author).or_default().insert(id);
+        self.group_receipts_due.get_or_insert(now.saturating_add(GROUP_RECEIPT_DELAY_MS));
+    }
+
+    /// A copy of a group message we already have: its author sends the copy only when our
+    /// delivery receipt did not come (lost in a crash before it went out), so owe it again.
+    pub(super) fn reconfirm_group_message(
+        &mut self,
+        now: UnixMillis,
+        author: UserId,
+        id: MessageId,
+    ) -> Result<(), StoreError> {
+        if self
+            .store
+            .message_index(&id)?
+            .is_some_and(|index| index.group.is_some() && index.peer == author)
+        {
+            self.owe_group_receipt(now, author, id);
+        }
+        Ok(())
     }
 
     fn keep_pending(

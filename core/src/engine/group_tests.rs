@@ -24,7 +24,10 @@ struct Net {
     verdicts: Vec<Vec<Verdict>>,
     /// Every publication, as a non-member listening on the topic would see it.
     published: Vec<Vec<u8>>,
+    /// Every pairwise envelope handed over: (from, to).
+    envelopes: Vec<(usize, usize)>,
     next_token: u64,
+    now: UnixMillis,
 }
 
 impl Net {
@@ -42,7 +45,9 @@ impl Net {
             events: vec![Vec::new(); n],
             verdicts: vec![Vec::new(); n],
             published: Vec::new(),
+            envelopes: Vec::new(),
             next_token: 0,
+            now: T,
         }
     }
 
@@ -55,7 +60,7 @@ impl Net {
     }
 
     fn command(&mut self, i: usize, command: Command) -> CommandResult {
-        let result = self.engines[i].handle_command(T, command).unwrap();
+        let result = self.engines[i].handle_command(self.now, command).unwrap();
         self.run();
         result
     }
@@ -67,7 +72,7 @@ impl Net {
     fn gossip(&mut self, to: usize, bytes: Vec<u8>) {
         self.next_token += 1;
         let token = ValidationToken(self.next_token);
-        self.engines[to].handle_input(T, Input::GroupMessage { bytes, token }).unwrap();
+        self.engines[to].handle_input(self.now, Input::GroupMessage { bytes, token }).unwrap();
     }
 
     /// Routes everything until every online engine is idle.
@@ -91,17 +96,18 @@ impl Net {
                         if !d.ephemeral {
                             let result = DeliveryResult::Unreachable;
                             self.engines[from]
-                                .handle_input(T, Input::Delivery { id: d.id, result })
+                                .handle_input(self.now, Input::Delivery { id: d.id, result })
                                 .unwrap();
                         }
                         continue;
                     }
+                    self.envelopes.push((from, to));
                     self.next_token += 1;
                     asked.insert(self.next_token, (from, Some(d.id)));
                     let via = Via::Direct(self.id(from));
                     let reply = Some(ReplyToken(self.next_token));
                     self.engines[to]
-                        .handle_input(T, Input::Envelope { bytes: d.envelope, via, reply })
+                        .handle_input(self.now, Input::Envelope { bytes: d.envelope, via, reply })
                         .unwrap();
                 }
                 Output::FetchPreKeys { user, .. } => {
@@ -110,7 +116,7 @@ impl Net {
                     asked.insert(self.next_token, (from, None));
                     self.engines[to]
                         .handle_input(
-                            T,
+                            self.now,
                             Input::PreKeyRequest { reply: ReplyToken(self.next_token) },
                         )
                         .unwrap();
@@ -130,7 +136,7 @@ impl Net {
                             result: Err(FetchError::NotFound),
                         },
                     };
-                    self.engines[asker].handle_input(T, input).unwrap();
+                    self.engines[asker].handle_input(self.now, input).unwrap();
                 }
                 Output::Publish(p) => {
                     self.published.push(p.envelope.clone());
@@ -145,7 +151,7 @@ impl Net {
                     }
                     if !p.ephemeral {
                         let input = Input::GroupPublished { id: p.id, unreached };
-                        self.engines[from].handle_input(T, input).unwrap();
+                        self.engines[from].handle_input(self.now, input).unwrap();
                     }
                 }
                 Output::Subscribe { tag, .. } => {
@@ -192,8 +198,19 @@ impl Net {
     fn reachable(&mut self, user: usize) {
         let user = self.id(user);
         for e in &mut self.engines {
-            e.handle_input(T, Input::PeerReachable { user }).unwrap();
-            e.handle_input(T, Input::Timeout).unwrap();
+            e.handle_input(self.now, Input::PeerReachable { user }).unwrap();
+            e.handle_input(self.now, Input::Timeout).unwrap();
+        }
+        self.run();
+    }
+
+    /// Time passes: every online engine gets its timeout.
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        for i in 0..self.engines.len() {
+            if self.online[i] {
+                self.engines[i].handle_input(self.now, Input::Timeout).unwrap();
+            }
         }
         self.run();
     }
@@ -224,8 +241,11 @@ fn members_converge_and_every_message_arrives_once_with_receipts() {
         all.sort();
         assert_eq!(got, all, "member {i} has every message once (its own included)");
     }
-    // Everyone has everything: delivered; then all read one of 0's messages.
+    // Everyone has everything: delivered once the receipts went out; then all read one of
+    // 0's messages.
     let (first, _) = sent[0].clone();
+    assert_eq!(net.engines[0].message(&first).unwrap().unwrap().status, MessageStatus::Sent);
+    net.advance(GROUP_RECEIPT_DELAY_MS);
     assert_eq!(net.engines[0].message(&first).unwrap().unwrap().status, MessageStatus::Delivered);
     for i in 1..4 {
         net.group_command(i, group, GroupCommand::MarkRead { ids: vec![first] });
@@ -335,4 +355,92 @@ fn an_offline_member_gets_copies_and_concurrent_changes_converge() {
     // The newcomer reads what is sent from now on.
     net.send(4, group, "welcome");
     assert_eq!(net.texts(5, &group), ["welcome"]);
+}
+
+#[test]
+fn delivery_receipts_are_coalesced_per_author() {
+    let mut net = Net::new(3);
+    let group = net.create(0, &[1, 2]);
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    let ids: Vec<MessageId> = (0..5).map(|i| net.send(1, group, &format!("m{i}"))).collect();
+    assert_eq!(net.texts(0, &group).len(), 5);
+    // Nothing goes back to the author until the delay is over: then one receipt per member
+    // covers all five.
+    let before = net.envelopes.len();
+    net.advance(GROUP_RECEIPT_DELAY_MS - 1);
+    assert_eq!(net.envelopes.len(), before, "no receipt before the delay");
+    assert!(net.engines[0].poll_timeout().is_some_and(|t| t <= net.now + 1));
+    net.advance(1);
+    let receipts: Vec<(usize, usize)> = net.envelopes[before..].to_vec();
+    assert_eq!(receipts.iter().filter(|(from, to)| *from == 0 && *to == 1).count(), 1);
+    assert_eq!(receipts.iter().filter(|(from, to)| *from == 2 && *to == 1).count(), 1);
+    for id in ids {
+        let message = net.engines[1].message(&id).unwrap().unwrap();
+        assert_eq!(message.status, MessageStatus::Delivered);
+        assert_eq!(message.receipts.len(), 2);
+    }
+}
+
+#[test]
+fn a_verdict_is_ready_before_the_flush_and_the_message_after_it() {
+    let mut net = Net::new(3);
+    let group = net.create(0, &[1, 2]);
+    // 2 misses the message on the topic; it is handed over by hand below.
+    net.online[2] = false;
+    net.send(1, group, "hello");
+    net.online[2] = true;
+    let bytes = net.published.last().unwrap().clone();
+    net.engines[2]
+        .handle_input(net.now, Input::GroupMessage { bytes, token: ValidationToken(77) })
+        .unwrap();
+    // Before the flush: the verdict (gossip may forward at once), not the message.
+    let early: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    assert!(
+        matches!(
+            early.as_slice(),
+            [Output::Validation { token: ValidationToken(77), verdict: Verdict::Accept }]
+        ),
+        "only the verdict before the flush: {early:?}"
+    );
+    net.engines[2].flush().unwrap();
+    let after: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    assert!(
+        after
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Message(m)) if m.group == Some(group)))
+    );
+}
+
+#[test]
+fn a_receipt_lost_in_a_crash_is_sent_again_when_the_copy_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new(3);
+    // Member 2 keeps its state on disk, to crash and come back.
+    net.engines[2] = Engine::create(
+        Store::open(dir.path()).unwrap(),
+        ChaCha20Rng::seed_from_u64(7),
+        T,
+        Config::default(),
+    )
+    .unwrap();
+    let group = net.create(0, &[1, 2]);
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    let id = net.send(1, group, "hello");
+    assert_eq!(net.texts(2, &group), ["hello"]);
+    // 2 stored the message (flushed) but crashes before its receipt goes out.
+    drop(net.engines.remove(2));
+    let store = Store::open(dir.path()).unwrap();
+    let reopened =
+        Engine::open(store, ChaCha20Rng::seed_from_u64(9), net.now, Config::default()).unwrap();
+    net.engines.insert(2, reopened);
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    let message = net.engines[1].message(&id).unwrap().unwrap();
+    assert_eq!(message.receipts.len(), 1, "only 0 acknowledged it");
+    // The author sends 2 a copy after all; 2 has it already, and says so again.
+    net.advance(GROUP_RECEIPT_TIMEOUT_MS);
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    assert_eq!(net.texts(2, &group), ["hello"], "still once");
+    let message = net.engines[1].message(&id).unwrap().unwrap();
+    assert_eq!(message.receipts.len(), 2);
+    assert_eq!(message.status, MessageStatus::Delivered);
 }

@@ -8,14 +8,18 @@
 //!
 //! 1. Feed any number of inputs: [`Engine::handle_input`], [`Engine::handle_command`]. Each
 //!    commits its state changes to the store (not yet durable) and queues outputs.
-//! 2. Call [`Engine::flush`]: it sends the turn's coalesced delivery receipts, makes every
-//!    commit durable with **one** fsync (group commit), and releases the queued outputs.
+//! 2. Call [`Engine::flush`]: it sends the turn's coalesced delivery receipts (those for group
+//!    messages once [`GROUP_RECEIPT_DELAY_MS`] has passed), makes every commit durable with
+//!    **one** fsync (group commit), and releases the queued outputs.
 //! 3. Drain [`Engine::poll_output`] until `None` and carry the outputs out.
 //! 4. Sleep until [`Engine::poll_timeout`] (or the next input), then feed [`Input::Timeout`].
 //!
 //! Outputs only become visible after the state that produced them is on disk, so an envelope
 //! never leaves before the ratchet state that encrypted it is durable (no key or nonce reuse
-//! after a crash), and an acknowledgement never promises data that a crash could lose.
+//! after a crash), and an acknowledgement never promises data that a crash could lose. The one
+//! exception is [`Output::Validation`]: a verdict on someone else's gossip message promises
+//! nothing about our state, so it is ready at once, and a driver may poll it before the flush
+//! (gossip then forwards a valid message without waiting for our fsync).
 //!
 //! # Example: a driver for two engines
 //!
@@ -80,7 +84,7 @@ mod receive;
 mod tests;
 mod types;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use kith_protocol::content::{
     Body, Content, Delete, Edit, Presence, Profile, Reaction, Receipt, ReceiptKind, Text,
@@ -99,7 +103,7 @@ use crate::session::{PeerSessions, Session};
 use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
 use crate::store::{Batch, Store, StoreError};
 
-pub use group::{GROUP_RECEIPT_TIMEOUT_MS, MAX_PENDING_PER_GROUP};
+pub use group::{GROUP_RECEIPT_DELAY_MS, GROUP_RECEIPT_TIMEOUT_MS, MAX_PENDING_PER_GROUP};
 pub use outbox::{
     ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS, SEND_WINDOW,
 };
@@ -155,6 +159,10 @@ pub struct Engine<R> {
     fetches: HashMap<UserId, Fetch>,
     /// Delivery receipts owed, per peer, sent (coalesced) at the next flush.
     pending_receipts: BTreeMap<UserId, Vec<MessageId>>,
+    /// Delivery receipts owed for group messages, per author, sent (coalesced) at the first
+    /// flush from `group_receipts_due` on.
+    group_receipts: BTreeMap<UserId, BTreeSet<MessageId>>,
+    group_receipts_due: Option<UnixMillis>,
     /// Outputs waiting for the next flush.
     held: VecDeque<Output>,
     /// Outputs ready to be carried out.
@@ -214,6 +222,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             sessions: HashMap::new(),
             fetches: HashMap::new(),
             pending_receipts: BTreeMap::new(),
+            group_receipts: BTreeMap::new(),
+            group_receipts_due: None,
             held: VecDeque::new(),
             ready: VecDeque::new(),
             dirty: false,
@@ -465,7 +475,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// Sends the turn's receipts, makes all commits durable (one fsync) and releases the
     /// outputs queued so far. See the drain order in the [module docs](self).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let receipts = std::mem::take(&mut self.pending_receipts);
+        let mut receipts = std::mem::take(&mut self.pending_receipts);
+        if self.group_receipts_due.is_some_and(|due| due <= self.now) {
+            self.group_receipts_due = None;
+            for (author, ids) in std::mem::take(&mut self.group_receipts) {
+                receipts.entry(author).or_default().extend(ids);
+            }
+        }
         for (peer, ids) in receipts {
             for chunk in ids.chunks(MAX_RECEIPT_IDS) {
                 let body =
@@ -494,7 +510,19 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// When the engine next wants [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<UnixMillis> {
         let fetch = self.fetches.values().map(|f| f.due).min();
-        [self.outbox.next_due(), fetch, Some(self.next_maintenance)].into_iter().flatten().min()
+        [self.outbox.next_due(), fetch, self.group_receipts_due, Some(self.next_maintenance)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Makes the next [`Engine::flush`] send every delivery receipt owed, without waiting for
+    /// [`GROUP_RECEIPT_DELAY_MS`]: call it before shutting
+    /// down.
+    pub fn release_receipts(&mut self) {
+        if self.group_receipts_due.is_some() {
+            self.group_receipts_due = Some(self.now);
+        }
     }
 
     // ---------------------------------------------------------------- helpers

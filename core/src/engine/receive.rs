@@ -93,12 +93,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         {
             return Err(ReceiveError::SenderMismatch);
         }
-        if self.store.is_seen(&sender, &envelope.id)? {
-            return Ok(AckResult::Duplicate);
-        }
         // Message ids are chosen by senders; one already in the history (any conversation)
         // is never stored again, so no one can overwrite a message by reusing its id.
-        if self.store.message_index(&envelope.id)?.is_some() {
+        if self.store.is_seen(&sender, &envelope.id)?
+            || self.store.message_index(&envelope.id)?.is_some()
+        {
+            if matches!(envelope.kind, EnvelopeKind::Group(_)) {
+                self.reconfirm_group_message(now, sender, envelope.id)?;
+            }
             return Ok(AckResult::Duplicate);
         }
         if let EnvelopeKind::Group(message) = envelope.kind {
