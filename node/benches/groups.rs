@@ -5,7 +5,9 @@
 //! *last* other member has it is one sample. Kith: `send_group_text` → sealed with the sender
 //! key and stored → published → each member validates (signature), decrypts and stores it
 //! durably. Bare: `publish` of 1 KiB on a plain gossipsub mesh (same message ids, no
-//! validation, nothing stored).
+//! validation, nothing stored). Where the machine has `/dev/shm`, Kith runs a second time with
+//! its data there (no disk under it: a flush costs only sled's own work), which separates what
+//! the disk costs from what the protocol and the store cost.
 //!
 //! Run with `cargo bench -p kith-node --bench groups` (`KITH_BENCH_SAMPLES`, default 100;
 //! `KITH_BENCH_SIZES`, default `4,8,16`).
@@ -155,8 +157,14 @@ async fn bare(n: usize, samples: usize) -> Vec<Duration> {
 
 // ---------------------------------------------------------------- Kith
 
-async fn kith(n: usize, samples: usize) -> Vec<Duration> {
-    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+/// Kith with every member's data dir under `base` (`None`: the system's temp dir, on disk).
+async fn kith(n: usize, samples: usize, base: Option<&std::path::Path>) -> Vec<Duration> {
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|_| match base {
+            Some(base) => tempfile::tempdir_in(base).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        })
+        .collect();
     let mut nodes = Vec::new();
     for dir in &dirs {
         nodes.push(Node::create(NodeConfig::loopback(dir.path())).await.unwrap());
@@ -222,21 +230,41 @@ async fn kith(n: usize, samples: usize) -> Vec<Duration> {
     out
 }
 
+/// A RAM-backed directory (`/dev/shm`, where an fsync returns at once), if this machine has
+/// one: Kith measured there shows what it costs apart from the disk's flush latency.
+fn memory_dir() -> Option<std::path::PathBuf> {
+    let shm = std::path::PathBuf::from("/dev/shm");
+    shm.is_dir().then_some(shm)
+}
+
+/// p50 and p99 of `samples`, sorted in place.
+fn p50_p99(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    (percentile(samples, 0.5), percentile(samples, 0.99))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let samples = samples();
+    let memory = memory_dir();
     println!("group fan-out, 1 KiB, time until the last member has it ({samples} samples each)");
-    println!("| members | bare gossipsub p50 | p99 | Kith p50 | p99 | Kith / bare (p50) |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| members | bare gossipsub p50 | p99 | Kith p50 | p99 | Kith / bare (p50) | \
+         Kith, data in RAM p50 | p99 | / bare (p50) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes() {
-        let mut b = bare(n, samples).await;
-        let mut k = kith(n, samples).await;
-        b.sort();
-        k.sort();
-        let (b50, b99, k50, k99) =
-            (percentile(&b, 0.5), percentile(&b, 0.99), percentile(&k, 0.5), percentile(&k, 0.99));
+        let (b50, b99) = p50_p99(&mut bare(n, samples).await);
+        let (k50, k99) = p50_p99(&mut kith(n, samples, None).await);
+        let in_memory = match &memory {
+            Some(dir) => {
+                let (m50, m99) = p50_p99(&mut kith(n, samples, Some(dir)).await);
+                format!("{:.2} ms | {:.2} ms | {:.2}×", ms(m50), ms(m99), ms(m50) / ms(b50))
+            }
+            None => "– | – | –".to_owned(),
+        };
         println!(
-            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× |",
+            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}× | {in_memory} |",
             ms(b50),
             ms(b99),
             ms(k50),
