@@ -112,9 +112,9 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
-    /// Show the conversation with a contact.
+    /// Show the conversation with a contact or in a group.
     History {
-        /// Contact name or peer id.
+        /// Contact name or peer id, or group name or id.
         peer: String,
         /// Print JSON.
         #[arg(long)]
@@ -123,9 +123,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u64,
     },
-    /// Chat with a contact in a terminal UI.
+    /// Chat with a contact or in a group, in a terminal UI.
     Chat {
-        /// Contact name or peer id.
+        /// Contact name or peer id, or group name or id.
         peer: String,
         /// Network options when no daemon runs.
         #[command(flatten)]
@@ -349,13 +349,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     history = group;
                 }
             }
+            let contacts =
+                if json { Value::Null } else { conn.call("contact.list", Value::Null).await? };
             conn.close().await?;
             let history = history?;
             if json {
                 println!("{history}");
             } else {
+                let names = render::names(&contacts);
                 for m in history.as_array().into_iter().flatten() {
-                    println!("{}", render::message_line(m, &peer));
+                    println!("{}", render::message_line(m, &peer, &names));
                 }
             }
         }

@@ -1,5 +1,7 @@
 //! Human-readable rendering of messages and statuses (shared by `history` and `chat`).
 
+use std::collections::HashMap;
+
 use chrono::{Local, TimeZone};
 use serde_json::Value;
 
@@ -64,17 +66,37 @@ fn attachment_text(m: &Value) -> String {
     format!("[file {name}{size}]{caption}{state}")
 }
 
+/// Contact names by peer id, to name the authors of group messages.
+pub(crate) type Names = HashMap<String, String>;
+
+/// Contact names by peer id, from a `contact.list` answer.
+pub(crate) fn names(contacts: &Value) -> Names {
+    contacts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let peer = c.get("peer_id").and_then(Value::as_str)?;
+            let name = c.get("name").and_then(Value::as_str)?;
+            Some((peer.to_owned(), name.to_owned()))
+        })
+        .collect()
+}
+
 /// One line for a message (as the API returns it): time, who, text, marks, reactions.
-pub(crate) fn message_line(m: &Value, peer_name: &str) -> String {
+/// `peer_name` names the other side of a conversation; in a group, the author is named from
+/// `names`, or shown as the end of its peer id.
+pub(crate) fn message_line(m: &Value, peer_name: &str, names: &Names) -> String {
     let get = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
     let outgoing = get("direction") == "outgoing";
-    // In a group, the author (the end of its peer id), not the conversation's name.
     let author;
     let who = if outgoing {
         "me"
     } else if m.get("group").is_some_and(Value::is_string) {
         let peer = get("peer");
-        author = format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer));
+        author = names.get(peer).cloned().unwrap_or_else(|| {
+            format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer))
+        });
         &author
     } else {
         peer_name
@@ -109,23 +131,34 @@ mod tests {
     fn lines_show_direction_marks_edits_and_reactions() {
         let m = json!({"direction":"outgoing","kind":"text","text":"hi","status":"delivered","stored_at":0,
                        "edited_at":5,"reactions":[{"from":"x","emoji":"👍"}]});
-        let line = message_line(&m, "bob");
+        let line = message_line(&m, "bob", &Names::new());
         assert!(line.contains("me: hi (edited) ✓✓") && line.ends_with("[👍]"), "{line}");
         let m = json!({"direction":"incoming","kind":"deleted","status":"received","stored_at":0});
-        assert!(message_line(&m, "bob").contains("bob: (deleted)"));
+        assert!(message_line(&m, "bob", &Names::new()).contains("bob: (deleted)"));
         let m = json!({"direction":"outgoing","kind":"text","text":"x","status":"failed","failure":"no prekeys","stored_at":0});
-        assert!(message_line(&m, "bob").ends_with("✗ (no prekeys)"));
+        assert!(message_line(&m, "bob", &Names::new()).ends_with("✗ (no prekeys)"));
+    }
+
+    #[test]
+    fn group_authors_are_named_from_contacts_or_shown_by_id() {
+        let names = names(&json!([{"peer_id":"12D3KooWalice","name":"alice"}]));
+        let m = json!({"direction":"incoming","kind":"text","text":"hi","group":"g1","peer":"12D3KooWalice","status":"received","stored_at":0});
+        assert!(message_line(&m, "climbers", &names).contains("alice: hi"));
+        let m = json!({"direction":"incoming","kind":"text","text":"yo","group":"g1","peer":"12D3KooWstranger","status":"received","stored_at":0});
+        assert!(message_line(&m, "climbers", &names).contains("…stranger: yo"));
     }
 
     #[test]
     fn attachments_show_name_size_and_where_they_stand() {
         let m = json!({"direction":"incoming","kind":"media","file_name":"a.jpg","text":"look","status":"received","stored_at":0,
                        "attachment":{"size":3_500_000,"state":"saved","path":"/d/a.jpg"}});
-        let line = message_line(&m, "bob");
+        let line = message_line(&m, "bob", &Names::new());
         assert!(line.contains("bob: [file a.jpg, 3.3 MiB] look (saved to /d/a.jpg)"), "{line}");
         let m = json!({"direction":"incoming","kind":"media","file_name":"v.mp4","status":"received","stored_at":0,
                        "attachment":{"size":10,"state":"downloading","chunks_done":3,"chunks":4}});
-        assert!(message_line(&m, "bob").contains("[file v.mp4, 10 B] (downloading 75%)"));
+        assert!(
+            message_line(&m, "bob", &Names::new()).contains("[file v.mp4, 10 B] (downloading 75%)")
+        );
         assert_eq!(human_size(2 << 30), "2.0 GiB");
     }
 }

@@ -138,6 +138,10 @@ fn cli_refuses_bad_input_with_clear_messages() {
         "no contact named `nobody`",
     );
     fails(&["history", "nobody"], "no contact named `nobody`");
+    fails(
+        &["chat", "nobody", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        "no contact or group named `nobody`",
+    );
     fails(&["daemon", "--listen", "not-a-multiaddr"], "not a valid multiaddr");
     fails(&["send", "x", "hi", "--bootstrap", "/ip4/1.2.3"], "not a valid multiaddr");
     fails(&["stop"], "no daemon is running");
@@ -190,6 +194,18 @@ fn group_create_send_info_and_history_through_the_cli() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the group message never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Bob answers; Alice's history names him by her contact name.
+    kith_ok(&b, &["group", "send", "climbers", "on my way"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let history = kith_ok(&a, &["history", "climbers"]).unwrap();
+        if history.contains("bob: on my way") {
+            assert!(history.contains("me: rope at 6"), "{history}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Bob's answer never arrived: {history}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // Bad input: an unknown group and a non-admin removal are clear errors.
