@@ -18,7 +18,7 @@ use ratatui::{DefaultTerminal, Frame};
 use serde_json::{Value, json};
 
 use crate::conn::Conn;
-use crate::render::{Names, message_line, names};
+use crate::render::{Names, message_line, name_of, names};
 
 /// A peer's typing indicator disappears this long after its last "started".
 const TYPING_SHOWN_FOR: Duration = Duration::from_secs(6);
@@ -193,7 +193,7 @@ impl ChatState {
             "typing" if from_contact(event) => self.set_typing(event, self.name.clone()),
             "group_typing" if self.conversation.owns(event) => {
                 let peer = event.get("peer").and_then(Value::as_str).unwrap_or("");
-                let who = self.names.get(peer).cloned().unwrap_or_else(|| short(peer));
+                let who = name_of(&self.names, peer);
                 self.set_typing(event, who);
             }
             "presence" if from_contact(event) => {
@@ -237,11 +237,6 @@ impl ChatState {
             self.notice = "you are no longer in this group".into();
         }
     }
-}
-
-/// The end of a peer id, for someone who is not a contact.
-fn short(peer: &str) -> String {
-    format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer))
 }
 
 /// Draws the chat window.

@@ -83,6 +83,14 @@ pub(crate) fn names(contacts: &Value) -> Names {
         .collect()
 }
 
+/// What to call `peer`: its contact name, else the end of its peer id.
+pub(crate) fn name_of(names: &Names, peer: &str) -> String {
+    names
+        .get(peer)
+        .cloned()
+        .unwrap_or_else(|| format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer)))
+}
+
 /// One line for a message (as the API returns it): time, who, text, marks, reactions.
 /// `peer_name` names the other side of a conversation; in a group, the author is named from
 /// `names`, or shown as the end of its peer id.
@@ -93,10 +101,7 @@ pub(crate) fn message_line(m: &Value, peer_name: &str, names: &Names) -> String 
     let who = if outgoing {
         "me"
     } else if m.get("group").is_some_and(Value::is_string) {
-        let peer = get("peer");
-        author = names.get(peer).cloned().unwrap_or_else(|| {
-            format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer))
-        });
+        author = name_of(names, get("peer"));
         &author
     } else {
         peer_name

@@ -517,8 +517,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// Makes the next [`Engine::flush`] send every delivery receipt owed, without waiting for
-    /// [`GROUP_RECEIPT_DELAY_MS`]: call it before shutting
-    /// down.
+    /// [`GROUP_RECEIPT_DELAY_MS`]: call it before shutting down.
     pub fn release_receipts(&mut self) {
         if self.group_receipts_due.is_some() {
             self.group_receipts_due = Some(self.now);
