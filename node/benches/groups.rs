@@ -157,14 +157,10 @@ async fn bare(n: usize, samples: usize) -> Vec<Duration> {
 
 // ---------------------------------------------------------------- Kith
 
-/// Kith with every member's data dir under `base` (`None`: the system's temp dir, on disk).
-async fn kith(n: usize, samples: usize, base: Option<&std::path::Path>) -> Vec<Duration> {
-    let dirs: Vec<tempfile::TempDir> = (0..n)
-        .map(|_| match base {
-            Some(base) => tempfile::tempdir_in(base).unwrap(),
-            None => tempfile::tempdir().unwrap(),
-        })
-        .collect();
+/// Kith with every member's data dir under `base`.
+async fn kith(n: usize, samples: usize, base: &std::path::Path) -> Vec<Duration> {
+    let dirs: Vec<tempfile::TempDir> =
+        (0..n).map(|_| tempfile::tempdir_in(base).unwrap()).collect();
     let mut nodes = Vec::new();
     for dir in &dirs {
         nodes.push(Node::create(NodeConfig::loopback(dir.path())).await.unwrap());
@@ -255,10 +251,10 @@ async fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes() {
         let (b50, b99) = p50_p99(&mut bare(n, samples).await);
-        let (k50, k99) = p50_p99(&mut kith(n, samples, None).await);
+        let (k50, k99) = p50_p99(&mut kith(n, samples, &std::env::temp_dir()).await);
         let in_memory = match &memory {
             Some(dir) => {
-                let (m50, m99) = p50_p99(&mut kith(n, samples, Some(dir)).await);
+                let (m50, m99) = p50_p99(&mut kith(n, samples, dir).await);
                 format!("{:.2} ms | {:.2} ms | {:.2}×", ms(m50), ms(m99), ms(m50) / ms(b50))
             }
             None => "– | – | –".to_owned(),

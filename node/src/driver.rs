@@ -258,10 +258,10 @@ impl Driver {
 
     /// Flushes the turn (one fsync), then carries out the engine's outputs and answers callers.
     fn flush_and_act(&mut self) {
-        // Gossip verdicts are ready before the flush (they promise nothing about our state):
-        // a valid message is forwarded without waiting for our fsync.
-        while let Some(output) = self.engine.poll_output() {
-            self.act(output);
+        // Gossip verdicts promise nothing about our state: a valid message is forwarded
+        // without waiting for our fsync. Everything else waits for the flush below.
+        for (token, verdict) in self.engine.take_verdicts() {
+            self.report_validation(token, verdict);
         }
         if !blocking(|| self.flush_stores()) {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.

@@ -409,6 +409,18 @@ fn a_verdict_is_ready_before_the_flush_and_the_message_after_it() {
             .iter()
             .any(|o| matches!(o, Output::Event(Event::Message(m)) if m.group == Some(group)))
     );
+    // The same bytes again (a replay): `take_verdicts` hands over the verdict alone and leaves
+    // the rest (the `Rejected` event) for after the flush.
+    let bytes = net.published.last().unwrap().clone();
+    net.engines[2]
+        .handle_input(net.now, Input::GroupMessage { bytes, token: ValidationToken(78) })
+        .unwrap();
+    assert_eq!(net.engines[2].take_verdicts(), [(ValidationToken(78), Verdict::Reject)]);
+    assert!(net.engines[2].poll_output().is_none(), "nothing else before the flush");
+    net.engines[2].flush().unwrap();
+    let after: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    assert!(after.iter().any(|o| matches!(o, Output::Event(Event::Rejected { .. }))), "{after:?}");
+    assert!(!after.iter().any(|o| matches!(o, Output::Validation { .. })));
 }
 
 #[test]

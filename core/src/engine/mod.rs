@@ -18,8 +18,9 @@
 //! never leaves before the ratchet state that encrypted it is durable (no key or nonce reuse
 //! after a crash), and an acknowledgement never promises data that a crash could lose. The one
 //! exception is [`Output::Validation`]: a verdict on someone else's gossip message promises
-//! nothing about our state, so it is ready at once, and a driver may poll it before the flush
-//! (gossip then forwards a valid message without waiting for our fsync).
+//! nothing about our state, so it is ready at once, and a driver may take it before the flush
+//! with [`Engine::take_verdicts`] (gossip then forwards a valid message without waiting for
+//! our fsync).
 //!
 //! # Example: a driver for two engines
 //!
@@ -500,6 +501,22 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         self.ready.extend(self.held.drain(..));
         Ok(())
+    }
+
+    /// Takes the gossip verdicts queued so far ([`Output::Validation`]) and nothing else: they
+    /// promise nothing about our state, so a driver may report them before [`Engine::flush`]
+    /// (gossip then forwards a valid message without waiting for our fsync). Verdicts not
+    /// taken here come out of [`Engine::poll_output`] like any other output.
+    pub fn take_verdicts(&mut self) -> Vec<(ValidationToken, Verdict)> {
+        let mut verdicts = Vec::new();
+        self.ready.retain(|output| match output {
+            Output::Validation { token, verdict } => {
+                verdicts.push((*token, *verdict));
+                false
+            }
+            _ => true,
+        });
+        verdicts
     }
 
     /// The next output to carry out (only outputs whose state is durable).
