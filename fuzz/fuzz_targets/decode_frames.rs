@@ -5,7 +5,7 @@
 
 use kith_protocol::codec::{Frame, decode, encode};
 use kith_protocol::content::Content;
-use kith_protocol::direct::DeliveryAck;
+use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
 use kith_protocol::envelope::{Envelope, GroupEnvelope};
 use kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRequest, MediaResponse};
@@ -22,7 +22,8 @@ fuzz_target!(|bytes: &[u8]| {
     one::<Envelope>(bytes);
     one::<GroupEnvelope>(bytes);
     one::<Content>(bytes);
-    one::<DeliveryAck>(bytes);
+    one::<EnvelopeBatch>(bytes);
+    one::<DeliveryAcks>(bytes);
     one::<PreKeyRequest>(bytes);
     one::<PreKeyResponse>(bytes);
     one::<UserRecord>(bytes);

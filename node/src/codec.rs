@@ -1,23 +1,22 @@
 //! Size-capped codecs for Kith's request-response protocols.
 //!
 //! One request and one response per substream, each read to the end of the stream with a hard
-//! limit: a frame over its limit fails the stream before anything is parsed. Envelope requests
-//! stay raw bytes here, so that a malformed envelope still reaches the engine and is answered
-//! with a typed refusal instead of a dropped stream.
+//! limit: a frame over its limit fails the stream before anything is parsed. The envelopes of
+//! an [`EnvelopeBatch`] stay undecoded bytes here, so that a malformed envelope still reaches
+//! the engine and is answered with a typed refusal instead of a dropped stream.
 
 use std::io;
 use std::marker::PhantomData;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use kith_protocol::Frame;
-use kith_protocol::direct::DeliveryAck;
-use kith_protocol::limits::MAX_ENVELOPE_BYTES;
+use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
 use kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRequest, MediaResponse};
 use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
 use libp2p::StreamProtocol;
 
-/// `/kith/envelope/1`: direct delivery, answered by a [`DeliveryAck`].
+/// `/kith/envelope/1`: direct delivery of an [`EnvelopeBatch`], answered by [`DeliveryAcks`].
 pub const ENVELOPE_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/envelope/1");
 /// `/kith/mailbox/1`: store-and-forward through relays.
 pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/mailbox/1");
@@ -30,8 +29,9 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/kad/1.0.0");
 /// Identify's protocol version string.
 pub const IDENTIFY_VERSION: &str = "/kith/1.0.0";
 
-/// Room reserved up front for a response (the largest media frame): a sealed chunk is read
-/// without regrowing and copying its buffer.
+/// Most room reserved up front for a response (the largest media frame): a sealed chunk is read
+/// without regrowing and copying its buffer. A response type with a smaller limit reserves
+/// its limit.
 const RESPONSE_CAPACITY: usize = kith_protocol::limits::MAX_MEDIA_FRAME_BYTES;
 
 /// Reads `io` to its end, refusing more than `max` bytes; `capacity` is reserved first.
@@ -64,57 +64,6 @@ fn decode<F: Frame>(bytes: &[u8]) -> io::Result<F> {
 
 fn encode<F: Frame>(frame: &F) -> io::Result<Vec<u8>> {
     kith_protocol::encode(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// An envelope as it travels: at most [`MAX_ENVELOPE_BYTES`], decoded by the engine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawEnvelope(pub Vec<u8>);
-
-/// Codec of `/kith/envelope/1`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EnvelopeCodec;
-
-impl libp2p::request_response::Codec for EnvelopeCodec {
-    type Protocol = StreamProtocol;
-    type Request = RawEnvelope;
-    type Response = DeliveryAck;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<RawEnvelope> {
-        read_capped(io, MAX_ENVELOPE_BYTES, 0).await.map(RawEnvelope)
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<DeliveryAck> {
-        decode(&read_capped(io, DeliveryAck::MAX_BYTES, DeliveryAck::MAX_BYTES).await?)
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        RawEnvelope(bytes): RawEnvelope,
-    ) -> io::Result<()> {
-        if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "envelope too large"));
-        }
-        write_all(io, &bytes).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        ack: DeliveryAck,
-    ) -> io::Result<()> {
-        write_all(io, &encode(&ack)?).await
-    }
 }
 
 /// A codec whose request and response are both [`Frame`]s, decoded with their limits.
@@ -155,7 +104,7 @@ where
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Resp> {
-        decode(&read_capped(io, Resp::MAX_BYTES, RESPONSE_CAPACITY).await?)
+        decode(&read_capped(io, Resp::MAX_BYTES, RESPONSE_CAPACITY.min(Resp::MAX_BYTES)).await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -177,6 +126,9 @@ where
     }
 }
 
+/// Codec of `/kith/envelope/1`.
+pub type EnvelopeCodec = FrameCodec<EnvelopeBatch, DeliveryAcks>;
+
 /// Codec of `/kith/prekey/1`.
 pub type PreKeyCodec = FrameCodec<PreKeyRequest, PreKeyResponse>;
 
@@ -195,13 +147,25 @@ mod tests {
 
     #[tokio::test]
     async fn oversize_and_garbage_frames_are_io_errors_not_panics() {
-        let mut codec = EnvelopeCodec;
-        let big = vec![1u8; MAX_ENVELOPE_BYTES + 1];
+        use kith_protocol::limits::{MAX_DIRECT_FRAME_BYTES, MAX_ENVELOPE_BYTES};
+        let mut codec = EnvelopeCodec::default();
+        let big = vec![1u8; MAX_DIRECT_FRAME_BYTES + 1];
         let err = codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(big)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        // At the limit is fine (the engine decides what the bytes mean).
-        let at_limit = vec![1u8; MAX_ENVELOPE_BYTES];
-        assert!(codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(at_limit)).await.is_ok());
+        // An envelope at its limit is fine, garbage or not: the engine decides what it means.
+        let batch = EnvelopeBatch { envelopes: vec![vec![1u8; MAX_ENVELOPE_BYTES].into()] };
+        let bytes = kith_protocol::encode(&batch).unwrap();
+        let read = codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(bytes)).await.unwrap();
+        assert_eq!(read, batch);
+        // One byte over it fails the whole request.
+        let mut bytes = vec![kith_protocol::WIRE_VERSION, 1];
+        let over = MAX_ENVELOPE_BYTES + 1;
+        bytes.extend_from_slice(&[0x81, 0x80, 0x10]); // varint 262,145
+        assert_eq!(over, 1 + (0x10 << 14));
+        bytes.resize(bytes.len() + over, 1);
+        let err =
+            codec.read_request(&ENVELOPE_PROTOCOL, &mut Cursor::new(bytes)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 
         let mut prekeys = PreKeyCodec::default();
         let err = prekeys

@@ -16,7 +16,11 @@ use kith_core::engine::{
 };
 use kith_core::identity::{peer_id_of, user_id_of};
 use kith_core::record::{record_key, supersedes, verify_record};
-use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
+use kith_protocol::ByteBuf;
+use kith_protocol::direct::{
+    AckResult, DeliveryAck, DeliveryAcks, EnvelopeBatch, RejectReason, batch_cost,
+};
+use kith_protocol::limits::{MAX_DIRECT_BATCH, MAX_DIRECT_FRAME_BYTES};
 use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, UserRecord};
 use kith_protocol::{MessageId, UserId};
 use libp2p::kad::store::RecordStore;
@@ -28,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::NodeEvent;
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::clock::now_millis;
-use crate::codec::{KAD_PROTOCOL, RawEnvelope};
+use crate::codec::KAD_PROTOCOL;
 use crate::limiter::RateLimiter;
 use crate::mailbox::{Mailboxes, NetAction};
 use crate::media::Media;
@@ -41,9 +45,10 @@ pub const MAX_BATCH: usize = 1024;
 /// Inbound envelopes per peer: average per second, and burst. Far above what a person sends
 /// (and above what one node can store), it only stops a peer from monopolising the node.
 pub const ENVELOPE_RATE: (f64, f64) = (50_000.0, 100_000.0);
-/// Most envelope requests in flight to one peer; more wait in the driver, in outbox order.
-/// Each request is a Yamux stream, and a connection that exceeds the peer's stream limit
-/// (512 by default, shared with the peer's own requests to us) is torn down.
+/// Most envelope requests in flight to one peer, each a batch of up to
+/// [`MAX_DIRECT_BATCH`] envelopes; more wait in the driver, in outbox order, and leave together
+/// as the answers come back. Each request is a Yamux stream, and a connection that exceeds the
+/// peer's stream limit (512 by default, shared with the peer's own requests to us) is torn down.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 128;
 /// Inbound prekey fetches per peer (each may hand out a one-time prekey): per second, burst.
 pub const PREKEY_RATE: (f64, f64) = (1.0 / 6.0, 10.0);
@@ -62,6 +67,15 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
     }
+}
+
+/// An envelope batch received, waiting for the engine to answer each of its envelopes.
+struct InboundBatch {
+    channel: ResponseChannel<DeliveryAcks>,
+    /// One answer per envelope, in request order; `None` until the engine gives it.
+    acks: Vec<Option<DeliveryAck>>,
+    /// How many are still `None`.
+    missing: usize,
 }
 
 /// A request from a [`crate::Node`] handle.
@@ -87,9 +101,14 @@ pub(crate) struct Driver {
     events: broadcast::Sender<NodeEvent>,
     pub(crate) after_flush: Vec<Box<dyn FnOnce() + Send>>,
     next_token: u64,
-    envelope_replies: HashMap<u64, ResponseChannel<DeliveryAck>>,
+    /// Envelope batches received, gathering the engine's answers (one response per batch).
+    inbound_batches: HashMap<u64, InboundBatch>,
+    /// Which batch and place each envelope handed to the engine answers for.
+    envelope_tokens: HashMap<u64, (u64, usize)>,
     prekey_replies: HashMap<u64, ResponseChannel<PreKeyResponse>>,
-    deliveries: HashMap<OutboundRequestId, MessageId>,
+    /// The deliveries each envelope request in flight carries, in order (`None`: typing or
+    /// presence, not tracked).
+    deliveries: HashMap<OutboundRequestId, Vec<Option<MessageId>>>,
     /// Envelope requests in flight per peer (every one ends in a response or a failure).
     in_flight: HashMap<PeerId, usize>,
     /// Deliveries waiting for room under [`MAX_IN_FLIGHT_PER_PEER`], in order.
@@ -132,7 +151,8 @@ impl Driver {
             events,
             after_flush: Vec::new(),
             next_token: 0,
-            envelope_replies: HashMap::new(),
+            inbound_batches: HashMap::new(),
+            envelope_tokens: HashMap::new(),
             prekey_replies: HashMap::new(),
             deliveries: HashMap::new(),
             in_flight: HashMap::new(),
@@ -287,6 +307,11 @@ impl Driver {
                 self.act(output);
             }
         }
+        // The turn's deliveries, batched per peer.
+        let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
+        for peer in peers {
+            self.send_waiting(peer);
+        }
         self.start_media();
         // Relay answers, pushes and prekey uploads queued by this turn's events: all durable now.
         self.after_flush_network();
@@ -328,19 +353,17 @@ impl Driver {
                     // Typing and presence: only to a peer we are connected to and not busy
                     // with, never retried.
                     if self.swarm.is_connected(&peer) && self.has_room(&peer) {
-                        self.send_envelope(peer, delivery.envelope);
+                        let request = self.send_batch(peer, vec![delivery.envelope.into()]);
+                        self.deliveries.insert(request, vec![None]);
                     }
                     return;
                 }
                 self.track_attempt(delivery.id, delivery.to, &delivery.envelope, &delivery.relays);
-                if self.has_room(&peer) {
-                    let request = self.send_envelope(peer, delivery.envelope);
-                    self.deliveries.insert(request, delivery.id);
-                } else {
-                    // A retry of a waiting delivery replaces its bytes and keeps its place.
-                    if self.waiting_envelopes.insert(delivery.id, delivery.envelope).is_none() {
-                        self.waiting.entry(peer).or_default().push_back(delivery.id);
-                    }
+                // Queued, and sent with whatever else the turn has for this peer
+                // (`send_waiting`). A retry of a waiting delivery replaces its bytes and keeps
+                // its place.
+                if self.waiting_envelopes.insert(delivery.id, delivery.envelope).is_none() {
+                    self.waiting.entry(peer).or_default().push_back(delivery.id);
                 }
             }
             Output::FetchPreKeys { user, .. } => match peer_id_of(&user) {
@@ -357,12 +380,8 @@ impl Driver {
                 }
             },
             Output::Reply { token, reply: Reply::Ack(ack) } => {
-                if self.relay_envelope_answered(token.0, &ack) {
-                    return;
-                }
-                if let Some(channel) = self.envelope_replies.remove(&token.0) {
-                    // The requester may have gone; nothing to do then.
-                    let _ = self.swarm.behaviour_mut().envelope.send_response(channel, ack);
+                if !self.relay_envelope_answered(token.0, &ack) {
+                    self.envelope_answered(token.0, ack);
                 }
             }
             Output::Reply { token, reply: Reply::PreKeys(response) } => {
@@ -382,13 +401,45 @@ impl Driver {
         self.in_flight.get(peer).copied().unwrap_or(0) < MAX_IN_FLIGHT_PER_PEER
     }
 
-    fn send_envelope(&mut self, peer: PeerId, envelope: Vec<u8>) -> OutboundRequestId {
+    fn send_batch(&mut self, peer: PeerId, envelopes: Vec<ByteBuf>) -> OutboundRequestId {
         *self.in_flight.entry(peer).or_default() += 1;
-        self.swarm.behaviour_mut().envelope.send_request(&peer, RawEnvelope(envelope))
+        self.swarm.behaviour_mut().envelope.send_request(&peer, EnvelopeBatch { envelopes })
     }
 
-    /// An envelope request to `peer` ended: sends the next waiting delivery, or, if the peer
-    /// could not be reached, hands every waiting delivery back to the engine to retry later.
+    /// Sends `peer`'s waiting deliveries in order, as many batches as there is room for, each
+    /// of up to [`MAX_DIRECT_BATCH`] envelopes and [`MAX_DIRECT_FRAME_BYTES`].
+    fn send_waiting(&mut self, peer: PeerId) {
+        let Some(mut queue) = self.waiting.remove(&peer) else { return };
+        while self.has_room(&peer) && !queue.is_empty() {
+            let (mut envelopes, mut ids, mut size) =
+                (Vec::new(), Vec::new(), EnvelopeBatch::OVERHEAD);
+            while let Some(id) = queue.front() {
+                let cost = self.waiting_envelopes.get(id).map_or(0, |e| batch_cost(e.len()));
+                if envelopes.len() == MAX_DIRECT_BATCH
+                    || (!envelopes.is_empty() && size + cost > MAX_DIRECT_FRAME_BYTES)
+                {
+                    break;
+                }
+                let Some(id) = queue.pop_front() else { break };
+                if let Some(envelope) = self.waiting_envelopes.remove(&id) {
+                    size += cost;
+                    envelopes.push(ByteBuf::from(envelope));
+                    ids.push(Some(id));
+                }
+            }
+            if !envelopes.is_empty() {
+                let request = self.send_batch(peer, envelopes);
+                self.deliveries.insert(request, ids);
+            }
+        }
+        if !queue.is_empty() {
+            self.waiting.insert(peer, queue);
+        }
+    }
+
+    /// An envelope request to `peer` ended: sends the next waiting deliveries, or, if the peer
+    /// could not be reached, hands every waiting delivery to the fallback (relays, or the
+    /// engine's retry).
     fn envelope_done(&mut self, peer: PeerId, reached: bool) {
         if let Some(n) = self.in_flight.get_mut(&peer) {
             *n = n.saturating_sub(1);
@@ -396,23 +447,13 @@ impl Driver {
                 self.in_flight.remove(&peer);
             }
         }
-        let Some(mut queue) = self.waiting.remove(&peer) else { return };
-        if !reached {
-            for id in queue {
-                self.waiting_envelopes.remove(&id);
-                self.fall_back(id);
-            }
+        if reached {
+            self.send_waiting(peer);
             return;
         }
-        while self.has_room(&peer) {
-            let Some(id) = queue.pop_front() else { break };
-            if let Some(envelope) = self.waiting_envelopes.remove(&id) {
-                let request = self.send_envelope(peer, envelope);
-                self.deliveries.insert(request, id);
-            }
-        }
-        if !queue.is_empty() {
-            self.waiting.insert(peer, queue);
+        for id in self.waiting.remove(&peer).into_iter().flatten() {
+            self.waiting_envelopes.remove(&id);
+            self.fall_back(id);
         }
     }
 
@@ -607,54 +648,39 @@ impl Driver {
         }
     }
 
-    fn on_envelope_event(&mut self, event: request_response::Event<RawEnvelope, DeliveryAck>) {
+    fn on_envelope_event(&mut self, event: request_response::Event<EnvelopeBatch, DeliveryAcks>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request: RawEnvelope(bytes), channel, ..
-                } => {
-                    let refuse = |reason| DeliveryAck {
-                        id: MessageId([0; 16]),
-                        result: AckResult::Rejected(reason),
-                    };
-                    let Ok(user) = user_id_of(&peer) else {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .envelope
-                            .send_response(channel, refuse(RejectReason::SenderMismatch));
-                        return;
-                    };
-                    if !self.envelope_limiter.allow(peer, Instant::now()) {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .envelope
-                            .send_response(channel, refuse(RejectReason::RateLimited));
-                        return;
-                    }
-                    let token = self.token();
-                    self.envelope_replies.insert(token, channel);
-                    self.input(Input::Envelope {
-                        bytes,
-                        via: Via::Direct(user),
-                        reply: Some(ReplyToken(token)),
-                    });
-                }
+                    request: EnvelopeBatch { envelopes },
+                    channel,
+                    ..
+                } => self.on_envelope_batch(peer, envelopes, channel),
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(id) = self.deliveries.remove(&request_id) {
-                        self.attempt_answered(&id);
-                        self.input(Input::Delivery {
-                            id,
-                            result: DeliveryResult::Acked(response.result),
-                        });
+                    if let Some(ids) = self.deliveries.remove(&request_id) {
+                        let mut acks = response.acks.into_iter();
+                        for id in ids {
+                            let ack = acks.next();
+                            let Some(id) = id else { continue };
+                            match ack {
+                                Some(ack) => {
+                                    self.attempt_answered(&id);
+                                    self.input(Input::Delivery {
+                                        id,
+                                        result: DeliveryResult::Acked(ack.result),
+                                    });
+                                }
+                                // Left unanswered by the peer: as if it had not arrived.
+                                None => self.fall_back(id),
+                            }
+                        }
                     }
                     self.envelope_done(peer, true);
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some(id) = self.deliveries.remove(&request_id) {
-                    // Unreachable or too slow: the recipient's relays take it.
+                // Unreachable or too slow: the recipients' relays take the batch.
+                for id in self.deliveries.remove(&request_id).into_iter().flatten().flatten() {
                     self.fall_back(id);
                 }
                 // A peer that answered slowly is still there; one we cannot reach is not.
@@ -665,6 +691,70 @@ impl Driver {
             }
             _ => {}
         }
+    }
+
+    /// Hands each envelope of a batch to the engine; the batch is answered once the engine has
+    /// answered every one, after the turn's flush. Envelopes over the peer's rate are refused
+    /// at once, and so is a batch from a peer that is not a Kith user.
+    fn on_envelope_batch(
+        &mut self,
+        peer: PeerId,
+        envelopes: Vec<ByteBuf>,
+        channel: ResponseChannel<DeliveryAcks>,
+    ) {
+        let refuse =
+            |reason| DeliveryAck { id: MessageId([0; 16]), result: AckResult::Rejected(reason) };
+        let Ok(user) = user_id_of(&peer) else {
+            let acks = envelopes.iter().map(|_| refuse(RejectReason::SenderMismatch)).collect();
+            let _ =
+                self.swarm.behaviour_mut().envelope.send_response(channel, DeliveryAcks { acks });
+            return;
+        };
+        let now = Instant::now();
+        let admitted: Vec<bool> =
+            envelopes.iter().map(|_| self.envelope_limiter.allow(peer, now)).collect();
+        let acks: Vec<Option<DeliveryAck>> = admitted
+            .iter()
+            .map(|&ok| if ok { None } else { Some(refuse(RejectReason::RateLimited)) })
+            .collect();
+        let missing = admitted.iter().filter(|&&ok| ok).count();
+        let key = self.token();
+        self.inbound_batches.insert(key, InboundBatch { channel, acks, missing });
+        for (index, (bytes, ok)) in envelopes.into_iter().zip(admitted).enumerate() {
+            if ok {
+                let token = self.token();
+                self.envelope_tokens.insert(token, (key, index));
+                self.input(Input::Envelope {
+                    bytes: bytes.into_vec(),
+                    via: Via::Direct(user),
+                    reply: Some(ReplyToken(token)),
+                });
+            }
+        }
+        if missing == 0 {
+            self.answer_batch(key);
+        }
+    }
+
+    /// The engine answered for one envelope of a batch; a batch answered in full is sent.
+    fn envelope_answered(&mut self, token: u64, ack: DeliveryAck) {
+        let Some((key, index)) = self.envelope_tokens.remove(&token) else { return };
+        let Some(batch) = self.inbound_batches.get_mut(&key) else { return };
+        if let Some(slot @ None) = batch.acks.get_mut(index) {
+            *slot = Some(ack);
+            batch.missing -= 1;
+        }
+        if batch.missing == 0 {
+            self.answer_batch(key);
+        }
+    }
+
+    fn answer_batch(&mut self, key: u64) {
+        let Some(batch) = self.inbound_batches.remove(&key) else { return };
+        let acks = batch.acks.into_iter().flatten().collect();
+        // The requester may have gone; nothing to do then.
+        let _ =
+            self.swarm.behaviour_mut().envelope.send_response(batch.channel, DeliveryAcks { acks });
     }
 
     fn on_prekey_event(&mut self, event: request_response::Event<PreKeyRequest, PreKeyResponse>) {

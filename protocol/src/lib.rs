@@ -8,7 +8,7 @@
 //!                                               kind = PreKey (X3DH header + ratchet msg)
 //!                                                    | Ratchet (header + ciphertext)
 //!                                                    | Group (sender-key message)
-//!  Envelope bytes --/kith/envelope/1--> peer --DeliveryAck-->
+//!  EnvelopeBatch  --/kith/envelope/1--> peer --DeliveryAcks--> (one ack per envelope)
 //!                 --/kith/mailbox/1-->  relay (Deposit / Fetch / Ack / Push)
 //!  PreKeyBundle   <--/kith/prekey/1--   peer or relay
 //!  sealed chunks  <--/kith/media/1-->   peer or relay
@@ -49,3 +49,6 @@ pub use codec::{DecodeError, EncodeError, Frame, Invalid, WIRE_VERSION, decode, 
 pub use ids::{
     ChunkHash, DhPublicKey, GroupId, GroupTag, MediaId, MessageId, Signature, UnixMillis, UserId,
 };
+/// Owned bytes, as byte-list fields of frames carry them (e.g. the envelopes of a
+/// [`direct::EnvelopeBatch`]).
+pub use serde_bytes::ByteBuf;

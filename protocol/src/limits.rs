@@ -66,5 +66,15 @@ pub const MAX_MAILBOX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Largest prekey protocol frame (an upload of [`MAX_PREKEYS_PER_UPLOAD`] keys fits).
 pub const MAX_PREKEY_FRAME_BYTES: usize = 16 * 1024;
 
-/// Largest direct-delivery acknowledgement frame.
-pub const MAX_ACK_FRAME_BYTES: usize = 64;
+/// Most envelopes in one direct-delivery request (`/kith/envelope/1`): what a sender has ready
+/// at once travels on one stream with one answer, instead of a stream, a timer and an answer
+/// per envelope.
+pub const MAX_DIRECT_BATCH: usize = 64;
+
+/// Largest direct-delivery request: a sender cuts a batch short before it reaches this many
+/// bytes (one envelope of [`MAX_ENVELOPE_BYTES`] always fits).
+pub const MAX_DIRECT_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest direct-delivery answer: [`MAX_DIRECT_BATCH`] acknowledgements of at most 18 bytes
+/// (id, result, reason) plus version and count is 1,154 bytes.
+pub const MAX_ACKS_FRAME_BYTES: usize = 2048;

@@ -22,6 +22,7 @@ use kith_protocol::mailbox::*;
 use kith_protocol::media::*;
 use kith_protocol::prekey::*;
 use proptest::prelude::*;
+use serde_bytes::ByteBuf;
 use strategies::*;
 
 fn round_trip<F: Frame + PartialEq + std::fmt::Debug>(frame: &F) -> Result<(), TestCaseError> {
@@ -46,7 +47,8 @@ fn decode_all(bytes: &[u8]) {
     one::<Envelope>(bytes);
     one::<GroupEnvelope>(bytes);
     one::<Content>(bytes);
-    one::<DeliveryAck>(bytes);
+    one::<EnvelopeBatch>(bytes);
+    one::<DeliveryAcks>(bytes);
     one::<PreKeyRequest>(bytes);
     one::<PreKeyResponse>(bytes);
     one::<UserRecord>(bytes);
@@ -64,7 +66,14 @@ proptest! {
     #[test]
     fn content_round_trips(f in content()) { round_trip(&f)?; }
     #[test]
-    fn delivery_ack_round_trips(f in delivery_ack()) { round_trip(&f)?; }
+    fn envelope_batch_round_trips(f in envelope_batch()) {
+        round_trip(&f)?;
+        // A sender's running count of a batch's size is exact.
+        let cost: usize = f.envelopes.iter().map(|e| batch_cost(e.len())).sum();
+        prop_assert_eq!(codec::encode(&f).unwrap().len(), EnvelopeBatch::OVERHEAD + cost);
+    }
+    #[test]
+    fn delivery_acks_round_trip(f in delivery_acks()) { round_trip(&f)?; }
     #[test]
     fn prekey_request_round_trips(f in prekey_request()) { round_trip(&f)?; }
     #[test]
@@ -134,8 +143,42 @@ fn oversize_input_is_refused_before_parsing() {
             max: MAX_ENVELOPE_BYTES
         })
     );
-    let ack = vec![0u8; MAX_ACK_FRAME_BYTES + 1];
-    assert!(matches!(codec::decode::<DeliveryAck>(&ack), Err(DecodeError::TooLarge { .. })));
+    let acks = vec![0u8; MAX_ACKS_FRAME_BYTES + 1];
+    assert!(matches!(codec::decode::<DeliveryAcks>(&acks), Err(DecodeError::TooLarge { .. })));
+    let batch = vec![codec::WIRE_VERSION; MAX_DIRECT_FRAME_BYTES + 1];
+    assert!(matches!(codec::decode::<EnvelopeBatch>(&batch), Err(DecodeError::TooLarge { .. })));
+}
+
+#[test]
+fn envelope_batch_limits_are_typed_errors() {
+    let batch = |envelopes: Vec<Vec<u8>>| EnvelopeBatch {
+        envelopes: envelopes.into_iter().map(ByteBuf::from).collect(),
+    };
+    let invalid = |b: &EnvelopeBatch| match codec::encode(b) {
+        Err(codec::EncodeError::Invalid { reason, .. }) => reason,
+        other => panic!("encoded: {other:?}"),
+    };
+    assert_eq!(invalid(&batch(vec![])), Invalid::Empty { field: "envelopes" });
+    assert!(matches!(
+        invalid(&batch(vec![vec![1]; MAX_DIRECT_BATCH + 1])),
+        Invalid::TooMany { field: "envelopes", .. }
+    ));
+    assert!(matches!(
+        invalid(&batch(vec![vec![1; MAX_ENVELOPE_BYTES + 1]])),
+        Invalid::TooLong { field: "envelopes", .. }
+    ));
+    // Decoding checks the same limits: an empty batch written by hand (version, count 0).
+    assert_eq!(
+        codec::decode::<EnvelopeBatch>(&[codec::WIRE_VERSION, 0]),
+        Err(DecodeError::Invalid {
+            frame: "envelope batch",
+            reason: Invalid::Empty { field: "envelopes" }
+        })
+    );
+    // A full batch of maximum-size envelopes is cut short by the frame limit, not the count.
+    let most = (MAX_DIRECT_FRAME_BYTES - EnvelopeBatch::OVERHEAD) / batch_cost(MAX_ENVELOPE_BYTES);
+    assert!((1..MAX_DIRECT_BATCH).contains(&most));
+    assert!(codec::encode(&batch(vec![vec![0; MAX_ENVELOPE_BYTES]; most])).is_ok());
 }
 
 #[test]
@@ -175,11 +218,13 @@ fn unknown_variant_is_a_typed_error() {
         Err(DecodeError::UnknownVariant { frame: "envelope" })
     );
 
-    let ack = DeliveryAck { id: MessageId([0; 16]), result: AckResult::Accepted };
-    let mut bytes = codec::encode(&ack).unwrap();
+    let acks = DeliveryAcks {
+        acks: vec![DeliveryAck { id: MessageId([0; 16]), result: AckResult::Accepted }],
+    };
+    let mut bytes = codec::encode(&acks).unwrap();
     *bytes.last_mut().unwrap() = 7;
     assert!(matches!(
-        codec::decode::<DeliveryAck>(&bytes),
+        codec::decode::<DeliveryAcks>(&bytes),
         Err(DecodeError::UnknownVariant { .. })
     ));
 }
@@ -320,13 +365,24 @@ fn golden_vectors() {
             concat!("01", "80d095ffbc31", "00", "02", "6869", "00"),
         ),
         (
-            "delivery-ack/rejected",
-            codec::encode(&DeliveryAck {
-                id: MessageId([0xaa; 16]),
-                result: AckResult::Rejected(RejectReason::DecryptFailed),
+            "envelope-batch",
+            codec::encode(&EnvelopeBatch {
+                envelopes: vec![ByteBuf::from(vec![0x01, 0x02]), ByteBuf::from(vec![])],
             })
             .unwrap(),
-            concat!("01", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "02", "04"),
+            // version, 2 envelopes, len 2 "0102", len 0
+            concat!("01", "02", "02", "0102", "00"),
+        ),
+        (
+            "delivery-acks/rejected",
+            codec::encode(&DeliveryAcks {
+                acks: vec![DeliveryAck {
+                    id: MessageId([0xaa; 16]),
+                    result: AckResult::Rejected(RejectReason::DecryptFailed),
+                }],
+            })
+            .unwrap(),
+            concat!("01", "01", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "02", "04"),
         ),
         (
             "mailbox/fetch",
@@ -399,16 +455,16 @@ fn golden_vectors() {
 fn non_canonical_encoding_is_refused() {
     // Variant 0 written as the two-byte varint 80 00: postcard reads it, Kith refuses it, so
     // every frame has exactly one encoding.
-    let mut bytes = vec![codec::WIRE_VERSION];
+    let mut bytes = vec![codec::WIRE_VERSION, 1];
     bytes.extend_from_slice(&[0xaa; 16]);
     bytes.extend_from_slice(&[0x80, 0x00]);
     assert_eq!(
-        codec::decode::<DeliveryAck>(&bytes),
-        Err(DecodeError::NonCanonical { frame: "delivery ack" })
+        codec::decode::<DeliveryAcks>(&bytes),
+        Err(DecodeError::NonCanonical { frame: "delivery acks" })
     );
-    bytes.truncate(17);
+    bytes.truncate(18);
     bytes.push(0x00);
-    assert!(codec::decode::<DeliveryAck>(&bytes).is_ok());
+    assert!(codec::decode::<DeliveryAcks>(&bytes).is_ok());
 }
 
 /// The `decode_frames` fuzz target's committed corpus (`fuzz/seeds/decode_frames`, regressions

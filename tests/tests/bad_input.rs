@@ -1,6 +1,7 @@
 //! A plain libp2p peer sends garbage, oversize, truncated, tampered, spoofed and replayed frames
-//! to `/kith/envelope/1`: the node answers each with a typed refusal (or drops an oversize
-//! stream), its store stays byte-identical, and it keeps working.
+//! to `/kith/envelope/1`: the node answers each envelope with a typed refusal (or drops a
+//! stream whose batch frame is itself malformed or oversize), its store stays byte-identical,
+//! and it keeps working.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,9 +20,12 @@ use kith_node::codec::{ENVELOPE_PROTOCOL, PREKEY_PROTOCOL, PreKeyCodec};
 use kith_node::kith_core::engine::{Command, CommandResult, Config, Engine, Input, Output};
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_core::store::Store;
-use kith_node::kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
+use kith_node::kith_protocol::ByteBuf;
+use kith_node::kith_protocol::direct::{
+    AckResult, DeliveryAck, DeliveryAcks, EnvelopeBatch, RejectReason,
+};
 use kith_node::kith_protocol::envelope::{Envelope, EnvelopeKind};
-use kith_node::kith_protocol::limits::MAX_ENVELOPE_BYTES;
+use kith_node::kith_protocol::limits::{MAX_DIRECT_BATCH, MAX_ENVELOPE_BYTES};
 use kith_node::kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
 use kith_node::libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
 use kith_node::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -35,7 +39,7 @@ struct RawCodec;
 impl request_response::Codec for RawCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
-    type Response = DeliveryAck;
+    type Response = DeliveryAcks;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -48,7 +52,7 @@ impl request_response::Codec for RawCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<DeliveryAck> {
+    ) -> io::Result<DeliveryAcks> {
         let mut buf = Vec::new();
         io.take(1024).read_to_end(&mut buf).await?;
         kith_node::kith_protocol::decode(&buf)
@@ -67,7 +71,7 @@ impl request_response::Codec for RawCodec {
         &mut self,
         _: &StreamProtocol,
         _: &mut T,
-        _: DeliveryAck,
+        _: DeliveryAcks,
     ) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
@@ -80,12 +84,51 @@ struct Attacker {
     prekey: request_response::Behaviour<PreKeyCodec>,
 }
 
+/// Sends `bytes` as one envelope (a batch of one) and returns its acknowledgement.
 async fn envelope(
     swarm: &mut Swarm<Attacker>,
     peer: PeerId,
     bytes: Vec<u8>,
 ) -> Result<DeliveryAck, OutboundFailure> {
-    let id = swarm.behaviour_mut().envelope.send_request(&peer, bytes);
+    let acks = batch(swarm, peer, vec![bytes]).await?;
+    assert_eq!(acks.len(), 1, "one envelope, one answer");
+    Ok(acks[0])
+}
+
+/// Sends the envelopes in one request and returns their acknowledgements.
+async fn batch(
+    swarm: &mut Swarm<Attacker>,
+    peer: PeerId,
+    envelopes: Vec<Vec<u8>>,
+) -> Result<Vec<DeliveryAck>, OutboundFailure> {
+    // Written by hand (version, count, then each length-prefixed): the attacker's frame is not
+    // held to the limits `encode` checks.
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let low = u8::try_from(n & 0x7f).unwrap();
+            n >>= 7;
+            if n == 0 {
+                break out.push(low);
+            }
+            out.push(low | 0x80);
+        }
+    }
+    let mut frame = vec![kith_node::kith_protocol::WIRE_VERSION];
+    varint(envelopes.len(), &mut frame);
+    for envelope in envelopes {
+        varint(envelope.len(), &mut frame);
+        frame.extend_from_slice(&envelope);
+    }
+    raw(swarm, peer, frame).await.map(|r| r.acks)
+}
+
+/// Sends `frame` as the whole request.
+async fn raw(
+    swarm: &mut Swarm<Attacker>,
+    peer: PeerId,
+    frame: Vec<u8>,
+) -> Result<DeliveryAcks, OutboundFailure> {
+    let id = swarm.behaviour_mut().envelope.send_request(&peer, frame);
     loop {
         if let SwarmEvent::Behaviour(AttackerEvent::Envelope(event)) =
             swarm.select_next_some().await
@@ -227,7 +270,7 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
         (0..500u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect();
 
     let cases: Vec<(&str, Vec<u8>, Option<AckResult>)> = vec![
-        ("garbage", garbage, Some(AckResult::Rejected(RejectReason::Malformed))),
+        ("garbage", garbage.clone(), Some(AckResult::Rejected(RejectReason::Malformed))),
         ("empty", Vec::new(), Some(AckResult::Rejected(RejectReason::Malformed))),
         (
             "unknown version",
@@ -261,6 +304,7 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
         ),
         ("replay", valid.clone(), Some(AckResult::Duplicate)),
         ("replay again", valid.clone(), Some(AckResult::Duplicate)),
+        // Oversize: the node drops the stream before parsing; no answer at all.
         ("oversize", vec![1u8; MAX_ENVELOPE_BYTES + 4096], None),
     ];
     for (name, bytes, expected) in cases {
@@ -271,10 +315,40 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
                 Ok(expected),
                 "{name}"
             ),
-            // Oversize: the node drops the stream before parsing; no answer at all.
             None => assert!(answer.is_err(), "{name} was answered: {answer:?}"),
         }
     }
+
+    // Several in one batch: each envelope is answered on its own, in order.
+    let acks = batch(&mut swarm, bob_peer, vec![garbage.clone(), valid.clone(), encode(&tampered)])
+        .await
+        .unwrap();
+    assert_eq!(
+        acks.iter().map(|a| a.result).collect::<Vec<_>>(),
+        [
+            AckResult::Rejected(RejectReason::Malformed),
+            AckResult::Duplicate,
+            AckResult::Rejected(RejectReason::DecryptFailed)
+        ]
+    );
+    assert_eq!(acks[1].id, decoded.id);
+    // A batch frame that is itself bad is dropped unanswered: garbage, empty, too many
+    // envelopes, trailing bytes.
+    let mut trailing = kith_node::kith_protocol::encode(&EnvelopeBatch {
+        envelopes: vec![ByteBuf::from(valid.clone())],
+    })
+    .unwrap();
+    trailing.push(0);
+    for (name, frame) in [
+        ("garbage frame", garbage.clone()),
+        ("empty batch", vec![kith_node::kith_protocol::WIRE_VERSION, 0]),
+        ("trailing bytes after the batch", trailing),
+    ] {
+        let answer = raw(&mut swarm, bob_peer, frame).await;
+        assert!(answer.is_err(), "{name} was answered: {answer:?}");
+    }
+    let too_many = batch(&mut swarm, bob_peer, vec![valid.clone(); MAX_DIRECT_BATCH + 1]).await;
+    assert!(too_many.is_err(), "{} envelopes were answered", MAX_DIRECT_BATCH + 1);
     assert_eq!(
         bob.node.store_digest().await.unwrap(),
         before,

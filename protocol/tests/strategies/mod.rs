@@ -6,12 +6,14 @@ use kith_protocol::content::*;
 use kith_protocol::direct::*;
 use kith_protocol::envelope::*;
 use kith_protocol::ids::*;
+use kith_protocol::limits::MAX_DIRECT_BATCH;
 use kith_protocol::mailbox::*;
 use kith_protocol::media::*;
 use kith_protocol::prekey::*;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
+use serde_bytes::ByteBuf;
 
 pub fn message_id() -> impl Strategy<Value = MessageId> {
     any::<[u8; 16]>().prop_map(MessageId)
@@ -201,6 +203,16 @@ pub fn delivery_ack() -> impl Strategy<Value = DeliveryAck> {
     (message_id(), result).prop_map(|(id, result)| DeliveryAck { id, result })
 }
 
+pub fn delivery_acks() -> impl Strategy<Value = DeliveryAcks> {
+    vec(delivery_ack(), 0..=MAX_DIRECT_BATCH).prop_map(|acks| DeliveryAcks { acks })
+}
+
+pub fn envelope_batch() -> impl Strategy<Value = EnvelopeBatch> {
+    // Undecoded bytes: anything, including an empty or garbled envelope.
+    let envelope = vec(any::<u8>(), 0..600).prop_map(ByteBuf::from);
+    vec(envelope, 1..=8).prop_map(|envelopes| EnvelopeBatch { envelopes })
+}
+
 fn binding() -> impl Strategy<Value = IdentityBinding> {
     (user_id(), dh(), signature()).prop_map(|(user, dh_key, signature)| IdentityBinding {
         user,
@@ -252,7 +264,7 @@ pub fn user_record() -> impl Strategy<Value = UserRecord> {
         |(identity, signed_prekey, relays, issued_at, signature)| UserRecord {
             identity,
             signed_prekey,
-            relays: relays.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            relays: relays.into_iter().map(ByteBuf::from).collect(),
             issued_at,
             signature,
         },
