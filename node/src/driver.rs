@@ -117,7 +117,8 @@ pub(crate) struct Driver {
     deliveries: HashMap<OutboundRequestId, Vec<Option<MessageId>>>,
     /// Envelope requests in flight per peer (every one ends in a response or a failure).
     in_flight: HashMap<PeerId, usize>,
-    /// Deliveries waiting for room under [`MAX_IN_FLIGHT_PER_PEER`], in order.
+    /// Deliveries waiting to leave, in order: until the end of the turn that produced them
+    /// (then batched per peer), or for room under [`MAX_IN_FLIGHT_PER_PEER`].
     waiting: HashMap<PeerId, VecDeque<MessageId>>,
     /// The newest envelope bytes of each waiting delivery.
     waiting_envelopes: HashMap<MessageId, Vec<u8>>,
@@ -725,6 +726,7 @@ impl Driver {
         let now = Instant::now();
         let admitted: Vec<bool> =
             envelopes.iter().map(|_| self.envelope_limiter.allow(peer, now)).collect();
+        // Over the peer's rate: answered at once; the others wait for the engine (`None`).
         let acks: Vec<Option<DeliveryAck>> = admitted
             .iter()
             .map(|&ok| if ok { None } else { Some(refuse(RejectReason::RateLimited)) })
