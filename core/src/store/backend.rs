@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The trees of a Kith database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -237,6 +238,30 @@ impl Backend for MemoryBackend {
     }
 }
 
+/// How long opening a sled database waits for a file lock that is being released.
+pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens a sled database, waiting up to [`SLED_LOCK_WAIT`] for its file lock. sled releases
+/// the lock on a background thread some time after the last handle is dropped
+/// (spacejam/sled#1234), so reopening a database that was just closed — a node restarted in the
+/// same process — could otherwise fail with `WouldBlock`. A lock that another process keeps
+/// still fails, once the wait is over.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            // sled reports it as `Other` with this message (the `WouldBlock` is only in the text).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The sled backend: one sled database per profile holding every [`Tree`] in one keyspace,
 /// each key prefixed with its tree's byte, so that any batch, whatever trees it touches, is
 /// one atomic sled `apply_batch` (cheaper than a multi-tree transaction). sled writes its log
@@ -258,7 +283,7 @@ fn sled_key(tree: Tree, key: &[u8]) -> Vec<u8> {
 impl SledBackend {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).cache_capacity(SLED_CACHE_BYTES).open()?;
+        let db = open_sled(&sled::Config::new().path(path).cache_capacity(SLED_CACHE_BYTES))?;
         Ok(Self { db })
     }
 

@@ -41,7 +41,10 @@ use kith_protocol::{GroupId, MessageId, UnixMillis, UserId};
 use zeroize::Zeroize;
 
 use backend::prefix_end;
-pub use backend::{Backend, Entry, MemoryBackend, RawWrite, SledBackend, StoreError, Tree};
+pub use backend::{
+    Backend, Entry, MemoryBackend, RawWrite, SLED_LOCK_WAIT, SledBackend, StoreError, Tree,
+    open_sled,
+};
 pub(crate) use records::MessageIndexRecord;
 use records::{
     GroupRecord, IdentityRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord,

@@ -269,3 +269,27 @@ fn seq_batch(next: u64) -> Batch {
 fn raw_sled(path: &Path) -> Store {
     Store::new(Box::new(SledBackend::open(path).unwrap()))
 }
+
+#[test]
+fn a_database_whose_lock_is_being_released_opens_once_it_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sled::Config::new().path(dir.path());
+    let held = open_sled(&config).unwrap();
+    // Released a little later, as sled's background thread does after the last handle drops.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let reopened = open_sled(&config);
+    release.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "the lock was not held");
+    drop(reopened);
+
+    // A lock that stays held is still an error, after the wait.
+    let _kept = open_sled(&config).unwrap();
+    let started = std::time::Instant::now();
+    assert!(open_sled(&config).is_err());
+    assert!(started.elapsed() >= SLED_LOCK_WAIT);
+}

@@ -115,7 +115,7 @@ fn scan<T: serde::de::DeserializeOwned>(
 
 impl MediaStore {
     pub(crate) fn open(path: &Path) -> Result<Self, MediaStoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = kith_core::store::open_sled(&sled::Config::new().path(path))?;
         Ok(Self { outgoing: db.open_tree("outgoing")?, incoming: db.open_tree("incoming")?, db })
     }
 

@@ -118,7 +118,7 @@ fn parse_mail(value: &[u8]) -> Option<(UnixMillis, MessageId, &[u8])> {
 impl RelayStore {
     /// Opens (or creates) the store at `path` and reads the usage of every mailbox.
     pub(crate) fn open(path: &Path) -> Result<Self, RelayStoreError> {
-        Self::with_db(sled::Config::new().path(path).open()?)
+        Self::with_db(kith_core::store::open_sled(&sled::Config::new().path(path))?)
     }
 
     fn with_db(db: sled::Db) -> Result<Self, RelayStoreError> {
