@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::crypto::NonContributory;
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::prekeys::{OneTimePreKey, SignedPreKey, VerifiedBundle};
-use crate::ratchet::{DecryptError, EncryptError, Ratchet};
+use crate::ratchet::{DecryptError, EncryptError, Ratchet, WorkBudget};
 use crate::store::StoreError;
 use crate::x3dh::{self, ASSOCIATED_DATA_LEN, AssociatedData};
 
@@ -156,7 +156,20 @@ impl Session {
         message: &RatchetMessage,
         now: UnixMillis,
     ) -> Result<Vec<u8>, DecryptError> {
-        let plaintext = self.ratchet.decrypt(message, &message_ad(&self.associated, id), now)?;
+        self.decrypt_within(id, message, now, &mut WorkBudget::default())
+    }
+
+    /// [`Session::decrypt`] spending from a budget shared with other sessions the message is
+    /// tried on.
+    pub(crate) fn decrypt_within(
+        &mut self,
+        id: &MessageId,
+        message: &RatchetMessage,
+        now: UnixMillis,
+        budget: &mut WorkBudget,
+    ) -> Result<Vec<u8>, DecryptError> {
+        let associated = message_ad(&self.associated, id);
+        let plaintext = self.ratchet.decrypt(message, &associated, now, budget)?;
         // The peer answered on this session, so it holds it: no more X3DH headers.
         self.pending_prekey = None;
         Ok(plaintext)
@@ -211,23 +224,34 @@ impl PeerSessions {
     }
 
     /// Decrypts a ratchet message with whichever session can; a previous session that succeeds
-    /// becomes current (the peer is using it). On error nothing changes.
+    /// becomes current (the peer is using it). On error nothing changes. The derivations all
+    /// sessions may spend together are those of one ([`crate::ratchet::MAX_STEPS_PER_MESSAGE`]).
     pub(crate) fn decrypt(
         &mut self,
         id: &MessageId,
         message: &RatchetMessage,
         now: UnixMillis,
     ) -> Result<Vec<u8>, DecryptError> {
+        self.decrypt_within(id, message, now, &mut WorkBudget::default())
+    }
+
+    fn decrypt_within(
+        &mut self,
+        id: &MessageId,
+        message: &RatchetMessage,
+        now: UnixMillis,
+        budget: &mut WorkBudget,
+    ) -> Result<Vec<u8>, DecryptError> {
         let mut first_error = None;
         if let Some(current) = &mut self.current {
-            match current.decrypt(id, message, now) {
+            match current.decrypt_within(id, message, now, budget) {
                 Ok(plaintext) => return Ok(plaintext),
                 Err(e) => first_error = Some(e),
             }
         }
         for i in 0..self.previous.len() {
             let Some(session) = self.previous.get_mut(i) else { break };
-            match session.decrypt(id, message, now) {
+            match session.decrypt_within(id, message, now, budget) {
                 Ok(plaintext) => {
                     let session = self.previous.remove(i);
                     self.install(session);
@@ -303,5 +327,71 @@ mod tests {
             a.encrypt(&alice, &MessageId([5; 16]), b"x", &mut rng).unwrap(),
             EnvelopeKind::Ratchet(_)
         ));
+    }
+
+    /// A forged header that passes the skip checks costs one session's worst case, not one per
+    /// session tried (issue 14: 35 ms per envelope with six sessions before).
+    #[test]
+    fn a_forged_header_costs_one_sessions_work_whatever_the_sessions() {
+        use kith_protocol::envelope::RatchetHeader;
+
+        use crate::crypto::DhKeyPair;
+        use crate::ratchet::{MAX_SKIP, MAX_STEPS_PER_MESSAGE};
+
+        let mut rng = ChaCha20Rng::seed_from_u64(32);
+        let alice = IdentityKeyPair::generate(&mut rng);
+        let bob = IdentityKeyPair::generate(&mut rng);
+        let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
+        let mut sessions = PeerSessions::default();
+        for i in 0..6u8 {
+            let bundle =
+                PreKeyBundle { identity: bob.binding(), signed_prekey: spk.public(), one_time_prekey: None };
+            let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
+            let mut a = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
+            let id = MessageId([i; 16]);
+            let EnvelopeKind::PreKey(first) = a.encrypt(&alice, &id, b"hi", &mut rng).unwrap()
+            else {
+                panic!("first message is a PreKey message")
+            };
+            let (b, _) = Session::accept(&bob, &spk, None, alice.public(), &id, &first, 0).unwrap();
+            sessions.install(b);
+        }
+        assert_eq!(1 + sessions.previous.len(), 6);
+        let forged = RatchetMessage {
+            header: RatchetHeader {
+                ratchet_key: DhKeyPair::generate(&mut rng).public(),
+                previous_chain_length: MAX_SKIP,
+                counter: MAX_SKIP - 1,
+            },
+            ciphertext: vec![0; 32],
+        };
+        let id = MessageId([0xee; 16]);
+        // Alone, each session would spend a worst case.
+        let mut alone = 0;
+        for session in std::iter::once(sessions.current.clone().unwrap()).chain(sessions.previous.clone()) {
+            let mut budget = WorkBudget::default();
+            let mut session = session;
+            assert!(session.decrypt_within(&id, &forged, 0, &mut budget).is_err());
+            alone += budget.steps_spent();
+        }
+        assert!(alone > 5 * u64::from(MAX_SKIP), "each session alone derives ~2×MAX_SKIP: {alone}");
+        // Together they share one message's budget.
+        let bytes = |s: &PeerSessions| -> Vec<Vec<u8>> {
+            s.current.iter().chain(&s.previous).map(|x| x.to_bytes().unwrap().to_vec()).collect()
+        };
+        let before = bytes(&sessions);
+        let mut budget = WorkBudget::default();
+        assert!(sessions.decrypt_within(&id, &forged, 0, &mut budget).is_err());
+        assert!(budget.steps_spent() <= MAX_STEPS_PER_MESSAGE, "{}", budget.steps_spent());
+        assert_eq!(bytes(&sessions), before, "a refused message changes nothing");
+        // And a non-canonical ratchet key (top bit set) is refused before any derivation.
+        let mut flipped = forged.clone();
+        flipped.header.ratchet_key.0[31] |= 0x80;
+        let mut budget = WorkBudget::default();
+        assert_eq!(
+            sessions.decrypt_within(&id, &flipped, 0, &mut budget),
+            Err(DecryptError::NonCanonicalKey)
+        );
+        assert_eq!(budget.steps_spent(), 0);
     }
 }

@@ -12,11 +12,13 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::codec::{Frame, Invalid, check_count, check_len, check_non_empty};
 use crate::envelope::check_text;
-use crate::ids::{ChunkHash, GroupId, MediaId, MessageId, Signature, UnixMillis, UserId};
+use crate::ids::{
+    ChangeHash, ChunkHash, GroupId, MediaId, MessageId, Signature, UnixMillis, UserId,
+};
 use crate::limits::{
-    MAX_CHUNK_BYTES, MAX_CONTENT_BYTES, MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS,
-    MAX_MIME_BYTES, MAX_NAME_BYTES, MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_TEXT_BYTES,
-    MAX_THUMBNAIL_BYTES,
+    MAX_CHANGE_PARENTS, MAX_CHANGES_PER_MESSAGE, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES,
+    MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS, MAX_MIME_BYTES, MAX_NAME_BYTES,
+    MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_SYNC_HEADS, MAX_TEXT_BYTES, MAX_THUMBNAIL_BYTES,
 };
 
 /// Shows a length in place of the redacted value.
@@ -77,10 +79,12 @@ pub enum Body {
     Delete(Delete),
     /// The sender's profile.
     Profile(Profile),
-    /// A signed change to a group.
-    GroupControl(GroupControl),
+    /// Signed changes to one group: a change made now, or the ones a member asked for.
+    GroupChanges(GroupChanges),
     /// The sender's sender key for a group, sent pairwise.
     SenderKeyDistribution(SenderKeyDistribution),
+    /// A member asks for the changes of a group that it lacks.
+    GroupSync(GroupSync),
 }
 
 /// A text message.
@@ -248,18 +252,92 @@ impl fmt::Debug for Profile {
 }
 
 /// A change to a group, signed by the member who makes it.
+///
+/// Changes form a hash-linked graph: each names, by [`ChangeHash`], the changes its author had
+/// seen last (`parents`), and the signature covers them. What a change may do is judged in the
+/// state those parents define, so no one can place a change before one it has seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupControl {
     /// The group.
     pub group: GroupId,
-    /// Lamport clock of the change, for ordering concurrent changes.
-    pub lamport: u64,
+    /// The changes the author had seen last, in ascending order without repeats: empty for
+    /// [`GroupAction::Create`] only, else 1 to [`MAX_CHANGE_PARENTS`].
+    pub parents: Vec<ChangeHash>,
     /// Who made the change (an admin, or the leaving member for [`GroupAction::Leave`]).
     pub author: UserId,
     /// The change.
     pub action: GroupAction,
-    /// Ed25519 signature by `author` over the group, clock and action.
+    /// Ed25519 signature by `author` over the group, parents and action.
     pub signature: Signature,
+}
+
+impl GroupControl {
+    fn validate(&self) -> Result<(), Invalid> {
+        match &self.action {
+            GroupAction::Create { name, members, .. } => {
+                if !self.parents.is_empty() {
+                    return Err(Invalid::OutOfRange { field: "parents" });
+                }
+                check_text("group name", name, MAX_NAME_BYTES)?;
+                check_non_empty("members", members.len())?;
+                check_count("members", members.len(), MAX_GROUP_MEMBERS)?;
+            }
+            GroupAction::Rename { name } => check_text("group name", name, MAX_NAME_BYTES)?,
+            GroupAction::Add { .. }
+            | GroupAction::Remove { .. }
+            | GroupAction::Leave
+            | GroupAction::Promote { .. } => {}
+        }
+        if !matches!(self.action, GroupAction::Create { .. }) {
+            check_non_empty("parents", self.parents.len())?;
+        }
+        check_count("parents", self.parents.len(), MAX_CHANGE_PARENTS)?;
+        check_ascending("parents", &self.parents)
+    }
+}
+
+/// Signed changes to one group, in an order where parents come first when they are included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChanges {
+    /// The group every change is for.
+    pub group: GroupId,
+    /// The changes, 1 to [`MAX_CHANGES_PER_MESSAGE`].
+    pub changes: Vec<GroupControl>,
+}
+
+impl GroupChanges {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_non_empty("changes", self.changes.len())?;
+        check_count("changes", self.changes.len(), MAX_CHANGES_PER_MESSAGE)?;
+        for change in &self.changes {
+            if change.group != self.group {
+                return Err(Invalid::OutOfRange { field: "changes" });
+            }
+            change.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// A request for the changes of a group that the sender lacks: the receiver answers with
+/// every change it holds outside the history of `heads`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSync {
+    /// The group.
+    pub group: GroupId,
+    /// The requester's newest changes (ascending, without repeats, at most
+    /// [`MAX_SYNC_HEADS`]); empty when it holds none.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// Checks that `hashes` is strictly ascending: sorted and without repeats, so that a list has
+/// one encoding.
+fn check_ascending(field: &'static str, hashes: &[ChangeHash]) -> Result<(), Invalid> {
+    if hashes.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
+        Ok(())
+    } else {
+        Err(Invalid::OutOfRange { field })
+    }
 }
 
 /// The changes a group admits.
@@ -366,18 +444,11 @@ impl Body {
             Self::Typing(_) | Self::Presence(_) | Self::Delete(_) => Ok(()),
             Self::Edit(e) => check_text("edit", &e.body, MAX_TEXT_BYTES),
             Self::Profile(p) => check_text("display_name", &p.display_name, MAX_NAME_BYTES),
-            Self::GroupControl(c) => match &c.action {
-                GroupAction::Create { name, members, .. } => {
-                    check_text("group name", name, MAX_NAME_BYTES)?;
-                    check_non_empty("members", members.len())?;
-                    check_count("members", members.len(), MAX_GROUP_MEMBERS)
-                }
-                GroupAction::Rename { name } => check_text("group name", name, MAX_NAME_BYTES),
-                GroupAction::Add { .. }
-                | GroupAction::Remove { .. }
-                | GroupAction::Leave
-                | GroupAction::Promote { .. } => Ok(()),
-            },
+            Self::GroupChanges(c) => c.validate(),
+            Self::GroupSync(sync) => {
+                check_count("heads", sync.heads.len(), MAX_SYNC_HEADS)?;
+                check_ascending("heads", &sync.heads)
+            }
             Self::SenderKeyDistribution(_) => Ok(()),
         }
     }

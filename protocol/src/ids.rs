@@ -101,6 +101,13 @@ byte_id!(
     GroupTag, 32, 4
 );
 
+byte_id!(
+    /// The hash of a signed group change: BLAKE3 of its wire encoding under a domain separator.
+    /// Later changes name the ones their author had seen by these hashes, so a group's changes
+    /// form a hash-linked graph that no one can reorder or backdate into another's past.
+    ChangeHash, 32, 4
+);
+
 /// An X25519 public key as it travels on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DhPublicKey(pub [u8; 32]);

@@ -47,7 +47,8 @@ pub mod prekey;
 
 pub use codec::{DecodeError, EncodeError, Frame, Invalid, WIRE_VERSION, decode, encode};
 pub use ids::{
-    ChunkHash, DhPublicKey, GroupId, GroupTag, MediaId, MessageId, Signature, UnixMillis, UserId,
+    ChangeHash, ChunkHash, DhPublicKey, GroupId, GroupTag, MediaId, MessageId, Signature,
+    UnixMillis, UserId,
 };
 /// Owned bytes, as byte-list fields of frames carry them (e.g. the envelopes of a
 /// [`direct::EnvelopeBatch`]).

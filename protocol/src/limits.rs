@@ -45,6 +45,18 @@ pub const MAX_RECEIPT_IDS: usize = 256;
 /// Most members in a group (bounds control messages and sender-key fan-out).
 pub const MAX_GROUP_MEMBERS: usize = 256;
 
+/// Most changes a group change names as the ones its author had seen last (the heads of its
+/// author's view). An author with more heads names the newest of them; the change is then
+/// merely concurrent with the others, which the membership rules handle.
+pub const MAX_CHANGE_PARENTS: usize = 16;
+
+/// Most group changes in one message (a change made now, or a batch answering a sync request;
+/// a larger answer is split over several messages).
+pub const MAX_CHANGES_PER_MESSAGE: usize = 64;
+
+/// Most heads a member names when it asks another for the group changes it lacks.
+pub const MAX_SYNC_HEADS: usize = 64;
+
 /// Most one-time prekeys uploaded to a relay in one frame.
 pub const MAX_PREKEYS_PER_UPLOAD: usize = 200;
 

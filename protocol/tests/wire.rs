@@ -365,6 +365,60 @@ fn golden_vectors() {
             concat!("01", "80d095ffbc31", "00", "02", "6869", "00"),
         ),
         (
+            "content/group-changes",
+            codec::encode(&Content {
+                sent_at: 1,
+                body: Body::GroupChanges(GroupChanges {
+                    group: GroupId([0x0d; 32]),
+                    changes: vec![GroupControl {
+                        group: GroupId([0x0d; 32]),
+                        parents: vec![ChangeHash([0x0e; 32])],
+                        author: UserId([0x0f; 32]),
+                        action: GroupAction::Leave,
+                        signature: Signature([0x10; 64]),
+                    }],
+                }),
+            })
+            .unwrap(),
+            // version, sent_at, variant 9 (GroupChanges), group, 1 change: group, 1 parent,
+            // author, variant 3 (Leave), signature
+            concat!(
+                "01",
+                "01",
+                "09",
+                "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+                "01",
+                "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+                "01",
+                "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e",
+                "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f",
+                "03",
+                "10101010101010101010101010101010101010101010101010101010101010",
+                "10101010101010101010101010101010101010101010101010101010101010",
+                "1010",
+            ),
+        ),
+        (
+            "content/group-sync",
+            codec::encode(&Content {
+                sent_at: 1,
+                body: Body::GroupSync(GroupSync {
+                    group: GroupId([0x0d; 32]),
+                    heads: vec![ChangeHash([0x01; 32])],
+                }),
+            })
+            .unwrap(),
+            // version, sent_at, variant 11 (GroupSync), group, 1 head
+            concat!(
+                "01",
+                "01",
+                "0b",
+                "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+                "01",
+                "0101010101010101010101010101010101010101010101010101010101010101",
+            ),
+        ),
+        (
             "envelope-batch",
             codec::encode(&EnvelopeBatch {
                 envelopes: vec![ByteBuf::from(vec![0x01, 0x02]), ByteBuf::from(vec![])],
@@ -480,4 +534,64 @@ fn decode_frames_fuzz_corpus_replays_without_panic() {
     }
     assert!(replayed > 0, "empty seed corpus");
     println!("decode_frames corpus: {replayed} inputs replayed");
+}
+
+/// Group changes: parents must be canonical (ascending, no repeats), present on every change
+/// but a `Create`, absent on a `Create`, within their limit; every change of a batch belongs
+/// to the batch's group; sync heads are canonical too. Each breach is a typed error.
+#[test]
+fn group_change_limits_are_typed_errors() {
+    let group = GroupId([1; 32]);
+    let change = |parents: Vec<ChangeHash>, action: GroupAction| GroupControl {
+        group,
+        parents,
+        author: UserId([2; 32]),
+        action,
+        signature: Signature([3; 64]),
+    };
+    let content = |changes: Vec<GroupControl>| Content {
+        sent_at: 0,
+        body: Body::GroupChanges(GroupChanges { group, changes }),
+    };
+    let hash = |b: u8| ChangeHash([b; 32]);
+    let invalid = |reason| Err(codec::EncodeError::Invalid { frame: "content", reason });
+    let out_of_range = |field| invalid(Invalid::OutOfRange { field });
+
+    assert!(
+        codec::encode(&content(vec![change(vec![hash(1), hash(2)], GroupAction::Leave)])).is_ok()
+    );
+    assert_eq!(
+        codec::encode(&content(vec![change(vec![hash(2), hash(1)], GroupAction::Leave)])),
+        out_of_range("parents")
+    );
+    assert_eq!(
+        codec::encode(&content(vec![change(vec![hash(1), hash(1)], GroupAction::Leave)])),
+        out_of_range("parents")
+    );
+    assert_eq!(
+        codec::encode(&content(vec![change(vec![], GroupAction::Leave)])),
+        invalid(Invalid::Empty { field: "parents" })
+    );
+    let create =
+        GroupAction::Create { name: "g".into(), members: vec![UserId([2; 32])], salt: [0; 16] };
+    assert_eq!(
+        codec::encode(&content(vec![change(vec![hash(1)], create)])),
+        out_of_range("parents")
+    );
+    let many: Vec<ChangeHash> = (0..=MAX_CHANGE_PARENTS as u8).map(hash).collect();
+    assert_eq!(
+        codec::encode(&content(vec![change(many, GroupAction::Leave)])),
+        invalid(Invalid::TooMany {
+            field: "parents",
+            count: MAX_CHANGE_PARENTS + 1,
+            max: MAX_CHANGE_PARENTS
+        })
+    );
+    let mut foreign = change(vec![hash(1)], GroupAction::Leave);
+    foreign.group = GroupId([9; 32]);
+    assert_eq!(codec::encode(&content(vec![foreign])), out_of_range("changes"));
+    assert_eq!(codec::encode(&content(vec![])), invalid(Invalid::Empty { field: "changes" }));
+    let sync = |heads| Content { sent_at: 0, body: Body::GroupSync(GroupSync { group, heads }) };
+    assert!(codec::encode(&sync(vec![])).is_ok());
+    assert_eq!(codec::encode(&sync(vec![hash(2), hash(1)])), out_of_range("heads"));
 }

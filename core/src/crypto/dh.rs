@@ -4,6 +4,7 @@ use std::fmt;
 
 use kith_protocol::DhPublicKey;
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use super::secret::SecretBytes;
 
@@ -33,12 +34,12 @@ impl DhKeyPair {
     /// half is trusted (it comes from the same record as the secret), saving a multiplication
     /// per load.
     pub(crate) fn from_stored(secret: &SecretBytes, public: DhPublicKey) -> Self {
-        Self { secret: Box::new(StaticSecret::from(*secret.expose())), public }
+        Self { secret: boxed_secret(secret), public }
     }
 
     /// Rebuilds a key pair from a secret alone, recomputing the public half.
     pub fn from_secret(secret: &SecretBytes) -> Self {
-        let secret = Box::new(StaticSecret::from(*secret.expose()));
+        let secret = boxed_secret(secret);
         let public = DhPublicKey(PublicKey::from(secret.as_ref()).to_bytes());
         Self { secret, public }
     }
@@ -50,7 +51,7 @@ impl DhKeyPair {
 
     /// The secret half, for storing.
     pub(crate) fn secret(&self) -> SecretBytes {
-        let mut bytes = self.secret.to_bytes();
+        let mut bytes = Zeroizing::new(self.secret.to_bytes());
         SecretBytes::from_array(&mut bytes)
     }
 
@@ -60,9 +61,32 @@ impl DhKeyPair {
         if !shared.was_contributory() {
             return Err(NonContributory);
         }
-        let mut bytes = shared.to_bytes();
+        // `shared` zeroizes itself on drop; the copy taken here is zeroized by `from_array`.
+        let mut bytes = Zeroizing::new(shared.to_bytes());
         Ok(SecretBytes::from_array(&mut bytes))
     }
+}
+
+/// An X25519 secret built in place on the heap from stored bytes; the one stack copy that
+/// `StaticSecret::from` takes by value is zeroized on the way.
+fn boxed_secret(secret: &SecretBytes) -> Box<StaticSecret> {
+    let bytes = Zeroizing::new(*secret.expose());
+    Box::new(StaticSecret::from(*bytes))
+}
+
+/// Whether `key` is the canonical encoding of an X25519 u-coordinate: below 2^255 − 19, so
+/// with the top bit clear. X25519 ignores the top bit and reduces modulo p, so other encodings
+/// name the same point under another byte string; Kith refuses them wherever keys are
+/// compared by their bytes (a session's base key, ratchet keys).
+pub fn is_canonical(key: &DhPublicKey) -> bool {
+    // p = 2^255 − 19: little-endian ff…ff7f with the low byte ed. Below p unless every byte
+    // from 1 to 30 is ff, byte 31 is 7f and byte 0 is ed or more.
+    let [low, middle @ .., top] = key.0;
+    if top & 0x80 != 0 {
+        return false;
+    }
+    let high = top == 0x7f && middle.iter().all(|&b| b == 0xff);
+    !(high && low >= 0xed)
 }
 
 impl Clone for DhKeyPair {

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use hkdf::{Hkdf, HkdfExtract};
+use hmac::digest::FixedOutput;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroize;
@@ -23,11 +24,12 @@ impl HmacKey {
         Self(mac)
     }
 
-    /// HMAC of `data`, written into `out`.
+    /// HMAC of `data`, written straight into `out`: the output is a chain or message key, so
+    /// no copy of it is left behind on the stack.
     pub(crate) fn mac_into(&self, data: &[u8], out: &mut [u8; 32]) {
         let mut mac = self.0.clone();
         mac.update(data);
-        out.copy_from_slice(&mac.finalize().into_bytes());
+        mac.finalize_into(out.into());
     }
 }
 

@@ -8,30 +8,45 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kith_protocol::content::{
-    Body, Content, Delete, Edit, GroupAction, GroupControl, Reaction, ReceiptKind,
+    Body, Content, Delete, Edit, GroupAction, GroupChanges, GroupSync, Reaction, ReceiptKind,
     SenderKeyDistribution, Text,
 };
 use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, GroupMessage};
 use kith_protocol::limits::{MAX_GROUP_MEMBERS, MAX_NAME_BYTES};
 use kith_protocol::{GroupId, GroupTag, MessageId, UnixMillis, UserId};
 
+use super::group_membership::Origin;
 use super::{
     CommandError, CommandResult, Engine, Event, GroupCommand, Output, Publication, ReceiveError,
     ValidationToken, Verdict, apply_reaction, edited_content,
 };
-use crate::group::sender_key::OwnChain;
+use crate::group::membership::is_removal;
 use crate::group::{
-    Group, MAX_GROUP_OPS, Membership, group_id, group_tag, sign_control, verify_control,
+    ChangeLog, Group, MAX_GROUP_OPS, Membership, change_hash, group_id, group_tag, sign_control,
 };
 use crate::model::{Direction, MemberReceipt, Message, MessageStatus};
 use crate::store::records::{
     GroupRecord, MessageRecord, OutboxKind, OutboxRecord, PendingGroupRecord,
 };
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, PendingKey, StoreError};
 
-/// Most group messages kept waiting for their sender's key, per group. Beyond it, gossip is
-/// dropped (ignored) and mailbox copies refused for now (the relay keeps them).
-pub const MAX_PENDING_PER_GROUP: usize = 1024;
+/// Most group messages kept waiting for their sender's key per claimed sender, when they came
+/// from anyone (gossip, a relay's mailbox): such a message does not prove who sent it until
+/// the key arrives, so an outsider can fill this share, but only this one. Beyond it, gossip
+/// is ignored and copies refused for now (their author or the relay sends them again).
+pub const MAX_PENDING_UNAUTHENTICATED_PER_SENDER: usize = 32;
+
+/// Most group messages kept waiting for their sender's key per sender, when they came straight
+/// from the sender over a connection that proved who it is: only the sender fills this share.
+pub const MAX_PENDING_AUTHENTICATED_PER_SENDER: usize = 256;
+
+/// How long a group message that anyone could have sent waits for its key: the key travels
+/// right behind the message, so an hour is ample, and a flood of fakes is gone within it.
+pub const PENDING_UNAUTHENTICATED_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// How long a group message that came straight from its sender waits for its key (the key
+/// comes from the same sender, through its outbox: days, if the sender goes offline).
+pub const PENDING_AUTHENTICATED_TTL_MS: u64 = 14 * 24 * 60 * 60 * 1000;
 
 /// A member the topic reached has this long to acknowledge a group message (its delivery
 /// receipt) before its copy goes out through the outbox after all: a member that dropped off
@@ -47,10 +62,29 @@ pub const GROUP_RECEIPT_DELAY_MS: u64 = 1_000;
 /// Pending messages retried per key that arrives.
 const PENDING_RETRY_BATCH: usize = 256;
 
-/// A group and its replayed state, kept in memory.
+/// A group and its log of changes, kept in memory.
 pub(crate) struct GroupState {
     pub(crate) record: GroupRecord,
-    pub(crate) membership: Membership,
+    pub(crate) log: ChangeLog,
+}
+
+impl GroupState {
+    pub(crate) fn membership(&self) -> &Membership {
+        self.log.membership()
+    }
+}
+
+/// How a group message reached us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// By gossip: anyone on the topic could have published it.
+    Gossip,
+    /// A copy over a connection that authenticated its sender as the message's sender.
+    FromSender,
+    /// A copy from a relay's mailbox: anyone could have deposited it.
+    Mailbox,
+    /// Taken out of the pending store again, once a key arrived.
+    Retry,
 }
 
 /// What became of a received group message.
@@ -67,7 +101,8 @@ pub(crate) enum GroupReceived {
 /// A change to apply once the envelope that carried it is committed (it may queue messages
 /// to the envelope's own sender, whose sessions are in use until then).
 pub(crate) enum GroupEffect {
-    Control(GroupControl),
+    Changes(GroupChanges),
+    Sync(GroupSync),
     SenderKey(SenderKeyDistribution),
 }
 
@@ -91,8 +126,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut groups: Vec<Group> = self
             .groups
             .values()
-            .filter(|g| g.membership.created())
-            .map(|g| Group::new(g.record.id, &g.membership, &me))
+            .filter(|g| g.membership().created())
+            .map(|g| Group::new(g.record.id, g.membership(), &me))
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         groups
@@ -102,8 +137,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     pub fn group(&self, id: &GroupId) -> Option<Group> {
         self.groups
             .get(id)
-            .filter(|g| g.membership.created())
-            .map(|g| Group::new(*id, &g.membership, &self.user_id()))
+            .filter(|g| g.membership().created())
+            .map(|g| Group::new(*id, g.membership(), &self.user_id()))
     }
 
     /// Up to `limit` messages of a group before sequence number `before` (all if `None`),
@@ -129,14 +164,20 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     pub(super) fn load_groups(&mut self) -> Result<(), StoreError> {
         let me = self.user_id();
         for record in self.store.groups()? {
-            let membership = Membership::replay(&record.id, &record.ops);
+            let mut log = ChangeLog::new(record.id);
+            for change in self.store.group_changes(&record.id)? {
+                // Stored changes went in once already, in this order.
+                log.insert(change).map_err(|_| StoreError::Corrupt { record: "group change" })?;
+            }
+            log.resolve();
+            let membership = log.membership();
             let tag = group_tag(&record.id);
             if membership.members.contains(&me) {
                 let members = membership.members.iter().filter(|m| **m != me).copied().collect();
                 self.held.push_back(Output::Subscribe { tag, members });
             }
             self.tags.insert(tag, record.id);
-            self.groups.insert(record.id, GroupState { record, membership });
+            self.groups.insert(record.id, GroupState { record, log });
         }
         Ok(())
     }
@@ -166,9 +207,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.rng.fill_bytes(&mut salt);
         let id = group_id(&me, &salt);
         let action = GroupAction::Create { name, members: all.into_iter().collect(), salt };
-        let op = sign_control(&self.identity, id, 0, action)
+        let op = sign_control(&self.identity, id, Vec::new(), action)
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
-        self.apply_ops(now, id, vec![op.clone()], Some(&op))?;
+        self.take_changes(now, id, vec![op], Origin::Us)?;
         Ok(CommandResult::Group(id))
     }
 
@@ -178,9 +219,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         group: GroupId,
         command: GroupCommand,
     ) -> Result<CommandResult, CommandError> {
-        let state = self.groups.get(&group).filter(|g| g.membership.created());
+        let state = self.groups.get(&group).filter(|g| g.membership().created());
         let Some(state) = state else { return Err(CommandError::UnknownGroup) };
-        let (membership, ops) = (state.membership.clone(), state.record.ops.len());
+        let membership = state.membership().clone();
         let me = self.user_id();
         if !membership.members.contains(&me) {
             return Err(CommandError::NotAMember);
@@ -236,56 +277,51 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 return Ok(CommandResult::Done);
             }
             GroupCommand::Add { member } => {
-                if !admin {
-                    return Err(CommandError::NotAnAdmin);
-                }
                 self.sendable_contact(now, &member)?;
-                if members.contains(&member) {
-                    return Err(CommandError::InvalidChange);
-                }
-                if members.len() >= MAX_GROUP_MEMBERS {
+                if members.len() >= MAX_GROUP_MEMBERS && !members.contains(&member) {
                     return Err(CommandError::GroupFull);
                 }
                 GroupAction::Add { member }
             }
-            GroupCommand::Remove { member } => {
-                if !admin {
-                    return Err(CommandError::NotAnAdmin);
-                }
-                if !members.contains(&member) || member == me || Some(member) == membership.creator
-                {
-                    return Err(CommandError::InvalidChange);
-                }
-                GroupAction::Remove { member }
-            }
+            GroupCommand::Remove { member } => GroupAction::Remove { member },
             GroupCommand::Leave => GroupAction::Leave,
             GroupCommand::Rename { name } => {
-                if !admin {
-                    return Err(CommandError::NotAnAdmin);
-                }
                 let name = name.trim().to_owned();
                 if name.is_empty() || name.len() > MAX_NAME_BYTES {
                     return Err(CommandError::InvalidName);
                 }
                 GroupAction::Rename { name }
             }
-            GroupCommand::Promote { member } => {
-                if !admin {
-                    return Err(CommandError::NotAnAdmin);
-                }
-                if !members.contains(&member) {
-                    return Err(CommandError::InvalidChange);
-                }
-                GroupAction::Promote { member }
-            }
+            GroupCommand::Promote { member } => GroupAction::Promote { member },
         };
-        if ops >= MAX_GROUP_OPS {
+        if !admin && change != GroupAction::Leave {
+            return Err(CommandError::NotAnAdmin);
+        }
+        self.make_change(now, group, change)
+    }
+
+    /// Signs `action` after the changes we hold and takes it, if the group's rules let it
+    /// count (the one place that judges a change, ours or anyone's, is the log).
+    fn make_change(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        action: GroupAction,
+    ) -> Result<CommandResult, CommandError> {
+        let state = self.groups.get(&group).ok_or(CommandError::UnknownGroup)?;
+        if !is_removal(&action) && state.log.additions() >= MAX_GROUP_OPS {
             return Err(CommandError::GroupFull);
         }
-        let lamport = membership.lamport + 1;
-        let op = sign_control(&self.identity, group, lamport, change)
+        let op = sign_control(&self.identity, group, state.log.heads(), action)
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
-        self.apply_ops(now, group, vec![op.clone()], Some(&op))?;
+        let hash = change_hash(&op).map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        let mut trial = state.log.clone();
+        trial.insert(op.clone()).map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        trial.resolve();
+        if !trial.is_effective(&hash) {
+            return Err(CommandError::InvalidChange);
+        }
+        self.take_changes(now, group, vec![op], Origin::Us)?;
         Ok(CommandResult::Done)
     }
 
@@ -312,172 +348,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.mark_records_read(now, records)
     }
 
-    // ---------------------------------------------------------------- membership
-
-    /// Adds control messages to a group's set, replays it and acts on what changed. `ours` is
-    /// a change we just made (sent to every member, the new member gets the whole set).
-    pub(super) fn apply_ops(
-        &mut self,
-        now: UnixMillis,
-        group: GroupId,
-        ops: Vec<GroupControl>,
-        ours: Option<&GroupControl>,
-    ) -> Result<(), StoreError> {
-        let mut record = match self.groups.get(&group) {
-            Some(state) => state.record.clone(),
-            None => GroupRecord { id: group, ops: Vec::new(), since: now },
-        };
-        let mut added = Vec::new();
-        for op in ops {
-            if op.group != group
-                || record.ops.len() >= MAX_GROUP_OPS
-                || record.ops.contains(&op)
-                || verify_control(&op).is_err()
-            {
-                continue;
-            }
-            record.ops.push(op.clone());
-            added.push(op);
-        }
-        if added.is_empty() {
-            return Ok(());
-        }
-        let old = self.groups.get(&group).map(|g| g.membership.clone()).unwrap_or_default();
-        let new = Membership::replay(&group, &record.ops);
-        let mut batch = Batch::new();
-        batch.put_group(&record);
-        self.commit(batch)?;
-        self.tags.insert(group_tag(&group), group);
-        self.groups.insert(group, GroupState { record, membership: new.clone() });
-        if let Some(op) = ours {
-            self.distribute_op(now, op, &old, &new)?;
-        }
-        self.membership_changed(now, group, &old, &new, ours)
-    }
-
-    /// Sends our change to everyone it concerns: the members after it, and a removed member
-    /// (so it knows). A member we added gets every control message we hold.
-    fn distribute_op(
-        &mut self,
-        now: UnixMillis,
-        op: &GroupControl,
-        old: &Membership,
-        new: &Membership,
-    ) -> Result<(), StoreError> {
-        let me = self.user_id();
-        let mut to: BTreeSet<UserId> = new.members.iter().copied().collect();
-        to.extend(old.members.difference(&new.members));
-        to.remove(&me);
-        for member in to {
-            self.send_reliably(now, member, Body::GroupControl(op.clone()))?;
-        }
-        Ok(())
-    }
-
-    /// Acts on a membership change: joining (our chain out to everyone, subscribe), leaving
-    /// (forget every key, unsubscribe), members added (our current chain to them) or removed
-    /// (forget their chains, rotate ours).
-    fn membership_changed(
-        &mut self,
-        now: UnixMillis,
-        group: GroupId,
-        old: &Membership,
-        new: &Membership,
-        ours: Option<&GroupControl>,
-    ) -> Result<(), StoreError> {
-        let me = self.user_id();
-        let tag = group_tag(&group);
-        let (was, is) = (old.members.contains(&me), new.members.contains(&me));
-        let others: Vec<UserId> = new.members.iter().filter(|m| **m != me).copied().collect();
-        if is && !was {
-            self.rotate(now, group, &others)?;
-            self.held.push_back(Output::Subscribe { tag, members: others.clone() });
-        } else if was && !is {
-            let mut batch = Batch::new();
-            for holder in self.store.chain_holders(&group)? {
-                batch.delete_chains(&group, &holder);
-            }
-            for (sender, id, _) in self.store.pending_group(&group, None, usize::MAX)? {
-                batch.delete_pending_group(&group, &sender, &id);
-            }
-            self.commit(batch)?;
-            self.held.push_back(Output::Unsubscribe { tag });
-        } else if is {
-            let added: Vec<UserId> = new.members.difference(&old.members).copied().collect();
-            let removed: Vec<UserId> = old.members.difference(&new.members).copied().collect();
-            for member in &added {
-                // Our chain as it stands: the new member reads from here on, nothing before.
-                if let Some(chain) = self.store.own_chain(&group, &me)? {
-                    let skd = chain.distribution(group);
-                    self.send_reliably(now, *member, Body::SenderKeyDistribution(skd))?;
-                }
-                // What we know of the group's history, so concurrent changes reach them too:
-                // everything if we added them, else the changes we made.
-                let ops = self.groups.get(&group).map(|g| g.record.ops.clone()).unwrap_or_default();
-                let added_by_us = ours.is_some_and(
-                    |op| matches!(op.action, GroupAction::Add { member: m } if m == *member),
-                );
-                for op in ops {
-                    let send = if added_by_us { Some(&op) != ours } else { op.author == me };
-                    if send {
-                        self.send_reliably(now, *member, Body::GroupControl(op))?;
-                    }
-                }
-            }
-            if !removed.is_empty() {
-                let mut batch = Batch::new();
-                for member in &removed {
-                    batch.delete_chains(&group, member);
-                    for (_, id, _) in self.store.pending_group(&group, Some(member), usize::MAX)? {
-                        batch.delete_pending_group(&group, member, &id);
-                    }
-                }
-                self.commit(batch)?;
-                // A removed member holds our chain: nothing we send from now on uses it.
-                self.rotate(now, group, &others)?;
-            }
-            if !added.is_empty() {
-                self.held.push_back(Output::Subscribe { tag, members: others });
-            }
-        }
-        if old != new {
-            self.event(Event::GroupChanged(Box::new(Group::new(group, new, &me))));
-        }
-        if is {
-            self.retry_pending(now, group, None)?;
-        }
-        Ok(())
-    }
-
-    /// Starts a new sending chain and sends it to `members`.
-    fn rotate(
-        &mut self,
-        now: UnixMillis,
-        group: GroupId,
-        members: &[UserId],
-    ) -> Result<(), StoreError> {
-        let me = self.user_id();
-        let chain = OwnChain::generate(&mut self.rng);
-        let mut batch = Batch::new();
-        batch.put_own_chain(&group, &me, &chain);
-        self.commit(batch)?;
-        let skd = chain.distribution(group);
-        for member in members {
-            self.send_reliably(now, *member, Body::SenderKeyDistribution(skd.clone()))?;
-        }
-        Ok(())
-    }
-
-    /// Queues a control content pairwise; a member we cannot write to (blocked, identity
-    /// changed, outbox full) is skipped and the rest still get it.
-    fn send_reliably(&mut self, now: UnixMillis, to: UserId, body: Body) -> Result<(), StoreError> {
-        match self.queue(now, to, body, OutboxKind::Control) {
-            Ok(_) => Ok(()),
-            Err(CommandError::Store(e)) => Err(e),
-            Err(_) => Ok(()),
-        }
-    }
-
     /// Applies the group contents an envelope from `sender` carried, once it is committed.
     pub(super) fn apply_group_effects(
         &mut self,
@@ -487,20 +357,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     ) -> Result<(), StoreError> {
         for effect in effects {
             match effect {
-                GroupEffect::Control(op) => {
-                    let group = op.group;
-                    self.apply_ops(now, group, vec![op], None)?;
+                GroupEffect::Changes(changes) => {
+                    self.take_changes(now, changes.group, changes.changes, Origin::Peer(sender))?;
                 }
-                GroupEffect::SenderKey(skd) => {
-                    let group = skd.group;
-                    let mut chains = self.store.member_chains(&group, &sender)?;
-                    if chains.install(&skd) {
-                        let mut batch = Batch::new();
-                        batch.put_member_chains(&group, &sender, &chains);
-                        self.commit(batch)?;
-                        self.retry_pending(now, group, Some(sender))?;
-                    }
-                }
+                GroupEffect::Sync(sync) => self.answer_sync(now, sender, sync)?,
+                GroupEffect::SenderKey(skd) => self.take_sender_key(now, sender, skd)?,
             }
         }
         Ok(())
@@ -524,7 +385,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let members: Vec<UserId> = self
             .groups
             .get(&group)
-            .map(|g| g.membership.members.iter().filter(|m| **m != me).copied().collect())
+            .map(|g| g.membership().members.iter().filter(|m| **m != me).copied().collect())
             .unwrap_or_default();
         if !ephemeral && self.outbox.len() + members.len() > super::MAX_OUTBOX {
             return Err(CommandError::OutboxFull { max: super::MAX_OUTBOX });
@@ -616,7 +477,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let members: Vec<UserId> = self
             .groups
             .get(&group)
-            .map(|g| g.membership.members.iter().copied().collect())
+            .map(|g| g.membership().members.iter().copied().collect())
             .unwrap_or_default();
         let mut batch = Batch::new();
         let mut send = Vec::new();
@@ -661,6 +522,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// A group message from gossip: judged and applied; the verdict is ready at once (it
     /// promises nothing about our state, so gossip need not wait for the flush to forward).
+    ///
+    /// Only what every honest member would refuse is rejected (and costs the forwarding peer
+    /// gossip score): bytes that are not a group envelope. Everything else depends on what
+    /// the receiver holds (a sender key handed out to some members only, an `Add` that has
+    /// not reached us yet, a message seen already), so an honest forwarder may have judged it
+    /// valid: it is ignored, neither forwarded nor penalised.
     pub(super) fn on_group_gossip(
         &mut self,
         now: UnixMillis,
@@ -670,7 +537,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let decoded = kith_protocol::decode::<GroupEnvelope>(bytes);
         let sender = decoded.as_ref().ok().map(|e| e.sender);
         let result = match decoded {
-            Ok(envelope) => self.receive_group(now, envelope, true, false),
+            Ok(envelope) => self.receive_group(now, envelope, Arrival::Gossip),
             Err(e) => Err(ReceiveError::Malformed(e)),
         };
         let verdict = match result {
@@ -680,10 +547,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.ready.push_back(Output::Validation { token, verdict: Verdict::Ignore });
                 return Err(e);
             }
+            Err(e @ ReceiveError::Malformed(_)) => {
+                self.event(Event::Rejected { sender, reason: e.reject_reason() });
+                Verdict::Reject
+            }
             Err(ReceiveError::UnknownGroup | ReceiveError::PendingFull) => Verdict::Ignore,
             Err(e) => {
                 self.event(Event::Rejected { sender, reason: e.reject_reason() });
-                Verdict::Reject
+                Verdict::Ignore
             }
         };
         self.ready.push_back(Output::Validation { token, verdict });
@@ -691,20 +562,21 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// Receives a group message (by gossip, or a copy by mail or directly). Checks, in order:
-    /// group, sender, replay, membership, key (else kept pending), signature, then opens it on
-    /// a copy of the chain; only an accepted message changes state.
+    /// group, sender, replay (its id anywhere in the history: no one takes over another
+    /// message's id), membership, key (else kept pending), signature, then opens it on a copy
+    /// of the chain; only an accepted message changes state.
     pub(super) fn receive_group(
         &mut self,
         now: UnixMillis,
         envelope: GroupEnvelope,
-        gossip: bool,
-        retrying: bool,
+        arrival: Arrival,
     ) -> Result<GroupReceived, ReceiveError> {
         let me = self.user_id();
+        let gossip = arrival == Arrival::Gossip;
         let GroupEnvelope { id, sender, message } = envelope;
         let group = *self.tags.get(&message.tag).ok_or(ReceiveError::UnknownGroup)?;
         let state = self.groups.get(&group).ok_or(ReceiveError::UnknownGroup)?;
-        if !state.membership.members.contains(&me) {
+        if !state.membership().members.contains(&me) {
             return Err(ReceiveError::UnknownGroup);
         }
         if sender == me {
@@ -715,7 +587,15 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Some(_) => return Ok(GroupReceived::Duplicate),
             None => {}
         }
-        if !state.membership.members.contains(&sender) {
+        if let Some(index) = self.store.message_index(&id)? {
+            // Our copy of this very message (its seen entry pruned since), or another message
+            // whose id this one tries to take over.
+            if index.peer == sender && index.group == Some(group) && !gossip {
+                return Ok(GroupReceived::Duplicate);
+            }
+            return Err(ReceiveError::Replay);
+        }
+        if !state.membership().members.contains(&sender) {
             return Err(ReceiveError::NotAMember);
         }
         if self.store.contact(&sender)?.is_some_and(|c| c.blocked) {
@@ -723,10 +603,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         let mut chains = self.store.member_chains(&group, &sender)?;
         let Some(chain) = chains.get(message.chain_id).cloned() else {
-            if retrying {
+            if arrival == Arrival::Retry {
                 return Ok(GroupReceived::Pending);
             }
-            return self.keep_pending(now, group, sender, id, message, gossip);
+            return self.keep_pending(now, group, sender, id, message, arrival);
         };
         chain.verify(&sender, &id, &message)?;
         let (plaintext, next) = chain.open(&sender, &id, &message, now)?;
@@ -772,6 +652,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(())
     }
 
+    /// Keeps a group message until its sender's key arrives, within the sender's share:
+    /// [`MAX_PENDING_AUTHENTICATED_PER_SENDER`] for copies straight from the sender,
+    /// [`MAX_PENDING_UNAUTHENTICATED_PER_SENDER`] for what anyone could have sent. Counting
+    /// reads only that share (each has its own key range), never the whole group's.
     fn keep_pending(
         &mut self,
         now: UnixMillis,
@@ -779,37 +663,41 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         sender: UserId,
         id: MessageId,
         message: GroupMessage,
-        gossip: bool,
+        arrival: Arrival,
     ) -> Result<GroupReceived, ReceiveError> {
-        if self.store.pending_group(&group, None, MAX_PENDING_PER_GROUP)?.len()
-            >= MAX_PENDING_PER_GROUP
-        {
+        let authenticated = arrival == Arrival::FromSender;
+        let share = if authenticated {
+            MAX_PENDING_AUTHENTICATED_PER_SENDER
+        } else {
+            MAX_PENDING_UNAUTHENTICATED_PER_SENDER
+        };
+        if self.store.pending_count(&group, &sender, authenticated, share)? >= share {
             return Err(ReceiveError::PendingFull);
         }
+        let chain = message.chain_id;
         let envelope = kith_protocol::encode(&GroupEnvelope { id, sender, message })
             .map_err(|_| ReceiveError::BadContent)?;
         let mut batch = Batch::new();
-        batch.put_pending_group(
-            &group,
-            &sender,
-            &id,
-            &PendingGroupRecord { envelope, received_at: now, gossip },
-        );
+        let key = PendingKey { group, sender, authenticated, chain, id };
+        let record =
+            PendingGroupRecord { envelope, received_at: now, gossip: arrival == Arrival::Gossip };
+        batch.put_pending_group(&key, &record);
         self.commit(batch)?;
         Ok(GroupReceived::Pending)
     }
 
-    /// Tries the messages waiting in `group` (from `sender`, if given) again.
-    fn retry_pending(
+    /// Tries the messages waiting in `group` (from one sender, on one chain, if given) again.
+    pub(super) fn retry_pending(
         &mut self,
         now: UnixMillis,
         group: GroupId,
-        sender: Option<UserId>,
+        sender: Option<(UserId, Option<u32>)>,
     ) -> Result<(), StoreError> {
-        let waiting = self.store.pending_group(&group, sender.as_ref(), PENDING_RETRY_BATCH)?;
-        for (sender, id, record) in waiting {
+        let sender = sender.as_ref().map(|(s, chain)| (s, *chain));
+        let waiting = self.store.pending_group(&group, sender, PENDING_RETRY_BATCH)?;
+        for (key, record) in waiting {
             let result = match kith_protocol::decode::<GroupEnvelope>(&record.envelope) {
-                Ok(envelope) => self.receive_group(now, envelope, record.gossip, true),
+                Ok(envelope) => self.receive_group(now, envelope, Arrival::Retry),
                 Err(e) => Err(ReceiveError::Malformed(e)),
             };
             match result {
@@ -817,9 +705,24 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 Err(ReceiveError::Store(e)) => return Err(e),
                 Ok(_) | Err(_) => {
                     let mut batch = Batch::new();
-                    batch.delete_pending_group(&group, &sender, &id);
+                    batch.delete_pending_group(&key);
                     self.commit(batch)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets group messages that waited for their key longer than they may.
+    pub(super) fn expire_pending(&self, now: UnixMillis, batch: &mut Batch) -> Result<(), StoreError> {
+        for (key, record) in self.store.all_pending_group(usize::MAX)? {
+            let ttl = if key.authenticated {
+                PENDING_AUTHENTICATED_TTL_MS
+            } else {
+                PENDING_UNAUTHENTICATED_TTL_MS
+            };
+            if now.saturating_sub(record.received_at) > ttl {
+                batch.delete_pending_group(&key);
             }
         }
         Ok(())
@@ -887,7 +790,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Body::Receipt(_)
             | Body::Presence(_)
             | Body::Profile(_)
-            | Body::GroupControl(_)
+            | Body::GroupChanges(_)
+            | Body::GroupSync(_)
             | Body::SenderKeyDistribution(_) => {}
         }
         Ok(events)
@@ -906,7 +810,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let Some(group) = record.group else { return Ok(None) };
         let me = self.user_id();
         let Some(state) = self.groups.get(&group) else { return Ok(None) };
-        if !state.membership.members.contains(&from) {
+        if !state.membership().members.contains(&from) {
             return Ok(None);
         }
         // They have it: their copy need not go.
@@ -919,7 +823,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Some(r) => r.kind = kind,
             None => record.receipts.push(MemberReceipt { member: from, kind }),
         }
-        let others: Vec<&UserId> = state.membership.members.iter().filter(|m| **m != me).collect();
+        let others: Vec<&UserId> =
+            state.membership().members.iter().filter(|m| **m != me).collect();
         let has = |wanted: ReceiptKind| {
             others.iter().all(|m| {
                 record

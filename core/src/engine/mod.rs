@@ -76,6 +76,7 @@
 //! ```
 
 mod group;
+mod group_membership;
 #[cfg(test)]
 mod group_tests;
 mod outbox;
@@ -104,7 +105,16 @@ use crate::session::{PeerSessions, Session};
 use crate::store::records::{MessageRecord, OutboxKind, OutboxRecord};
 use crate::store::{Batch, Store, StoreError};
 
-pub use group::{GROUP_RECEIPT_DELAY_MS, GROUP_RECEIPT_TIMEOUT_MS, MAX_PENDING_PER_GROUP};
+pub use group::{
+    GROUP_RECEIPT_DELAY_MS, GROUP_RECEIPT_TIMEOUT_MS, MAX_PENDING_AUTHENTICATED_PER_SENDER,
+    MAX_PENDING_UNAUTHENTICATED_PER_SENDER, PENDING_AUTHENTICATED_TTL_MS,
+    PENDING_UNAUTHENTICATED_TTL_MS,
+};
+pub use group_membership::{
+    FOREIGN_CHANGE_TTL_MS, MAX_STRANGER_GROUPS, MAX_WAITING_CHANGES_PER_AUTHOR,
+    MAX_WAITING_CHANGES_PER_GROUP, MAX_WAITING_FOREIGN_GROUPS, SYNC_INTERVAL_MS,
+    WAITING_CHANGE_TTL_MS,
+};
 pub use outbox::{
     ATTEMPT_TIMEOUT_MS, MAX_OUTBOX, OUTBOX_DEADLINE_MS, RETRY_INITIAL_MS, RETRY_MAX_MS, SEND_WINDOW,
 };
@@ -115,6 +125,10 @@ use outbox::{Outbox, backoff};
 
 /// Sessions kept decoded in memory (the store is the truth; this only saves decoding).
 const SESSION_CACHE: usize = 256;
+
+/// Changed identity keys remembered (in memory) for the user to review. A refused initial
+/// message writes nothing to the store; its sender sends it again until it is answered.
+pub const MAX_PENDING_IDENTITIES: usize = 256;
 
 /// Settings of an engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +191,11 @@ pub struct Engine<R> {
     groups: group::GroupMap,
     /// Group tag → id, for incoming group messages.
     tags: group::TagMap,
+    /// When we may next ask a member for a group's changes, or answer it: (group, peer,
+    /// answer?) → time.
+    syncs: HashMap<(kith_protocol::GroupId, UserId, bool), UnixMillis>,
+    /// New identity keys that peers' refused initial messages carried, for the user to review.
+    pending_identities: BTreeMap<UserId, kith_protocol::prekey::IdentityBinding>,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -232,6 +251,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             opk_cursor: 0,
             groups: HashMap::new(),
             tags: HashMap::new(),
+            syncs: HashMap::new(),
+            pending_identities: BTreeMap::new(),
         };
         engine.load_groups()?;
         for record in engine.store.outbox()? {
@@ -270,17 +291,44 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// All contacts.
     pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        self.store.contacts()
+        Ok(self.store.contacts()?.into_iter().map(|c| self.with_pending_identity(c)).collect())
     }
 
     /// A contact by id.
     pub fn contact(&self, user: &UserId) -> Result<Option<Contact>, StoreError> {
-        self.store.contact(user)
+        Ok(self.store.contact(user)?.map(|c| self.with_pending_identity(c)))
     }
 
     /// A contact by the name we gave it.
     pub fn contact_by_name(&self, name: &str) -> Result<Option<Contact>, StoreError> {
-        Ok(self.store.contacts()?.into_iter().find(|c| c.name.as_deref() == Some(name)))
+        Ok(self.contacts()?.into_iter().find(|c| c.name.as_deref() == Some(name)))
+    }
+
+    /// `contact` with a changed identity key that only memory holds (see
+    /// [`MAX_PENDING_IDENTITIES`]).
+    fn with_pending_identity(&self, mut contact: Contact) -> Contact {
+        if contact.pending_identity.is_none() {
+            contact.pending_identity = self.pending_identities.get(&contact.user).copied();
+        }
+        contact
+    }
+
+    /// Remembers (in memory only) a new identity key a peer presented, and tells the app once.
+    fn note_pending_identity(
+        &mut self,
+        peer: UserId,
+        binding: kith_protocol::prekey::IdentityBinding,
+    ) {
+        if self.pending_identities.get(&peer) == Some(&binding) {
+            return;
+        }
+        if self.pending_identities.len() >= MAX_PENDING_IDENTITIES
+            && !self.pending_identities.contains_key(&peer)
+        {
+            return;
+        }
+        self.pending_identities.insert(peer, binding);
+        self.event(Event::IdentityChanged { peer, identity: binding });
     }
 
     /// Up to `limit` messages with `peer` before sequence number `before` (all if `None`),
@@ -460,7 +508,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 if self.config.share_presence {
                     let presence = Presence { status, last_seen: Some(now) };
                     for contact in self.store.contacts()? {
-                        if !contact.blocked && contact.pending_identity.is_none() {
+                        let pending = contact.pending_identity.is_some()
+                            || self.pending_identities.contains_key(&contact.user);
+                        if !contact.blocked && !pending {
                             self.send_ephemeral(now, contact.user, Body::Presence(presence))?;
                         }
                     }
@@ -642,7 +692,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         user: UserId,
     ) -> Result<CommandResult, CommandError> {
         let mut contact = self.known_contact(&user)?;
-        let Some(new) = contact.pending_identity.take() else { return Ok(CommandResult::Done) };
+        let remembered = self.pending_identities.remove(&user);
+        let Some(new) = contact.pending_identity.take().or(remembered) else {
+            return Ok(CommandResult::Done);
+        };
         contact.identity = Some(new);
         contact.verified = false;
         let mut batch = Batch::new();
@@ -682,7 +735,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if contact.blocked {
             return Err(CommandError::Blocked);
         }
-        if contact.pending_identity.is_some() {
+        if contact.pending_identity.is_some() || self.pending_identities.contains_key(to) {
             return Err(CommandError::IdentityChanged);
         }
         Ok(contact)
@@ -1234,7 +1287,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.commit(batch)?;
         // Everyone we chose to add gets the new name; others get it when we first talk.
         for mut contact in self.store.contacts()? {
-            if contact.name.is_some() && !contact.blocked && contact.pending_identity.is_none() {
+            let pending = contact.pending_identity.is_some()
+                || self.pending_identities.contains_key(&contact.user);
+            if contact.name.is_some() && !contact.blocked && !pending {
                 contact.profile_shared = false;
                 self.save_contact(contact.clone())?;
                 if self.has_session(&contact.user)? {

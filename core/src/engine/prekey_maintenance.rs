@@ -91,6 +91,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             SEEN_PRUNE_BATCH,
             &mut batch,
         )?;
+        // What others made us hold for a while: group messages waiting for keys, group
+        // changes waiting for their parents.
+        self.expire_pending(now, &mut batch)?;
+        self.expire_waiting_changes(now, &mut batch)?;
         self.commit(batch)?;
 
         // Messages that could not be delivered in time.

@@ -12,7 +12,7 @@ use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, PreKeyMessa
 use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
-use super::group::{GroupEffect, GroupReceived};
+use super::group::{Arrival, GroupEffect, GroupReceived};
 use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction};
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
@@ -106,7 +106,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if let EnvelopeKind::Group(message) = envelope.kind {
             // A copy of a group message for us: the sender key authenticates it.
             let group = GroupEnvelope { id: envelope.id, sender, message };
-            return match self.receive_group(now, group, false, false)? {
+            let arrival = match via {
+                // `receive` checked that the connection's peer is the sender.
+                Via::Direct(_) => Arrival::FromSender,
+                Via::Relay => Arrival::Mailbox,
+            };
+            return match self.receive_group(now, group, arrival)? {
                 GroupReceived::Accepted | GroupReceived::Pending => Ok(AckResult::Accepted),
                 GroupReceived::Duplicate => Ok(AckResult::Duplicate),
             };
@@ -147,12 +152,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 // gone (evicted or expired), not that we have the message: it is refused as
                 // `Expired` so the sender encrypts it again.
                 self.cache_sessions(sender, sessions);
-                if matches!(e, ReceiveError::IdentityChanged) {
-                    // Remember the new identity so the user can review and accept it.
-                    let mut pending = Batch::new();
-                    pending.put_contact(&contact);
-                    self.commit(pending)?;
-                }
                 return Err(e);
             }
         };
@@ -208,28 +207,29 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             dh_key: message.identity_dh_key,
             signature: message.identity_dh_signature,
         };
+        // Every field of the binding is checked, even for a pinned key: nothing in an initial
+        // message may change unnoticed.
+        let verified = PublicIdentity::verify(&binding).map_err(|_| ReceiveError::BadIdentity)?;
         let identity = match contact.identity {
-            // Pinned and unchanged: the binding was verified when it was pinned.
             Some(pinned) if pinned.dh_key == binding.dh_key => PublicIdentity {
                 user: pinned.user,
                 dh_key: pinned.dh_key,
                 signature: pinned.signature,
             },
             Some(_) => {
-                PublicIdentity::verify(&binding).map_err(|_| ReceiveError::BadIdentity)?;
-                if contact.pending_identity != Some(binding) {
-                    contact.pending_identity = Some(binding);
-                    self.event(Event::IdentityChanged { peer: envelope.sender, identity: binding });
-                }
+                // Refused, and nothing stored: the new key is remembered in memory for the
+                // user to review (the peer sends it again until it is accepted).
+                self.note_pending_identity(envelope.sender, binding);
                 return Err(ReceiveError::IdentityChanged);
             }
             None => {
-                let identity =
-                    PublicIdentity::verify(&binding).map_err(|_| ReceiveError::BadIdentity)?;
                 contact.identity = Some(binding);
-                identity
+                verified
             }
         };
+        if !crate::crypto::dh::is_canonical(&message.base_key) {
+            return Err(ReceiveError::Decrypt(crate::ratchet::DecryptError::NonCanonicalKey));
+        }
 
         // A later message of a session we already set up (e.g. the first one arrived late).
         if let Some(session) = sessions.by_base_key(&message.base_key) {
@@ -361,7 +361,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
             Body::Profile(profile) => contact.profile_name = Some(profile.display_name),
-            Body::GroupControl(op) => effects.group.push(GroupEffect::Control(op)),
+            Body::GroupChanges(changes) => effects.group.push(GroupEffect::Changes(changes)),
+            Body::GroupSync(sync) => effects.group.push(GroupEffect::Sync(sync)),
             Body::SenderKeyDistribution(skd) => effects.group.push(GroupEffect::SenderKey(skd)),
         }
         Ok(effects)

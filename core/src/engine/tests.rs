@@ -137,13 +137,14 @@ fn changed_identity_key_is_refused_until_the_user_trusts_it() {
             .iter()
             .any(|e| matches!(e, Event::Rejected { reason: RejectReason::IdentityChanged, .. }))
     );
-    // No session, message or seen id was written: only the contact (which remembers the
-    // pending key) and the one-time prekey Alice handed Bob2 when he fetched her bundle.
+    // Nothing of the refused envelope was written (issue 14, item 7): no session, message,
+    // seen id or contact; only the one-time prekey Alice handed Bob2 when he fetched her
+    // bundle. The pending key is remembered in memory for the user to review.
     let after = alice.store().dump().unwrap();
     let mut changed: Vec<_> =
         after.iter().filter(|w| !before.contains(w)).map(|(t, _, _)| *t).collect();
     changed.dedup();
-    assert_eq!(changed, vec![crate::store::Tree::PreKeys, crate::store::Tree::Contacts]);
+    assert_eq!(changed, vec![crate::store::Tree::PreKeys]);
     let contact = alice.contact(&ub).unwrap().unwrap();
     assert_eq!(contact.identity, Some(pinned), "the pinned key must not change silently");
     assert_eq!(contact.pending_identity, Some(bob2_id.binding()));

@@ -41,6 +41,47 @@ pub const MAX_SKIP: u32 = 2000;
 /// in the skipped-key store.
 pub const MAX_RECEIVING_CHAINS: usize = 5;
 
+/// Most chain steps (HMAC pairs) one received message may cost, over every session it is
+/// tried on: what one session's worst case needs (the rest of the old chain plus the new one,
+/// each at most [`MAX_SKIP`]). A forged header is thus as cheap to refuse with six sessions as
+/// with one.
+pub const MAX_STEPS_PER_MESSAGE: u64 = 2 * MAX_SKIP as u64 + 2;
+
+/// Most DH ratchet steps (X25519) one received message may cost, over every session.
+pub const MAX_DH_PER_MESSAGE: u32 = 2;
+
+/// What decrypting one message may still spend, shared by every session it is tried on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WorkBudget {
+    steps: u64,
+    dh: u32,
+}
+
+impl Default for WorkBudget {
+    fn default() -> Self {
+        Self { steps: MAX_STEPS_PER_MESSAGE, dh: MAX_DH_PER_MESSAGE }
+    }
+}
+
+impl WorkBudget {
+    /// Spends `steps` chain steps and `dh` exchanges, or refuses (spending nothing) when they
+    /// are not left.
+    fn spend(&mut self, steps: u64, dh: u32) -> Result<(), DecryptError> {
+        if steps > self.steps || dh > self.dh {
+            return Err(DecryptError::OverBudget);
+        }
+        self.steps -= steps;
+        self.dh -= dh;
+        Ok(())
+    }
+
+    /// Chain steps spent so far.
+    #[cfg(test)]
+    pub(crate) fn steps_spent(&self) -> u64 {
+        MAX_STEPS_PER_MESSAGE - self.steps
+    }
+}
+
 /// Why a ratchet message was refused. In every case the session state is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -65,6 +106,13 @@ pub enum DecryptError {
     /// The ciphertext, header or associated data did not authenticate.
     #[error("the message did not authenticate")]
     Authentication,
+    /// Trying the message on this session would cost more derivations than the message may
+    /// (see [`MAX_STEPS_PER_MESSAGE`]): earlier sessions spent its budget.
+    #[error("the message costs more work than one message may")]
+    OverBudget,
+    /// The header's ratchet key is not canonically encoded.
+    #[error("non-canonical ratchet key")]
+    NonCanonicalKey,
 }
 
 /// Why a message could not be encrypted.
@@ -230,14 +278,20 @@ impl Ratchet {
         Ok(RatchetMessage { header, ciphertext })
     }
 
-    /// Decrypts `message`; AD = `associated` ‖ header. On error nothing changes.
+    /// Decrypts `message`; AD = `associated` ‖ header, spending derivations from `budget`.
+    /// On error nothing changes (but the budget).
     pub(crate) fn decrypt(
         &mut self,
         message: &RatchetMessage,
         associated: &[u8],
         now: UnixMillis,
+        budget: &mut WorkBudget,
     ) -> Result<Vec<u8>, DecryptError> {
         let header = &message.header;
+        // Chains are found by their key's bytes: only one encoding may name a key.
+        if !crate::crypto::dh::is_canonical(&header.ratchet_key) {
+            return Err(DecryptError::NonCanonicalKey);
+        }
         let open = |key: &MessageKey| {
             key.open(associated, header, &message.ciphertext)
                 .map_err(|_| DecryptError::Authentication)
@@ -263,6 +317,7 @@ impl Ratchet {
                 gap: u64::from(header.counter),
                 max: MAX_SKIP,
             })?;
+            budget.spend(u64::from(next_index - chain.index), 0)?;
             let derived = derive(&chain.chain_key, chain.index, header.counter);
             let plaintext = open(&derived.message_key)?;
             chain.chain_key = derived.next_chain;
@@ -283,6 +338,8 @@ impl Ratchet {
             .counter
             .checked_add(1)
             .ok_or(DecryptError::TooFarAhead { gap: u64::from(header.counter), max: MAX_SKIP })?;
+        let old_steps = current.map_or(0, |c| u64::from(pn.saturating_sub(c.index)));
+        budget.spend(old_steps + u64::from(next_index), 1)?;
         // Keys left on the current receiving chain, up to the peer's previous chain length.
         let old = current
             .filter(|c| pn > c.index)

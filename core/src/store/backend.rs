@@ -29,17 +29,23 @@ pub enum Tree {
     Seen,
     /// Time index of `Seen` (time ‖ sender ‖ id), for pruning.
     SeenByTime,
-    /// Groups: their control messages, one record per group.
+    /// Groups: one small record per group (when and how we learned of it).
     Groups,
     /// Sender keys: group ‖ member → that member's chains (ours included).
     SenderKeys,
-    /// Group messages waiting for their sender's key: group ‖ sender ‖ id.
+    /// Group messages waiting for their sender's key: group ‖ sender ‖ chain ‖ id.
     GroupPending,
+    /// Group changes, one record each: group ‖ position (parents before children).
+    GroupChanges,
+    /// Group changes waiting for their parents: group ‖ change hash.
+    GroupOrphans,
+    /// Members' sender keys that came before their membership: group ‖ sender.
+    GroupKeysWaiting,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 12] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -52,6 +58,9 @@ impl Tree {
         Tree::Groups,
         Tree::SenderKeys,
         Tree::GroupPending,
+        Tree::GroupChanges,
+        Tree::GroupOrphans,
+        Tree::GroupKeysWaiting,
     ];
 
     /// The tree's name in the database.
@@ -69,6 +78,9 @@ impl Tree {
             Tree::Groups => "groups",
             Tree::SenderKeys => "sender_keys",
             Tree::GroupPending => "group_pending",
+            Tree::GroupChanges => "group_changes",
+            Tree::GroupOrphans => "group_orphans",
+            Tree::GroupKeysWaiting => "group_keys_waiting",
         }
     }
 

@@ -25,9 +25,12 @@
 //! | outbox | seq | outbox record |
 //! | seen | sender ‖ message id | time (‖ 1 if it came by gossip) |
 //! | seen_by_time | time ‖ sender ‖ message id | (empty) |
-//! | groups | group | its control messages |
+//! | groups | group | when and through whom we learned of it |
+//! | group_changes | group ‖ position | one change of its membership (parents first) |
+//! | group_orphans | group ‖ change hash | a change waiting for its parents |
+//! | group_keys_waiting | group ‖ sender | a member's sender key that came before its membership |
 //! | sender_keys | group ‖ member | our chain (member = us) or the member's chains |
-//! | group_pending | group ‖ sender ‖ message id | a group message waiting for its key |
+//! | group_pending | group ‖ sender ‖ authenticated ‖ chain ‖ message id | a group message waiting for its key |
 
 mod backend;
 pub(crate) mod records;
@@ -37,7 +40,8 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
 
-use kith_protocol::{GroupId, MessageId, UnixMillis, UserId};
+use kith_protocol::content::GroupControl;
+use kith_protocol::{ChangeHash, GroupId, MessageId, UnixMillis, UserId};
 use zeroize::Zeroize;
 
 use backend::prefix_end;
@@ -47,7 +51,7 @@ pub use backend::{
 };
 pub(crate) use records::MessageIndexRecord;
 use records::{
-    GroupRecord, IdentityRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord,
+    GroupChangeRecord, GroupOrphanRecord, GroupRecord, IdentityRecord, WaitingKeyRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord,
     OutboxRecord, OwnChainRecord, PeerSessionsRecord, PendingGroupRecord, Record,
     SignedPreKeyRecord, decode, encode,
 };
@@ -69,7 +73,12 @@ const META_LAYOUT: &[u8] = b"layout";
 /// The storage layout (trees, keys and record encodings) this build reads and writes. A
 /// database with another layout is refused with [`StoreError::UnsupportedLayout`] rather than
 /// misread.
-pub const STORE_LAYOUT: u32 = 3;
+pub const STORE_LAYOUT: u32 = 4;
+
+/// The trees whose format changed from layout 3 to 4 (group membership became a hash-linked
+/// graph of changes): their layout-3 contents are dropped when a database is upgraded. The
+/// groups' message history stays; the groups themselves must be created again.
+const LAYOUT_3_DROPPED: [Tree; 3] = [Tree::Groups, Tree::GroupPending, Tree::SenderKeys];
 
 fn spk_key(id: u32) -> [u8; 5] {
     let mut k = [b's', 0, 0, 0, 0];
@@ -111,10 +120,26 @@ fn member_key(group: &GroupId, member: &UserId) -> [u8; 64] {
     k
 }
 
-fn pending_key(group: &GroupId, sender: &UserId, id: &MessageId) -> [u8; 80] {
-    let mut k = [0u8; 80];
-    k[..64].copy_from_slice(&member_key(group, sender));
-    k[64..].copy_from_slice(&id.0);
+fn pending_key(key: &PendingKey) -> [u8; 85] {
+    let mut k = [0u8; 85];
+    k[..64].copy_from_slice(&member_key(&key.group, &key.sender));
+    k[64] = u8::from(key.authenticated);
+    k[65..69].copy_from_slice(&key.chain.to_be_bytes());
+    k[69..].copy_from_slice(&key.id.0);
+    k
+}
+
+fn change_key(group: &GroupId, position: u32) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&group.0);
+    k[32..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+fn orphan_key(group: &GroupId, hash: &ChangeHash) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&group.0);
+    k[32..].copy_from_slice(&hash.0);
     k
 }
 
@@ -307,23 +332,48 @@ impl Batch {
         self.delete(Tree::SenderKeys, &member_key(group, member));
     }
 
-    pub(crate) fn put_pending_group(
-        &mut self,
-        group: &GroupId,
-        sender: &UserId,
-        id: &MessageId,
-        record: &PendingGroupRecord,
-    ) {
-        self.put(Tree::GroupPending, &pending_key(group, sender, id), record);
+    pub(crate) fn put_pending_group(&mut self, key: &PendingKey, record: &PendingGroupRecord) {
+        self.put(Tree::GroupPending, &pending_key(key), record);
     }
 
-    pub(crate) fn delete_pending_group(
+    pub(crate) fn delete_pending_group(&mut self, key: &PendingKey) {
+        self.delete(Tree::GroupPending, &pending_key(key));
+    }
+
+    /// Stores a group change at `position` of its group's log.
+    pub(crate) fn put_group_change(
+        &mut self,
+        group: &GroupId,
+        position: u32,
+        record: &GroupChangeRecord,
+    ) {
+        self.put(Tree::GroupChanges, &change_key(group, position), record);
+    }
+
+    pub(crate) fn put_group_orphan(
+        &mut self,
+        group: &GroupId,
+        hash: &ChangeHash,
+        record: &GroupOrphanRecord,
+    ) {
+        self.put(Tree::GroupOrphans, &orphan_key(group, hash), record);
+    }
+
+    pub(crate) fn delete_group_orphan(&mut self, group: &GroupId, hash: &ChangeHash) {
+        self.delete(Tree::GroupOrphans, &orphan_key(group, hash));
+    }
+
+    pub(crate) fn put_waiting_key(
         &mut self,
         group: &GroupId,
         sender: &UserId,
-        id: &MessageId,
+        record: &WaitingKeyRecord,
     ) {
-        self.delete(Tree::GroupPending, &pending_key(group, sender, id));
+        self.put(Tree::GroupKeysWaiting, &member_key(group, sender), record);
+    }
+
+    pub(crate) fn delete_waiting_key(&mut self, group: &GroupId, sender: &UserId) {
+        self.delete(Tree::GroupKeysWaiting, &member_key(group, sender));
     }
 
     fn forget_seen(&mut self, time_key: &[u8]) {
@@ -331,6 +381,29 @@ impl Batch {
             self.delete(Tree::Seen, seen);
         }
         self.delete(Tree::SeenByTime, time_key);
+    }
+}
+
+/// Where a group message waits for its sender's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PendingKey {
+    pub(crate) group: GroupId,
+    pub(crate) sender: UserId,
+    /// Whether it came straight from its sender (each kind has its own share).
+    pub(crate) authenticated: bool,
+    pub(crate) chain: u32,
+    pub(crate) id: MessageId,
+}
+
+impl PendingKey {
+    fn parse(key: &[u8]) -> Option<Self> {
+        Some(Self {
+            group: GroupId(key.get(..32)?.try_into().ok()?),
+            sender: UserId(key.get(32..64)?.try_into().ok()?),
+            authenticated: *key.get(64)? == 1,
+            chain: u32::from_be_bytes(key.get(65..69)?.try_into().ok()?),
+            id: MessageId(key.get(69..85)?.try_into().ok()?),
+        })
     }
 }
 
@@ -379,10 +452,22 @@ impl Store {
         Ok(store)
     }
 
-    /// Accepts a database with this build's layout and stamps an empty one with it.
+    /// Accepts a database with this build's layout (upgrading one of layout 3) and stamps an
+    /// empty one with it.
     fn check_layout(&self) -> Result<(), StoreError> {
         match self.meta_u32(META_LAYOUT)? {
             Some(STORE_LAYOUT) => Ok(()),
+            Some(3) => {
+                let mut writes: Vec<RawWrite> = Vec::new();
+                for tree in LAYOUT_3_DROPPED {
+                    for (key, _) in self.backend.range(tree, &[], &[], false, usize::MAX)? {
+                        writes.push((tree, key, None));
+                    }
+                }
+                writes.push((Tree::Meta, META_LAYOUT.to_vec(), Some(STORE_LAYOUT.to_be_bytes().to_vec())));
+                self.backend.apply(&writes)?;
+                self.backend.flush()
+            }
             Some(found) => Err(StoreError::UnsupportedLayout { found, supported: STORE_LAYOUT }),
             None => {
                 for tree in Tree::ALL {
@@ -728,30 +813,118 @@ impl Store {
     }
 
     /// Up to `limit` group messages waiting for a key, in `group` (from `sender` only, if
-    /// given), oldest key first.
+    /// given, and on `chain` only, if given too), oldest key first.
     pub(crate) fn pending_group(
         &self,
         group: &GroupId,
-        sender: Option<&UserId>,
+        sender: Option<(&UserId, Option<u32>)>,
         limit: usize,
-    ) -> Result<Vec<(UserId, MessageId, PendingGroupRecord)>, StoreError> {
-        let prefix = match sender {
-            Some(s) => member_key(group, s).to_vec(),
-            None => group.0.to_vec(),
+    ) -> Result<Vec<(PendingKey, PendingGroupRecord)>, StoreError> {
+        let Some((sender, chain)) = sender else {
+            return self.pending_range(&group.0, limit);
         };
-        let entries =
-            self.range(Tree::GroupPending, &prefix, &prefix_end(&prefix), false, limit)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            let (Some(sender), Some(id)) = (
-                key.get(32..64).and_then(|u| <[u8; 32]>::try_from(u).ok()),
-                key.get(64..80).and_then(|u| <[u8; 16]>::try_from(u).ok()),
-            ) else {
-                return Err(StoreError::Corrupt { record: "pending group message" });
-            };
-            out.push((UserId(sender), MessageId(id), decode(&value)?));
+        let mut out = Vec::new();
+        for authenticated in [true, false] {
+            let mut prefix = member_key(group, sender).to_vec();
+            prefix.push(u8::from(authenticated));
+            if let Some(chain) = chain {
+                prefix.extend_from_slice(&chain.to_be_bytes());
+            }
+            out.extend(self.pending_range(&prefix, limit.saturating_sub(out.len()))?);
         }
         Ok(out)
+    }
+
+    /// How many group messages from `sender` wait in `group` with this authentication,
+    /// counting no further than `limit`.
+    pub(crate) fn pending_count(
+        &self,
+        group: &GroupId,
+        sender: &UserId,
+        authenticated: bool,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut prefix = member_key(group, sender).to_vec();
+        prefix.push(u8::from(authenticated));
+        Ok(self.range(Tree::GroupPending, &prefix, &prefix_end(&prefix), false, limit)?.len())
+    }
+
+    fn pending_range(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(PendingKey, PendingGroupRecord)>, StoreError> {
+        let end = if prefix.is_empty() { Vec::new() } else { prefix_end(prefix) };
+        let entries = self.range(Tree::GroupPending, prefix, &end, false, limit)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let key = PendingKey::parse(&key)
+                .ok_or(StoreError::Corrupt { record: "pending group message" })?;
+            out.push((key, decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` group messages waiting for a key, in every group.
+    pub(crate) fn all_pending_group(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(PendingKey, PendingGroupRecord)>, StoreError> {
+        self.pending_range(&[], limit)
+    }
+
+    /// The sender key `sender` sent for `group` before its membership was known.
+    pub(crate) fn waiting_key(
+        &self,
+        group: &GroupId,
+        sender: &UserId,
+    ) -> Result<Option<WaitingKeyRecord>, StoreError> {
+        self.get(Tree::GroupKeysWaiting, &member_key(group, sender))
+    }
+
+    /// Whether any sender key waits for `group`.
+    pub(crate) fn has_waiting_keys(&self, group: &GroupId) -> Result<bool, StoreError> {
+        Ok(!self.range(Tree::GroupKeysWaiting, &group.0, &prefix_end(&group.0), false, 1)?.is_empty())
+    }
+
+    /// Every waiting sender key: (group, sender, record).
+    pub(crate) fn waiting_keys(
+        &self,
+    ) -> Result<Vec<(GroupId, UserId, WaitingKeyRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, value) in self.range(Tree::GroupKeysWaiting, &[], &[], false, usize::MAX)? {
+            let (Some(group), Some(sender)) = (
+                key.get(..32).and_then(|g| <[u8; 32]>::try_from(g).ok()),
+                key.get(32..64).and_then(|u| <[u8; 32]>::try_from(u).ok()),
+            ) else {
+                return Err(StoreError::Corrupt { record: "waiting sender key" });
+            };
+            out.push((GroupId(group), UserId(sender), decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// The changes of `group`'s log, parents first.
+    pub(crate) fn group_changes(&self, group: &GroupId) -> Result<Vec<GroupControl>, StoreError> {
+        self.range(Tree::GroupChanges, &group.0, &prefix_end(&group.0), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode::<GroupChangeRecord>(&v).map(|r| r.change))
+            .collect()
+    }
+
+    /// The changes of `group` waiting for their parents (every group's if `None`).
+    pub(crate) fn group_orphans(
+        &self,
+        group: Option<&GroupId>,
+    ) -> Result<Vec<GroupOrphanRecord>, StoreError> {
+        let (start, end) = match group {
+            Some(g) => (g.0.to_vec(), prefix_end(&g.0)),
+            None => (Vec::new(), Vec::new()),
+        };
+        self.range(Tree::GroupOrphans, &start, &end, false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
     }
 
     // --- seen ids ---

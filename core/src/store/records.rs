@@ -2,7 +2,7 @@
 //! type here, and every record is written as a version-tagged postcard enum, so the disk format
 //! survives refactors of the live types (a new field means a new `V2`, read alongside `V1`).
 
-use kith_protocol::content::GroupControl;
+use kith_protocol::content::{GroupControl, SenderKeyDistribution};
 use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::{DhPublicKey, GroupId, MessageId, Signature, UnixMillis, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -63,18 +63,45 @@ record! {
     OutboxRecord => "outbox",
     MessageIndexRecord => "message index",
     GroupRecord => "group",
+    GroupChangeRecord => "group change",
+    GroupOrphanRecord => "waiting group change",
+    WaitingKeyRecord => "waiting sender key",
     OwnChainRecord => "own sender key",
     MemberChainsRecord => "sender keys",
     PendingGroupRecord => "pending group message",
 }
 
-/// A group: every control message we hold for it (its state is their replay).
-#[derive(Clone, Serialize, Deserialize)]
+/// A group we know (its changes are records of their own, [`GroupChangeRecord`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct GroupRecord {
     pub(crate) id: GroupId,
-    pub(crate) ops: Vec<GroupControl>,
     /// When we first heard of it.
     pub(crate) since: UnixMillis,
+    /// Who sent us the changes that made us a member first (`None`: we created it).
+    pub(crate) introduced_by: Option<UserId>,
+}
+
+/// One change of a group's membership.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GroupChangeRecord {
+    pub(crate) change: GroupControl,
+    pub(crate) received_at: UnixMillis,
+}
+
+/// A member's sender key that arrived before we knew it (or ourselves) to be a member.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WaitingKeyRecord {
+    pub(crate) skd: SenderKeyDistribution,
+    pub(crate) received_at: UnixMillis,
+}
+
+/// A group change that waits for its parents.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct GroupOrphanRecord {
+    pub(crate) change: GroupControl,
+    /// Who sent it (and can send its parents).
+    pub(crate) from: UserId,
+    pub(crate) received_at: UnixMillis,
 }
 
 /// Our sending chain in a group.

@@ -130,6 +130,17 @@ fn group_action() -> impl Strategy<Value = GroupAction> {
     ]
 }
 
+/// 1 to `len` distinct change hashes in ascending order (the canonical form).
+fn change_hashes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<ChangeHash>> {
+    proptest::collection::btree_set(any::<[u8; 32]>(), len)
+        .prop_map(|set| set.into_iter().map(ChangeHash).collect())
+}
+
+fn group_change_parts() -> impl Strategy<Value = (Vec<ChangeHash>, UserId, GroupAction, Signature)>
+{
+    (change_hashes(1..17), user_id(), group_action(), signature())
+}
+
 pub fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         (text(4096), option::of(message_id()))
@@ -155,15 +166,20 @@ pub fn body() -> impl Strategy<Value = Body> {
         (message_id(), text(4096)).prop_map(|(target, body)| Body::Edit(Edit { target, body })),
         message_id().prop_map(|target| Body::Delete(Delete { target })),
         text(128).prop_map(|display_name| Body::Profile(Profile { display_name })),
-        (any::<[u8; 32]>(), any::<u64>(), user_id(), group_action(), signature()).prop_map(
-            |(g, lamport, author, action, signature)| Body::GroupControl(GroupControl {
-                group: GroupId(g),
-                lamport,
-                author,
-                action,
-                signature,
-            })
-        ),
+        (any::<[u8; 32]>(), vec(group_change_parts(), 1..4)).prop_map(|(g, parts)| {
+            let group = GroupId(g);
+            let changes = parts
+                .into_iter()
+                .map(|(parents, author, action, signature)| {
+                    let parents =
+                        if matches!(action, GroupAction::Create { .. }) { vec![] } else { parents };
+                    GroupControl { group, parents, author, action, signature }
+                })
+                .collect();
+            Body::GroupChanges(GroupChanges { group, changes })
+        }),
+        (any::<[u8; 32]>(), change_hashes(0..8))
+            .prop_map(|(g, heads)| Body::GroupSync(GroupSync { group: GroupId(g), heads })),
         (any::<[u8; 32]>(), any::<u32>(), any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(g, chain_id, iteration, ck, sk)| Body::SenderKeyDistribution(
                 SenderKeyDistribution {
