@@ -344,8 +344,11 @@ mod tests {
         let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
         let mut sessions = PeerSessions::default();
         for i in 0..6u8 {
-            let bundle =
-                PreKeyBundle { identity: bob.binding(), signed_prekey: spk.public(), one_time_prekey: None };
+            let bundle = PreKeyBundle {
+                identity: bob.binding(),
+                signed_prekey: spk.public(),
+                one_time_prekey: None,
+            };
             let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
             let mut a = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
             let id = MessageId([i; 16]);
@@ -368,7 +371,9 @@ mod tests {
         let id = MessageId([0xee; 16]);
         // Alone, each session would spend a worst case.
         let mut alone = 0;
-        for session in std::iter::once(sessions.current.clone().unwrap()).chain(sessions.previous.clone()) {
+        for session in
+            std::iter::once(sessions.current.clone().unwrap()).chain(sessions.previous.clone())
+        {
             let mut budget = WorkBudget::default();
             let mut session = session;
             assert!(session.decrypt_within(&id, &forged, 0, &mut budget).is_err());

@@ -714,7 +714,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// Forgets group messages that waited for their key longer than they may.
-    pub(super) fn expire_pending(&self, now: UnixMillis, batch: &mut Batch) -> Result<(), StoreError> {
+    pub(super) fn expire_pending(
+        &self,
+        now: UnixMillis,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
         for (key, record) in self.store.all_pending_group(usize::MAX)? {
             let ttl = if key.authenticated {
                 PENDING_AUTHENTICATED_TTL_MS

@@ -233,11 +233,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         // The waiting room: out go the changes that joined the log, were known already or are
         // invalid; in go new ones that could still count, within bounds.
         let mut asks: BTreeSet<UserId> = BTreeSet::new();
-        let foreign_groups = if foreign && known.is_none() { self.waiting_foreign_groups()? } else { 0 };
-        let mut per_author: std::collections::HashMap<UserId, usize> = candidates
-            .iter()
-            .filter(|c| c.waiting)
-            .fold(Default::default(), |mut m, c| {
+        let foreign_groups =
+            if foreign && known.is_none() { self.waiting_foreign_groups()? } else { 0 };
+        let mut per_author: std::collections::HashMap<UserId, usize> =
+            candidates.iter().filter(|c| c.waiting).fold(Default::default(), |mut m, c| {
                 *m.entry(c.change.author).or_default() += 1;
                 m
             });
@@ -432,7 +431,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut size = 0;
         for change in changes {
             let len = postcard::to_allocvec(&change).map_or(budget, |bytes| bytes.len());
-            if !chunk.is_empty() && (chunk.len() == MAX_CHANGES_PER_MESSAGE || size + len > budget) {
+            if !chunk.is_empty() && (chunk.len() == MAX_CHANGES_PER_MESSAGE || size + len > budget)
+            {
                 let changes = std::mem::take(&mut chunk);
                 self.send_reliably(now, to, Body::GroupChanges(GroupChanges { group, changes }))?;
                 size = 0;
@@ -441,7 +441,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             chunk.push(change);
         }
         if !chunk.is_empty() {
-            self.send_reliably(now, to, Body::GroupChanges(GroupChanges { group, changes: chunk }))?;
+            self.send_reliably(
+                now,
+                to,
+                Body::GroupChanges(GroupChanges { group, changes: chunk }),
+            )?;
         }
         Ok(())
     }
@@ -504,7 +508,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 let mut batch = Batch::new();
                 for member in &removed {
                     batch.delete_chains(&group, member);
-                    for (key, _) in self.store.pending_group(&group, Some((member, None)), usize::MAX)? {
+                    for (key, _) in
+                        self.store.pending_group(&group, Some((member, None)), usize::MAX)?
+                    {
                         batch.delete_pending_group(&key);
                     }
                 }
@@ -550,7 +556,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if known && !we {
             return Ok(());
         }
-        if !known && !self.store.has_waiting_keys(&group)? && self.waiting_key_groups()? >= MAX_WAITING_FOREIGN_GROUPS {
+        if !known
+            && !self.store.has_waiting_keys(&group)?
+            && self.waiting_key_groups()? >= MAX_WAITING_FOREIGN_GROUPS
+        {
             return Ok(());
         }
         let mut batch = Batch::new();
@@ -633,8 +642,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             to.remove(&member);
         }
         for member in to {
-            let body =
-                Body::GroupChanges(GroupChanges { group: change.group, changes: vec![change.clone()] });
+            let body = Body::GroupChanges(GroupChanges {
+                group: change.group,
+                changes: vec![change.clone()],
+            });
             self.send_reliably(now, member, body)?;
         }
         Ok(())

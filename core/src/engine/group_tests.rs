@@ -10,9 +10,13 @@ use kith_protocol::{GroupId, GroupTag};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+use kith_protocol::content::{GroupAction, GroupControl};
+use kith_protocol::envelope::Envelope;
+
 use super::*;
+use crate::group::{change_hash, group_id, group_tag, sign_control};
 use crate::model::MessageStatus;
-use crate::store::Store;
+use crate::store::{Batch, Store};
 
 const T: UnixMillis = 1_700_000_000_000;
 
@@ -462,4 +466,310 @@ fn a_receipt_lost_in_a_crash_is_sent_again_when_the_copy_comes() {
     let message = net.engines[1].message(&id).unwrap().unwrap();
     assert_eq!(message.receipts.len(), 2);
     assert_eq!(message.status, MessageStatus::Delivered);
+}
+
+// ---------------------------------------------------------------- attacks (issue 14)
+
+/// The hashes of `engine`'s changes of `group` that no change follows (its view's heads).
+fn heads(engine: &Engine<ChaCha20Rng>, group: &GroupId) -> Vec<kith_protocol::ChangeHash> {
+    engine.groups[group].log.heads()
+}
+
+/// What `from` sends `to` as its own changes (pairwise, through its outbox), bypassing its
+/// own judgement: what a malicious client does.
+fn push_changes(net: &mut Net, from: usize, to: usize, group: GroupId, changes: Vec<GroupControl>) {
+    for chunk in changes.chunks(kith_protocol::limits::MAX_CHANGES_PER_MESSAGE) {
+        let body = Body::GroupChanges(kith_protocol::content::GroupChanges {
+            group,
+            changes: chunk.to_vec(),
+        });
+        let to = net.id(to);
+        net.engines[from].send_reliably(net.now, to, body).unwrap();
+    }
+}
+
+fn group_changes_stored(engine: &Engine<ChaCha20Rng>) -> usize {
+    engine
+        .store()
+        .dump()
+        .unwrap()
+        .iter()
+        .filter(|(tree, _, _)| *tree == crate::store::Tree::GroupChanges)
+        .count()
+}
+
+fn waiting_changes(engine: &Engine<ChaCha20Rng>) -> usize {
+    engine.store.group_orphans(None).unwrap().len()
+}
+
+/// Issue 14, item 1: an admin removed by the creator signs, with the parents it had before its
+/// removal, an `Add` of a puppet and a `Promote` of it, and the puppet then removes an honest
+/// member. No member admits any of it, the puppet reads nothing, and the members' logs do not
+/// grow.
+#[test]
+fn a_removed_admin_cannot_backdate_a_puppet_into_the_group() {
+    let mut net = Net::new(5);
+    let (admin, puppet) = (1, 4);
+    let group = net.create(0, &[1, 2, 3]);
+    net.group_command(0, group, GroupCommand::Promote { member: net.id(admin) });
+    let before_removal = heads(&net.engines[admin], &group);
+    net.group_command(0, group, GroupCommand::Remove { member: net.id(admin) });
+    assert!(!net.engines[admin].group(&group).unwrap().joined);
+    let stored: Vec<usize> = (0..4).map(|i| group_changes_stored(&net.engines[i])).collect();
+
+    let sign = |net: &Net, who: usize, parents: Vec<_>, action| {
+        sign_control(net.engines[who].identity(), group, parents, action).unwrap()
+    };
+    let add = sign(&net, admin, before_removal, GroupAction::Add { member: net.id(puppet) });
+    let promote = sign(
+        &net,
+        admin,
+        vec![change_hash(&add).unwrap()],
+        GroupAction::Promote { member: net.id(puppet) },
+    );
+    let strike = sign(
+        &net,
+        puppet,
+        vec![change_hash(&promote).unwrap()],
+        GroupAction::Remove { member: net.id(2) },
+    );
+    for to in [0, 2, 3, puppet] {
+        push_changes(&mut net, admin, to, group, vec![add.clone(), promote.clone()]);
+    }
+    for to in [0, 2, 3] {
+        push_changes(&mut net, puppet, to, group, vec![strike.clone()]);
+    }
+    net.run();
+    let expected: BTreeSet<UserId> = [0, 2, 3].iter().map(|i| net.id(*i)).collect();
+    for i in [0, 2, 3] {
+        let members: BTreeSet<UserId> = net.members(i, &group).into_iter().collect();
+        assert_eq!(members, expected, "member {i}");
+        assert_eq!(group_changes_stored(&net.engines[i]), stored[i], "member {i} stored nothing");
+    }
+    // What the group says from now on reaches neither the removed admin nor its puppet.
+    net.send(0, group, "after the removal");
+    net.advance(GROUP_RECEIPT_TIMEOUT_MS);
+    assert_eq!(net.texts(2, &group).last().map(String::as_str), Some("after the removal"));
+    assert!(!net.texts(admin, &group).contains(&"after the removal".to_string()));
+    assert!(net.texts(puppet, &group).is_empty());
+}
+
+/// Issue 14, item 2: a removed member (here a removed admin) sends thousands of renames made
+/// "before" its removal: they do not count and are not kept beyond a small waiting share, the
+/// members' logs do not grow, and the group is not frozen: members still leave, the creator
+/// still renames.
+#[test]
+fn a_removed_admin_cannot_freeze_the_group_with_changes_in_the_past() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2, 3]);
+    net.group_command(0, group, GroupCommand::Promote { member: net.id(1) });
+    let before_removal = heads(&net.engines[1], &group);
+    net.group_command(0, group, GroupCommand::Remove { member: net.id(1) });
+    let stored = group_changes_stored(&net.engines[2]);
+    let renames: Vec<GroupControl> = (0..5_000)
+        .map(|i| {
+            let action = GroupAction::Rename { name: format!("spam {i}") };
+            sign_control(net.engines[1].identity(), group, before_removal.clone(), action).unwrap()
+        })
+        .collect();
+    push_changes(&mut net, 1, 2, group, renames);
+    net.run();
+    let state = net.engines[2].group(&group).unwrap();
+    assert_eq!(state.name, "team");
+    assert_eq!(group_changes_stored(&net.engines[2]), stored);
+    assert!(waiting_changes(&net.engines[2]) <= MAX_WAITING_CHANGES_PER_AUTHOR);
+    // Not frozen.
+    net.group_command(2, group, GroupCommand::Leave);
+    assert!(!net.engines[3].group(&group).unwrap().members.contains(&net.id(2)));
+    net.group_command(0, group, GroupCommand::Rename { name: "still ours".into() });
+    assert_eq!(net.engines[3].group(&group).unwrap().name, "still ours");
+    // The waiting share expires.
+    net.advance(WAITING_CHANGE_TTL_MS + MAINTENANCE_INTERVAL_MS);
+    assert_eq!(waiting_changes(&net.engines[2]), 0);
+}
+
+/// Issue 14, item 2: a stranger with no group in common sends 200 `Create`s of groups that do
+/// not name us: no group record or change is stored, what waits is bounded and expires; and
+/// groups a stranger does name us in are kept only up to `MAX_STRANGER_GROUPS`.
+#[test]
+fn a_stranger_cannot_make_us_store_groups() {
+    let mut net = Net::new(3);
+    let (stranger, victim) = (2, 0);
+    let create = |net: &Net, salt: u16, members: Vec<UserId>| {
+        let mut s = [0u8; 16];
+        s[..2].copy_from_slice(&salt.to_be_bytes());
+        let id = group_id(&net.id(stranger), &s);
+        let action = GroupAction::Create { name: format!("junk {salt}"), members, salt: s };
+        (id, sign_control(net.engines[stranger].identity(), id, Vec::new(), action).unwrap())
+    };
+    for salt in 0..200 {
+        let (id, op) = create(&net, salt, vec![net.id(stranger), net.id(1)]);
+        push_changes(&mut net, stranger, victim, id, vec![op]);
+    }
+    net.run();
+    assert_eq!(group_changes_stored(&net.engines[victim]), 0);
+    assert!(net.engines[victim].groups().is_empty());
+    assert!(waiting_changes(&net.engines[victim]) <= MAX_WAITING_FOREIGN_GROUPS);
+    net.advance(FOREIGN_CHANGE_TTL_MS + MAINTENANCE_INTERVAL_MS);
+    assert_eq!(waiting_changes(&net.engines[victim]), 0);
+
+    for salt in 1000..1100 {
+        let (id, op) = create(&net, salt, vec![net.id(stranger), net.id(victim)]);
+        push_changes(&mut net, stranger, victim, id, vec![op]);
+    }
+    net.run();
+    assert_eq!(net.engines[victim].groups().len(), MAX_STRANGER_GROUPS);
+}
+
+/// Issue 14, item 3: a member gossips a message that reuses the id of a 1:1 message from
+/// someone else, and one that reuses the id of the victim's own group message: both are
+/// refused and the history still shows the originals.
+#[test]
+fn a_member_cannot_take_over_another_messages_id_through_gossip() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2]);
+    let (attacker, victim) = (1, 2);
+    // A 1:1 message from 3 to the victim, and the victim's own group message.
+    let private = match net.command(
+        3,
+        Command::SendText { to: net.id(victim), text: "private".into(), reply_to: None },
+    ) {
+        CommandResult::Queued(id) => id,
+        other => panic!("{other:?}"),
+    };
+    let own = net.send(victim, group, "mine");
+    let me = net.id(attacker);
+    let tag = group_tag(&group);
+    for id in [private, own] {
+        let mut chain = net.engines[attacker].store.own_chain(&group, &me).unwrap().unwrap();
+        let content = Content {
+            sent_at: net.now,
+            body: Body::Text(Text { body: "taken over".into(), reply_to: None }),
+        };
+        let plaintext = kith_protocol::encode(&content).unwrap();
+        let message = chain.seal(tag, &me, &id, &plaintext).unwrap();
+        let mut batch = Batch::new();
+        batch.put_own_chain(&group, &me, &chain);
+        net.engines[attacker].commit(batch).unwrap();
+        let bytes = kith_protocol::encode(&GroupEnvelope { id, sender: me, message }).unwrap();
+        net.gossip(victim, bytes);
+        net.run();
+        assert_eq!(net.verdicts[victim].last(), Some(&Verdict::Ignore));
+    }
+    let text = |id: &MessageId| match net.engines[victim].message(id).unwrap().unwrap().body {
+        Some(Body::Text(t)) => t.body,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(text(&private), "private");
+    assert_eq!(text(&own), "mine");
+    assert!(!net.texts(victim, &group).contains(&"taken over".to_string()));
+}
+
+/// Issue 14, item 4: an outsider floods the topic with keyless messages claiming a member as
+/// sender, each with a random chain: only that sender's small unauthenticated share fills
+/// (gossip ignores the rest, without penalty), it expires, and a message that came straight
+/// from the real sender waits in its own share and opens once its key arrives.
+#[test]
+fn keyless_messages_fill_only_a_bounded_expiring_share() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1, 2]);
+    let (claimed, victim) = (1, 2);
+    let sender = net.id(claimed);
+    let tag = group_tag(&group);
+    for i in 0..1_000u32 {
+        let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
+        let id = MessageId([
+            (i % 251) as u8,
+            (i / 251) as u8,
+            0xaa,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            7,
+        ]);
+        let message = chain.seal(tag, &sender, &id, &[0u8; 1024]).unwrap();
+        // Published by the outsider: gossip is anonymous, nothing ties it to its publisher.
+        let bytes = kith_protocol::encode(&GroupEnvelope { id, sender, message }).unwrap();
+        net.gossip(victim, bytes);
+    }
+    net.run();
+    assert_eq!(
+        net.engines[victim].pending_group_messages(&group).unwrap(),
+        MAX_PENDING_UNAUTHENTICATED_PER_SENDER
+    );
+    assert!(net.verdicts[victim].iter().all(|v| *v != Verdict::Reject));
+
+    // The real sender starts a new chain and its first message overtakes the key: it came
+    // over a connection that authenticated the sender, so it has its own share.
+    let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
+    let skd = Body::SenderKeyDistribution(chain.distribution(group));
+    let id = MessageId([0x42; 16]);
+    let content = Content {
+        sent_at: net.now,
+        body: Body::Text(Text { body: "early".into(), reply_to: None }),
+    };
+    let plaintext = kith_protocol::encode(&content).unwrap();
+    let message = chain.seal(tag, &sender, &id, &plaintext).unwrap();
+    let copy = Envelope {
+        id,
+        sender,
+        recipient: net.id(victim),
+        kind: kith_protocol::envelope::EnvelopeKind::Group(message),
+    };
+    let bytes = kith_protocol::encode(&copy).unwrap();
+    net.engines[victim]
+        .handle_input(net.now, Input::Envelope { bytes, via: Via::Direct(sender), reply: None })
+        .unwrap();
+    net.run();
+    assert_eq!(
+        net.engines[victim].pending_group_messages(&group).unwrap(),
+        MAX_PENDING_UNAUTHENTICATED_PER_SENDER + 1
+    );
+    let to = net.id(victim);
+    net.engines[claimed].send_reliably(net.now, to, skd).unwrap();
+    net.run();
+    assert!(net.texts(victim, &group).contains(&"early".to_string()));
+    // The fakes are gone within the hour.
+    net.advance(PENDING_UNAUTHENTICATED_TTL_MS + MAINTENANCE_INTERVAL_MS);
+    assert_eq!(net.engines[victim].pending_group_messages(&group).unwrap(), 0);
+}
+
+/// Weaker-than-claimed list: a sender key for a group we are not in, or from someone who is
+/// not a member, is never installed; what waits for a membership to arrive is bounded.
+#[test]
+fn sender_keys_are_installed_for_members_only() {
+    let mut net = Net::new(4);
+    let group = net.create(0, &[1]);
+    let (outsider, victim) = (3, 1);
+    let chains_of = |net: &Net, group: &GroupId| {
+        net.engines[victim].store.member_chains(group, &net.id(outsider)).unwrap().get(7).is_some()
+    };
+    let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
+    chain.chain_id = 7;
+    let to = net.id(victim);
+    net.engines[outsider]
+        .send_reliably(net.now, to, Body::SenderKeyDistribution(chain.distribution(group)))
+        .unwrap();
+    for i in 0..200u8 {
+        let other = GroupId([i; 32]);
+        net.engines[outsider]
+            .send_reliably(net.now, to, Body::SenderKeyDistribution(chain.distribution(other)))
+            .unwrap();
+    }
+    net.run();
+    assert!(!chains_of(&net, &group), "a non-member's key was installed");
+    let waiting = net.engines[victim].store.waiting_keys().unwrap();
+    assert!(waiting.len() <= MAX_WAITING_FOREIGN_GROUPS + 1, "{}", waiting.len());
+    // Once the outsider is added, the key it sent is used.
+    net.group_command(0, group, GroupCommand::Add { member: net.id(outsider) });
+    assert!(chains_of(&net, &group));
 }

@@ -331,3 +331,75 @@ fn prekeys_uploaded_to_a_relay_are_never_handed_out_again() {
     let served = served.expect("a one-time prekey");
     assert!(!uploaded.contains(&served) && again.one_time_prekeys.iter().all(|k| k.id != served));
 }
+
+/// Issue 14, item 6: every field of an initial message is checked, also when its sender is
+/// pinned already, and a base key in a non-canonical encoding (bit 255 set, which X25519
+/// ignores) cannot fork a second session out of a repeated initial message sent without a
+/// one-time prekey. Each refusal leaves the store byte for byte as it was.
+#[test]
+fn an_initial_messages_fields_cannot_change_unnoticed() {
+    use kith_protocol::envelope::{Envelope, EnvelopeKind};
+
+    let mut alice = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(1)), 1);
+    let mut bob = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(2)), 2);
+    let (ua, ub) = (alice.user_id(), bob.user_id());
+    send(&mut alice, ub, "first");
+    // Alice fetches Bob's bundle, handed over without its one-time prekey.
+    assert!(drain(&mut alice).iter().any(|o| matches!(o, Output::FetchPreKeys { .. })));
+    bob.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(1) }).unwrap();
+    let bundle = drain(&mut bob)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Reply { reply: Reply::PreKeys(PreKeyResponse::Bundle(mut b)), .. } => {
+                b.one_time_prekey = None;
+                Some(b)
+            }
+            _ => None,
+        })
+        .expect("a bundle");
+    alice.handle_input(T, Input::PreKeyBundle { user: ub, result: Ok(bundle) }).unwrap();
+    let deliveries = |e: &mut E| -> Vec<Vec<u8>> {
+        drain(e)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Deliver(d) => Some(d.envelope),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = deliveries(&mut alice).pop().expect("the first message");
+    let accept = |bob: &mut E, bytes: Vec<u8>| {
+        bob.handle_input(
+            T,
+            Input::Envelope { bytes, via: Via::Direct(ua), reply: Some(ReplyToken(9)) },
+        )
+        .unwrap();
+        drain(bob)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+                _ => None,
+            })
+            .expect("an ack")
+    };
+    assert_eq!(accept(&mut bob, first), AckResult::Accepted);
+    // Bob has not answered: Alice's next message repeats the X3DH header.
+    send(&mut alice, ub, "second");
+    let second = deliveries(&mut alice).pop().expect("the second message");
+    let mutate = |f: &dyn Fn(&mut kith_protocol::envelope::PreKeyMessage)| {
+        let mut envelope: Envelope = kith_protocol::decode(&second).unwrap();
+        let EnvelopeKind::PreKey(message) = &mut envelope.kind else { panic!("a PreKey message") };
+        f(message);
+        kith_protocol::encode(&envelope).unwrap()
+    };
+    let before = bob.store().dump().unwrap();
+    let bad_signature = mutate(&|m| m.identity_dh_signature.0[0] ^= 1);
+    assert_eq!(accept(&mut bob, bad_signature), AckResult::Rejected(RejectReason::DecryptFailed));
+    let flipped_base = mutate(&|m| m.base_key.0[31] |= 0x80);
+    assert!(matches!(accept(&mut bob, flipped_base), AckResult::Rejected(_)));
+    assert_eq!(bob.store().dump().unwrap(), before, "a refused message changes nothing");
+    let sessions = bob.store().sessions(&ua).unwrap();
+    assert!(sessions.current.is_some() && sessions.previous.is_empty(), "no second session");
+    // The genuine message still opens.
+    assert_eq!(accept(&mut bob, second), AckResult::Accepted);
+}

@@ -111,7 +111,8 @@ impl Bits {
     /// Equality regardless of trailing empty words.
     fn same(&self, other: &Bits) -> bool {
         let len = self.0.len().max(other.0.len());
-        (0..len).all(|i| self.0.get(i).copied().unwrap_or(0) == other.0.get(i).copied().unwrap_or(0))
+        (0..len)
+            .all(|i| self.0.get(i).copied().unwrap_or(0) == other.0.get(i).copied().unwrap_or(0))
     }
 }
 
@@ -536,7 +537,11 @@ impl View<'_> {
 
     /// Of `events` (effective changes about one user), those within this view that have every
     /// removal of `user` within this view in their own history.
-    fn standing<'b>(&'b self, user: &UserId, events: &'b [usize]) -> impl Iterator<Item = usize> + 'b {
+    fn standing<'b>(
+        &'b self,
+        user: &UserId,
+        events: &'b [usize],
+    ) -> impl Iterator<Item = usize> + 'b {
         let removals: Vec<usize> = self
             .outcome
             .removals
@@ -583,7 +588,8 @@ impl View<'_> {
 
     /// The name set by the newest rename within the view.
     fn name(&self) -> String {
-        let names: Vec<usize> = self.outcome.names.iter().copied().filter(|&n| self.holds(n)).collect();
+        let names: Vec<usize> =
+            self.outcome.names.iter().copied().filter(|&n| self.holds(n)).collect();
         let newest = names
             .iter()
             .copied()

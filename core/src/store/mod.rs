@@ -51,9 +51,9 @@ pub use backend::{
 };
 pub(crate) use records::MessageIndexRecord;
 use records::{
-    GroupChangeRecord, GroupOrphanRecord, GroupRecord, IdentityRecord, WaitingKeyRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord,
-    OutboxRecord, OwnChainRecord, PeerSessionsRecord, PendingGroupRecord, Record,
-    SignedPreKeyRecord, decode, encode,
+    GroupChangeRecord, GroupOrphanRecord, GroupRecord, IdentityRecord, MemberChainsRecord,
+    MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord, PeerSessionsRecord,
+    PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode, encode,
 };
 
 use crate::group::sender_key::{MemberChains, OwnChain};
@@ -464,7 +464,11 @@ impl Store {
                         writes.push((tree, key, None));
                     }
                 }
-                writes.push((Tree::Meta, META_LAYOUT.to_vec(), Some(STORE_LAYOUT.to_be_bytes().to_vec())));
+                writes.push((
+                    Tree::Meta,
+                    META_LAYOUT.to_vec(),
+                    Some(STORE_LAYOUT.to_be_bytes().to_vec()),
+                ));
                 self.backend.apply(&writes)?;
                 self.backend.flush()
             }
@@ -884,7 +888,9 @@ impl Store {
 
     /// Whether any sender key waits for `group`.
     pub(crate) fn has_waiting_keys(&self, group: &GroupId) -> Result<bool, StoreError> {
-        Ok(!self.range(Tree::GroupKeysWaiting, &group.0, &prefix_end(&group.0), false, 1)?.is_empty())
+        Ok(!self
+            .range(Tree::GroupKeysWaiting, &group.0, &prefix_end(&group.0), false, 1)?
+            .is_empty())
     }
 
     /// Every waiting sender key: (group, sender, record).

@@ -24,7 +24,11 @@ fn create(creator: &IdentityKeyPair, members: &[&IdentityKeyPair]) -> (GroupId, 
 }
 
 /// A change by `author` made after `parents`.
-fn change(author: &IdentityKeyPair, parents: &[&GroupControl], action: GroupAction) -> GroupControl {
+fn change(
+    author: &IdentityKeyPair,
+    parents: &[&GroupControl],
+    action: GroupAction,
+) -> GroupControl {
     let group = parents.first().map(|p| p.group).expect("a parent");
     let mut hashes: Vec<ChangeHash> =
         parents.iter().map(|p| change_hash(p).expect("hash")).collect();
@@ -312,7 +316,8 @@ impl Replica {
         loop {
             let before = self.waiting.len();
             let log = &mut self.log;
-            self.waiting.retain(|c| matches!(log.insert(c.clone()), Err(ChangeError::MissingParents(_))));
+            self.waiting
+                .retain(|c| matches!(log.insert(c.clone()), Err(ChangeError::MissingParents(_))));
             if self.waiting.len() == before {
                 break;
             }
@@ -347,7 +352,10 @@ fn check_no_change_after_removal(log: &ChangeLog) -> Result<(), String> {
                 continue;
             }
             if !before(r, o) && !before(o, r) {
-                return Err(format!("{:?} counts, concurrent with its author's removal", node.change));
+                return Err(format!(
+                    "{:?} counts, concurrent with its author's removal",
+                    node.change
+                ));
             }
             let readded = nodes.iter().enumerate().any(|(a, (add, a_effective))| {
                 *a_effective && adds(add, &author) && before(r, a) && before(a, o)
