@@ -10,6 +10,7 @@ use crossterm::event::{
     Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
 };
 use futures::StreamExt;
+use kith_node::kith_core::text::single_line;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
@@ -260,6 +261,7 @@ pub(crate) fn draw(frame: &mut Frame<'_>, state: &ChatState) {
     if !state.notice.is_empty() {
         title.push_str(&format!("· {} ", state.notice));
     }
+    let title = single_line(&title).into_owned();
     frame.render_widget(
         Paragraph::new(title).style(Style::default().add_modifier(Modifier::REVERSED)),
         header,
@@ -268,7 +270,7 @@ pub(crate) fn draw(frame: &mut Frame<'_>, state: &ChatState) {
     let lines: Vec<Line<'_>> = state
         .messages
         .iter()
-        .map(|m| Line::from(message_line(m, &state.name, &state.names)))
+        .map(|m| Line::from(single_line(&message_line(m, &state.name, &state.names)).into_owned()))
         .collect();
     let height = body.height.saturating_sub(2);
     let total = u16::try_from(lines.len()).unwrap_or(u16::MAX);

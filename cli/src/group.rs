@@ -98,20 +98,20 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             if json {
                 println!("{result}");
             } else {
-                println!("created {name}: {}", result["group"].as_str().unwrap_or(""));
+                say!("created {name}: {}", result["group"].as_str().unwrap_or(""));
             }
         }
         GroupCommand::Add { group, member } => {
             conn.call("group.add", json!({ "group": group, "member": member })).await?;
-            println!("added {member} to {group}");
+            say!("added {member} to {group}");
         }
         GroupCommand::Remove { group, member } => {
             conn.call("group.remove", json!({ "group": group, "member": member })).await?;
-            println!("removed {member} from {group}");
+            say!("removed {member} from {group}");
         }
         GroupCommand::Leave { group } => {
             conn.call("group.leave", json!({ "group": group })).await?;
-            println!("left {group}");
+            say!("left {group}");
         }
         GroupCommand::List { json } => {
             let groups = conn.call("group.list", Value::Null).await?;
@@ -119,7 +119,7 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
                 println!("{groups}");
             } else {
                 for g in groups.as_array().into_iter().flatten() {
-                    println!("{}", label(g));
+                    say!("{}", label(g));
                 }
             }
         }
@@ -128,7 +128,7 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             if json {
                 println!("{info}");
             } else {
-                println!("{}", label(&info));
+                say!("{}", label(&info));
                 let admins: Vec<&str> = info["admins"]
                     .as_array()
                     .into_iter()
@@ -138,7 +138,7 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
                 for m in info["members"].as_array().into_iter().flatten().filter_map(Value::as_str)
                 {
                     let admin = if admins.contains(&m) { "  (admin)" } else { "" };
-                    println!("  kith:{m}{admin}");
+                    say!("  kith:{m}{admin}");
                 }
             }
         }
@@ -147,7 +147,7 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             if json {
                 println!("{result}");
             } else {
-                println!("{} sent", result["id"].as_str().unwrap_or(""));
+                say!("{} sent", result["id"].as_str().unwrap_or(""));
             }
         }
     }

@@ -5,6 +5,16 @@
 // missing key reads as `Null`), and nothing in this crate writes through an index.
 #![allow(clippy::indexing_slicing)]
 
+/// Prints a line of output for a person, with everything a peer could have put in it (message
+/// text, names, file names, group names) made safe for the terminal first: no escape
+/// sequences, control or hidden formatting characters reach it raw. JSON output, which
+/// escapes them itself, is printed as is.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", kith_node::kith_core::text::for_terminal(&format!($($arg)*)))
+    };
+}
+
 mod chat;
 mod conn;
 mod demo;
@@ -242,8 +252,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .handle_command(now, EngineCommand::SetProfile { display_name: name })?;
                 profile.engine_mut().flush()?;
             }
-            println!("Created a new identity in {}", dir.display());
-            println!(
+            say!("Created a new identity in {}", dir.display());
+            say!(
                 "Your contact string: {}",
                 ContactString::new(profile.engine().user_id(), Vec::new())
             );
@@ -258,11 +268,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{contact}");
                 for address in id["addresses"].as_array().into_iter().flatten() {
-                    println!("listening: {}", address.as_str().unwrap_or_default());
+                    say!("listening: {}", address.as_str().unwrap_or_default());
                 }
             }
             if show_qr {
-                println!("{}", qr(&contact)?);
+                say!("{}", qr(&contact)?);
             }
         }
         Command::Group(command) => {
@@ -285,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("no daemon is running for {}", dir.display()))?;
             client.call("shutdown", Value::Null).await.map_err(|e| anyhow::anyhow!(e.message))?;
-            println!("daemon stopped");
+            say!("daemon stopped");
         }
         Command::Send { to, text, wait, timeout, json, net } => {
             let mut conn = Conn::open(&dir, Some(&net)).await?;
@@ -299,7 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             conn.close().await?;
             let result = match result {
                 Err(e) if e.to_string().contains("timed out") && local => {
-                    println!(
+                    say!(
                         "not sent yet: the message is queued and goes out the next time a node runs (`kith daemon`)"
                     );
                     return Ok(ExitCode::from(3));
@@ -312,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let status = result["status"].as_str().unwrap_or_default();
                 let failure =
                     result["failure"].as_str().map(|f| format!(": {f}")).unwrap_or_default();
-                println!("{} {status}{failure}", result["id"].as_str().unwrap_or_default());
+                say!("{} {status}{failure}", result["id"].as_str().unwrap_or_default());
             }
             if result["status"] == "failed" {
                 return Ok(ExitCode::FAILURE);
@@ -329,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", json!({ "sent": sent, "outcome": outcome.word() }));
             } else {
-                println!(
+                say!(
                     "{} {}",
                     sent["id"].as_str().unwrap_or_default(),
                     outcome.describe(&to, local)
@@ -358,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let names = render::names(&contacts);
                 for m in history.as_array().into_iter().flatten() {
-                    println!("{}", render::message_line(m, &peer, &names));
+                    say!("{}", render::message_line(m, &peer, &names));
                 }
             }
         }
@@ -380,7 +390,7 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
                 .parse::<ContactString>()
                 .with_context(|| format!("malformed contact string `{contact}`"))?;
             conn.call("contact.add", json!({ "contact": contact, "name": name })).await?;
-            println!("added {name}");
+            say!("added {name}");
         }
         ContactCommand::List { json } => {
             let contacts = conn.call("contact.list", Value::Null).await?;
@@ -388,28 +398,28 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
                 println!("{contacts}");
             } else {
                 for c in contacts.as_array().into_iter().flatten() {
-                    println!("{}", contact_label(c));
+                    say!("{}", contact_label(c));
                 }
             }
         }
         ContactCommand::Verify { name, yes } => {
             let shown =
                 conn.call("contact.verify", json!({ "contact": name, "mark": false })).await?;
-            println!(
+            say!(
                 "Safety number with {name}:\n\n    {}\n",
                 shown["safety_number"].as_str().unwrap_or_default()
             );
-            println!("Compare it with the one on {name}'s device (in person or on a call).");
+            say!("Compare it with the one on {name}'s device (in person or on a call).");
             if yes || confirm("Do the numbers match?")? {
                 conn.call("contact.verify", json!({ "contact": name, "mark": true })).await?;
-                println!("{name} is now verified.");
+                say!("{name} is now verified.");
             } else {
-                println!("Not marked as verified.");
+                say!("Not marked as verified.");
             }
         }
         ContactCommand::Trust { name } => {
             conn.call("contact.trust", json!({ "contact": name })).await?;
-            println!(
+            say!(
                 "accepted {name}'s new identity key; verify the new safety number with `kith contact verify {name}`"
             );
         }
@@ -423,11 +433,11 @@ async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
     // Received attachments download on their own; show them (bars only on a terminal).
     tokio::spawn(media::show_downloads(node.subscribe()));
-    println!("kith daemon for {}", node.contact_string());
+    say!("kith daemon for {}", node.contact_string());
     for address in node.addresses().await? {
-        println!("listening: {address}");
+        say!("listening: {address}");
     }
-    println!("control socket: {}", rpc::socket_path(dir).display());
+    say!("control socket: {}", rpc::socket_path(dir).display());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = stop.recv() => {}
@@ -458,7 +468,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kith: {e:#}");
+            eprintln!("kith: {}", kith_node::kith_core::text::for_terminal(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

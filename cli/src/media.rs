@@ -141,13 +141,13 @@ pub(crate) async fn show_downloads(mut events: broadcast::Receiver<NodeEvent>) {
                 if let Some(progress) = shown.remove(&media) {
                     progress.finish_and_clear();
                 }
-                println!("attachment saved: {}", path.display());
+                say!("attachment saved: {}", path.display());
             }
             MediaEvent::Failed { media, reason, .. } => {
                 if let Some(progress) = shown.remove(&media) {
                     progress.abandon();
                 }
-                println!("attachment failed: {reason}");
+                say!("attachment failed: {reason}");
             }
             _ => {}
         }

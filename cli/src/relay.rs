@@ -143,12 +143,12 @@ impl RelayArgs {
 #[allow(clippy::print_stdout, reason = "the relay reports its addresses on stdout")]
 pub(crate) async fn run(dir: &Path, args: &RelayArgs) -> anyhow::Result<()> {
     let node = Node::start_or_create(args.config(dir)?).await?;
-    println!("kith relay {}", node.peer_id());
+    say!("kith relay {}", node.peer_id());
     for address in node.addresses().await? {
-        println!("listening: {address}");
+        say!("listening: {address}");
     }
     if let Some(addr) = node.metrics_addr() {
-        println!("metrics: http://{addr}/metrics");
+        say!("metrics: http://{addr}/metrics");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

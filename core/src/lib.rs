@@ -90,4 +90,5 @@ pub mod ratchet;
 pub mod record;
 pub mod session;
 pub mod store;
+pub mod text;
 pub mod x3dh;

@@ -169,9 +169,9 @@ impl Layout {
         self.chunks
     }
 
-    /// Whether `index` is the last chunk.
+    /// Whether `index` is the last chunk (any index a peer names, `u32::MAX` included).
     pub fn is_last(&self, index: u32) -> bool {
-        index + 1 == self.chunks
+        index.checked_add(1) == Some(self.chunks)
     }
 
     /// Where chunk `index` starts in the plaintext.

@@ -215,3 +215,75 @@ fn group_create_send_info_and_history_through_the_cli() {
     let not_admin = kith(&b, &["group", "remove", "climbers", &bob_contact]).unwrap();
     assert!(!not_admin.status.success());
 }
+
+/// Issue 14, item 8: text a peer controls (message text, its profile name, a group's name) is
+/// printed by every command without escape sequences, control characters or bidi overrides:
+/// a message that set the terminal's title and cleared the screen now shows as text.
+#[test]
+fn text_from_peers_reaches_the_terminal_without_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("mallory"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Mallory\u{1b}]0;pwned\u{7}\u{202e}"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let mallory = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", mallory.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let bob_contact = kith_ok(&b, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    let mallory_id: serde_json::Value =
+        serde_json::from_str(&kith_ok(&a, &["id", "--json"]).unwrap()).unwrap();
+    let mallory_peer = mallory_id["peer_id"].as_str().unwrap().to_owned();
+    kith_ok(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+    let text = "hi\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m invoice\u{202e}fdp.exe\u{feff}";
+    kith_ok(&a, &["send", "bob", text, "--wait", "delivered"]).unwrap();
+    let created: serde_json::Value = serde_json::from_str(
+        &kith_ok(&a, &["group", "create", "g\u{1b}[31m\u{2066}x", "--member", "bob", "--json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let group = created["group"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let info = kith(&b, &["group", "info", &group, "--json"]).unwrap();
+        if info.status.success() {
+            let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            if info["members"].as_array().unwrap().len() == 2 {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "Bob never joined");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    kith_ok(&a, &["group", "send", &group, text]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !kith_ok(&b, &["history", &group, "--json"]).unwrap().contains("invoice") {
+        assert!(std::time::Instant::now() < deadline, "the group message never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let raw =
+        |c: char| c.is_control() && c != '\n' || matches!(c, '\u{202e}' | '\u{2066}' | '\u{feff}');
+    for args in [
+        vec!["history", mallory_peer.as_str()],
+        vec!["contact", "list"],
+        vec!["group", "list"],
+        vec!["group", "info", group.as_str()],
+        vec!["history", group.as_str()],
+    ] {
+        let out = kith_ok(&b, &args).unwrap();
+        assert!(
+            out.contains("invoice") || out.contains("Mallory") || out.contains("members"),
+            "{args:?}: {out}"
+        );
+        assert!(!out.chars().any(raw), "{args:?} printed raw control text: {out:?}");
+    }
+    // Still readable: the escape shows as ␛, the text around it is all there.
+    let history = kith_ok(&b, &["history", mallory_peer.as_str()]).unwrap();
+    assert!(
+        history.contains("hi␛[2J␛]0;owned�") && history.contains("invoicefdp.exe"),
+        "{history}"
+    );
+    // JSON output keeps the text exactly (escaped by JSON), for scripts.
+    let json = kith_ok(&b, &["history", mallory_peer.as_str(), "--json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json[0]["text"], text);
+}

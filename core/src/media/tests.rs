@@ -187,3 +187,17 @@ proptest! {
         prop_assert_eq!(out, data);
     }
 }
+
+/// Issue 14 (weaker than claimed): a peer can name any chunk index; the last-chunk test must
+/// not overflow on `u32::MAX` (it panicked in debug builds), nor on any index past the end.
+#[test]
+fn any_chunk_index_a_peer_names_is_answered_without_overflow() {
+    let (manifest, chunks) = seal(&file(1000), 256, 3);
+    let layout = Layout::of(&manifest, u64::MAX).unwrap();
+    assert!(layout.is_last(layout.chunks() - 1));
+    for index in [layout.chunks(), u32::MAX - 1, u32::MAX] {
+        assert!(!layout.is_last(index));
+        assert_eq!(layout.plain_len(index), 0);
+        assert!(open_verified(&manifest, &layout, index, &chunks[0]).is_err());
+    }
+}

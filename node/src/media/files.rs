@@ -12,6 +12,7 @@ use std::sync::mpsc::Receiver;
 use kith_core::media::{Layout, Sealer};
 use kith_protocol::MediaId;
 use kith_protocol::content::MediaManifest;
+use kith_protocol::limits::MAX_FILE_NAME_BYTES;
 use tokio::sync::mpsc::Sender;
 
 use super::store::{IncomingState, MediaStore, bit, count, set_bit};
@@ -44,7 +45,8 @@ pub(crate) fn seal_file(
     if size > max_size {
         return Err(MediaFailure::TooLarge { size, max: max_size });
     }
-    let mut sealer = Sealer::new(&mut rand::rng(), size, chunk_size)
+    // The media key comes from the operating system's generator, like every other key.
+    let mut sealer = Sealer::new(&mut crate::profile::ProfileRng::default(), size, chunk_size)
         .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
     let layout = sealer.layout();
     fs::create_dir_all(sealed_dir).map_err(io)?;
@@ -76,18 +78,18 @@ pub(crate) fn seal_file(
         .unwrap_or_else(|| "attachment".into());
     let mime = mime_guess::from_path(source).first_or_octet_stream().essence_str().to_owned();
     let manifest = sealer
-        .finish(clip(&file_name, kith_protocol::limits::MAX_FILE_NAME_BYTES), mime, caption)
+        .finish(clip(&file_name, MAX_FILE_NAME_BYTES).to_owned(), mime, caption)
         .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
     Ok((manifest, done))
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-fn clip(s: &str, max: usize) -> String {
+fn clip(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or_default().to_owned()
+    s.get(..end).unwrap_or_default()
 }
 
 /// Reads `len` bytes at `offset` of a sealed file (into fresh capacity: no zeroing first).
@@ -107,23 +109,42 @@ pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8
 /// path component, without control characters or a leading dot, never empty.
 pub fn safe_file_name(name: &str, media: &MediaId) -> String {
     let last = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let cleaned: String =
-        last.chars().map(|c| if c.is_control() || c == ':' { '_' } else { c }).collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
-    if cleaned.is_empty() { format!("attachment-{}", &media.to_string()[..8]) } else { cleaned }
+    // Control characters become `_`; hidden formatting characters (the right-to-left override
+    // that makes `a\u{202e}fdp.exe` show as `aexe.pdf`, byte-order marks, zero-width
+    // characters) are dropped.
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !kith_core::text::is_hidden_format(*c))
+        .map(|c| if c.is_control() || c == ':' { '_' } else { c })
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.');
+    let cleaned = clip(cleaned, MAX_FILE_NAME_BYTES);
+    if cleaned.is_empty() {
+        format!("attachment-{}", &media.to_string()[..8])
+    } else {
+        cleaned.to_owned()
+    }
 }
 
-/// `dir/name`, or `dir/stem (n).ext` if that exists.
+/// `dir/name`, or `dir/stem (n).ext` if that exists, never longer than the file-name limit
+/// (the stem is shortened to make room for the number).
 fn unique_path(dir: &Path, name: &str) -> PathBuf {
     let candidate = dir.join(name);
     if !candidate.exists() {
         return candidate;
     }
     let (stem, ext) = match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, format!(".{ext}")),
         _ => (name, String::new()),
     };
-    (1..).map(|n| dir.join(format!("{stem} ({n}){ext}"))).find(|p| !p.exists()).unwrap_or(candidate)
+    (1u64..)
+        .map(|n| {
+            let suffix = format!(" ({n}){ext}");
+            let stem = clip(stem, MAX_FILE_NAME_BYTES.saturating_sub(suffix.len()));
+            dir.join(format!("{stem}{suffix}"))
+        })
+        .find(|p| !p.exists())
+        .unwrap_or(candidate)
 }
 
 /// Where a download's verified plaintext goes until it is complete (in the downloads
@@ -261,6 +282,27 @@ mod tests {
         assert_eq!(safe_file_name("..", &media), "attachment-abababab");
         assert_eq!(safe_file_name("dir/", &media), "attachment-abababab");
         assert_eq!(safe_file_name("photo.jpg", &media), "photo.jpg");
+    }
+
+    /// Issue 14: names that spoof (right-to-left override, byte-order mark, zero-width
+    /// characters) lose the hidden characters; a 255-byte name that collides stays within the
+    /// file-name limit.
+    #[test]
+    fn names_cannot_spoof_or_outgrow_the_limit() {
+        let media = MediaId([0xab; 16]);
+        assert_eq!(safe_file_name("invoice\u{202e}fdp.exe", &media), "invoicefdp.exe");
+        assert_eq!(safe_file_name("\u{feff}a\u{200b}b.txt", &media), "ab.txt");
+        assert_eq!(safe_file_name(&"é".repeat(200), &media).len(), 254);
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}.txt", "x".repeat(MAX_FILE_NAME_BYTES - 4));
+        assert_eq!(long.len(), MAX_FILE_NAME_BYTES);
+        fs::write(dir.path().join(&long), b"x").unwrap();
+        let second = unique_path(dir.path(), &long);
+        let second_name = second.file_name().unwrap().to_str().unwrap();
+        assert!(second_name.len() <= MAX_FILE_NAME_BYTES, "{}", second_name.len());
+        assert!(second_name.ends_with(" (1).txt"));
+        fs::write(&second, b"x").unwrap();
+        assert!(unique_path(dir.path(), &long).to_str().unwrap().ends_with(" (2).txt"));
     }
 
     #[test]
