@@ -578,7 +578,7 @@ fn group_change_limits_are_typed_errors() {
         codec::encode(&content(vec![change(vec![hash(1)], create)])),
         out_of_range("parents")
     );
-    let many: Vec<ChangeHash> = (0..=MAX_CHANGE_PARENTS as u8).map(hash).collect();
+    let many: Vec<ChangeHash> = (0..=u8::try_from(MAX_CHANGE_PARENTS).unwrap()).map(hash).collect();
     assert_eq!(
         codec::encode(&content(vec![change(many, GroupAction::Leave)])),
         invalid(Invalid::TooMany {

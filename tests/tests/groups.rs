@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kith_node::kith_core::engine::Event;
-use kith_node::{Node, NodeEvent};
 use kith_node::kith_core::group::group_tag;
 use kith_node::kith_core::model::Message;
 use kith_node::kith_protocol::content::Body;
@@ -26,6 +25,7 @@ use kith_node::kith_protocol::{GroupId, MessageId, UserId};
 use kith_node::libp2p::gossipsub;
 use kith_node::libp2p::swarm::SwarmEvent;
 use kith_node::libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
+use kith_node::{Node, NodeEvent};
 use kith_tests::{TestNode, TestRelay, eventually, user_with_relays};
 use rand::RngExt;
 

@@ -318,7 +318,7 @@ fn forged_replayed_and_non_member_messages_are_refused_and_only_garbage_is_penal
     let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
     let outsider = net.id(3);
     let id = MessageId([7; 16]);
-    let message = chain.seal(crate::group::group_tag(&group), &outsider, &id, b"x").unwrap();
+    let message = chain.seal(group_tag(&group), &outsider, &id, b"x").unwrap();
     net.gossip(2, kith_protocol::encode(&GroupEnvelope { id, sender: outsider, message }).unwrap());
     // Garbage.
     net.gossip(2, vec![1, 2, 3]);
@@ -678,24 +678,8 @@ fn keyless_messages_fill_only_a_bounded_expiring_share() {
     let tag = group_tag(&group);
     for i in 0..1_000u32 {
         let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
-        let id = MessageId([
-            (i % 251) as u8,
-            (i / 251) as u8,
-            0xaa,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            7,
-        ]);
+        let [_, _, hi, lo] = i.to_be_bytes();
+        let id = MessageId([hi, lo, 0xaa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
         let message = chain.seal(tag, &sender, &id, &[0u8; 1024]).unwrap();
         // Published by the outsider: gossip is anonymous, nothing ties it to its publisher.
         let bytes = kith_protocol::encode(&GroupEnvelope { id, sender, message }).unwrap();

@@ -408,13 +408,13 @@ proptest! {
             if kind >= 8 {
                 // The adversary signs with parents picked from anything ever made: backdated,
                 // concurrent, or no-op changes alike.
-                let parent = &all[(pick as usize) % all.len()];
+                let parent = &all[usize::try_from(pick % all.len() as u64).unwrap()];
                 let op = change(&p[adversary], &[parent], action);
                 all.push(op.clone());
                 replicas[adversary].receive(op);
             } else if kind >= 5 {
                 // A delivery: replica `who` receives a change made so far.
-                let op = all[(pick as usize) % all.len()].clone();
+                let op = all[usize::try_from(pick % all.len() as u64).unwrap()].clone();
                 replicas[who].receive(op);
             } else {
                 // An honest change made on `who`'s own view, if its author may make it there.
