@@ -586,17 +586,13 @@ impl View<'_> {
         self.outcome.adds.keys().filter(|u| self.is_member(u)).copied().collect()
     }
 
-    /// The name set by the newest rename within the view.
+    /// The name set by the newest rename within the view: the greatest by (depth, hash),
+    /// which no other rename in the view follows (a change is deeper than its history). The
+    /// renames are listed in pass order, so the search from the end stops at once in a
+    /// linear history.
     fn name(&self) -> String {
-        let names: Vec<usize> =
-            self.outcome.names.iter().copied().filter(|&n| self.holds(n)).collect();
-        let newest = names
-            .iter()
-            .copied()
-            .filter(|&n| !names.iter().any(|&m| self.history(m).is_some_and(|h| h.contains(n))))
-            .filter_map(|n| self.log.node(n))
-            .max_by_key(|node| (node.depth, node.hash));
-        match newest.map(|node| &node.change.action) {
+        let newest = self.outcome.names.iter().rev().find(|&&n| self.holds(n));
+        match newest.and_then(|&n| self.log.node(n)).map(|node| &node.change.action) {
             Some(GroupAction::Create { name, .. } | GroupAction::Rename { name }) => name.clone(),
             _ => String::new(),
         }
