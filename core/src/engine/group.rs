@@ -468,7 +468,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// others' copies wait for their delivery receipts, and go out if none comes in time.
     pub(super) fn on_group_published(
         &mut self,
-        now: UnixMillis,
         id: MessageId,
         unreached: &[UserId],
     ) -> Result<(), StoreError> {
@@ -491,7 +490,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 send.push(copy);
             } else {
                 reached_any = true;
-                self.outbox.reschedule(&copy, Some(now + GROUP_RECEIPT_TIMEOUT_MS), false);
+                let due = self.after(GROUP_RECEIPT_TIMEOUT_MS);
+                self.outbox.reschedule(&copy, Some(due), false);
             }
         }
         let status =
@@ -501,7 +501,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.event(event);
         }
         for copy in send {
-            self.attempt(now, copy);
+            self.attempt(copy);
         }
         Ok(())
     }
@@ -622,23 +622,23 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let receipt = events.iter().any(|e| matches!(e, Event::Message(_)));
         events.into_iter().for_each(|e| self.event(e));
         if receipt {
-            self.owe_group_receipt(now, sender, id);
+            self.owe_group_receipt(sender, id);
         }
         Ok(GroupReceived::Accepted)
     }
 
     /// Owes `author` a delivery receipt for its group message `id`: it goes with every other
     /// one owed within [`GROUP_RECEIPT_DELAY_MS`] (or at [`Engine::release_receipts`]).
-    pub(super) fn owe_group_receipt(&mut self, now: UnixMillis, author: UserId, id: MessageId) {
+    pub(super) fn owe_group_receipt(&mut self, author: UserId, id: MessageId) {
         self.group_receipts.entry(author).or_default().insert(id);
-        self.group_receipts_due.get_or_insert(now.saturating_add(GROUP_RECEIPT_DELAY_MS));
+        let due = self.after(GROUP_RECEIPT_DELAY_MS);
+        self.group_receipts_due.get_or_insert(due);
     }
 
     /// A copy of a group message we already have: its author sends the copy only when our
     /// delivery receipt did not come (lost in a crash before it went out), so owe it again.
     pub(super) fn reconfirm_group_message(
         &mut self,
-        now: UnixMillis,
         author: UserId,
         id: MessageId,
     ) -> Result<(), StoreError> {
@@ -647,7 +647,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             .message_index(&id)?
             .is_some_and(|index| index.group.is_some() && index.peer == author)
         {
-            self.owe_group_receipt(now, author, id);
+            self.owe_group_receipt(author, id);
         }
         Ok(())
     }

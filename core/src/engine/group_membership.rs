@@ -373,7 +373,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         group: GroupId,
         peer: UserId,
     ) -> Result<(), StoreError> {
-        if !self.sync_due(now, group, peer, false) {
+        if !self.sync_due(group, peer, false) {
             return Ok(());
         }
         let mut heads = self.groups.get(&group).map(|g| g.log.heads()).unwrap_or_default();
@@ -395,7 +395,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Ok(());
         }
         let missing = state.log.missing_for(&sync.heads);
-        if missing.is_empty() || !self.sync_due(now, sync.group, peer, true) {
+        if missing.is_empty() || !self.sync_due(sync.group, peer, true) {
             return Ok(());
         }
         self.send_changes(now, peer, sync.group, missing)
@@ -403,7 +403,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// Whether a sync request to (or an answer for) `peer` about `group` may go now; if so,
     /// the next one waits [`SYNC_INTERVAL_MS`].
-    fn sync_due(&mut self, now: UnixMillis, group: GroupId, peer: UserId, answer: bool) -> bool {
+    fn sync_due(&mut self, group: GroupId, peer: UserId, answer: bool) -> bool {
+        let now = self.mono;
         let key = (group, peer, answer);
         if self.syncs.get(&key).is_some_and(|&next| next > now) {
             return false;
@@ -414,7 +415,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 return false;
             }
         }
-        self.syncs.insert(key, now.saturating_add(SYNC_INTERVAL_MS));
+        let next = self.after(SYNC_INTERVAL_MS);
+        self.syncs.insert(key, next);
         true
     }
 

@@ -154,11 +154,33 @@ impl Default for Config {
     }
 }
 
+/// The two clocks an engine is given at every input.
+///
+/// Wall-clock time stamps what people see and what is stored (a message's time, a prekey's
+/// age, a record's issue time); monotonic time drives timers (retries, receipt delays,
+/// maintenance), so that a step of the wall clock neither stalls nor rushes them. Both are
+/// milliseconds; the monotonic clock may start anywhere but never goes back. An app that has
+/// only one clock passes it for both (`Now::from(wall)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch, by the wall clock.
+    pub wall: UnixMillis,
+    /// Milliseconds of a monotonic clock.
+    pub mono: u64,
+}
+
+impl From<UnixMillis> for Now {
+    /// Both clocks at `wall` (tests and apps without a monotonic clock).
+    fn from(wall: UnixMillis) -> Self {
+        Self { wall, mono: wall }
+    }
+}
+
 /// A prekey bundle fetch in progress or waiting to be retried.
 struct Fetch {
     attempts: u32,
-    /// When to (re)send the request.
-    due: UnixMillis,
+    /// When to (re)send the request (monotonic).
+    due: u64,
 }
 
 /// The engine. See the [module docs](self) for the drain order.
@@ -167,7 +189,10 @@ pub struct Engine<R> {
     store: Store,
     rng: R,
     config: Config,
+    /// The latest wall-clock time given (never goes back).
     now: UnixMillis,
+    /// The latest monotonic time given: timers run on it.
+    mono: u64,
     next_seq: u64,
     outbox: Outbox,
     sessions: HashMap<UserId, PeerSessions>,
@@ -175,16 +200,17 @@ pub struct Engine<R> {
     /// Delivery receipts owed, per peer, sent (coalesced) at the next flush.
     pending_receipts: BTreeMap<UserId, Vec<MessageId>>,
     /// Delivery receipts owed for group messages, per author, sent (coalesced) at the first
-    /// flush from `group_receipts_due` on.
+    /// flush from `group_receipts_due` (monotonic) on.
     group_receipts: BTreeMap<UserId, BTreeSet<MessageId>>,
-    group_receipts_due: Option<UnixMillis>,
+    group_receipts_due: Option<u64>,
     /// Outputs waiting for the next flush.
     held: VecDeque<Output>,
     /// Outputs ready to be carried out.
     ready: VecDeque<Output>,
     /// Commits not yet flushed.
     dirty: bool,
-    next_maintenance: UnixMillis,
+    /// When maintenance is next due (monotonic).
+    next_maintenance: u64,
     /// All one-time prekeys below this id have been handed out.
     opk_cursor: u32,
     /// Every group we know and its replayed membership.
@@ -212,15 +238,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     pub fn create(
         mut store: Store,
         mut rng: R,
-        now: UnixMillis,
+        now: impl Into<Now>,
         config: Config,
     ) -> Result<Self, OpenError> {
+        let now = now.into();
         if store.identity()?.is_some() {
             return Err(OpenError::IdentityExists);
         }
         let identity = IdentityKeyPair::generate(&mut rng);
         let mut batch = Batch::new();
-        batch.put_identity(&identity, now);
+        batch.put_identity(&identity, now.wall);
         store.commit(batch)?;
         store.flush()?;
         Self::open(store, rng, now, config)
@@ -228,7 +255,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// Opens an engine on a store that holds an identity: loads the outbox (everything in it is
     /// due at once), tops up prekeys and re-requests bundles that messages still wait for.
-    pub fn open(store: Store, rng: R, now: UnixMillis, config: Config) -> Result<Self, OpenError> {
+    pub fn open(
+        store: Store,
+        rng: R,
+        now: impl Into<Now>,
+        config: Config,
+    ) -> Result<Self, OpenError> {
+        let Now { wall: now, mono } = now.into();
         let identity = store.identity()?.ok_or(OpenError::NoIdentity)?;
         let next_seq = store.next_seq()?;
         let mut engine = Self {
@@ -237,6 +270,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             rng,
             config,
             now,
+            mono,
             next_seq,
             outbox: Outbox::default(),
             sessions: HashMap::new(),
@@ -247,7 +281,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             held: VecDeque::new(),
             ready: VecDeque::new(),
             dirty: false,
-            next_maintenance: now,
+            next_maintenance: mono,
             opk_cursor: 0,
             groups: HashMap::new(),
             tags: HashMap::new(),
@@ -256,12 +290,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         };
         engine.load_groups()?;
         for record in engine.store.outbox()? {
-            let due = record.envelope.is_some().then_some(now);
+            let due = record.envelope.is_some().then_some(mono);
             engine.outbox.insert(record, due);
         }
         engine.maintain(now)?;
         for peer in engine.outbox.peers_with_unsealed() {
-            engine.pump(now, peer)?;
+            engine.pump(peer)?;
         }
         engine.flush()?;
         Ok(engine)
@@ -428,20 +462,19 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// Feeds one input. Errors are reported through outputs (a refused envelope is acknowledged
     /// with its reason); the returned error is only for store failures.
-    pub fn handle_input(&mut self, now: UnixMillis, input: Input) -> Result<(), StoreError> {
-        self.now = self.now.max(now);
-        let now = self.now;
+    pub fn handle_input(&mut self, now: impl Into<Now>, input: Input) -> Result<(), StoreError> {
+        let now = self.tick(now.into());
         match input {
             Input::Envelope { bytes, via, reply } => self.on_envelope(now, &bytes, via, reply),
-            Input::Delivery { id, result } => self.on_delivery(now, id, result),
+            Input::Delivery { id, result } => self.on_delivery(id, result),
             Input::PreKeyBundle { user, result } => self.on_bundle(now, user, result),
             Input::PreKeyRequest { reply } => self.serve_bundle(now, reply),
             Input::GroupMessage { bytes, token } => self.on_group_gossip(now, &bytes, token),
-            Input::GroupPublished { id, unreached } => self.on_group_published(now, id, &unreached),
+            Input::GroupPublished { id, unreached } => self.on_group_published(id, &unreached),
             Input::PeerReachable { user } => {
                 for id in self.outbox.for_peer(&user) {
                     if self.outbox.get(&id).is_some_and(|e| e.record.envelope.is_some()) {
-                        self.outbox.reschedule(&id, Some(now), false);
+                        self.outbox.reschedule(&id, Some(self.mono), false);
                     }
                 }
                 Ok(())
@@ -453,11 +486,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// Carries out a user command.
     pub fn handle_command(
         &mut self,
-        now: UnixMillis,
+        now: impl Into<Now>,
         command: Command,
     ) -> Result<CommandResult, CommandError> {
-        self.now = self.now.max(now);
-        let now = self.now;
+        let now = self.tick(now.into());
         match command {
             Command::AddContact { user, name, relays } => self.add_contact(now, user, name, relays),
             Command::RemoveContact { user } => {
@@ -478,7 +510,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.save_contact(contact)?;
                 Ok(CommandResult::Done)
             }
-            Command::TrustIdentity { user } => self.trust_identity(now, user),
+            Command::TrustIdentity { user } => self.trust_identity(user),
             Command::Block { user, blocked } => {
                 let mut contact = self.known_contact(&user)?;
                 contact.blocked = blocked;
@@ -527,7 +559,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// outputs queued so far. See the drain order in the [module docs](self).
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut receipts = std::mem::take(&mut self.pending_receipts);
-        if self.group_receipts_due.is_some_and(|due| due <= self.now) {
+        if self.group_receipts_due.is_some_and(|due| due <= self.mono) {
             self.group_receipts_due = None;
             for (author, ids) in std::mem::take(&mut self.group_receipts) {
                 receipts.entry(author).or_default().extend(ids);
@@ -574,8 +606,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.ready.pop_front()
     }
 
-    /// When the engine next wants [`Input::Timeout`].
-    pub fn poll_timeout(&self) -> Option<UnixMillis> {
+    /// When (on the monotonic clock of [`Now::mono`]) the engine next wants
+    /// [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<u64> {
         let fetch = self.fetches.values().map(|f| f.due).min();
         [self.outbox.next_due(), fetch, self.group_receipts_due, Some(self.next_maintenance)]
             .into_iter()
@@ -587,11 +620,23 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// [`GROUP_RECEIPT_DELAY_MS`]: call it before shutting down.
     pub fn release_receipts(&mut self) {
         if self.group_receipts_due.is_some() {
-            self.group_receipts_due = Some(self.now);
+            self.group_receipts_due = Some(self.mono);
         }
     }
 
     // ---------------------------------------------------------------- helpers
+
+    /// Moves both clocks forward to `now` (never back); returns the wall-clock time.
+    fn tick(&mut self, now: Now) -> UnixMillis {
+        self.now = self.now.max(now.wall);
+        self.mono = self.mono.max(now.mono);
+        self.now
+    }
+
+    /// Monotonic time `ms` from now.
+    fn after(&self, ms: u64) -> u64 {
+        self.mono.saturating_add(ms)
+    }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
         self.store.commit(batch)?;
@@ -686,11 +731,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(CommandResult::Done)
     }
 
-    fn trust_identity(
-        &mut self,
-        now: UnixMillis,
-        user: UserId,
-    ) -> Result<CommandResult, CommandError> {
+    fn trust_identity(&mut self, user: UserId) -> Result<CommandResult, CommandError> {
         let mut contact = self.known_contact(&user)?;
         let remembered = self.pending_identities.remove(&user);
         let Some(new) = contact.pending_identity.take().or(remembered) else {
@@ -706,7 +747,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.sessions.remove(&user);
         self.event(Event::ContactChanged(Box::new(contact)));
         if !self.outbox.for_peer(&user).is_empty() {
-            self.request_bundle(now, user);
+            self.request_bundle(user);
         }
         Ok(CommandResult::Done)
     }
@@ -794,13 +835,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.commit(batch)?;
         self.take_seq();
         self.outbox.insert(record, None);
-        self.pump(now, to)?;
+        self.pump(to)?;
         Ok(id)
     }
 
     /// Encrypts queued messages for `peer` in queue order while its send window has room (or
     /// asks for a prekey bundle if there is no session yet), then sends them.
-    fn pump(&mut self, now: UnixMillis, peer: UserId) -> Result<(), StoreError> {
+    fn pump(&mut self, peer: UserId) -> Result<(), StoreError> {
         let room = SEND_WINDOW.saturating_sub(self.outbox.sealed_count(&peer));
         let waiting = self.outbox.unsealed(&peer, room);
         if waiting.is_empty() {
@@ -809,7 +850,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut sessions = self.take_sessions(&peer)?;
         let Some(session) = sessions.current.as_mut() else {
             self.cache_sessions(peer, sessions);
-            self.request_bundle(now, peer);
+            self.request_bundle(peer);
             return Ok(());
         };
         let mut batch = Batch::new();
@@ -851,14 +892,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for record in sealed {
             let id = record.id;
             self.outbox.update_record(record);
-            self.attempt(now, id);
+            self.attempt(id);
         }
         Ok(())
     }
 
     /// Emits one delivery attempt of an outbox entry and schedules the next one in case this
     /// one goes unanswered.
-    fn attempt(&mut self, now: UnixMillis, id: MessageId) {
+    fn attempt(&mut self, id: MessageId) {
         let Some(entry) = self.outbox.get(&id) else { return };
         let Some(envelope) = entry.record.envelope.clone() else { return };
         let to = entry.record.to;
@@ -870,7 +911,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             ephemeral: false,
             relays,
         }));
-        self.outbox.reschedule(&id, Some(now + ATTEMPT_TIMEOUT_MS), true);
+        self.outbox.reschedule(&id, Some(self.after(ATTEMPT_TIMEOUT_MS)), true);
     }
 
     /// Sends a message that is neither stored nor retried (typing, presence), if a session
@@ -905,13 +946,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(())
     }
 
-    fn request_bundle(&mut self, now: UnixMillis, user: UserId) {
-        let fetch = self.fetches.entry(user).or_insert(Fetch { attempts: 0, due: now });
-        if fetch.due > now && fetch.attempts > 0 {
+    fn request_bundle(&mut self, user: UserId) {
+        let mono = self.mono;
+        let fetch = self.fetches.entry(user).or_insert(Fetch { attempts: 0, due: mono });
+        if fetch.due > mono && fetch.attempts > 0 {
             return; // in flight or backing off
         }
         fetch.attempts = fetch.attempts.saturating_add(1);
-        fetch.due = now + ATTEMPT_TIMEOUT_MS;
+        fetch.due = mono.saturating_add(ATTEMPT_TIMEOUT_MS);
         let relays = self.store.contact(&user).ok().flatten().map(|c| c.relays).unwrap_or_default();
         self.held.push_back(Output::FetchPreKeys { user, relays });
     }
@@ -926,14 +968,15 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             // Nothing waits for a session (any more): a session arrived meanwhile, or the
             // messages were cancelled.
             self.fetches.remove(&user);
-            return self.pump(now, user);
+            return self.pump(user);
         }
         let verified = result.ok().and_then(|b| verify_bundle(&b, &user, now).ok());
         let Some(bundle) = verified else {
             // Unreachable, no bundle, or a forged/stale one: try again later.
             let jitter = self.rng.next_u32();
+            let mono = self.mono;
             if let Some(fetch) = self.fetches.get_mut(&user) {
-                fetch.due = now + backoff(fetch.attempts, jitter);
+                fetch.due = mono.saturating_add(backoff(fetch.attempts, jitter));
             }
             return Ok(());
         };
@@ -972,16 +1015,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         batch.put_sessions(&user, &sessions);
         self.commit(batch)?;
         self.cache_sessions(user, sessions);
-        self.pump(now, user)?;
+        self.pump(user)?;
         self.share_profile_with(now, user)
     }
 
-    fn on_delivery(
-        &mut self,
-        now: UnixMillis,
-        id: MessageId,
-        result: DeliveryResult,
-    ) -> Result<(), StoreError> {
+    fn on_delivery(&mut self, id: MessageId, result: DeliveryResult) -> Result<(), StoreError> {
         let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
         let (to, kind, resets, seq) =
             (entry.record.to, entry.record.kind, entry.resets, entry.record.seq);
@@ -1003,42 +1041,40 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 if let Some(event) = update {
                     self.event(event);
                 }
-                self.pump(now, to)?;
+                self.pump(to)?;
             }
             // A copy of a group message cannot be sealed again: refused is final.
             DeliveryResult::Acked(AckResult::Rejected(reason)) if kind == OutboxKind::GroupCopy => {
                 match reason {
-                    RejectReason::RateLimited | RejectReason::Unavailable => {
-                        self.retry_later(now, id)
-                    }
+                    RejectReason::RateLimited | RejectReason::Unavailable => self.retry_later(id),
                     _ => self.fail(id, DeliveryFailure::Rejected(reason))?,
                 }
             }
             DeliveryResult::Acked(AckResult::Rejected(reason)) => match reason {
                 RejectReason::RateLimited
                 | RejectReason::Unavailable
-                | RejectReason::TooFarAhead => self.retry_later(now, id),
+                | RejectReason::TooFarAhead => self.retry_later(id),
                 // The key arrived too late, or the peer could not decrypt: encrypt this message
                 // again on the current session; if that is refused too, start a new session;
                 // after that, give up.
                 RejectReason::Expired | RejectReason::DecryptFailed if resets == 0 => {
-                    self.reseal(now, id)?
+                    self.reseal(id)?
                 }
                 RejectReason::Expired | RejectReason::DecryptFailed | RejectReason::NoSession
                     if resets < 2 =>
                 {
-                    self.reset_session(now, to)?
+                    self.reset_session(to)?
                 }
                 _ => self.fail(id, DeliveryFailure::Rejected(reason))?,
             },
-            DeliveryResult::Unreachable => self.retry_later(now, id),
+            DeliveryResult::Unreachable => self.retry_later(id),
         }
         Ok(())
     }
 
     /// Drops an entry's envelope so that it is encrypted again (with a fresh key) on the
     /// current session.
-    fn reseal(&mut self, now: UnixMillis, id: MessageId) -> Result<(), StoreError> {
+    fn reseal(&mut self, id: MessageId) -> Result<(), StoreError> {
         let Some(entry) = self.outbox.get(&id) else { return Ok(()) };
         let mut record = entry.record.clone();
         let peer = record.to;
@@ -1049,17 +1085,18 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.outbox.update_record(record);
         self.outbox.reschedule(&id, None, false);
         self.outbox.count_reset(&id);
-        self.pump(now, peer)
+        self.pump(peer)
     }
 
-    fn retry_later(&mut self, now: UnixMillis, id: MessageId) {
+    fn retry_later(&mut self, id: MessageId) {
         let attempts = self.outbox.get(&id).map(|e| e.attempts).unwrap_or(0);
         let jitter = self.rng.next_u32();
-        self.outbox.reschedule(&id, Some(now + backoff(attempts.saturating_sub(1), jitter)), false);
+        let due = self.after(backoff(attempts.saturating_sub(1), jitter));
+        self.outbox.reschedule(&id, Some(due), false);
     }
 
     /// Archives the current session with `peer` and re-queues their messages for a new one.
-    fn reset_session(&mut self, now: UnixMillis, peer: UserId) -> Result<(), StoreError> {
+    fn reset_session(&mut self, peer: UserId) -> Result<(), StoreError> {
         let mut sessions = self.take_sessions(&peer)?;
         if let Some(current) = sessions.current.take() {
             sessions.previous.insert(0, current);
@@ -1085,7 +1122,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.outbox.count_reset(&id);
         }
         self.fetches.remove(&peer);
-        self.request_bundle(now, peer);
+        self.request_bundle(peer);
         Ok(())
     }
 
@@ -1106,7 +1143,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.event(event);
         }
         match peer {
-            Some(peer) if !self.fetches.contains_key(&peer) => self.pump(self.now, peer),
+            Some(peer) if !self.fetches.contains_key(&peer) => self.pump(peer),
             _ => Ok(()),
         }
     }
@@ -1129,19 +1166,20 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     fn on_timeout(&mut self, now: UnixMillis) -> Result<(), StoreError> {
-        if now >= self.next_maintenance {
+        if self.mono >= self.next_maintenance {
             self.maintain(now)?;
         }
-        for id in self.outbox.due(now) {
-            self.attempt(now, id);
+        for id in self.outbox.due(self.mono) {
+            self.attempt(id);
         }
+        let mono = self.mono;
         let due: Vec<UserId> =
-            self.fetches.iter().filter(|(_, f)| f.due <= now).map(|(u, _)| *u).collect();
+            self.fetches.iter().filter(|(_, f)| f.due <= mono).map(|(u, _)| *u).collect();
         for user in due {
             if let Some(fetch) = self.fetches.get_mut(&user) {
-                fetch.due = now;
+                fetch.due = mono;
             }
-            self.request_bundle(now, user);
+            self.request_bundle(user);
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ const HANDED_OUT_MAX_AGE_MS: u64 = SEEN_RETENTION_MS;
 
 impl<R: rand_core::CryptoRng> Engine<R> {
     pub(super) fn maintain(&mut self, now: UnixMillis) -> Result<(), StoreError> {
-        self.next_maintenance = now + MAINTENANCE_INTERVAL_MS;
+        self.next_maintenance = self.after(MAINTENANCE_INTERVAL_MS);
         let mut batch = Batch::new();
 
         // Signed prekey: create or rotate; delete superseded ones after the grace period.
@@ -139,7 +139,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.opk_cursor = id;
         if one_time_prekeys.len() < count {
             // Running low: top up at the next timeout.
-            self.next_maintenance = now;
+            self.next_maintenance = self.mono;
         }
         Ok(Some(PreKeyUpload {
             identity: self.identity.binding(),
@@ -191,7 +191,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         });
         if one_time_prekey.is_none() {
             // Out of one-time prekeys: top up at the next timeout.
-            self.next_maintenance = now;
+            self.next_maintenance = self.mono;
         }
         Ok(())
     }

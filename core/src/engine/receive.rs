@@ -99,7 +99,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             || self.store.message_index(&envelope.id)?.is_some()
         {
             if matches!(envelope.kind, EnvelopeKind::Group(_)) {
-                self.reconfirm_group_message(now, sender, envelope.id)?;
+                self.reconfirm_group_message(sender, envelope.id)?;
             }
             return Ok(AckResult::Duplicate);
         }

@@ -403,3 +403,33 @@ fn an_initial_messages_fields_cannot_change_unnoticed() {
     // The genuine message still opens.
     assert_eq!(accept(&mut bob, second), AckResult::Accepted);
 }
+
+/// Timers run on the monotonic clock: the wall clock stepping an hour back (a corrected
+/// clock, a VM restored from a snapshot) neither stalls a retry nor stamps anything in the
+/// future of what follows.
+#[test]
+fn a_wall_clock_step_back_does_not_stall_retries() {
+    let mut alice = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(3)), 3);
+    let bob = IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(4)).user_id();
+    let start = Now { wall: T, mono: T };
+    alice
+        .handle_command(start, Command::SendText { to: bob, text: "hi".into(), reply_to: None })
+        .unwrap();
+    // Bob cannot be reached for his bundle: the fetch is retried with backoff.
+    let fetches = |outputs: &[Output]| {
+        outputs.iter().filter(|o| matches!(o, Output::FetchPreKeys { .. })).count()
+    };
+    assert_eq!(fetches(&drain(&mut alice)), 1);
+    alice
+        .handle_input(
+            start,
+            Input::PreKeyBundle { user: bob, result: Err(FetchError::Unreachable) },
+        )
+        .unwrap();
+    let due = alice.poll_timeout().expect("a retry is scheduled");
+    assert!(due > start.mono && due <= start.mono + RETRY_MAX_MS + ATTEMPT_TIMEOUT_MS, "{due}");
+    // The wall clock steps an hour back; the monotonic clock goes on to the retry.
+    let later = Now { wall: T - 3_600_000, mono: due };
+    alice.handle_input(later, Input::Timeout).unwrap();
+    assert_eq!(fetches(&drain(&mut alice)), 1, "the retry went out on time");
+}
