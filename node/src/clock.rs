@@ -1,6 +1,16 @@
-//! The wall clock, the one place Kith reads the time (the core takes it as an input).
+//! The clocks: the one place the node reads the time (the core takes it as an input).
+//!
+//! Timers run on tokio's monotonic [`Instant`] (which tests can pause and advance); the wall
+//! clock only stamps what people see and what is stored. The engine gets both
+//! ([`kith_core::engine::Now`]): its monotonic milliseconds count from the wall-clock time at
+//! which the node started, so that they start where an engine opened with the wall clock left
+//! off, and never go back whatever the wall clock does afterwards.
 
+use std::time::Duration;
+
+use kith_core::engine::Now;
 use kith_protocol::UnixMillis;
+use tokio::time::Instant;
 
 /// Milliseconds since the Unix epoch (0 if the system clock is before it).
 #[allow(clippy::disallowed_methods, reason = "this is the single place that reads the clock")]
@@ -9,4 +19,51 @@ pub fn now_millis() -> UnixMillis {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The driver's clocks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    /// When the node started, on the monotonic clock.
+    epoch: Instant,
+    /// The wall-clock time then: the engine's monotonic milliseconds start here.
+    base: UnixMillis,
+}
+
+impl Clock {
+    /// Both clocks, read now.
+    pub(crate) fn start() -> Self {
+        Self { epoch: Instant::now(), base: now_millis() }
+    }
+
+    /// The monotonic time now.
+    pub(crate) fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// What the engine is told the time is at `at`.
+    pub(crate) fn engine(&self, at: Instant) -> Now {
+        let elapsed = u64::try_from(at.saturating_duration_since(self.epoch).as_millis());
+        Now { wall: now_millis(), mono: self.base.saturating_add(elapsed.unwrap_or(u64::MAX)) }
+    }
+
+    /// The instant of the engine's monotonic time `mono`.
+    pub(crate) fn deadline(&self, mono: u64) -> Instant {
+        self.epoch + Duration::from_millis(mono.saturating_sub(self.base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn engine_time_follows_the_monotonic_clock() {
+        let clock = Clock::start();
+        let start = clock.engine(clock.instant());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let later = clock.engine(clock.instant());
+        assert_eq!(later.mono - start.mono, 5_000);
+        assert_eq!(clock.deadline(later.mono), clock.instant());
+    }
 }

@@ -23,11 +23,11 @@ use std::hash::Hash;
 use kith_core::engine::{DeliveryResult, Input, ReplyToken, Via};
 use kith_core::identity::user_id_of;
 use kith_protocol::ByteBuf;
+use kith_protocol::MessageId;
 use kith_protocol::direct::{
     AckResult, DeliveryAck, DeliveryAcks, EnvelopeBatch, RejectReason, batch_cost,
 };
 use kith_protocol::limits::{MAX_DIRECT_BATCH, MAX_DIRECT_FRAME_BYTES};
-use kith_protocol::MessageId;
 use libp2p::PeerId;
 use tokio::time::Instant;
 
@@ -154,12 +154,10 @@ impl<R: Copy + Eq + Hash> DirectDelivery<R> {
             let ack = acks.next();
             let Some(id) = id else { continue };
             self.actions.push_back(match ack {
-                Some(ack) => {
-                    DeliveryAction::Engine(Input::Delivery {
-                        id,
-                        result: DeliveryResult::Acked(ack.result),
-                    })
-                }
+                Some(ack) => DeliveryAction::Engine(Input::Delivery {
+                    id,
+                    result: DeliveryResult::Acked(ack.result),
+                }),
                 None => DeliveryAction::FallBack(id),
             });
         }
@@ -249,7 +247,6 @@ impl<R: Copy + Eq + Hash> DirectDelivery<R> {
             self.actions.push_back(DeliveryAction::Answer { batch, acks: DeliveryAcks { acks } });
             return batch;
         };
-        let now = now.into_std();
         let admitted: Vec<bool> = envelopes.iter().map(|_| self.limiter.allow(peer, now)).collect();
         let acks: Vec<Option<DeliveryAck>> = admitted
             .iter()
@@ -272,6 +269,12 @@ impl<R: Copy + Eq + Hash> DirectDelivery<R> {
             self.answer(batch);
         }
         batch
+    }
+
+    /// Takes `count` envelopes from `peer`'s rate (a relay's push counts like a batch):
+    /// whether all fit.
+    pub(crate) fn admit(&mut self, peer: PeerId, count: usize, now: Instant) -> bool {
+        (0..count).all(|_| self.limiter.allow(peer, now))
     }
 
     /// Whether `token` is one of ours.

@@ -1,44 +1,58 @@
-//! The driver: one task that owns the swarm and the engine.
+//! The driver: the one task that owns the swarm, the stores and the clocks, and routes between
+//! them and the node's components.
 //!
-//! Each loop turn waits for one thing (a call from a [`crate::Node`] handle, a swarm event or
-//! the engine's timer), then takes everything else that is already ready (up to
-//! [`MAX_TURN_WORK`]), then flushes the engine once — one fsync for the whole turn (group
-//! commit) — and only then carries out the outputs and answers the callers. An acknowledgement
-//! or a "queued" answer therefore always means the data is on disk.
+//! Each loop turn waits for one thing (a [`Call`] from a [`crate::Node`] handle, a swarm event,
+//! a result of IO done off the task, or the earliest timer), then takes everything else that
+//! is already ready (up to [`MAX_TURN_WORK`]), then flushes the stores once — one fsync for
+//! the whole turn (group commit) — and only then carries out the engine's outputs, the
+//! answers that promise durability, and the callers' replies. An acknowledgement or a "queued"
+//! answer therefore always means the data is on disk.
+//!
+//! The logic lives in the components, each a sans-IO state machine with its own tests:
+//! [`DirectDelivery`] (envelopes to and from peers), [`MailboxClient`] (relay fallback,
+//! inbox, prekey fetches and uploads), [`Dht`] (records and lookups), [`GroupTransport`]
+//! (gossip verdicts), [`Transfers`] (attachments), [`PreKeyServer`], and, on a relay,
+//! [`RelayService`]. The driver feeds them events with the time, and carries out the actions
+//! they return.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use kith_core::engine::{
-    Command, CommandError, CommandResult, DeliveryResult, Engine, FetchError, Input, Output, Reply,
-    ReplyToken, Via,
+    CommandError, CommandResult, DeliveryResult, Engine, Input, Output, Reply as EngineReply,
+    ReplyToken,
 };
 use kith_core::identity::{peer_id_of, user_id_of};
-use kith_core::record::{record_key, supersedes, verify_record};
-use kith_protocol::ByteBuf;
-use kith_protocol::direct::{
-    AckResult, DeliveryAck, DeliveryAcks, EnvelopeBatch, RejectReason, batch_cost,
-};
-use kith_protocol::limits::{MAX_DIRECT_BATCH, MAX_DIRECT_FRAME_BYTES};
-use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, UserRecord};
-use kith_protocol::{MessageId, UserId};
+use kith_core::record::record_key;
+use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
+use kith_protocol::mailbox::{MailboxRefusal, MailboxRequest, MailboxResponse};
+use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
+use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, PreKeyUpload};
+use kith_protocol::{ChunkHash, MediaId, MessageId, UserId};
 use libp2p::kad::store::RecordStore;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 use crate::NodeEvent;
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::clock::now_millis;
+use crate::call::{Call, Reply};
+use crate::clock::{Clock, now_millis};
 use crate::codec::KAD_PROTOCOL;
-use crate::limiter::RateLimiter;
-use crate::mailbox::{Mailboxes, NetAction};
-use crate::media::Media;
+use crate::delivery::{DeliveryAction, DirectDelivery};
+use crate::dht::{Dht, DhtAction, accept_put};
+use crate::groups::{self, GroupTransport};
+use crate::mailbox::{FETCH_LIMIT, MailboxAction, MailboxClient};
+use crate::media::transfers::{MediaAction, Transfers};
+use crate::media::{Work, fetch, files};
+use crate::node::{ConnectError, RelayUsage};
+use crate::prekeys::PreKeyServer;
 use crate::profile::ProfileRng;
 use crate::reachability;
-use crate::relay::RelayService;
+use crate::relay::{Push, RelayService};
 
 /// Most events and calls taken into one turn (one fsync) besides the first, and most engine
 /// inputs (each received envelope, command and delivery result counts one). A bigger turn
@@ -48,22 +62,6 @@ use crate::relay::RelayService;
 /// turns at being idle. Bounding the inputs took `cargo bench -p kith-node --bench delivery`
 /// from 5,200–6,800 to 7,400–9,100 messages/s; 128, 256 and 1,024 measured the same.
 pub const MAX_TURN_WORK: usize = 256;
-/// Inbound envelopes per peer: average per second, and burst. Far above what a person sends
-/// (and above what one node can store), it only stops a peer from monopolising the node.
-pub const ENVELOPE_RATE: (f64, f64) = (50_000.0, 100_000.0);
-/// Most envelope requests in flight to one peer, each a batch of up to
-/// [`MAX_DIRECT_BATCH`] envelopes; more wait in the driver, in outbox order, and leave together
-/// as the answers come back. Each request is a Yamux stream, and a connection that exceeds the
-/// peer's stream limit (512 by default, shared with the peer's own requests to us) is torn down.
-pub const MAX_IN_FLIGHT_PER_PEER: usize = 128;
-/// Inbound prekey fetches per peer (each may hand out a one-time prekey): per second, burst.
-pub const PREKEY_RATE: (f64, f64) = (1.0 / 6.0, 10.0);
-/// A DHT lookup for the same peer is not repeated sooner than this.
-pub const LOOKUP_COOLDOWN: Duration = Duration::from_secs(10);
-/// Our user record is republished this often once published.
-pub const RECORD_REPUBLISH: Duration = Duration::from_secs(30 * 60);
-/// A failed publication of our user record is retried after this.
-pub const RECORD_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs disk work that blocks (an fsync) without stalling the runtime's other tasks (the
 /// swarm's connections, an app's own): on a multi-threaded runtime tokio hands them to another
@@ -75,108 +73,117 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-/// An envelope batch received, waiting for the engine to answer each of its envelopes.
-struct InboundBatch {
-    channel: ResponseChannel<DeliveryAcks>,
-    /// One answer per envelope, in request order; `None` until the engine gives it.
-    acks: Vec<Option<DeliveryAck>>,
-    /// How many are still `None`.
-    missing: usize,
+/// What waits for the turn's flush: answers that promise durability, and requests carrying
+/// state the flush makes durable.
+enum Deferred {
+    Command(Reply<Result<CommandResult, CommandError>>, Result<CommandResult, CommandError>),
+    SendMedia(Reply<Result<MessageId, CommandError>>, Result<MessageId, CommandError>),
+    Mailbox(ResponseChannel<MailboxResponse>, MailboxResponse),
+    PreKeys(ResponseChannel<PreKeyResponse>, PreKeyResponse),
+    Media(ResponseChannel<MediaResponse>, MediaResponse),
+    Push(Push),
+    Upload(PeerId, Box<PreKeyUpload>),
 }
 
-/// A request from a [`crate::Node`] handle.
-pub(crate) enum Call {
-    /// A user command; answered once its effects are durable.
-    Command(Command, oneshot::Sender<Result<CommandResult, CommandError>>),
-    /// Runs a closure on the driver (queries, network actions).
-    With(Box<dyn FnOnce(&mut Driver) + Send>),
-    /// Flushes and stops.
-    Shutdown(oneshot::Sender<()>),
+/// The parts of the node the driver routes between.
+pub(crate) struct Components {
+    pub(crate) delivery: DirectDelivery<OutboundRequestId>,
+    pub(crate) mailbox: MailboxClient<OutboundRequestId, kad::QueryId>,
+    pub(crate) dht: Dht<kad::QueryId>,
+    pub(crate) groups: GroupTransport,
+    pub(crate) transfers: Transfers<OutboundRequestId>,
+    pub(crate) prekeys: PreKeyServer,
+    /// The mailbox service, when this node is a relay.
+    pub(crate) relay: Option<RelayService>,
 }
 
 pub(crate) struct Driver {
-    pub(crate) engine: Engine<ProfileRng>,
-    pub(crate) swarm: Swarm<Behaviour>,
-    pub(crate) listen_addrs: Vec<Multiaddr>,
-    pub(crate) user: UserId,
-    pub(crate) mailboxes: Mailboxes,
-    pub(crate) media: Media,
-    /// The mailbox service, when this node is a relay.
-    pub(crate) relay: Option<RelayService>,
+    engine: Engine<ProfileRng>,
+    swarm: Swarm<Behaviour>,
+    clock: Clock,
+    user: UserId,
+    listen_addrs: Vec<Multiaddr>,
+    c: Components,
     calls: mpsc::Receiver<Call>,
     events: broadcast::Sender<NodeEvent>,
-    pub(crate) after_flush: Vec<Box<dyn FnOnce() + Send>>,
-    next_token: u64,
-    /// Envelope batches received, gathering the engine's answers (one response per batch).
-    inbound_batches: HashMap<u64, InboundBatch>,
-    /// Which batch and place each envelope handed to the engine answers for.
-    envelope_tokens: HashMap<u64, (u64, usize)>,
-    prekey_replies: HashMap<u64, ResponseChannel<PreKeyResponse>>,
-    /// The deliveries each envelope request in flight carries, in order (`None`: typing or
-    /// presence, not tracked).
-    deliveries: HashMap<OutboundRequestId, Vec<Option<MessageId>>>,
-    /// Envelope requests in flight per peer (every one ends in a response or a failure).
-    in_flight: HashMap<PeerId, usize>,
-    /// Deliveries waiting to leave, in order: until the end of the turn that produced them
-    /// (then batched per peer), or for room under [`MAX_IN_FLIGHT_PER_PEER`].
-    waiting: HashMap<PeerId, VecDeque<MessageId>>,
-    /// The newest envelope bytes of each waiting delivery.
-    waiting_envelopes: HashMap<MessageId, Vec<u8>>,
-    /// Bundle fetches in flight: whose, and the relays still to ask (`None`: this one is the
-    /// peer itself, its relays come next).
-    pub(crate) bundle_fetches: HashMap<OutboundRequestId, (UserId, Option<Vec<Multiaddr>>)>,
-    record_gets: HashMap<kad::QueryId, UserId>,
-    lookups: HashMap<PeerId, Instant>,
-    pub(crate) envelope_limiter: RateLimiter,
-    prekey_limiter: RateLimiter,
-    record_due: Instant,
-    stopping: Option<oneshot::Sender<()>>,
+    /// Inbound envelope batches waiting for their answers.
+    batches: HashMap<u64, ResponseChannel<DeliveryAcks>>,
+    /// Relays' pushes waiting for their answers.
+    pushed: HashMap<u64, ResponseChannel<MailboxResponse>>,
+    next_push: u64,
+    /// Prekey fetches waiting for the engine's bundle.
+    prekey_replies: HashMap<ReplyToken, ResponseChannel<PreKeyResponse>>,
+    /// Our pushes to recipients, as a relay.
+    pushes: HashSet<OutboundRequestId>,
+    /// Opens fetch streams.
+    control: libp2p_stream::Control,
+    /// Open fetch streams: (attachment, source) → its request queue.
+    sessions: HashMap<(MediaId, usize), mpsc::Sender<(u32, ChunkHash)>>,
+    /// Running download writers.
+    writers: HashMap<MediaId, std::sync::mpsc::SyncSender<files::Incoming>>,
+    work_tx: mpsc::Sender<Work>,
+    work_rx: mpsc::Receiver<Work>,
+    deferred: Vec<Deferred>,
+    stopping: Option<Reply<()>>,
     /// Engine inputs and commands taken into this turn (bounded by [`MAX_TURN_WORK`]).
     turn_inputs: usize,
-    /// Gossip messages waiting for the engine's verdict.
-    pub(crate) validations: crate::groups::Validations,
 }
 
 impl Driver {
     pub(crate) fn new(
         engine: Engine<ProfileRng>,
         swarm: Swarm<Behaviour>,
+        clock: Clock,
+        components: Components,
         calls: mpsc::Receiver<Call>,
         events: broadcast::Sender<NodeEvent>,
-        mailboxes: Mailboxes,
-        media: Media,
-        relay: Option<RelayService>,
+        work: (mpsc::Sender<Work>, mpsc::Receiver<Work>),
     ) -> Self {
         let user = engine.user_id();
+        let control = swarm.behaviour().stream.new_control();
         Self {
             engine,
             swarm,
-            listen_addrs: Vec::new(),
+            clock,
             user,
-            mailboxes,
-            media,
-            relay,
+            listen_addrs: Vec::new(),
+            c: components,
             calls,
             events,
-            after_flush: Vec::new(),
-            next_token: 0,
-            inbound_batches: HashMap::new(),
-            envelope_tokens: HashMap::new(),
+            batches: HashMap::new(),
+            pushed: HashMap::new(),
+            next_push: 0,
             prekey_replies: HashMap::new(),
-            deliveries: HashMap::new(),
-            in_flight: HashMap::new(),
-            waiting: HashMap::new(),
-            waiting_envelopes: HashMap::new(),
-            bundle_fetches: HashMap::new(),
-            record_gets: HashMap::new(),
-            lookups: HashMap::new(),
-            envelope_limiter: RateLimiter::new(ENVELOPE_RATE.0, ENVELOPE_RATE.1),
-            prekey_limiter: RateLimiter::new(PREKEY_RATE.0, PREKEY_RATE.1),
-            record_due: Instant::now() + Duration::from_secs(1),
+            pushes: HashSet::new(),
+            control,
+            sessions: HashMap::new(),
+            writers: HashMap::new(),
+            work_tx: work.0,
+            work_rx: work.1,
+            deferred: Vec::new(),
             stopping: None,
             turn_inputs: 0,
-            validations: crate::groups::Validations::default(),
         }
+    }
+
+    /// Dials `address` (with `/p2p/<peer>`) and adds it to the DHT routing table.
+    pub(crate) fn connect(&mut self, address: Multiaddr) -> Result<(), ConnectError> {
+        if let Some(peer) = crate::mailbox::peer_of(&address) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
+            self.swarm.add_peer_address(peer, address.clone());
+        }
+        self.swarm.dial(address).map_err(ConnectError::Dial)
+    }
+
+    /// Starts what runs from the beginning: the DHT bootstrap, our relays, the downloads and
+    /// uploads a previous run left.
+    pub(crate) fn start(&mut self) {
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        let now = self.clock.instant();
+        self.c.mailbox.start(now);
+        self.c.transfers.resume_uploads();
+        self.start_downloads();
+        self.drain();
     }
 
     pub(crate) async fn run(mut self) {
@@ -189,8 +196,8 @@ impl Driver {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(work) = self.media.work_rx.recv() => self.on_media_work(work),
-                () = tokio::time::sleep_until(timer.into()) => self.on_timer(),
+                Some(work) = self.work_rx.recv() => self.on_work(work),
+                () = tokio::time::sleep_until(timer) => self.on_timer(),
             }
             // Group commit: take what else is ready now into the same turn.
             for _ in 0..MAX_TURN_WORK {
@@ -201,8 +208,8 @@ impl Driver {
                     self.on_swarm_event(event);
                 } else if let Ok(call) = self.calls.try_recv() {
                     self.on_call(call);
-                } else if let Ok(work) = self.media.work_rx.try_recv() {
-                    self.on_media_work(work);
+                } else if let Ok(work) = self.work_rx.try_recv() {
+                    self.on_work(work);
                 } else {
                     break;
                 }
@@ -220,51 +227,133 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Instant {
-        let now = Instant::now();
-        let engine = self
-            .engine
-            .poll_timeout()
-            .map(|t| now + Duration::from_millis(t.saturating_sub(now_millis())));
-        let mut deadline = engine.map_or(self.record_due, |e| e.min(self.record_due));
-        if let Some(poll) = self.mailboxes.next_deadline() {
-            deadline = deadline.min(poll);
-        }
-        if let Some(relay) = &self.relay {
-            deadline = deadline.min(relay.next_deadline());
-        }
-        if let Some(retry) = self.media.next_deadline() {
-            deadline = deadline.min(retry);
-        }
-        deadline
+        let engine = self.engine.poll_timeout().map(|mono| self.clock.deadline(mono));
+        [
+            engine,
+            Some(self.c.dht.poll_timeout()),
+            self.c.mailbox.poll_timeout(),
+            self.c.relay.as_ref().map(RelayService::next_deadline),
+            self.c.transfers.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| self.clock.instant() + Duration::from_secs(3600))
     }
 
-    pub(crate) fn input(&mut self, input: Input) {
+    fn input(&mut self, input: Input) {
         self.turn_inputs += 1;
-        if let Err(e) = self.engine.handle_input(now_millis(), input) {
+        let now = self.clock.engine(self.clock.instant());
+        if let Err(e) = self.engine.handle_input(now, input) {
             tracing::error!("store failure while handling network input: {e}");
         }
     }
 
-    pub(crate) fn token(&mut self) -> u64 {
-        self.next_token += 1;
-        self.next_token
-    }
-
-    pub(crate) fn emit(&self, event: NodeEvent) {
-        // No subscriber is fine; a lagging one loses old events (bounded channel).
+    fn emit(&self, event: NodeEvent) {
+        // No subscriber is fine; a lagging one is told by its receiver.
         let _ = self.events.send(event);
     }
 
+    /// Our relays, as download sources.
+    fn relays(&self) -> Vec<(PeerId, Multiaddr)> {
+        self.c.mailbox.ours()
+    }
+
+    /// The relays a contact string gave for `user`.
+    fn given_relays(&self, user: &UserId) -> Vec<String> {
+        self.engine.contact(user).ok().flatten().map(|c| c.relays).unwrap_or_default()
+    }
+
+    // ------------------------------------------------------------------ calls
+
     fn on_call(&mut self, call: Call) {
+        let now = self.clock.engine(self.clock.instant());
         match call {
             Call::Command(command, reply) => {
                 self.turn_inputs += 1;
-                let result = self.engine.handle_command(now_millis(), command);
-                self.after_flush.push(Box::new(move || {
-                    let _ = reply.send(result);
-                }));
+                let result = self.engine.handle_command(now, command);
+                self.deferred.push(Deferred::Command(reply, result));
             }
-            Call::With(f) => f(self),
+            Call::SendMedia { to, manifest, source, reply } => {
+                self.turn_inputs += 1;
+                let result = self.send_media(to, *manifest, source);
+                self.deferred.push(Deferred::SendMedia(reply, result));
+            }
+            Call::MediaSettings(reply) => {
+                let t = &self.c.transfers;
+                let _ = reply.send((t.sealed_dir().to_owned(), t.max_bytes()));
+            }
+            Call::Attachments(peer, reply) => {
+                let _ = reply.send(self.c.transfers.list(peer));
+            }
+            Call::RelayUsage(reply) => {
+                let usage = self.c.relay.as_ref().map(|r| {
+                    let (envelopes, bytes, prekey_users) = r.stored();
+                    RelayUsage {
+                        envelopes,
+                        bytes,
+                        prekey_users,
+                        blob_bytes: r.blob_bytes(),
+                        blobs_served: r.metrics.blobs_served.get(),
+                        disk_bytes: r.size_on_disk().unwrap_or(0),
+                    }
+                });
+                let _ = reply.send(usage);
+            }
+            Call::Groups(reply) => {
+                let _ = reply.send(self.engine.groups());
+            }
+            Call::Group(id, reply) => {
+                let _ = reply.send(self.engine.group(&id));
+            }
+            Call::GroupHistory { group, before, limit, reply } => {
+                let _ = reply.send(self.engine.group_history(&group, before, limit));
+            }
+            Call::PendingGroupMessages(group, reply) => {
+                let _ = reply.send(self.engine.pending_group_messages(&group));
+            }
+            Call::GossipScore(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Call::Contacts(reply) => {
+                let _ = reply.send(self.engine.contacts());
+            }
+            Call::Contact(user, reply) => {
+                let _ = reply.send(self.engine.contact(&user));
+            }
+            Call::ContactByName(name, reply) => {
+                let _ = reply.send(self.engine.contact_by_name(&name));
+            }
+            Call::History { peer, before, limit, reply } => {
+                let _ = reply.send(self.engine.history(&peer, before, limit));
+            }
+            Call::Message(id, reply) => {
+                let _ = reply.send(self.engine.message(&id));
+            }
+            Call::SafetyNumber(peer, reply) => {
+                let _ = reply.send(self.engine.safety_number(&peer));
+            }
+            Call::ProfileName(reply) => {
+                let _ = reply.send(self.engine.store().profile_name());
+            }
+            Call::OutboxLen(reply) => {
+                let _ = reply.send(self.engine.outbox_len());
+            }
+            Call::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Call::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Call::IsConnected(peer, reply) => {
+                let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+            Call::Connect(address, reply) => {
+                let _ = reply.send(self.connect(address));
+            }
+            Call::Dump(reply) => {
+                let _ = reply.send(self.engine.store().dump());
+            }
             Call::Shutdown(done) => {
                 // Receipts owed go into the outbox now, durable, rather than wait for a
                 // timer that will not fire.
@@ -272,29 +361,62 @@ impl Driver {
                 self.stopping = Some(done);
             }
         }
+        self.drain();
     }
+
+    /// Queues an attachment's manifest (sealed already) and records the attachment; both
+    /// durable after the flush.
+    fn send_media(
+        &mut self,
+        to: UserId,
+        manifest: kith_protocol::content::MediaManifest,
+        source: std::path::PathBuf,
+    ) -> Result<MessageId, CommandError> {
+        let now = self.clock.engine(self.clock.instant());
+        let sealed = self.c.transfers.sealed_dir().join(manifest.media_id.to_string());
+        let command =
+            kith_core::engine::Command::SendMedia { to, manifest: Box::new(manifest.clone()) };
+        let message = match self.engine.handle_command(now, command) {
+            Ok(CommandResult::Queued(id)) => id,
+            Ok(other) => {
+                return Err(CommandError::InvalidMessage(format!(
+                    "attachment not queued: {other:?}"
+                )));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&sealed);
+                return Err(e);
+            }
+        };
+        self.c.transfers.sent(message, to, &manifest, source, now.wall).map_err(|e| {
+            CommandError::Store(kith_core::store::StoreError::Backend(e.to_string()))
+        })?;
+        Ok(message)
+    }
+
+    // ------------------------------------------------------------------ timers
 
     fn on_timer(&mut self) {
         self.input(Input::Timeout);
-        let now = Instant::now();
-        if now >= self.record_due {
-            self.publish_record();
+        let now = self.clock.instant();
+        self.c.dht.handle_timeout(now);
+        self.c.mailbox.handle_timeout(now);
+        if let Some(relay) = self.c.relay.as_mut() {
+            relay.maintain(now_millis(), now);
         }
-        if self.mailboxes.next_deadline().is_some_and(|at| now >= at) {
-            self.poll_home_relays();
-        }
-        if let Some(relay) = self.relay.as_mut() {
-            relay.maintain(now_millis());
-        }
-        self.media_timer();
+        let relays = self.relays();
+        self.c.transfers.handle_timeout(&relays, now);
+        self.drain();
     }
+
+    // ------------------------------------------------------------------ the turn's end
 
     /// Flushes the turn (one fsync), then carries out the engine's outputs and answers callers.
     fn flush_and_act(&mut self) {
         // Gossip verdicts promise nothing about our state: a valid message is forwarded
         // without waiting for our fsync. Everything else waits for the flush below.
         for (token, verdict) in self.engine.take_verdicts() {
-            self.report_validation(token, verdict);
+            self.report(token, verdict);
         }
         if !blocking(|| self.flush_stores()) {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
@@ -302,35 +424,33 @@ impl Driver {
         }
         // Acting may feed the engine (a delivery that cannot start): take its outputs too.
         loop {
-            let mut outputs = Vec::new();
-            while let Some(output) = self.engine.poll_output() {
-                if let Output::Event(event) = &output {
-                    self.note_incoming_media(event);
-                }
-                outputs.push(output);
-            }
+            let outputs: Vec<Output> = std::iter::from_fn(|| self.engine.poll_output()).collect();
             if outputs.is_empty() {
                 break;
             }
-            // Incoming attachments are recorded before their envelopes are acknowledged.
-            if let Err(e) = self.media.flush() {
+            // Incoming attachments are recorded, durably, before their envelopes are
+            // acknowledged.
+            for output in &outputs {
+                if let Output::Event(event) = output {
+                    self.c.transfers.incoming(event);
+                }
+            }
+            if let Err(e) = self.c.transfers.flush() {
                 tracing::error!("media flush failed: {e}");
             }
             for output in outputs {
                 self.act(output);
             }
+            self.drain();
         }
         // The turn's deliveries, batched per peer.
-        let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
-        for peer in peers {
-            self.send_waiting(peer);
+        self.c.delivery.end_turn();
+        self.start_downloads();
+        self.drain();
+        for deferred in std::mem::take(&mut self.deferred) {
+            self.carry_out(deferred);
         }
-        self.start_media();
-        // Relay answers, pushes and prekey uploads queued by this turn's events: all durable now.
-        self.after_flush_network();
-        for reply in self.after_flush.drain(..) {
-            reply();
-        }
+        self.drain();
     }
 
     /// Makes the turn's writes durable: the engine's, the relay's and the media store's.
@@ -339,205 +459,466 @@ impl Driver {
             tracing::error!("flush failed, retrying next turn: {e}");
             return false;
         }
-        if let Some(relay) = self.relay.as_mut()
+        if let Some(relay) = self.c.relay.as_mut()
             && let Err(e) = relay.flush()
         {
             tracing::error!("relay flush failed, retrying next turn: {e}");
             return false;
         }
-        if let Err(e) = self.media.flush() {
+        if let Err(e) = self.c.transfers.flush() {
             tracing::error!("media flush failed, retrying next turn: {e}");
             return false;
         }
         true
     }
 
+    fn carry_out(&mut self, deferred: Deferred) {
+        let behaviour = self.swarm.behaviour_mut();
+        match deferred {
+            Deferred::Command(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Deferred::SendMedia(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Deferred::Mailbox(channel, response) => {
+                let _ = behaviour.mailbox.send_response(channel, response);
+            }
+            Deferred::PreKeys(channel, response) => {
+                let _ = behaviour.prekey.send_response(channel, response);
+            }
+            Deferred::Media(channel, response) => {
+                let _ = behaviour.media.send_response(channel, response);
+            }
+            Deferred::Push(push) => {
+                let Ok(peer) = peer_id_of(&push.recipient) else { return };
+                if self.swarm.is_connected(&peer) {
+                    let request = self
+                        .swarm
+                        .behaviour_mut()
+                        .mailbox
+                        .send_request(&peer, MailboxRequest::Push { envelopes: push.envelopes });
+                    self.pushes.insert(request);
+                }
+            }
+            Deferred::Upload(relay, upload) => {
+                let request = behaviour.prekey.send_request(&relay, PreKeyRequest::Upload(upload));
+                self.c.mailbox.upload_sent(request, relay);
+            }
+        }
+    }
+
+    /// Starts the downloads whose records are durable now.
+    fn start_downloads(&mut self) {
+        let now = self.clock.instant();
+        let relays = self.relays();
+        for media in self.c.transfers.take_starting() {
+            let partial = files::partial_path(self.c.transfers.downloads_dir(), &media);
+            let exists = partial.exists();
+            if let Err(e) = self.c.transfers.start_download(media, exists, &relays, now) {
+                tracing::error!("could not start a download: {e}");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ engine outputs
+
     fn act(&mut self, output: Output) {
         match output {
             Output::Deliver(delivery) => {
                 let Ok(peer) = peer_id_of(&delivery.to) else {
-                    self.input(Input::Delivery {
-                        id: delivery.id,
-                        result: DeliveryResult::Unreachable,
-                    });
+                    let result = DeliveryResult::Unreachable;
+                    self.input(Input::Delivery { id: delivery.id, result });
                     return;
                 };
                 if delivery.ephemeral {
-                    // Typing and presence: only to a peer we are connected to and not busy
-                    // with, never retried.
-                    if self.swarm.is_connected(&peer) && self.has_room(&peer) {
-                        let request = self.send_batch(peer, vec![delivery.envelope.into()]);
-                        self.deliveries.insert(request, vec![None]);
-                    }
+                    let connected = self.swarm.is_connected(&peer);
+                    self.c.delivery.deliver_ephemeral(peer, delivery.envelope, connected);
                     return;
                 }
-                self.track_attempt(delivery.id, delivery.to, &delivery.envelope, &delivery.relays);
-                // Queued, and sent with whatever else the turn has for this peer
-                // (`send_waiting`). A retry of a waiting delivery replaces its bytes and keeps
-                // its place.
-                if self.waiting_envelopes.insert(delivery.id, delivery.envelope).is_none() {
-                    self.waiting.entry(peer).or_default().push_back(delivery.id);
+                self.c.mailbox.track(
+                    delivery.id,
+                    delivery.to,
+                    &delivery.envelope,
+                    &delivery.relays,
+                );
+                self.c.delivery.deliver(peer, delivery.id, delivery.envelope);
+            }
+            Output::FetchPreKeys { user, .. } => self.c.mailbox.fetch_bundle(user),
+            Output::Reply { token, reply: EngineReply::Ack(ack) } => {
+                if self.c.delivery.owns(token) {
+                    self.c.delivery.engine_answered(token, ack);
+                } else if self.c.mailbox.owns(token) {
+                    self.c.mailbox.engine_answered(token, &ack);
                 }
             }
-            Output::FetchPreKeys { user, .. } => match peer_id_of(&user) {
-                Ok(peer) => {
-                    let request = self
-                        .swarm
-                        .behaviour_mut()
-                        .prekey
-                        .send_request(&peer, PreKeyRequest::Fetch { user });
-                    self.bundle_fetches.insert(request, (user, None));
-                }
-                Err(_) => {
-                    self.input(Input::PreKeyBundle { user, result: Err(FetchError::Unreachable) })
-                }
-            },
-            Output::Reply { token, reply: Reply::Ack(ack) } => {
-                if !self.relay_envelope_answered(token.0, &ack) {
-                    self.envelope_answered(token.0, ack);
-                }
-            }
-            Output::Reply { token, reply: Reply::PreKeys(response) } => {
-                if let Some(channel) = self.prekey_replies.remove(&token.0) {
+            Output::Reply { token, reply: EngineReply::PreKeys(response) } => {
+                if let Some(channel) = self.prekey_replies.remove(&token) {
                     let _ = self.swarm.behaviour_mut().prekey.send_response(channel, response);
                 }
             }
-            Output::Publish(publication) => self.publish_group(publication),
-            Output::Subscribe { tag, members } => self.subscribe_group(tag, &members),
-            Output::Unsubscribe { tag } => self.unsubscribe_group(tag),
-            Output::Validation { token, verdict } => self.report_validation(token, verdict),
+            Output::Publish(publication) => self.publish(publication),
+            Output::Subscribe { tag, members } => self.subscribe(tag, &members),
+            Output::Unsubscribe { tag } => {
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&groups::topic(&tag));
+            }
+            Output::Validation { token, verdict } => self.report(token, verdict),
             Output::Event(event) => self.emit(NodeEvent::Engine(event)),
         }
     }
 
-    fn has_room(&self, peer: &PeerId) -> bool {
-        self.in_flight.get(peer).copied().unwrap_or(0) < MAX_IN_FLIGHT_PER_PEER
-    }
-
-    fn send_batch(&mut self, peer: PeerId, envelopes: Vec<ByteBuf>) -> OutboundRequestId {
-        *self.in_flight.entry(peer).or_default() += 1;
-        self.swarm.behaviour_mut().envelope.send_request(&peer, EnvelopeBatch { envelopes })
-    }
-
-    /// Sends `peer`'s waiting deliveries in order, as many batches as there is room for, each
-    /// of up to [`MAX_DIRECT_BATCH`] envelopes and [`MAX_DIRECT_FRAME_BYTES`].
-    fn send_waiting(&mut self, peer: PeerId) {
-        let Some(mut queue) = self.waiting.remove(&peer) else { return };
-        while self.has_room(&peer) && !queue.is_empty() {
-            let (mut envelopes, mut ids, mut size) =
-                (Vec::new(), Vec::new(), EnvelopeBatch::OVERHEAD);
-            while let Some(id) = queue.front() {
-                let cost = self.waiting_envelopes.get(id).map_or(0, |e| batch_cost(e.len()));
-                if envelopes.len() == MAX_DIRECT_BATCH
-                    || (!envelopes.is_empty() && size + cost > MAX_DIRECT_FRAME_BYTES)
-                {
-                    break;
-                }
-                let Some(id) = queue.pop_front() else { break };
-                if let Some(envelope) = self.waiting_envelopes.remove(&id) {
-                    size += cost;
-                    envelopes.push(ByteBuf::from(envelope));
-                    ids.push(Some(id));
-                }
-            }
-            if !envelopes.is_empty() {
-                let request = self.send_batch(peer, envelopes);
-                self.deliveries.insert(request, ids);
+    /// Joins a group's topic and connects to its members so that a mesh can form.
+    fn subscribe(&mut self, tag: kith_protocol::GroupTag, members: &[UserId]) {
+        let topic = groups::topic(&tag);
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossip.subscribe(&topic) {
+            tracing::error!("could not subscribe to a group topic: {e}");
+        }
+        if let Err(e) = gossip.set_topic_params(topic, groups::topic_params()) {
+            tracing::error!("could not set a group topic's scoring: {e}");
+        }
+        let now = self.clock.instant();
+        for member in members {
+            let Ok(peer) = peer_id_of(member) else { continue };
+            if !self.swarm.is_connected(&peer) && self.swarm.dial(peer).is_err() {
+                self.c.dht.lookup(peer, now);
             }
         }
-        if !queue.is_empty() {
-            self.waiting.insert(peer, queue);
-        }
     }
 
-    /// An envelope request to `peer` ended: sends the next waiting deliveries, or, if the peer
-    /// could not be reached, hands every waiting delivery to the fallback (relays, or the
-    /// engine's retry).
-    fn envelope_done(&mut self, peer: PeerId, reached: bool) {
-        if let Some(n) = self.in_flight.get_mut(&peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.in_flight.remove(&peer);
+    /// Publishes a group message and tells the engine which members it did not reach.
+    fn publish(&mut self, publication: kith_core::engine::Publication) {
+        let topic = groups::topic(&publication.tag);
+        let hash = topic.hash();
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        let listening: Vec<PeerId> = gossip
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(peer, _)| *peer)
+            .collect();
+        let published = match gossip.publish(topic, publication.envelope) {
+            Ok(_) => true,
+            Err(
+                gossipsub::PublishError::NoPeersSubscribedToTopic
+                | gossipsub::PublishError::AllQueuesFull(_),
+            ) => false,
+            Err(e) => {
+                tracing::warn!("publishing a group message failed: {e}");
+                false
             }
-        }
-        if reached {
-            self.send_waiting(peer);
-            return;
-        }
-        for id in self.waiting.remove(&peer).into_iter().flatten() {
-            self.waiting_envelopes.remove(&id);
-            self.fall_back(id);
-        }
-    }
-
-    /// Looks `peer` up in the DHT (at most once per [`LOOKUP_COOLDOWN`]); a found peer is dialed.
-    pub(crate) fn lookup(&mut self, peer: PeerId) {
-        let now = Instant::now();
-        if self.lookups.get(&peer).is_some_and(|at| now.duration_since(*at) < LOOKUP_COOLDOWN) {
-            return;
-        }
-        self.lookups.retain(|_, at| now.duration_since(*at) < LOOKUP_COOLDOWN);
-        self.lookups.insert(peer, now);
-        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-    }
-
-    /// Asks the DHT for `user`'s record, a bundle without one-time prekey for a first message.
-    pub(crate) fn fetch_record(&mut self, user: UserId) {
-        if self.record_gets.values().any(|u| *u == user) {
-            return;
-        }
-        let query =
-            self.swarm.behaviour_mut().kad.get_record(kad::RecordKey::new(&record_key(&user)));
-        self.record_gets.insert(query, user);
-    }
-
-    fn publish_record(&mut self) {
-        self.record_due = Instant::now() + RECORD_RETRY;
-        let relays = self.mailboxes.home_addrs().iter().map(|a| a.to_vec()).collect();
-        match self.engine.user_record(relays).map(|r| kith_protocol::encode(&r)) {
-            Ok(Ok(bytes)) => {
-                let record = kad::Record::new(kad::RecordKey::new(&record_key(&self.user)), bytes);
-                if let Err(e) = self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One)
-                {
-                    tracing::warn!("could not store our user record: {e}");
-                }
-            }
-            Ok(Err(e)) => tracing::error!("could not encode our user record: {e}"),
-            Err(e) => tracing::error!("could not build our user record: {e}"),
-        }
-    }
-
-    /// Accepts a DHT put only for a record signed by the user it is stored under and no older
-    /// than the one already kept for that user.
-    fn validate_put(&mut self, record: kad::Record) {
-        let key = record.key.to_vec();
-        let Some(user) =
-            key.strip_prefix(b"/kith/user/".as_slice()).and_then(|u| <[u8; 32]>::try_from(u).ok())
-        else {
-            return;
         };
-        let verified = kith_protocol::decode::<UserRecord>(&record.value)
-            .ok()
-            .filter(|r| verify_record(r, &UserId(user), now_millis()).is_ok());
-        let valid = verified.is_some_and(|new| {
-            let store = self.swarm.behaviour_mut().kad.store_mut();
-            // A stored record was verified when it was put; one that no longer decodes is
-            // replaced.
-            store
-                .get(&record.key)
-                .and_then(|stored| kith_protocol::decode::<UserRecord>(&stored.value).ok())
-                .is_none_or(|stored| supersedes(&new, &stored))
-        });
-        if valid {
-            if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
-                tracing::warn!("DHT store full: {e}");
+        if publication.ephemeral {
+            return;
+        }
+        let unreached = groups::unreached(publication.members, published, &listening);
+        self.input(Input::GroupPublished { id: publication.id, unreached });
+    }
+
+    /// Reports the engine's verdict on a gossip message to gossipsub.
+    fn report(
+        &mut self,
+        token: kith_core::engine::ValidationToken,
+        verdict: kith_core::engine::Verdict,
+    ) {
+        let Some(report) = self.c.groups.verdict(token, verdict) else { return };
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Some(score) = report.app_score {
+            gossip.set_application_score(&report.source, score);
+        }
+        gossip.report_message_validation_result(&report.id, &report.source, report.acceptance);
+    }
+
+    // ------------------------------------------------------------------ component actions
+
+    /// Carries out what the components asked for, until none asks for more.
+    fn drain(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(action) = self.c.delivery.poll_action() {
+                busy = true;
+                self.on_delivery_action(action);
             }
-        } else {
-            tracing::debug!("refused an invalid user record put");
+            while let Some(action) = self.c.mailbox.poll_action() {
+                busy = true;
+                self.on_mailbox_action(action);
+            }
+            while let Some(action) = self.c.dht.poll_action() {
+                busy = true;
+                self.on_dht_action(action);
+            }
+            while let Some(action) = self.c.transfers.poll_action() {
+                busy = true;
+                self.on_media_action(action);
+            }
+            if !busy {
+                return;
+            }
         }
     }
+
+    fn on_delivery_action(&mut self, action: DeliveryAction) {
+        match action {
+            DeliveryAction::Send { peer, envelopes, ids } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_request(&peer, EnvelopeBatch { envelopes });
+                self.c.delivery.sent(request, peer, ids);
+            }
+            DeliveryAction::Engine(input) => {
+                if let Input::Delivery { id, result: DeliveryResult::Acked(_) } = &input {
+                    self.c.mailbox.answered(id);
+                }
+                self.input(input);
+            }
+            DeliveryAction::FallBack(id) => self.c.mailbox.fall_back(id),
+            DeliveryAction::Answer { batch, acks } => {
+                if let Some(channel) = self.batches.remove(&batch) {
+                    // The requester may have gone; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().envelope.send_response(channel, acks);
+                }
+            }
+            DeliveryAction::Lookup(peer) => {
+                let now = self.clock.instant();
+                self.c.dht.lookup(peer, now);
+            }
+        }
+    }
+
+    fn on_mailbox_action(&mut self, action: MailboxAction) {
+        match action {
+            MailboxAction::Engine(input) => self.input(input),
+            MailboxAction::AddAddress(peer, address) => self.swarm.add_peer_address(peer, address),
+            MailboxAction::Dial(address) => {
+                if let Err(e) = self.connect(address.clone()) {
+                    tracing::warn!("relay {address}: {e}");
+                }
+            }
+            MailboxAction::Deposit { relay, envelopes, ids } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request(&relay, MailboxRequest::Deposit { envelopes });
+                self.c.mailbox.deposit_sent(request, relay, ids);
+            }
+            MailboxAction::Fetch { relay } => {
+                let request = self.swarm.behaviour_mut().mailbox.send_request(
+                    &relay,
+                    MailboxRequest::Fetch { recipient: self.user, limit: FETCH_LIMIT },
+                );
+                self.c.mailbox.fetch_sent(request, relay);
+            }
+            MailboxAction::Ack { relay, ids, more } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request(&relay, MailboxRequest::Ack { recipient: self.user, ids });
+                self.c.mailbox.ack_sent(request, relay, more);
+            }
+            MailboxAction::AnswerPush { push, ids } => {
+                if let Some(channel) = self.pushed.remove(&push) {
+                    let response = MailboxResponse::Received { ids };
+                    let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
+                }
+            }
+            MailboxAction::FetchBundle { peer, user, relays_left } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .prekey
+                    .send_request(&peer, PreKeyRequest::Fetch { user });
+                self.c.mailbox.bundle_sent(request, user, relays_left);
+            }
+            MailboxAction::FetchRecord(user) => self.c.dht.fetch(user),
+            MailboxAction::FindKeyspace(user) => {
+                let Ok(peer) = peer_id_of(&user) else { return };
+                let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.c.mailbox.keyspace_sent(query, user);
+            }
+            MailboxAction::UploadPreKeys { relay, count } => {
+                match self.engine.prekey_upload(now_millis(), count) {
+                    // Marked handed out in the engine's batch: sent after the flush.
+                    Ok(Some(upload)) => {
+                        self.deferred.push(Deferred::Upload(relay, Box::new(upload)))
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!("preparing a prekey upload: {e}"),
+                }
+            }
+            MailboxAction::StoredAt { id, relays } => self.c.transfers.stored_at(id, relays),
+            MailboxAction::Refused { id, relay, reason } => {
+                tracing::info!("relay {} refused a message: {reason:?}", crate::short(&relay));
+                self.emit(NodeEvent::RelayRefused { id, relay, reason });
+            }
+        }
+    }
+
+    fn on_dht_action(&mut self, action: DhtAction) {
+        match action {
+            DhtAction::Publish => {
+                let relays = self.c.mailbox.home_addrs().iter().map(|a| a.to_vec()).collect();
+                match self.engine.user_record(relays).map(|r| kith_protocol::encode(&r)) {
+                    Ok(Ok(bytes)) => {
+                        let key = kad::RecordKey::new(&record_key(&self.user));
+                        let record = kad::Record::new(key, bytes);
+                        let kad = &mut self.swarm.behaviour_mut().kad;
+                        if let Err(e) = kad.put_record(record, kad::Quorum::One) {
+                            tracing::warn!("could not store our user record: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!("could not encode our user record: {e}"),
+                    Err(e) => tracing::error!("could not build our user record: {e}"),
+                }
+            }
+            DhtAction::Lookup(peer) => {
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
+            DhtAction::Fetch(user) => {
+                let key = kad::RecordKey::new(&record_key(&user));
+                let query = self.swarm.behaviour_mut().kad.get_record(key);
+                self.c.dht.fetch_sent(query, user);
+            }
+        }
+    }
+
+    fn on_media_action(&mut self, action: MediaAction) {
+        match action {
+            MediaAction::StartWriter { media, manifest, layout, done } => {
+                let (writer, chunks) = std::sync::mpsc::sync_channel(crate::media::PARALLEL_CHUNKS);
+                let worker = files::Writer {
+                    media,
+                    manifest,
+                    layout,
+                    downloads: self.c.transfers.downloads_dir().to_owned(),
+                    store: self.c.transfers.store().clone(),
+                    done,
+                    work: self.work_tx.clone(),
+                };
+                tokio::task::spawn_blocking(move || worker.run(chunks));
+                self.writers.insert(media, writer);
+            }
+            MediaAction::StopWriter(media) => {
+                // Its channel closes: the writer keeps what it wrote and ends.
+                self.writers.remove(&media);
+                self.sessions.retain(|(m, _), _| *m != media);
+            }
+            MediaAction::Request { media, source, peer, index, hash } => {
+                let session = self.sessions.entry((media, source)).or_insert_with(|| {
+                    fetch::start_session(
+                        self.control.clone(),
+                        peer,
+                        media,
+                        source,
+                        self.work_tx.clone(),
+                    )
+                });
+                // Room is guaranteed: a session never has more than PARALLEL_CHUNKS requests.
+                if session.try_send((index, hash)).is_err() {
+                    self.sessions.remove(&(media, source));
+                    let (relays, now) = (self.relays(), self.clock.instant());
+                    self.c.transfers.source_down(media, source, &relays, now);
+                }
+            }
+            MediaAction::Verify { media, source, index, data, manifest, layout } => {
+                let Some(writer) = self.writers.get(&media).cloned() else { return };
+                let work = self.work_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    match kith_core::media::open_verified(&manifest, &layout, index, &data) {
+                        Ok(plain) => {
+                            let _ = writer.send(files::Incoming { index, plain });
+                        }
+                        Err(error) => {
+                            let _ = work.blocking_send(Work::ChunkRejected {
+                                media,
+                                index,
+                                source,
+                                error,
+                            });
+                        }
+                    }
+                });
+            }
+            MediaAction::Read { media, relay, index, path, offset, len } => {
+                let work = self.work_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let data = files::read_at(&path, offset, len);
+                    let _ = work.blocking_send(Work::UploadRead { media, relay, index, data });
+                });
+            }
+            MediaAction::Put { media, relay, index, recipient, hash, data } => {
+                let request = self
+                    .swarm
+                    .behaviour_mut()
+                    .media
+                    .send_request(&relay, MediaRequest::Put { recipient, hash, data });
+                self.c.transfers.put_sent(request, media, relay, index);
+            }
+            MediaAction::Delete { relay, hashes } => {
+                self.swarm
+                    .behaviour_mut()
+                    .media
+                    .send_request(&relay, MediaRequest::Delete { hashes });
+            }
+            MediaAction::AddAddress(peer, address) => self.swarm.add_peer_address(peer, address),
+            MediaAction::RemoveFile(path) => {
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!("removing {}: {e}", path.display());
+                }
+            }
+            MediaAction::Event(event) => self.emit(NodeEvent::Media(event)),
+        }
+    }
+
+    // ------------------------------------------------------------------ IO results
+
+    fn on_work(&mut self, work: Work) {
+        let (relays, now) = (self.relays(), self.clock.instant());
+        let t = &mut self.c.transfers;
+        match work {
+            Work::Served { media, index } => t.chunk_served(media, index),
+            Work::BlobServed => {
+                if let Some(relay) = &self.c.relay {
+                    relay.metrics.blobs_served.inc();
+                }
+            }
+            Work::Fetched { media, index, source, response } => {
+                t.fetched(media, index, source, response, &relays, now)
+            }
+            Work::SourceDown { media, source } => {
+                self.sessions.remove(&(media, source));
+                t.source_down(media, source, &relays, now);
+            }
+            Work::UploadRead { media, relay, index, data } => {
+                t.chunk_read(media, relay, index, data)
+            }
+            Work::BlobWritten { channel, recipient, hash, size, result } => {
+                let Some(relay) = self.c.relay.as_mut() else { return };
+                let response = relay.blob_written(&recipient, &hash, size, result, now_millis());
+                self.deferred.push(Deferred::Media(channel, response));
+            }
+            Work::ChunkWritten { media, bytes } => t.chunk_written(media, bytes, &relays, now),
+            Work::ChunkRejected { media, index, source, error } => {
+                t.chunk_rejected(media, index, source, error, &relays, now)
+            }
+            Work::Completed { media, path } => {
+                self.writers.remove(&media);
+                self.sessions.retain(|(m, _), _| *m != media);
+                t.completed(media, path);
+            }
+            Work::Failed { media, failure } => t.fail_download(media, failure),
+        }
+        self.drain();
+    }
+
+    // ------------------------------------------------------------------ swarm events
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = self.clock.instant();
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("listening on {address}");
@@ -560,8 +941,9 @@ impl Driver {
                     self.input(Input::PeerReachable { user });
                 }
                 if num_established.get() == 1 {
-                    self.on_relay_connected(peer_id);
-                    self.media_peer_connected(peer_id);
+                    self.c.mailbox.connected(peer_id, now);
+                    let relays = self.relays();
+                    self.c.transfers.connected(peer_id, &relays, now);
                 }
                 self.count_peers();
             }
@@ -569,17 +951,18 @@ impl Driver {
                 self.emit(NodeEvent::PeerDisconnected(peer_id));
                 self.count_peers();
             }
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, now),
             _ => {}
         }
+        self.drain();
     }
 
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+    fn on_behaviour_event(&mut self, event: BehaviourEvent, now: Instant) {
         match event {
-            BehaviourEvent::Envelope(event) => self.on_envelope_event(event),
-            BehaviourEvent::Prekey(event) => self.on_prekey_event(event),
-            BehaviourEvent::Mailbox(event) => self.on_mailbox_event(event),
-            BehaviourEvent::Media(event) => self.on_media_event(event),
+            BehaviourEvent::Envelope(event) => self.on_envelope_event(event, now),
+            BehaviourEvent::Prekey(event) => self.on_prekey_event(event, now),
+            BehaviourEvent::Mailbox(event) => self.on_mailbox_event(event, now),
+            BehaviourEvent::Media(event) => self.on_media_event(event, now),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&KAD_PROTOCOL) =>
             {
@@ -596,25 +979,42 @@ impl Driver {
                     }
                 }
             }
-            BehaviourEvent::Kad(event) => self.on_kad_event(event),
-            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let token = self.c.groups.received(message_id, propagation_source);
+                self.input(Input::GroupMessage { bytes: message.data, token });
+            }
             _ => {}
         }
     }
 
-    fn on_kad_event(&mut self, event: kad::Event) {
+    fn on_kad_event(&mut self, event: kad::Event, now: Instant) {
         match event {
             kad::Event::InboundRequest {
                 request: kad::InboundRequest::PutRecord { record: Some(record), .. },
             } => {
-                self.validate_put(record);
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let stored = store.get(&record.key).map(|r| r.value.clone());
+                if accept_put(record.key.as_ref(), &record.value, stored.as_deref(), now_millis()) {
+                    if let Err(e) = store.put(record) {
+                        tracing::warn!("DHT store full: {e}");
+                    }
+                } else {
+                    tracing::debug!("refused an invalid user record put");
+                }
             }
             kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
                 kad::QueryResult::GetClosestPeers(Ok(ok)) => {
-                    if self.mailboxes.is_keyspace_query(&id) {
-                        self.on_keyspace_peers(id, ok.peers);
+                    if self.c.mailbox.is_keyspace_query(&id) {
+                        let peers = ok.peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect();
+                        self.c.mailbox.keyspace_found(id, peers);
                         return;
                     }
+                    // A lookup: dial the peer if it was found.
                     let Ok(target) = PeerId::from_bytes(&ok.key) else { return };
                     if let Some(found) = ok.peers.into_iter().find(|p| p.peer_id == target) {
                         for address in found.addrs {
@@ -623,35 +1023,22 @@ impl Driver {
                         let _ = self.swarm.dial(target);
                     }
                 }
-                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                    let Some(user) = self.record_gets.get(&id).copied() else { return };
-                    let record = kith_protocol::decode::<UserRecord>(&found.record.value).ok();
-                    let bundle = record.as_ref().and_then(|r| {
-                        verify_record(r, &user, now_millis()).ok().map(|b| (b, &r.relays))
-                    });
-                    if let Some((bundle, relays)) = bundle {
-                        // Signed by the user: their relays for the fallback.
-                        let relays = relays
-                            .iter()
-                            .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
-                            .collect();
-                        self.mailboxes.remember_relays(user, relays);
-                        self.record_gets.remove(&id);
-                        self.input(Input::PreKeyBundle { user, result: Ok(Box::new(bundle)) });
-                    }
-                }
                 kad::QueryResult::GetClosestPeers(Err(kad::GetClosestPeersError::Timeout {
                     peers,
                     ..
                 })) => {
-                    self.on_keyspace_peers(id, peers);
+                    let peers = peers.into_iter().map(|p| (p.peer_id, p.addrs)).collect();
+                    self.c.mailbox.keyspace_found(id, peers);
                 }
-                kad::QueryResult::GetRecord(_) if step.last => {
-                    self.record_gets.remove(&id);
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                    if let Some((user, bundle, relays)) =
+                        self.c.dht.found(id, &found.record.value, now_millis())
+                    {
+                        self.c.mailbox.record_found(user, bundle, relays);
+                    }
                 }
-                kad::QueryResult::PutRecord(Ok(_)) => {
-                    self.record_due = Instant::now() + RECORD_REPUBLISH;
-                }
+                kad::QueryResult::GetRecord(_) if step.last => self.c.dht.query_done(&id),
+                kad::QueryResult::PutRecord(Ok(_)) => self.c.dht.published(now),
                 kad::QueryResult::PutRecord(Err(e)) => {
                     tracing::debug!("publishing our user record failed: {e}");
                 }
@@ -661,206 +1048,280 @@ impl Driver {
         }
     }
 
-    fn on_envelope_event(&mut self, event: request_response::Event<EnvelopeBatch, DeliveryAcks>) {
+    fn on_envelope_event(
+        &mut self,
+        event: request_response::Event<EnvelopeBatch, DeliveryAcks>,
+        now: Instant,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request: EnvelopeBatch { envelopes },
                     channel,
                     ..
-                } => self.on_envelope_batch(peer, envelopes, channel),
+                } => {
+                    let batch = self.c.delivery.receive(peer, envelopes, now);
+                    self.batches.insert(batch, channel);
+                }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(ids) = self.deliveries.remove(&request_id) {
-                        let mut acks = response.acks.into_iter();
-                        for id in ids {
-                            let ack = acks.next();
-                            let Some(id) = id else { continue };
-                            match ack {
-                                Some(ack) => {
-                                    self.attempt_answered(&id);
-                                    self.input(Input::Delivery {
-                                        id,
-                                        result: DeliveryResult::Acked(ack.result),
-                                    });
-                                }
-                                // Left unanswered by the peer: as if it had not arrived.
-                                None => self.fall_back(id),
-                            }
-                        }
-                    }
-                    self.envelope_done(peer, true);
+                    self.c.delivery.answered(request_id, response.acks);
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                // Unreachable or too slow: the recipients' relays take the batch.
-                for id in self.deliveries.remove(&request_id).into_iter().flatten().flatten() {
-                    self.fall_back(id);
-                }
-                // A peer that answered slowly is still there; one we cannot reach is not.
-                self.envelope_done(peer, matches!(error, OutboundFailure::Timeout));
-                if matches!(error, OutboundFailure::DialFailure) {
-                    self.lookup(peer);
-                }
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                let timeout = matches!(error, OutboundFailure::Timeout);
+                let dial = matches!(error, OutboundFailure::DialFailure);
+                self.c.delivery.failed(request_id, timeout, dial);
             }
             _ => {}
         }
     }
 
-    /// Hands each envelope of a batch to the engine; the batch is answered once the engine has
-    /// answered every one, after the turn's flush. Envelopes over the peer's rate are refused
-    /// at once, and so is a batch from a peer that is not a Kith user.
-    fn on_envelope_batch(
+    fn on_prekey_event(
         &mut self,
-        peer: PeerId,
-        envelopes: Vec<ByteBuf>,
-        channel: ResponseChannel<DeliveryAcks>,
+        event: request_response::Event<PreKeyRequest, PreKeyResponse>,
+        now: Instant,
     ) {
-        let refuse =
-            |reason| DeliveryAck { id: MessageId([0; 16]), result: AckResult::Rejected(reason) };
-        let Ok(user) = user_id_of(&peer) else {
-            let acks = envelopes.iter().map(|_| refuse(RejectReason::SenderMismatch)).collect();
-            let _ =
-                self.swarm.behaviour_mut().envelope.send_response(channel, DeliveryAcks { acks });
-            return;
-        };
-        let now = Instant::now();
-        let admitted: Vec<bool> =
-            envelopes.iter().map(|_| self.envelope_limiter.allow(peer, now)).collect();
-        // Over the peer's rate: answered at once; the others wait for the engine (`None`).
-        let acks: Vec<Option<DeliveryAck>> = admitted
-            .iter()
-            .map(|&ok| if ok { None } else { Some(refuse(RejectReason::RateLimited)) })
-            .collect();
-        let missing = admitted.iter().filter(|&&ok| ok).count();
-        let key = self.token();
-        self.inbound_batches.insert(key, InboundBatch { channel, acks, missing });
-        for (index, (bytes, ok)) in envelopes.into_iter().zip(admitted).enumerate() {
-            if ok {
-                let token = self.token();
-                self.envelope_tokens.insert(token, (key, index));
-                self.input(Input::Envelope {
-                    bytes: bytes.into_vec(),
-                    via: Via::Direct(user),
-                    reply: Some(ReplyToken(token)),
-                });
-            }
-        }
-        if missing == 0 {
-            self.answer_batch(key);
-        }
-    }
-
-    /// The engine answered for one envelope of a batch; a batch answered in full is sent.
-    fn envelope_answered(&mut self, token: u64, ack: DeliveryAck) {
-        let Some((key, index)) = self.envelope_tokens.remove(&token) else { return };
-        let Some(batch) = self.inbound_batches.get_mut(&key) else { return };
-        if let Some(slot @ None) = batch.acks.get_mut(index) {
-            *slot = Some(ack);
-            batch.missing -= 1;
-        }
-        if batch.missing == 0 {
-            self.answer_batch(key);
-        }
-    }
-
-    fn answer_batch(&mut self, key: u64) {
-        let Some(batch) = self.inbound_batches.remove(&key) else { return };
-        let acks = batch.acks.into_iter().flatten().collect();
-        // The requester may have gone; nothing to do then.
-        let _ =
-            self.swarm.behaviour_mut().envelope.send_response(batch.channel, DeliveryAcks { acks });
-    }
-
-    fn on_prekey_event(&mut self, event: request_response::Event<PreKeyRequest, PreKeyResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let answer = match request {
-                        PreKeyRequest::Fetch { user } if user == self.user => {
-                            if self.prekey_limiter.allow(peer, Instant::now()) {
-                                let token = self.token();
-                                self.prekey_replies.insert(token, channel);
-                                self.input(Input::PreKeyRequest { reply: ReplyToken(token) });
-                                return;
-                            }
-                            PreKeyResponse::Refused(PreKeyRefusal::RateLimited)
-                        }
-                        PreKeyRequest::Fetch { user } => match self.relay.as_mut() {
-                            // Hands out a one-time prekey: answered after the flush.
-                            Some(relay) => {
-                                let response = relay.bundle(&user);
-                                self.mailboxes
-                                    .after_flush
-                                    .push(NetAction::PreKeyReply(channel, response));
-                                return;
-                            }
-                            None => PreKeyResponse::NotFound,
-                        },
-                        PreKeyRequest::Upload(upload) => match self.relay.as_mut() {
-                            Some(relay) => {
-                                let response = relay.upload_prekeys(&peer, *upload, now_millis());
-                                self.mailboxes
-                                    .after_flush
-                                    .push(NetAction::PreKeyReply(channel, response));
-                                return;
-                            }
-                            None => PreKeyResponse::Refused(PreKeyRefusal::NotARelay),
-                        },
-                    };
-                    let _ = self.swarm.behaviour_mut().prekey.send_response(channel, answer);
+                    self.on_prekey_request(peer, request, channel, now)
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if self.on_upload_answer(request_id, &response) {
-                        return;
-                    }
-                    let Some((user, relays_left)) = self.bundle_fetches.remove(&request_id) else {
-                        return;
-                    };
-                    match response {
-                        PreKeyResponse::Bundle(bundle) => {
-                            self.input(Input::PreKeyBundle { user, result: Ok(bundle) })
+                    if self.c.mailbox.is_upload(&request_id) {
+                        self.c.mailbox.upload_answered(request_id, Some(&response));
+                        if !matches!(response, PreKeyResponse::Uploaded { .. }) {
+                            tracing::info!(
+                                "relay {} refused our prekeys: {response:?}",
+                                crate::short(&peer)
+                            );
                         }
-                        _ => self.bundle_fetch_failed(user, relays_left, FetchError::NotFound),
+                    } else if self.c.mailbox.is_bundle_fetch(&request_id) {
+                        let given = self.bundle_relays(&request_id);
+                        self.c.mailbox.bundle_answered(request_id, response, &given);
                     }
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if self.upload_failed(&request_id) {
-                    return;
-                }
-                if let Some((user, relays_left)) = self.bundle_fetches.remove(&request_id) {
-                    self.bundle_fetch_failed(user, relays_left, FetchError::Unreachable);
+                if self.c.mailbox.is_upload(&request_id) {
+                    self.c.mailbox.upload_answered(request_id, None);
+                } else if self.c.mailbox.is_bundle_fetch(&request_id) {
+                    let given = self.bundle_relays(&request_id);
+                    self.c.mailbox.bundle_request_failed(request_id, &given);
                 }
                 if matches!(error, OutboundFailure::DialFailure) {
-                    self.lookup(peer);
+                    self.c.dht.lookup(peer, now);
                 }
             }
             _ => {}
         }
     }
 
-    /// Dials `address` (with `/p2p/<peer>`) and adds it to the DHT routing table.
-    pub(crate) fn connect(&mut self, address: Multiaddr) -> Result<(), String> {
-        let peer = address.iter().find_map(|p| match p {
-            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
-            _ => None,
-        });
-        if let Some(peer) = peer {
-            self.swarm.behaviour_mut().kad.add_address(&peer, address.clone());
-            self.swarm.add_peer_address(peer, address.clone());
+    /// The contact-string relays of the user a bundle fetch is for.
+    fn bundle_relays(&self, request: &OutboundRequestId) -> Vec<String> {
+        self.c.mailbox.bundle_user(request).map(|u| self.given_relays(&u)).unwrap_or_default()
+    }
+
+    fn on_prekey_request(
+        &mut self,
+        peer: PeerId,
+        request: PreKeyRequest,
+        channel: ResponseChannel<PreKeyResponse>,
+        now: Instant,
+    ) {
+        let answer = match request {
+            PreKeyRequest::Fetch { user } if user == self.user => {
+                match self.c.prekeys.admit(peer, now) {
+                    Some(token) => {
+                        self.prekey_replies.insert(token, channel);
+                        self.input(Input::PreKeyRequest { reply: token });
+                        return;
+                    }
+                    None => PreKeyResponse::Refused(PreKeyRefusal::RateLimited),
+                }
+            }
+            PreKeyRequest::Fetch { user } => match self.c.relay.as_mut() {
+                // Hands out a one-time prekey: answered after the flush.
+                Some(relay) => {
+                    let response = relay.bundle(&user);
+                    self.deferred.push(Deferred::PreKeys(channel, response));
+                    return;
+                }
+                None => PreKeyResponse::NotFound,
+            },
+            PreKeyRequest::Upload(upload) => match self.c.relay.as_mut() {
+                Some(relay) => {
+                    let response = relay.upload_prekeys(&peer, *upload, now_millis(), now);
+                    self.deferred.push(Deferred::PreKeys(channel, response));
+                    return;
+                }
+                None => PreKeyResponse::Refused(PreKeyRefusal::NotARelay),
+            },
+        };
+        let _ = self.swarm.behaviour_mut().prekey.send_response(channel, answer);
+    }
+
+    fn on_mailbox_event(
+        &mut self,
+        event: request_response::Event<MailboxRequest, MailboxResponse>,
+        now: Instant,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_mailbox_request(peer, request, channel, now)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if self.pushes.remove(&request_id) {
+                        if let (MailboxResponse::Received { ids }, Some(relay), Ok(user)) =
+                            (response, self.c.relay.as_mut(), user_id_of(&peer))
+                        {
+                            // The recipient holds these durably: delete them (flushed with
+                            // the turn).
+                            let _ = relay.ack(&peer, &user, &ids);
+                        }
+                        return;
+                    }
+                    self.c.mailbox.answered_request(peer, request_id, response);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                tracing::debug!("mailbox request to {} failed: {error}", crate::short(&peer));
+                if self.pushes.remove(&request_id) {
+                    return;
+                }
+                let unsupported = matches!(error, OutboundFailure::UnsupportedProtocols);
+                self.c.mailbox.request_failed(peer, request_id, unsupported);
+            }
+            _ => {}
         }
-        self.swarm.dial(address).map_err(|e| e.to_string())
+    }
+
+    fn on_mailbox_request(
+        &mut self,
+        peer: PeerId,
+        request: MailboxRequest,
+        channel: ResponseChannel<MailboxResponse>,
+        now: Instant,
+    ) {
+        if let MailboxRequest::Push { envelopes } = request {
+            // Pushed by a relay; each envelope counts against the peer's envelope rate.
+            if !self.c.delivery.admit(peer, envelopes.len(), now) {
+                let response = MailboxResponse::Received { ids: Vec::new() };
+                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
+                return;
+            }
+            let push = self.next_push;
+            self.next_push += 1;
+            self.pushed.insert(push, channel);
+            self.c.mailbox.pushed(peer, envelopes, push);
+            return;
+        }
+        let Some(relay) = self.c.relay.as_mut() else {
+            let response = MailboxResponse::Refused(MailboxRefusal::NotARelay);
+            let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
+            return;
+        };
+        match request {
+            MailboxRequest::Deposit { envelopes } => {
+                let (results, pushes) = relay.deposit(peer, envelopes, now_millis(), now);
+                let response = MailboxResponse::Deposited { results };
+                self.deferred.push(Deferred::Mailbox(channel, response));
+                self.deferred.extend(pushes.into_iter().map(Deferred::Push));
+            }
+            MailboxRequest::Fetch { recipient, limit } => {
+                // Read-only: answered at once.
+                let response = relay.fetch(&peer, &recipient, limit, now_millis());
+                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
+            }
+            MailboxRequest::Ack { recipient, ids } => {
+                let response = relay.ack(&peer, &recipient, &ids);
+                self.deferred.push(Deferred::Mailbox(channel, response));
+            }
+            MailboxRequest::Push { .. } => {}
+        }
+    }
+
+    fn on_media_event(
+        &mut self,
+        event: request_response::Event<MediaRequest, MediaResponse>,
+        now: Instant,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_media_request(peer, request, channel, now)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.c.transfers.put_answered(request_id, Some(response), now);
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, .. } => {
+                self.c.transfers.put_answered(request_id, None, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_media_request(
+        &mut self,
+        peer: PeerId,
+        request: MediaRequest,
+        channel: ResponseChannel<MediaResponse>,
+        now: Instant,
+    ) {
+        let media = &mut self.swarm.behaviour_mut().media;
+        match request {
+            // Chunks travel on fetch streams (`/kith/media/fetch/1`).
+            MediaRequest::Get { .. } => {
+                let _ = media.send_response(channel, MediaResponse::NotFound);
+            }
+            MediaRequest::Put { recipient, hash, data } => {
+                let Some(relay) = self.c.relay.as_mut() else {
+                    let refused = MediaResponse::Refused(MediaRefusal::NotARelay);
+                    let _ = media.send_response(channel, refused);
+                    return;
+                };
+                let size = data.len() as u64;
+                match relay.blob_admit(peer, &recipient, &hash, size, now) {
+                    Err(reason) => {
+                        let _ = media.send_response(channel, MediaResponse::Refused(reason));
+                    }
+                    // Held already: durable unless committed this very turn, so after the flush.
+                    Ok(None) => self.deferred.push(Deferred::Media(channel, MediaResponse::Stored)),
+                    Ok(Some(path)) => {
+                        let work = self.work_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let result = crate::relay::blobs::write_blob(&path, &hash, &data);
+                            let _ = work.blocking_send(Work::BlobWritten {
+                                channel,
+                                recipient,
+                                hash,
+                                size,
+                                result,
+                            });
+                        });
+                    }
+                }
+            }
+            MediaRequest::Delete { hashes } => {
+                let response = match self.c.relay.as_mut() {
+                    Some(relay) => relay.blob_delete(&peer, &hashes),
+                    None => MediaResponse::Refused(MediaRefusal::NotARelay),
+                };
+                self.deferred.push(Deferred::Media(channel, response));
+            }
+        }
     }
 
     fn count_peers(&self) {
-        if let Some(relay) = &self.relay {
+        if let Some(relay) = &self.c.relay {
             let peers = self.swarm.connected_peers().count();
             relay.metrics.connected_peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
         }
     }
+}
 
-    /// Starts a DHT bootstrap if any peer is known.
-    pub(crate) fn bootstrap(&mut self) {
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
-    }
+/// The channel the driver's IO tasks report on, and its receiving end.
+pub(crate) fn work_channel() -> (mpsc::Sender<Work>, mpsc::Receiver<Work>) {
+    mpsc::channel(crate::media::WORK_QUEUE)
 }

@@ -1,11 +1,15 @@
 //! Group transport: one gossipsub topic per group (the hex of its tag), messages validated by
 //! the engine before they are forwarded (gossipsub v1.1 validation and peer scoring), and the
 //! members a publication did not reach handed back to the engine for mailbox copies.
+//!
+//! [`GroupTransport`] is the sans-IO part: it remembers which gossip message each verdict is
+//! for and what each peer owes for invalid messages, and turns the engine's verdicts into
+//! [`Report`]s the driver gives gossipsub.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kith_core::engine::{Input, Publication, ValidationToken, Verdict};
+use kith_core::engine::{ValidationToken, Verdict};
 use kith_core::identity::peer_id_of;
 use kith_protocol::limits::MAX_ENVELOPE_BYTES;
 use kith_protocol::{GroupTag, UserId};
@@ -14,8 +18,6 @@ use libp2p::gossipsub::{
     self, IdentTopic, MessageAcceptance, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds,
     TopicScoreParams, ValidationMode,
 };
-
-use crate::driver::Driver;
 
 /// How long gossip remembers the ids of messages it has seen (a copy arriving again within
 /// it is dropped silently; after it, the engine judges it a replay).
@@ -30,11 +32,69 @@ pub const INVALID_MESSAGE_WEIGHT: f64 = -100.0;
 /// unpunished there), so the driver adds its own, through the application-specific score.
 pub const INVALID_APP_PENALTY: f64 = -100.0;
 
-/// Gossip messages waiting for their verdict, and what each peer owes for invalid ones.
+/// Gossip messages waiting for the engine's verdict, and what each peer owes for invalid
+/// ones.
 #[derive(Default)]
-pub(crate) struct Validations {
-    waiting: HashMap<u64, (gossipsub::MessageId, PeerId)>,
+pub(crate) struct GroupTransport {
+    waiting: HashMap<ValidationToken, (gossipsub::MessageId, PeerId)>,
     invalid: HashMap<PeerId, u32>,
+    next: u64,
+}
+
+/// What to tell gossipsub about one message.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Report {
+    pub(crate) id: gossipsub::MessageId,
+    /// The peer that forwarded it to us.
+    pub(crate) source: PeerId,
+    pub(crate) acceptance: MessageAcceptance,
+    /// The source's new application score, when it changed.
+    pub(crate) app_score: Option<f64>,
+}
+
+impl GroupTransport {
+    /// A gossip message arrived from `source`: the token its verdict will carry.
+    pub(crate) fn received(&mut self, id: gossipsub::MessageId, source: PeerId) -> ValidationToken {
+        self.next += 1;
+        let token = ValidationToken(self.next);
+        self.waiting.insert(token, (id, source));
+        token
+    }
+
+    /// The engine's verdict: accepted messages are forwarded, ignored ones dropped, rejected
+    /// ones penalise the peer that sent them (gossipsub's own penalty, and an application
+    /// score of [`INVALID_APP_PENALTY`] per invalid message, which covers what gossipsub does
+    /// not: a replay it judged valid within its record window).
+    pub(crate) fn verdict(&mut self, token: ValidationToken, verdict: Verdict) -> Option<Report> {
+        let (id, source) = self.waiting.remove(&token)?;
+        let (acceptance, app_score) = match verdict {
+            Verdict::Accept => (MessageAcceptance::Accept, None),
+            Verdict::Ignore => (MessageAcceptance::Ignore, None),
+            Verdict::Reject => {
+                if self.invalid.len() >= MAX_PENALISED_PEERS && !self.invalid.contains_key(&source)
+                {
+                    self.invalid.clear();
+                }
+                let count = self.invalid.entry(source).or_default();
+                *count = count.saturating_add(1);
+                (MessageAcceptance::Reject, Some(INVALID_APP_PENALTY * f64::from(*count)))
+            }
+        };
+        Some(Report { id, source, acceptance, app_score })
+    }
+}
+
+/// The members a publication did not reach: all of them if it was not published, else those
+/// not subscribed to the topic among the peers gossip knows (`listening`).
+pub(crate) fn unreached(
+    members: Vec<UserId>,
+    published: bool,
+    listening: &[PeerId],
+) -> Vec<UserId> {
+    members
+        .into_iter()
+        .filter(|m| !published || peer_id_of(m).map_or(true, |peer| !listening.contains(&peer)))
+        .collect()
 }
 
 /// Peers whose invalid messages are counted (the count restarts beyond it).
@@ -71,7 +131,7 @@ pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, Stri
 /// peer can earn (time in the mesh up to +1, first deliveries up to +10), so its publisher
 /// drops below zero at once. No penalty for delivering little: a quiet group must not punish
 /// its quiet members.
-fn topic_params() -> TopicScoreParams {
+pub(crate) fn topic_params() -> TopicScoreParams {
     TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.1,
@@ -87,88 +147,65 @@ fn topic_params() -> TopicScoreParams {
     }
 }
 
-impl Driver {
-    /// Joins a group's topic and connects to its members so that a mesh can form.
-    pub(crate) fn subscribe_group(&mut self, tag: GroupTag, members: &[UserId]) {
-        let topic = topic(&tag);
-        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
-        if let Err(e) = gossip.subscribe(&topic) {
-            tracing::error!("could not subscribe to a group topic: {e}");
-        }
-        if let Err(e) = gossip.set_topic_params(topic, topic_params()) {
-            tracing::error!("could not set a group topic's scoring: {e}");
-        }
-        for member in members {
-            let Ok(peer) = peer_id_of(member) else { continue };
-            if !self.swarm.is_connected(&peer) && self.swarm.dial(peer).is_err() {
-                self.lookup(peer);
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        PeerId::random()
     }
 
-    pub(crate) fn unsubscribe_group(&mut self, tag: GroupTag) {
-        self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic(&tag));
+    #[test]
+    fn verdicts_map_to_gossip_and_invalid_messages_cost_more_each_time() {
+        let mut t = GroupTransport::default();
+        let (a, b) = (peer(), peer());
+        let id = |n: u8| gossipsub::MessageId::from(vec![n]);
+        let ok = t.received(id(1), a);
+        let ignored = t.received(id(2), a);
+        let bad = [t.received(id(3), b), t.received(id(4), b)];
+        assert_eq!(
+            t.verdict(ok, Verdict::Accept),
+            Some(Report {
+                id: id(1),
+                source: a,
+                acceptance: MessageAcceptance::Accept,
+                app_score: None
+            })
+        );
+        assert_eq!(
+            t.verdict(ignored, Verdict::Ignore).unwrap().acceptance,
+            MessageAcceptance::Ignore
+        );
+        assert_eq!(
+            t.verdict(bad[0], Verdict::Reject).unwrap().app_score,
+            Some(INVALID_APP_PENALTY)
+        );
+        assert_eq!(
+            t.verdict(bad[1], Verdict::Reject).unwrap().app_score,
+            Some(2.0 * INVALID_APP_PENALTY)
+        );
+        // A verdict comes once.
+        assert_eq!(t.verdict(ok, Verdict::Accept), None);
     }
 
-    /// Publishes a group message and tells the engine which members it did not reach.
-    pub(crate) fn publish_group(&mut self, publication: Publication) {
-        let topic = topic(&publication.tag);
-        let hash = topic.hash();
-        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
-        let listening: Vec<PeerId> = gossip
-            .all_peers()
-            .filter(|(_, topics)| topics.contains(&&hash))
-            .map(|(peer, _)| *peer)
-            .collect();
-        let published = match gossip.publish(topic, publication.envelope) {
-            Ok(_) => true,
-            Err(
-                gossipsub::PublishError::NoPeersSubscribedToTopic
-                | gossipsub::PublishError::AllQueuesFull(_),
-            ) => false,
-            Err(e) => {
-                tracing::warn!("publishing a group message failed: {e}");
-                false
-            }
-        };
-        if publication.ephemeral {
-            return;
+    #[test]
+    fn penalties_are_counted_for_a_bounded_number_of_peers() {
+        let mut t = GroupTransport::default();
+        for n in 0..(MAX_PENALISED_PEERS + 10) {
+            let token = t.received(gossipsub::MessageId::from(n.to_be_bytes().to_vec()), peer());
+            t.verdict(token, Verdict::Reject);
         }
-        let unreached = publication
-            .members
-            .into_iter()
-            .filter(|m| !published || peer_id_of(m).map_or(true, |peer| !listening.contains(&peer)))
-            .collect();
-        self.input(Input::GroupPublished { id: publication.id, unreached });
+        assert!(t.invalid.len() <= MAX_PENALISED_PEERS);
+        assert!(t.waiting.is_empty());
     }
 
-    /// A gossip message: to the engine, whose verdict comes back after the flush.
-    pub(crate) fn on_gossip_event(&mut self, event: gossipsub::Event) {
-        if let gossipsub::Event::Message { propagation_source, message_id, message } = event {
-            let token = self.token();
-            self.validations.waiting.insert(token, (message_id, propagation_source));
-            self.input(Input::GroupMessage { bytes: message.data, token: ValidationToken(token) });
-        }
-    }
-
-    /// Reports the engine's verdict: accepted messages are forwarded, rejected ones penalise
-    /// the peer that sent them.
-    pub(crate) fn report_validation(&mut self, token: ValidationToken, verdict: Verdict) {
-        let Some((id, source)) = self.validations.waiting.remove(&token.0) else { return };
-        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
-        let acceptance = match verdict {
-            Verdict::Accept => MessageAcceptance::Accept,
-            Verdict::Ignore => MessageAcceptance::Ignore,
-            Verdict::Reject => {
-                if self.validations.invalid.len() >= MAX_PENALISED_PEERS {
-                    self.validations.invalid.clear();
-                }
-                let count = self.validations.invalid.entry(source).or_default();
-                *count = count.saturating_add(1);
-                gossip.set_application_score(&source, INVALID_APP_PENALTY * f64::from(*count));
-                MessageAcceptance::Reject
-            }
-        };
-        gossip.report_message_validation_result(&id, &source, acceptance);
+    #[test]
+    fn a_publication_reaches_only_subscribed_peers() {
+        use kith_core::identity::IdentityKeyPair;
+        let users: Vec<UserId> =
+            (0..3).map(|_| IdentityKeyPair::generate(&mut rand::rng()).user_id()).collect();
+        let listening = vec![peer_id_of(&users[0]).unwrap()];
+        assert_eq!(unreached(users.clone(), true, &listening), users[1..].to_vec());
+        assert_eq!(unreached(users.clone(), false, &listening), users);
     }
 }

@@ -57,19 +57,24 @@
 //! ```
 
 mod behaviour;
+mod call;
 pub mod clock;
 pub mod codec;
 pub mod config;
+mod delivery;
+mod dht;
 mod driver;
 pub mod groups;
 mod limiter;
 mod mailbox;
 pub mod media;
 mod node;
+mod prekeys;
 mod profile;
 mod reachability;
 pub mod relay;
 pub mod rpc;
+mod tokens;
 
 pub use behaviour::{
     CONNECTION_EVENT_BUFFER, IDLE_CONNECTION_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS,
@@ -77,10 +82,11 @@ pub use behaviour::{
     REQUEST_TIMEOUT,
 };
 pub use config::{DEFAULT_RELAY_COPIES, NodeConfig};
-pub use driver::{
-    ENVELOPE_RATE, LOOKUP_COOLDOWN, MAX_IN_FLIGHT_PER_PEER, MAX_TURN_WORK, PREKEY_RATE,
-    RECORD_REPUBLISH, RECORD_RETRY,
+pub use delivery::{ENVELOPE_RATE, MAX_IN_FLIGHT_PER_PEER};
+pub use dht::{
+    FIRST_PUBLICATION, LOOKUP_COOLDOWN, MAX_RECORD_FETCHES, RECORD_REPUBLISH, RECORD_RETRY,
 };
+pub use driver::MAX_TURN_WORK;
 pub use kith_core;
 pub use kith_protocol;
 pub use libp2p;
@@ -89,7 +95,8 @@ pub use mailbox::{
     FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
     PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
 };
-pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, NodeError, RelayUsage, SentFile};
+pub use node::{CALL_QUEUE, ConnectError, EVENT_BUFFER, Node, NodeError, RelayUsage, SentFile};
+pub use prekeys::PREKEY_RATE;
 pub use profile::{Profile, ProfileError, ProfileRng};
 
 /// Something that happened on a node.

@@ -1,7 +1,7 @@
 //! Per-peer token buckets for inbound requests (bounded: the map cannot grow without limit).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use libp2p::PeerId;
 
@@ -65,6 +65,7 @@ mod tests {
         let mut limiter = RateLimiter::new(1.0, 3.0);
         let peer = PeerId::random();
         let t = Instant::now();
+        // (tokio's clock, which tests can pause; here it simply reads the real one.)
         assert!((0..3).all(|_| limiter.allow(peer, t)));
         assert!(!limiter.allow(peer, t));
         assert!(limiter.allow(peer, t + Duration::from_secs(1)));

@@ -16,11 +16,21 @@ use tokio::task::JoinHandle;
 
 use crate::NodeEvent;
 use crate::behaviour::build_swarm;
+use crate::call::Call;
+use crate::clock::{Clock, now_millis};
 use crate::config::NodeConfig;
-use crate::driver::{Call, Driver};
-use crate::media::{Attachment, Media, MediaFailure, MediaSettings};
+use crate::delivery::DirectDelivery;
+use crate::dht::Dht;
+use crate::driver::{Components, Driver, work_channel};
+use crate::groups::GroupTransport;
+use crate::mailbox::MailboxClient;
+use crate::media::store::MediaStore;
+use crate::media::transfers::Transfers;
+use crate::media::{Attachment, MediaFailure};
+use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
 use crate::relay::RelayService;
+use crate::tokens::{Tokens, tag};
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
 pub const CALL_QUEUE: usize = 1024;
@@ -43,6 +53,9 @@ pub enum NodeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Dialing failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// No contact has that name, and it is not a peer id.
     #[error("no contact named `{0}` (and it is not a peer id)")]
     UnknownContact(String),
@@ -58,6 +71,15 @@ pub enum NodeError {
     /// An attachment could not be sent.
     #[error(transparent)]
     Media(#[from] MediaFailure),
+}
+
+/// Why dialing an address failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The swarm refused to dial it (malformed, or no transport for it).
+    #[error("cannot dial: {0}")]
+    Dial(#[from] libp2p::swarm::DialError),
 }
 
 /// What a relay holds.
@@ -139,10 +161,18 @@ impl Node {
 
     async fn start_with(profile: Profile, config: NodeConfig) -> Result<Self, NodeError> {
         let mut metrics_task = None;
+        let clock = Clock::start();
         let engine = profile.into_engine();
         let keypair = engine.identity().libp2p_keypair();
         let peer_id = keypair.public().to_peer_id();
         let user = engine.user_id();
+        for relay in &config.relays {
+            if crate::mailbox::peer_of(relay).is_none() {
+                return Err(NodeError::Network(format!(
+                    "relay {relay}: the address must end in /p2p/<peer-id>"
+                )));
+            }
+        }
         let mut swarm =
             build_swarm(keypair, &config).map_err(|e| NodeError::Network(e.to_string()))?;
         for address in &config.listen {
@@ -152,14 +182,6 @@ impl Node {
         }
         let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        for relay in &config.relays {
-            if crate::mailbox::peer_of(relay).is_none() {
-                return Err(NodeError::Network(format!(
-                    "relay {relay}: the address must end in /p2p/<peer-id>"
-                )));
-            }
-        }
-        let mailboxes = crate::mailbox::Mailboxes::new(&config.relays, config.relay_copies);
         let mut metrics_addr = None;
         let relay = match &config.relay_service {
             Some(settings) => {
@@ -167,6 +189,7 @@ impl Node {
                     &Self::relay_db_path(&config.data_dir),
                     &config.data_dir.join("relay-blobs"),
                     settings.clone(),
+                    clock.instant(),
                 )
                 .map_err(|e| NodeError::Network(e.to_string()))?;
                 if let Some(addr) = settings.metrics {
@@ -181,31 +204,49 @@ impl Node {
             }
             None => None,
         };
-        let media = Media::open(MediaSettings {
-            db: config.data_dir.join("media"),
-            sealed_dir: config.data_dir.join("media-sealed"),
-            downloads_dir: config.downloads(),
-            max_bytes: config.max_attachment_bytes,
-        })
-        .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))?;
-        let mut media = media;
-        media
-            .serve_fetches(
-                swarm.behaviour().stream.new_control(),
-                relay.as_ref().map(RelayService::blob_index),
-            )
+        let media_error =
+            |e: crate::media::MediaStoreError| NodeError::Media(MediaFailure::Io(e.to_string()));
+        let store = MediaStore::open(&config.data_dir.join("media")).map_err(media_error)?;
+        let transfers = Transfers::open(
+            store,
+            config.data_dir.join("media-sealed"),
+            config.downloads(),
+            config.max_attachment_bytes,
+            crate::media::SEALED_RETENTION,
+            now_millis(),
+        )
+        .map_err(media_error)?;
+        let work = work_channel();
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(crate::media::FETCH_PROTOCOL)
             .map_err(|e| NodeError::Network(e.to_string()))?;
+        let mut catalog = transfers.catalog();
+        catalog.blobs = relay.as_ref().map(RelayService::blob_index);
+        tokio::spawn(crate::media::fetch::serve(incoming, catalog, work.0.clone()));
+        let components = Components {
+            delivery: DirectDelivery::new(Tokens::new(tag::DELIVERY)),
+            mailbox: MailboxClient::new(
+                user,
+                peer_id,
+                &config.relays,
+                config.relay_copies,
+                Tokens::new(tag::MAILBOX),
+            ),
+            dht: Dht::new(clock.instant()),
+            groups: GroupTransport::default(),
+            transfers,
+            prekeys: PreKeyServer::default(),
+            relay,
+        };
         let mut driver =
-            Driver::new(engine, swarm, calls_rx, events.clone(), mailboxes, media, relay);
+            Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         for address in &config.bootstrap {
             driver
                 .connect(address.clone())
                 .map_err(|e| NodeError::Network(format!("bootstrap {address}: {e}")))?;
         }
-        driver.bootstrap();
-        driver.dial_home_relays();
-        driver.start_media();
-        driver.resume_uploads();
+        driver.start();
         let task = tokio::spawn(async move {
             driver.run().await;
             if let Some(metrics) = metrics_task {
@@ -241,8 +282,7 @@ impl Node {
         caption: Option<String>,
     ) -> Result<SentFile, NodeError> {
         let path = path.into();
-        let (sealed_dir, max) =
-            self.with(|d| (d.media.sealed_dir().to_owned(), d.media.max_bytes())).await?;
+        let (sealed_dir, max) = self.ask(Call::MediaSettings).await?;
         if self.contact(to).await?.is_none() {
             return Err(NodeError::Command(CommandError::UnknownContact));
         }
@@ -261,37 +301,23 @@ impl Node {
         let chunks = u32::try_from(manifest.chunk_hashes.len()).unwrap_or(u32::MAX);
         let (media, size) = (manifest.media_id, manifest.size);
         let source = std::fs::canonicalize(&path).unwrap_or(path);
-        let (tx, rx) = oneshot::channel();
-        self.with(move |driver| {
-            let result = driver.send_media(to, manifest, source);
-            // Answered once the record and the queued manifest are flushed.
-            driver.after_flush.push(Box::new(move || {
-                let _ = tx.send(result);
-            }));
-        })
-        .await?;
-        let message = rx.await.map_err(|_| NodeError::Stopped)??;
+        let manifest = Box::new(manifest);
+        let message = self.ask(|reply| Call::SendMedia { to, manifest, source, reply }).await??;
         Ok(SentFile { message, media, size, chunks })
     }
 
     /// Attachments sent to or received from `peer` (every one for `None`), with where each
     /// stands.
     pub async fn attachments(&self, peer: Option<UserId>) -> Result<Vec<Attachment>, NodeError> {
-        self.with(move |d| d.attachments(peer))
+        self.ask(|reply| Call::Attachments(peer, reply))
             .await?
             .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))
     }
 
-    /// Runs `f` on the driver and returns its result.
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Driver) -> T + Send + 'static,
-    ) -> Result<T, NodeError> {
+    /// Sends a call to the driver and waits for its answer.
+    async fn ask<T>(&self, call: impl FnOnce(oneshot::Sender<T>) -> Call) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
-        let call = Call::With(Box::new(move |driver| {
-            let _ = tx.send(f(driver));
-        }));
-        self.calls.send(call).await.map_err(|_| NodeError::Stopped)?;
+        self.calls.send(call(tx)).await.map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -329,20 +355,7 @@ impl Node {
     /// Envelopes and envelope bytes this relay holds, and its database's size on disk
     /// (`None` if this node is not a relay).
     pub async fn relay_usage(&self) -> Result<Option<RelayUsage>, NodeError> {
-        self.with(|d| {
-            d.relay.as_ref().map(|r| {
-                let (envelopes, bytes, prekey_users) = r.stored();
-                RelayUsage {
-                    envelopes,
-                    bytes,
-                    prekey_users,
-                    blob_bytes: r.blob_bytes(),
-                    blobs_served: r.metrics.blobs_served.get(),
-                    disk_bytes: r.size_on_disk().unwrap_or(0),
-                }
-            })
-        })
-        .await
+        self.ask(Call::RelayUsage).await
     }
 
     /// Events from now on: messages, statuses, typing, presence, contacts, network.
@@ -352,9 +365,7 @@ impl Node {
 
     /// Carries out a command. When this returns `Ok`, its effects are on disk.
     pub async fn command(&self, command: Command) -> Result<CommandResult, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.calls.send(Call::Command(command, tx)).await.map_err(|_| NodeError::Stopped)?;
-        Ok(rx.await.map_err(|_| NodeError::Stopped)??)
+        Ok(self.ask(|reply| Call::Command(command, reply)).await??)
     }
 
     /// Sends a text message; returns its id once it is durably queued.
@@ -406,12 +417,12 @@ impl Node {
 
     /// Every group we know (joined or left).
     pub async fn groups(&self) -> Result<Vec<Group>, NodeError> {
-        self.with(|d| d.engine.groups()).await
+        self.ask(Call::Groups).await
     }
 
     /// A group by id.
     pub async fn group(&self, id: GroupId) -> Result<Option<Group>, NodeError> {
-        self.with(move |d| d.engine.group(&id)).await
+        self.ask(|reply| Call::Group(id, reply)).await
     }
 
     /// The group a name (unique among our groups) or a hex id (or its prefix of at least 8
@@ -438,18 +449,18 @@ impl Node {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Message>, NodeError> {
-        Ok(self.with(move |d| d.engine.group_history(&group, before, limit)).await??)
+        Ok(self.ask(|reply| Call::GroupHistory { group, before, limit, reply }).await??)
     }
 
     /// Group messages received that wait for their sender's key (or will never open: traffic
     /// a removed member still receives).
     pub async fn pending_group_messages(&self, group: GroupId) -> Result<usize, NodeError> {
-        Ok(self.with(move |d| d.engine.pending_group_messages(&group)).await??)
+        Ok(self.ask(|reply| Call::PendingGroupMessages(group, reply)).await??)
     }
 
     /// Gossipsub's score of `peer` (negative once it sent invalid group messages), if known.
     pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
-        self.with(move |d| d.swarm.behaviour().gossipsub.peer_score(&peer)).await
+        self.ask(|reply| Call::GossipScore(peer, reply)).await
     }
 
     /// Adds (or renames) a contact from its contact string.
@@ -462,18 +473,18 @@ impl Node {
 
     /// All contacts.
     pub async fn contacts(&self) -> Result<Vec<Contact>, NodeError> {
-        Ok(self.with(|d| d.engine.contacts()).await??)
+        Ok(self.ask(Call::Contacts).await??)
     }
 
     /// A contact by id.
     pub async fn contact(&self, user: UserId) -> Result<Option<Contact>, NodeError> {
-        Ok(self.with(move |d| d.engine.contact(&user)).await??)
+        Ok(self.ask(|reply| Call::Contact(user, reply)).await??)
     }
 
     /// The user a contact name or a peer id (with or without `kith:`) refers to.
     pub async fn resolve(&self, name_or_peer: &str) -> Result<UserId, NodeError> {
         let owned = name_or_peer.to_owned();
-        if let Some(contact) = self.with(move |d| d.engine.contact_by_name(&owned)).await?? {
+        if let Some(contact) = self.ask(|reply| Call::ContactByName(owned, reply)).await?? {
             return Ok(contact.user);
         }
         let bare = name_or_peer.trim().strip_prefix("kith:").unwrap_or(name_or_peer.trim());
@@ -491,32 +502,32 @@ impl Node {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Message>, NodeError> {
-        Ok(self.with(move |d| d.engine.history(&peer, before, limit)).await??)
+        Ok(self.ask(|reply| Call::History { peer, before, limit, reply }).await??)
     }
 
     /// A message by id.
     pub async fn message(&self, id: MessageId) -> Result<Option<Message>, NodeError> {
-        Ok(self.with(move |d| d.engine.message(&id)).await??)
+        Ok(self.ask(|reply| Call::Message(id, reply)).await??)
     }
 
     /// The safety number with `peer`, once their identity is known.
     pub async fn safety_number(&self, peer: UserId) -> Result<Option<SafetyNumber>, NodeError> {
-        Ok(self.with(move |d| d.engine.safety_number(&peer)).await??)
+        Ok(self.ask(|reply| Call::SafetyNumber(peer, reply)).await??)
     }
 
     /// Our display name.
     pub async fn profile_name(&self) -> Result<Option<String>, NodeError> {
-        Ok(self.with(|d| d.engine.store().profile_name()).await??)
+        Ok(self.ask(Call::ProfileName).await??)
     }
 
     /// Messages waiting in the outbox.
     pub async fn outbox_len(&self) -> Result<usize, NodeError> {
-        self.with(|d| d.engine.outbox_len()).await
+        self.ask(Call::OutboxLen).await
     }
 
     /// The addresses we listen on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
-        self.with(|d| d.listen_addrs.clone()).await
+        self.ask(Call::ListenAddrs).await
     }
 
     /// Our listen addresses with `/p2p/<peer-id>`: what another node can dial or bootstrap from.
@@ -532,18 +543,18 @@ impl Node {
 
     /// Peers we have a connection to.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NodeError> {
-        self.with(|d| d.swarm.connected_peers().copied().collect()).await
+        self.ask(Call::ConnectedPeers).await
     }
 
     /// Whether we have a connection to `user`.
     pub async fn is_connected(&self, user: UserId) -> Result<bool, NodeError> {
         let Ok(peer) = peer_id_of(&user) else { return Ok(false) };
-        self.with(move |d| d.swarm.is_connected(&peer)).await
+        self.ask(|reply| Call::IsConnected(peer, reply)).await
     }
 
     /// Dials `address` (which should end in `/p2p/<peer-id>`) and adds it to the DHT.
     pub async fn connect(&self, address: Multiaddr) -> Result<(), NodeError> {
-        self.with(move |d| d.connect(address)).await?.map_err(NodeError::Network)
+        Ok(self.ask(|reply| Call::Connect(address, reply)).await??)
     }
 
     /// Waits until message `id` has reached at least `target` (or failed), returning its status.
@@ -577,7 +588,7 @@ impl Node {
     /// A BLAKE3 digest of everything the node has stored (for tests and diagnostics: two equal
     /// digests mean byte-identical stores).
     pub async fn store_digest(&self) -> Result<String, NodeError> {
-        let dump = self.with(|d| d.engine.store().dump()).await??;
+        let dump = self.ask(Call::Dump).await??;
         let mut hasher = blake3::Hasher::new();
         for (tree, key, value) in dump {
             hasher.update(tree.name().as_bytes());
@@ -592,10 +603,7 @@ impl Node {
 
     /// Flushes and stops the node, waiting until its database is closed.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        if self.calls.send(Call::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        let _ = self.ask(Call::Shutdown).await;
         if let Some(task) = self.task.lock().await.take() {
             let _ = task.await;
         }

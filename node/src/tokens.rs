@@ -40,8 +40,6 @@ pub(crate) mod tag {
     pub(crate) const MAILBOX: u8 = 2;
     /// Prekey requests we serve.
     pub(crate) const PREKEYS: u8 = 3;
-    /// Gossip messages waiting for the engine's verdict.
-    pub(crate) const GOSSIP: u8 = 4;
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub enum FetchError {
 }
 
 /// An input from the driver (network, timers).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// Envelope bytes received.
     Envelope {

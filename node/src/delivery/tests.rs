@@ -22,14 +22,13 @@ fn actions(d: &mut DirectDelivery<u64>) -> Vec<DeliveryAction> {
     std::iter::from_fn(|| d.poll_action()).collect()
 }
 
-/// The sends among `actions`, registered with request ids from `next`.
+/// The sends among the pending actions, registered with request ids from `next`.
 fn sends(
     d: &mut DirectDelivery<u64>,
-    actions: Vec<DeliveryAction>,
     next: &mut u64,
 ) -> Vec<(u64, PeerId, Vec<Option<MessageId>>)> {
     let mut out = Vec::new();
-    for action in actions {
+    for action in actions(d) {
         if let DeliveryAction::Send { peer, ids, envelopes } = action {
             assert_eq!(envelopes.len(), ids.len());
             *next += 1;
@@ -55,10 +54,13 @@ fn a_turns_deliveries_leave_together_in_batches_of_64() {
     assert!(actions(&mut d).is_empty(), "nothing leaves before the end of the turn");
     d.end_turn();
     let mut next = 0;
-    let mut sent = sends(&mut d, actions(&mut d), &mut next);
+    let mut sent = sends(&mut d, &mut next);
     sent.sort_by_key(|(_, peer, ids)| (*peer == q, ids.len()));
-    let sizes: Vec<(bool, usize)> = sent.iter().map(|(_, peer, ids)| (*peer == q, ids.len())).collect();
-    assert!(sizes.contains(&(false, 64)) && sizes.contains(&(false, 1)) && sizes.contains(&(true, 1)));
+    let sizes: Vec<(bool, usize)> =
+        sent.iter().map(|(_, peer, ids)| (*peer == q, ids.len())).collect();
+    assert!(
+        sizes.contains(&(false, 64)) && sizes.contains(&(false, 1)) && sizes.contains(&(true, 1))
+    );
     // In outbox order: the first batch to p carries 0..64.
     let first = sent.iter().find(|(_, peer, ids)| *peer == p && ids.len() == 64).unwrap();
     assert_eq!(first.2, (0..64).map(|n| Some(id(n))).collect::<Vec<_>>());
@@ -91,7 +93,7 @@ fn big_envelopes_split_batches_at_the_frame_limit() {
     }
     d.end_turn();
     let mut next = 0;
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     assert_eq!(sent.iter().map(|s| s.2.len()).collect::<Vec<_>>(), vec![per_frame, 1]);
 }
 
@@ -104,7 +106,7 @@ fn acks_go_by_position_and_an_unanswered_envelope_falls_back() {
     }
     d.end_turn();
     let mut next = 0;
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     let rejected = DeliveryAck { id: id(1), result: AckResult::Rejected(RejectReason::Expired) };
     // The peer answered two of three.
     d.answered(sent[0].0, vec![ack(id(0)), rejected]);
@@ -137,7 +139,7 @@ fn at_most_128_requests_per_peer_and_the_rest_follow_the_answers() {
     }
     d.end_turn();
     let mut next = 0;
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     assert_eq!(sent.len(), MAX_IN_FLIGHT_PER_PEER);
     // Typing to a peer with no room is dropped.
     d.deliver_ephemeral(p, vec![9], true);
@@ -145,7 +147,7 @@ fn at_most_128_requests_per_peer_and_the_rest_follow_the_answers() {
     // One answer makes room for the last ten.
     let acks = sent[0].2.iter().flatten().map(|i| ack(*i)).collect();
     d.answered(sent[0].0, acks);
-    let more = sends(&mut d, actions(&mut d), &mut next);
+    let more = sends(&mut d, &mut next);
     assert_eq!(more.len(), 1);
     assert_eq!(more[0].2.len(), 10);
 }
@@ -160,7 +162,7 @@ fn a_failed_request_falls_back_with_everything_waiting_for_an_unreachable_peer()
     }
     d.end_turn();
     let mut next = 0;
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     // Could not be dialed: its deliveries and the two waiting fall back; the peer is looked up.
     d.failed(sent[0].0, false, true);
     let after = actions(&mut d);
@@ -179,7 +181,7 @@ fn a_failed_request_falls_back_with_everything_waiting_for_an_unreachable_peer()
         d.deliver(q, id(100_000 + u32::try_from(n).unwrap()), vec![0]);
     }
     d.end_turn();
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     d.failed(sent[0].0, true, false);
     let after = actions(&mut d);
     assert_eq!(after.iter().filter(|a| matches!(a, DeliveryAction::FallBack(_))).count(), 64);
@@ -194,7 +196,7 @@ fn typing_goes_only_to_a_connected_peer_and_is_not_tracked() {
     assert!(actions(&mut d).is_empty());
     d.deliver_ephemeral(p, vec![1], true);
     let mut next = 0;
-    let sent = sends(&mut d, actions(&mut d), &mut next);
+    let sent = sends(&mut d, &mut next);
     assert_eq!(sent[0].2, vec![None]);
     d.failed(sent[0].0, false, false);
     assert!(actions(&mut d).is_empty(), "an untracked delivery does not fall back");
@@ -223,7 +225,10 @@ fn an_inbound_batch_is_answered_in_order_once_the_engine_answered_each() {
     d.engine_answered(tokens[0], ack(id(1)));
     assert_eq!(
         actions(&mut d),
-        vec![DeliveryAction::Answer { batch, acks: DeliveryAcks { acks: vec![ack(id(1)), ack(id(2))] } }]
+        vec![DeliveryAction::Answer {
+            batch,
+            acks: DeliveryAcks { acks: vec![ack(id(1)), ack(id(2))] }
+        }]
     );
 }
 
@@ -239,14 +244,33 @@ async fn envelopes_over_the_peers_rate_are_refused_at_once() {
         admitted += actions(&mut d).len();
     }
     assert_eq!(admitted, burst / MAX_DIRECT_BATCH * MAX_DIRECT_BATCH);
+    // The bucket holds what is left of the burst: the rest of the batch is refused, and the
+    // answer (in request order) comes once the engine answered the admitted ones.
+    let left = burst - admitted;
     let batch = d.receive(p, vec![ByteBuf::from(vec![0]); MAX_DIRECT_BATCH], now);
+    let tokens: Vec<ReplyToken> = actions(&mut d)
+        .into_iter()
+        .map(|a| match a {
+            DeliveryAction::Engine(Input::Envelope { reply: Some(token), .. }) => token,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(tokens.len(), left);
+    for token in tokens {
+        d.engine_answered(token, ack(id(0)));
+    }
     let after = actions(&mut d);
-    let Some(DeliveryAction::Answer { batch: answered, acks }) = after.last() else {
+    let [DeliveryAction::Answer { batch: answered, acks }] = after.as_slice() else {
         panic!("{after:?}")
     };
     assert_eq!(*answered, batch);
-    let limited = acks.acks.iter().filter(|a| a.result == AckResult::Rejected(RejectReason::RateLimited));
-    assert!(limited.count() > 0);
+    let limited: Vec<bool> = acks
+        .acks
+        .iter()
+        .map(|a| a.result == AckResult::Rejected(RejectReason::RateLimited))
+        .collect();
+    assert_eq!(limited.iter().filter(|l| **l).count(), MAX_DIRECT_BATCH - left);
+    assert!(limited[left..].iter().all(|l| *l), "the refused ones keep their places");
     // Time refills the bucket.
     tokio::time::advance(std::time::Duration::from_secs(1)).await;
     d.receive(p, vec![ByteBuf::from(vec![0])], Instant::now());
@@ -257,10 +281,9 @@ async fn envelopes_over_the_peers_rate_are_refused_at_once() {
 fn a_batch_from_a_peer_that_is_not_a_kith_user_is_refused() {
     let mut d = delivery();
     // A secp256k1-free, non-Ed25519 peer id: a random multihash of another key type.
-    let stranger = PeerId::from_multihash(
-        libp2p::multihash::Multihash::wrap(0x12, &[7; 32]).unwrap(),
-    )
-    .unwrap();
+    let stranger =
+        PeerId::from_multihash(libp2p::multihash::Multihash::wrap(0x12, &[7; 32]).unwrap())
+            .unwrap();
     let batch = d.receive(stranger, vec![ByteBuf::from(vec![0])], Instant::now());
     assert_eq!(
         actions(&mut d),

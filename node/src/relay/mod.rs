@@ -21,7 +21,9 @@ pub(crate) mod metrics;
 pub(crate) mod store;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kith_core::identity::user_id_of;
 use kith_core::prekeys::verify_bundle;
@@ -139,6 +141,7 @@ impl RelayService {
         dir: &Path,
         blob_dir: &Path,
         config: RelayConfig,
+        now: Instant,
     ) -> Result<Self, RelayStoreError> {
         let store = RelayStore::open(dir)?;
         let blobs = BlobStore::open(blob_dir, store.tree("blobs")?)?;
@@ -153,7 +156,7 @@ impl RelayService {
             store,
             blobs,
             metrics,
-            next_purge: Instant::now(),
+            next_purge: now,
         })
     }
 
@@ -172,10 +175,10 @@ impl RelayService {
         sender: PeerId,
         envelopes: Vec<Envelope>,
         now: UnixMillis,
+        instant: Instant,
     ) -> (Vec<DepositResult>, Vec<Push>) {
         let mut results = Vec::with_capacity(envelopes.len());
         let mut pushes: Vec<Push> = Vec::new();
-        let instant = Instant::now();
         for envelope in envelopes {
             let id = envelope.id;
             let refused = match kith_protocol::encode(&envelope) {
@@ -300,6 +303,7 @@ impl RelayService {
         peer: &PeerId,
         upload: PreKeyUpload,
         now: UnixMillis,
+        instant: Instant,
     ) -> PreKeyResponse {
         let user = upload.identity.user;
         let bundle = PreKeyBundle {
@@ -310,7 +314,7 @@ impl RelayService {
         if !is_peer(peer, &user) || verify_bundle(&bundle, &user, now).is_err() {
             return PreKeyResponse::Refused(PreKeyRefusal::Unauthorized);
         }
-        if !self.upload_limiter.allow(*peer, Instant::now()) {
+        if !self.upload_limiter.allow(*peer, instant) {
             return PreKeyResponse::Refused(PreKeyRefusal::RateLimited);
         }
         let known = self.store.stored_prekeys(&user).ok().flatten().is_some();
@@ -345,8 +349,7 @@ impl RelayService {
     }
 
     /// Purges expired envelopes if a purge is due.
-    pub(crate) fn maintain(&mut self, now: UnixMillis) {
-        let instant = Instant::now();
+    pub(crate) fn maintain(&mut self, now: UnixMillis, instant: Instant) {
         if instant < self.next_purge {
             return;
         }
@@ -417,8 +420,9 @@ impl RelayService {
         recipient: &UserId,
         hash: &ChunkHash,
         size: u64,
+        instant: Instant,
     ) -> Result<Option<std::path::PathBuf>, MediaRefusal> {
-        if !self.limiter.allow(sender, Instant::now()) {
+        if !self.limiter.allow(sender, instant) {
             return Err(MediaRefusal::RateLimited);
         }
         let admit = self.blobs.admit(
