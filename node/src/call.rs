@@ -14,7 +14,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
 use crate::media::{Attachment, MediaStoreError};
-use crate::node::{ConnectError, RelayUsage};
+use crate::error::ConnectError;
+use crate::relay::RelayUsage;
 
 /// Where an answer of type `T` goes.
 pub(crate) type Reply<T> = oneshot::Sender<T>;

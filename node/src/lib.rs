@@ -64,6 +64,7 @@ pub mod config;
 mod delivery;
 mod dht;
 mod driver;
+mod error;
 pub mod groups;
 mod limiter;
 mod mailbox;
@@ -95,7 +96,9 @@ pub use mailbox::{
     FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
     PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
 };
-pub use node::{CALL_QUEUE, ConnectError, EVENT_BUFFER, Node, NodeError, RelayUsage, SentFile};
+pub use error::{ConnectError, NodeError};
+pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, SentFile};
+pub use relay::RelayUsage;
 pub use prekeys::PREKEY_RATE;
 pub use profile::{Profile, ProfileError, ProfileRng};
 

@@ -8,7 +8,6 @@ use kith_core::fingerprint::SafetyNumber;
 use kith_core::group::Group;
 use kith_core::identity::{ContactString, peer_id_of, user_id_of};
 use kith_core::model::{Contact, Message, MessageStatus};
-use kith_core::store::StoreError;
 use kith_protocol::{GroupId, MessageId, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
@@ -16,6 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::NodeEvent;
 use crate::behaviour::build_swarm;
+use crate::error::NodeError;
+use crate::relay::RelayUsage;
 use crate::call::Call;
 use crate::clock::{Clock, now_millis};
 use crate::config::NodeConfig;
@@ -36,68 +37,6 @@ use crate::tokens::{Tokens, tag};
 pub const CALL_QUEUE: usize = 1024;
 /// Events buffered per subscriber; a subscriber that falls further behind loses the oldest.
 pub const EVENT_BUFFER: usize = 8192;
-
-/// Why a node operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeError {
-    /// The profile could not be opened.
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    /// The network stack could not start.
-    #[error("network: {0}")]
-    Network(String),
-    /// The command was refused.
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Dialing failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// No contact has that name, and it is not a peer id.
-    #[error("no contact named `{0}` (and it is not a peer id)")]
-    UnknownContact(String),
-    /// No group has that name or id (or the name is ambiguous).
-    #[error("no group named `{0}` (or more than one: use its id)")]
-    UnknownGroup(String),
-    /// The node has stopped.
-    #[error("the node has stopped")]
-    Stopped,
-    /// Waiting took too long.
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-    /// An attachment could not be sent.
-    #[error(transparent)]
-    Media(#[from] MediaFailure),
-}
-
-/// Why dialing an address failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The swarm refused to dial it (malformed, or no transport for it).
-    #[error("cannot dial: {0}")]
-    Dial(#[from] libp2p::swarm::DialError),
-}
-
-/// What a relay holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RelayUsage {
-    /// Envelopes in mailboxes.
-    pub envelopes: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Users whose prekeys the relay serves.
-    pub prekey_users: usize,
-    /// Attachment chunk bytes held for recipients.
-    pub blob_bytes: u64,
-    /// Attachment chunks served to their recipients since the relay started.
-    pub blobs_served: u64,
-    /// The relay database's size on disk.
-    pub disk_bytes: u64,
-}
 
 /// An attachment queued by [`Node::send_file`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -43,8 +43,10 @@ pub use transfers::{PARALLEL_CHUNKS, RETRY_FIRST, RETRY_MAX, UPLOAD_IN_FLIGHT};
 pub const WORK_QUEUE: usize = 256;
 /// Default largest attachment sent or accepted.
 pub const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
-/// How long we keep the sealed copy of an attachment we sent (as long as a relay keeps mail).
-pub const SEALED_RETENTION: Duration = crate::relay::DEFAULT_TTL;
+/// How long we keep the sealed copy of an attachment we sent: as long as a relay keeps mail by
+/// default ([`crate::relay::DEFAULT_TTL`]), so a recipient that fetches its mail late still
+/// finds the chunks.
+pub const SEALED_RETENTION: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
 /// Why an attachment could not be sent or received.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -118,6 +118,23 @@ impl Default for RelayConfig {
     }
 }
 
+/// What a relay holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayUsage {
+    /// Envelopes in mailboxes.
+    pub envelopes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Users whose prekeys the relay serves.
+    pub prekey_users: usize,
+    /// Attachment chunk bytes held for recipients.
+    pub blob_bytes: u64,
+    /// Attachment chunks served to their recipients since the relay started.
+    pub blobs_served: u64,
+    /// The relay database's size on disk.
+    pub disk_bytes: u64,
+}
+
 /// New envelopes to push to a recipient that is connected.
 pub(crate) struct Push {
     pub(crate) recipient: UserId,
