@@ -13,8 +13,8 @@ use kith_protocol::{GroupId, MessageId, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
-use crate::media::{Attachment, MediaStoreError};
 use crate::error::ConnectError;
+use crate::media::{Attachment, MediaStoreError};
 use crate::relay::RelayUsage;
 
 /// Where an answer of type `T` goes.

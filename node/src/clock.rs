@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use kith_core::engine::Now;
+use kith_core::store::StoreError;
 use kith_protocol::UnixMillis;
 use tokio::time::Instant;
 
@@ -53,6 +54,28 @@ impl Clock {
     }
 }
 
+/// How long opening a database waits for a lock that is being released: sled releases its
+/// lock on a background thread some time after the last handle of a database is dropped
+/// (spacejam/sled#1234), so a node restarted in the same process finds it held for a moment.
+pub const STORE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `open` until it stops failing with [`StoreError::Locked`], for at most
+/// [`STORE_LOCK_WAIT`]: a lock another process keeps is still an error after that.
+pub(crate) fn wait_for_lock<T>(
+    mut open: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    #[allow(clippy::disallowed_methods, reason = "the clocks are read here only")]
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match open() {
+            Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +88,18 @@ mod tests {
         let later = clock.engine(clock.instant());
         assert_eq!(later.mono - start.mono, 5_000);
         assert_eq!(clock.deadline(later.mono), clock.instant());
+    }
+
+    #[test]
+    fn a_lock_being_released_is_waited_for_and_one_kept_is_reported() {
+        let mut tries = 0;
+        let opened = wait_for_lock(|| {
+            tries += 1;
+            if tries < 3 { Err(StoreError::Locked) } else { Ok(tries) }
+        });
+        assert_eq!(opened, Ok(3));
+        let started = std::time::Instant::now();
+        assert_eq!(wait_for_lock(|| Err::<(), _>(StoreError::Locked)), Err(StoreError::Locked));
+        assert!(started.elapsed() >= STORE_LOCK_WAIT);
     }
 }

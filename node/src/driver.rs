@@ -25,6 +25,7 @@ use kith_core::engine::{
 };
 use kith_core::identity::{peer_id_of, user_id_of};
 use kith_core::record::record_key;
+use kith_core::store::{BackendError, StoreError};
 use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
 use kith_protocol::mailbox::{MailboxRefusal, MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
@@ -44,15 +45,15 @@ use crate::clock::{Clock, now_millis};
 use crate::codec::KAD_PROTOCOL;
 use crate::delivery::{DeliveryAction, DirectDelivery};
 use crate::dht::{Dht, DhtAction, accept_put};
+use crate::error::ConnectError;
 use crate::groups::{self, GroupTransport};
 use crate::mailbox::{FETCH_LIMIT, MailboxAction, MailboxClient};
 use crate::media::transfers::{MediaAction, Transfers};
 use crate::media::{Work, fetch, files};
-use crate::error::ConnectError;
-use crate::relay::RelayUsage;
 use crate::prekeys::PreKeyServer;
 use crate::profile::ProfileRng;
 use crate::reachability;
+use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
 
 /// Most events and calls taken into one turn (one fsync) besides the first, and most engine
@@ -389,9 +390,10 @@ impl Driver {
                 return Err(e);
             }
         };
-        self.c.transfers.sent(message, to, &manifest, source, now.wall).map_err(|e| {
-            CommandError::Store(kith_core::store::StoreError::Backend(e.to_string()))
-        })?;
+        self.c
+            .transfers
+            .sent(message, to, &manifest, source, now.wall)
+            .map_err(|e| CommandError::Store(StoreError::Backend(BackendError::new(e))))?;
         Ok(message)
     }
 

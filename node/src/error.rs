@@ -50,4 +50,3 @@ pub enum ConnectError {
     #[error("cannot dial: {0}")]
     Dial(#[from] libp2p::swarm::DialError),
 }
-

@@ -88,6 +88,7 @@ pub use dht::{
     FIRST_PUBLICATION, LOOKUP_COOLDOWN, MAX_RECORD_FETCHES, RECORD_REPUBLISH, RECORD_RETRY,
 };
 pub use driver::MAX_TURN_WORK;
+pub use error::{ConnectError, NodeError};
 pub use kith_core;
 pub use kith_protocol;
 pub use libp2p;
@@ -96,11 +97,10 @@ pub use mailbox::{
     FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
     PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
 };
-pub use error::{ConnectError, NodeError};
 pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, SentFile};
-pub use relay::RelayUsage;
 pub use prekeys::PREKEY_RATE;
 pub use profile::{Profile, ProfileError, ProfileRng};
+pub use relay::RelayUsage;
 
 /// Something that happened on a node.
 #[derive(Clone, Debug)]

@@ -15,14 +15,13 @@ use tokio::task::JoinHandle;
 
 use crate::NodeEvent;
 use crate::behaviour::build_swarm;
-use crate::error::NodeError;
-use crate::relay::RelayUsage;
 use crate::call::Call;
 use crate::clock::{Clock, now_millis};
 use crate::config::NodeConfig;
 use crate::delivery::DirectDelivery;
 use crate::dht::Dht;
 use crate::driver::{Components, Driver, work_channel};
+use crate::error::NodeError;
 use crate::groups::GroupTransport;
 use crate::mailbox::MailboxClient;
 use crate::media::store::MediaStore;
@@ -31,6 +30,7 @@ use crate::media::{Attachment, MediaFailure};
 use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
 use crate::relay::RelayService;
+use crate::relay::RelayUsage;
 use crate::tokens::{Tokens, tag};
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).

@@ -8,7 +8,7 @@ use kith_core::store::{Store, StoreError};
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
 
-use crate::clock::now_millis;
+use crate::clock::{now_millis, wait_for_lock};
 
 /// The RNG a profile's engine uses: the operating system's generator, for every draw (keys
 /// are rare enough that a user-space generator would save nothing worth its state). An OS RNG
@@ -72,7 +72,7 @@ impl Profile {
     /// Creates a new identity in `dir` (which must not hold one yet).
     pub fn create(dir: &Path, config: Config) -> Result<Self, ProfileError> {
         secure_dir(dir)?;
-        let store = Store::open(&Self::db_path(dir))?;
+        let store = wait_for_lock(|| Store::open(&Self::db_path(dir)))?;
         let engine = Engine::create(store, UnwrapErr(SysRng), now_millis(), config).map_err(
             |e| match e {
                 OpenError::IdentityExists => ProfileError::Exists(dir.to_owned()),
@@ -89,7 +89,7 @@ impl Profile {
             return Err(ProfileError::NoIdentity(dir.to_owned()));
         }
         secure_dir(dir)?;
-        let store = Store::open(&Self::db_path(dir))?;
+        let store = wait_for_lock(|| Store::open(&Self::db_path(dir)))?;
         let engine =
             Engine::open(store, UnwrapErr(SysRng), now_millis(), config).map_err(|e| match e {
                 OpenError::Store(e) => ProfileError::Store(e),

@@ -20,6 +20,17 @@ use crate::store::{Batch, Store};
 
 const T: UnixMillis = 1_700_000_000_000;
 
+/// Opens the sled store at `path`, once the handle just dropped has released its lock (sled
+/// does so in the background; kith-core never waits itself).
+fn reopen(path: &std::path::Path) -> Store {
+    loop {
+        match Store::open(path) {
+            Err(StoreError::Locked) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            result => return result.unwrap(),
+        }
+    }
+}
+
 struct Net {
     engines: Vec<Engine<ChaCha20Rng>>,
     online: Vec<bool>,
@@ -439,20 +450,16 @@ fn a_receipt_lost_in_a_crash_is_sent_again_when_the_copy_comes() {
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::new(3);
     // Member 2 keeps its state on disk, to crash and come back.
-    net.engines[2] = Engine::create(
-        Store::open(dir.path()).unwrap(),
-        ChaCha20Rng::seed_from_u64(7),
-        T,
-        Config::default(),
-    )
-    .unwrap();
+    net.engines[2] =
+        Engine::create(reopen(dir.path()), ChaCha20Rng::seed_from_u64(7), T, Config::default())
+            .unwrap();
     let group = net.create(0, &[1, 2]);
     net.advance(GROUP_RECEIPT_DELAY_MS);
     let id = net.send(1, group, "hello");
     assert_eq!(net.texts(2, &group), ["hello"]);
     // 2 stored the message (flushed) but crashes before its receipt goes out.
     drop(net.engines.remove(2));
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     let reopened =
         Engine::open(store, ChaCha20Rng::seed_from_u64(9), net.now, Config::default()).unwrap();
     net.engines.insert(2, reopened);

@@ -1,12 +1,11 @@
 //! The storage backend seam: an ordered key-value store with named trees, atomic multi-tree
-//! batches and an explicit flush. Kith ships a sled backend ([`SledBackend`]) and an in-memory
-//! one ([`MemoryBackend`]); an app can plug in its own by implementing [`Backend`].
+//! batches and an explicit flush. Kith ships an in-memory backend ([`MemoryBackend`]) and,
+//! with the default `sled` feature, a sled one; an app can plug in its own by implementing
+//! [`Backend`].
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The trees of a Kith database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,7 +88,7 @@ impl Tree {
     }
 
     /// The byte that prefixes this tree's keys in a single-keyspace backend.
-    pub(crate) fn prefix(self) -> u8 {
+    pub fn prefix(self) -> u8 {
         self as u8
     }
 }
@@ -99,8 +98,11 @@ impl Tree {
 #[non_exhaustive]
 pub enum StoreError {
     /// The backend failed (IO error, corruption).
-    #[error("storage backend error: {0}")]
-    Backend(String),
+    #[error("storage backend error")]
+    Backend(#[source] BackendError),
+    /// Another process holds the database (or one just closed is still releasing it).
+    #[error("the database is locked by another process")]
+    Locked,
     /// A stored record could not be decoded.
     #[error("corrupt {record} record")]
     Corrupt {
@@ -124,11 +126,53 @@ pub enum StoreError {
     },
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Backend(e.to_string())
+/// A backend's own error, kept as the source of [`StoreError::Backend`]. Cheap to clone;
+/// two are equal only if they are the same error.
+#[derive(Clone)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// Wraps a backend's error.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
+
+    /// The IO error behind it, if it is one (to tell a full disk from corruption).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.0.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
     }
 }
+
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BackendError {}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// The in-memory backend's lock was poisoned by a panic while it was held.
+#[derive(Debug, thiserror::Error)]
+#[error("memory store lock poisoned")]
+struct Poisoned;
 
 /// One write of a batch: a value to put, or `None` to delete.
 pub type RawWrite = (Tree, Vec<u8>, Option<Vec<u8>>);
@@ -190,7 +234,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, MemoryTrees>, StoreError> {
-        self.trees.lock().map_err(|_| StoreError::Backend("memory store lock poisoned".into()))
+        self.trees.lock().map_err(|_| StoreError::Backend(BackendError::new(Poisoned)))
     }
 }
 
@@ -247,124 +291,5 @@ impl Backend for MemoryBackend {
 
     fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
         Ok(self.lock()?.iter().map(|((t, k), v)| (*t, k.clone(), Some(v.clone()))).collect())
-    }
-}
-
-/// How long opening a sled database waits for a file lock that is being released.
-pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(2);
-
-/// Opens a sled database, waiting up to [`SLED_LOCK_WAIT`] for its file lock. sled releases
-/// the lock on a background thread some time after the last handle is dropped
-/// (spacejam/sled#1234), so reopening a database that was just closed — a node restarted in the
-/// same process — could otherwise fail with `WouldBlock`. A lock that another process keeps
-/// still fails, once the wait is over.
-pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
-    let deadline = Instant::now() + SLED_LOCK_WAIT;
-    loop {
-        match config.open() {
-            // sled reports it as `Other` with this message (the `WouldBlock` is only in the text).
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            result => return result,
-        }
-    }
-}
-
-/// The sled backend: one sled database per profile holding every [`Tree`] in one keyspace,
-/// each key prefixed with its tree's byte, so that any batch, whatever trees it touches, is
-/// one atomic sled `apply_batch` (cheaper than a multi-tree transaction). sled writes its log
-/// in the background; [`Backend::flush`] fsyncs it.
-pub struct SledBackend {
-    db: sled::Db,
-}
-
-/// sled's page cache size: enough for a busy profile, far below sled's 1 GiB default.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-fn sled_key(tree: Tree, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 1);
-    out.push(tree.prefix());
-    out.extend_from_slice(key);
-    out
-}
-
-impl SledBackend {
-    /// Opens (or creates) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_sled(&sled::Config::new().path(path).cache_capacity(SLED_CACHE_BYTES))?;
-        Ok(Self { db })
-    }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
-}
-
-impl fmt::Debug for SledBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SledBackend").finish_non_exhaustive()
-    }
-}
-
-impl Backend for SledBackend {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(sled_key(tree, key))?.map(|v| v.to_vec()))
-    }
-
-    fn range(
-        &self,
-        tree: Tree,
-        start: &[u8],
-        end: &[u8],
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let start = sled_key(tree, start);
-        // Without an end, the range stops where the next tree's keys begin.
-        let end = if end.is_empty() { vec![tree.prefix() + 1] } else { sled_key(tree, end) };
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let iter = self.db.range(start..end);
-        let to_owned = |r: sled::Result<(sled::IVec, sled::IVec)>| {
-            let (k, v) = r?;
-            Ok((k.get(1..).unwrap_or_default().to_vec(), v.to_vec()))
-        };
-        if reverse {
-            iter.rev().take(limit).map(to_owned).collect()
-        } else {
-            iter.take(limit).map(to_owned).collect()
-        }
-    }
-
-    fn apply(&self, writes: &[RawWrite]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (tree, key, value) in writes {
-            match value {
-                Some(value) => batch.insert(sled_key(*tree, key), value.as_slice()),
-                None => batch.remove(sled_key(*tree, key)),
-            }
-        }
-        Ok(self.db.apply_batch(batch)?)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
-        let mut out = Vec::new();
-        for tree in Tree::ALL {
-            for (k, v) in self.range(tree, &[], &[], false, usize::MAX)? {
-                out.push((tree, k, Some(v)));
-            }
-        }
-        Ok(out)
     }
 }

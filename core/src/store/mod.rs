@@ -34,27 +34,27 @@
 
 mod backend;
 pub(crate) mod records;
+#[cfg(feature = "sled")]
+mod sled_backend;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
-use std::path::Path;
 
 use kith_protocol::content::GroupControl;
 use kith_protocol::{ChangeHash, GroupId, MessageId, UnixMillis, UserId};
 use zeroize::Zeroize;
 
 use backend::prefix_end;
-pub use backend::{
-    Backend, Entry, MemoryBackend, RawWrite, SLED_LOCK_WAIT, SledBackend, StoreError, Tree,
-    open_sled,
-};
+pub use backend::{Backend, BackendError, Entry, MemoryBackend, RawWrite, StoreError, Tree};
 pub(crate) use records::MessageIndexRecord;
 use records::{
     GroupChangeRecord, GroupOrphanRecord, GroupRecord, IdentityRecord, MemberChainsRecord,
     MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord, PeerSessionsRecord,
     PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode, encode,
 };
+#[cfg(feature = "sled")]
+pub use sled_backend::{SledBackend, open_sled};
 
 use crate::group::sender_key::{MemberChains, OwnChain};
 use crate::identity::IdentityKeyPair;
@@ -445,11 +445,18 @@ impl Store {
         Self::new(Box::new(MemoryBackend::new()))
     }
 
-    /// A sled store at `path`: a new one, or one with this build's [`STORE_LAYOUT`].
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let store = Self::new(Box::new(SledBackend::open(path)?));
+    /// A store over a backend that persists: an empty one is stamped with this build's
+    /// [`STORE_LAYOUT`]; one of another layout is upgraded if it can be, refused otherwise.
+    pub fn open_backend(backend: Box<dyn Backend>) -> Result<Self, StoreError> {
+        let store = Self::new(backend);
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// A sled store at `path`: a new one, or one with this build's [`STORE_LAYOUT`].
+    #[cfg(feature = "sled")]
+    pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open_backend(Box::new(SledBackend::open(path)?))
     }
 
     /// Accepts a database with this build's layout (upgrading one of layout 3) and stamps an

@@ -107,7 +107,15 @@ impl Storage {
     fn store(&self) -> Store {
         match self {
             Storage::Crashable(b) => Store::new(Box::new(b.clone())),
-            Storage::Sled(path) => Store::open(path).unwrap(),
+            // A store just dropped releases its lock in the background: wait for it.
+            Storage::Sled(path) => loop {
+                match Store::open(path) {
+                    Err(StoreError::Locked) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    result => break result.unwrap(),
+                }
+            },
         }
     }
 }

@@ -88,7 +88,7 @@ fn big_envelopes_split_batches_at_the_frame_limit() {
     let p = peer();
     let big = kith_protocol::limits::MAX_ENVELOPE_BYTES;
     let per_frame = MAX_DIRECT_FRAME_BYTES / batch_cost(big);
-    for n in 0..(per_frame as u32 + 1) {
+    for n in 0..=u32::try_from(per_frame).unwrap() {
         d.deliver(p, id(n), vec![0; big]);
     }
     d.end_turn();
@@ -236,7 +236,8 @@ fn an_inbound_batch_is_answered_in_order_once_the_engine_answered_each() {
 async fn envelopes_over_the_peers_rate_are_refused_at_once() {
     let mut d = delivery();
     let p = peer();
-    let burst = ENVELOPE_RATE.1 as usize;
+    let burst = 100_000;
+    assert_eq!(ENVELOPE_RATE.1, 100_000.0);
     let now = Instant::now();
     let mut admitted = 0;
     for _ in 0..(burst / MAX_DIRECT_BATCH) {

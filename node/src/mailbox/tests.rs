@@ -99,7 +99,7 @@ fn a_failed_delivery_goes_to_two_relays_and_is_stored_once_one_holds_it() {
     let given: Vec<String> = [&r1, &r2, &r3]
         .iter()
         .enumerate()
-        .map(|(i, r)| address(&r.peer, i as u16).to_string())
+        .map(|(i, r)| address(&r.peer, u16::try_from(i).unwrap()).to_string())
         .collect();
     c.track(id(1), bob.id, &envelope(id(1), &me.id, &bob.id), &given);
     c.fall_back(id(1));

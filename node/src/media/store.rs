@@ -16,13 +16,20 @@ use serde::{Deserialize, Serialize};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MediaStoreError {
-    /// sled failed.
-    #[error("media store: {0}")]
-    Backend(#[from] sled::Error),
+    /// The database failed.
+    #[error("media store")]
+    Backend(#[from] kith_core::store::StoreError),
     /// A record did not decode.
     #[error("media store: corrupt record")]
     Corrupt,
+}
+
+impl From<sled::Error> for MediaStoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Backend(e.into())
+    }
 }
 
 /// An attachment we sent and serve.
@@ -115,7 +122,9 @@ fn scan<T: serde::de::DeserializeOwned>(
 
 impl MediaStore {
     pub(crate) fn open(path: &Path) -> Result<Self, MediaStoreError> {
-        let db = kith_core::store::open_sled(&sled::Config::new().path(path))?;
+        let db = crate::clock::wait_for_lock(|| {
+            kith_core::store::open_sled(&sled::Config::new().path(path), path)
+        })?;
         Ok(Self { outgoing: db.open_tree("outgoing")?, incoming: db.open_tree("incoming")?, db })
     }
 

@@ -30,8 +30,21 @@ const MAIL_HEADER: usize = 8 + 16;
 
 /// A storage failure (the relay answers `Unavailable` and keeps running).
 #[derive(Debug, thiserror::Error)]
-#[error("relay store: {0}")]
-pub struct RelayStoreError(#[from] sled::Error);
+#[non_exhaustive]
+pub enum RelayStoreError {
+    /// The database failed.
+    #[error("relay store")]
+    Backend(#[from] kith_core::store::StoreError),
+    /// A record could not be encoded.
+    #[error("relay store: could not encode a prekey record")]
+    Encode(#[source] kith_protocol::EncodeError),
+}
+
+impl From<sled::Error> for RelayStoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Backend(e.into())
+    }
+}
 
 /// Messages and bytes held for one recipient.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,7 +131,9 @@ fn parse_mail(value: &[u8]) -> Option<(UnixMillis, MessageId, &[u8])> {
 impl RelayStore {
     /// Opens (or creates) the store at `path` and reads the usage of every mailbox.
     pub(crate) fn open(path: &Path) -> Result<Self, RelayStoreError> {
-        Self::with_db(kith_core::store::open_sled(&sled::Config::new().path(path))?)
+        Self::with_db(crate::clock::wait_for_lock(|| {
+            kith_core::store::open_sled(&sled::Config::new().path(path), path)
+        })?)
     }
 
     fn with_db(db: sled::Db) -> Result<Self, RelayStoreError> {
@@ -372,7 +387,7 @@ impl RelayStore {
 
     fn write_prekeys(&mut self, key: &[u8], upload: &PreKeyUpload) -> Result<(), RelayStoreError> {
         let bytes = kith_protocol::encode(&PreKeyRequest::Upload(Box::new(upload.clone())))
-            .map_err(|e| sled::Error::Unsupported(format!("prekey record: {e}")))?;
+            .map_err(RelayStoreError::Encode)?;
         self.prekeys.insert(key, bytes)?;
         self.dirty = true;
         Ok(())
