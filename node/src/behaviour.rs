@@ -67,9 +67,23 @@ pub(crate) struct Behaviour {
 }
 
 /// Why the swarm could not be built.
+/// Why the network stack could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("could not build the network stack: {0}")]
-pub(crate) struct BuildError(String);
+#[non_exhaustive]
+pub enum BuildError {
+    /// TCP with Noise could not be set up.
+    #[error("could not set up TCP with Noise")]
+    Transport(#[from] noise::Error),
+    /// The DNS resolver could not be set up.
+    #[error("could not set up the DNS resolver")]
+    Dns(#[from] std::io::Error),
+    /// Group messaging (gossipsub) could not be set up.
+    #[error("could not set up group messaging")]
+    Gossip(#[from] crate::groups::GossipError),
+    /// A protocol behaviour could not be built (mDNS's socket, for one).
+    #[error("could not build the network behaviour")]
+    Behaviour(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 fn request_response_config() -> request_response::Config {
     request_response::Config::default()
@@ -84,14 +98,12 @@ pub(crate) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let mdns_enabled = config.mdns;
     let dht_server = config.dht_server;
-    let gossipsub = crate::groups::behaviour(config.gossip_duplicate_cache).map_err(BuildError)?;
+    let gossipsub = crate::groups::behaviour(config.gossip_duplicate_cache)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| BuildError(e.to_string()))?
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_quic()
-        .with_dns()
-        .map_err(|e| BuildError(e.to_string()))?
+        .with_dns()?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             let limits = connection_limits::ConnectionLimits::default()
@@ -150,7 +162,7 @@ pub(crate) fn build_swarm(
                 gossipsub,
             })
         })
-        .map_err(|e| BuildError(e.to_string()))?
+        .map_err(|e| BuildError::Behaviour(e.into()))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
                 .with_per_connection_event_buffer_size(CONNECTION_EVENT_BUFFER)

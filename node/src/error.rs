@@ -13,9 +13,48 @@ pub enum NodeError {
     /// The profile could not be opened.
     #[error(transparent)]
     Profile(#[from] ProfileError),
-    /// The network stack could not start.
-    #[error("network: {0}")]
-    Network(String),
+    /// A home relay's address does not name its peer.
+    #[error("relay {0}: the address must end in /p2p/<peer-id>")]
+    RelayAddress(libp2p::Multiaddr),
+    /// The network stack could not be built.
+    #[error(transparent)]
+    Build(#[from] crate::behaviour::BuildError),
+    /// A listen address could not be listened on.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address.
+        address: libp2p::Multiaddr,
+        /// Why.
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    /// The relay's store could not be opened.
+    #[error(transparent)]
+    RelayStore(#[from] crate::relay::RelayStoreError),
+    /// The attachment store could not be opened or read.
+    #[error(transparent)]
+    MediaStore(#[from] crate::media::MediaStoreError),
+    /// The metrics endpoint could not be opened.
+    #[error("cannot serve metrics on {address}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The attachment protocol is served twice on this swarm.
+    #[error(transparent)]
+    Protocol(#[from] libp2p_stream::AlreadyRegistered),
+    /// A bootstrap peer could not be dialed.
+    #[error("bootstrap {address}")]
+    Bootstrap {
+        /// The address.
+        address: libp2p::Multiaddr,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
     /// The command was refused.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -34,6 +73,10 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The engine answered a command with a result of another kind than the call expects
+    /// (a bug: commands answer as documented).
+    #[error("unexpected answer to a command: {0:?}")]
+    UnexpectedResult(kith_core::engine::CommandResult),
     /// Waiting took too long.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),

@@ -105,10 +105,25 @@ pub fn topic(tag: &GroupTag) -> IdentTopic {
     IdentTopic::new(format!("kith/group/{tag}"))
 }
 
+/// Why gossipsub could not be set up (libp2p reports these as text only).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GossipError {
+    /// The configuration was refused.
+    #[error("invalid gossipsub configuration")]
+    Config(#[from] gossipsub::ConfigBuilderError),
+    /// The behaviour refused its settings.
+    #[error("gossipsub: {0}")]
+    Behaviour(&'static str),
+    /// Peer scoring refused its parameters.
+    #[error("gossipsub peer scoring: {0}")]
+    Scoring(String),
+}
+
 /// The gossipsub behaviour: anonymous publishing (the group's sender keys authenticate
 /// messages; the topic and envelope say nothing of who is in the group beyond the sender's
 /// id), content-addressed message ids, every message validated before it is forwarded.
-pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, String> {
+pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, GossipError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Anonymous)
         .validate_messages()
@@ -117,13 +132,13 @@ pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, Stri
         })
         .max_transmit_size(MAX_ENVELOPE_BYTES + 1024)
         .duplicate_cache_time(duplicate_cache)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut gossip = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config)?;
+        .build()?;
+    let mut gossip = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config)
+        .map_err(GossipError::Behaviour)?;
     // Members of a group often share an address (an office behind one NAT, tests on
     // loopback): no penalty for that. Invalid messages are what costs.
     let params = PeerScoreParams { ip_colocation_factor_weight: 0.0, ..PeerScoreParams::default() };
-    gossip.with_peer_score(params, PeerScoreThresholds::default())?;
+    gossip.with_peer_score(params, PeerScoreThresholds::default()).map_err(GossipError::Scoring)?;
     Ok(gossip)
 }
 

@@ -24,9 +24,9 @@ use crate::driver::{Components, Driver, work_channel};
 use crate::error::NodeError;
 use crate::groups::GroupTransport;
 use crate::mailbox::MailboxClient;
+use crate::media::Attachment;
 use crate::media::store::MediaStore;
 use crate::media::transfers::Transfers;
-use crate::media::{Attachment, MediaFailure};
 use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
 use crate::relay::RelayService;
@@ -107,17 +107,14 @@ impl Node {
         let user = engine.user_id();
         for relay in &config.relays {
             if crate::mailbox::peer_of(relay).is_none() {
-                return Err(NodeError::Network(format!(
-                    "relay {relay}: the address must end in /p2p/<peer-id>"
-                )));
+                return Err(NodeError::RelayAddress(relay.clone()));
             }
         }
-        let mut swarm =
-            build_swarm(keypair, &config).map_err(|e| NodeError::Network(e.to_string()))?;
+        let mut swarm = build_swarm(keypair, &config)?;
         for address in &config.listen {
             swarm
                 .listen_on(address.clone())
-                .map_err(|e| NodeError::Network(format!("listen on {address}: {e}")))?;
+                .map_err(|source| NodeError::Listen { address: address.clone(), source })?;
         }
         let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -129,12 +126,11 @@ impl Node {
                     &config.data_dir.join("relay-blobs"),
                     settings.clone(),
                     clock.instant(),
-                )
-                .map_err(|e| NodeError::Network(e.to_string()))?;
+                )?;
                 if let Some(addr) = settings.metrics {
                     let (listener, bound) = crate::relay::metrics::bind(addr)
                         .await
-                        .map_err(|e| NodeError::Network(format!("metrics on {addr}: {e}")))?;
+                        .map_err(|source| NodeError::Metrics { address: addr, source })?;
                     metrics_addr = Some(bound);
                     let served = crate::relay::metrics::serve(listener, service.metrics.clone());
                     metrics_task = Some(tokio::spawn(served));
@@ -143,9 +139,7 @@ impl Node {
             }
             None => None,
         };
-        let media_error =
-            |e: crate::media::MediaStoreError| NodeError::Media(MediaFailure::Io(e.to_string()));
-        let store = MediaStore::open(&config.data_dir.join("media")).map_err(media_error)?;
+        let store = MediaStore::open(&config.data_dir.join("media"))?;
         let transfers = Transfers::open(
             store,
             config.data_dir.join("media-sealed"),
@@ -153,13 +147,10 @@ impl Node {
             config.max_attachment_bytes,
             crate::media::SEALED_RETENTION,
             now_millis(),
-        )
-        .map_err(media_error)?;
+        )?;
         let work = work_channel();
         let mut control = swarm.behaviour().stream.new_control();
-        let incoming = control
-            .accept(crate::media::FETCH_PROTOCOL)
-            .map_err(|e| NodeError::Network(e.to_string()))?;
+        let incoming = control.accept(crate::media::FETCH_PROTOCOL)?;
         let mut catalog = transfers.catalog();
         catalog.blobs = relay.as_ref().map(RelayService::blob_index);
         tokio::spawn(crate::media::fetch::serve(incoming, catalog, work.0.clone()));
@@ -183,7 +174,7 @@ impl Node {
         for address in &config.bootstrap {
             driver
                 .connect(address.clone())
-                .map_err(|e| NodeError::Network(format!("bootstrap {address}: {e}")))?;
+                .map_err(|source| NodeError::Bootstrap { address: address.clone(), source })?;
         }
         driver.start();
         let task = tokio::spawn(async move {
@@ -248,9 +239,7 @@ impl Node {
     /// Attachments sent to or received from `peer` (every one for `None`), with where each
     /// stands.
     pub async fn attachments(&self, peer: Option<UserId>) -> Result<Vec<Attachment>, NodeError> {
-        self.ask(|reply| Call::Attachments(peer, reply))
-            .await?
-            .map_err(|e| NodeError::Media(MediaFailure::Io(e.to_string())))
+        Ok(self.ask(|reply| Call::Attachments(peer, reply)).await??)
     }
 
     /// Sends a call to the driver and waits for its answer.
@@ -315,7 +304,7 @@ impl Node {
     ) -> Result<MessageId, NodeError> {
         match self.command(Command::SendText { to, text: text.into(), reply_to: None }).await? {
             CommandResult::Queued(id) => Ok(id),
-            _ => Err(NodeError::Stopped),
+            other => Err(NodeError::UnexpectedResult(other)),
         }
     }
 
@@ -328,7 +317,7 @@ impl Node {
     ) -> Result<GroupId, NodeError> {
         match self.command(Command::CreateGroup { name: name.into(), members }).await? {
             CommandResult::Group(id) => Ok(id),
-            _ => Err(NodeError::Stopped),
+            other => Err(NodeError::UnexpectedResult(other)),
         }
     }
 
@@ -350,7 +339,7 @@ impl Node {
         let command = GroupCommand::Send { text: text.into(), reply_to: None };
         match self.group_command(group, command).await? {
             CommandResult::Queued(id) => Ok(id),
-            _ => Err(NodeError::Stopped),
+            other => Err(NodeError::UnexpectedResult(other)),
         }
     }
 

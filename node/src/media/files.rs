@@ -16,7 +16,7 @@ use kith_protocol::limits::MAX_FILE_NAME_BYTES;
 use tokio::sync::mpsc::Sender;
 
 use super::store::{IncomingState, MediaStore, bit, count, set_bit};
-use super::{MediaFailure, Work};
+use super::{FileError, MediaFailure, Work};
 
 /// Verified chunks written between two syncs of a download (and of its progress record).
 pub const CHECKPOINT_CHUNKS: u32 = 16;
@@ -35,19 +35,18 @@ pub(crate) fn seal_file(
     max_size: u64,
     caption: Option<String>,
 ) -> Result<(MediaManifest, PathBuf), MediaFailure> {
-    let io = |e: io::Error| MediaFailure::Io(format!("{}: {e}", source.display()));
+    let io = |e: io::Error| MediaFailure::Io(FileError::new(Some(source), e));
     let mut file = File::open(source).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(MediaFailure::Io(format!("{} is not a regular file", source.display())));
+        return Err(MediaFailure::NotAFile(source.to_owned()));
     }
     let size = meta.len();
     if size > max_size {
         return Err(MediaFailure::TooLarge { size, max: max_size });
     }
     // The media key comes from the operating system's generator, like every other key.
-    let mut sealer = Sealer::new(&mut crate::profile::ProfileRng::default(), size, chunk_size)
-        .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
+    let mut sealer = Sealer::new(&mut crate::profile::ProfileRng::default(), size, chunk_size)?;
     let layout = sealer.layout();
     fs::create_dir_all(sealed_dir).map_err(io)?;
     let name = sealer.media_id().to_string();
@@ -59,9 +58,7 @@ pub(crate) fn seal_file(
         for index in 0..layout.chunks() {
             let plain = buf.get_mut(..layout.plain_len(index)).unwrap_or_default();
             file.read_exact(plain)?;
-            let sealed = sealer
-                .seal_next(plain)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let sealed = sealer.seal_next(plain).map_err(io::Error::other)?;
             out.write_all(&sealed)?;
         }
         out.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()?;
@@ -77,9 +74,8 @@ pub(crate) fn seal_file(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "attachment".into());
     let mime = mime_guess::from_path(source).first_or_octet_stream().essence_str().to_owned();
-    let manifest = sealer
-        .finish(clip(&file_name, MAX_FILE_NAME_BYTES).to_owned(), mime, caption)
-        .map_err(|e| MediaFailure::Invalid(e.to_string()))?;
+    let manifest =
+        sealer.finish(clip(&file_name, MAX_FILE_NAME_BYTES).to_owned(), mime, caption)?;
     Ok((manifest, done))
 }
 
@@ -177,7 +173,7 @@ impl Writer {
         if let Err(e) = self.write_all(chunks) {
             let _ = self.work.blocking_send(Work::Failed {
                 media: self.media,
-                failure: MediaFailure::Io(e.to_string()),
+                failure: MediaFailure::Io(FileError::new(Some(&self.downloads), e)),
             });
         }
     }

@@ -62,16 +62,67 @@ pub enum MediaFailure {
     },
     /// The manifest or file is not valid.
     #[error("invalid attachment: {0}")]
-    Invalid(String),
+    Invalid(#[from] kith_core::media::MediaError),
     /// Every source served chunks that failed verification; nothing was saved.
     #[error("every source served corrupt data (last: {0})")]
     Corrupt(ChunkError),
     /// A relay refused to store the chunks.
     #[error("the relay refused the upload: {0:?}")]
     Refused(MediaRefusal),
+    /// What was to be sent is not a regular file.
+    #[error("{} is not a regular file", .0.display())]
+    NotAFile(PathBuf),
     /// Reading or writing files failed.
-    #[error("file error: {0}")]
-    Io(String),
+    #[error(transparent)]
+    Io(#[from] FileError),
+}
+
+/// A file error, with the file it concerns when there is one. Cheap to clone (failures travel
+/// in events); two are equal when they concern the same file and are of the same kind.
+#[derive(Clone, Debug)]
+pub struct FileError {
+    path: Option<PathBuf>,
+    error: std::sync::Arc<std::io::Error>,
+}
+
+impl FileError {
+    /// `error`, which happened on `path`.
+    pub(crate) fn new(path: Option<&std::path::Path>, error: std::io::Error) -> Self {
+        Self { path: path.map(ToOwned::to_owned), error: std::sync::Arc::new(error) }
+    }
+
+    /// The file, if known.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// The kind of the IO error.
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.error.kind()
+    }
+}
+
+impl PartialEq for FileError {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.kind() == other.kind()
+    }
+}
+
+impl Eq for FileError {}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "file error on {}: {}", path.display(), self.error),
+            None => write!(f, "file error: {}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
+    }
 }
 
 /// Which way an attachment moves.

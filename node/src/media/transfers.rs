@@ -647,7 +647,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                     kith_core::media::MediaError::TooLarge { size, max } => {
                         MediaFailure::TooLarge { size, max }
                     }
-                    other => MediaFailure::Invalid(other.to_string()),
+                    other => MediaFailure::Invalid(other),
                 };
                 self.actions.push_back(MediaAction::Event(MediaEvent::Failed {
                     media,
