@@ -17,12 +17,25 @@
 //!                                                                           prekeys, ack, events)
 //! ```
 //!
-//! Layers, lowest first: [`crypto`] (the only primitives, Wycheproof-tested), [`identity`] and
-//! [`fingerprint`] (safety numbers), [`prekeys`], [`x3dh`], [`ratchet`], [`session`] (X3DH +
-//! ratchet for one peer, the API for apps that bring their own transport and storage),
-//! [`store`] (versioned records over a pluggable ordered key-value backend) and [`engine`]
-//! (everything a messenger does with sessions: outbox, retries, receipts, reactions, edits,
-//! typing, presence, identity pinning). `kith-node` drives the engine over libp2p.
+//! ## What an app uses
+//!
+//! | module | for |
+//! |---|---|
+//! | [`engine`] | [`Engine`](engine::Engine): everything a messenger does with sessions (outbox, retries, receipts, reactions, edits, groups, typing, presence, identity pinning), driven by [`Command`](engine::Command)s and [`Input`](engine::Input)s, answering with [`Output`](engine::Output)s and [`Event`](engine::Event)s |
+//! | [`model`] | what the engine shows: [`Contact`](model::Contact), [`Message`](model::Message), statuses |
+//! | [`group`] | [`Group`](group::Group) views, and the membership rules ([`ChangeLog`](group::ChangeLog)) |
+//! | [`identity`] | [`IdentityKeyPair`](identity::IdentityKeyPair), [`ContactString`](identity::ContactString), user and peer ids |
+//! | [`fingerprint`] | [`SafetyNumber`](fingerprint::SafetyNumber) for verification |
+//! | [`session`] | X3DH + Double Ratchet for one peer, for apps that bring their own transport and storage |
+//! | [`prekeys`], [`record`] | prekey bundles and signed user records (what a node publishes) |
+//! | [`media`] | attachments sealed in chunks ([`Sealer`](media::Sealer), [`open_verified`](media::open_verified)) |
+//! | [`store`] | [`Store`](store::Store) over a pluggable [`Backend`](store::Backend) (sled with the default `sled` feature, or in memory) |
+//! | [`text`] | making text from peers safe to print on a terminal |
+//!
+//! Features: `sled` (default) brings the sled backend; `hazmat` opens the raw primitives
+//! (`hazmat`: AEAD, X25519, HKDF, signatures) and the `ratchet` and `x3dh` layers for protocol
+//! work; `test-utils` adds [`Store::dump`](store::Store) for tests that compare stores. None
+//! is needed to write a messenger. `kith-node` drives the engine over libp2p.
 //!
 //! ## Example: two parties exchange a message
 //!
@@ -78,7 +91,21 @@
 //! A messenger uses [`engine::Engine`] instead, which adds storage, the outbox and everything
 //! around it; its module docs show the driver loop.
 
-pub mod crypto;
+// Raw primitives and the protocol layers under `session`: reachable from outside only with
+// the `hazmat` feature (see `hazmat`), so an app cannot misuse them by accident.
+#[cfg_attr(not(feature = "hazmat"), allow(unreachable_pub, dead_code))]
+mod crypto;
+#[cfg(feature = "hazmat")]
+pub mod ratchet;
+#[cfg(not(feature = "hazmat"))]
+#[allow(unreachable_pub, dead_code)]
+mod ratchet;
+#[cfg(feature = "hazmat")]
+pub mod x3dh;
+#[cfg(not(feature = "hazmat"))]
+#[allow(unreachable_pub, dead_code)]
+mod x3dh;
+
 pub mod engine;
 pub mod fingerprint;
 pub mod group;
@@ -86,9 +113,23 @@ pub mod identity;
 pub mod media;
 pub mod model;
 pub mod prekeys;
-pub mod ratchet;
 pub mod record;
 pub mod session;
 pub mod store;
 pub mod text;
-pub mod x3dh;
+
+/// Raw cryptographic primitives, for those who build protocols (feature `hazmat`).
+///
+/// Nothing here is needed to write a messenger: [`engine`] and [`session`] use these
+/// correctly (one nonce per key, domain-separated signatures, contributory DH). Calling them
+/// directly makes nonce reuse, missing authentication and key misuse the caller's problem.
+/// The Double Ratchet and X3DH layers are public under the same feature, as
+/// `kith_core::ratchet` and `kith_core::x3dh`.
+#[cfg(feature = "hazmat")]
+pub mod hazmat {
+    pub use crate::crypto::sign::SignContext;
+    pub use crate::crypto::{
+        DhKeyPair, NonContributory, SecretBytes, SignatureError, SigningKeyPair, aead, dh, kdf,
+        secret, sign,
+    };
+}

@@ -219,17 +219,15 @@ pub fn chunk_hash(sealed: &[u8]) -> ChunkHash {
     ChunkHash(*blake3::hash(sealed).as_bytes())
 }
 
-/// Seals one chunk. Callers seal each index once per key; [`Sealer`] does that for a file.
-pub fn seal_chunk(
+/// Seals one chunk. Each index is sealed once per key: only [`Sealer`] calls this.
+fn seal_chunk(
     key: &SymmetricKey,
     media: &MediaId,
     index: u32,
     last: bool,
     plaintext: &[u8],
-) -> Vec<u8> {
-    // A chunk is at most MAX_CHUNK_BYTES, far inside ChaCha20-Poly1305's 256 GiB limit.
+) -> Result<Vec<u8>, aead::PlaintextTooLong> {
     aead::seal(&key.0, &nonce(index), &associated_data(media, index, last), plaintext)
-        .unwrap_or_default()
 }
 
 /// Opens one sealed chunk (authentication only; [`open_verified`] also checks length and hash).
@@ -306,8 +304,11 @@ impl Sealer {
         if plaintext.len() != expected {
             return Err(MediaError::WrongPlaintext { index, expected });
         }
+        // A chunk is at most MAX_CHUNK_BYTES, far inside ChaCha20-Poly1305's limit; should
+        // that ever change, the error says so instead of sealing nothing.
         let sealed =
-            seal_chunk(&self.key, &self.media, index, self.layout.is_last(index), plaintext);
+            seal_chunk(&self.key, &self.media, index, self.layout.is_last(index), plaintext)
+                .map_err(|_| MediaError::BadChunkSize(self.layout.chunk_size))?;
         self.hashes.push(chunk_hash(&sealed));
         Ok(sealed)
     }

@@ -14,7 +14,11 @@ use zeroize::Zeroizing;
 use crate::crypto::NonContributory;
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::prekeys::{OneTimePreKey, SignedPreKey, VerifiedBundle};
-use crate::ratchet::{DecryptError, EncryptError, Ratchet, WorkBudget};
+pub use crate::ratchet::{
+    DecryptError, EncryptError, MAX_DH_PER_MESSAGE, MAX_RECEIVING_CHAINS, MAX_SKIP,
+    MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS, MAX_STEPS_PER_MESSAGE,
+};
+use crate::ratchet::{Ratchet, WorkBudget};
 use crate::store::StoreError;
 use crate::x3dh::{self, ASSOCIATED_DATA_LEN, AssociatedData};
 
@@ -185,7 +189,7 @@ impl Session {
         self.base_key
     }
 
-    /// Skipped message keys currently held (at most [`crate::ratchet::MAX_SKIPPED_KEYS`]).
+    /// Skipped message keys currently held (at most [`MAX_SKIPPED_KEYS`]).
     pub fn skipped_keys(&self) -> usize {
         self.ratchet.skipped_keys()
     }
@@ -225,7 +229,7 @@ impl PeerSessions {
 
     /// Decrypts a ratchet message with whichever session can; a previous session that succeeds
     /// becomes current (the peer is using it). On error nothing changes. The derivations all
-    /// sessions may spend together are those of one ([`crate::ratchet::MAX_STEPS_PER_MESSAGE`]).
+    /// sessions may spend together are those of one ([`MAX_STEPS_PER_MESSAGE`]).
     pub(crate) fn decrypt(
         &mut self,
         id: &MessageId,

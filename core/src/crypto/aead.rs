@@ -8,11 +8,17 @@ use zeroize::Zeroize;
 /// Length of the authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
 
-/// Sealing or opening failed: on open, the ciphertext, tag, nonce or associated data did not
-/// authenticate; on seal, the plaintext exceeds ChaCha20-Poly1305's 256 GiB limit.
+/// Opening failed: the ciphertext, tag, nonce or associated data did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("AEAD authentication failed")]
 pub struct AeadError;
+
+/// Sealing failed: the plaintext exceeds ChaCha20-Poly1305's limit of 2^38 − 64 bytes for one
+/// message. Nothing Kith seals comes near it (a frame is at most a few MiB), so this is a
+/// caller's bug, reported as such rather than as an authentication failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("plaintext too long for one AEAD message")]
+pub struct PlaintextTooLong;
 
 /// Encrypts `plaintext`, returning ciphertext ‖ tag, in one pass (no copy of the plaintext).
 pub fn seal(
@@ -20,13 +26,13 @@ pub fn seal(
     nonce: &[u8; 12],
     aad: &[u8],
     plaintext: &[u8],
-) -> Result<Vec<u8>, AeadError> {
+) -> Result<Vec<u8>, PlaintextTooLong> {
     let mut out = vec![0u8; plaintext.len() + TAG_LEN];
     let (body, tag_out) = out.split_at_mut(plaintext.len());
-    let buffer = InOutBuf::new(plaintext, body).map_err(|_| AeadError)?;
+    let buffer = InOutBuf::new(plaintext, body).map_err(|_| PlaintextTooLong)?;
     let tag = ChaCha20Poly1305::new(key.into())
         .encrypt_inout_detached(nonce.into(), aad, buffer)
-        .map_err(|_| AeadError)?;
+        .map_err(|_| PlaintextTooLong)?;
     tag_out.copy_from_slice(&tag);
     Ok(out)
 }

@@ -14,4 +14,4 @@ mod wycheproof_tests;
 
 pub use dh::{DhKeyPair, NonContributory};
 pub use secret::SecretBytes;
-pub use sign::{SignContext, SignatureError, SigningKeyPair};
+pub use sign::{SignatureError, SigningKeyPair};

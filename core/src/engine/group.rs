@@ -8,8 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kith_protocol::content::{
-    Body, Content, Delete, Edit, GroupAction, GroupChanges, GroupSync, Reaction, ReceiptKind,
-    SenderKeyDistribution, Text,
+    Body, Content, GroupAction, GroupChanges, GroupSync, ReceiptKind, SenderKeyDistribution, Text,
 };
 use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, GroupMessage};
 use kith_protocol::limits::{MAX_GROUP_MEMBERS, MAX_NAME_BYTES};
@@ -17,8 +16,8 @@ use kith_protocol::{GroupId, GroupTag, MessageId, UnixMillis, UserId};
 
 use super::group_membership::Origin;
 use super::{
-    CommandError, CommandResult, Engine, Event, GroupCommand, Output, Publication, ReceiveError,
-    ValidationToken, Verdict, apply_reaction, edited_content,
+    CommandError, CommandResult, Conversation, Engine, Event, GroupCommand, Output, Publication,
+    ReceiveError, ValidationToken, Verdict, apply_reaction, edited_content,
 };
 use crate::group::membership::is_removal;
 use crate::group::{
@@ -239,37 +238,17 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     .map(CommandResult::Queued);
             }
             GroupCommand::React { target, emoji, remove } => {
-                let mut record = self.group_message(&group, &target)?;
-                apply_reaction(&mut record.reactions, me, &emoji, remove);
-                let body = Body::Reaction(Reaction { target, emoji, remove });
-                let id = self.publish(now, group, body, false)?;
-                self.update_message(record)?;
-                return Ok(CommandResult::Queued(id));
+                return self.react(now, Conversation::Group(group), target, emoji, remove);
             }
             GroupCommand::Edit { target, text } => {
-                let mut record = self.group_message(&group, &target)?;
-                let edited = (record.direction == Direction::Outgoing)
-                    .then(|| edited_content(&record, &text))
-                    .flatten()
-                    .ok_or(CommandError::UnknownMessage)?;
-                let id =
-                    self.publish(now, group, Body::Edit(Edit { target, body: text }), false)?;
-                record.content = Some(edited);
-                record.edited_at = Some(now);
-                self.update_message(record)?;
-                return Ok(CommandResult::Queued(id));
+                return self.edit(now, Conversation::Group(group), target, text);
             }
             GroupCommand::Delete { target } => {
-                let mut record = self.group_message(&group, &target)?;
-                if record.direction != Direction::Outgoing {
-                    return Err(CommandError::UnknownMessage);
-                }
-                let id = self.publish(now, group, Body::Delete(Delete { target }), false)?;
-                record.content = None;
-                self.update_message(record)?;
-                return Ok(CommandResult::Queued(id));
+                return self.delete(now, Conversation::Group(group), target);
             }
-            GroupCommand::MarkRead { ids } => return self.mark_group_read(now, group, ids),
+            GroupCommand::MarkRead { ids } => {
+                return self.mark_read(now, Conversation::Group(group), ids);
+            }
             GroupCommand::Typing { state } => {
                 if self.config.typing_indicators {
                     self.publish(now, group, Body::Typing(state), true)?;
@@ -325,29 +304,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(CommandResult::Done)
     }
 
-    /// A message of the group's history.
-    fn group_message(
-        &self,
-        group: &GroupId,
-        id: &MessageId,
-    ) -> Result<MessageRecord, CommandError> {
-        match self.store.message(id)? {
-            Some(record) if record.group == Some(*group) => Ok(record),
-            _ => Err(CommandError::UnknownMessage),
-        }
-    }
-
-    fn mark_group_read(
-        &mut self,
-        now: UnixMillis,
-        group: GroupId,
-        ids: Vec<MessageId>,
-    ) -> Result<CommandResult, CommandError> {
-        let records =
-            ids.iter().map(|id| self.group_message(&group, id)).collect::<Result<_, _>>()?;
-        self.mark_records_read(now, records)
-    }
-
     /// Applies the group contents an envelope from `sender` carried, once it is committed.
     pub(super) fn apply_group_effects(
         &mut self,
@@ -374,7 +330,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// unscheduled: [`Input::GroupPublished`](super::Input::GroupPublished) drops the copies
     /// of the members the topic reached and sends the rest. A crash before that sends them all
     /// (receivers drop duplicates), so no member misses a message.
-    fn publish(
+    pub(super) fn publish(
         &mut self,
         now: UnixMillis,
         group: GroupId,
@@ -398,6 +354,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Some(chain) => chain,
             None => return Err(CommandError::NotAMember),
         };
+        if chain.is_exhausted() {
+            // 2^32 messages on one chain: start a new one (and hand it to every member)
+            // rather than fail the send.
+            chain = self.rotate(now, group, &members)?;
+        }
         let id = self.random_id();
         let tag = group_tag(&group);
         let message = chain

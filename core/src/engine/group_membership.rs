@@ -607,13 +607,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(groups.len())
     }
 
-    /// Starts a new sending chain and sends it to `members`.
-    fn rotate(
+    /// Starts a new sending chain, sends it to `members` and returns it.
+    pub(super) fn rotate(
         &mut self,
         now: UnixMillis,
         group: GroupId,
         members: &[UserId],
-    ) -> Result<(), StoreError> {
+    ) -> Result<OwnChain, StoreError> {
         let me = self.user_id();
         let chain = OwnChain::generate(&mut self.rng);
         let mut batch = Batch::new();
@@ -623,7 +623,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for member in members {
             self.send_reliably(now, *member, Body::SenderKeyDistribution(skd.clone()))?;
         }
-        Ok(())
+        Ok(chain)
     }
 
     /// Sends our change `change` (already in the log) to everyone it concerns: the members

@@ -764,3 +764,53 @@ fn sender_keys_are_installed_for_members_only() {
     net.group_command(0, group, GroupCommand::Add { member: net.id(outsider) });
     assert!(chains_of(&net, &group));
 }
+
+/// Issue 15: a sending chain that has sealed its last message is replaced before the next
+/// send (the members get the new chain pairwise), instead of the send failing with an
+/// authentication error.
+#[test]
+fn an_exhausted_sending_chain_is_rotated_and_the_message_still_arrives() {
+    let mut net = Net::new(3);
+    let group = net.create(0, &[1, 2]);
+    net.send(0, group, "before");
+    let me = net.id(0);
+    let mut chain = net.engines[0].store.own_chain(&group, &me).unwrap().unwrap();
+    let old_chain = chain.chain_id;
+    chain.iteration = u32::MAX;
+    let mut batch = Batch::new();
+    batch.put_own_chain(&group, &me, &chain);
+    net.engines[0].commit(batch).unwrap();
+
+    net.send(0, group, "after");
+    let chain = net.engines[0].store.own_chain(&group, &me).unwrap().unwrap();
+    assert_ne!(chain.chain_id, old_chain, "a new chain");
+    assert_eq!(chain.iteration, 1, "that sealed one message");
+    for i in 1..3 {
+        assert_eq!(net.texts(i, &group), ["before", "after"], "member {i}");
+    }
+}
+
+/// Issue 15 (one action path): a group message is not part of the one-to-one conversation
+/// with its author, so reacting to it, or editing or deleting it, "with the author" is refused
+/// instead of going out pairwise and changing the group message.
+#[test]
+fn a_group_message_is_not_in_the_conversation_with_its_author() {
+    let mut net = Net::new(2);
+    let group = net.create(0, &[1]);
+    let id = net.send(1, group, "in the group");
+    let author = net.id(1);
+    let now = net.now;
+    let before = net.engines[0].message(&id).unwrap().unwrap();
+    let react = Command::React { to: author, target: id, emoji: "👍".into(), remove: false };
+    assert_eq!(net.engines[0].handle_command(now, react), Err(CommandError::UnknownMessage));
+    let mine = net.send(0, group, "mine");
+    let edit = Command::Edit { to: author, target: mine, text: "changed".into() };
+    assert_eq!(net.engines[0].handle_command(now, edit), Err(CommandError::UnknownMessage));
+    let delete = Command::Delete { to: author, target: mine };
+    assert_eq!(net.engines[0].handle_command(now, delete), Err(CommandError::UnknownMessage));
+    assert_eq!(net.engines[0].message(&id).unwrap().unwrap(), before);
+    // Through the group, the same reaction is taken.
+    let react = GroupCommand::React { target: id, emoji: "👍".into(), remove: false };
+    net.group_command(0, group, react);
+    assert_eq!(net.engines[1].message(&id).unwrap().unwrap().reactions.len(), 1);
+}

@@ -17,6 +17,7 @@ use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_r
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
 use crate::session::{PeerSessions, Session};
+use crate::store::records::MessageRecord;
 use crate::store::{Batch, StoreError};
 
 /// What a received content did, to be made visible once its batch committed.
@@ -366,5 +367,39 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Body::SenderKeyDistribution(skd) => effects.group.push(GroupEffect::SenderKey(skd)),
         }
         Ok(effects)
+    }
+}
+
+impl<R: rand_core::CryptoRng> Engine<R> {
+    /// Adds a received text or attachment to `batch` as the next message of its conversation;
+    /// returns the event that announces it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_incoming(
+        &mut self,
+        now: UnixMillis,
+        sender: UserId,
+        group: Option<kith_protocol::GroupId>,
+        id: MessageId,
+        plaintext: Vec<u8>,
+        sent_at: UnixMillis,
+        batch: &mut Batch,
+    ) -> Result<Event, StoreError> {
+        let record = MessageRecord {
+            id,
+            peer: sender,
+            group,
+            direction: Direction::Incoming,
+            content: Some(plaintext),
+            stored_at: now,
+            status: MessageStatus::Received,
+            reactions: Vec::new(),
+            edited_at: None,
+            sent_at,
+            seq: self.take_seq(),
+            receipts: Vec::new(),
+        };
+        batch.put_message(&record);
+        batch.put_seq(self.next_seq);
+        Ok(Event::Message(Box::new(record.to_message()?)))
     }
 }

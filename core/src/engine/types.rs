@@ -28,6 +28,7 @@ pub enum Via {
 
 /// What became of one delivery attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveryResult {
     /// The recipient answered.
     Acked(AckResult),
@@ -51,6 +52,7 @@ pub enum FetchError {
 
 /// An input from the driver (network, timers).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Input {
     /// Envelope bytes received.
     Envelope {
@@ -313,6 +315,7 @@ pub enum Verdict {
 
 /// A group message to publish on its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Publication {
     /// The message id (report the outcome with [`Input::GroupPublished`] unless ephemeral).
     pub id: MessageId,
@@ -328,6 +331,7 @@ pub struct Publication {
 
 /// The synchronous result of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CommandResult {
     /// A message was queued with this id.
     Queued(MessageId),
@@ -339,6 +343,7 @@ pub enum CommandResult {
 
 /// A reply to a request that came in with a [`ReplyToken`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reply {
     /// The acknowledgement of a received envelope.
     Ack(DeliveryAck),
@@ -348,6 +353,7 @@ pub enum Reply {
 
 /// An envelope to deliver.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The envelope's id (report the outcome with [`Input::Delivery`]).
     pub id: MessageId,
@@ -364,6 +370,7 @@ pub struct Delivery {
 
 /// Something the driver must do, or tell the app.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Output {
     /// Send an envelope.
     Deliver(Delivery),

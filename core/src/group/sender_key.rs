@@ -59,6 +59,19 @@ pub enum GroupDecryptError {
     Aead,
 }
 
+/// Why a group message could not be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupSealError {
+    /// The chain has sealed its 2^32 messages; a new chain must be started (the engine
+    /// rotates before sealing, so this reaches no one in practice).
+    #[error("the sending chain is exhausted")]
+    ChainExhausted,
+    /// The plaintext is beyond what one AEAD message can hold.
+    #[error(transparent)]
+    TooLong(#[from] aead::PlaintextTooLong),
+}
+
 /// The associated data of a group message: every field but the ciphertext.
 fn associated(
     tag: &GroupTag,
@@ -134,6 +147,11 @@ impl OwnChain {
         }
     }
 
+    /// Whether the chain has no iteration left to seal with (a new chain is due).
+    pub(crate) fn is_exhausted(&self) -> bool {
+        self.iteration == u32::MAX
+    }
+
     /// Encrypts and signs `plaintext` as message `id` of `sender`, moving the chain forward.
     pub(crate) fn seal(
         &mut self,
@@ -141,9 +159,9 @@ impl OwnChain {
         sender: &UserId,
         id: &MessageId,
         plaintext: &[u8],
-    ) -> Result<GroupMessage, aead::AeadError> {
+    ) -> Result<GroupMessage, GroupSealError> {
         let iteration = self.iteration;
-        let next = iteration.checked_add(1).ok_or(aead::AeadError)?;
+        let next = iteration.checked_add(1).ok_or(GroupSealError::ChainExhausted)?;
         let (message_key, chain_key) = self.chain_key.step();
         let keys = expand(&message_key);
         let ad = associated(&tag, sender, id, self.chain_id, iteration);
@@ -354,6 +372,24 @@ mod tests {
                 Err(GroupDecryptError::Duplicate { iteration: u32::try_from(i).unwrap() })
             );
         }
+    }
+
+    /// Issue 15: the end of a chain is reported as such, not as an authentication failure,
+    /// and leaves the chain as it was.
+    #[test]
+    fn an_exhausted_chain_says_so() {
+        let (mut own, _) = pair();
+        own.iteration = u32::MAX - 1;
+        assert!(!own.is_exhausted());
+        let last = own.seal(TAG, &ALICE, &MessageId([1; 16]), b"last").expect("seal");
+        assert_eq!(last.iteration, u32::MAX - 1);
+        assert!(own.is_exhausted());
+        let before = own.distribution(GroupId([1; 32]));
+        assert_eq!(
+            own.seal(TAG, &ALICE, &MessageId([2; 16]), b"one more"),
+            Err(GroupSealError::ChainExhausted)
+        );
+        assert_eq!(own.distribution(GroupId([1; 32])), before);
     }
 
     #[test]

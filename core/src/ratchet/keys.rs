@@ -74,7 +74,7 @@ impl MessageKey {
         associated: &[u8],
         header: &RatchetHeader,
         plaintext: &[u8],
-    ) -> Result<Vec<u8>, aead::AeadError> {
+    ) -> Result<Vec<u8>, aead::PlaintextTooLong> {
         let keys = self.expand();
         with_aad(associated, header, |aad| aead::seal(&keys.key, &keys.nonce, aad, plaintext))
     }

@@ -536,7 +536,9 @@ impl Store {
         self.backend.flush()
     }
 
-    /// Every stored entry (flushed or not), in tree and key order (for tests and diagnostics).
+    /// Every stored entry (flushed or not), in tree and key order (feature `test-utils`: tests
+    /// compare stores byte for byte with it).
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
         let mut all: BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>> =
             self.backend.dump()?.into_iter().map(|(t, k, v)| ((t, k), v)).collect();

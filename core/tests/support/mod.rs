@@ -339,7 +339,7 @@ impl Net {
                                     result: Ok(bundle),
                                 });
                             }
-                            Reply::PreKeys(_) => {
+                            _ => {
                                 let user = self.nodes[i].user;
                                 self.schedule(Packet::Bundle {
                                     to: origin,
@@ -351,10 +351,7 @@ impl Net {
                     }
                     Output::Event(event) => self.record(i, event),
                     // This simulation has no groups (their tests live with the engine).
-                    Output::Publish(_)
-                    | Output::Subscribe { .. }
-                    | Output::Unsubscribe { .. }
-                    | Output::Validation { .. } => {}
+                    _ => {}
                 }
             }
         }

@@ -1,0 +1,168 @@
+//! Contacts: adding and naming them, identity keys (pinned, changed, trusted), and our
+//! profile name shared with them.
+
+use super::*;
+
+impl<R: rand_core::CryptoRng> Engine<R> {
+    /// The sessions with `peer`, taken out of the cache (or loaded). Put them back with
+    /// [`Self::cache_sessions`] only after the batch that stores them committed.
+    pub(super) fn take_sessions(&mut self, peer: &UserId) -> Result<PeerSessions, StoreError> {
+        self.sessions.take(&self.store, peer)
+    }
+
+    pub(super) fn cache_sessions(&mut self, peer: UserId, sessions: PeerSessions) {
+        self.sessions.put(peer, sessions);
+    }
+
+    pub(super) fn has_session(&self, peer: &UserId) -> Result<bool, StoreError> {
+        self.sessions.has_current(&self.store, peer)
+    }
+
+    pub(super) fn known_contact(&self, user: &UserId) -> Result<Contact, CommandError> {
+        self.store.contact(user)?.ok_or(CommandError::UnknownContact)
+    }
+
+    pub(super) fn save_contact(&mut self, contact: Contact) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        self.commit(batch)?;
+        self.event(Event::ContactChanged(Box::new(contact)));
+        Ok(())
+    }
+
+    /// A peer we can address: a valid identity other than ourselves.
+    pub(super) fn check_peer(&self, user: &UserId) -> Result<(), CommandError> {
+        if *user == self.user_id() {
+            return Err(CommandError::SelfAddressed);
+        }
+        peer_id_of(user).map(|_| ()).map_err(|_| CommandError::InvalidUser)
+    }
+
+    pub(super) fn add_contact(
+        &mut self,
+        now: UnixMillis,
+        user: UserId,
+        name: String,
+        relays: Vec<String>,
+    ) -> Result<CommandResult, CommandError> {
+        self.check_peer(&user)?;
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > kith_protocol::limits::MAX_NAME_BYTES {
+            return Err(CommandError::InvalidName);
+        }
+        if let Some(other) = self.contact_by_name(&name)?
+            && other.user != user
+        {
+            return Err(CommandError::NameTaken(name));
+        }
+        let mut contact = self.store.contact(&user)?.unwrap_or_else(|| Contact::new(user, now));
+        contact.name = Some(name);
+        if !relays.is_empty() {
+            contact.relays = relays;
+        }
+        self.save_contact(contact)?;
+        Ok(CommandResult::Done)
+    }
+
+    pub(super) fn trust_identity(&mut self, user: UserId) -> Result<CommandResult, CommandError> {
+        let mut contact = self.known_contact(&user)?;
+        let remembered = self.pending_identities.remove(&user);
+        let Some(new) = contact.pending_identity.take().or(remembered) else {
+            return Ok(CommandResult::Done);
+        };
+        contact.identity = Some(new);
+        contact.verified = false;
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        // Sessions with the old identity are useless now.
+        batch.put_sessions(&user, &PeerSessions::default());
+        self.commit(batch)?;
+        self.sessions.forget(&user);
+        self.event(Event::ContactChanged(Box::new(contact)));
+        if !self.outbox.for_peer(&user).is_empty() {
+            self.request_bundle(user);
+        }
+        Ok(CommandResult::Done)
+    }
+
+    /// `contact` with a changed identity key that only memory holds (see
+    /// [`MAX_PENDING_IDENTITIES`]).
+    pub(super) fn with_pending_identity(&self, mut contact: Contact) -> Contact {
+        if contact.pending_identity.is_none() {
+            contact.pending_identity = self.pending_identities.get(&contact.user).copied();
+        }
+        contact
+    }
+
+    /// Remembers (in memory only) a new identity key a peer presented, and tells the app once.
+    pub(super) fn note_pending_identity(
+        &mut self,
+        peer: UserId,
+        binding: kith_protocol::prekey::IdentityBinding,
+    ) {
+        if self.pending_identities.get(&peer) == Some(&binding) {
+            return;
+        }
+        if self.pending_identities.len() >= MAX_PENDING_IDENTITIES
+            && !self.pending_identities.contains_key(&peer)
+        {
+            return;
+        }
+        self.pending_identities.insert(peer, binding);
+        self.event(Event::IdentityChanged { peer, identity: binding });
+    }
+
+    pub(super) fn set_profile(
+        &mut self,
+        now: UnixMillis,
+        display_name: String,
+    ) -> Result<CommandResult, CommandError> {
+        let name = display_name.trim().to_owned();
+        if name.is_empty() || name.len() > kith_protocol::limits::MAX_NAME_BYTES {
+            return Err(CommandError::InvalidName);
+        }
+        let mut batch = Batch::new();
+        batch.put_profile_name(&name);
+        self.commit(batch)?;
+        // Everyone we chose to add gets the new name; others get it when we first talk.
+        for mut contact in self.store.contacts()? {
+            let pending = contact.pending_identity.is_some()
+                || self.pending_identities.contains_key(&contact.user);
+            if contact.name.is_some() && !contact.blocked && !pending {
+                contact.profile_shared = false;
+                self.save_contact(contact.clone())?;
+                if self.has_session(&contact.user)? {
+                    self.share_profile_with(now, contact.user)?;
+                }
+            }
+        }
+        Ok(CommandResult::Done)
+    }
+
+    /// Sends our profile to `peer` once, if we have one and `peer` is a contact we added.
+    pub(super) fn share_profile_with(
+        &mut self,
+        now: UnixMillis,
+        peer: UserId,
+    ) -> Result<(), StoreError> {
+        let Some(name) = self.store.profile_name()? else { return Ok(()) };
+        let Some(mut contact) = self.store.contact(&peer)? else { return Ok(()) };
+        if contact.profile_shared || contact.name.is_none() {
+            return Ok(());
+        }
+        match self.queue(
+            now,
+            peer,
+            Body::Profile(Profile { display_name: name }),
+            OutboxKind::Control,
+        ) {
+            Ok(_) => {}
+            Err(CommandError::Store(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        contact.profile_shared = true;
+        let mut batch = Batch::new();
+        batch.put_contact(&contact);
+        self.commit(batch)
+    }
+}
