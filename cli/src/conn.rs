@@ -42,19 +42,18 @@ impl NetArgs {
         config.mdns = !self.no_mdns;
         config.dht_server = self.dht_server;
         config.relays = parse_addrs(&self.relay, "--relay")?;
-        if let Some(bad) = config.relays.iter().find(|a| {
-            !a.iter().any(|p| matches!(p, kith_node::libp2p::multiaddr::Protocol::P2p(_)))
-        }) {
+        if let Some(bad) = config
+            .relays
+            .iter()
+            .find(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))))
+        {
             anyhow::bail!("--relay {bad}: the address must end in /p2p/<peer-id>");
         }
         Ok(config)
     }
 }
 
-pub(crate) fn parse_addrs(
-    addrs: &[String],
-    flag: &str,
-) -> anyhow::Result<Vec<kith_node::libp2p::Multiaddr>> {
+pub(crate) fn parse_addrs(addrs: &[String], flag: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
     addrs
         .iter()
         .map(|a| {
@@ -130,7 +129,6 @@ impl Conn {
                                     return;
                                 }
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                             Err(_) => return,
                         }
                     }

@@ -7,8 +7,7 @@ use anyhow::Context;
 use kith_node::kith_core::engine::{Command, Event};
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_protocol::content::{Body, TypingState};
-use kith_node::{Node, NodeConfig, NodeEvent};
-use tokio::sync::broadcast;
+use kith_node::{Events, Node, NodeConfig, NodeEvent};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,7 +32,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
     config
 }
 
-async fn next_message(events: &mut broadcast::Receiver<NodeEvent>) -> anyhow::Result<String> {
+async fn next_message(events: &mut Events) -> anyhow::Result<String> {
     tokio::time::timeout(WAIT, async {
         loop {
             if let NodeEvent::Engine(Event::Message(m)) = events.recv().await?
@@ -47,7 +46,7 @@ async fn next_message(events: &mut broadcast::Receiver<NodeEvent>) -> anyhow::Re
     .context("timed out waiting for a message")?
 }
 
-async fn wait_typing(events: &mut broadcast::Receiver<NodeEvent>) -> anyhow::Result<()> {
+async fn wait_typing(events: &mut Events) -> anyhow::Result<()> {
     tokio::time::timeout(WAIT, async {
         loop {
             if let NodeEvent::Engine(Event::Typing { state: TypingState::Started, .. }) =

@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { name } => {
             let mut profile = Profile::create(&dir, Config::default())?;
             if let Some(name) = name {
-                let now = kith_node::clock::now_millis();
+                let now = kith_node::now_millis();
                 profile
                     .engine_mut()
                     .handle_command(now, EngineCommand::SetProfile { display_name: name })?;

@@ -8,7 +8,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kith_node::NodeEvent;
 use kith_node::media::{MediaEvent, TransferDirection};
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
 use crate::conn::Conn;
 
@@ -115,14 +114,14 @@ pub(crate) async fn send_file(
 
 /// Shows a bar per attachment being downloaded, and a line when it is saved or fails.
 #[allow(clippy::print_stdout, reason = "the daemon reports saved attachments on stdout")]
-pub(crate) async fn show_downloads(mut events: broadcast::Receiver<NodeEvent>) {
+pub(crate) async fn show_downloads(mut events: kith_node::Events) {
     let bars = MultiProgress::new();
     let mut shown: HashMap<kith_node::kith_protocol::MediaId, ProgressBar> = HashMap::new();
     loop {
         let event = match events.recv().await {
             Ok(NodeEvent::Media(event)) => event,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(_) => continue,
+            Err(kith_node::EventsClosed) => return,
         };
         match event {
             MediaEvent::Progress {

@@ -121,20 +121,19 @@ impl RelayArgs {
         if self.sender_rate <= 0.0 || self.sender_burst < 1.0 {
             anyhow::bail!("--sender-rate must be above 0 and --sender-burst at least 1");
         }
-        config.relay_service = Some(RelayConfig {
-            max_messages_per_recipient: self.max_messages_per_recipient,
-            max_bytes_per_recipient: self.max_bytes_per_recipient,
-            max_total_bytes: self.max_store_bytes,
-            max_envelope_bytes,
-            sender_rate: self.sender_rate,
-            sender_burst: self.sender_burst,
-            ttl: self.ttl,
-            max_prekey_users: self.max_prekey_users,
-            metrics: self.metrics,
-            max_blob_bytes_per_recipient: self.max_blob_bytes_per_recipient,
-            max_blob_total_bytes: self.max_blob_store_bytes,
-            ..RelayConfig::default()
-        });
+        let mut relay = RelayConfig::default();
+        relay.max_messages_per_recipient = self.max_messages_per_recipient;
+        relay.max_bytes_per_recipient = self.max_bytes_per_recipient;
+        relay.max_total_bytes = self.max_store_bytes;
+        relay.max_envelope_bytes = max_envelope_bytes;
+        relay.sender_rate = self.sender_rate;
+        relay.sender_burst = self.sender_burst;
+        relay.ttl = self.ttl;
+        relay.max_prekey_users = self.max_prekey_users;
+        relay.metrics = self.metrics;
+        relay.max_blob_bytes_per_recipient = self.max_blob_bytes_per_recipient;
+        relay.max_blob_total_bytes = self.max_blob_store_bytes;
+        config.relay_service = Some(relay);
         Ok(config)
     }
 }

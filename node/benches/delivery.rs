@@ -31,10 +31,10 @@ use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_node::kith_core::engine::Event;
 use kith_node::kith_core::model::MessageStatus;
-use kith_node::libp2p::request_response::{self, ProtocolSupport};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_node::{Node, NodeConfig, NodeEvent};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 const PAYLOAD: usize = 1024;
 const LATENCY_SAMPLES: usize = 1000;
@@ -86,7 +86,7 @@ impl request_response::Codec for Echo {
 fn echo_swarm() -> Swarm<request_response::Behaviour<Echo>> {
     let config = request_response::Config::default()
         .with_request_timeout(Duration::from_secs(60))
-        .with_max_concurrent_streams(kith_node::MAX_CONCURRENT_STREAMS);
+        .with_max_concurrent_streams(kith_node::defaults::MAX_CONCURRENT_STREAMS);
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -171,7 +171,7 @@ async fn bare_libp2p() -> Figures {
     }
     let (p50, p99) = percentiles(samples);
 
-    let window = kith_node::MAX_CONCURRENT_STREAMS;
+    let window = kith_node::defaults::MAX_CONCURRENT_STREAMS;
     let mut per_round = Vec::new();
     for _ in 0..rounds() {
         let start = Instant::now();
@@ -237,9 +237,7 @@ async fn kith() -> Figures {
             while n < THROUGHPUT_MESSAGES {
                 match arrivals.recv().await {
                     Ok(NodeEvent::Engine(Event::Message(_))) => n += 1,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
-                        panic!("bench lost {k} events")
-                    }
+                    Ok(NodeEvent::Lagged { missed, .. }) => panic!("bench lost {missed} events"),
                     _ => {}
                 }
             }

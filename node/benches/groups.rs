@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kith_node::kith_core::engine::Event;
 use kith_node::kith_protocol::MessageId;
-use kith_node::libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{Multiaddr, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_node::{Node, NodeConfig, NodeEvent};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, Swarm, SwarmBuilder, noise, tcp, yamux};
 use tokio::sync::mpsc;
 
 const PAYLOAD: usize = 1024;

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_node::kith_core::media::CHUNK_BYTES;
-use kith_node::libp2p::request_response::{self, ProtocolSupport};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_node::media::{MediaEvent, PARALLEL_CHUNKS};
 use kith_node::{Node, NodeConfig, NodeEvent};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/bench/copy/1");
 const WRITE: usize = 1 << 20;
@@ -171,7 +171,7 @@ where
 {
     let config = request_response::Config::default()
         .with_request_timeout(Duration::from_secs(600))
-        .with_max_concurrent_streams(kith_node::MAX_CONCURRENT_STREAMS);
+        .with_max_concurrent_streams(kith_node::defaults::MAX_CONCURRENT_STREAMS);
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -328,7 +328,7 @@ async fn kith(path: &std::path::Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
                     break path;
                 }
                 Ok(NodeEvent::Media(MediaEvent::Failed { reason, .. })) => panic!("{reason}"),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(_) => {}
                 Err(e) => panic!("{e}"),
             }
         };

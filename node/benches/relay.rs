@@ -31,12 +31,12 @@ use kith_node::kith_core::identity::user_id_of;
 use kith_node::kith_protocol::envelope::{Envelope, EnvelopeKind, RatchetHeader, RatchetMessage};
 use kith_node::kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
 use kith_node::kith_protocol::{DhPublicKey, MessageId, UserId};
-use kith_node::libp2p::identity::Keypair;
-use kith_node::libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 const ENVELOPES: usize = 20_000;
 const CIPHERTEXT: usize = 1024;
@@ -113,14 +113,13 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::loopback_relay(dir.path());
-    config.relay_service = Some(RelayConfig {
-        sender_rate: 1e9,
-        sender_burst: 1e9,
-        max_messages_per_recipient: u64::MAX,
-        max_bytes_per_recipient: u64::MAX,
-        max_total_bytes: u64::MAX,
-        ..RelayConfig::default()
-    });
+    let mut relay_config = RelayConfig::default();
+    relay_config.sender_rate = 1e9;
+    relay_config.sender_burst = 1e9;
+    relay_config.max_messages_per_recipient = u64::MAX;
+    relay_config.max_bytes_per_recipient = u64::MAX;
+    relay_config.max_total_bytes = u64::MAX;
+    config.relay_service = Some(relay_config);
     let relay = Node::create(config).await.unwrap();
     let relay_peer: PeerId = relay.peer_id();
     let address = relay.listen_addrs().await.unwrap().remove(0);

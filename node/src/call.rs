@@ -7,7 +7,9 @@ use kith_core::engine::{Command, CommandError, CommandResult};
 use kith_core::fingerprint::SafetyNumber;
 use kith_core::group::Group;
 use kith_core::model::{Contact, Message};
-use kith_core::store::{RawWrite, StoreError};
+#[cfg(feature = "test-utils")]
+use kith_core::store::RawWrite;
+use kith_core::store::StoreError;
 use kith_protocol::content::MediaManifest;
 use kith_protocol::{GroupId, MessageId, UserId};
 use libp2p::{Multiaddr, PeerId};
@@ -52,6 +54,7 @@ pub(crate) enum Call {
     /// Group messages waiting for their sender's key.
     PendingGroupMessages(GroupId, Reply<Result<usize, StoreError>>),
     /// A peer's gossipsub score.
+    #[cfg(feature = "test-utils")]
     GossipScore(PeerId, Reply<Option<f64>>),
     /// Every contact.
     Contacts(Reply<Result<Vec<Contact>, StoreError>>),
@@ -82,7 +85,8 @@ pub(crate) enum Call {
     IsConnected(PeerId, Reply<bool>),
     /// Dial an address (ending in `/p2p/<peer>`) and add it to the DHT.
     Connect(Multiaddr, Reply<Result<(), ConnectError>>),
-    /// Every stored entry (tests and diagnostics).
+    /// Every stored entry (tests).
+    #[cfg(feature = "test-utils")]
     Dump(Reply<Result<Vec<RawWrite>, StoreError>>),
     /// Flush and stop.
     Shutdown(Reply<()>),

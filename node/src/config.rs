@@ -6,6 +6,7 @@ use libp2p::Multiaddr;
 
 /// How a node is set up.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NodeConfig {
     /// The profile directory (identity, keys, messages).
     pub data_dir: PathBuf,

@@ -314,6 +314,7 @@ impl Driver {
             Call::PendingGroupMessages(group, reply) => {
                 let _ = reply.send(self.engine.pending_group_messages(&group));
             }
+            #[cfg(feature = "test-utils")]
             Call::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
@@ -353,6 +354,7 @@ impl Driver {
             Call::Connect(address, reply) => {
                 let _ = reply.send(self.connect(address));
             }
+            #[cfg(feature = "test-utils")]
             Call::Dump(reply) => {
                 let _ = reply.send(self.engine.store().dump());
             }
@@ -567,6 +569,9 @@ impl Driver {
             }
             Output::Validation { token, verdict } => self.report(token, verdict),
             Output::Event(event) => self.emit(NodeEvent::Engine(event)),
+            // `Output` is non-exhaustive; this node carries out every output its kith-core
+            // version has.
+            other => tracing::error!("an engine output this node cannot carry out: {other:?}"),
         }
     }
 

@@ -101,7 +101,7 @@ pub(crate) fn unreached(
 const MAX_PENALISED_PEERS: usize = 4096;
 
 /// The topic of a group.
-pub fn topic(tag: &GroupTag) -> IdentTopic {
+pub(crate) fn topic(tag: &GroupTag) -> IdentTopic {
     IdentTopic::new(format!("kith/group/{tag}"))
 }
 
@@ -123,7 +123,7 @@ pub enum GossipError {
 /// The gossipsub behaviour: anonymous publishing (the group's sender keys authenticate
 /// messages; the topic and envelope say nothing of who is in the group beyond the sender's
 /// id), content-addressed message ids, every message validated before it is forwarded.
-pub fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, GossipError> {
+pub(crate) fn behaviour(duplicate_cache: Duration) -> Result<gossipsub::Behaviour, GossipError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Anonymous)
         .validate_messages()

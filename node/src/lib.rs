@@ -22,6 +22,25 @@
 //! envelope is deposited with its relays and fetched by the peer when it is back; a node
 //! started with [`relay::RelayConfig`] in [`NodeConfig::relay_service`] is such a relay.
 //!
+//! ## What an app uses
+//!
+//! | item | for |
+//! |---|---|
+//! | [`Node`] | a running node: commands (send, react, groups, contacts, files), queries (history, contacts, safety numbers), [`Node::subscribe`] |
+//! | [`NodeConfig`] | how it runs: profile directory, listen addresses, bootstrap peers, mDNS, home relays, relay service |
+//! | [`Events`], [`NodeEvent`] | what happens, in order; a subscriber that falls behind gets [`NodeEvent::Lagged`], never a silent gap |
+//! | [`NodeError`], [`ConnectError`], [`BuildError`], [`GossipError`] | why a call failed, with its source |
+//! | [`Profile`] | the profile directory's identity and keys, before a node runs |
+//! | [`media`] | attachment events, states and failures ([`media::MediaEvent`], [`media::Attachment`]) |
+//! | [`relay`] | the relay service's settings ([`relay::RelayConfig`]) and usage |
+//! | [`rpc`] | the JSON-RPC control API that `kith daemon` serves, and a client for it |
+//! | [`defaults`] | the fixed limits, buffers and timers the node is built with |
+//! | [`codec`] | the wire framing of Kith's protocols, for other implementations |
+//! | [`kith_core`], [`kith_protocol`], [`Multiaddr`], [`PeerId`] | the types these speak |
+//!
+//! The feature `test-utils` adds what tests need and apps do not: a digest of the whole store
+//! and gossip scores.
+//!
 //! ## Example: embed a node in an app
 //!
 //! ```
@@ -58,14 +77,16 @@
 
 mod behaviour;
 mod call;
-pub mod clock;
+mod clock;
 pub mod codec;
-pub mod config;
+mod config;
+pub mod defaults;
 mod delivery;
 mod dht;
 mod driver;
 mod error;
-pub mod groups;
+mod events;
+mod groups;
 mod limiter;
 mod mailbox;
 pub mod media;
@@ -77,30 +98,37 @@ pub mod relay;
 pub mod rpc;
 mod tokens;
 
-pub use behaviour::{
-    BuildError, CONNECTION_EVENT_BUFFER, IDLE_CONNECTION_TIMEOUT, MAX_CONCURRENT_STREAMS,
-    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, MAX_DHT_RECORDS, MAX_MEMORY_FRACTION,
-    MAX_PENDING_INCOMING, REQUEST_TIMEOUT,
-};
-pub use config::{DEFAULT_RELAY_COPIES, NodeConfig};
-pub use delivery::{ENVELOPE_RATE, MAX_IN_FLIGHT_PER_PEER};
-pub use dht::{
-    FIRST_PUBLICATION, LOOKUP_COOLDOWN, MAX_RECORD_FETCHES, RECORD_REPUBLISH, RECORD_RETRY,
-};
-pub use driver::MAX_TURN_WORK;
+pub use behaviour::BuildError;
+pub use clock::now_millis;
+pub use config::NodeConfig;
 pub use error::{ConnectError, NodeError};
+pub use events::{Events, EventsClosed};
+pub use groups::GossipError;
 pub use kith_core;
 pub use kith_protocol;
-pub use libp2p;
-pub use limiter::{MAX_TRACKED_PEERS, RateLimiter};
-pub use mailbox::{
-    FETCH_LIMIT, FIRST_KEYSPACE_POLL, MAILBOX_POLL, MAX_NOT_RELAYS, MAX_REMEMBERED_RELAYS,
-    PREKEY_REFRESH, RELAY_PREKEY_BATCH, RELAY_PREKEY_LOW_WATER,
-};
-pub use node::{CALL_QUEUE, EVENT_BUFFER, Node, SentFile};
-pub use prekeys::PREKEY_RATE;
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{Node, SentFile};
 pub use profile::{Profile, ProfileError, ProfileRng};
 pub use relay::RelayUsage;
+
+/// Raw gossip pieces for tests that play a misbehaving group member (feature `test-utils`).
+#[cfg(feature = "test-utils")]
+pub mod testing {
+    use kith_protocol::GroupTag;
+    use libp2p::gossipsub;
+
+    /// A group's gossip topic.
+    pub fn gossip_topic(tag: &GroupTag) -> gossipsub::IdentTopic {
+        crate::groups::topic(tag)
+    }
+
+    /// Gossipsub configured as a Kith node configures it.
+    pub fn gossip_behaviour(
+        duplicate_cache: std::time::Duration,
+    ) -> Result<gossipsub::Behaviour, crate::GossipError> {
+        crate::groups::behaviour(duplicate_cache)
+    }
+}
 
 /// Something that happened on a node.
 #[derive(Clone, Debug)]
@@ -109,28 +137,38 @@ pub enum NodeEvent {
     /// An event of the engine (messages, statuses, typing, presence, contacts).
     Engine(kith_core::engine::Event),
     /// The node listens on a new address.
-    Listening(libp2p::Multiaddr),
+    Listening(Multiaddr),
     /// A first connection to a peer came up.
-    PeerConnected(libp2p::PeerId),
+    PeerConnected(PeerId),
     /// The last connection to a peer went down.
-    PeerDisconnected(libp2p::PeerId),
+    PeerDisconnected(PeerId),
     /// A relay refused to store one of our messages (the message stays queued and is retried;
     /// the reason is for the user).
     RelayRefused {
         /// The message.
         id: kith_protocol::MessageId,
         /// The relay.
-        relay: libp2p::PeerId,
+        relay: PeerId,
         /// Why.
         reason: kith_protocol::mailbox::MailboxRefusal,
     },
     /// Attachment progress and outcomes.
     Media(media::MediaEvent),
+    /// This subscriber fell behind and lost `missed` events (never sent by the node: an
+    /// [`Events`] subscription reports it in place of what it lost). Everything an event
+    /// announces is stored: re-read the conversations shown, from the message after
+    /// `after_seq` on (all of them if `None`).
+    Lagged {
+        /// Events lost.
+        missed: u64,
+        /// The sequence number of the last message event this subscriber received.
+        after_seq: Option<u64>,
+    },
 }
 
 /// A peer id shortened for logs (its last 8 characters), so that logs do not list whom a
 /// node talks to in full.
-pub(crate) fn short(peer: &libp2p::PeerId) -> String {
+pub(crate) fn short(peer: &PeerId) -> String {
     let full = peer.to_base58();
     full.get(full.len().saturating_sub(8)..).unwrap_or_default().to_owned()
 }

@@ -16,7 +16,7 @@ struct Bucket {
 
 /// A token bucket per peer: `rate` requests per second on average, bursts up to `burst`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: HashMap<PeerId, Bucket>,
@@ -24,12 +24,12 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter allowing `rate` per second with bursts of `burst`.
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, buckets: HashMap::new() }
     }
 
     /// Takes a token for `peer` if one is available.
-    pub fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
         if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
             let (rate, burst) = (self.rate, self.burst);
             // A bucket that has refilled completely carries no information.

@@ -22,6 +22,7 @@ use crate::delivery::DirectDelivery;
 use crate::dht::Dht;
 use crate::driver::{Components, Driver, work_channel};
 use crate::error::NodeError;
+use crate::events::Events;
 use crate::groups::GroupTransport;
 use crate::mailbox::MailboxClient;
 use crate::media::Attachment;
@@ -35,7 +36,8 @@ use crate::tokens::{Tokens, tag};
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
 pub const CALL_QUEUE: usize = 1024;
-/// Events buffered per subscriber; a subscriber that falls further behind loses the oldest.
+/// Events buffered per subscriber; a subscriber that falls further behind loses the oldest
+/// and is told so ([`NodeEvent::Lagged`]).
 pub const EVENT_BUFFER: usize = 8192;
 
 /// An attachment queued by [`Node::send_file`].
@@ -286,9 +288,11 @@ impl Node {
         self.ask(Call::RelayUsage).await
     }
 
-    /// Events from now on: messages, statuses, typing, presence, contacts, network.
-    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
-        self.events.subscribe()
+    /// Events from now on: messages, statuses, typing, presence, contacts, network. A
+    /// subscriber that falls more than [`EVENT_BUFFER`] events behind is told what it lost
+    /// ([`NodeEvent::Lagged`]); none is dropped silently.
+    pub fn subscribe(&self) -> Events {
+        Events::new(self.events.subscribe())
     }
 
     /// Carries out a command. When this returns `Ok`, its effects are on disk.
@@ -386,6 +390,7 @@ impl Node {
         Ok(self.ask(|reply| Call::PendingGroupMessages(group, reply)).await??)
     }
 
+    #[cfg(feature = "test-utils")]
     /// Gossipsub's score of `peer` (negative once it sent invalid group messages), if known.
     pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
         self.ask(|reply| Call::GossipScore(peer, reply)).await
@@ -515,6 +520,7 @@ impl Node {
 
     /// A BLAKE3 digest of everything the node has stored (for tests and diagnostics: two equal
     /// digests mean byte-identical stores).
+    #[cfg(feature = "test-utils")]
     pub async fn store_digest(&self) -> Result<String, NodeError> {
         let dump = self.ask(Call::Dump).await??;
         let mut hasher = blake3::Hasher::new();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use kith_node::kith_core::engine::Event;
 use kith_node::kith_core::model::Message;
-use kith_node::libp2p::Multiaddr;
 use kith_node::{Node, NodeConfig, NodeEvent};
+use libp2p::Multiaddr;
 
 /// The path of the `kith` binary, built once per test run (in the test profile's target
 /// directory) with the same cargo that runs the tests.
@@ -131,10 +131,10 @@ impl EventLog {
             loop {
                 match rx.recv().await {
                     Ok(NodeEvent::Engine(e)) => sink.lock().map(|mut v| v.push(e)).unwrap_or(()),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    Ok(NodeEvent::Lagged { missed, .. }) => {
+                        lost.fetch_add(missed, std::sync::atomic::Ordering::Relaxed);
                     }
+                    Ok(_) => {}
                     Err(_) => return,
                 }
             }

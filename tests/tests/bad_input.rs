@@ -27,10 +27,10 @@ use kith_node::kith_protocol::direct::{
 use kith_node::kith_protocol::envelope::{Envelope, EnvelopeKind};
 use kith_node::kith_protocol::limits::{MAX_DIRECT_BATCH, MAX_ENVELOPE_BYTES};
 use kith_node::kith_protocol::prekey::{PreKeyRequest, PreKeyResponse};
-use kith_node::libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
-use kith_node::libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use kith_node::libp2p::{PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_tests::TestNode;
+use libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{PeerId, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 /// Writes any bytes, however large or malformed.
 #[derive(Clone, Default)]
@@ -78,7 +78,7 @@ impl request_response::Codec for RawCodec {
 }
 
 #[derive(NetworkBehaviour)]
-#[behaviour(prelude = "kith_node::libp2p::swarm::derive_prelude")]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct Attacker {
     envelope: request_response::Behaviour<RawCodec>,
     prekey: request_response::Behaviour<PreKeyCodec>,
@@ -173,7 +173,7 @@ fn seal(
     to: kith_node::kith_protocol::UserId,
     text: &str,
 ) -> Vec<u8> {
-    let now = kith_node::clock::now_millis();
+    let now = kith_node::now_millis();
     engine
         .handle_command(now, Command::SendText { to, text: text.into(), reply_to: None })
         .unwrap();
@@ -193,13 +193,9 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
     let bob_user = bob.node.user_id();
 
     // The attacker is a real Kith user with a plain libp2p swarm.
-    let mut engine = Engine::create(
-        Store::memory(),
-        rand::rng(),
-        kith_node::clock::now_millis(),
-        Config::default(),
-    )
-    .unwrap();
+    let mut engine =
+        Engine::create(Store::memory(), rand::rng(), kith_node::now_millis(), Config::default())
+            .unwrap();
     let config = request_response::Config::default().with_request_timeout(Duration::from_secs(10));
     let mut swarm = SwarmBuilder::with_existing_identity(engine.identity().libp2p_keypair())
         .with_tokio()
@@ -228,7 +224,7 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
     else {
         panic!("no bundle")
     };
-    let now = kith_node::clock::now_millis();
+    let now = kith_node::now_millis();
     let CommandResult::Queued(_) = engine
         .handle_command(
             now,

@@ -13,16 +13,16 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kith_node::clock::now_millis;
 use kith_node::codec::KAD_PROTOCOL;
 use kith_node::kith_core::identity::IdentityKeyPair;
 use kith_node::kith_core::prekeys::SignedPreKey;
 use kith_node::kith_core::record::{record_key, sign_record};
 use kith_node::kith_protocol::prekey::UserRecord;
-use kith_node::libp2p::kad::{self, store::MemoryStore};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
+use kith_node::now_millis;
 use kith_tests::TestNode;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -18,7 +18,6 @@ use kith_node::kith_core::identity::ContactString;
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_protocol::UserId;
 use kith_node::kith_protocol::content::Body;
-use kith_node::libp2p::Multiaddr;
 use kith_node::media::{
     AttachmentState, CHECKPOINT_CHUNKS, MediaEvent, MediaFailure, PARALLEL_CHUNKS,
     TransferDirection,
@@ -28,6 +27,7 @@ use kith_node::{Node, NodeConfig, NodeError, NodeEvent};
 use kith_tests::{
     Daemon, TestNode, TestRelay, dir_contains, eventually, files_under, kith_ok, user_with_relays,
 };
+use libp2p::Multiaddr;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -46,10 +46,10 @@ impl MediaLog {
             loop {
                 match rx.recv().await {
                     Ok(NodeEvent::Media(e)) => sink.lock().unwrap().push(e),
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        panic!("the media log lost {n} events")
+                    Ok(NodeEvent::Lagged { missed, .. }) => {
+                        panic!("the media log lost {missed} events")
                     }
+                    Ok(_) => {}
                     Err(_) => return,
                 }
             }
@@ -197,7 +197,8 @@ async fn an_attachment_above_the_maximum_is_refused_before_any_chunk_moves() {
     let sent = alice.node.send_file(bob.user_id(), &big, None).await.unwrap();
     assert_eq!(bob_log.failed().await, MediaFailure::TooLarge { size: 2 * MAX, max: MAX });
     alice.node.wait_for_status(sent.message, MessageStatus::Delivered, WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Bob refused the attachment on its manifest, before asking for any chunk: nothing can
+    // have been served, and nothing will be.
     assert_eq!(alice_log.served(), 0, "a chunk moved");
     let listed = bob.attachments(None).await.unwrap();
     assert!(matches!(&listed[0].state, AttachmentState::Failed(why) if why.contains("maximum")));

@@ -22,12 +22,12 @@ use kith_node::kith_protocol::mailbox::{
     DepositResult, MailboxRefusal, MailboxRequest, MailboxResponse,
 };
 use kith_node::kith_protocol::{DhPublicKey, MessageId, UserId};
-use kith_node::libp2p::identity::Keypair;
-use kith_node::libp2p::request_response::{self, ProtocolSupport};
-use kith_node::libp2p::swarm::SwarmEvent;
-use kith_node::libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{PeerId, Swarm, SwarmBuilder, noise, tcp, yamux};
 
 type Client = Swarm<request_response::Behaviour<MailboxCodec>>;
 
@@ -97,14 +97,13 @@ fn refusals(response: &MailboxResponse) -> Vec<Option<MailboxRefusal>> {
 async fn strangers_oversize_spammers_and_full_mailboxes_are_refused_with_their_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::loopback_relay(dir.path());
-    config.relay_service = Some(RelayConfig {
-        max_messages_per_recipient: 5,
-        max_envelope_bytes: 2048,
-        sender_rate: 0.001,
-        sender_burst: 8.0,
-        metrics: Some("127.0.0.1:0".parse().unwrap()),
-        ..RelayConfig::default()
-    });
+    let mut relay_config = RelayConfig::default();
+    relay_config.max_messages_per_recipient = 5;
+    relay_config.max_envelope_bytes = 2048;
+    relay_config.sender_rate = 0.001;
+    relay_config.sender_burst = 8.0;
+    relay_config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    config.relay_service = Some(relay_config);
     let relay = Node::create(config).await.unwrap();
     let relay_peer = relay.peer_id();
     let address = relay.listen_addrs().await.unwrap().remove(0);
@@ -234,6 +233,8 @@ async fn strangers_oversize_spammers_and_full_mailboxes_are_refused_with_their_r
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
     }
     assert!(http_get(relay.metrics_addr().unwrap(), "/secret").await.starts_with("HTTP/1.1 404"));
+    let health = http_get(relay.metrics_addr().unwrap(), "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
     relay.shutdown().await.unwrap();
 }
 

@@ -15,12 +15,12 @@ use std::time::Duration;
 use kith_node::kith_core::model::{Direction, MessageStatus};
 use kith_node::kith_protocol::UserId;
 use kith_node::kith_protocol::content::Body;
-use kith_node::libp2p::Multiaddr;
 use kith_node::relay::RelayConfig;
 use kith_node::{Node, NodeConfig};
 use kith_tests::{
     TestNode, TestRelay, dir_contains, eventually, meet_then_go_offline, user_with_relays,
 };
+use libp2p::Multiaddr;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -182,11 +182,9 @@ async fn with_one_of_two_relays_down_for_good_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_envelopes_are_purged_and_never_reported_delivered() {
-    let settings = RelayConfig {
-        ttl: Duration::from_secs(2),
-        purge_interval: Duration::from_millis(200),
-        ..RelayConfig::default()
-    };
+    let mut settings = RelayConfig::default();
+    settings.ttl = Duration::from_secs(2);
+    settings.purge_interval = Duration::from_millis(200);
     let relay = Relay::start(settings).await;
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
@@ -291,8 +289,9 @@ async fn without_named_relays_messages_wait_at_the_relays_closest_to_the_recipie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_waits_says_why_the_relays_refused_it() {
     // A relay whose mailboxes hold nothing: every deposit is refused for the quota.
-    let relay =
-        Relay::start(RelayConfig { max_messages_per_recipient: 0, ..RelayConfig::default() }).await;
+    let mut settings = RelayConfig::default();
+    settings.max_messages_per_recipient = 0;
+    let relay = Relay::start(settings).await;
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = user(bob_dir.path(), vec![relay.address().await], true).await;
     let alice = TestNode::start(vec![]).await.unwrap();

@@ -212,9 +212,11 @@ pub(crate) fn start_session(
 ) -> mpsc::Sender<(u32, ChunkHash)> {
     let (requests_tx, mut requests) = mpsc::channel::<(u32, ChunkHash)>(super::PARALLEL_CHUNKS);
     tokio::spawn(async move {
-        let opened =
-            tokio::time::timeout(crate::REQUEST_TIMEOUT, control.open_stream(peer, FETCH_PROTOCOL))
-                .await;
+        let opened = tokio::time::timeout(
+            crate::defaults::REQUEST_TIMEOUT,
+            control.open_stream(peer, FETCH_PROTOCOL),
+        )
+        .await;
         let stream = match opened {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

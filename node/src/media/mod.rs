@@ -201,6 +201,7 @@ pub enum MediaEvent {
 
 /// An attachment as an app lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attachment {
     /// Its id.
     pub media: MediaId,

@@ -1,24 +1,35 @@
-//! The relay's metrics, served as Prometheus (OpenMetrics) text on `GET /metrics`.
+//! The relay's metrics, served as Prometheus (OpenMetrics) text on `GET /metrics`, and a
+//! liveness check on `GET /healthz` (200 `ok` while the relay runs).
 //!
-//! The HTTP side is deliberately tiny: one request per connection, request head capped at
-//! [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`], nothing but `GET /metrics` answered.
+//! Served by hyper: one request per connection, the request head capped at
+//! [`MAX_REQUEST_HEAD`] bytes and [`REQUEST_TIMEOUT`], a whole connection at
+//! [`CONNECTION_TIMEOUT`]; any other path is 404.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kith_protocol::mailbox::MailboxRefusal;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Longest HTTP request head the metrics endpoint reads.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a metrics client may take to send its request.
+/// How long a metrics client may take to send its request head.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one metrics connection may last in all (a client that reads slowly included).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Labels = Vec<(String, String)>;
 
@@ -150,49 +161,57 @@ impl RelayMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: RelayMetrics) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin on it.
+                tracing::debug!("metrics endpoint: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics).await {
-                tracing::debug!("metrics request: {e}");
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = answer(request.method(), request.uri().path(), &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics request: {e}"),
+                Err(_) => tracing::debug!("metrics request: timed out"),
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &RelayMetrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+/// The answer to one request: the metrics, the health check, or 404/405.
+fn answer(method: &Method, path: &str, metrics: &RelayMetrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET, "/metrics" | "/") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        (_, "/metrics" | "/" | "/healthz") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", String::new())
         }
-        Ok::<_, std::io::Error>(())
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", String::new()),
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, read)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let response = if method == b"GET" && (path == b"/metrics" || path == b"/") {
-        let body = metrics.render();
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-    };
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Binds the metrics endpoint (`addr` may use port 0) and returns the bound address.
@@ -200,4 +219,37 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Sock
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn metrics_health_and_nothing_else() {
+        let metrics = RelayMetrics::new();
+        metrics.reject(MailboxRefusal::QuotaExceeded);
+        let response = answer(&Method::GET, "/metrics", &metrics);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            body(response)
+                .await
+                .contains("kith_relay_rejections_total{reason=\"quota_exceeded\"} 1")
+        );
+        let response = answer(&Method::GET, "/healthz", &metrics);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, "ok\n");
+        assert_eq!(
+            answer(&Method::POST, "/metrics", &metrics).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(answer(&Method::GET, "/secret", &metrics).status(), StatusCode::NOT_FOUND);
+    }
 }

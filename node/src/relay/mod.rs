@@ -35,7 +35,10 @@ use kith_protocol::prekey::{PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyU
 use kith_protocol::{ChunkHash, MessageId, UnixMillis, UserId};
 use libp2p::PeerId;
 
-pub use metrics::{MAX_REQUEST_HEAD, REQUEST_TIMEOUT as METRICS_REQUEST_TIMEOUT};
+pub use metrics::{
+    CONNECTION_TIMEOUT as METRICS_CONNECTION_TIMEOUT, MAX_REQUEST_HEAD,
+    REQUEST_TIMEOUT as METRICS_REQUEST_TIMEOUT,
+};
 pub use store::{MAX_RELAY_ONE_TIME_PREKEYS, RelayStoreError};
 
 use crate::limiter::RateLimiter;
@@ -72,6 +75,7 @@ const FRAME_OVERHEAD: usize = 64;
 
 /// How a relay is run: its operator's settings.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Most envelopes waiting for one recipient.
     pub max_messages_per_recipient: u64,
@@ -120,6 +124,7 @@ impl Default for RelayConfig {
 
 /// What a relay holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayUsage {
     /// Envelopes in mailboxes.
     pub envelopes: u64,

@@ -374,6 +374,14 @@ pub enum EventJson {
         /// The address.
         address: String,
     },
+    /// This client fell behind and lost `missed` events: re-read the conversations it shows
+    /// (`history`, `group_history`) from the message after `after_seq` on (all if null).
+    Lagged {
+        /// Events lost.
+        missed: u64,
+        /// The sequence number of the last message event this client received.
+        after_seq: Option<u64>,
+    },
     /// A relay refused to store one of our messages (it stays queued and is retried).
     RelayRefused {
         /// The message id.
@@ -484,6 +492,9 @@ impl EventJson {
             NodeEvent::PeerConnected(p) => Self::PeerConnected { peer: p.to_string() },
             NodeEvent::PeerDisconnected(p) => Self::PeerDisconnected { peer: p.to_string() },
             NodeEvent::Listening(a) => Self::Listening { address: a.to_string() },
+            NodeEvent::Lagged { missed, after_seq } => {
+                Self::Lagged { missed: *missed, after_seq: *after_seq }
+            }
             NodeEvent::RelayRefused { id, relay, reason } => Self::RelayRefused {
                 id: id.to_string(),
                 relay: relay.to_string(),

@@ -49,6 +49,7 @@
 //! -32000 for a refused operation, with a message saying why.
 
 pub mod json;
+mod params;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,17 +109,9 @@ impl From<NodeError> for RpcError {
 }
 
 /// Why relays refused message `id`, from the events seen so far (empty if none did).
-fn relay_refusals(
-    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
-    id: MessageId,
-) -> String {
+fn relay_refusals(events: &mut crate::Events, id: MessageId) -> String {
     let mut reasons: Vec<&'static str> = Vec::new();
-    loop {
-        let event = match events.try_recv() {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        };
+    while let Ok(Some(event)) = events.try_recv() {
         if let NodeEvent::RelayRefused { id: refused, reason, .. } = event
             && refused == id
         {
@@ -138,55 +131,43 @@ fn relay_refusals(
     }
 }
 
-fn str_param<'a>(params: &'a Value, name: &str) -> Result<&'a str, RpcError> {
-    params
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| RpcError::invalid_params(format!("`{name}` (a string) is required")))
-}
-
 fn message_id(text: &str) -> Result<MessageId, RpcError> {
     MessageId::from_hex(text)
         .ok_or_else(|| RpcError::invalid_params(format!("`{text}` is not a message id")))
 }
 
-async fn user(node: &Node, params: &Value, name: &str) -> Result<UserId, RpcError> {
-    Ok(node.resolve(str_param(params, name)?).await?)
+fn message_ids(ids: &[String]) -> Result<Vec<MessageId>, RpcError> {
+    ids.iter().map(|id| message_id(id)).collect()
 }
 
-async fn group(node: &Node, params: &Value) -> Result<GroupId, RpcError> {
-    Ok(node.resolve_group(str_param(params, "group")?).await?)
+fn optional_id(id: Option<&str>) -> Result<Option<MessageId>, RpcError> {
+    id.map(message_id).transpose()
 }
 
-fn message_ids(params: &Value) -> Result<Vec<MessageId>, RpcError> {
-    params
-        .get("ids")
-        .and_then(Value::as_array)
-        .ok_or_else(|| RpcError::invalid_params("`ids` (an array) is required"))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| RpcError::invalid_params("ids are strings"))
-                .and_then(message_id)
-        })
-        .collect()
+async fn user(node: &Node, name: &str) -> Result<UserId, RpcError> {
+    Ok(node.resolve(name).await?)
 }
 
-/// A group call: `command` built from the params, carried out in the named group.
-async fn in_group(node: &Node, params: &Value, command: GroupCommand) -> Result<Value, RpcError> {
-    queued(node, Command::Group { group: group(node, params).await?, command }).await
+async fn group(node: &Node, name: &str) -> Result<GroupId, RpcError> {
+    Ok(node.resolve_group(name).await?)
 }
 
-fn wait_target(word: &str) -> Result<MessageStatus, RpcError> {
-    match word {
-        "queued" => Ok(MessageStatus::Queued),
-        "sent" => Ok(MessageStatus::Sent),
-        "delivered" => Ok(MessageStatus::Delivered),
-        "read" => Ok(MessageStatus::Read),
-        other => Err(RpcError::invalid_params(format!(
-            "cannot wait for `{other}`: use sent, delivered or read"
-        ))),
+/// A group call: `command` carried out in the group named `name`.
+async fn in_group(node: &Node, name: &str, command: GroupCommand) -> Result<Value, RpcError> {
+    queued(node, Command::Group { group: group(node, name).await?, command }).await
+}
+
+fn wait_target(wait: params::WaitFor) -> MessageStatus {
+    match wait {
+        params::WaitFor::Queued => MessageStatus::Queued,
+        params::WaitFor::Sent => MessageStatus::Sent,
+        params::WaitFor::Delivered => MessageStatus::Delivered,
+        params::WaitFor::Read => MessageStatus::Read,
     }
+}
+
+fn typing_state(typing: bool) -> TypingState {
+    if typing { TypingState::Started } else { TypingState::Stopped }
 }
 
 async fn queued(node: &Node, command: Command) -> Result<Value, RpcError> {
@@ -197,11 +178,17 @@ async fn queued(node: &Node, command: Command) -> Result<Value, RpcError> {
     }
 }
 
-/// Carries out one API call on `node`.
+fn to_json<T: serde::Serialize>(value: T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Carries out one API call on `node`. Parameters are typed per method: a missing, unknown
+/// or wrong-typed one is refused with -32602 naming it.
 pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value, RpcError> {
-    let p = &params;
+    use params::parse;
     match method {
         "id" => {
+            let params::NoParams {} = parse(params)?;
             let addresses: Vec<String> =
                 node.addresses().await?.iter().map(ToString::to_string).collect();
             Ok(json!({
@@ -212,55 +199,55 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             }))
         }
         "contact.add" => {
+            let p: params::ContactAdd = parse(params)?;
             let contact: ContactString =
-                str_param(p, "contact")?.parse().map_err(RpcError::invalid_params_from)?;
-            node.add_contact(&contact, str_param(p, "name")?).await?;
+                p.contact.parse().map_err(RpcError::invalid_params_from)?;
+            node.add_contact(&contact, &p.name).await?;
             Ok(json!({ "peer_id": json::peer(&contact.user) }))
         }
         "contact.list" => {
+            let params::NoParams {} = parse(params)?;
             let contacts = node.contacts().await?;
-            Ok(serde_json::to_value(contacts.iter().map(ContactJson::from).collect::<Vec<_>>())
-                .unwrap_or(Value::Null))
+            Ok(to_json(contacts.iter().map(ContactJson::from).collect::<Vec<_>>()))
         }
         "contact.verify" => {
-            let user = user(node, p, "contact").await?;
+            let p: params::ContactVerify = parse(params)?;
+            let user = user(node, &p.contact).await?;
             let number = node.safety_number(user).await?.ok_or_else(|| {
                 RpcError::refused(
                     "no identity key known for this contact yet: exchange a message first",
                 )
             })?;
-            let mark = p.get("mark").and_then(Value::as_bool).unwrap_or(false);
-            if mark {
+            if p.mark {
                 node.command(Command::VerifyContact { user }).await?;
             }
             let verified = node.contact(user).await?.is_some_and(|c| c.verified);
             Ok(json!({ "safety_number": number.to_string(), "verified": verified }))
         }
         "contact.trust" => {
-            queued(node, Command::TrustIdentity { user: user(node, p, "contact").await? }).await
+            let p: params::ContactOnly = parse(params)?;
+            queued(node, Command::TrustIdentity { user: user(node, &p.contact).await? }).await
         }
         "contact.block" => {
-            let blocked = p.get("blocked").and_then(Value::as_bool).unwrap_or(true);
-            queued(node, Command::Block { user: user(node, p, "contact").await?, blocked }).await
+            let p: params::ContactBlock = parse(params)?;
+            let user = user(node, &p.contact).await?;
+            queued(node, Command::Block { user, blocked: p.blocked }).await
         }
         "send" => {
-            let to = user(node, p, "to").await?;
-            let reply_to = p.get("reply_to").and_then(Value::as_str).map(message_id).transpose()?;
+            let p: params::Send = parse(params)?;
+            let to = user(node, &p.to).await?;
+            let reply_to = optional_id(p.reply_to.as_deref())?;
             // Subscribed before queueing: a relay's refusal can come back within the wait.
             let mut events = node.subscribe();
-            let CommandResult::Queued(id) = node
-                .command(Command::SendText { to, text: str_param(p, "text")?.to_owned(), reply_to })
-                .await?
+            let CommandResult::Queued(id) =
+                node.command(Command::SendText { to, text: p.text, reply_to }).await?
             else {
                 return Err(RpcError::refused("nothing was queued"));
             };
-            let status = match p.get("wait").and_then(Value::as_str) {
-                Some(word) => {
-                    let timeout = p
-                        .get("timeout_ms")
-                        .and_then(Value::as_u64)
-                        .map_or(DEFAULT_WAIT, Duration::from_millis);
-                    match node.wait_for_status(id, wait_target(word)?, timeout).await {
+            let status = match p.wait {
+                Some(wait) => {
+                    let timeout = p.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
+                    match node.wait_for_status(id, wait_target(wait), timeout).await {
                         Err(NodeError::Timeout(what)) => {
                             let why = relay_refusals(&mut events, id);
                             return Err(RpcError::refused(format!(
@@ -276,125 +263,130 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             Ok(json!({ "id": id.to_string(), "status": status, "failure": failure }))
         }
         "react" => {
+            let p: params::React = parse(params)?;
             let command = Command::React {
-                to: user(node, p, "to").await?,
-                target: message_id(str_param(p, "target")?)?,
-                emoji: str_param(p, "emoji")?.to_owned(),
-                remove: p.get("remove").and_then(Value::as_bool).unwrap_or(false),
+                to: user(node, &p.to).await?,
+                target: message_id(&p.target)?,
+                emoji: p.emoji,
+                remove: p.remove,
             };
             queued(node, command).await
         }
         "edit" => {
+            let p: params::Edit = parse(params)?;
             let command = Command::Edit {
-                to: user(node, p, "to").await?,
-                target: message_id(str_param(p, "target")?)?,
-                text: str_param(p, "text")?.to_owned(),
+                to: user(node, &p.to).await?,
+                target: message_id(&p.target)?,
+                text: p.text,
             };
             queued(node, command).await
         }
         "delete" => {
-            let command = Command::Delete {
-                to: user(node, p, "to").await?,
-                target: message_id(str_param(p, "target")?)?,
-            };
+            let p: params::Delete = parse(params)?;
+            let command =
+                Command::Delete { to: user(node, &p.to).await?, target: message_id(&p.target)? };
             queued(node, command).await
         }
         "read" => {
-            let ids = message_ids(p)?;
-            queued(node, Command::MarkRead { peer: user(node, p, "peer").await?, ids }).await
+            let p: params::Read = parse(params)?;
+            let ids = message_ids(&p.ids)?;
+            queued(node, Command::MarkRead { peer: user(node, &p.peer).await?, ids }).await
         }
         "group.create" => {
-            let mut members = Vec::new();
-            for name in p.get("members").and_then(Value::as_array).into_iter().flatten() {
-                let name =
-                    name.as_str().ok_or_else(|| RpcError::invalid_params("members are strings"))?;
-                members.push(node.resolve(name).await?);
+            let p: params::GroupCreate = parse(params)?;
+            let mut members = Vec::with_capacity(p.members.len());
+            for name in &p.members {
+                members.push(user(node, name).await?);
             }
-            let name = str_param(p, "name")?.to_owned();
-            queued(node, Command::CreateGroup { name, members }).await
+            queued(node, Command::CreateGroup { name: p.name, members }).await
         }
         "group.list" => {
+            let params::NoParams {} = parse(params)?;
             let groups = node.groups().await?;
-            Ok(serde_json::to_value(groups.iter().map(GroupJson::from).collect::<Vec<_>>())
-                .unwrap_or(Value::Null))
+            Ok(to_json(groups.iter().map(GroupJson::from).collect::<Vec<_>>()))
         }
         "group.info" => {
-            let id = group(node, p).await?;
+            let p: params::GroupOnly = parse(params)?;
+            let id = group(node, &p.group).await?;
             let found = node.group(id).await?.ok_or(NodeError::UnknownGroup(id.to_string()))?;
-            Ok(serde_json::to_value(GroupJson::from(&found)).unwrap_or(Value::Null))
+            Ok(to_json(GroupJson::from(&found)))
         }
-        "group.add" => {
-            in_group(node, p, GroupCommand::Add { member: user(node, p, "member").await? }).await
+        "group.add" | "group.remove" | "group.promote" => {
+            let p: params::GroupMember = parse(params)?;
+            let member = user(node, &p.member).await?;
+            let command = match method {
+                "group.add" => GroupCommand::Add { member },
+                "group.remove" => GroupCommand::Remove { member },
+                _ => GroupCommand::Promote { member },
+            };
+            in_group(node, &p.group, command).await
         }
-        "group.remove" => {
-            in_group(node, p, GroupCommand::Remove { member: user(node, p, "member").await? }).await
+        "group.leave" => {
+            let p: params::GroupOnly = parse(params)?;
+            in_group(node, &p.group, GroupCommand::Leave).await
         }
-        "group.promote" => {
-            in_group(node, p, GroupCommand::Promote { member: user(node, p, "member").await? })
-                .await
-        }
-        "group.leave" => in_group(node, p, GroupCommand::Leave).await,
         "group.rename" => {
-            in_group(node, p, GroupCommand::Rename { name: str_param(p, "name")?.to_owned() }).await
+            let p: params::GroupRename = parse(params)?;
+            in_group(node, &p.group, GroupCommand::Rename { name: p.name }).await
         }
         "group.send" => {
-            let reply_to = p.get("reply_to").and_then(Value::as_str).map(message_id).transpose()?;
-            let text = str_param(p, "text")?.to_owned();
-            in_group(node, p, GroupCommand::Send { text, reply_to }).await
+            let p: params::GroupSend = parse(params)?;
+            let reply_to = optional_id(p.reply_to.as_deref())?;
+            in_group(node, &p.group, GroupCommand::Send { text: p.text, reply_to }).await
         }
         "group.react" => {
+            let p: params::GroupReact = parse(params)?;
             let command = GroupCommand::React {
-                target: message_id(str_param(p, "target")?)?,
-                emoji: str_param(p, "emoji")?.to_owned(),
-                remove: p.get("remove").and_then(Value::as_bool).unwrap_or(false),
+                target: message_id(&p.target)?,
+                emoji: p.emoji,
+                remove: p.remove,
             };
-            in_group(node, p, command).await
+            in_group(node, &p.group, command).await
         }
         "group.edit" => {
-            let command = GroupCommand::Edit {
-                target: message_id(str_param(p, "target")?)?,
-                text: str_param(p, "text")?.to_owned(),
-            };
-            in_group(node, p, command).await
+            let p: params::GroupEdit = parse(params)?;
+            let command = GroupCommand::Edit { target: message_id(&p.target)?, text: p.text };
+            in_group(node, &p.group, command).await
         }
         "group.delete" => {
-            let target = message_id(str_param(p, "target")?)?;
-            in_group(node, p, GroupCommand::Delete { target }).await
+            let p: params::GroupDelete = parse(params)?;
+            let target = message_id(&p.target)?;
+            in_group(node, &p.group, GroupCommand::Delete { target }).await
         }
-        "group.read" => in_group(node, p, GroupCommand::MarkRead { ids: message_ids(p)? }).await,
+        "group.read" => {
+            let p: params::GroupRead = parse(params)?;
+            in_group(node, &p.group, GroupCommand::MarkRead { ids: message_ids(&p.ids)? }).await
+        }
         "group.typing" => {
-            let typing = p.get("typing").and_then(Value::as_bool).unwrap_or(true);
-            let state = if typing { TypingState::Started } else { TypingState::Stopped };
-            in_group(node, p, GroupCommand::Typing { state }).await
+            let p: params::GroupTyping = parse(params)?;
+            let state = typing_state(p.typing);
+            in_group(node, &p.group, GroupCommand::Typing { state }).await
         }
         "typing" => {
-            let typing = p.get("typing").and_then(Value::as_bool).unwrap_or(true);
-            let state = if typing { TypingState::Started } else { TypingState::Stopped };
-            queued(node, Command::Typing { to: user(node, p, "to").await?, state }).await
+            let p: params::Typing = parse(params)?;
+            let state = typing_state(p.typing);
+            queued(node, Command::Typing { to: user(node, &p.to).await?, state }).await
         }
         "presence" => {
-            let status = match str_param(p, "status")? {
-                "online" => PresenceStatus::Online,
-                "away" => PresenceStatus::Away,
-                "offline" => PresenceStatus::Offline,
-                other => {
-                    return Err(RpcError::invalid_params(format!("unknown presence `{other}`")));
-                }
+            let p: params::SetPresence = parse(params)?;
+            let status = match p.status {
+                params::Presence::Online => PresenceStatus::Online,
+                params::Presence::Away => PresenceStatus::Away,
+                params::Presence::Offline => PresenceStatus::Offline,
             };
             queued(node, Command::SetPresence { status }).await
         }
         "profile.set" => {
-            queued(node, Command::SetProfile { display_name: str_param(p, "name")?.to_owned() })
-                .await
+            let p: params::ProfileSet = parse(params)?;
+            queued(node, Command::SetProfile { display_name: p.name }).await
         }
         "send_file" => {
-            let to = user(node, p, "to").await?;
-            let path = PathBuf::from(str_param(p, "path")?);
-            if !path.is_absolute() {
+            let p: params::SendFile = parse(params)?;
+            let to = user(node, &p.to).await?;
+            if !p.path.is_absolute() {
                 return Err(RpcError::invalid_params("`path` must be absolute"));
             }
-            let caption = p.get("caption").and_then(Value::as_str).map(str::to_owned);
-            let sent = node.send_file(to, path, caption).await?;
+            let sent = node.send_file(to, p.path, p.caption).await?;
             Ok(json!({
                 "id": sent.message.to_string(),
                 "media": sent.media.to_string(),
@@ -403,23 +395,30 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             }))
         }
         "attachments" => {
-            let peer = match p.get("peer").and_then(Value::as_str) {
-                Some(name) => Some(node.resolve(name).await?),
+            let p: params::Attachments = parse(params)?;
+            let peer = match &p.peer {
+                Some(name) => Some(user(node, name).await?),
                 None => None,
             };
             let list = node.attachments(peer).await?;
-            Ok(serde_json::to_value(list.iter().map(AttachmentJson::from).collect::<Vec<_>>())
-                .unwrap_or(Value::Null))
+            Ok(to_json(list.iter().map(AttachmentJson::from).collect::<Vec<_>>()))
         }
         "history" => {
-            let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(100).min(10_000) as usize;
-            let before = p.get("before").and_then(Value::as_u64);
-            let (messages, attachments) = if p.get("group").is_some() {
-                let id = group(node, p).await?;
-                (node.group_history(id, before, limit).await?, node.attachments(None).await?)
-            } else {
-                let peer = user(node, p, "peer").await?;
-                (node.history(peer, before, limit).await?, node.attachments(Some(peer)).await?)
+            let p: params::History = parse(params)?;
+            let limit = usize::try_from(p.limit.unwrap_or(100).min(10_000)).unwrap_or(10_000);
+            let (messages, attachments) = match (&p.group, &p.peer) {
+                (Some(name), None) => {
+                    let id = group(node, name).await?;
+                    (node.group_history(id, p.before, limit).await?, node.attachments(None).await?)
+                }
+                (None, Some(name)) => {
+                    let peer = user(node, name).await?;
+                    (
+                        node.history(peer, p.before, limit).await?,
+                        node.attachments(Some(peer)).await?,
+                    )
+                }
+                _ => return Err(RpcError::invalid_params("give either `peer` or `group`")),
             };
             let list: Vec<MessageJson> = messages
                 .iter()
@@ -430,23 +429,24 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                     json
                 })
                 .collect();
-            Ok(serde_json::to_value(list).unwrap_or(Value::Null))
+            Ok(to_json(list))
         }
         "message" => {
-            let message = node.message(message_id(str_param(p, "id")?)?).await?;
-            Ok(message
-                .as_ref()
-                .map(MessageJson::from)
-                .map_or(Value::Null, |m| serde_json::to_value(m).unwrap_or(Value::Null)))
+            let p: params::MessageById = parse(params)?;
+            let message = node.message(message_id(&p.id)?).await?;
+            Ok(message.as_ref().map(MessageJson::from).map_or(Value::Null, to_json))
         }
         "connect" => {
-            let address = str_param(p, "address")?
+            let p: params::Connect = parse(params)?;
+            let address = p
+                .address
                 .parse()
-                .map_err(|_| RpcError::invalid_params("not a multiaddr"))?;
+                .map_err(|_| RpcError::invalid_params("`address`: not a multiaddr"))?;
             node.connect(address).await?;
             Ok(json!({}))
         }
         "peers" => {
+            let params::NoParams {} = parse(params)?;
             let peers: Vec<String> =
                 node.connected_peers().await?.iter().map(ToString::to_string).collect();
             Ok(json!(peers))
@@ -598,12 +598,13 @@ async fn connection(node: Node, stream: UnixStream, stop: mpsc::Sender<()>) {
                                     };
                                     let note =
                                         json!({"jsonrpc":"2.0","method":"event","params":json});
-                                    // A client that does not read loses notifications, not the daemon.
-                                    if out.try_send(note).is_err() && out.is_closed() {
+                                    // A client that does not read holds this task back, not
+                                    // the node: once it is a buffer behind, it gets a
+                                    // `lagged` event saying what to re-read.
+                                    if out.send(note).await.is_err() {
                                         return;
                                     }
                                 }
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                                 Err(_) => return,
                             }
                         }
