@@ -34,7 +34,8 @@
 //!
 //! Features: `sled` (default) brings the sled backend; `hazmat` opens the raw primitives
 //! (`hazmat`: AEAD, X25519, HKDF, signatures) and the `ratchet` and `x3dh` layers for protocol
-//! work; `test-utils` adds [`Store::dump`](store::Store) for tests that compare stores. None
+//! work; `test-utils` adds `testing`, a simulated network of engines with faults and crashes,
+//! and [`Store::dump`](store::Store) for tests that compare stores. None
 //! is needed to write a messenger. `kith-node` drives the engine over libp2p.
 //!
 //! ## Example: two parties exchange a message
@@ -117,6 +118,9 @@ pub mod record;
 pub mod session;
 pub mod store;
 pub mod text;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 /// Raw cryptographic primitives, for those who build protocols (feature `hazmat`).
 ///

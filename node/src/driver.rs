@@ -297,6 +297,7 @@ impl Driver {
                         prekey_users,
                         blob_bytes: r.blob_bytes(),
                         blobs_served: r.metrics.blobs_served.get(),
+                        fetches_answered: r.metrics.fetches.get(),
                         disk_bytes: r.size_on_disk().unwrap_or(0),
                     }
                 });

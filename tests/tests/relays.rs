@@ -198,13 +198,15 @@ async fn expired_envelopes_are_purged_and_never_reported_delivered() {
         .await
         .unwrap();
 
+    let fetched = relay.node.relay_usage().await.unwrap().unwrap().fetches_answered;
     let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
-    eventually(WAIT, "Bob connected to his relay", || async {
-        Ok(bob.connected_peers().await?.contains(&relay.node.peer_id()).then_some(()))
+    // Bob fetched his mailbox once he was back: whatever it held, he has taken and stored.
+    eventually(WAIT, "Bob's mailbox fetch", || async {
+        let usage = relay.node.relay_usage().await?.expect("a relay");
+        Ok((usage.fetches_answered > fetched).then_some(()))
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(texts(&bob, alice.node.user_id()).await, ["hello"], "an expired envelope arrived");
     assert_eq!(alice.node.message(late).await.unwrap().unwrap().status, MessageStatus::Sent);
     bob.shutdown().await.unwrap();

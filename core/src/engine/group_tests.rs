@@ -1,14 +1,13 @@
-//! Group tests over N engines: pairwise envelopes routed directly, publications "gossiped" to
-//! every subscribed, online engine, and the other members reported unreached.
+//! Group tests over N engines on the engine's one harness (`crate::testing::Net`): pairwise
+//! envelopes routed directly, publications gossiped to every subscribed, online member, and
+//! the other members reported unreached to the publisher.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 
+use kith_protocol::GroupId;
 use kith_protocol::content::ReceiptKind;
 use kith_protocol::envelope::GroupEnvelope;
-use kith_protocol::prekey::PreKeyResponse;
-use kith_protocol::{GroupId, GroupTag};
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 
 use kith_protocol::content::{GroupAction, GroupControl};
 use kith_protocol::envelope::Envelope;
@@ -16,183 +15,57 @@ use kith_protocol::envelope::Envelope;
 use super::*;
 use crate::group::{change_hash, group_id, group_tag, sign_control};
 use crate::model::MessageStatus;
-use crate::store::{Batch, Store};
+use crate::store::Batch;
+use crate::testing::{Faults, Net, T0 as T};
 
-const T: UnixMillis = 1_700_000_000_000;
-
-/// Opens the sled store at `path`, once the handle just dropped has released its lock (sled
-/// does so in the background; kith-core never waits itself).
-fn reopen(path: &std::path::Path) -> Store {
-    loop {
-        match Store::open(path) {
-            Err(StoreError::Locked) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            result => return result.unwrap(),
-        }
-    }
+/// A network of `n` engines without faults (the engine's one harness, `crate::testing`).
+fn net(n: usize) -> Net {
+    Net::new(n, Faults::NONE, 100)
 }
 
-struct Net {
-    engines: Vec<Engine<ChaCha20Rng>>,
-    online: Vec<bool>,
-    subscribed: Vec<BTreeSet<GroupTag>>,
-    events: Vec<Vec<Event>>,
-    verdicts: Vec<Vec<Verdict>>,
-    /// Every publication, as a non-member listening on the topic would see it.
-    published: Vec<Vec<u8>>,
-    /// Every pairwise envelope handed over: (from, to).
-    envelopes: Vec<(usize, usize)>,
-    next_token: u64,
-    now: UnixMillis,
+/// What the group tests do on the network, each followed by routing until it is quiet.
+trait Groups {
+    fn id(&self, i: usize) -> UserId;
+    fn command_and_run(&mut self, i: usize, command: Command) -> CommandResult;
+    fn group_command(&mut self, i: usize, group: GroupId, command: GroupCommand) -> CommandResult;
+    fn gossip(&mut self, to: usize, bytes: Vec<u8>);
+    fn create(&mut self, admin: usize, members: &[usize]) -> GroupId;
+    fn texts(&mut self, i: usize, group: &GroupId) -> Vec<String>;
+    fn send(&mut self, i: usize, group: GroupId, text: &str) -> MessageId;
+    fn members(&mut self, i: usize, group: &GroupId) -> Vec<UserId>;
 }
 
-impl Net {
-    fn new(n: usize) -> Self {
-        let engines = (0..n)
-            .map(|i| {
-                let rng = ChaCha20Rng::seed_from_u64(i as u64 + 100);
-                Engine::create(Store::memory(), rng, T, Config::default()).unwrap()
-            })
-            .collect();
-        Self {
-            engines,
-            online: vec![true; n],
-            subscribed: vec![BTreeSet::new(); n],
-            events: vec![Vec::new(); n],
-            verdicts: vec![Vec::new(); n],
-            published: Vec::new(),
-            envelopes: Vec::new(),
-            next_token: 0,
-            now: T,
-        }
-    }
-
+impl Groups for Net {
     fn id(&self, i: usize) -> UserId {
-        self.engines[i].user_id()
+        self.user(i)
     }
 
-    fn index(&self, user: &UserId) -> usize {
-        self.engines.iter().position(|e| e.user_id() == *user).unwrap()
-    }
-
-    fn command(&mut self, i: usize, command: Command) -> CommandResult {
-        let result = self.engines[i].handle_command(self.now, command).unwrap();
+    fn command_and_run(&mut self, i: usize, command: Command) -> CommandResult {
+        let result = self.command(i, command);
         self.run();
         result
     }
 
     fn group_command(&mut self, i: usize, group: GroupId, command: GroupCommand) -> CommandResult {
-        self.command(i, Command::Group { group, command })
+        self.command_and_run(i, Command::Group { group, command })
     }
 
     fn gossip(&mut self, to: usize, bytes: Vec<u8>) {
-        self.next_token += 1;
-        let token = ValidationToken(self.next_token);
-        self.engines[to].handle_input(self.now, Input::GroupMessage { bytes, token }).unwrap();
-    }
-
-    /// Routes everything until every online engine is idle.
-    fn run(&mut self) {
-        let n = self.engines.len();
-        let mut queue: VecDeque<(usize, Output)> = VecDeque::new();
-        // token → (asker, outbox id)
-        let mut asked: HashMap<u64, (usize, Option<MessageId>)> = HashMap::new();
-        loop {
-            for i in 0..n {
-                self.engines[i].flush().unwrap();
-                while let Some(o) = self.engines[i].poll_output() {
-                    queue.push_back((i, o));
-                }
-            }
-            let Some((from, output)) = queue.pop_front() else { return };
-            match output {
-                Output::Deliver(d) => {
-                    let to = self.index(&d.to);
-                    if !self.online[to] {
-                        if !d.ephemeral {
-                            let result = DeliveryResult::Unreachable;
-                            self.engines[from]
-                                .handle_input(self.now, Input::Delivery { id: d.id, result })
-                                .unwrap();
-                        }
-                        continue;
-                    }
-                    self.envelopes.push((from, to));
-                    self.next_token += 1;
-                    asked.insert(self.next_token, (from, Some(d.id)));
-                    let via = Via::Direct(self.id(from));
-                    let reply = Some(ReplyToken(self.next_token));
-                    self.engines[to]
-                        .handle_input(self.now, Input::Envelope { bytes: d.envelope, via, reply })
-                        .unwrap();
-                }
-                Output::FetchPreKeys { user, .. } => {
-                    let to = self.index(&user);
-                    self.next_token += 1;
-                    asked.insert(self.next_token, (from, None));
-                    self.engines[to]
-                        .handle_input(
-                            self.now,
-                            Input::PreKeyRequest { reply: ReplyToken(self.next_token) },
-                        )
-                        .unwrap();
-                }
-                Output::Reply { token, reply } => {
-                    let Some((asker, outbox_id)) = asked.remove(&token.0) else { continue };
-                    let input = match reply {
-                        Reply::Ack(ack) => Input::Delivery {
-                            id: outbox_id.unwrap_or(ack.id),
-                            result: DeliveryResult::Acked(ack.result),
-                        },
-                        Reply::PreKeys(PreKeyResponse::Bundle(bundle)) => {
-                            Input::PreKeyBundle { user: self.id(from), result: Ok(bundle) }
-                        }
-                        Reply::PreKeys(_) => Input::PreKeyBundle {
-                            user: self.id(from),
-                            result: Err(FetchError::NotFound),
-                        },
-                    };
-                    self.engines[asker].handle_input(self.now, input).unwrap();
-                }
-                Output::Publish(p) => {
-                    self.published.push(p.envelope.clone());
-                    let mut unreached = Vec::new();
-                    for member in &p.members {
-                        let to = self.index(member);
-                        if self.online[to] && self.subscribed[to].contains(&p.tag) {
-                            self.gossip(to, p.envelope.clone());
-                        } else {
-                            unreached.push(*member);
-                        }
-                    }
-                    if !p.ephemeral {
-                        let input = Input::GroupPublished { id: p.id, unreached };
-                        self.engines[from].handle_input(self.now, input).unwrap();
-                    }
-                }
-                Output::Subscribe { tag, .. } => {
-                    self.subscribed[from].insert(tag);
-                }
-                Output::Unsubscribe { tag } => {
-                    self.subscribed[from].remove(&tag);
-                }
-                Output::Validation { verdict, .. } => self.verdicts[from].push(verdict),
-                Output::Event(e) => self.events[from].push(e),
-            }
-        }
+        self.inject_gossip(to, bytes);
     }
 
     fn create(&mut self, admin: usize, members: &[usize]) -> GroupId {
         let members = members.iter().map(|m| self.id(*m)).collect();
         let CommandResult::Group(group) =
-            self.command(admin, Command::CreateGroup { name: "team".into(), members })
+            self.command_and_run(admin, Command::CreateGroup { name: "team".into(), members })
         else {
             panic!("no group")
         };
         group
     }
 
-    fn texts(&self, i: usize, group: &GroupId) -> Vec<String> {
-        self.engines[i]
+    fn texts(&mut self, i: usize, group: &GroupId) -> Vec<String> {
+        self.engine(i)
             .group_history(group, None, usize::MAX)
             .unwrap()
             .into_iter()
@@ -209,35 +82,14 @@ impl Net {
         id
     }
 
-    /// `user` came back: everyone retries what waits for it.
-    fn reachable(&mut self, user: usize) {
-        let user = self.id(user);
-        for e in &mut self.engines {
-            e.handle_input(self.now, Input::PeerReachable { user }).unwrap();
-            e.handle_input(self.now, Input::Timeout).unwrap();
-        }
-        self.run();
-    }
-
-    /// Time passes: every online engine gets its timeout.
-    fn advance(&mut self, ms: u64) {
-        self.now += ms;
-        for i in 0..self.engines.len() {
-            if self.online[i] {
-                self.engines[i].handle_input(self.now, Input::Timeout).unwrap();
-            }
-        }
-        self.run();
-    }
-
-    fn members(&self, i: usize, group: &GroupId) -> Vec<UserId> {
-        self.engines[i].group(group).map(|g| g.members).unwrap_or_default()
+    fn members(&mut self, i: usize, group: &GroupId) -> Vec<UserId> {
+        self.engine(i).group(group).map(|g| g.members).unwrap_or_default()
     }
 }
 
 #[test]
 fn members_converge_and_every_message_arrives_once_with_receipts() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2, 3]);
     for i in 0..4 {
         assert_eq!(net.members(i, &group).len(), 4, "member {i}");
@@ -259,28 +111,28 @@ fn members_converge_and_every_message_arrives_once_with_receipts() {
     // Everyone has everything: delivered once the receipts went out; then all read one of
     // 0's messages.
     let (first, _) = sent[0].clone();
-    assert_eq!(net.engines[0].message(&first).unwrap().unwrap().status, MessageStatus::Sent);
+    assert_eq!(net.engine(0).message(&first).unwrap().unwrap().status, MessageStatus::Sent);
     net.advance(GROUP_RECEIPT_DELAY_MS);
-    assert_eq!(net.engines[0].message(&first).unwrap().unwrap().status, MessageStatus::Delivered);
+    assert_eq!(net.engine(0).message(&first).unwrap().unwrap().status, MessageStatus::Delivered);
     for i in 1..4 {
         net.group_command(i, group, GroupCommand::MarkRead { ids: vec![first] });
     }
-    let message = net.engines[0].message(&first).unwrap().unwrap();
+    let message = net.engine(0).message(&first).unwrap().unwrap();
     assert_eq!(message.status, MessageStatus::Read);
     assert_eq!(message.receipts.len(), 3);
     assert!(message.receipts.iter().all(|r| r.kind == ReceiptKind::Read));
     // Nothing was refused along the way.
-    assert!(net.verdicts.iter().flatten().all(|v| *v == Verdict::Accept));
+    assert!(net.nodes.iter().flat_map(|n| &n.verdicts).all(|v| *v == Verdict::Accept));
 }
 
 #[test]
 fn a_removed_member_reads_nothing_sent_after() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2, 3]);
     net.send(1, group, "before");
     assert_eq!(net.texts(3, &group), ["before"]);
     // 3 does not hear of its removal: it keeps every key it had and still thinks it is in.
-    net.online[3] = false;
+    net.nodes[3].online = false;
     net.group_command(0, group, GroupCommand::Remove { member: net.id(3) });
     for i in 0..3 {
         assert_eq!(net.members(i, &group).len(), 3);
@@ -290,20 +142,20 @@ fn a_removed_member_reads_nothing_sent_after() {
     net.send(0, group, "after 3");
     assert_eq!(net.texts(0, &group), ["before", "after", "after 2", "after 3"]);
     // Every later message still reaches it on the topic; none opens.
-    assert!(net.engines[3].group(&group).unwrap().joined);
+    assert!(net.engine(3).group(&group).unwrap().joined);
     let after: Vec<Vec<u8>> = net.published.iter().rev().take(3).cloned().collect();
     for bytes in after {
         net.gossip(3, bytes);
     }
     net.run();
     assert_eq!(net.texts(3, &group), ["before"]);
-    assert_eq!(net.engines[3].pending_group_messages(&group).unwrap(), 3);
-    assert!(net.verdicts[3].iter().rev().take(3).all(|v| *v == Verdict::Ignore));
+    assert_eq!(net.engine(3).pending_group_messages(&group).unwrap(), 3);
+    assert!(net.nodes[3].verdicts.iter().rev().take(3).all(|v| *v == Verdict::Ignore));
     // Once it hears of the removal it forgets the group's keys and what waited for them.
-    net.online[3] = true;
+    net.nodes[3].online = true;
     net.reachable(3);
-    assert!(!net.engines[3].group(&group).unwrap().joined);
-    assert_eq!(net.engines[3].pending_group_messages(&group).unwrap(), 0);
+    assert!(!net.engine(3).group(&group).unwrap().joined);
+    assert_eq!(net.engine(3).pending_group_messages(&group).unwrap(), 0);
 }
 
 /// Only what every honest member would refuse costs the forwarder gossip score: garbage is
@@ -312,11 +164,11 @@ fn a_removed_member_reads_nothing_sent_after() {
 /// neither forwarded nor penalised (issue 14, item 5). None of them is accepted.
 #[test]
 fn forged_replayed_and_non_member_messages_are_refused_and_only_garbage_is_penalised() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2]);
     net.send(1, group, "real");
     let real = net.published.last().unwrap().clone();
-    let before = net.verdicts[2].len();
+    let before = net.nodes[2].verdicts.len();
 
     // Forged: a flipped ciphertext bit (the signature no longer holds).
     let mut forged: GroupEnvelope = kith_protocol::decode(&real).unwrap();
@@ -335,7 +187,7 @@ fn forged_replayed_and_non_member_messages_are_refused_and_only_garbage_is_penal
     net.gossip(2, vec![1, 2, 3]);
     net.run();
     assert_eq!(
-        net.verdicts[2][before..],
+        net.nodes[2].verdicts[before..],
         [Verdict::Ignore, Verdict::Ignore, Verdict::Ignore, Verdict::Reject]
     );
     assert_eq!(net.texts(2, &group), ["real"]);
@@ -343,27 +195,27 @@ fn forged_replayed_and_non_member_messages_are_refused_and_only_garbage_is_penal
 
 #[test]
 fn an_offline_member_gets_copies_and_concurrent_changes_converge() {
-    let mut net = Net::new(6);
+    let mut net = net(6);
     let group = net.create(0, &[1, 2, 3, 4]);
     net.group_command(0, group, GroupCommand::Promote { member: net.id(1) });
     // 4 is offline while 2 writes: the topic does not reach it, the outbox keeps its copy.
-    net.online[4] = false;
+    net.nodes[4].online = false;
     net.send(2, group, "while you were out");
     assert!(net.texts(4, &group).is_empty());
-    assert!(net.engines[2].outbox_len() > 0);
+    assert!(net.engine(2).outbox_len() > 0);
     // Meanwhile two admins change the group at once (neither sees the other's change first).
     let (add, remove) = (net.id(5), net.id(3));
-    net.engines[0]
+    net.engine(0)
         .handle_command(T, Command::Group { group, command: GroupCommand::Add { member: add } })
         .unwrap();
-    net.engines[1]
+    net.engine(1)
         .handle_command(
             T,
             Command::Group { group, command: GroupCommand::Remove { member: remove } },
         )
         .unwrap();
     net.run();
-    net.online[4] = true;
+    net.nodes[4].online = true;
     net.reachable(4);
     assert_eq!(net.texts(4, &group), ["while you were out"]);
     let expected: Vec<UserId> = {
@@ -381,7 +233,7 @@ fn an_offline_member_gets_copies_and_concurrent_changes_converge() {
 
 #[test]
 fn delivery_receipts_are_coalesced_per_author() {
-    let mut net = Net::new(3);
+    let mut net = net(3);
     let group = net.create(0, &[1, 2]);
     net.advance(GROUP_RECEIPT_DELAY_MS);
     let ids: Vec<MessageId> = (0..5).map(|i| net.send(1, group, &format!("m{i}"))).collect();
@@ -391,13 +243,13 @@ fn delivery_receipts_are_coalesced_per_author() {
     let before = net.envelopes.len();
     net.advance(GROUP_RECEIPT_DELAY_MS - 1);
     assert_eq!(net.envelopes.len(), before, "no receipt before the delay");
-    assert!(net.engines[0].poll_timeout().is_some_and(|t| t <= net.now + 1));
+    assert!(net.engine(0).poll_timeout().is_some_and(|t| t <= net.now + 1));
     net.advance(1);
     let receipts: Vec<(usize, usize)> = net.envelopes[before..].to_vec();
     assert_eq!(receipts.iter().filter(|(from, to)| *from == 0 && *to == 1).count(), 1);
     assert_eq!(receipts.iter().filter(|(from, to)| *from == 2 && *to == 1).count(), 1);
     for id in ids {
-        let message = net.engines[1].message(&id).unwrap().unwrap();
+        let message = net.engine(1).message(&id).unwrap().unwrap();
         assert_eq!(message.status, MessageStatus::Delivered);
         assert_eq!(message.receipts.len(), 2);
     }
@@ -405,18 +257,19 @@ fn delivery_receipts_are_coalesced_per_author() {
 
 #[test]
 fn a_verdict_is_ready_before_the_flush_and_the_message_after_it() {
-    let mut net = Net::new(3);
+    let mut net = net(3);
     let group = net.create(0, &[1, 2]);
     // 2 misses the message on the topic; it is handed over by hand below.
-    net.online[2] = false;
+    net.nodes[2].online = false;
     net.send(1, group, "hello");
-    net.online[2] = true;
+    net.nodes[2].online = true;
     let bytes = net.published.last().unwrap().clone();
-    net.engines[2]
-        .handle_input(net.now, Input::GroupMessage { bytes, token: ValidationToken(77) })
+    let now = net.now;
+    net.engine(2)
+        .handle_input(now, Input::GroupMessage { bytes, token: ValidationToken(77) })
         .unwrap();
     // Before the flush: the verdict (gossip may forward at once), not the message.
-    let early: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    let early: Vec<Output> = std::iter::from_fn(|| net.engine(2).poll_output()).collect();
     assert!(
         matches!(
             early.as_slice(),
@@ -424,8 +277,8 @@ fn a_verdict_is_ready_before_the_flush_and_the_message_after_it() {
         ),
         "only the verdict before the flush: {early:?}"
     );
-    net.engines[2].flush().unwrap();
-    let after: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    net.engine(2).flush().unwrap();
+    let after: Vec<Output> = std::iter::from_fn(|| net.engine(2).poll_output()).collect();
     assert!(
         after
             .iter()
@@ -434,43 +287,36 @@ fn a_verdict_is_ready_before_the_flush_and_the_message_after_it() {
     // The same bytes again (a replay): `take_verdicts` hands over the verdict alone and leaves
     // the rest (the `Rejected` event) for after the flush.
     let bytes = net.published.last().unwrap().clone();
-    net.engines[2]
-        .handle_input(net.now, Input::GroupMessage { bytes, token: ValidationToken(78) })
+    let now = net.now;
+    net.engine(2)
+        .handle_input(now, Input::GroupMessage { bytes, token: ValidationToken(78) })
         .unwrap();
-    assert_eq!(net.engines[2].take_verdicts(), [(ValidationToken(78), Verdict::Ignore)]);
-    assert!(net.engines[2].poll_output().is_none(), "nothing else before the flush");
-    net.engines[2].flush().unwrap();
-    let after: Vec<Output> = std::iter::from_fn(|| net.engines[2].poll_output()).collect();
+    assert_eq!(net.engine(2).take_verdicts(), [(ValidationToken(78), Verdict::Ignore)]);
+    assert!(net.engine(2).poll_output().is_none(), "nothing else before the flush");
+    net.engine(2).flush().unwrap();
+    let after: Vec<Output> = std::iter::from_fn(|| net.engine(2).poll_output()).collect();
     assert!(after.iter().any(|o| matches!(o, Output::Event(Event::Rejected { .. }))), "{after:?}");
     assert!(!after.iter().any(|o| matches!(o, Output::Validation { .. })));
 }
 
 #[test]
 fn a_receipt_lost_in_a_crash_is_sent_again_when_the_copy_comes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut net = Net::new(3);
-    // Member 2 keeps its state on disk, to crash and come back.
-    net.engines[2] =
-        Engine::create(reopen(dir.path()), ChaCha20Rng::seed_from_u64(7), T, Config::default())
-            .unwrap();
+    let mut net = net(3);
     let group = net.create(0, &[1, 2]);
     net.advance(GROUP_RECEIPT_DELAY_MS);
     let id = net.send(1, group, "hello");
     assert_eq!(net.texts(2, &group), ["hello"]);
     // 2 stored the message (flushed) but crashes before its receipt goes out.
-    drop(net.engines.remove(2));
-    let store = reopen(dir.path());
-    let reopened =
-        Engine::open(store, ChaCha20Rng::seed_from_u64(9), net.now, Config::default()).unwrap();
-    net.engines.insert(2, reopened);
+    net.crash(2);
+    net.restart(2);
     net.advance(GROUP_RECEIPT_DELAY_MS);
-    let message = net.engines[1].message(&id).unwrap().unwrap();
+    let message = net.engine(1).message(&id).unwrap().unwrap();
     assert_eq!(message.receipts.len(), 1, "only 0 acknowledged it");
     // The author sends 2 a copy after all; 2 has it already, and says so again.
     net.advance(GROUP_RECEIPT_TIMEOUT_MS);
     net.advance(GROUP_RECEIPT_DELAY_MS);
     assert_eq!(net.texts(2, &group), ["hello"], "still once");
-    let message = net.engines[1].message(&id).unwrap().unwrap();
+    let message = net.engine(1).message(&id).unwrap().unwrap();
     assert_eq!(message.receipts.len(), 2);
     assert_eq!(message.status, MessageStatus::Delivered);
 }
@@ -491,7 +337,8 @@ fn push_changes(net: &mut Net, from: usize, to: usize, group: GroupId, changes: 
             changes: chunk.to_vec(),
         });
         let to = net.id(to);
-        net.engines[from].send_reliably(net.now, to, body).unwrap();
+        let now = net.now;
+        net.engine(from).send_reliably(now, to, body).unwrap();
     }
 }
 
@@ -515,17 +362,17 @@ fn waiting_changes(engine: &Engine<ChaCha20Rng>) -> usize {
 /// grow.
 #[test]
 fn a_removed_admin_cannot_backdate_a_puppet_into_the_group() {
-    let mut net = Net::new(5);
+    let mut net = net(5);
     let (admin, puppet) = (1, 4);
     let group = net.create(0, &[1, 2, 3]);
     net.group_command(0, group, GroupCommand::Promote { member: net.id(admin) });
-    let before_removal = heads(&net.engines[admin], &group);
+    let before_removal = heads(net.engine_ref(admin), &group);
     net.group_command(0, group, GroupCommand::Remove { member: net.id(admin) });
-    assert!(!net.engines[admin].group(&group).unwrap().joined);
-    let stored: Vec<usize> = (0..4).map(|i| group_changes_stored(&net.engines[i])).collect();
+    assert!(!net.engine(admin).group(&group).unwrap().joined);
+    let stored: Vec<usize> = (0..4).map(|i| group_changes_stored(net.engine_ref(i))).collect();
 
     let sign = |net: &Net, who: usize, parents: Vec<_>, action| {
-        sign_control(net.engines[who].identity(), group, parents, action).unwrap()
+        sign_control(net.engine_ref(who).identity(), group, parents, action).unwrap()
     };
     let add = sign(&net, admin, before_removal, GroupAction::Add { member: net.id(puppet) });
     let promote = sign(
@@ -551,7 +398,7 @@ fn a_removed_admin_cannot_backdate_a_puppet_into_the_group() {
     for i in [0, 2, 3] {
         let members: BTreeSet<UserId> = net.members(i, &group).into_iter().collect();
         assert_eq!(members, expected, "member {i}");
-        assert_eq!(group_changes_stored(&net.engines[i]), stored[i], "member {i} stored nothing");
+        assert_eq!(group_changes_stored(net.engine_ref(i)), stored[i], "member {i} stored nothing");
     }
     // What the group says from now on reaches neither the removed admin nor its puppet.
     net.send(0, group, "after the removal");
@@ -567,32 +414,32 @@ fn a_removed_admin_cannot_backdate_a_puppet_into_the_group() {
 /// still renames.
 #[test]
 fn a_removed_admin_cannot_freeze_the_group_with_changes_in_the_past() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2, 3]);
     net.group_command(0, group, GroupCommand::Promote { member: net.id(1) });
-    let before_removal = heads(&net.engines[1], &group);
+    let before_removal = heads(net.engine_ref(1), &group);
     net.group_command(0, group, GroupCommand::Remove { member: net.id(1) });
-    let stored = group_changes_stored(&net.engines[2]);
+    let stored = group_changes_stored(net.engine_ref(2));
     let renames: Vec<GroupControl> = (0..5_000)
         .map(|i| {
             let action = GroupAction::Rename { name: format!("spam {i}") };
-            sign_control(net.engines[1].identity(), group, before_removal.clone(), action).unwrap()
+            sign_control(net.engine(1).identity(), group, before_removal.clone(), action).unwrap()
         })
         .collect();
     push_changes(&mut net, 1, 2, group, renames);
     net.run();
-    let state = net.engines[2].group(&group).unwrap();
+    let state = net.engine(2).group(&group).unwrap();
     assert_eq!(state.name, "team");
-    assert_eq!(group_changes_stored(&net.engines[2]), stored);
-    assert!(waiting_changes(&net.engines[2]) <= MAX_WAITING_CHANGES_PER_AUTHOR);
+    assert_eq!(group_changes_stored(net.engine_ref(2)), stored);
+    assert!(waiting_changes(net.engine_ref(2)) <= MAX_WAITING_CHANGES_PER_AUTHOR);
     // Not frozen.
     net.group_command(2, group, GroupCommand::Leave);
-    assert!(!net.engines[3].group(&group).unwrap().members.contains(&net.id(2)));
+    assert!(!net.engine(3).group(&group).unwrap().members.contains(&net.id(2)));
     net.group_command(0, group, GroupCommand::Rename { name: "still ours".into() });
-    assert_eq!(net.engines[3].group(&group).unwrap().name, "still ours");
+    assert_eq!(net.engine(3).group(&group).unwrap().name, "still ours");
     // The waiting share expires.
     net.advance(WAITING_CHANGE_TTL_MS + MAINTENANCE_INTERVAL_MS);
-    assert_eq!(waiting_changes(&net.engines[2]), 0);
+    assert_eq!(waiting_changes(net.engine_ref(2)), 0);
 }
 
 /// Issue 14, item 2: a stranger with no group in common sends 200 `Create`s of groups that do
@@ -600,32 +447,32 @@ fn a_removed_admin_cannot_freeze_the_group_with_changes_in_the_past() {
 /// groups a stranger does name us in are kept only up to `MAX_STRANGER_GROUPS`.
 #[test]
 fn a_stranger_cannot_make_us_store_groups() {
-    let mut net = Net::new(3);
+    let mut net = net(3);
     let (stranger, victim) = (2, 0);
     let create = |net: &Net, salt: u16, members: Vec<UserId>| {
         let mut s = [0u8; 16];
         s[..2].copy_from_slice(&salt.to_be_bytes());
         let id = group_id(&net.id(stranger), &s);
         let action = GroupAction::Create { name: format!("junk {salt}"), members, salt: s };
-        (id, sign_control(net.engines[stranger].identity(), id, Vec::new(), action).unwrap())
+        (id, sign_control(net.engine_ref(stranger).identity(), id, Vec::new(), action).unwrap())
     };
     for salt in 0..200 {
         let (id, op) = create(&net, salt, vec![net.id(stranger), net.id(1)]);
         push_changes(&mut net, stranger, victim, id, vec![op]);
     }
     net.run();
-    assert_eq!(group_changes_stored(&net.engines[victim]), 0);
-    assert!(net.engines[victim].groups().is_empty());
-    assert!(waiting_changes(&net.engines[victim]) <= MAX_WAITING_FOREIGN_GROUPS);
+    assert_eq!(group_changes_stored(net.engine_ref(victim)), 0);
+    assert!(net.engine(victim).groups().is_empty());
+    assert!(waiting_changes(net.engine_ref(victim)) <= MAX_WAITING_FOREIGN_GROUPS);
     net.advance(FOREIGN_CHANGE_TTL_MS + MAINTENANCE_INTERVAL_MS);
-    assert_eq!(waiting_changes(&net.engines[victim]), 0);
+    assert_eq!(waiting_changes(net.engine_ref(victim)), 0);
 
     for salt in 1000..1100 {
         let (id, op) = create(&net, salt, vec![net.id(stranger), net.id(victim)]);
         push_changes(&mut net, stranger, victim, id, vec![op]);
     }
     net.run();
-    assert_eq!(net.engines[victim].groups().len(), MAX_STRANGER_GROUPS);
+    assert_eq!(net.engine(victim).groups().len(), MAX_STRANGER_GROUPS);
 }
 
 /// Issue 14, item 3: a member gossips a message that reuses the id of a 1:1 message from
@@ -633,11 +480,11 @@ fn a_stranger_cannot_make_us_store_groups() {
 /// refused and the history still shows the originals.
 #[test]
 fn a_member_cannot_take_over_another_messages_id_through_gossip() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2]);
     let (attacker, victim) = (1, 2);
     // A 1:1 message from 3 to the victim, and the victim's own group message.
-    let private = match net.command(
+    let private = match net.command_and_run(
         3,
         Command::SendText { to: net.id(victim), text: "private".into(), reply_to: None },
     ) {
@@ -648,7 +495,7 @@ fn a_member_cannot_take_over_another_messages_id_through_gossip() {
     let me = net.id(attacker);
     let tag = group_tag(&group);
     for id in [private, own] {
-        let mut chain = net.engines[attacker].store.own_chain(&group, &me).unwrap().unwrap();
+        let mut chain = net.engine(attacker).store.own_chain(&group, &me).unwrap().unwrap();
         let content = Content {
             sent_at: net.now,
             body: Body::Text(Text { body: "taken over".into(), reply_to: None }),
@@ -657,13 +504,13 @@ fn a_member_cannot_take_over_another_messages_id_through_gossip() {
         let message = chain.seal(tag, &me, &id, &plaintext).unwrap();
         let mut batch = Batch::new();
         batch.put_own_chain(&group, &me, &chain);
-        net.engines[attacker].commit(batch).unwrap();
+        net.engine(attacker).commit(batch).unwrap();
         let bytes = kith_protocol::encode(&GroupEnvelope { id, sender: me, message }).unwrap();
         net.gossip(victim, bytes);
         net.run();
-        assert_eq!(net.verdicts[victim].last(), Some(&Verdict::Ignore));
+        assert_eq!(net.nodes[victim].verdicts.last(), Some(&Verdict::Ignore));
     }
-    let text = |id: &MessageId| match net.engines[victim].message(id).unwrap().unwrap().body {
+    let mut text = |id: &MessageId| match net.engine(victim).message(id).unwrap().unwrap().body {
         Some(Body::Text(t)) => t.body,
         other => panic!("{other:?}"),
     };
@@ -678,7 +525,7 @@ fn a_member_cannot_take_over_another_messages_id_through_gossip() {
 /// from the real sender waits in its own share and opens once its key arrives.
 #[test]
 fn keyless_messages_fill_only_a_bounded_expiring_share() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1, 2]);
     let (claimed, victim) = (1, 2);
     let sender = net.id(claimed);
@@ -694,10 +541,10 @@ fn keyless_messages_fill_only_a_bounded_expiring_share() {
     }
     net.run();
     assert_eq!(
-        net.engines[victim].pending_group_messages(&group).unwrap(),
+        net.engine(victim).pending_group_messages(&group).unwrap(),
         MAX_PENDING_UNAUTHENTICATED_PER_SENDER
     );
-    assert!(net.verdicts[victim].iter().all(|v| *v != Verdict::Reject));
+    assert!(net.nodes[victim].verdicts.iter().all(|v| *v != Verdict::Reject));
 
     // The real sender starts a new chain and its first message overtakes the key: it came
     // over a connection that authenticated the sender, so it has its own share.
@@ -717,48 +564,57 @@ fn keyless_messages_fill_only_a_bounded_expiring_share() {
         kind: kith_protocol::envelope::EnvelopeKind::Group(message),
     };
     let bytes = kith_protocol::encode(&copy).unwrap();
-    net.engines[victim]
-        .handle_input(net.now, Input::Envelope { bytes, via: Via::Direct(sender), reply: None })
+    let now = net.now;
+    net.engine(victim)
+        .handle_input(now, Input::Envelope { bytes, via: Via::Direct(sender), reply: None })
         .unwrap();
     net.run();
     assert_eq!(
-        net.engines[victim].pending_group_messages(&group).unwrap(),
+        net.engine(victim).pending_group_messages(&group).unwrap(),
         MAX_PENDING_UNAUTHENTICATED_PER_SENDER + 1
     );
     let to = net.id(victim);
-    net.engines[claimed].send_reliably(net.now, to, skd).unwrap();
+    let now = net.now;
+    net.engine(claimed).send_reliably(now, to, skd).unwrap();
     net.run();
     assert!(net.texts(victim, &group).contains(&"early".to_string()));
     // The fakes are gone within the hour.
     net.advance(PENDING_UNAUTHENTICATED_TTL_MS + MAINTENANCE_INTERVAL_MS);
-    assert_eq!(net.engines[victim].pending_group_messages(&group).unwrap(), 0);
+    assert_eq!(net.engine(victim).pending_group_messages(&group).unwrap(), 0);
 }
 
 /// Weaker-than-claimed list: a sender key for a group we are not in, or from someone who is
 /// not a member, is never installed; what waits for a membership to arrive is bounded.
 #[test]
 fn sender_keys_are_installed_for_members_only() {
-    let mut net = Net::new(4);
+    let mut net = net(4);
     let group = net.create(0, &[1]);
     let (outsider, victim) = (3, 1);
     let chains_of = |net: &Net, group: &GroupId| {
-        net.engines[victim].store.member_chains(group, &net.id(outsider)).unwrap().get(7).is_some()
+        net.engine_ref(victim)
+            .store
+            .member_chains(group, &net.id(outsider))
+            .unwrap()
+            .get(7)
+            .is_some()
     };
     let mut chain = crate::group::sender_key::OwnChain::generate(&mut rand::rng());
     chain.chain_id = 7;
     let to = net.id(victim);
-    net.engines[outsider]
-        .send_reliably(net.now, to, Body::SenderKeyDistribution(chain.distribution(group)))
+    let now = net.now;
+    net.engine(outsider)
+        .send_reliably(now, to, Body::SenderKeyDistribution(chain.distribution(group)))
         .unwrap();
     for i in 0..200u8 {
         let other = GroupId([i; 32]);
-        net.engines[outsider]
-            .send_reliably(net.now, to, Body::SenderKeyDistribution(chain.distribution(other)))
+        let now = net.now;
+        net.engine(outsider)
+            .send_reliably(now, to, Body::SenderKeyDistribution(chain.distribution(other)))
             .unwrap();
     }
     net.run();
     assert!(!chains_of(&net, &group), "a non-member's key was installed");
-    let waiting = net.engines[victim].store.waiting_keys().unwrap();
+    let waiting = net.engine(victim).store.waiting_keys().unwrap();
     assert!(waiting.len() <= MAX_WAITING_FOREIGN_GROUPS + 1, "{}", waiting.len());
     // Once the outsider is added, the key it sent is used.
     net.group_command(0, group, GroupCommand::Add { member: net.id(outsider) });
@@ -770,19 +626,19 @@ fn sender_keys_are_installed_for_members_only() {
 /// authentication error.
 #[test]
 fn an_exhausted_sending_chain_is_rotated_and_the_message_still_arrives() {
-    let mut net = Net::new(3);
+    let mut net = net(3);
     let group = net.create(0, &[1, 2]);
     net.send(0, group, "before");
     let me = net.id(0);
-    let mut chain = net.engines[0].store.own_chain(&group, &me).unwrap().unwrap();
+    let mut chain = net.engine(0).store.own_chain(&group, &me).unwrap().unwrap();
     let old_chain = chain.chain_id;
     chain.iteration = u32::MAX;
     let mut batch = Batch::new();
     batch.put_own_chain(&group, &me, &chain);
-    net.engines[0].commit(batch).unwrap();
+    net.engine(0).commit(batch).unwrap();
 
     net.send(0, group, "after");
-    let chain = net.engines[0].store.own_chain(&group, &me).unwrap().unwrap();
+    let chain = net.engine(0).store.own_chain(&group, &me).unwrap().unwrap();
     assert_ne!(chain.chain_id, old_chain, "a new chain");
     assert_eq!(chain.iteration, 1, "that sealed one message");
     for i in 1..3 {
@@ -795,22 +651,22 @@ fn an_exhausted_sending_chain_is_rotated_and_the_message_still_arrives() {
 /// instead of going out pairwise and changing the group message.
 #[test]
 fn a_group_message_is_not_in_the_conversation_with_its_author() {
-    let mut net = Net::new(2);
+    let mut net = net(2);
     let group = net.create(0, &[1]);
     let id = net.send(1, group, "in the group");
     let author = net.id(1);
     let now = net.now;
-    let before = net.engines[0].message(&id).unwrap().unwrap();
+    let before = net.engine(0).message(&id).unwrap().unwrap();
     let react = Command::React { to: author, target: id, emoji: "👍".into(), remove: false };
-    assert_eq!(net.engines[0].handle_command(now, react), Err(CommandError::UnknownMessage));
+    assert_eq!(net.engine(0).handle_command(now, react), Err(CommandError::UnknownMessage));
     let mine = net.send(0, group, "mine");
     let edit = Command::Edit { to: author, target: mine, text: "changed".into() };
-    assert_eq!(net.engines[0].handle_command(now, edit), Err(CommandError::UnknownMessage));
+    assert_eq!(net.engine(0).handle_command(now, edit), Err(CommandError::UnknownMessage));
     let delete = Command::Delete { to: author, target: mine };
-    assert_eq!(net.engines[0].handle_command(now, delete), Err(CommandError::UnknownMessage));
-    assert_eq!(net.engines[0].message(&id).unwrap().unwrap(), before);
+    assert_eq!(net.engine(0).handle_command(now, delete), Err(CommandError::UnknownMessage));
+    assert_eq!(net.engine(0).message(&id).unwrap().unwrap(), before);
     // Through the group, the same reaction is taken.
     let react = GroupCommand::React { target: id, emoji: "👍".into(), remove: false };
     net.group_command(0, group, react);
-    assert_eq!(net.engines[1].message(&id).unwrap().unwrap().reactions.len(), 1);
+    assert_eq!(net.engine(1).message(&id).unwrap().unwrap().reactions.len(), 1);
 }

@@ -5,87 +5,30 @@ use kith_protocol::prekey::PreKeyResponse;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use std::collections::{HashMap, VecDeque};
-
 use super::*;
 use crate::identity::IdentityKeyPair;
-use crate::store::{Batch, Store};
+use crate::store::Batch;
+use crate::testing::{Faults, Net, SimEngine as E, T0 as T};
 
-const T: UnixMillis = 1_700_000_000_000;
-
-type E = Engine<ChaCha20Rng>;
-
+/// An engine with `identity`, on its own, for tests that drive it by hand.
 fn engine_with(identity: &IdentityKeyPair, seed: u64) -> E {
-    let mut store = Store::memory();
-    let mut batch = Batch::new();
-    batch.put_identity(identity, T);
-    store.commit(batch).unwrap();
-    Engine::open(store, ChaCha20Rng::seed_from_u64(seed), T, Config::default()).unwrap()
+    let mut net = Net::new(0, Faults::NONE, seed);
+    let node = net.add_node_with(identity);
+    net.nodes.swap_remove(node).engine.expect("running")
+}
+
+/// A network of nodes with these identities (node i has `identities[i]`).
+fn net_with(identities: &[&IdentityKeyPair]) -> Net {
+    let mut net = Net::new(0, Faults::NONE, 1);
+    for identity in identities {
+        net.add_node_with(identity);
+    }
+    net
 }
 
 fn drain(e: &mut E) -> Vec<Output> {
     e.flush().unwrap();
     std::iter::from_fn(|| e.poll_output()).collect()
-}
-
-/// Routes outputs between two engines (no faults) until both are idle; returns each side's
-/// events. Every output is routed: nothing either side emits is dropped.
-fn pump(a: &mut E, b: &mut E) -> (Vec<Event>, Vec<Event>) {
-    let mut events = [Vec::new(), Vec::new()];
-    // (sender side, reply token → who asked, output)
-    let mut queue: VecDeque<(usize, Output)> = VecDeque::new();
-    let mut asked: HashMap<u64, (usize, Option<MessageId>)> = HashMap::new();
-    let mut next_token = 0u64;
-    loop {
-        for (side, e) in [(0, &mut *a), (1, &mut *b)] {
-            queue.extend(drain(e).into_iter().map(|o| (side, o)));
-        }
-        let Some((side, output)) = queue.pop_front() else {
-            let [ea, eb] = events;
-            return (ea, eb);
-        };
-        let other = 1 - side;
-        let (me, peer) = if side == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
-        match output {
-            Output::Deliver(d) => {
-                next_token += 1;
-                asked.insert(next_token, (side, Some(d.id)));
-                let via = Via::Direct(me.user_id());
-                let input =
-                    Input::Envelope { bytes: d.envelope, via, reply: Some(ReplyToken(next_token)) };
-                peer.handle_input(T, input).unwrap();
-            }
-            Output::FetchPreKeys { .. } => {
-                next_token += 1;
-                asked.insert(next_token, (side, None));
-                peer.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(next_token) })
-                    .unwrap();
-            }
-            Output::Reply { token, reply } => {
-                let Some((origin, _)) = asked.remove(&token.0) else { continue };
-                debug_assert_eq!(origin, other);
-                let input = match reply {
-                    Reply::Ack(ack) => {
-                        Input::Delivery { id: ack.id, result: DeliveryResult::Acked(ack.result) }
-                    }
-                    Reply::PreKeys(PreKeyResponse::Bundle(bundle)) => {
-                        Input::PreKeyBundle { user: me.user_id(), result: Ok(bundle) }
-                    }
-                    Reply::PreKeys(_) => Input::PreKeyBundle {
-                        user: me.user_id(),
-                        result: Err(FetchError::NotFound),
-                    },
-                };
-                peer.handle_input(T, input).unwrap();
-            }
-            Output::Event(e) => events[side].push(e),
-            // No groups here.
-            Output::Publish(_)
-            | Output::Subscribe { .. }
-            | Output::Unsubscribe { .. }
-            | Output::Validation { .. } => {}
-        }
-    }
 }
 
 fn send(e: &mut E, to: UserId, text: &str) -> MessageId {
@@ -101,27 +44,28 @@ fn changed_identity_key_is_refused_until_the_user_trusts_it() {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let alice_id = IdentityKeyPair::generate(&mut rng);
     let bob_id = IdentityKeyPair::generate(&mut rng);
-    let (mut alice, mut bob) = (engine_with(&alice_id, 10), engine_with(&bob_id, 11));
-    let (ua, ub) = (alice.user_id(), bob.user_id());
-    alice
-        .handle_command(T, Command::AddContact { user: ub, name: "bob".into(), relays: vec![] })
-        .unwrap();
-    send(&mut alice, ub, "hi");
-    pump(&mut alice, &mut bob);
-    send(&mut bob, ua, "hello");
-    pump(&mut alice, &mut bob);
-    let pinned = alice.contact(&ub).unwrap().unwrap().identity.unwrap();
+    let mut net = net_with(&[&alice_id, &bob_id]);
+    let (ua, ub) = (net.user(0), net.user(1));
+    let add = Command::AddContact { user: ub, name: "bob".into(), relays: vec![] };
+    net.command(0, add);
+    send(net.engine(0), ub, "hi");
+    net.run();
+    send(net.engine(1), ua, "hello");
+    net.run();
+    let pinned = net.engine(0).contact(&ub).unwrap().unwrap().identity.unwrap();
     assert_eq!(pinned, bob_id.binding());
 
     // Bob reappears with the same Ed25519 key but a new X25519 identity key, and no state.
     let bob2_id = bob_id.with_new_dh_key(&mut rng);
-    let mut bob2 = engine_with(&bob2_id, 12);
-    let before = alice.store().dump().unwrap();
-    let refused = send(&mut bob2, ua, "it's me, really");
-    let (alice_events, _) = pump(&mut alice, &mut bob2);
+    net.reinstall(1, &bob2_id);
+    net.nodes[0].take_events();
+    let before = net.engine(0).store().dump().unwrap();
+    let refused = send(net.engine(1), ua, "it's me, really");
+    net.run();
+    let alice_events = net.nodes[0].take_events();
     // Bob2 is told why: the message failed with the recipient's reason.
     assert_eq!(
-        bob2.message(&refused).unwrap().unwrap().status,
+        net.engine(1).message(&refused).unwrap().unwrap().status,
         MessageStatus::Failed(DeliveryFailure::Rejected(RejectReason::IdentityChanged))
     );
     assert!(
@@ -140,6 +84,7 @@ fn changed_identity_key_is_refused_until_the_user_trusts_it() {
     // Nothing of the refused envelope was written (issue 14, item 7): no session, message,
     // seen id or contact; only the one-time prekey Alice handed Bob2 when he fetched her
     // bundle. The pending key is remembered in memory for the user to review.
+    let alice = net.engine(0);
     let after = alice.store().dump().unwrap();
     let mut changed: Vec<_> =
         after.iter().filter(|w| !before.contains(w)).map(|(t, _, _)| *t).collect();
@@ -162,13 +107,15 @@ fn changed_identity_key_is_refused_until_the_user_trusts_it() {
     );
 
     // Now Bob2's messages are accepted, and Alice can write to the new key.
-    let again = send(&mut bob2, ua, "it's me, really (again)");
-    let (alice_events, _) = pump(&mut alice, &mut bob2);
-    assert_eq!(bob2.message(&again).unwrap().unwrap().status, MessageStatus::Delivered);
+    let again = send(net.engine(1), ua, "it's me, really (again)");
+    net.run();
+    let alice_events = net.nodes[0].take_events();
+    assert_eq!(net.engine(1).message(&again).unwrap().unwrap().status, MessageStatus::Delivered);
     assert!(alice_events.iter().any(|e| matches!(e, Event::Message(_))));
-    send(&mut alice, ub, "welcome back");
-    let (_, bob2_events) = pump(&mut alice, &mut bob2);
-    assert!(bob2_events.iter().any(|e| matches!(e, Event::Message(_))));
+    net.nodes[1].take_events();
+    send(net.engine(0), ub, "welcome back");
+    net.run();
+    assert!(net.nodes[1].take_events().iter().any(|e| matches!(e, Event::Message(_))));
 }
 
 #[test]
@@ -176,16 +123,17 @@ fn changed_identity_key_in_a_fetched_bundle_fails_queued_messages() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let alice_id = IdentityKeyPair::generate(&mut rng);
     let bob_id = IdentityKeyPair::generate(&mut rng);
-    let (mut alice, mut bob) = (engine_with(&alice_id, 20), engine_with(&bob_id, 21));
-    let ub = bob.user_id();
-    send(&mut alice, ub, "hi");
-    pump(&mut alice, &mut bob);
+    let mut net = net_with(&[&alice_id, &bob_id]);
+    let ub = net.user(1);
+    send(net.engine(0), ub, "hi");
+    net.run();
 
     // Bob lost his state and got a new X25519 key; he refuses Alice's next message twice.
     let bob2_id = bob_id.with_new_dh_key(&mut rng);
-    let mut bob2 = engine_with(&bob2_id, 22);
-    let id = send(&mut alice, ub, "are you there?");
-    drain(&mut alice);
+    net.reinstall(1, &bob2_id);
+    let alice = net.engine(0);
+    let id = send(alice, ub, "are you there?");
+    drain(alice);
     for _ in 0..2 {
         alice
             .handle_input(
@@ -198,13 +146,15 @@ fn changed_identity_key_in_a_fetched_bundle_fails_queued_messages() {
             .unwrap();
     }
     // Alice starts over with a new session: the bundle she gets carries the new key.
-    let (alice_events, _) = pump(&mut alice, &mut bob2);
+    net.nodes[0].take_events();
+    net.run();
+    let alice_events = net.nodes[0].take_events();
     assert!(alice_events.iter().any(|e| matches!(e, Event::IdentityChanged { .. })));
     assert_eq!(
-        alice.message(&id).unwrap().unwrap().status,
+        net.engine(0).message(&id).unwrap().unwrap().status,
         MessageStatus::Failed(DeliveryFailure::IdentityChanged)
     );
-    assert_eq!(alice.outbox_len(), 0);
+    assert_eq!(net.engine(0).outbox_len(), 0);
 }
 
 #[test]
@@ -271,15 +221,14 @@ fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
         IdentityKeyPair::generate(&mut rng),
         IdentityKeyPair::generate(&mut rng),
     );
-    let (mut alice, mut bob, mut mallory) =
-        (engine_with(&alice_id, 30), engine_with(&bob_id, 31), engine_with(&mallory_id, 32));
-    let ua = alice.user_id();
-    let bobs = send(&mut bob, ua, "from bob");
-    pump(&mut alice, &mut bob);
-    send(&mut mallory, ua, "hi");
-    pump(&mut alice, &mut mallory);
-    let before = alice.message(&bobs).unwrap().unwrap();
-    assert_eq!(before.peer, bob.user_id());
+    let mut net = net_with(&[&alice_id, &bob_id, &mallory_id]);
+    let ua = net.user(0);
+    let bobs = send(net.engine(1), ua, "from bob");
+    net.run();
+    send(net.engine(2), ua, "hi");
+    net.run();
+    let before = net.engine(0).message(&bobs).unwrap().unwrap();
+    assert_eq!(before.peer, net.user(1));
 
     // Mallory seals a message of her own under Bob's message id.
     let plaintext = kith_protocol::encode(&Content {
@@ -287,14 +236,17 @@ fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
         body: Body::Text(Text { body: "forged".into(), reply_to: None }),
     })
     .unwrap();
+    let mallory = net.engine(2);
     let mut sessions = mallory.take_sessions(&ua).unwrap();
     let session = sessions.current.as_mut().unwrap();
     let envelope = mallory.seal(session, bobs, ua, &plaintext).unwrap();
     let via = Via::Direct(mallory.user_id());
+    let mallory_id = mallory.user_id();
+    let alice = net.engine(0);
     alice
         .handle_input(T, Input::Envelope { bytes: envelope, via, reply: Some(ReplyToken(7)) })
         .unwrap();
-    let acks: Vec<AckResult> = drain(&mut alice)
+    let acks: Vec<AckResult> = drain(alice)
         .into_iter()
         .filter_map(|o| match o {
             Output::Reply { token: ReplyToken(7), reply: Reply::Ack(ack) } => Some(ack.result),
@@ -303,7 +255,7 @@ fn a_message_id_reused_by_another_contact_leaves_the_first_message_untouched() {
         .collect();
     assert_eq!(acks, vec![AckResult::Duplicate]);
     assert_eq!(alice.message(&bobs).unwrap().unwrap(), before);
-    let with_mallory = alice.history(&mallory.user_id(), None, 10).unwrap();
+    let with_mallory = alice.history(&mallory_id, None, 10).unwrap();
     assert_eq!(with_mallory.len(), 1, "the forged message is not stored");
 }
 

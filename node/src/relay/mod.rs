@@ -136,6 +136,8 @@ pub struct RelayUsage {
     pub blob_bytes: u64,
     /// Attachment chunks served to their recipients since the relay started.
     pub blobs_served: u64,
+    /// Mailbox fetches answered since the relay started.
+    pub fetches_answered: u64,
     /// The relay database's size on disk.
     pub disk_bytes: u64,
 }
