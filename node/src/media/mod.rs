@@ -134,7 +134,7 @@ pub enum TransferDirection {
     Receiving,
 }
 
-/// What happens to attachments (in [`NodeEvent::Media`]).
+/// What happens to attachments (in [`NodeEvent::Media`](crate::NodeEvent::Media)).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum MediaEvent {
