@@ -525,3 +525,6 @@ struct QuotaRefusal(MailboxRefusal);
 fn is_peer(peer: &PeerId, user: &UserId) -> bool {
     user_id_of(peer).is_ok_and(|u| &u == user)
 }
+
+#[cfg(test)]
+mod tests;
