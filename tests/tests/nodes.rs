@@ -177,9 +177,11 @@ async fn restart_both_nodes_session_continues_and_queued_message_arrives_when_pe
     // Both stop. Alice comes back alone and writes while Bob is down.
     bob.node.shutdown().await.unwrap();
     alice.restart(vec![]).await.unwrap();
+    // Every status the message takes is recorded: while Bob is down it may be retried, never
+    // given up (no `Failed`), and it stays in the outbox.
+    let alice_log = EventLog::record(&alice.node);
     let queued =
         alice.node.send_text(bob.node.user_id(), "sent while you were away").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(alice.node.message(queued).await.unwrap().unwrap().status, MessageStatus::Queued);
     assert_eq!(alice.node.outbox_len().await.unwrap(), 1);
 
@@ -188,6 +190,16 @@ async fn restart_both_nodes_session_continues_and_queued_message_arrives_when_pe
     bob.restart(alice.node.addresses().await.unwrap()).await.unwrap();
     let status = alice.node.wait_for_status(queued, MessageStatus::Delivered, WAIT).await.unwrap();
     assert_eq!(status, MessageStatus::Delivered);
+    let statuses: Vec<MessageStatus> = alice_log
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StatusChanged { id, status, .. } if id == queued => Some(status),
+            _ => None,
+        })
+        .collect();
+    assert!(!statuses.iter().any(|s| matches!(s, MessageStatus::Failed(_))), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&MessageStatus::Delivered), "{statuses:?}");
     let arrived =
         bob.node.message(queued).await.unwrap().expect("the queued message is in Bob's history");
     assert_eq!(text(&arrived.body), "sent while you were away");
