@@ -96,6 +96,8 @@ mod profile;
 mod reachability;
 pub mod relay;
 pub mod rpc;
+#[cfg(test)]
+mod test_support;
 mod tokens;
 
 pub use behaviour::BuildError;

@@ -1,22 +1,12 @@
-use kith_core::identity::IdentityKeyPair;
 use kith_protocol::envelope::{EnvelopeKind, RatchetHeader, RatchetMessage};
 use kith_protocol::mailbox::DepositResult;
 use kith_protocol::{DhPublicKey, MessageId};
 
 use super::*;
+use crate::test_support::{User, user};
 use crate::tokens::tag;
 
 type Client = MailboxClient<u32, u32>;
-
-struct User {
-    id: UserId,
-    peer: PeerId,
-}
-
-fn user() -> User {
-    let keys = IdentityKeyPair::generate(&mut rand::rng());
-    User { id: keys.user_id(), peer: keys.libp2p_keypair().public().to_peer_id() }
-}
 
 fn address(peer: &PeerId, port: u16) -> Multiaddr {
     format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}").parse().unwrap()

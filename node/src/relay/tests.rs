@@ -1,21 +1,11 @@
 //! The relay service on its own: deposits, quotas, rate limits, fetches, acks and expiry,
 //! without sockets (its store on a temporary directory, time given as input).
 
-use kith_core::identity::IdentityKeyPair;
 use kith_protocol::envelope::{EnvelopeKind, RatchetHeader, RatchetMessage};
 use kith_protocol::{DhPublicKey, MessageId};
 
 use super::*;
-
-struct User {
-    id: UserId,
-    peer: PeerId,
-}
-
-fn user() -> User {
-    let keys = IdentityKeyPair::generate(&mut rand::rng());
-    User { id: keys.user_id(), peer: keys.libp2p_keypair().public().to_peer_id() }
-}
+use crate::test_support::{User, user};
 
 fn envelope(n: u8, from: &User, to: &User, ciphertext: usize) -> Envelope {
     Envelope {
