@@ -397,6 +397,15 @@ pub(crate) async fn run(mut conn: Conn, name: &str) -> anyhow::Result<()> {
             }
             event = events.recv() => {
                 let Some(event) = event else { state.notice = "disconnected from the node".into(); continue };
+                if event["type"] == "lagged" {
+                    // Events were lost to a backlog: what they announced is stored, so read
+                    // the conversation again.
+                    match conn.call("history", state.conversation.history()).await {
+                        Ok(history) => state.messages = history.as_array().cloned().unwrap_or_default(),
+                        Err(e) => state.notice = e.to_string(),
+                    }
+                    continue;
+                }
                 if let Some(id) = state.apply(&event) {
                     let request = state.conversation.read(json!([id]));
                     tell(&mut conn, &mut state, request).await;

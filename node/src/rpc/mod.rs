@@ -72,7 +72,9 @@ use crate::{Node, NodeError, NodeEvent};
 pub const SOCKET_NAME: &str = "kith.sock";
 /// Longest request line accepted (a maximum-size text plus JSON escaping fits).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-/// Notifications buffered per connection before the slowest are dropped.
+/// Messages (answers and notifications) queued per connection for its writer. A client that
+/// reads no faster holds its event stream back; more than an event buffer behind, it gets a
+/// `lagged` event instead of the events it missed.
 pub const NOTIFICATION_BUFFER: usize = 4096;
 /// Default wait for `send` with `wait`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
