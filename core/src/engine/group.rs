@@ -23,7 +23,7 @@ use crate::group::membership::is_removal;
 use crate::group::{
     ChangeLog, Group, MAX_GROUP_OPS, Membership, change_hash, group_id, group_tag, sign_control,
 };
-use crate::model::{Direction, MemberReceipt, Message, MessageStatus};
+use crate::model::{MemberReceipt, Message, MessageStatus};
 use crate::store::records::{
     GroupRecord, MessageRecord, OutboxKind, OutboxRecord, PendingGroupRecord,
 };
@@ -373,20 +373,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if !ephemeral {
             if stored {
                 let seq = self.take_seq();
-                batch.put_message(&MessageRecord {
-                    id,
-                    peer: me,
-                    group: Some(group),
-                    direction: Direction::Outgoing,
-                    content: Some(plaintext),
-                    stored_at: now,
-                    status: MessageStatus::Queued,
-                    reactions: Vec::new(),
-                    edited_at: None,
-                    sent_at: now,
-                    seq,
-                    receipts: Vec::new(),
-                });
+                batch.put_message(&MessageRecord::queued(id, me, Some(group), plaintext, now, seq));
             }
             for member in &members {
                 let copy = Envelope {

@@ -60,20 +60,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             batch.put_contact(&contact);
         }
         if kind == OutboxKind::Message {
-            batch.put_message(&MessageRecord {
-                id,
-                peer: to,
-                group: None,
-                direction: Direction::Outgoing,
-                content: Some(plaintext.clone()),
-                stored_at: now,
-                status: MessageStatus::Queued,
-                reactions: Vec::new(),
-                edited_at: None,
-                sent_at: now,
-                seq,
-                receipts: Vec::new(),
-            });
+            batch.put_message(&MessageRecord::queued(id, to, None, plaintext.clone(), now, seq));
         }
         let record = OutboxRecord {
             id,

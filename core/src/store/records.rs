@@ -486,6 +486,32 @@ pub(crate) struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// One of our messages, queued at `now` as number `seq` of its conversation (`peer` is
+    /// the recipient, or ourselves in a group).
+    pub(crate) fn queued(
+        id: MessageId,
+        peer: UserId,
+        group: Option<GroupId>,
+        content: Vec<u8>,
+        now: UnixMillis,
+        seq: u64,
+    ) -> Self {
+        Self {
+            id,
+            peer,
+            group,
+            direction: Direction::Outgoing,
+            content: Some(content),
+            stored_at: now,
+            status: MessageStatus::Queued,
+            reactions: Vec::new(),
+            edited_at: None,
+            sent_at: now,
+            seq,
+            receipts: Vec::new(),
+        }
+    }
+
     /// The key range of its conversation: the group's id, or the peer's.
     pub(crate) fn conversation(&self) -> [u8; 32] {
         conversation_of(&self.peer, self.group.as_ref())
