@@ -21,12 +21,13 @@ pub(crate) struct NetArgs {
     /// Do not announce or discover peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
-    /// Serve the DHT (Kademlia server mode) from the start; a node listening on a public
-    /// address does so on its own.
+    /// Serve the DHT (Kademlia server mode) from the start; otherwise the node does so once
+    /// one of its addresses is confirmed reachable from outside (AutoNAT).
     #[arg(long)]
     pub(crate) dht_server: bool,
     /// A home relay, with its /p2p/<peer-id> (repeatable): it holds messages for you while
-    /// you are offline and serves your prekeys; it is shared in your contact string.
+    /// you are offline, serves your prekeys and, while you are behind NAT, relays connections
+    /// to you until they are upgraded to direct ones; it is shared in your contact string.
     #[arg(long, value_name = "MULTIADDR")]
     pub(crate) relay: Vec<String>,
 }

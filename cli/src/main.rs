@@ -80,6 +80,13 @@ enum Command {
     Relay(relay::RelayArgs),
     /// Stop the running daemon.
     Stop,
+    /// List the running daemon's connections: to whom, at which address, and whether direct
+    /// or through a relay.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a text message.
     Send {
         /// Contact name or peer id.
@@ -296,6 +303,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("no daemon is running for {}", dir.display()))?;
             client.call("shutdown", Value::Null).await.map_err(|e| anyhow::anyhow!(e.message))?;
             say!("daemon stopped");
+        }
+        Command::Peers { json } => {
+            let mut client = rpc::RpcClient::connect(&dir)
+                .await
+                .with_context(|| format!("no daemon is running for {}", dir.display()))?;
+            let connections = client
+                .call("connections", Value::Null)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            if json {
+                say!("{connections}");
+            } else {
+                for c in connections.as_array().into_iter().flatten() {
+                    let how =
+                        if c["relayed"].as_bool() == Some(true) { "relayed" } else { "direct" };
+                    say!(
+                        "{} {how} {}",
+                        c["peer"].as_str().unwrap_or_default(),
+                        c["address"].as_str().unwrap_or_default()
+                    );
+                }
+            }
         }
         Command::Send { to, text, wait, timeout, json, net } => {
             let mut conn = Conn::open(&dir, Some(&net)).await?;

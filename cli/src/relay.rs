@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use kith_node::relay::{
-    DEFAULT_MAX_MESSAGES_PER_RECIPIENT, DEFAULT_MAX_PREKEY_USERS, DEFAULT_SENDER_BURST,
-    DEFAULT_SENDER_RATE, RelayConfig,
+    DEFAULT_MAX_CIRCUITS, DEFAULT_MAX_CIRCUITS_PER_PEER, DEFAULT_MAX_MESSAGES_PER_RECIPIENT,
+    DEFAULT_MAX_PREKEY_USERS, DEFAULT_MAX_RESERVATIONS, DEFAULT_SENDER_BURST, DEFAULT_SENDER_RATE,
+    RelayConfig,
 };
 use kith_node::{Node, NodeConfig};
 
@@ -23,6 +24,27 @@ pub(crate) struct RelayArgs {
     /// Bootstrap peer for the DHT, with its /p2p/<peer-id> (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// An address users reach this relay at that it cannot see itself, e.g. its public
+    /// address behind a cloud provider's NAT or a port forward (repeatable). Default: its
+    /// listen addresses.
+    #[arg(long, value_name = "MULTIADDR")]
+    external_address: Vec<String>,
+    /// Most circuit reservations held by users behind NAT.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RESERVATIONS)]
+    max_reservations: usize,
+    /// Most connections relayed at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS)]
+    max_circuits: usize,
+    /// Most connections relayed to or from one peer.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS_PER_PEER)]
+    max_circuits_per_peer: usize,
+    /// Most bytes one relayed connection carries each way (suffixes K, M, G); attachments
+    /// never go over a relayed connection.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_size)]
+    max_circuit_bytes: u64,
+    /// Longest life of one relayed connection (e.g. 10m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    max_circuit_duration: Duration,
     /// Most messages waiting for one recipient.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MESSAGES_PER_RECIPIENT)]
     max_messages_per_recipient: u64,
@@ -55,7 +77,8 @@ pub(crate) struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PREKEY_USERS)]
     max_prekey_users: usize,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): stored messages and
-    /// bytes, deposits, fetches, refusals by reason, connected peers.
+    /// bytes, deposits, fetches, refusals by reason, connected peers, circuit reservations and
+    /// relayed connections.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 }
@@ -111,6 +134,12 @@ impl RelayArgs {
             parse_addrs(&self.listen, "--listen")?
         };
         config.bootstrap = parse_addrs(&self.bootstrap, "--bootstrap")?;
+        config.external_addresses = parse_addrs(&self.external_address, "--external-address")?;
+        if self.max_reservations == 0 || self.max_circuits == 0 || self.max_circuits_per_peer == 0 {
+            anyhow::bail!(
+                "--max-reservations, --max-circuits and --max-circuits-per-peer must be at least 1"
+            );
+        }
         // A relay is infrastructure: it serves the DHT and does not announce itself on a LAN.
         config.mdns = false;
         config.dht_server = true;
@@ -133,6 +162,11 @@ impl RelayArgs {
         relay.metrics = self.metrics;
         relay.max_blob_bytes_per_recipient = self.max_blob_bytes_per_recipient;
         relay.max_blob_total_bytes = self.max_blob_store_bytes;
+        relay.circuits.max_reservations = self.max_reservations;
+        relay.circuits.max_circuits = self.max_circuits;
+        relay.circuits.max_circuits_per_peer = self.max_circuits_per_peer;
+        relay.circuits.max_circuit_bytes = self.max_circuit_bytes;
+        relay.circuits.max_circuit_duration = self.max_circuit_duration;
         config.relay_service = Some(relay);
         Ok(config)
     }

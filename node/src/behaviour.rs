@@ -6,9 +6,11 @@ use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Swarm, SwarmBuilder, connection_limits, identify, identity, kad, mdns,
-    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+    Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, identity, kad, mdns,
+    memory_connection_limits, noise, ping, relay, request_response, tcp, yamux,
 };
+
+use crate::addresses::AddressBook;
 
 use crate::codec::{
     ENVELOPE_PROTOCOL, EnvelopeCodec, IDENTIFY_VERSION, KAD_PROTOCOL, MAILBOX_PROTOCOL,
@@ -64,6 +66,20 @@ pub(crate) struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
     /// Group topics (see [`crate::groups`]).
     pub gossipsub: libp2p::gossipsub::Behaviour,
+    /// Circuit relay v2, client side: reservations on our home relays, and connections to
+    /// peers through theirs.
+    pub relay_client: relay::client::Behaviour,
+    /// Circuit relay v2, relay side (relays only): connections relayed for users behind NAT.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching: upgrades a relayed connection to a direct one.
+    pub dcutr: dcutr::Behaviour,
+    /// Whether our observed addresses are reachable from outside (AutoNAT v2): only
+    /// confirmed ones are announced.
+    pub autonat: autonat::v2::client::Behaviour,
+    /// Tests other nodes' addresses for them (relays only).
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Circuit addresses of peers through their home relays (see [`crate::addresses`]).
+    pub addresses: AddressBook,
 }
 
 /// Why the swarm could not be built.
@@ -98,13 +114,16 @@ pub(crate) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, BuildError> {
     let mdns_enabled = config.mdns;
     let dht_server = config.dht_server;
+    let circuits = config.relay_service.as_ref().map(|r| r.circuits.libp2p());
+    let is_relay = circuits.is_some();
     let gossipsub = crate::groups::behaviour(config.gossip_duplicate_cache)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
         .with_quic()
         .with_dns()?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let limits = connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(MAX_CONNECTIONS))
@@ -122,9 +141,9 @@ pub(crate) fn build_swarm(
                 MemoryStore::with_config(peer_id, store_config),
                 kad_config,
             );
-            if dht_server {
-                kad.set_mode(Some(kad::Mode::Server));
-            }
+            // Server mode only when asked or once a direct address of ours is confirmed (the
+            // driver decides; Kademlia's own rule would count a relayed address too).
+            kad.set_mode(Some(if dht_server { kad::Mode::Server } else { kad::Mode::Client }));
             let mdns = if mdns_enabled {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
             } else {
@@ -160,6 +179,14 @@ pub(crate) fn build_swarm(
                 ),
                 stream: libp2p_stream::Behaviour::new(),
                 gossipsub,
+                relay_client,
+                relay: Toggle::from(circuits.map(|c| relay::Behaviour::new(peer_id, c))),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat: autonat::v2::client::Behaviour::default(),
+                autonat_server: Toggle::from(
+                    is_relay.then(autonat::v2::server::Behaviour::default),
+                ),
+                addresses: AddressBook::default(),
             })
         })
         .map_err(|e| BuildError::Behaviour(e.into()))?

@@ -81,6 +81,7 @@ pub(crate) enum Call {
     ListenAddrs(Reply<Vec<Multiaddr>>),
     /// Peers we have a connection to.
     ConnectedPeers(Reply<Vec<PeerId>>),
+    Connections(Reply<Vec<crate::driver::Connection>>),
     /// Whether we have a connection to a peer.
     IsConnected(PeerId, Reply<bool>),
     /// Dial an address (ending in `/p2p/<peer>`) and add it to the DHT.

@@ -22,6 +22,10 @@ pub struct NodeConfig {
     /// once it listens on a globally routable address (it is then publicly reachable) and is
     /// a DHT client otherwise.
     pub dht_server: bool,
+    /// Addresses this node is reachable at that it cannot see for itself (a port forward, a
+    /// relay behind a cloud provider's NAT): announced as confirmed. A relay given none
+    /// announces its listen addresses.
+    pub external_addresses: Vec<Multiaddr>,
     /// Our home relays (each with its `/p2p/<peer-id>`): advertised in our user record and
     /// contact string, given our prekeys to serve, and fetched from on start and reconnect.
     pub relays: Vec<Multiaddr>,
@@ -54,6 +58,7 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             dht_server: false,
+            external_addresses: Vec::new(),
             relays: Vec::new(),
             relay_copies: DEFAULT_RELAY_COPIES,
             relay_service: None,

@@ -5,6 +5,7 @@
 //! their modules); these are the fixed values the node is built and measured with, listed so
 //! that docs, tests and benches can name them.
 
+pub use crate::addresses::{MAX_ADDRESSES_PER_PEER, MAX_PEERS as MAX_ADDRESS_BOOK_PEERS};
 pub use crate::behaviour::{
     CONNECTION_EVENT_BUFFER, IDLE_CONNECTION_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_PEER, MAX_DHT_RECORDS, MAX_MEMORY_FRACTION, MAX_PENDING_INCOMING,
@@ -27,3 +28,6 @@ pub use crate::mailbox::{
 };
 pub use crate::node::{CALL_QUEUE, EVENT_BUFFER};
 pub use crate::prekeys::PREKEY_RATE;
+pub use crate::reservations::{
+    FIRST_RETRY as RESERVATION_FIRST_RETRY, MAX_RETRY as RESERVATION_MAX_RETRY,
+};

@@ -31,10 +31,12 @@ use kith_protocol::mailbox::{MailboxRefusal, MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
 use kith_protocol::prekey::{PreKeyRefusal, PreKeyRequest, PreKeyResponse, PreKeyUpload};
 use kith_protocol::{ChunkHash, MediaId, MessageId, UserId};
+use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, relay};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -52,9 +54,9 @@ use crate::media::transfers::{MediaAction, Transfers};
 use crate::media::{Work, fetch, files};
 use crate::prekeys::PreKeyServer;
 use crate::profile::ProfileRng;
-use crate::reachability;
 use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
+use crate::reservations::{ReservationAction, Reservations};
 
 /// Most events and calls taken into one turn (one fsync) besides the first, and most engine
 /// inputs (each received envelope, command and delivery result counts one). A bigger turn
@@ -97,6 +99,35 @@ pub(crate) struct Components {
     pub(crate) prekeys: PreKeyServer,
     /// The mailbox service, when this node is a relay.
     pub(crate) relay: Option<RelayService>,
+    /// Circuit reservations on our home relays.
+    pub(crate) reservations: Reservations,
+}
+
+/// How the node meets the network once its listeners are up (dials leave from the listen
+/// port only then, so that the address a relay observes is one a peer can punch to).
+pub(crate) struct Reach {
+    /// Bootstrap peers to dial.
+    pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Addresses we are reachable at that we cannot see ourselves.
+    pub(crate) external: Vec<Multiaddr>,
+    /// Serve the DHT whatever our reachability.
+    pub(crate) dht_server: bool,
+    /// A relay given no external address announces its listen addresses.
+    pub(crate) announce_listen: bool,
+    /// Listeners not up yet; the node starts when this is empty.
+    pub(crate) waiting: HashSet<ListenerId>,
+}
+
+/// One open connection, as [`crate::Node::connections`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Connection {
+    /// The peer.
+    pub peer: PeerId,
+    /// The peer's address on this connection.
+    pub address: Multiaddr,
+    /// Whether it goes through a relay (`/p2p-circuit`) rather than directly.
+    pub relayed: bool,
 }
 
 pub(crate) struct Driver {
@@ -129,6 +160,11 @@ pub(crate) struct Driver {
     stopping: Option<Reply<()>>,
     /// Engine inputs and commands taken into this turn (bounded by [`MAX_TURN_WORK`]).
     turn_inputs: usize,
+    reach: Reach,
+    /// Whether the node has started (its listeners are up).
+    started: bool,
+    /// Open connections.
+    connections: HashMap<ConnectionId, Connection>,
 }
 
 impl Driver {
@@ -140,6 +176,7 @@ impl Driver {
         calls: mpsc::Receiver<Call>,
         events: broadcast::Sender<NodeEvent>,
         work: (mpsc::Sender<Work>, mpsc::Receiver<Work>),
+        reach: Reach,
     ) -> Self {
         let user = engine.user_id();
         let control = swarm.behaviour().stream.new_control();
@@ -165,6 +202,9 @@ impl Driver {
             deferred: Vec::new(),
             stopping: None,
             turn_inputs: 0,
+            reach,
+            started: false,
+            connections: HashMap::new(),
         }
     }
 
@@ -177,9 +217,23 @@ impl Driver {
         self.swarm.dial(address).map_err(ConnectError::Dial)
     }
 
-    /// Starts what runs from the beginning: the DHT bootstrap, our relays, the downloads and
-    /// uploads a previous run left.
-    pub(crate) fn start(&mut self) {
+    /// Starts what runs from the beginning once the listeners are up (at once if there are
+    /// none): dials to the bootstrap peers and our relays, the DHT bootstrap, the reservations,
+    /// the downloads and uploads a previous run left.
+    fn start(&mut self) {
+        if self.started || !self.reach.waiting.is_empty() {
+            return;
+        }
+        self.started = true;
+        for address in std::mem::take(&mut self.reach.external) {
+            self.swarm.add_external_address(address);
+        }
+        for address in std::mem::take(&mut self.reach.bootstrap) {
+            if let Err(e) = self.connect(address.clone()) {
+                tracing::warn!("could not dial bootstrap peer {address}: {e}");
+            }
+        }
+        self.c.reservations.handle_timeout(self.clock.instant());
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
         let now = self.clock.instant();
         self.c.mailbox.start(now);
@@ -189,6 +243,7 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self) {
+        self.start();
         loop {
             let timer = self.next_deadline();
             tokio::select! {
@@ -228,6 +283,15 @@ impl Driver {
         }
     }
 
+    /// Kademlia serves the DHT when asked to, or once a direct (not relayed) address of ours
+    /// is confirmed reachable; a node reachable only through relays stays a client.
+    fn update_dht_mode(&mut self) {
+        let direct = self.swarm.external_addresses().any(|a| !is_relayed(a));
+        let mode =
+            if self.reach.dht_server || direct { kad::Mode::Server } else { kad::Mode::Client };
+        self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+    }
+
     fn next_deadline(&self) -> Instant {
         let engine = self.engine.poll_timeout().map(|mono| self.clock.deadline(mono));
         [
@@ -236,6 +300,7 @@ impl Driver {
             self.c.mailbox.poll_timeout(),
             self.c.relay.as_ref().map(RelayService::next_deadline),
             self.c.transfers.poll_timeout(),
+            self.c.reservations.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -346,6 +411,9 @@ impl Driver {
             Call::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen_addrs.clone());
             }
+            Call::Connections(reply) => {
+                let _ = reply.send(self.connections.values().cloned().collect());
+            }
             Call::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -412,6 +480,9 @@ impl Driver {
         }
         let relays = self.relays();
         self.c.transfers.handle_timeout(&relays, now);
+        if self.started {
+            self.c.reservations.handle_timeout(now);
+        }
         self.drain();
     }
 
@@ -537,6 +608,10 @@ impl Driver {
                     self.input(Input::Delivery { id: delivery.id, result });
                     return;
                 };
+                if !self.swarm.is_connected(&peer) {
+                    // Behind NAT, the peer is reached through its relays' circuits.
+                    self.swarm.behaviour_mut().addresses.set_relays(peer, &delivery.relays);
+                }
                 if delivery.ephemeral {
                     let connected = self.swarm.is_connected(&peer);
                     self.c.delivery.deliver_ephemeral(peer, delivery.envelope, connected);
@@ -589,7 +664,12 @@ impl Driver {
         let now = self.clock.instant();
         for member in members {
             let Ok(peer) = peer_id_of(member) else { continue };
-            if !self.swarm.is_connected(&peer) && self.swarm.dial(peer).is_err() {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let relays = self.given_relays(member);
+            self.swarm.behaviour_mut().addresses.set_relays(peer, &relays);
+            if self.swarm.dial(peer).is_err() {
                 self.c.dht.lookup(peer, now);
             }
         }
@@ -658,6 +738,19 @@ impl Driver {
             while let Some(action) = self.c.transfers.poll_action() {
                 busy = true;
                 self.on_media_action(action);
+            }
+            while let Some(ReservationAction::Listen { relay, address }) =
+                self.c.reservations.poll_action()
+            {
+                busy = true;
+                let listener = match self.swarm.listen_on(address.clone()) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!("could not ask relay {address} for a reservation: {e}");
+                        None
+                    }
+                };
+                self.c.reservations.started(relay, listener, self.clock.instant());
             }
             if !busy {
                 return;
@@ -929,20 +1022,51 @@ impl Driver {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         let now = self.clock.instant();
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!("listening on {address}");
-                if reachability::is_public(&address) {
-                    // Reachable from the Internet: Kademlia serves the DHT from now on.
-                    self.swarm.add_external_address(address.clone());
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if self.c.reservations.listening(listener_id, &address) {
+                    tracing::info!("reachable through a relay at {address}");
+                } else {
+                    tracing::info!("listening on {address}");
+                    if self.reach.announce_listen {
+                        self.swarm.add_external_address(address.clone());
+                    }
                 }
                 self.listen_addrs.push(address.clone());
                 self.emit(NodeEvent::Listening(address));
+                if self.reach.waiting.remove(&listener_id) {
+                    self.start();
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.swarm.remove_external_address(&address);
                 self.listen_addrs.retain(|a| a != &address)
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                if self.c.reservations.closed(listener_id, now) {
+                    tracing::info!("a relay reservation ended ({reason:?}); asking again later");
+                }
+                if self.reach.waiting.remove(&listener_id) {
+                    self.start();
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!("reachable from outside at {address}");
+                self.update_dht_mode();
+            }
+            SwarmEvent::ExternalAddrExpired { .. } => self.update_dht_mode(),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let address = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
+                self.connections
+                    .insert(connection_id, Connection { peer: peer_id, address, relayed });
+                self.c.reservations.connected(peer_id, now);
                 if num_established.get() == 1 {
                     self.emit(NodeEvent::PeerConnected(peer_id));
                 }
@@ -956,9 +1080,12 @@ impl Driver {
                 }
                 self.count_peers();
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                self.emit(NodeEvent::PeerDisconnected(peer_id));
-                self.count_peers();
+            SwarmEvent::ConnectionClosed { peer_id, num_established, connection_id, .. } => {
+                self.connections.remove(&connection_id);
+                if num_established == 0 {
+                    self.emit(NodeEvent::PeerDisconnected(peer_id));
+                    self.count_peers();
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, now),
             _ => {}
@@ -989,6 +1116,32 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
+            BehaviourEvent::Relay(event) => {
+                tracing::debug!("circuit relay: {event:?}");
+                if let Some(service) = self.c.relay.as_ref() {
+                    service.metrics.circuit_event(&event);
+                }
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                tracing::debug!(
+                    "relay {} holds our reservation (renewal: {renewal})",
+                    crate::short(&relay_peer_id)
+                );
+            }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(_) => tracing::info!("direct connection to {}", crate::short(&remote_peer_id)),
+                Err(e) => tracing::info!(
+                    "hole punch to {} failed, staying relayed: {e}",
+                    crate::short(&remote_peer_id)
+                ),
+            },
+            BehaviourEvent::Autonat(autonat::v2::client::Event { tested_addr, result, .. }) => {
+                tracing::debug!("AutoNAT tested {tested_addr}: {}", result.is_ok());
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -1333,4 +1486,9 @@ impl Driver {
 /// The channel the driver's IO tasks report on, and its receiving end.
 pub(crate) fn work_channel() -> (mpsc::Sender<Work>, mpsc::Receiver<Work>) {
     mpsc::channel(crate::media::WORK_QUEUE)
+}
+
+/// Whether `address` goes through a relay.
+fn is_relayed(address: &Multiaddr) -> bool {
+    address.iter().any(|p| p == Protocol::P2pCircuit)
 }

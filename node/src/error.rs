@@ -46,15 +46,6 @@ pub enum NodeError {
     /// The attachment protocol is served twice on this swarm.
     #[error(transparent)]
     Protocol(#[from] libp2p_stream::AlreadyRegistered),
-    /// A bootstrap peer could not be dialed.
-    #[error("bootstrap {address}")]
-    Bootstrap {
-        /// The address.
-        address: libp2p::Multiaddr,
-        /// Why.
-        #[source]
-        source: ConnectError,
-    },
     /// The command was refused.
     #[error(transparent)]
     Command(#[from] CommandError),

@@ -75,6 +75,7 @@
 //! # }
 //! ```
 
+mod addresses;
 mod behaviour;
 mod call;
 mod clock;
@@ -93,8 +94,8 @@ pub mod media;
 mod node;
 mod prekeys;
 mod profile;
-mod reachability;
 pub mod relay;
+mod reservations;
 pub mod rpc;
 #[cfg(test)]
 mod test_support;
@@ -103,6 +104,7 @@ mod tokens;
 pub use behaviour::BuildError;
 pub use clock::now_millis;
 pub use config::NodeConfig;
+pub use driver::Connection;
 pub use error::{ConnectError, NodeError};
 pub use events::{Events, EventsClosed};
 pub use groups::GossipError;

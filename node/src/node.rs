@@ -1,5 +1,6 @@
 //! The async handle apps use: start a node, send, query, subscribe to events.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::clock::{Clock, now_millis};
 use crate::config::NodeConfig;
 use crate::delivery::DirectDelivery;
 use crate::dht::Dht;
-use crate::driver::{Components, Driver, work_channel};
+use crate::driver::{Components, Connection, Driver, Reach, work_channel};
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::groups::GroupTransport;
@@ -32,6 +33,7 @@ use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
 use crate::relay::RelayService;
 use crate::relay::RelayUsage;
+use crate::reservations::Reservations;
 use crate::tokens::{Tokens, tag};
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
@@ -113,14 +115,25 @@ impl Node {
             }
         }
         let mut swarm = build_swarm(keypair, &config)?;
+        let mut waiting = HashSet::new();
         for address in &config.listen {
-            swarm
+            let listener = swarm
                 .listen_on(address.clone())
                 .map_err(|source| NodeError::Listen { address: address.clone(), source })?;
+            waiting.insert(listener);
         }
+        let reach = Reach {
+            bootstrap: config.bootstrap.clone(),
+            external: config.external_addresses.clone(),
+            dht_server: config.dht_server,
+            announce_listen: config.relay_service.is_some() && config.external_addresses.is_empty(),
+            waiting,
+        };
         let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut metrics_addr = None;
+        // A relay is reachable itself: it holds no reservations elsewhere.
+        let relay_node = config.relay_service.is_some();
         let relay = match &config.relay_service {
             Some(settings) => {
                 let service = RelayService::open(
@@ -170,15 +183,10 @@ impl Node {
             transfers,
             prekeys: PreKeyServer::default(),
             relay,
+            reservations: Reservations::new(if relay_node { &[] } else { &config.relays }),
         };
-        let mut driver =
-            Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
-        for address in &config.bootstrap {
-            driver
-                .connect(address.clone())
-                .map_err(|source| NodeError::Bootstrap { address: address.clone(), source })?;
-        }
-        driver.start();
+        let driver =
+            Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work, reach);
         let task = tokio::spawn(async move {
             driver.run().await;
             if let Some(metrics) = metrics_task {
@@ -472,6 +480,12 @@ impl Node {
             .into_iter()
             .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
             .collect())
+    }
+
+    /// Our open connections: to whom, at which address, and whether through a relay (a
+    /// relayed connection is replaced by a direct one when hole punching succeeds).
+    pub async fn connections(&self) -> Result<Vec<Connection>, NodeError> {
+        self.ask(Call::Connections).await
     }
 
     /// Peers we have a connection to.

@@ -49,6 +49,10 @@ pub(crate) struct RelayMetrics {
     pub(crate) stored_blob_bytes: Gauge,
     pub(crate) blob_uploads: Counter,
     pub(crate) blobs_served: Counter,
+    pub(crate) reservations: Gauge,
+    pub(crate) circuits: Gauge,
+    pub(crate) circuits_opened: Counter,
+    pub(crate) circuit_refusals: Family<Labels, Counter>,
 }
 
 /// The label value of a refusal reason.
@@ -78,6 +82,10 @@ impl RelayMetrics {
         let stored_blob_bytes = Gauge::default();
         let blob_uploads = Counter::default();
         let blobs_served = Counter::default();
+        let reservations = Gauge::default();
+        let circuits = Gauge::default();
+        let circuits_opened = Counter::default();
+        let circuit_refusals = Family::<Labels, Counter>::default();
         registry.register(
             "stored_envelopes",
             "Envelopes held in mailboxes",
@@ -118,6 +126,22 @@ impl RelayMetrics {
             "Attachment chunks served to recipients",
             blobs_served.clone(),
         );
+        registry.register(
+            "reservations",
+            "Circuit reservations held by users behind NAT",
+            reservations.clone(),
+        );
+        registry.register("circuits", "Connections being relayed now", circuits.clone());
+        registry.register(
+            "circuits_opened",
+            "Connections relayed since start",
+            circuits_opened.clone(),
+        );
+        registry.register(
+            "circuit_refusals",
+            "Refused reservation and circuit requests, by kind",
+            circuit_refusals.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             stored_envelopes,
@@ -132,6 +156,36 @@ impl RelayMetrics {
             stored_blob_bytes,
             blob_uploads,
             blobs_served,
+            reservations,
+            circuits,
+            circuits_opened,
+            circuit_refusals,
+        }
+    }
+
+    /// Counts what the circuit relay did.
+    pub(crate) fn circuit_event(&self, event: &libp2p::relay::Event) {
+        use libp2p::relay::Event;
+        let refused = |kind: &str| {
+            self.circuit_refusals.get_or_create(&vec![("kind".into(), kind.into())]).inc();
+        };
+        match event {
+            Event::ReservationReqAccepted { renewed: false, .. } => {
+                self.reservations.inc();
+            }
+            Event::ReservationClosed { .. } | Event::ReservationTimedOut { .. } => {
+                self.reservations.dec();
+            }
+            Event::ReservationReqDenied { .. } => refused("reservation"),
+            Event::CircuitReqAccepted { .. } => {
+                self.circuits.inc();
+                self.circuits_opened.inc();
+            }
+            Event::CircuitClosed { .. } => {
+                self.circuits.dec();
+            }
+            Event::CircuitReqDenied { .. } => refused("circuit"),
+            _ => {}
         }
     }
 

@@ -70,6 +70,23 @@ pub const PREKEY_UPLOAD_RATE: (f64, f64) = (1.0 / 60.0, 10.0);
 pub const DEFAULT_MAX_BLOB_BYTES_PER_RECIPIENT: u64 = 4 * 1024 * 1024 * 1024;
 /// Default most attachment bytes a relay holds in all.
 pub const DEFAULT_MAX_BLOB_TOTAL_BYTES: u64 = 50 * 1024 * 1024 * 1024;
+/// Default most circuit reservations a relay holds (one per user behind NAT it serves).
+pub const DEFAULT_MAX_RESERVATIONS: usize = 1_024;
+/// Default most reservations one peer holds.
+pub const DEFAULT_MAX_RESERVATIONS_PER_PEER: usize = 4;
+/// Default time a reservation lasts before the user renews it.
+pub const DEFAULT_RESERVATION_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Default most relayed connections at once.
+pub const DEFAULT_MAX_CIRCUITS: usize = 256;
+/// Default most relayed connections to or from one peer.
+pub const DEFAULT_MAX_CIRCUITS_PER_PEER: usize = 8;
+/// Default longest life of a relayed connection (it is redialed, or upgraded to a direct one
+/// long before).
+pub const DEFAULT_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(10 * 60);
+/// Default most bytes one relayed connection carries each way: text, receipts, typing and
+/// presence for a long chat, never attachments (those go through the blob store).
+pub const DEFAULT_MAX_CIRCUIT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Bytes of a mailbox frame besides its envelopes (variant, counts, `remaining`).
 const FRAME_OVERHEAD: usize = 64;
 
@@ -101,6 +118,59 @@ pub struct RelayConfig {
     pub max_blob_bytes_per_recipient: u64,
     /// Most attachment bytes held in all (the blob store's disk budget).
     pub max_blob_total_bytes: u64,
+    /// Connections relayed for users behind NAT (libp2p circuit relay v2).
+    pub circuits: CircuitLimits,
+}
+
+/// What a relay allows of libp2p circuit relay v2: the reservations users behind NAT hold on
+/// it and the connections it relays to them until they are upgraded to direct ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CircuitLimits {
+    /// Most reservations in all.
+    pub max_reservations: usize,
+    /// Most reservations one peer holds.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before it must be renewed.
+    pub reservation_duration: Duration,
+    /// Most relayed connections at once.
+    pub max_circuits: usize,
+    /// Most relayed connections per peer.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of one relayed connection.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one relayed connection carries each way.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for CircuitLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: DEFAULT_MAX_RESERVATIONS,
+            max_reservations_per_peer: DEFAULT_MAX_RESERVATIONS_PER_PEER,
+            reservation_duration: DEFAULT_RESERVATION_DURATION,
+            max_circuits: DEFAULT_MAX_CIRCUITS,
+            max_circuits_per_peer: DEFAULT_MAX_CIRCUITS_PER_PEER,
+            max_circuit_duration: DEFAULT_MAX_CIRCUIT_DURATION,
+            max_circuit_bytes: DEFAULT_MAX_CIRCUIT_BYTES,
+        }
+    }
+}
+
+impl CircuitLimits {
+    /// libp2p's relay settings for these limits (its rate limits per peer and IP kept).
+    pub(crate) fn libp2p(&self) -> libp2p::relay::Config {
+        libp2p::relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..libp2p::relay::Config::default()
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -118,6 +188,7 @@ impl Default for RelayConfig {
             metrics: None,
             max_blob_bytes_per_recipient: DEFAULT_MAX_BLOB_BYTES_PER_RECIPIENT,
             max_blob_total_bytes: DEFAULT_MAX_BLOB_TOTAL_BYTES,
+            circuits: CircuitLimits::default(),
         }
     }
 }

@@ -453,6 +453,22 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 node.connected_peers().await?.iter().map(ToString::to_string).collect();
             Ok(json!(peers))
         }
+        "connections" => {
+            let params::NoParams {} = parse(params)?;
+            let connections: Vec<Value> = node
+                .connections()
+                .await?
+                .iter()
+                .map(|c| {
+                    json!({
+                        "peer": c.peer.to_string(),
+                        "address": c.address.to_string(),
+                        "relayed": c.relayed,
+                    })
+                })
+                .collect();
+            Ok(json!(connections))
+        }
         _ => Err(RpcError { code: -32601, message: format!("unknown method `{method}`") }),
     }
 }
