@@ -798,6 +798,11 @@ impl Driver {
                 }
             }
             MailboxAction::Deposit { relay, envelopes, ids } => {
+                tracing::debug!(
+                    "depositing {} envelopes at relay {}: {ids:?}",
+                    envelopes.len(),
+                    crate::short(&relay)
+                );
                 let request = self
                     .swarm
                     .behaviour_mut()
@@ -1229,9 +1234,10 @@ impl Driver {
                     self.c.delivery.answered(request_id, response.acks);
                 }
             },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 let timeout = matches!(error, OutboundFailure::Timeout);
                 let dial = matches!(error, OutboundFailure::DialFailure);
+                tracing::debug!("delivery to {} failed: {error}", crate::short(&peer));
                 self.c.delivery.failed(request_id, timeout, dial);
             }
             _ => {}

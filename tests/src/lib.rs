@@ -304,12 +304,32 @@ impl RelayProcess {
     /// Starts `kith --data-dir DIR relay --listen /ip4/127.0.0.1/tcp/PORT ARGS...` and waits
     /// until it announces its address.
     pub fn spawn(dir: &std::path::Path, port: u16, args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(kith_binary()?)
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        Self::spawn_in(dir, &["--listen", &listen], args, &[])
+    }
+
+    /// Starts `kith --data-dir DIR relay LISTEN... ARGS...`, wrapped in `wrapper` (e.g.
+    /// `ip netns exec NS`), and waits until it announces a TCP address.
+    pub fn spawn_in(
+        dir: &std::path::Path,
+        listen: &[&str],
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> anyhow::Result<Self> {
+        let kith = kith_binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&kith);
+                c
+            }
+            None => Command::new(&kith),
+        };
+        let mut child = command
             .arg("--data-dir")
             .arg(dir)
             .arg("relay")
-            .arg("--listen")
-            .arg(format!("/ip4/127.0.0.1/tcp/{port}"))
+            .args(listen)
             .args(args)
             .env_remove("KITH_DATA_DIR")
             .stdout(std::process::Stdio::piped())
@@ -319,7 +339,9 @@ impl RelayProcess {
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
-                    if let Some(address) = line.strip_prefix("listening: ") {
+                    if let Some(address) = line.strip_prefix("listening: ")
+                        && address.contains("/tcp/")
+                    {
                         let address = address.parse()?;
                         return Ok(Self { child, dir: dir.to_owned(), address });
                     }

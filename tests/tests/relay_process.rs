@@ -40,6 +40,12 @@ fn relay_help_documents_every_operator_setting() {
         "--ttl",
         "--max-prekey-users",
         "--metrics",
+        "--external-address",
+        "--max-reservations",
+        "--max-circuits",
+        "--max-circuits-per-peer",
+        "--max-circuit-bytes",
+        "--max-circuit-duration",
     ] {
         assert!(help.contains(flag), "`kith relay --help` does not mention {flag}:\n{help}");
     }

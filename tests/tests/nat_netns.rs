@@ -1,0 +1,336 @@
+//! People behind home routers, for real: network namespaces the test builds (and removes) as
+//! an "internet" bridge with a public relay on it, and homes behind their own NAT routers
+//! (iptables MASQUERADE: endpoint-independent mapping that keeps the port, and only replies
+//! let in, the rest dropped — the common home router), one behind a symmetric NAT (`--random-fully`).
+//!
+//! - Alice and Bob (two cone NATs) hold reservations on the relay, reach each other through
+//!   it, and end up with a **direct** connection (DCUtR hole punching); text and receipts flow.
+//! - Carol (symmetric NAT, so no hole punch) still talks live with Alice over the relayed
+//!   connection.
+//!
+//! Every address is inside namespaces the test made. Needs root, `ip` and `iptables`
+//! (`.ci/run` installs both). With `CI` set, a missing one fails the test; elsewhere the test
+//! prints that it was skipped and why.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kith_tests::{Daemon, RelayProcess, kith_ok};
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+/// The relay's address on the internet bridge.
+const RELAY_IP: &str = "172.31.0.1";
+
+/// One home: a router namespace with a WAN address on the bridge and a LAN, and a host
+/// namespace behind it.
+struct Home {
+    host: String,
+    lan_ip: String,
+}
+
+/// The namespaces, removed on drop.
+struct Internet {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+impl Internet {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn add_ns(&mut self, name: &str) -> anyhow::Result<String> {
+        let ns = self.ns(name);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A namespace on the bridge at `172.31.0.<n>`.
+    fn on_bridge(&mut self, name: &str, n: u8) -> anyhow::Result<String> {
+        let ns = self.add_ns(name)?;
+        let hub = self.ns("hub");
+        let outer = format!("w{name}");
+        ip(&[
+            "-n", &ns, "link", "add", "wan", "type", "veth", "peer", "name", &outer, "netns", &hub,
+        ])?;
+        ip(&["-n", &hub, "link", "set", &outer, "master", "br0"])?;
+        ip(&["-n", &hub, "link", "set", &outer, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("172.31.0.{n}/24"), "dev", "wan"])?;
+        ip(&["-n", &ns, "link", "set", "wan", "up"])?;
+        Ok(ns)
+    }
+
+    /// A home `name` behind router `172.31.0.<n>`, LAN `10.<n>.0.0/24`; `symmetric` picks a
+    /// random source port for every mapping.
+    fn home(&mut self, name: &str, n: u8, symmetric: bool) -> anyhow::Result<Home> {
+        let router = self.on_bridge(&format!("r{name}"), n)?;
+        let host = self.add_ns(name)?;
+        ip(&[
+            "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns",
+            &host,
+        ])?;
+        ip(&["-n", &router, "addr", "add", &format!("10.{n}.0.1/24"), "dev", "lan"])?;
+        ip(&["-n", &router, "link", "set", "lan", "up"])?;
+        let lan_ip = format!("10.{n}.0.2");
+        ip(&["-n", &host, "addr", "add", &format!("{lan_ip}/24"), "dev", "eth0"])?;
+        ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &host, "route", "add", "default", "via", &format!("10.{n}.0.1")])?;
+        run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let mut nat = vec![
+            "netns",
+            "exec",
+            &router,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ];
+        if symmetric {
+            nat.push("--random-fully");
+        }
+        run("ip", &nat)?;
+        // Like a home router, drop (not refuse) what no one inside asked for: only replies,
+        // to the router or through it, come in.
+        for chain in ["INPUT", "FORWARD"] {
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &router, "iptables", "-A", chain, "-i", "wan", "-m",
+                    "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP",
+                ],
+            )?;
+        }
+        Ok(Home { host, lan_ip })
+    }
+
+    fn create() -> anyhow::Result<Self> {
+        let prefix = format!("k{}", std::process::id() % 100_000);
+        let mut net = Self { prefix, namespaces: Vec::new() };
+        let hub = net.add_ns("hub")?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        Ok(net)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn skip_reason() -> Option<String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if uid.as_deref() != Some("0") {
+        return Some("not running as root".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("`ip` (iproute2) is not installed".into());
+    }
+    if Command::new("iptables").arg("-V").output().is_err() {
+        return Some("`iptables` is not installed".into());
+    }
+    None
+}
+
+fn json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&kith_ok(&daemon.dir, args).unwrap()).unwrap()
+}
+
+/// Waits up to `within` for `check` to give a value.
+fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < within, "waited {within:?} for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `daemon`'s connections to `peer`, as (address, relayed).
+fn connections_to(daemon: &Daemon, peer: &str) -> Vec<(String, bool)> {
+    json(daemon, &["peers", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["peer"] == peer)
+        .map(|c| (c["address"].as_str().unwrap().to_owned(), c["relayed"].as_bool().unwrap()))
+        .collect()
+}
+
+#[test]
+fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
+    if let Some(why) = skip_reason() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the NAT namespace test: {why}");
+        eprintln!("\n*** SKIPPED people_behind_nat_routers_…: {why}. ***\n");
+        return;
+    }
+    let mut net = Internet::create().unwrap();
+    let relay_ns = net.on_bridge("relay", 1).unwrap();
+    let homes = [
+        net.home("alice", 2, false).unwrap(),
+        net.home("bob", 3, false).unwrap(),
+        net.home("carol", 4, true).unwrap(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let relay_tcp = format!("/ip4/{RELAY_IP}/tcp/4001");
+    let relay_quic = format!("/ip4/{RELAY_IP}/udp/4001/quic-v1");
+    let relay = RelayProcess::spawn_in(
+        &dir.path().join("relay"),
+        &["--listen", &relay_tcp, "--listen", &relay_quic],
+        &[],
+        &["ip", "netns", "exec", &relay_ns],
+    )
+    .unwrap();
+    let relay_addr = relay.address.to_string();
+    assert!(relay_addr.starts_with(&relay_tcp), "{relay_addr}");
+
+    let names = ["alice", "bob", "carol"];
+    let mut daemons = Vec::new();
+    for (name, home) in names.iter().zip(&homes) {
+        let profile = dir.path().join(name);
+        kith_ok(&profile, &["init", "--name", name]).unwrap();
+        let tcp = format!("/ip4/{}/tcp/4001", home.lan_ip);
+        let quic = format!("/ip4/{}/udp/4001/quic-v1", home.lan_ip);
+        let args = [
+            "--listen",
+            &tcp,
+            "--listen",
+            &quic,
+            "--no-mdns",
+            "--bootstrap",
+            &relay_addr,
+            "--relay",
+            &relay_addr,
+        ];
+        daemons.push(Daemon::spawn(&profile, &args, &["ip", "netns", "exec", &home.host]).unwrap());
+    }
+    // Each holds a reservation on the relay: its circuit address is among its addresses.
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    for daemon in &daemons {
+        let id = wait_for(Duration::from_secs(30), "a relay reservation", || {
+            let id = json(daemon, &["id", "--json"]);
+            let circuit = id["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.as_str().unwrap().contains("/p2p-circuit"));
+            circuit.then_some(id)
+        });
+        ids.push(id);
+    }
+    println!("reservations held after {:?}", start.elapsed());
+    for (i, daemon) in daemons.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                let contact = ids[j]["contact"].as_str().unwrap();
+                kith_ok(&daemon.dir, &["contact", "add", contact, "--name", name]).unwrap();
+            }
+        }
+    }
+    let peer = |i: usize| ids[i]["peer_id"].as_str().unwrap().to_owned();
+
+    // Alice → Bob: delivered, then a direct connection replaces the relayed one.
+    let start = Instant::now();
+    let sent = json(
+        &daemons[0],
+        &[
+            "send",
+            "bob",
+            "hello through two routers",
+            "--wait",
+            "delivered",
+            "--timeout",
+            "30",
+            "--json",
+        ],
+    );
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    let direct = wait_for(Duration::from_secs(30), "a direct connection alice → bob", || {
+        connections_to(&daemons[0], &peer(1)).into_iter().find(|(_, relayed)| !relayed)
+    });
+    println!("alice ↔ bob direct after {:?} at {}", start.elapsed(), direct.0);
+    assert!(direct.0.contains("172.31.0.3"), "direct means to Bob's router: {}", direct.0);
+    // Live over it: a reply and its receipt.
+    let start = Instant::now();
+    let reply = json(
+        &daemons[1],
+        &[
+            "send",
+            "alice",
+            "hello back, directly",
+            "--wait",
+            "delivered",
+            "--timeout",
+            "10",
+            "--json",
+        ],
+    );
+    assert_eq!(reply["status"], "delivered", "{reply}");
+    println!("bob → alice delivered in {:?}", start.elapsed());
+    let history = kith_ok(&daemons[0].dir, &["history", "bob", "--json"]).unwrap();
+    assert!(history.contains("hello back, directly"));
+
+    // Carol behind a symmetric NAT: no hole punch, but live over the relayed connection.
+    let sent = json(
+        &daemons[2],
+        &[
+            "send",
+            "alice",
+            "hello from a symmetric NAT",
+            "--wait",
+            "delivered",
+            "--timeout",
+            "30",
+            "--json",
+        ],
+    );
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    let to_carol = connections_to(&daemons[0], &peer(2));
+    println!("alice's connections to carol: {to_carol:?}");
+    assert!(!to_carol.is_empty(), "alice and carol are connected");
+    assert!(
+        to_carol.iter().all(|(_, relayed)| *relayed),
+        "carol is reached through the relay only: {to_carol:?}"
+    );
+    drop(daemons);
+    drop(relay);
+    drop(net);
+}
