@@ -123,8 +123,20 @@ impl Internet {
             run(
                 "ip",
                 &[
-                    "netns", "exec", &router, "iptables", "-A", chain, "-i", "wan", "-m",
-                    "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP",
+                    "netns",
+                    "exec",
+                    &router,
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-i",
+                    "wan",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW,INVALID",
+                    "-j",
+                    "DROP",
                 ],
             )?;
         }
