@@ -101,6 +101,8 @@ pub(crate) struct Components {
     pub(crate) relay: Option<RelayService>,
     /// Circuit reservations on our home relays.
     pub(crate) reservations: Reservations,
+    /// How the node meets the network once its listeners are up.
+    pub(crate) reach: Reach,
 }
 
 /// How the node meets the network once its listeners are up (dials leave from the listen
@@ -160,7 +162,6 @@ pub(crate) struct Driver {
     stopping: Option<Reply<()>>,
     /// Engine inputs and commands taken into this turn (bounded by [`MAX_TURN_WORK`]).
     turn_inputs: usize,
-    reach: Reach,
     /// Whether the node has started (its listeners are up).
     started: bool,
     /// Open connections.
@@ -176,7 +177,6 @@ impl Driver {
         calls: mpsc::Receiver<Call>,
         events: broadcast::Sender<NodeEvent>,
         work: (mpsc::Sender<Work>, mpsc::Receiver<Work>),
-        reach: Reach,
     ) -> Self {
         let user = engine.user_id();
         let control = swarm.behaviour().stream.new_control();
@@ -202,7 +202,6 @@ impl Driver {
             deferred: Vec::new(),
             stopping: None,
             turn_inputs: 0,
-            reach,
             started: false,
             connections: HashMap::new(),
         }
@@ -221,14 +220,14 @@ impl Driver {
     /// none): dials to the bootstrap peers and our relays, the DHT bootstrap, the reservations,
     /// the downloads and uploads a previous run left.
     fn start(&mut self) {
-        if self.started || !self.reach.waiting.is_empty() {
+        if self.started || !self.c.reach.waiting.is_empty() {
             return;
         }
         self.started = true;
-        for address in std::mem::take(&mut self.reach.external) {
+        for address in std::mem::take(&mut self.c.reach.external) {
             self.swarm.add_external_address(address);
         }
-        for address in std::mem::take(&mut self.reach.bootstrap) {
+        for address in std::mem::take(&mut self.c.reach.bootstrap) {
             if let Err(e) = self.connect(address.clone()) {
                 tracing::warn!("could not dial bootstrap peer {address}: {e}");
             }
@@ -288,7 +287,7 @@ impl Driver {
     fn update_dht_mode(&mut self) {
         let direct = self.swarm.external_addresses().any(|a| !is_relayed(a));
         let mode =
-            if self.reach.dht_server || direct { kad::Mode::Server } else { kad::Mode::Client };
+            if self.c.reach.dht_server || direct { kad::Mode::Server } else { kad::Mode::Client };
         self.swarm.behaviour_mut().kad.set_mode(Some(mode));
     }
 
@@ -1032,13 +1031,13 @@ impl Driver {
                     tracing::info!("reachable through a relay at {address}");
                 } else {
                     tracing::info!("listening on {address}");
-                    if self.reach.announce_listen {
+                    if self.c.reach.announce_listen {
                         self.swarm.add_external_address(address.clone());
                     }
                 }
                 self.listen_addrs.push(address.clone());
                 self.emit(NodeEvent::Listening(address));
-                if self.reach.waiting.remove(&listener_id) {
+                if self.c.reach.waiting.remove(&listener_id) {
                     self.start();
                 }
             }
@@ -1051,7 +1050,7 @@ impl Driver {
                 if self.c.reservations.closed(listener_id, now) {
                     tracing::info!("a relay reservation ended ({reason:?}); asking again later");
                 }
-                if self.reach.waiting.remove(&listener_id) {
+                if self.c.reach.waiting.remove(&listener_id) {
                     self.start();
                 }
             }

@@ -184,9 +184,9 @@ impl Node {
             prekeys: PreKeyServer::default(),
             relay,
             reservations: Reservations::new(if relay_node { &[] } else { &config.relays }),
+            reach,
         };
-        let driver =
-            Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work, reach);
+        let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         let task = tokio::spawn(async move {
             driver.run().await;
             if let Some(metrics) = metrics_task {
