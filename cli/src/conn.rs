@@ -9,6 +9,8 @@ use kith_node::{Node, NodeConfig};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::config::{FileConfig, pick};
+
 /// Network options of commands that may start their own node.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct NetArgs {
@@ -35,20 +37,25 @@ pub(crate) struct NetArgs {
 impl NetArgs {
     /// The node settings these options describe.
     pub(crate) fn config(&self, data_dir: &Path) -> anyhow::Result<NodeConfig> {
+        let file = FileConfig::load(data_dir)?;
         let mut config = NodeConfig::new(data_dir);
-        if !self.listen.is_empty() {
-            config.listen = parse_addrs(&self.listen, "--listen")?;
+        let (listen, source) = pick(&self.listen, "--listen", &file.listen, "listen");
+        if !listen.is_empty() {
+            config.listen = parse_addrs(listen, &source)?;
         }
-        config.bootstrap = parse_addrs(&self.bootstrap, "--bootstrap")?;
+        let (bootstrap, source) =
+            pick(&self.bootstrap, "--bootstrap", &file.bootstrap, "bootstrap");
+        config.bootstrap = parse_addrs(bootstrap, &source)?;
         config.mdns = !self.no_mdns;
         config.dht_server = self.dht_server;
-        config.relays = parse_addrs(&self.relay, "--relay")?;
+        let (relays, source) = pick(&self.relay, "--relay", &file.relays, "relays");
+        config.relays = parse_addrs(relays, &source)?;
         if let Some(bad) = config
             .relays
             .iter()
             .find(|a| !a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))))
         {
-            anyhow::bail!("--relay {bad}: the address must end in /p2p/<peer-id>");
+            anyhow::bail!("{source} {bad}: the address must end in /p2p/<peer-id>");
         }
         Ok(config)
     }

@@ -16,6 +16,7 @@ macro_rules! say {
 }
 
 mod chat;
+mod config;
 mod conn;
 mod demo;
 mod group;

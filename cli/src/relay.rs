@@ -183,6 +183,16 @@ pub(crate) async fn run(dir: &Path, args: &RelayArgs) -> anyhow::Result<()> {
     if let Some(addr) = node.metrics_addr() {
         say!("metrics: http://{addr}/metrics");
     }
+    let peer = node.peer_id();
+    let announced: Vec<String> = if args.external_address.is_empty() {
+        node.addresses().await?.iter().map(ToString::to_string).collect()
+    } else {
+        args.external_address.iter().map(|a| format!("{a}/p2p/{peer}")).collect()
+    };
+    let list = announced.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    say!("for users, in kith.toml in their profile directory:");
+    say!("bootstrap = [{list}]");
+    say!("relays = [{list}]");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -552,3 +552,32 @@ fn engine_envelope_fuzz_corpus_replays_without_panic_or_state_change() {
     }
     println!("engine_envelope corpus: {} inputs replayed ({committed} committed)", inputs.len());
 }
+
+/// Presence travels only over live connections: a contact that was unreachable when we set
+/// ours is told it when it becomes reachable, without the app asking again.
+#[test]
+fn our_presence_reaches_a_contact_when_it_becomes_reachable() {
+    let mut net = Net::new(2, Faults::NONE, 9);
+    net.introduce_all();
+    let alice = net.nodes[0].user;
+    let id = net.send_text(0, 1, "hi");
+    net.run_until_quiet(u64::MAX);
+    assert_eq!(net.nodes[0].statuses[&id], MessageStatus::Delivered);
+    let online = |events: &[Event]| {
+        events.iter().any(|e| {
+            matches!(e, Event::Presence { peer, status: PresenceStatus::Online, .. } if *peer == alice)
+        })
+    };
+    // Before Alice sets a presence, Bob becoming reachable tells him nothing.
+    net.reachable(1);
+    assert!(!online(&net.nodes[1].take_events()));
+
+    net.nodes[1].online = false;
+    net.command(0, Command::SetPresence { status: PresenceStatus::Online });
+    net.run_until_quiet(u64::MAX);
+    net.nodes[1].online = true;
+    assert!(!online(&net.nodes[1].take_events()), "bob was offline: the presence was dropped");
+
+    net.reachable(1);
+    assert!(online(&net.nodes[1].take_events()), "bob is told alice is online when he is back");
+}

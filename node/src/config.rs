@@ -26,6 +26,11 @@ pub struct NodeConfig {
     /// relay behind a cloud provider's NAT): announced as confirmed. A relay given none
     /// announces its listen addresses.
     pub external_addresses: Vec<Multiaddr>,
+    /// Tell our contacts we are online while the node runs (each when it connects) and
+    /// offline when it stops, if presence is shared at all
+    /// ([`kith_core::engine::Config::share_presence`]). An app that sets presence itself
+    /// turns this off.
+    pub announce_presence: bool,
     /// Our home relays (each with its `/p2p/<peer-id>`): advertised in our user record and
     /// contact string, given our prekeys to serve, and fetched from on start and reconnect.
     pub relays: Vec<Multiaddr>,
@@ -59,6 +64,7 @@ impl NodeConfig {
             mdns: true,
             dht_server: false,
             external_addresses: Vec::new(),
+            announce_presence: true,
             relays: Vec::new(),
             relay_copies: DEFAULT_RELAY_COPIES,
             relay_service: None,

@@ -17,7 +17,7 @@ pub use crate::delivery::{ENVELOPE_RATE, MAX_IN_FLIGHT_PER_PEER};
 pub use crate::dht::{
     FIRST_PUBLICATION, LOOKUP_COOLDOWN, MAX_RECORD_FETCHES, RECORD_REPUBLISH, RECORD_RETRY,
 };
-pub use crate::driver::MAX_TURN_WORK;
+pub use crate::driver::{GOODBYE_WAIT, MAX_LIVE_CONTACTS, MAX_TURN_WORK};
 pub use crate::groups::{
     DEFAULT_GOSSIP_DUPLICATE_CACHE, INVALID_APP_PENALTY, INVALID_MESSAGE_WEIGHT,
 };
@@ -31,3 +31,4 @@ pub use crate::prekeys::PREKEY_RATE;
 pub use crate::reservations::{
     FIRST_RETRY as RESERVATION_FIRST_RETRY, MAX_RETRY as RESERVATION_MAX_RETRY,
 };
+pub use crate::upgrades::CLOSE_AFTER as RELAYED_CLOSE_AFTER;

@@ -132,6 +132,12 @@ impl<R: Copy + Eq + Hash> DirectDelivery<R> {
         }
     }
 
+    /// Whether no request is in flight (a node that stops waits for this, briefly, so that
+    /// its goodbye reaches its peers).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.requests.is_empty()
+    }
+
     /// Sends every peer's waiting deliveries (the turn is flushed).
     pub(crate) fn end_turn(&mut self) {
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();

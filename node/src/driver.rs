@@ -26,6 +26,7 @@ use kith_core::engine::{
 use kith_core::identity::{peer_id_of, user_id_of};
 use kith_core::record::record_key;
 use kith_core::store::{BackendError, StoreError};
+use kith_protocol::content::PresenceStatus;
 use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
 use kith_protocol::mailbox::{MailboxRefusal, MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
@@ -57,6 +58,7 @@ use crate::profile::ProfileRng;
 use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
 use crate::reservations::{ReservationAction, Reservations};
+use crate::upgrades::Upgrades;
 
 /// Most events and calls taken into one turn (one fsync) besides the first, and most engine
 /// inputs (each received envelope, command and delivery result counts one). A bigger turn
@@ -66,6 +68,12 @@ use crate::reservations::{ReservationAction, Reservations};
 /// turns at being idle. Bounding the inputs took `cargo bench -p kith-node --bench delivery`
 /// from 5,200–6,800 to 7,400–9,100 messages/s; 128, 256 and 1,024 measured the same.
 pub const MAX_TURN_WORK: usize = 256;
+
+/// Longest a stopping node waits for its last requests (its goodbye) to be answered.
+pub const GOODBYE_WAIT: Duration = Duration::from_millis(500);
+
+/// Most contacts the node dials on start.
+pub const MAX_LIVE_CONTACTS: usize = 64;
 
 /// Runs disk work that blocks (an fsync) without stalling the runtime's other tasks (the
 /// swarm's connections, an app's own): on a multi-threaded runtime tokio hands them to another
@@ -103,6 +111,8 @@ pub(crate) struct Components {
     pub(crate) reservations: Reservations,
     /// How the node meets the network once its listeners are up.
     pub(crate) reach: Reach,
+    /// Relayed connections to close after a hole punch.
+    pub(crate) upgrades: Upgrades,
 }
 
 /// How the node meets the network once its listeners are up (dials leave from the listen
@@ -118,6 +128,8 @@ pub(crate) struct Reach {
     pub(crate) announce_listen: bool,
     /// Listeners not up yet; the node starts when this is empty.
     pub(crate) waiting: HashSet<ListenerId>,
+    /// Tell contacts we are online, then offline when we stop.
+    pub(crate) announce_presence: bool,
 }
 
 /// One open connection, as [`crate::Node::connections`] lists it.
@@ -233,6 +245,8 @@ impl Driver {
             }
         }
         self.c.reservations.handle_timeout(self.clock.instant());
+        self.set_presence(PresenceStatus::Online);
+        self.dial_contacts();
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
         let now = self.clock.instant();
         self.c.mailbox.start(now);
@@ -273,12 +287,69 @@ impl Driver {
             self.flush_and_act();
             self.turn_inputs = 0;
             if let Some(done) = self.stopping.take() {
+                self.goodbye().await;
                 let _ = done.send(());
                 break;
             }
         }
         if let Err(e) = self.engine.flush() {
             tracing::error!("final flush failed: {e}");
+        }
+    }
+
+    /// Sets our presence, if the node announces it (each contact is told when it connects).
+    fn set_presence(&mut self, status: PresenceStatus) {
+        if !self.c.reach.announce_presence {
+            return;
+        }
+        let now = self.clock.engine(self.clock.instant());
+        let command = kith_core::engine::Command::SetPresence { status };
+        if let Err(e) = self.engine.handle_command(now, command) {
+            tracing::warn!("could not set our presence: {e}");
+        }
+    }
+
+    /// Lets the last turn's requests (the "offline" presence among them) reach their peers
+    /// before the swarm goes, for at most [`GOODBYE_WAIT`].
+    async fn goodbye(&mut self) {
+        let deadline = Instant::now() + GOODBYE_WAIT;
+        while !self.c.delivery.is_idle() {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Whether every connection to `peer` goes through a relay (and there is one).
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        let mut to_peer = self.connections.values().filter(|c| c.peer == *peer).peekable();
+        to_peer.peek().is_some() && to_peer.all(|c| c.relayed)
+    }
+
+    /// Live connections to the people we talk to: dials our contacts (through their relays'
+    /// circuits when they are behind NAT), the most recently seen first, at most
+    /// [`MAX_LIVE_CONTACTS`]. Queued messages to them then leave as soon as each connects.
+    fn dial_contacts(&mut self) {
+        let mut contacts = match self.engine.contacts() {
+            Ok(contacts) => contacts,
+            Err(e) => {
+                tracing::error!("could not read the contacts to connect to: {e}");
+                return;
+            }
+        };
+        contacts.retain(|c| !c.blocked && c.name.is_some());
+        contacts.sort_by_key(|c| std::cmp::Reverse(c.last_seen.unwrap_or(c.added_at)));
+        let now = self.clock.instant();
+        for contact in contacts.into_iter().take(MAX_LIVE_CONTACTS) {
+            let Ok(peer) = peer_id_of(&contact.user) else { continue };
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            self.swarm.behaviour_mut().addresses.set_relays(peer, &contact.relays);
+            if self.swarm.dial(peer).is_err() {
+                self.c.dht.lookup(peer, now);
+            }
         }
     }
 
@@ -300,6 +371,7 @@ impl Driver {
             self.c.relay.as_ref().map(RelayService::next_deadline),
             self.c.transfers.poll_timeout(),
             self.c.reservations.poll_timeout(),
+            self.c.upgrades.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -430,6 +502,7 @@ impl Driver {
                 // Receipts owed go into the outbox now, durable, rather than wait for a
                 // timer that will not fire.
                 self.engine.release_receipts();
+                self.set_presence(PresenceStatus::Offline);
                 self.stopping = Some(done);
             }
         }
@@ -482,6 +555,20 @@ impl Driver {
         if self.started {
             self.c.reservations.handle_timeout(now);
         }
+        for peer in self.c.upgrades.due(now) {
+            let relayed: Vec<ConnectionId> = self
+                .connections
+                .iter()
+                .filter(|(_, c)| c.peer == peer && c.relayed)
+                .map(|(id, _)| *id)
+                .collect();
+            // Only while the direct connection is still there.
+            if relayed.len() < self.connections.values().filter(|c| c.peer == peer).count() {
+                for id in relayed {
+                    self.swarm.close_connection(id);
+                }
+            }
+        }
         self.drain();
     }
 
@@ -498,12 +585,25 @@ impl Driver {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
             return;
         }
-        // Acting may feed the engine (a delivery that cannot start): take its outputs too.
+        // Acting may feed the engine (a delivery that cannot start, a group message's
+        // publication): take its outputs too, flushing again for those that wait for one (the
+        // mailbox copies of a group message whose members gossip did not reach), rather than
+        // leave them to the next turn, which may be the next timer, seconds away.
+        let mut flushed = true;
         loop {
             let outputs: Vec<Output> = std::iter::from_fn(|| self.engine.poll_output()).collect();
             if outputs.is_empty() {
-                break;
+                if flushed {
+                    break;
+                }
+                flushed = true;
+                if let Err(e) = blocking(|| self.engine.flush()) {
+                    tracing::error!("flush failed, retrying next turn: {e}");
+                    break;
+                }
+                continue;
             }
+            flushed = false;
             // Incoming attachments are recorded, durably, before their envelopes are
             // acknowledged.
             for output in &outputs {
@@ -622,6 +722,12 @@ impl Driver {
                     &delivery.envelope,
                     &delivery.relays,
                 );
+                if self.relayed_only(&peer) {
+                    // An attachment never crosses a relayed connection (its byte limit is for
+                    // text): its chunks go to the recipient's relays, where it fetches them.
+                    let relays = delivery.relays.iter().filter_map(|r| r.parse().ok()).collect();
+                    self.c.transfers.stored_at(delivery.id, relays);
+                }
                 self.c.delivery.deliver(peer, delivery.id, delivery.envelope);
             }
             Output::FetchPreKeys { user, .. } => self.c.mailbox.fetch_bundle(user),
@@ -912,6 +1018,12 @@ impl Driver {
                 self.sessions.retain(|(m, _), _| *m != media);
             }
             MediaAction::Request { media, source, peer, index, hash } => {
+                if !self.sessions.contains_key(&(media, source)) && self.relayed_only(&peer) {
+                    // Not over a relayed connection: the sender's relays have the chunks.
+                    let (relays, now) = (self.relays(), self.clock.instant());
+                    self.c.transfers.source_down(media, source, &relays, now);
+                    return;
+                }
                 let session = self.sessions.entry((media, source)).or_insert_with(|| {
                     fetch::start_session(
                         self.control.clone(),
@@ -1137,7 +1249,10 @@ impl Driver {
                 );
             }
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
-                Ok(_) => tracing::info!("direct connection to {}", crate::short(&remote_peer_id)),
+                Ok(_) => {
+                    tracing::info!("direct connection to {}", crate::short(&remote_peer_id));
+                    self.c.upgrades.upgraded(remote_peer_id, now);
+                }
                 Err(e) => tracing::info!(
                     "hole punch to {} failed, staying relayed: {e}",
                     crate::short(&remote_peer_id)

@@ -100,6 +100,7 @@ pub mod rpc;
 #[cfg(test)]
 mod test_support;
 mod tokens;
+mod upgrades;
 
 pub use behaviour::BuildError;
 pub use clock::now_millis;

@@ -35,6 +35,7 @@ use crate::relay::RelayService;
 use crate::relay::RelayUsage;
 use crate::reservations::Reservations;
 use crate::tokens::{Tokens, tag};
+use crate::upgrades::Upgrades;
 
 /// Calls queued from handles to the driver (bounded: a stuck driver pushes back on callers).
 pub const CALL_QUEUE: usize = 1024;
@@ -127,6 +128,7 @@ impl Node {
             external: config.external_addresses.clone(),
             dht_server: config.dht_server,
             announce_listen: config.relay_service.is_some() && config.external_addresses.is_empty(),
+            announce_presence: config.announce_presence && config.relay_service.is_none(),
             waiting,
         };
         let (calls, calls_rx) = mpsc::channel(CALL_QUEUE);
@@ -185,6 +187,7 @@ impl Node {
             relay,
             reservations: Reservations::new(if relay_node { &[] } else { &config.relays }),
             reach,
+            upgrades: Upgrades::default(),
         };
         let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         let task = tokio::spawn(async move {

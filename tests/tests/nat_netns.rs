@@ -7,6 +7,13 @@
 //!   it, and end up with a **direct** connection (DCUtR hole punching); text and receipts flow.
 //! - Carol (symmetric NAT, so no hole punch) still talks live with Alice over the relayed
 //!   connection.
+//! - A 20 MiB file from Alice to Bob goes over the direct connection (the relay's blob store
+//!   sees none of it); a file from Carol reaches Alice through the relay's blob store, never
+//!   over the relayed connection.
+//! - A group of the three: a message reaches both other members over gossip, and the relay
+//!   stores no mailbox copy of it (its metrics say so).
+//! - The relay killed: the direct connection carries on; the relay back: the reservations are
+//!   held again.
 //!
 //! Every address is inside namespaces the test made. Needs root, `ip` and `iptables`
 //! (`.ci/run` installs both). With `CI` set, a missing one fails the test; elsewhere the test
@@ -195,6 +202,58 @@ fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T
     }
 }
 
+/// The relay's metrics, read from inside its namespace.
+fn metric(relay_ns: &str, name: &str) -> f64 {
+    let script = format!(
+        "exec 3<>/dev/tcp/{RELAY_IP}/{METRICS_PORT}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", relay_ns, "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the relay's metrics:\n{text}"))
+}
+
+/// Where the relay serves its metrics.
+const METRICS_PORT: u16 = 9464;
+
+/// Whether `daemon` lists a circuit address (it holds a reservation).
+fn holds_reservation(daemon: &Daemon) -> bool {
+    json(daemon, &["id", "--json"])["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
+}
+
+/// `len` bytes no compressor or dedup could shortcut.
+fn noise_file(path: &std::path::Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Waits until `daemon` has downloaded a file named like `sent`, and checks it is identical.
+fn received(daemon: &Daemon, sent: &std::path::Path, within: Duration) {
+    let name = sent.file_name().unwrap();
+    let path = daemon.dir.join("downloads").join(name);
+    let want = std::fs::read(sent).unwrap();
+    wait_for(within, "the file at the recipient", || {
+        std::fs::read(&path).ok().filter(|got| got.len() == want.len()).map(|_| ())
+    });
+    assert!(std::fs::read(&path).unwrap() == want, "{} differs from what was sent", path.display());
+}
+
 /// `daemon`'s connections to `peer`, as (address, relayed).
 fn connections_to(daemon: &Daemon, peer: &str) -> Vec<(String, bool)> {
     json(daemon, &["peers", "--json"])
@@ -223,13 +282,17 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     let dir = tempfile::tempdir().unwrap();
     let relay_tcp = format!("/ip4/{RELAY_IP}/tcp/4001");
     let relay_quic = format!("/ip4/{RELAY_IP}/udp/4001/quic-v1");
-    let relay = RelayProcess::spawn_in(
-        &dir.path().join("relay"),
-        &["--listen", &relay_tcp, "--listen", &relay_quic],
-        &[],
-        &["ip", "netns", "exec", &relay_ns],
-    )
-    .unwrap();
+    let metrics = format!("{RELAY_IP}:{METRICS_PORT}");
+    let spawn_relay = || {
+        RelayProcess::spawn_in(
+            &dir.path().join("relay"),
+            &["--listen", &relay_tcp, "--listen", &relay_quic],
+            &["--metrics", &metrics],
+            &["ip", "netns", "exec", &relay_ns],
+        )
+        .unwrap()
+    };
+    let mut relay = spawn_relay();
     let relay_addr = relay.address.to_string();
     assert!(relay_addr.starts_with(&relay_tcp), "{relay_addr}");
 
@@ -257,16 +320,10 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     let start = Instant::now();
     let mut ids = Vec::new();
     for daemon in &daemons {
-        let id = wait_for(Duration::from_secs(30), "a relay reservation", || {
-            let id = json(daemon, &["id", "--json"]);
-            let circuit = id["addresses"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a.as_str().unwrap().contains("/p2p-circuit"));
-            circuit.then_some(id)
+        wait_for(Duration::from_secs(30), "a relay reservation", || {
+            holds_reservation(daemon).then_some(())
         });
-        ids.push(id);
+        ids.push(json(daemon, &["id", "--json"]));
     }
     println!("reservations held after {:?}", start.elapsed());
     for (i, daemon) in daemons.iter().enumerate() {
@@ -342,6 +399,99 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         to_carol.iter().all(|(_, relayed)| *relayed),
         "carol is reached through the relay only: {to_carol:?}"
     );
+
+    // Files. Alice → Bob, 20 MiB, over the direct connection once the relayed one is closed.
+    wait_for(Duration::from_secs(60), "alice ↔ bob on the direct connection only", || {
+        let to_bob = connections_to(&daemons[0], &peer(1));
+        (!to_bob.is_empty() && to_bob.iter().all(|(_, relayed)| !relayed)).then_some(())
+    });
+    let uploads = metric(&relay_ns, "kith_relay_blob_uploads_total");
+    let big = dir.path().join("big.bin");
+    noise_file(&big, 20 << 20, 7);
+    let start = Instant::now();
+    let sent = json(
+        &daemons[0],
+        &["send-file", "bob", big.to_str().unwrap(), "--timeout", "120", "--json"],
+    );
+    assert_eq!(sent["outcome"], "delivered", "{sent}");
+    received(&daemons[1], &big, Duration::from_secs(30));
+    println!("20 MiB alice → bob over the direct connection in {:?}", start.elapsed());
+    assert_eq!(
+        metric(&relay_ns, "kith_relay_blob_uploads_total"),
+        uploads,
+        "the direct transfer put nothing on the relay"
+    );
+    // Carol → Alice: through the relay's blob store, not the relayed connection.
+    let small = dir.path().join("from-carol.bin");
+    noise_file(&small, 2 << 20, 11);
+    let start = Instant::now();
+    let sent = json(
+        &daemons[2],
+        &["send-file", "alice", small.to_str().unwrap(), "--timeout", "120", "--json"],
+    );
+    assert!(sent["outcome"] == "delivered" || sent["outcome"] == "on_relay", "{sent}");
+    received(&daemons[0], &small, Duration::from_secs(120));
+    println!("2 MiB carol → alice through the relay's blob store in {:?}", start.elapsed());
+    assert!(
+        metric(&relay_ns, "kith_relay_blob_uploads_total") > uploads,
+        "carol's file went through the relay's blob store"
+    );
+
+    // A group of the three: over gossip, no mailbox copy at the relay.
+    let created = json(
+        &daemons[0],
+        &["group", "create", "ropes", "--member", "bob", "--member", "carol", "--json"],
+    );
+    let group = created["group"].as_str().unwrap().to_owned();
+    for daemon in &daemons[1..] {
+        wait_for(Duration::from_secs(30), "the group to reach every member", || {
+            daemon
+                .kith(&["group", "info", &group, "--json"])
+                .unwrap()
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+    // Let the gossip mesh form (a heartbeat is 1 s) before measuring.
+    std::thread::sleep(Duration::from_secs(3));
+    let deposits = metric(&relay_ns, "kith_relay_deposits_total");
+    let start = Instant::now();
+    kith_ok(&daemons[0].dir, &["group", "send", &group, "rope at six"]).unwrap();
+    for daemon in &daemons[1..] {
+        wait_for(Duration::from_secs(30), "the group message at every member", || {
+            let history = kith_ok(&daemon.dir, &["history", &group, "--json"]).unwrap();
+            history.contains("rope at six").then_some(())
+        });
+    }
+    println!("group message at both other members after {:?}", start.elapsed());
+    assert_eq!(
+        metric(&relay_ns, "kith_relay_deposits_total"),
+        deposits,
+        "a group message that gossip carried leaves no mailbox copy"
+    );
+
+    // The relay killed: Alice and Bob's direct connection carries on.
+    relay.kill();
+    for daemon in &daemons {
+        wait_for(Duration::from_secs(30), "the reservation to be gone", || {
+            (!holds_reservation(daemon)).then_some(())
+        });
+    }
+    let sent = json(
+        &daemons[0],
+        &["send", "bob", "the relay is down", "--wait", "delivered", "--timeout", "30", "--json"],
+    );
+    assert_eq!(sent["status"], "delivered", "{sent}");
+    // The relay back: every node holds a reservation again.
+    relay = spawn_relay();
+    let start = Instant::now();
+    for daemon in &daemons {
+        wait_for(Duration::from_secs(60), "the reservation to be renewed", || {
+            holds_reservation(daemon).then_some(())
+        });
+    }
+    println!("reservations held again {:?} after the relay came back", start.elapsed());
     drop(daemons);
     drop(relay);
     drop(net);

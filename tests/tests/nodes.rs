@@ -190,14 +190,22 @@ async fn restart_both_nodes_session_continues_and_queued_message_arrives_when_pe
     bob.restart(alice.node.addresses().await.unwrap()).await.unwrap();
     let status = alice.node.wait_for_status(queued, MessageStatus::Delivered, WAIT).await.unwrap();
     assert_eq!(status, MessageStatus::Delivered);
-    let statuses: Vec<MessageStatus> = alice_log
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::StatusChanged { id, status, .. } if id == queued => Some(status),
-            _ => None,
-        })
-        .collect();
+    // The log records on its own task: wait for it to have seen the last status too (reading
+    // it at once raced with that task and sometimes missed the final event).
+    let statuses = eventually(WAIT, "the log to record Delivered", || {
+        let statuses: Vec<MessageStatus> = alice_log
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::StatusChanged { id, status, .. } if id == queued => Some(status),
+                _ => None,
+            })
+            .collect();
+        let done = statuses.contains(&MessageStatus::Delivered);
+        async move { Ok(done.then_some(statuses)) }
+    })
+    .await
+    .unwrap();
     assert!(!statuses.iter().any(|s| matches!(s, MessageStatus::Failed(_))), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&MessageStatus::Delivered), "{statuses:?}");
     let arrived =

@@ -96,7 +96,8 @@ mod types;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use kith_protocol::content::{
-    Body, Content, Delete, Edit, Presence, Profile, Reaction, Receipt, ReceiptKind, Text,
+    Body, Content, Delete, Edit, Presence, PresenceStatus, Profile, Reaction, Receipt, ReceiptKind,
+    Text,
 };
 use kith_protocol::direct::{AckResult, RejectReason};
 use kith_protocol::envelope::Envelope;
@@ -207,6 +208,9 @@ pub struct Engine<R> {
     group_receipts_due: Option<u64>,
     /// Outputs waiting for the next flush.
     held: VecDeque<Output>,
+    /// Our presence as last set ([`Command::SetPresence`]): told to each contact that becomes
+    /// reachable, since presence travels only over live connections.
+    own_presence: Option<PresenceStatus>,
     /// Outputs ready to be carried out.
     ready: VecDeque<Output>,
     /// Commits not yet flushed.
@@ -281,6 +285,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             group_receipts: BTreeMap::new(),
             group_receipts_due: None,
             held: VecDeque::new(),
+            own_presence: None,
             ready: VecDeque::new(),
             dirty: false,
             next_maintenance: mono,
@@ -322,7 +327,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                         self.outbox.reschedule(&id, Some(self.mono), false);
                     }
                 }
-                Ok(())
+                self.announce_presence_to(now, user)
             }
             Input::Timeout => self.on_timeout(now),
         }
@@ -386,6 +391,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 Ok(CommandResult::Done)
             }
             Command::SetPresence { status } => {
+                self.own_presence = Some(status);
                 if self.config.share_presence {
                     let presence = Presence { status, last_seen: Some(now) };
                     for contact in self.store.contacts()? {
@@ -401,6 +407,26 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Command::SetProfile { display_name } => self.set_profile(now, display_name),
             Command::CreateGroup { name, members } => self.create_group(now, name, members),
             Command::Group { group, command } => self.group_command(now, group, command),
+        }
+    }
+
+    /// Tells `user`, who just became reachable, our presence, if we share it and have set one
+    /// (and they are a contact we talk to).
+    fn announce_presence_to(&mut self, now: UnixMillis, user: UserId) -> Result<(), StoreError> {
+        let Some(status) = self.own_presence.filter(|_| self.config.share_presence) else {
+            return Ok(());
+        };
+        let Some(contact) = self.store.contact(&user)? else { return Ok(()) };
+        let pending =
+            contact.pending_identity.is_some() || self.pending_identities.contains_key(&user);
+        if contact.blocked || pending || contact.name.is_none() {
+            return Ok(());
+        }
+        let presence = Presence { status, last_seen: Some(now) };
+        match self.send_ephemeral(now, user, Body::Presence(presence)) {
+            Err(CommandError::Store(e)) => Err(e),
+            // Presence is best effort: nothing else stops the reconnection.
+            Ok(()) | Err(_) => Ok(()),
         }
     }
 
