@@ -10,9 +10,15 @@
 /// sequences, control or hidden formatting characters reach it raw. JSON output, which
 /// escapes them itself, is printed as is.
 macro_rules! say {
-    ($($arg:tt)*) => {
-        println!("{}", kith_node::kith_core::text::for_terminal(&format!($($arg)*)))
-    };
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        // A closed stdout (a pipe whose reader left) must not kill a daemon or a relay.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            kith_node::kith_core::text::for_terminal(&format!($($arg)*))
+        );
+    }};
 }
 
 mod chat;

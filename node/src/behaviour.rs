@@ -35,6 +35,10 @@ pub const MAX_CONCURRENT_STREAMS: usize = 512;
 /// Events a connection may queue for the swarm before it waits: room for a full window of
 /// in-flight requests from the peer, so that one driver turn (one fsync) can take them all.
 pub const CONNECTION_EVENT_BUFFER: usize = 256;
+/// How often each connection is pinged: a failed ping closes it (see [`crate::redial`]).
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may take before the connection is judged dead.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections are kept this long (so a chat does not redial for every message).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -158,7 +162,9 @@ pub(crate) fn build_swarm(
                     IDENTIFY_VERSION.into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT),
+                ),
                 mdns: Toggle::from(mdns),
                 kad,
                 envelope: request_response::Behaviour::new(

@@ -37,7 +37,9 @@ use libp2p::kad::store::RecordStore;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, relay};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -55,6 +57,7 @@ use crate::media::transfers::{MediaAction, Transfers};
 use crate::media::{Work, fetch, files};
 use crate::prekeys::PreKeyServer;
 use crate::profile::ProfileRng;
+use crate::redial::Redial;
 use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
 use crate::reservations::{ReservationAction, Reservations};
@@ -113,6 +116,8 @@ pub(crate) struct Components {
     pub(crate) reach: Reach,
     /// Relayed connections to close after a hole punch.
     pub(crate) upgrades: Upgrades,
+    /// Lost peers dialed again while something waits for them.
+    pub(crate) redial: Redial,
 }
 
 /// How the node meets the network once its listeners are up (dials leave from the listen
@@ -372,6 +377,7 @@ impl Driver {
             self.c.transfers.poll_timeout(),
             self.c.reservations.poll_timeout(),
             self.c.upgrades.poll_timeout(),
+            self.c.redial.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -554,6 +560,13 @@ impl Driver {
         self.c.transfers.handle_timeout(&relays, now);
         if self.started {
             self.c.reservations.handle_timeout(now);
+        }
+        let engine = &self.engine;
+        let wanted = |peer: &PeerId| user_id_of(peer).is_ok_and(|u| engine.queued_for(&u) > 0);
+        for peer in self.c.redial.due(now, wanted) {
+            if !self.swarm.is_connected(&peer) {
+                let _ = self.swarm.dial(peer);
+            }
         }
         for peer in self.c.upgrades.due(now) {
             let relayed: Vec<ConnectionId> = self
@@ -1182,6 +1195,7 @@ impl Driver {
                 let relayed = endpoint.is_relayed();
                 self.connections
                     .insert(connection_id, Connection { peer: peer_id, address, relayed });
+                self.c.redial.connected(&peer_id);
                 self.c.reservations.connected(peer_id, now);
                 if num_established.get() == 1 {
                     self.emit(NodeEvent::PeerConnected(peer_id));
@@ -1199,6 +1213,9 @@ impl Driver {
             SwarmEvent::ConnectionClosed { peer_id, num_established, connection_id, .. } => {
                 self.connections.remove(&connection_id);
                 if num_established == 0 {
+                    if user_id_of(&peer_id).is_ok() {
+                        self.c.redial.lost(peer_id, now);
+                    }
                     self.emit(NodeEvent::PeerDisconnected(peer_id));
                     self.count_peers();
                 }
@@ -1232,6 +1249,14 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
+                // A dead link: requests would queue behind TCP retransmitting into a void.
+                tracing::info!(
+                    "ping to {} failed ({e}): closing that connection",
+                    crate::short(&peer)
+                );
+                self.swarm.close_connection(connection);
+            }
             BehaviourEvent::Relay(event) => {
                 tracing::debug!("circuit relay: {event:?}");
                 if let Some(service) = self.c.relay.as_ref() {
@@ -1353,6 +1378,9 @@ impl Driver {
                 let dial = matches!(error, OutboundFailure::DialFailure);
                 tracing::debug!("delivery to {} failed: {error}", crate::short(&peer));
                 self.c.delivery.failed(request_id, timeout, dial);
+                if dial || matches!(error, OutboundFailure::ConnectionClosed) {
+                    self.c.redial.lost(peer, now);
+                }
             }
             _ => {}
         }

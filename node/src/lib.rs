@@ -94,6 +94,7 @@ pub mod media;
 mod node;
 mod prekeys;
 mod profile;
+mod redial;
 pub mod relay;
 mod reservations;
 pub mod rpc;

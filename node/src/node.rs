@@ -31,6 +31,7 @@ use crate::media::store::MediaStore;
 use crate::media::transfers::Transfers;
 use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
+use crate::redial::Redial;
 use crate::relay::RelayService;
 use crate::relay::RelayUsage;
 use crate::reservations::Reservations;
@@ -188,6 +189,7 @@ impl Node {
             reservations: Reservations::new(if relay_node { &[] } else { &config.relays }),
             reach,
             upgrades: Upgrades::default(),
+            redial: Redial::default(),
         };
         let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         let task = tokio::spawn(async move {

@@ -178,10 +178,10 @@ fn stdout_lines(
     let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Keep reading after the receiver is gone: a closed pipe would fail the child's next
+        // write.
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
+            let _ = tx.send(line);
         }
     });
     Ok(rx)

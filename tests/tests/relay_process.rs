@@ -51,6 +51,32 @@ fn relay_help_documents_every_operator_setting() {
     }
 }
 
+/// Regression: a relay printed its addresses with `println!`, which panics once stdout is a
+/// closed pipe (a supervisor that read the first line and went away): the relay died.
+#[test]
+fn a_relay_whose_stdout_reader_went_away_keeps_running() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(kith_tests::kith_binary().unwrap())
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["relay", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("kith relay"), "{first}");
+    drop(stdout);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.is_none(), "the relay exited when its stdout closed: {status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_repeatedly_mid_deposit_loses_no_acked_message_and_duplicates_none() {
     const N: usize = 120;

@@ -162,6 +162,11 @@ impl Outbox {
         self.by_peer.get(peer).map(|q| q.all.values().copied().collect()).unwrap_or_default()
     }
 
+    /// How many entries wait for `peer`.
+    pub(crate) fn count_for_peer(&self, peer: &UserId) -> usize {
+        self.by_peer.get(peer).map_or(0, |q| q.all.len())
+    }
+
     /// Entries queued before `cutoff`.
     pub(crate) fn older_than(&self, cutoff: UnixMillis) -> Vec<MessageId> {
         self.entries

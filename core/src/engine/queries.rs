@@ -99,4 +99,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
     }
+
+    /// How many messages, receipts and other envelopes wait in the outbox for `user` (a node
+    /// keeps trying to reach a peer while this is not zero).
+    pub fn queued_for(&self, user: &UserId) -> usize {
+        self.outbox.count_for_peer(user)
+    }
 }
