@@ -28,6 +28,7 @@ pub use crate::mailbox::{
 };
 pub use crate::node::{CALL_QUEUE, EVENT_BUFFER};
 pub use crate::prekeys::PREKEY_RATE;
+pub use crate::presence::AWAY_AFTER;
 pub use crate::redial::{
     FAST_REDIAL, MAX_REDIAL_PEERS, REDIAL_INTERVAL, REDIAL_WINDOW, SLOW_REDIAL_INTERVAL,
 };

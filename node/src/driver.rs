@@ -57,6 +57,7 @@ use crate::media::transfers::{MediaAction, Transfers};
 use crate::media::{Work, fetch, files};
 use crate::prekeys::PreKeyServer;
 use crate::profile::ProfileRng;
+use crate::presence::Activity;
 use crate::redial::Redial;
 use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
@@ -118,6 +119,8 @@ pub(crate) struct Components {
     pub(crate) upgrades: Upgrades,
     /// Lost peers dialed again while something waits for them.
     pub(crate) redial: Redial,
+    /// The user's activity, for the presence the node announces.
+    pub(crate) activity: Activity,
 }
 
 /// How the node meets the network once its listeners are up (dials leave from the listen
@@ -378,6 +381,7 @@ impl Driver {
             self.c.reservations.poll_timeout(),
             self.c.upgrades.poll_timeout(),
             self.c.redial.poll_timeout(),
+            self.c.reach.announce_presence.then(|| self.c.activity.poll_timeout()).flatten(),
         ]
         .into_iter()
         .flatten()
@@ -415,6 +419,12 @@ impl Driver {
         match call {
             Call::Command(command, reply) => {
                 self.turn_inputs += 1;
+                // Anything the user does but setting presence themselves shows them online.
+                if !matches!(command, kith_core::engine::Command::SetPresence { .. })
+                    && let Some(status) = self.c.activity.active(self.clock.instant())
+                {
+                    self.set_presence(status);
+                }
                 let result = self.engine.handle_command(now, command);
                 self.deferred.push(Deferred::Command(reply, result));
             }
@@ -560,6 +570,9 @@ impl Driver {
         self.c.transfers.handle_timeout(&relays, now);
         if self.started {
             self.c.reservations.handle_timeout(now);
+        }
+        if let Some(status) = self.c.activity.handle_timeout(now) {
+            self.set_presence(status);
         }
         let engine = &self.engine;
         let wanted = |peer: &PeerId| user_id_of(peer).is_ok_and(|u| engine.queued_for(&u) > 0);

@@ -93,6 +93,7 @@ mod mailbox;
 pub mod media;
 mod node;
 mod prekeys;
+mod presence;
 mod profile;
 mod redial;
 pub mod relay;

@@ -31,6 +31,7 @@ use crate::media::store::MediaStore;
 use crate::media::transfers::Transfers;
 use crate::prekeys::PreKeyServer;
 use crate::profile::{Profile, ProfileError};
+use crate::presence::Activity;
 use crate::redial::Redial;
 use crate::relay::RelayService;
 use crate::relay::RelayUsage;
@@ -190,6 +191,7 @@ impl Node {
             reach,
             upgrades: Upgrades::default(),
             redial: Redial::default(),
+            activity: Activity::new(clock.instant()),
         };
         let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         let task = tokio::spawn(async move {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use kith_node::kith_core::engine::{Command, Event};
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_protocol::content::{Body, PresenceStatus, TypingState};
+use kith_node::Node;
 use kith_tests::{EventLog, TestNode, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -265,4 +266,41 @@ async fn typing_presence_reactions_edits_deletes_and_read_receipts_arrive_as_eve
     assert_eq!(bob.node.message(id).await.unwrap().unwrap().body, None);
     alice.node.shutdown().await.unwrap();
     bob.node.shutdown().await.unwrap();
+}
+
+/// QUIC for real: two nodes that listen on QUIC only (no TCP at all) set up a session, chat
+/// with receipts, and their connection is a QUIC one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_quic_only_chat_with_receipts() {
+    let quic_only = |dir: &std::path::Path, bootstrap: Vec<kith_node::Multiaddr>| {
+        let mut config = TestNode::config(dir, bootstrap);
+        config.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+        config
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = Node::create(quic_only(a_dir.path(), vec![])).await.unwrap();
+    let alice_addrs = alice.addresses().await.unwrap();
+    assert!(alice_addrs.iter().all(|a| a.to_string().contains("/quic-v1")), "{alice_addrs:?}");
+    let bob = Node::create(quic_only(b_dir.path(), alice_addrs)).await.unwrap();
+    alice.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    bob.add_contact(&alice.contact_string(), "alice").await.unwrap();
+    let id = alice.send_text(bob.user_id(), "over QUIC").await.unwrap();
+    assert_eq!(
+        alice.wait_for_status(id, MessageStatus::Delivered, WAIT).await.unwrap(),
+        MessageStatus::Delivered
+    );
+    let reply = bob.send_text(alice.user_id(), "and back").await.unwrap();
+    assert_eq!(
+        bob.wait_for_status(reply, MessageStatus::Delivered, WAIT).await.unwrap(),
+        MessageStatus::Delivered
+    );
+    let connections = alice.connections().await.unwrap();
+    let to_bob: Vec<_> = connections.iter().filter(|c| c.peer == bob.peer_id()).collect();
+    assert!(!to_bob.is_empty(), "{connections:?}");
+    assert!(
+        to_bob.iter().all(|c| c.address.to_string().contains("/quic-v1") && !c.relayed),
+        "{to_bob:?}"
+    );
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
 }
