@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use kith_node::Node;
 use kith_node::kith_core::engine::{Command, Event};
 use kith_node::kith_core::model::MessageStatus;
 use kith_node::kith_protocol::content::{Body, PresenceStatus, TypingState};
-use kith_node::Node;
 use kith_tests::{EventLog, TestNode, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
