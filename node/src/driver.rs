@@ -1262,7 +1262,12 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
-            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
+            // A peer that does not speak ping (a plain libp2p client) is not a dead link.
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e @ ping::Failure::Timeout),
+            }) => {
                 // A dead link: requests would queue behind TCP retransmitting into a void.
                 tracing::info!(
                     "ping to {} failed ({e}): closing that connection",
