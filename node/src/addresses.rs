@@ -78,6 +78,13 @@ impl AddressBook {
         self.set(peer, circuits);
     }
 
+    /// Adds `more` to what is known for `peer` (kept first-come, up to the bound).
+    pub(crate) fn extend(&mut self, peer: PeerId, more: Vec<Multiaddr>) {
+        let mut addresses = self.get(&peer).to_vec();
+        addresses.extend(more.into_iter().filter(|a| !addresses.contains(a)).collect::<Vec<_>>());
+        self.set(peer, addresses);
+    }
+
     /// What is known for `peer`.
     pub(crate) fn get(&self, peer: &PeerId) -> &[Multiaddr] {
         self.peers.get(peer).map_or(&[], Vec::as_slice)
@@ -192,6 +199,18 @@ mod tests {
         assert!(none.is_empty());
         book.set_relays::<String>(peer, &[]);
         assert!(book.get(&peer).is_empty());
+    }
+
+    #[test]
+    fn addresses_from_a_record_are_added_to_the_circuits_without_duplicates() {
+        let mut book = AddressBook::default();
+        let peer = PeerId::random();
+        let (_, relay) = relay();
+        book.set_relays(peer, &[relay.to_string()]);
+        let direct: Multiaddr = "/ip4/198.51.100.4/tcp/4001".parse().unwrap();
+        let circuit = circuit_through(&relay, peer).unwrap();
+        book.extend(peer, vec![direct.clone(), circuit.clone()]);
+        assert_eq!(book.get(&peer), [circuit, direct]);
     }
 
     #[test]

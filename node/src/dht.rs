@@ -15,8 +15,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
-use kith_core::record::{supersedes, verify_record};
-use kith_protocol::prekey::{PreKeyBundle, UserRecord};
+use kith_core::record::{read_record, supersedes};
+use kith_protocol::prekey::PreKeyBundle;
 use kith_protocol::{UnixMillis, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
@@ -31,6 +31,23 @@ pub const RECORD_RETRY: Duration = Duration::from_secs(30);
 pub const FIRST_PUBLICATION: Duration = Duration::from_secs(1);
 /// Most record fetches in flight.
 pub const MAX_RECORD_FETCHES: usize = 1024;
+
+/// How long after a change of our addresses the record is published again (a burst of
+/// changes costs one publication).
+pub const ADDRESS_SETTLE: Duration = Duration::from_secs(2);
+
+/// What a verified user record says.
+#[derive(Debug)]
+pub(crate) struct Found {
+    /// Whose record.
+    pub(crate) user: UserId,
+    /// Their bundle (no one-time prekey).
+    pub(crate) bundle: PreKeyBundle,
+    /// Their home relays.
+    pub(crate) relays: Vec<Multiaddr>,
+    /// Their devices and where each can be dialed (direct addresses, then circuits).
+    pub(crate) devices: Vec<(PeerId, Vec<Multiaddr>)>,
+}
 
 /// What the driver does for the DHT.
 #[derive(Debug, PartialEq)]
@@ -113,20 +130,35 @@ impl<Q: Copy + Eq + Hash> Dht<Q> {
         self.fetches.insert(query, user);
     }
 
-    /// A record came back for `query`: the user's bundle and relays if it verifies (the
-    /// fetch is done), `None` otherwise (others may still come).
-    pub(crate) fn found(
-        &mut self,
-        query: Q,
-        value: &[u8],
-        now: UnixMillis,
-    ) -> Option<(UserId, PreKeyBundle, Vec<Multiaddr>)> {
+    /// A record came back for `query`: what it says of the user if it verifies (the fetch
+    /// is done), `None` otherwise (others may still come).
+    pub(crate) fn found(&mut self, query: Q, value: &[u8], now: UnixMillis) -> Option<Found> {
         let user = *self.fetches.get(&query)?;
-        let record = kith_protocol::decode::<UserRecord>(value).ok()?;
-        let bundle = verify_record(&record, &user, now).ok()?;
+        let record = read_record(value, &user, now).ok()?;
         self.fetches.remove(&query);
-        let relays = record.relays.iter().filter_map(|a| Multiaddr::try_from(a.to_vec()).ok());
-        Some((user, bundle, relays.collect()))
+        let addrs = |list: &[serde_bytes::ByteBuf]| -> Vec<Multiaddr> {
+            list.iter().filter_map(|a| Multiaddr::try_from(a.to_vec()).ok()).collect()
+        };
+        let relays =
+            record.relays.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+        let devices = record
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let peer = PeerId::from_bytes(&d.peer).ok()?;
+                let mut addresses = addrs(&d.direct);
+                addresses.extend(addrs(&d.circuits));
+                Some((peer, addresses))
+            })
+            .collect();
+        Some(Found { user, bundle: record.bundle, relays, devices })
+    }
+
+    /// Our addresses changed (a reservation held or lost, a direct address confirmed or
+    /// expired): publish the record again soon, after [`ADDRESS_SETTLE`] so that a burst of
+    /// changes costs one publication.
+    pub(crate) fn addresses_changed(&mut self, now: Instant) {
+        self.publish_at = self.publish_at.min(now + ADDRESS_SETTLE);
     }
 
     /// `query` ended (its last step): a fetch that found nothing is over.
@@ -144,12 +176,10 @@ pub(crate) fn accept_put(key: &[u8], value: &[u8], stored: Option<&[u8]>, now: U
     else {
         return false;
     };
-    let verified = kith_protocol::decode::<UserRecord>(value)
-        .ok()
-        .filter(|r| verify_record(r, &UserId(user), now).is_ok());
-    verified.is_some_and(|new| {
+    let user = UserId(user);
+    read_record(value, &user, now).is_ok_and(|new| {
         stored
-            .and_then(|stored| kith_protocol::decode::<UserRecord>(stored).ok())
+            .and_then(|stored| read_record(stored, &user, now).ok())
             .is_none_or(|stored| supersedes(&new, &stored))
     })
 }

@@ -329,6 +329,22 @@ impl Driver {
         }
     }
 
+    /// Where this device can be dialed, for our user record: confirmed direct addresses and
+    /// our circuits through the relays that hold a reservation for us (never a listen address
+    /// nobody confirmed reachable, such as a LAN address behind NAT).
+    fn our_addresses(&self) -> kith_protocol::prekey::DeviceAddresses {
+        let bytes = |a: &Multiaddr| serde_bytes::ByteBuf::from(a.to_vec());
+        let limit = kith_protocol::limits::MAX_DEVICE_ADDRS;
+        let direct =
+            self.swarm.external_addresses().filter(|a| !is_relayed(a)).take(limit).map(bytes);
+        let circuits = self.listen_addrs.iter().filter(|a| is_relayed(a)).take(limit).map(bytes);
+        kith_protocol::prekey::DeviceAddresses {
+            peer: serde_bytes::ByteBuf::from(self.swarm.local_peer_id().to_bytes()),
+            direct: direct.collect(),
+            circuits: circuits.collect(),
+        }
+    }
+
     /// Whether every connection to `peer` goes through a relay (and there is one).
     fn relayed_only(&self, peer: &PeerId) -> bool {
         let mut to_peer = self.connections.values().filter(|c| c.peer == *peer).peekable();
@@ -998,7 +1014,8 @@ impl Driver {
         match action {
             DhtAction::Publish => {
                 let relays = self.c.mailbox.home_addrs().iter().map(|a| a.to_vec()).collect();
-                match self.engine.user_record(relays).map(|r| kith_protocol::encode(&r)) {
+                let devices = vec![self.our_addresses()];
+                match self.engine.user_record(relays, devices).map(|r| kith_protocol::encode(&r)) {
                     Ok(Ok(bytes)) => {
                         let key = kad::RecordKey::new(&record_key(&self.user));
                         let record = kad::Record::new(key, bytes);
@@ -1167,6 +1184,7 @@ impl Driver {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 if self.c.reservations.listening(listener_id, &address) {
                     tracing::info!("reachable through a relay at {address}");
+                    self.c.dht.addresses_changed(now);
                 } else {
                     tracing::info!("listening on {address}");
                     if self.c.reach.announce_listen {
@@ -1187,6 +1205,7 @@ impl Driver {
                 self.listen_addrs.retain(|a| !addresses.contains(a));
                 if self.c.reservations.closed(listener_id, now) {
                     tracing::info!("a relay reservation ended ({reason:?}); asking again later");
+                    self.c.dht.addresses_changed(now);
                 }
                 if self.c.reach.waiting.remove(&listener_id) {
                     self.start();
@@ -1195,8 +1214,16 @@ impl Driver {
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!("reachable from outside at {address}");
                 self.update_dht_mode();
+                if !is_relayed(&address) {
+                    self.c.dht.addresses_changed(now);
+                }
             }
-            SwarmEvent::ExternalAddrExpired { .. } => self.update_dht_mode(),
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.update_dht_mode();
+                if !is_relayed(&address) {
+                    self.c.dht.addresses_changed(now);
+                }
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -1355,10 +1382,14 @@ impl Driver {
                     self.c.mailbox.keyspace_found(id, peers);
                 }
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                    if let Some((user, bundle, relays)) =
-                        self.c.dht.found(id, &found.record.value, now_millis())
-                    {
-                        self.c.mailbox.record_found(user, bundle, relays);
+                    if let Some(found) = self.c.dht.found(id, &found.record.value, now_millis()) {
+                        // Where the user's devices can be dialed, beside their relays' circuits.
+                        for (peer, addresses) in found.devices {
+                            if !self.swarm.is_connected(&peer) {
+                                self.swarm.behaviour_mut().addresses.extend(peer, addresses);
+                            }
+                        }
+                        self.c.mailbox.record_found(found.user, found.bundle, found.relays);
                     }
                 }
                 kad::QueryResult::GetRecord(_) if step.last => self.c.dht.query_done(&id),

@@ -65,6 +65,10 @@ pub const MAX_RELAY_ADDRS: usize = 8;
 
 /// Longest relay multiaddr in bytes.
 pub const MAX_ADDR_BYTES: usize = 256;
+/// Most devices a user record lists.
+pub const MAX_RECORD_DEVICES: usize = 8;
+/// Most direct and most relayed addresses a user record gives for one device.
+pub const MAX_DEVICE_ADDRS: usize = 8;
 
 /// Most envelopes a relay returns in one mailbox batch.
 pub const MAX_MAILBOX_BATCH: usize = 64;

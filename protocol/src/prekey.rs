@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Frame, Invalid, check_count, check_len};
 use crate::ids::{DhPublicKey, Signature, UnixMillis, UserId};
 use crate::limits::{
-    MAX_ADDR_BYTES, MAX_PREKEY_FRAME_BYTES, MAX_PREKEYS_PER_UPLOAD, MAX_RELAY_ADDRS,
+    MAX_ADDR_BYTES, MAX_DEVICE_ADDRS, MAX_PREKEY_FRAME_BYTES, MAX_PREKEYS_PER_UPLOAD,
+    MAX_RECORD_DEVICES, MAX_RELAY_ADDRS,
 };
 
 /// A signed prekey as published: id, key and the identity key's signature over both.
@@ -71,6 +72,43 @@ pub struct UserRecord {
     pub issued_at: UnixMillis,
     /// Ed25519 signature by the identity key over all other fields.
     pub signature: Signature,
+}
+
+/// The first bytes of a [`UserRecordV2`]: they tell it apart from a version-1
+/// [`UserRecord`], whose first field is a user id. (A version-1 record whose user id happened
+/// to start with them would fail to decode or verify as version 2 and be read as version 1.)
+pub const USER_RECORD_V2_MAGIC: [u8; 4] = *b"KUR2";
+
+/// Version 2 of the user record: version 1's fields, plus where the user's devices can be
+/// dialed — their confirmed direct addresses and their relayed (`/p2p-circuit`) addresses —
+/// all signed by the identity key. One device today; the list leaves room for more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecordV2 {
+    /// Always [`USER_RECORD_V2_MAGIC`].
+    pub magic: [u8; 4],
+    /// Whose record this is.
+    pub identity: IdentityBinding,
+    /// The current signed prekey.
+    pub signed_prekey: SignedPreKeyPublic,
+    /// Multiaddrs (binary form) of the user's home relays.
+    pub relays: Vec<serde_bytes::ByteBuf>,
+    /// The user's devices and their addresses.
+    pub devices: Vec<DeviceAddresses>,
+    /// When the record was issued; a newer record replaces an older one.
+    pub issued_at: UnixMillis,
+    /// Ed25519 signature by the identity key over all other fields.
+    pub signature: Signature,
+}
+
+/// Where one device of a user can be dialed, as of the record's issue time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAddresses {
+    /// The device's libp2p peer id (binary form); today the user's own.
+    pub peer: serde_bytes::ByteBuf,
+    /// Addresses confirmed reachable from outside (binary multiaddrs).
+    pub direct: Vec<serde_bytes::ByteBuf>,
+    /// Addresses through the device's relays (binary `/p2p-circuit` multiaddrs).
+    pub circuits: Vec<serde_bytes::ByteBuf>,
 }
 
 /// One-time and signed prekeys a user hands to one of its relays, which then serves bundles for
@@ -143,6 +181,31 @@ impl Frame for PreKeyRequest {
 impl Frame for PreKeyResponse {
     const NAME: &'static str = "prekey response";
     const MAX_BYTES: usize = MAX_PREKEY_FRAME_BYTES;
+}
+
+impl Frame for UserRecordV2 {
+    const NAME: &'static str = "user record v2";
+    const MAX_BYTES: usize = MAX_PREKEY_FRAME_BYTES;
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.magic != USER_RECORD_V2_MAGIC {
+            return Err(Invalid::OutOfRange { field: "magic" });
+        }
+        check_count("relays", self.relays.len(), MAX_RELAY_ADDRS)?;
+        self.relays.iter().try_for_each(|a| check_len("relay address", a.len(), MAX_ADDR_BYTES))?;
+        check_count("devices", self.devices.len(), MAX_RECORD_DEVICES)?;
+        for device in &self.devices {
+            check_len("device peer id", device.peer.len(), MAX_ADDR_BYTES)?;
+            check_count("direct addresses", device.direct.len(), MAX_DEVICE_ADDRS)?;
+            check_count("relayed addresses", device.circuits.len(), MAX_DEVICE_ADDRS)?;
+            device
+                .direct
+                .iter()
+                .chain(&device.circuits)
+                .try_for_each(|a| check_len("device address", a.len(), MAX_ADDR_BYTES))?;
+        }
+        Ok(())
+    }
 }
 
 impl Frame for UserRecord {

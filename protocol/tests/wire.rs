@@ -52,6 +52,7 @@ fn decode_all(bytes: &[u8]) {
     one::<PreKeyRequest>(bytes);
     one::<PreKeyResponse>(bytes);
     one::<UserRecord>(bytes);
+    one::<UserRecordV2>(bytes);
     one::<MailboxRequest>(bytes);
     one::<MailboxResponse>(bytes);
     one::<MediaRequest>(bytes);
@@ -594,4 +595,44 @@ fn group_change_limits_are_typed_errors() {
     let sync = |heads| Content { sent_at: 0, body: Body::GroupSync(GroupSync { group, heads }) };
     assert!(codec::encode(&sync(vec![])).is_ok());
     assert_eq!(codec::encode(&sync(vec![hash(2), hash(1)])), out_of_range("heads"));
+}
+
+/// A version-2 user record round-trips, its limits hold, and it is told apart from version 1.
+#[test]
+fn user_record_v2_round_trips_and_refuses_a_wrong_magic_and_too_many_addresses() {
+    let device = DeviceAddresses {
+        peer: ByteBuf::from(vec![1; 38]),
+        direct: vec![ByteBuf::from(b"/ip4/198.51.100.4/tcp/4001".to_vec())],
+        circuits: vec![ByteBuf::from(b"/p2p-circuit".to_vec())],
+    };
+    let record = UserRecordV2 {
+        magic: USER_RECORD_V2_MAGIC,
+        identity: IdentityBinding {
+            user: UserId([7; 32]),
+            dh_key: DhPublicKey([8; 32]),
+            signature: Signature([9; 64]),
+        },
+        signed_prekey: SignedPreKeyPublic {
+            id: 1,
+            key: DhPublicKey([2; 32]),
+            created_at: 3,
+            signature: Signature([4; 64]),
+        },
+        relays: vec![ByteBuf::from(b"/relay".to_vec())],
+        devices: vec![device.clone()],
+        issued_at: 5,
+        signature: Signature([6; 64]),
+    };
+    let bytes = codec::encode(&record).unwrap();
+    assert_eq!(codec::decode::<UserRecordV2>(&bytes).unwrap(), record);
+    assert_eq!(bytes.get(1..5), Some(USER_RECORD_V2_MAGIC.as_slice()));
+    let mut wrong = record.clone();
+    wrong.magic = *b"KUR1";
+    assert!(matches!(codec::encode(&wrong), Err(codec::EncodeError::Invalid { .. })));
+    let mut crowded = record.clone();
+    crowded.devices[0].direct = vec![ByteBuf::from(b"/a".to_vec()); MAX_DEVICE_ADDRS + 1];
+    assert!(codec::encode(&crowded).is_err());
+    let mut many = record;
+    many.devices = vec![device; MAX_RECORD_DEVICES + 1];
+    assert!(codec::encode(&many).is_err());
 }

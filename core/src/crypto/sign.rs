@@ -23,6 +23,8 @@ pub enum SignContext {
     SignedPreKey,
     /// A user record published in the DHT.
     UserRecord,
+    /// A version-2 user record (with device addresses).
+    UserRecordV2,
     /// A group change (version 2: it signs the changes it follows, not a clock).
     GroupControl,
     /// A group message under a sender key.
@@ -35,6 +37,7 @@ impl SignContext {
             Self::IdentityDh => b"kith/v1/identity-dh\0",
             Self::SignedPreKey => b"kith/v1/signed-prekey\0",
             Self::UserRecord => b"kith/v1/user-record\0",
+            Self::UserRecordV2 => b"kith/v2/user-record\0",
             Self::GroupControl => b"kith/v2/group-change\0",
             Self::GroupMessage => b"kith/v1/group-message\0",
         }

@@ -81,18 +81,19 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(Some(SafetyNumber::new(&self.identity.public(), &theirs)))
     }
 
-    /// Our signed user record for the DHT, with our current signed prekey and `relays`
-    /// (binary multiaddrs).
+    /// Our signed user record for the DHT, with our current signed prekey, `relays` (binary
+    /// multiaddrs) and where our devices can be dialed.
     pub fn user_record(
         &self,
         relays: Vec<Vec<u8>>,
-    ) -> Result<kith_protocol::prekey::UserRecord, StoreError> {
+        devices: Vec<kith_protocol::prekey::DeviceAddresses>,
+    ) -> Result<kith_protocol::prekey::UserRecordV2, StoreError> {
         let spk = match self.store.current_signed_prekey_id()? {
             Some(id) => self.store.signed_prekey(id)?,
             None => None,
         }
         .ok_or(StoreError::Corrupt { record: "signed prekey" })?;
-        Ok(crate::record::sign_record(&self.identity, spk.public(), relays, self.now))
+        Ok(crate::record::sign_record_v2(&self.identity, spk.public(), relays, devices, self.now))
     }
 
     /// Messages waiting in the outbox.

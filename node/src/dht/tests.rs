@@ -1,14 +1,28 @@
 use kith_core::identity::IdentityKeyPair;
 use kith_core::prekeys::SignedPreKey;
-use kith_core::record::{record_key, sign_record};
+use kith_core::record::{record_key, sign_record, sign_record_v2};
+use kith_protocol::prekey::DeviceAddresses;
 
 use super::*;
 
 const NOW: UnixMillis = 1_700_000_000_000;
 
+/// A version-1 record (what older nodes publish).
 fn record(id: &IdentityKeyPair, issued_at: UnixMillis, relays: Vec<Vec<u8>>) -> Vec<u8> {
     let spk = SignedPreKey::generate(id, 1, issued_at, &mut rand::rng()).public();
     kith_protocol::encode(&sign_record(id, spk, relays, issued_at)).unwrap()
+}
+
+/// A version-2 record with one device at `addresses`.
+fn record_v2(id: &IdentityKeyPair, issued_at: UnixMillis, addresses: &[Multiaddr]) -> Vec<u8> {
+    let spk = SignedPreKey::generate(id, 1, issued_at, &mut rand::rng()).public();
+    let peer = id.libp2p_keypair().public().to_peer_id();
+    let device = DeviceAddresses {
+        peer: serde_bytes::ByteBuf::from(peer.to_bytes()),
+        direct: addresses.iter().map(|a| serde_bytes::ByteBuf::from(a.to_vec())).collect(),
+        circuits: Vec::new(),
+    };
+    kith_protocol::encode(&sign_record_v2(id, spk, vec![], vec![device], issued_at)).unwrap()
 }
 
 fn actions(d: &mut Dht<u32>) -> Vec<DhtAction> {
@@ -59,16 +73,14 @@ fn a_fetched_record_is_used_only_if_it_verifies() {
     // Someone else's record, or garbage, under Alice's key: refused, the fetch goes on.
     assert!(d.found(7, &record(&mallory, NOW, vec![]), NOW).is_none());
     assert!(d.found(7, b"garbage", NOW).is_none());
-    let relay = b"/ip4/1.2.3.4/tcp/1".to_vec();
     let relay_addr: Multiaddr = "/ip4/1.2.3.4/tcp/1".parse().unwrap();
-    let relay_bytes = relay_addr.to_vec();
-    let _ = relay;
-    let (user, bundle, relays) =
-        d.found(7, &record(&alice, NOW, vec![relay_bytes]), NOW).expect("Alice's record");
+    let found =
+        d.found(7, &record(&alice, NOW, vec![relay_addr.to_vec()]), NOW).expect("Alice's record");
     assert_eq!(
-        (user, bundle.identity.user, relays),
+        (found.user, found.bundle.identity.user, found.relays),
         (alice.user_id(), alice.user_id(), vec![relay_addr])
     );
+    assert!(found.devices.is_empty(), "a version-1 record names no device");
     // Done: another fetch for Alice may start.
     d.fetch(alice.user_id());
     assert_eq!(actions(&mut d).len(), 1);
@@ -96,4 +108,34 @@ fn only_a_fresh_record_signed_by_its_user_may_be_put() {
     assert!(!accept_put(&key, b"garbage", None, NOW));
     // A stored record that no longer decodes is replaced.
     assert!(accept_put(&key, &new, Some(b"garbage"), NOW));
+    // Versions mix: only the issue time counts.
+    let newer_v2 = record_v2(&alice, NOW + 1000, &[]);
+    assert!(accept_put(&key, &newer_v2, Some(&new), NOW));
+    assert!(!accept_put(&key, &new, Some(&newer_v2), NOW));
+    assert!(!accept_put(&key, &record_v2(&mallory, NOW, &[]), None, NOW));
+}
+
+#[test]
+fn a_version_2_record_gives_where_the_users_device_can_be_dialed() {
+    let alice = IdentityKeyPair::generate(&mut rand::rng());
+    let mut d = Dht::<u32>::new(Instant::now());
+    d.fetch(alice.user_id());
+    d.fetch_sent(1, alice.user_id());
+    let address: Multiaddr = "/ip4/198.51.100.4/tcp/4001".parse().unwrap();
+    let found = d.found(1, &record_v2(&alice, NOW, &[address.clone()]), NOW).unwrap();
+    let peer = alice.libp2p_keypair().public().to_peer_id();
+    assert_eq!(found.devices, vec![(peer, vec![address])]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_of_our_addresses_is_published_soon_and_once() {
+    let start = Instant::now();
+    let mut d = Dht::<u32>::new(start);
+    d.published(start);
+    assert_eq!(d.poll_timeout(), start + RECORD_REPUBLISH);
+    d.addresses_changed(start);
+    d.addresses_changed(start + Duration::from_millis(500));
+    assert_eq!(d.poll_timeout(), start + ADDRESS_SETTLE, "the first change sets the time");
+    d.handle_timeout(start + ADDRESS_SETTLE);
+    assert_eq!(actions(&mut d), vec![DhtAction::Publish]);
 }
