@@ -264,8 +264,13 @@ mod tests {
     }
 
     fn encoded_v1(id: &IdentityKeyPair, spk: SignedPreKeyPublic, issued_at: u64) -> Vec<u8> {
-        kith_protocol::encode(&sign_record(id, spk, vec![b"/ip4/1.2.3.4/tcp/1".to_vec()], issued_at))
-            .unwrap()
+        kith_protocol::encode(&sign_record(
+            id,
+            spk,
+            vec![b"/ip4/1.2.3.4/tcp/1".to_vec()],
+            issued_at,
+        ))
+        .unwrap()
     }
 
     fn device(peer: &[u8]) -> DeviceAddresses {

@@ -122,7 +122,7 @@ fn a_version_2_record_gives_where_the_users_device_can_be_dialed() {
     d.fetch(alice.user_id());
     d.fetch_sent(1, alice.user_id());
     let address: Multiaddr = "/ip4/198.51.100.4/tcp/4001".parse().unwrap();
-    let found = d.found(1, &record_v2(&alice, NOW, &[address.clone()]), NOW).unwrap();
+    let found = d.found(1, &record_v2(&alice, NOW, std::slice::from_ref(&address)), NOW).unwrap();
     let peer = alice.libp2p_keypair().public().to_peer_id();
     assert_eq!(found.devices, vec![(peer, vec![address])]);
 }
