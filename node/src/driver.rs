@@ -36,6 +36,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::kad::store::RecordStore;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, mdns, ping, relay,
@@ -185,7 +186,8 @@ pub(crate) struct Driver {
     /// Whether the node has started (its listeners are up).
     started: bool,
     /// Open connections.
-    connections: HashMap<ConnectionId, Connection>,
+    /// Open connections, by peer (a delivery asks whether a peer's are all relayed).
+    connections: HashMap<PeerId, HashMap<ConnectionId, Connection>>,
 }
 
 impl Driver {
@@ -320,7 +322,7 @@ impl Driver {
     /// Lets the last turn's requests (the "offline" presence among them) reach their peers
     /// before the swarm goes, for at most [`GOODBYE_WAIT`].
     async fn goodbye(&mut self) {
-        let deadline = Instant::now() + GOODBYE_WAIT;
+        let deadline = self.clock.instant() + GOODBYE_WAIT;
         while !self.c.delivery.is_idle() {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -347,8 +349,7 @@ impl Driver {
 
     /// Whether every connection to `peer` goes through a relay (and there is one).
     fn relayed_only(&self, peer: &PeerId) -> bool {
-        let mut to_peer = self.connections.values().filter(|c| c.peer == *peer).peekable();
-        to_peer.peek().is_some() && to_peer.all(|c| c.relayed)
+        self.connections.get(peer).is_some_and(|c| c.values().all(|c| c.relayed))
     }
 
     /// Live connections to the people we talk to: dials our contacts (through their relays'
@@ -515,7 +516,8 @@ impl Driver {
                 let _ = reply.send(self.listen_addrs.clone());
             }
             Call::Connections(reply) => {
-                let _ = reply.send(self.connections.values().cloned().collect());
+                let all = self.connections.values().flat_map(|c| c.values().cloned()).collect();
+                let _ = reply.send(all);
             }
             Call::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -593,19 +595,19 @@ impl Driver {
         let engine = &self.engine;
         let wanted = |peer: &PeerId| user_id_of(peer).is_ok_and(|u| engine.queued_for(&u) > 0);
         for peer in self.c.redial.due(now, wanted) {
-            if !self.swarm.is_connected(&peer) {
-                let _ = self.swarm.dial(peer);
-            }
+            // A fresh dial even while an older one is pending: a dial started during the
+            // outage retransmits its SYN ever more slowly (1, 3, 7, 15, 31, 63 s), so it
+            // could reach the healed link half a minute late. The bounded schedule of
+            // `redial` bounds these sockets.
+            let opts = DialOpts::peer_id(peer).condition(PeerCondition::Disconnected).build();
+            let _ = self.swarm.dial(opts);
         }
         for peer in self.c.upgrades.due(now) {
-            let relayed: Vec<ConnectionId> = self
-                .connections
-                .iter()
-                .filter(|(_, c)| c.peer == peer && c.relayed)
-                .map(|(id, _)| *id)
-                .collect();
+            let Some(to_peer) = self.connections.get(&peer) else { continue };
+            let relayed: Vec<ConnectionId> =
+                to_peer.iter().filter(|(_, c)| c.relayed).map(|(id, _)| *id).collect();
             // Only while the direct connection is still there.
-            if relayed.len() < self.connections.values().filter(|c| c.peer == peer).count() {
+            if relayed.len() < to_peer.len() {
                 for id in relayed {
                     self.swarm.close_connection(id);
                 }
@@ -1234,6 +1236,8 @@ impl Driver {
                 let address = endpoint.get_remote_address().clone();
                 let relayed = endpoint.is_relayed();
                 self.connections
+                    .entry(peer_id)
+                    .or_default()
                     .insert(connection_id, Connection { peer: peer_id, address, relayed });
                 self.c.redial.connected(&peer_id);
                 self.c.reservations.connected(peer_id, now);
@@ -1251,7 +1255,12 @@ impl Driver {
                 self.count_peers();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, connection_id, .. } => {
-                self.connections.remove(&connection_id);
+                if let Some(to_peer) = self.connections.get_mut(&peer_id) {
+                    to_peer.remove(&connection_id);
+                    if to_peer.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
                 if num_established == 0 {
                     if user_id_of(&peer_id).is_ok() {
                         self.c.redial.lost(peer_id, now);

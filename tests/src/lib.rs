@@ -217,15 +217,7 @@ impl Daemon {
     /// Starts `kith --data-dir DIR daemon ARGS...`, optionally wrapped in `wrapper` (e.g.
     /// `ip netns exec NS`), and waits until its control socket is ready.
     pub fn spawn(dir: &std::path::Path, args: &[&str], wrapper: &[&str]) -> anyhow::Result<Self> {
-        let kith = kith_binary()?;
-        let mut command = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(&kith);
-                c
-            }
-            None => Command::new(&kith),
-        };
+        let mut command = wrapped_kith(wrapper)?;
         let mut child = command
             .arg("--data-dir")
             .arg(dir)
@@ -282,6 +274,59 @@ impl Drop for Daemon {
     }
 }
 
+/// The `kith` binary as a command, run through `wrapper` if given (e.g. `ip netns exec NS`).
+fn wrapped_kith(wrapper: &[&str]) -> anyhow::Result<Command> {
+    let kith = kith_binary()?;
+    Ok(match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&kith);
+            c
+        }
+        None => Command::new(&kith),
+    })
+}
+
+/// Helpers for the tests that build network namespaces (as root, with iproute2 and, for NAT,
+/// iptables).
+pub mod netns {
+    use std::process::Command;
+
+    /// Runs `program args...`, failing with its stderr.
+    pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new(program).args(args).output()?;
+        if !out.status.success() {
+            anyhow::bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Runs `ip args...`.
+    pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+        run("ip", args)
+    }
+
+    /// Why a namespace test cannot run here (not root, `ip` missing, or one of `tools`
+    /// missing), or `None`.
+    pub fn skip_reason(tools: &[&str]) -> Option<String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        if uid.as_deref() != Some("0") {
+            return Some("not running as root".into());
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            return Some("`ip` (iproute2) is not installed".into());
+        }
+        tools
+            .iter()
+            .find(|tool| Command::new(tool).arg("-V").output().is_err())
+            .map(|tool| format!("`{tool}` is not installed"))
+    }
+}
+
 /// Runs `kith` and returns its stdout, failing with its stderr if it exits non-zero.
 pub fn kith_ok(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
     let out = kith(data_dir, args)?;
@@ -316,15 +361,7 @@ impl RelayProcess {
         args: &[&str],
         wrapper: &[&str],
     ) -> anyhow::Result<Self> {
-        let kith = kith_binary()?;
-        let mut command = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(&kith);
-                c
-            }
-            None => Command::new(&kith),
-        };
+        let mut command = wrapped_kith(wrapper)?;
         let mut child = command
             .arg("--data-dir")
             .arg(dir)

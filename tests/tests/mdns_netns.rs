@@ -16,17 +16,8 @@
     missing_docs
 )]
 
-use std::process::Command;
-
+use kith_tests::netns::{ip, skip_reason};
 use kith_tests::{Daemon, kith_ok};
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
 
 /// Three namespaces `<prefix>1..3` on a bridge in a fourth one, removed on drop.
 struct Lan {
@@ -78,24 +69,9 @@ impl Drop for Lan {
     }
 }
 
-fn skip_reason() -> Option<String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` (iproute2) is not installed".into());
-    }
-    None
-}
-
 #[test]
 fn three_daemons_in_three_namespaces_find_each_other_by_mdns_and_chat() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(&[]) {
         // In CI a skip would pass silently: there the namespaces are required.
         assert!(std::env::var_os("CI").is_none(), "CI must run the mDNS namespace test: {why}");
         eprintln!(

@@ -32,19 +32,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kith_tests::{Daemon, RelayProcess, kith_ok};
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program).args(args).output()?;
-    if !out.status.success() {
-        anyhow::bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    run("ip", args)
-}
+use kith_tests::netns::{ip, run, skip_reason};
+use kith_tests::{Daemon, RelayProcess, kith_ok, random_file};
 
 /// The relay's address on the internet bridge.
 const RELAY_IP: &str = "172.31.0.1";
@@ -168,24 +157,6 @@ impl Drop for Internet {
     }
 }
 
-fn skip_reason() -> Option<String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` (iproute2) is not installed".into());
-    }
-    if Command::new("iptables").arg("-V").output().is_err() {
-        return Some("`iptables` is not installed".into());
-    }
-    None
-}
-
 fn json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&kith_ok(&daemon.dir, args).unwrap()).unwrap()
 }
@@ -229,20 +200,6 @@ fn holds_reservation(daemon: &Daemon) -> bool {
         .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
 }
 
-/// `len` bytes no compressor or dedup could shortcut.
-fn noise_file(path: &std::path::Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect();
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// Waits until `daemon` has downloaded a file named like `sent`, and checks it is identical.
 fn received(daemon: &Daemon, sent: &std::path::Path, within: Duration) {
     let name = sent.file_name().unwrap();
@@ -267,7 +224,7 @@ fn connections_to(daemon: &Daemon, peer: &str) -> Vec<(String, bool)> {
 
 #[test]
 fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
-    if let Some(why) = skip_reason() {
+    if let Some(why) = skip_reason(&["iptables"]) {
         assert!(std::env::var_os("CI").is_none(), "CI must run the NAT namespace test: {why}");
         eprintln!("\n*** SKIPPED people_behind_nat_routers_…: {why}. ***\n");
         return;
@@ -406,8 +363,7 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         (!to_bob.is_empty() && to_bob.iter().all(|(_, relayed)| !relayed)).then_some(())
     });
     let uploads = metric(&relay_ns, "kith_relay_blob_uploads_total");
-    let big = dir.path().join("big.bin");
-    noise_file(&big, 20 << 20, 7);
+    let big = random_file(dir.path(), "big.bin", 20 << 20).unwrap();
     let start = Instant::now();
     let sent = json(
         &daemons[0],
@@ -422,8 +378,7 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         "the direct transfer put nothing on the relay"
     );
     // Carol → Alice: through the relay's blob store, not the relayed connection.
-    let small = dir.path().join("from-carol.bin");
-    noise_file(&small, 2 << 20, 11);
+    let small = random_file(dir.path(), "from-carol.bin", 2 << 20).unwrap();
     let start = Instant::now();
     let sent = json(
         &daemons[2],
