@@ -35,8 +35,10 @@ pub const MAX_CONCURRENT_STREAMS: usize = 512;
 /// Events a connection may queue for the swarm before it waits: room for a full window of
 /// in-flight requests from the peer, so that one driver turn (one fsync) can take them all.
 pub const CONNECTION_EVENT_BUFFER: usize = 256;
-/// How often each connection is pinged: a failed ping closes it, and a peer lost with
-/// something queued for it is dialed again every [`REDIAL_INTERVAL`](crate::defaults::REDIAL_INTERVAL).
+/// How often each connection is pinged: one that answers none for
+/// [`DEAD_CONNECTION_AFTER`](crate::defaults::DEAD_CONNECTION_AFTER) is closed, and a peer lost
+/// with something queued for it is dialed again every
+/// [`REDIAL_INTERVAL`](crate::defaults::REDIAL_INTERVAL).
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a ping may take before the connection is judged dead.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);

@@ -53,6 +53,7 @@ use crate::delivery::{DeliveryAction, DirectDelivery};
 use crate::dht::{Dht, DhtAction, accept_put};
 use crate::error::ConnectError;
 use crate::groups::{self, GroupTransport};
+use crate::liveness::{DEAD_AFTER, Liveness};
 use crate::mailbox::{FETCH_LIMIT, MailboxAction, MailboxClient};
 use crate::media::transfers::{MediaAction, Transfers};
 use crate::media::{Work, fetch, files};
@@ -120,6 +121,8 @@ pub(crate) struct Components {
     pub(crate) upgrades: Upgrades,
     /// Lost peers dialed again while something waits for them.
     pub(crate) redial: Redial,
+    /// Connections closed when they stop answering pings.
+    pub(crate) liveness: Liveness,
     /// The user's activity, for the presence the node announces.
     pub(crate) activity: Activity,
 }
@@ -398,6 +401,7 @@ impl Driver {
             self.c.reservations.poll_timeout(),
             self.c.upgrades.poll_timeout(),
             self.c.redial.poll_timeout(),
+            self.c.liveness.poll_timeout(),
             self.c.reach.announce_presence.then(|| self.c.activity.poll_timeout()).flatten(),
         ]
         .into_iter()
@@ -602,6 +606,10 @@ impl Driver {
             let opts = DialOpts::peer_id(peer).condition(PeerCondition::Disconnected).build();
             let _ = self.swarm.dial(opts);
         }
+        for connection in self.c.liveness.dead(now) {
+            tracing::info!("a connection has not answered a ping for {DEAD_AFTER:?}: closing it");
+            self.swarm.close_connection(connection);
+        }
         for peer in self.c.upgrades.due(now) {
             let Some(to_peer) = self.connections.get(&peer) else { continue };
             let relayed: Vec<ConnectionId> =
@@ -629,40 +637,8 @@ impl Driver {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
             return;
         }
-        // Acting may feed the engine (a delivery that cannot start, a group message's
-        // publication): take its outputs too, flushing again for those that wait for one (the
-        // mailbox copies of a group message whose members gossip did not reach), rather than
-        // leave them to the next turn, which may be the next timer, seconds away.
-        let mut flushed = true;
-        loop {
-            let outputs: Vec<Output> = std::iter::from_fn(|| self.engine.poll_output()).collect();
-            if outputs.is_empty() {
-                if flushed {
-                    break;
-                }
-                flushed = true;
-                if let Err(e) = blocking(|| self.engine.flush()) {
-                    tracing::error!("flush failed, retrying next turn: {e}");
-                    break;
-                }
-                continue;
-            }
-            flushed = false;
-            // Incoming attachments are recorded, durably, before their envelopes are
-            // acknowledged.
-            for output in &outputs {
-                if let Output::Event(event) = output {
-                    self.c.transfers.incoming(event);
-                }
-            }
-            if let Err(e) = self.c.transfers.flush() {
-                tracing::error!("media flush failed: {e}");
-            }
-            for output in outputs {
-                self.act(output);
-            }
-            self.drain();
-        }
+        // Acting may feed the engine: what that produces leaves in this turn too.
+        crate::turn::settle(self);
         // The turn's deliveries, batched per peer.
         self.c.delivery.end_turn();
         self.start_downloads();
@@ -1240,6 +1216,7 @@ impl Driver {
                     .or_default()
                     .insert(connection_id, Connection { peer: peer_id, address, relayed });
                 self.c.redial.connected(&peer_id);
+                self.c.liveness.established(connection_id, now);
                 self.c.reservations.connected(peer_id, now);
                 if num_established.get() == 1 {
                     self.emit(NodeEvent::PeerConnected(peer_id));
@@ -1255,6 +1232,7 @@ impl Driver {
                 self.count_peers();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, connection_id, .. } => {
+                self.c.liveness.forget(connection_id);
                 if let Some(to_peer) = self.connections.get_mut(&peer_id) {
                     to_peer.remove(&connection_id);
                     if to_peer.is_empty() {
@@ -1298,17 +1276,23 @@ impl Driver {
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
-            // A peer that does not speak ping (a plain libp2p client) is not a dead link.
+            // Dead links are found by `liveness`, from the pings answered.
+            BehaviourEvent::Ping(ping::Event { connection, result: Ok(_), .. }) => {
+                self.c.liveness.answered(connection, now);
+            }
+            // A peer that does not speak ping (a plain libp2p client): silence proves nothing.
             BehaviourEvent::Ping(ping::Event {
-                peer,
                 connection,
-                result: Err(e @ ping::Failure::Timeout),
-            }) => {
-                // A dead link: requests would queue behind TCP retransmitting into a void.
+                result: Err(ping::Failure::Unsupported),
+                ..
+            }) => self.c.liveness.forget(connection),
+            // A failure the handler reports (the second in a row): the link is dead.
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
                 tracing::info!(
                     "ping to {} failed ({e}): closing that connection",
                     crate::short(&peer)
                 );
+                self.c.liveness.forget(connection);
                 self.swarm.close_connection(connection);
             }
             BehaviourEvent::Relay(event) => {
@@ -1697,4 +1681,30 @@ pub(crate) fn work_channel() -> (mpsc::Sender<Work>, mpsc::Receiver<Work>) {
 /// Whether `address` goes through a relay.
 fn is_relayed(address: &Multiaddr) -> bool {
     address.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+impl crate::turn::Turn for Driver {
+    fn poll_output(&mut self) -> Option<Output> {
+        self.engine.poll_output()
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        blocking(|| self.engine.flush())
+    }
+
+    fn act_on(&mut self, outputs: Vec<Output>) {
+        // Incoming attachments are recorded, durably, before their envelopes are acknowledged.
+        for output in &outputs {
+            if let Output::Event(event) = output {
+                self.c.transfers.incoming(event);
+            }
+        }
+        if let Err(e) = self.c.transfers.flush() {
+            tracing::error!("media flush failed: {e}");
+        }
+        for output in outputs {
+            self.act(output);
+        }
+        self.drain();
+    }
 }

@@ -89,6 +89,7 @@ mod error;
 mod events;
 mod groups;
 mod limiter;
+mod liveness;
 mod mailbox;
 pub mod media;
 mod node;
@@ -102,6 +103,7 @@ pub mod rpc;
 #[cfg(test)]
 mod test_support;
 mod tokens;
+mod turn;
 mod upgrades;
 
 pub use behaviour::BuildError;

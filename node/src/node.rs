@@ -25,6 +25,7 @@ use crate::driver::{Components, Connection, Driver, Reach, work_channel};
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::groups::GroupTransport;
+use crate::liveness::Liveness;
 use crate::mailbox::MailboxClient;
 use crate::media::Attachment;
 use crate::media::store::MediaStore;
@@ -191,6 +192,7 @@ impl Node {
             reach,
             upgrades: Upgrades::default(),
             redial: Redial::default(),
+            liveness: Liveness::default(),
             activity: Activity::new(clock.instant()),
         };
         let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);

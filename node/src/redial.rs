@@ -8,9 +8,9 @@
 //! minute, 6 a minute after) and at most [`MAX_REDIAL_PEERS`] peers, the sockets left pending
 //! stay bounded (a dial the network swallows is given up by the kernel within about 2 min).
 //!
-//! A dead connection is noticed by ping (see [`crate::defaults::PING_INTERVAL`]): a failed
-//! ping closes it, so that requests stop queueing behind a TCP connection retransmitting into
-//! a void.
+//! A dead connection is noticed by ping (see `liveness`): one silent for
+//! [`crate::defaults::DEAD_CONNECTION_AFTER`] is closed, so that requests stop queueing behind
+//! a TCP connection retransmitting into a void, and the peer lands here.
 //!
 //! Sans-IO: the driver reports losses and reconnections, asks which peers have something
 //! queued, and carries out the dials.

@@ -12,8 +12,10 @@
 //!   over the relayed connection.
 //! - A group of the three: a message reaches both other members over gossip, and the relay
 //!   stores no mailbox copy of it (its metrics say so).
-//! - The relay killed: the direct connection carries on; the relay back: the reservations are
-//!   held again.
+//! - Typing and presence (which only ever travel live) arrive both ways, over the direct
+//!   connection and over the relayed one.
+//! - The relay killed: the direct connection carries on, and what Alice writes Carol meanwhile
+//!   waits; the relay back: the reservations are held again and the message reaches Carol once.
 //!
 //! Every address is inside namespaces the test made. Needs root, `ip` and `iptables`
 //! (`.ci/run` installs both). With `CI` set, a missing one fails the test; elsewhere the test
@@ -32,6 +34,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kith_node::rpc::RpcClient;
 use kith_tests::netns::{ip, run, skip_reason};
 use kith_tests::{Daemon, RelayProcess, kith_ok, random_file};
 
@@ -222,6 +225,45 @@ fn connections_to(daemon: &Daemon, peer: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// `from` starts typing to `to_name`: how long until `to`'s event stream shows it.
+fn typing_arrives(from: &Daemon, to: &Daemon, to_name: &str) -> Duration {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut events = RpcClient::connect(&to.dir).await.unwrap();
+        events.call("subscribe", serde_json::Value::Null).await.unwrap();
+        let mut client = RpcClient::connect(&from.dir).await.unwrap();
+        let start = Instant::now();
+        client.call("typing", serde_json::json!({ "to": to_name, "typing": true })).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let event = events.next_event().await.expect("the event stream ended");
+                if event["type"] == "typing" && event["typing"] == true {
+                    return start.elapsed();
+                }
+            }
+        })
+        .await
+        .expect("typing did not arrive within 10 s")
+    })
+}
+
+/// What `daemon` shows as `contact`'s presence.
+fn presence_of(daemon: &Daemon, contact: &str) -> Option<String> {
+    json(daemon, &["contact", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == contact)
+        .and_then(|c| c["presence"].as_str().map(str::to_owned))
+}
+
+/// Waits until `daemon` shows `contact` online (announced by the contact's node itself).
+fn shows_online(daemon: &Daemon, contact: &str) {
+    wait_for(Duration::from_secs(10), "the contact's presence", || {
+        (presence_of(daemon, contact).as_deref() == Some("online")).then_some(())
+    });
+}
+
 #[test]
 fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     if let Some(why) = skip_reason(&["iptables"]) {
@@ -330,9 +372,16 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         ],
     );
     assert_eq!(reply["status"], "delivered", "{reply}");
-    println!("bob → alice delivered in {:?}", start.elapsed());
+    let elapsed = start.elapsed();
+    println!("bob → alice delivered in {elapsed:?}");
+    // Sent and acknowledged in well under a second (a process start and two fsyncs included).
+    assert!(elapsed < Duration::from_secs(1), "a text and its receipt took {elapsed:?}");
     let history = kith_ok(&daemons[0].dir, &["history", "bob", "--json"]).unwrap();
     assert!(history.contains("hello back, directly"));
+    // Typing and presence, which only ever travel live.
+    println!("alice → bob typing in {:?}", typing_arrives(&daemons[0], &daemons[1], "bob"));
+    shows_online(&daemons[1], "alice");
+    shows_online(&daemons[0], "bob");
 
     // Carol behind a symmetric NAT: no hole punch, but live over the relayed connection.
     let sent = json(
@@ -356,6 +405,17 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         to_carol.iter().all(|(_, relayed)| *relayed),
         "carol is reached through the relay only: {to_carol:?}"
     );
+    let start = Instant::now();
+    let reply = json(
+        &daemons[0],
+        &["send", "carol", "hello over the circuit", "--wait", "delivered", "--json"],
+    );
+    assert_eq!(reply["status"], "delivered", "{reply}");
+    println!("alice → carol delivered over the circuit in {:?}", start.elapsed());
+    println!("carol → alice typing in {:?}", typing_arrives(&daemons[2], &daemons[0], "alice"));
+    println!("alice → carol typing in {:?}", typing_arrives(&daemons[0], &daemons[2], "carol"));
+    shows_online(&daemons[0], "carol");
+    shows_online(&daemons[2], "alice");
 
     // Files. Alice → Bob, 20 MiB, over the direct connection once the relayed one is closed.
     wait_for(Duration::from_secs(60), "alice ↔ bob on the direct connection only", || {
@@ -438,6 +498,8 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         &["send", "bob", "the relay is down", "--wait", "delivered", "--timeout", "30", "--json"],
     );
     assert_eq!(sent["status"], "delivered", "{sent}");
+    // Carol is out of reach meanwhile: what Alice writes her waits, and is not lost.
+    kith_ok(&daemons[0].dir, &["send", "carol", "while the relay was down"]).unwrap();
     // The relay back: every node holds a reservation again.
     relay = spawn_relay();
     let start = Instant::now();
@@ -447,6 +509,13 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         });
     }
     println!("reservations held again {:?} after the relay came back", start.elapsed());
+    wait_for(Duration::from_secs(30), "the waiting message at carol", || {
+        let history = kith_ok(&daemons[2].dir, &["history", "alice", "--json"]).unwrap();
+        let copies = history.matches("while the relay was down").count();
+        assert!(copies <= 1, "delivered {copies} times");
+        (copies == 1).then_some(())
+    });
+    println!("the message written while the relay was down at carol {:?} after", start.elapsed());
     drop(daemons);
     drop(relay);
     drop(net);
