@@ -21,7 +21,7 @@ use kith_core::model::{Direction, MessageStatus};
 use kith_protocol::content::{Body, PresenceStatus, TypingState};
 use kith_protocol::direct::AckResult;
 use kith_protocol::envelope::{Envelope, EnvelopeKind};
-use kith_protocol::{DhPublicKey, MessageId};
+use kith_protocol::{DhPublicKey, MessageId, UserId};
 use rand::RngExt;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -580,4 +580,31 @@ fn our_presence_reaches_a_contact_when_it_becomes_reachable() {
 
     net.reachable(1);
     assert!(online(&net.nodes[1].take_events()), "bob is told alice is online when he is back");
+}
+
+/// A contact reachable before we had a session with them was told nothing then (presence
+/// needs a session): both sides announce it as soon as the first message sets one up, without
+/// waiting for another reconnection.
+#[test]
+fn presence_is_announced_both_ways_once_the_first_message_sets_up_a_session() {
+    let mut net = Net::new(2, Faults::NONE, 13);
+    net.introduce_all();
+    let (alice, bob) = (net.nodes[0].user, net.nodes[1].user);
+    for node in 0..2 {
+        net.command(node, Command::SetPresence { status: PresenceStatus::Online });
+        net.reachable(1 - node);
+    }
+    net.run_until_quiet(u64::MAX);
+    let online = |events: &[Event], who: UserId| {
+        events.iter().any(|e| {
+            matches!(e, Event::Presence { peer, status: PresenceStatus::Online, .. } if *peer == who)
+        })
+    };
+    assert!(!online(&net.nodes[1].take_events(), alice), "no session yet: nothing to tell");
+    assert!(!online(&net.nodes[0].take_events(), bob));
+
+    net.send_text(0, 1, "hi");
+    net.run_until_quiet(u64::MAX);
+    assert!(online(&net.nodes[1].take_events(), alice), "bob hears alice is online");
+    assert!(online(&net.nodes[0].take_events(), bob), "alice hears bob is online");
 }

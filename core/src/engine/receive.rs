@@ -127,6 +127,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
         let mut sessions = self.take_sessions(&sender)?;
         let mut batch = Batch::new();
+        let mut new_session = false;
         let decrypted = match &envelope.kind {
             EnvelopeKind::Ratchet(message) => {
                 if sessions.current.is_none() && sessions.previous.is_empty() {
@@ -135,14 +136,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     sessions.decrypt(&envelope.id, message, now).map_err(ReceiveError::from)
                 }
             }
-            EnvelopeKind::PreKey(message) => self.receive_prekey(
-                now,
-                &envelope,
-                message,
-                &mut contact,
-                &mut sessions,
-                &mut batch,
-            ),
+            EnvelopeKind::PreKey(message) => self
+                .receive_prekey(now, &envelope, message, &mut contact, &mut sessions, &mut batch)
+                .map(|(plaintext, installed)| {
+                    new_session = installed;
+                    plaintext
+                }),
             EnvelopeKind::Group(_) => Err(ReceiveError::Unsupported),
         };
         let plaintext = match decrypted {
@@ -189,11 +188,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.outbox.remove(&id);
         }
         self.apply_group_effects(now, sender, effects.group)?;
+        if new_session {
+            // The peer may have been reachable, and told nothing, since before the session.
+            self.announce_presence_to(now, sender)?;
+        }
         Ok(AckResult::Accepted)
     }
 
     /// Checks the sender's identity and decrypts an X3DH initial message, setting up the
-    /// session if it is new (the one-time prekey's deletion is added to `batch`).
+    /// session if it is new (the one-time prekey's deletion is added to `batch`). Returns the
+    /// plaintext and whether a session was set up.
     fn receive_prekey(
         &mut self,
         now: UnixMillis,
@@ -202,7 +206,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         contact: &mut Contact,
         sessions: &mut PeerSessions,
         batch: &mut Batch,
-    ) -> Result<Vec<u8>, ReceiveError> {
+    ) -> Result<(Vec<u8>, bool), ReceiveError> {
         let binding = IdentityBinding {
             user: envelope.sender,
             dh_key: message.identity_dh_key,
@@ -237,7 +241,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             if session.peer != identity {
                 return Err(ReceiveError::NoSession);
             }
-            return Ok(session.decrypt(&envelope.id, &message.message, now)?);
+            return Ok((session.decrypt(&envelope.id, &message.message, now)?, false));
         }
 
         let signed_prekey =
@@ -263,7 +267,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             // Consumed in the same batch as the session it created.
             batch.delete_one_time_prekey(key.id);
         }
-        Ok(plaintext)
+        Ok((plaintext, true))
     }
 
     /// Applies a decrypted content: adds its writes to `batch` and returns its effects.
