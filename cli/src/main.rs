@@ -325,8 +325,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for c in connections.as_array().into_iter().flatten() {
                     let how =
                         if c["relayed"].as_bool() == Some(true) { "relayed" } else { "direct" };
+                    let rtt =
+                        c["rtt_ms"].as_f64().map(|ms| format!(" {ms:.1} ms")).unwrap_or_default();
                     say!(
-                        "{} {how} {}",
+                        "{} {how}{rtt} {}",
                         c["peer"].as_str().unwrap_or_default(),
                         c["address"].as_str().unwrap_or_default()
                     );

@@ -32,7 +32,8 @@ pub(crate) struct RelayArgs {
     /// Most circuit reservations held by users behind NAT.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RESERVATIONS)]
     max_reservations: usize,
-    /// Most connections relayed at once.
+    /// Most connections relayed at once; 0 relays none (the relay then only holds mail and
+    /// files for users it cannot put through).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CIRCUITS)]
     max_circuits: usize,
     /// Most connections relayed to or from one peer.
@@ -135,10 +136,8 @@ impl RelayArgs {
         };
         config.bootstrap = parse_addrs(&self.bootstrap, "--bootstrap")?;
         config.external_addresses = parse_addrs(&self.external_address, "--external-address")?;
-        if self.max_reservations == 0 || self.max_circuits == 0 || self.max_circuits_per_peer == 0 {
-            anyhow::bail!(
-                "--max-reservations, --max-circuits and --max-circuits-per-peer must be at least 1"
-            );
+        if self.max_reservations == 0 || self.max_circuits_per_peer == 0 {
+            anyhow::bail!("--max-reservations and --max-circuits-per-peer must be at least 1");
         }
         // A relay is infrastructure: it serves the DHT and does not announce itself on a LAN.
         config.mdns = false;

@@ -154,6 +154,9 @@ pub struct Connection {
     pub address: Multiaddr,
     /// Whether it goes through a relay (`/p2p-circuit`) rather than directly.
     pub relayed: bool,
+    /// The round trip of the last ping answered on it (a bare libp2p request and response:
+    /// the floor of any exchange on this path), once one was.
+    pub rtt: Option<Duration>,
 }
 
 pub(crate) struct Driver {
@@ -1211,10 +1214,10 @@ impl Driver {
             } => {
                 let address = endpoint.get_remote_address().clone();
                 let relayed = endpoint.is_relayed();
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, Connection { peer: peer_id, address, relayed });
+                self.connections.entry(peer_id).or_default().insert(
+                    connection_id,
+                    Connection { peer: peer_id, address, relayed, rtt: None },
+                );
                 self.c.redial.connected(&peer_id);
                 self.c.liveness.established(connection_id, now);
                 self.c.reservations.connected(peer_id, now);
@@ -1277,8 +1280,13 @@ impl Driver {
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event, now),
             // Dead links are found by `liveness`, from the pings answered.
-            BehaviourEvent::Ping(ping::Event { connection, result: Ok(_), .. }) => {
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(rtt) }) => {
                 self.c.liveness.answered(connection, now);
+                if let Some(c) =
+                    self.connections.get_mut(&peer).and_then(|to| to.get_mut(&connection))
+                {
+                    c.rtt = Some(rtt);
+                }
             }
             // A peer that does not speak ping (a plain libp2p client): silence proves nothing.
             BehaviourEvent::Ping(ping::Event {

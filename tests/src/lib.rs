@@ -306,6 +306,134 @@ pub mod netns {
         run("ip", args)
     }
 
+    /// The relay's address on the internet bridge.
+    pub const RELAY_IP: &str = "172.31.0.1";
+
+    /// One home: a router namespace with a WAN address on the bridge and a LAN, and a host
+    /// namespace behind it.
+    pub struct Home {
+        /// The host's namespace.
+        pub host: String,
+        /// The host's address on its LAN.
+        pub lan_ip: String,
+    }
+
+    /// The namespaces, removed on drop.
+    pub struct Internet {
+        prefix: String,
+        namespaces: Vec<String>,
+    }
+
+    impl Internet {
+        /// The full name of namespace `name`.
+        pub fn ns(&self, name: &str) -> String {
+            format!("{}{name}", self.prefix)
+        }
+
+        /// A new namespace `name` with its loopback up.
+        pub fn add_ns(&mut self, name: &str) -> anyhow::Result<String> {
+            let ns = self.ns(name);
+            ip(&["netns", "add", &ns])?;
+            self.namespaces.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            Ok(ns)
+        }
+
+        /// A namespace on the bridge at `172.31.0.<n>`.
+        pub fn on_bridge(&mut self, name: &str, n: u8) -> anyhow::Result<String> {
+            let ns = self.add_ns(name)?;
+            let hub = self.ns("hub");
+            let outer = format!("w{name}");
+            ip(&[
+                "-n", &ns, "link", "add", "wan", "type", "veth", "peer", "name", &outer, "netns",
+                &hub,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &outer, "master", "br0"])?;
+            ip(&["-n", &hub, "link", "set", &outer, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("172.31.0.{n}/24"), "dev", "wan"])?;
+            ip(&["-n", &ns, "link", "set", "wan", "up"])?;
+            Ok(ns)
+        }
+
+        /// A home `name` behind router `172.31.0.<n>`, LAN `10.<n>.0.0/24`; `symmetric` picks a
+        /// random source port for every mapping.
+        pub fn home(&mut self, name: &str, n: u8, symmetric: bool) -> anyhow::Result<Home> {
+            let router = self.on_bridge(&format!("r{name}"), n)?;
+            let host = self.add_ns(name)?;
+            ip(&[
+                "-n", &router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
+                "netns", &host,
+            ])?;
+            ip(&["-n", &router, "addr", "add", &format!("10.{n}.0.1/24"), "dev", "lan"])?;
+            ip(&["-n", &router, "link", "set", "lan", "up"])?;
+            let lan_ip = format!("10.{n}.0.2");
+            ip(&["-n", &host, "addr", "add", &format!("{lan_ip}/24"), "dev", "eth0"])?;
+            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &host, "route", "add", "default", "via", &format!("10.{n}.0.1")])?;
+            run("ip", &["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            let mut nat = vec![
+                "netns",
+                "exec",
+                &router,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ];
+            if symmetric {
+                nat.push("--random-fully");
+            }
+            run("ip", &nat)?;
+            // Like a home router, drop (not refuse) what no one inside asked for: only replies,
+            // to the router or through it, come in.
+            for chain in ["INPUT", "FORWARD"] {
+                run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &router,
+                        "iptables",
+                        "-A",
+                        chain,
+                        "-i",
+                        "wan",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "NEW,INVALID",
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+            Ok(Home { host, lan_ip })
+        }
+
+        /// The bridge, in its own namespace; namespaces named `k<pid>…`.
+        pub fn create() -> anyhow::Result<Self> {
+            let prefix = format!("k{}", std::process::id() % 100_000);
+            let mut net = Self { prefix, namespaces: Vec::new() };
+            let hub = net.add_ns("hub")?;
+            ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+            Ok(net)
+        }
+    }
+
+    impl Drop for Internet {
+        fn drop(&mut self) {
+            for ns in self.namespaces.iter().rev() {
+                let _ = ip(&["netns", "del", ns]);
+            }
+        }
+    }
+
     /// Why a namespace test cannot run here (not root, `ip` missing, or one of `tools`
     /// missing), or `None`.
     pub fn skip_reason(tools: &[&str]) -> Option<String> {

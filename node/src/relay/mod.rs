@@ -133,7 +133,7 @@ pub struct CircuitLimits {
     pub max_reservations_per_peer: usize,
     /// How long a reservation lasts before it must be renewed.
     pub reservation_duration: Duration,
-    /// Most relayed connections at once.
+    /// Most relayed connections at once (0: none; the relay still holds mail and files).
     pub max_circuits: usize,
     /// Most relayed connections per peer.
     pub max_circuits_per_peer: usize,

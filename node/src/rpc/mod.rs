@@ -40,6 +40,7 @@
 //! | `group.typing` | `{group, typing}` | `{}` |
 //! | `connect` | `{address}` | `{}` |
 //! | `peers` | – | `[peer_id]` |
+//! | `connections` | – | `[{peer, address, relayed, rtt_ms}]`; `rtt_ms` the last ping's round trip, or null |
 //! | `subscribe` | – | `true`, then `event` notifications |
 //! | `shutdown` | – | `true`, then the daemon stops |
 //!
@@ -464,6 +465,7 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                         "peer": c.peer.to_string(),
                         "address": c.address.to_string(),
                         "relayed": c.relayed,
+                        "rtt_ms": c.rtt.map(|rtt| rtt.as_secs_f64() * 1e3),
                     })
                 })
                 .collect();
