@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         daemons.push(start_daemon(i, 4000)?);
     }
     for daemon in &daemons {
-        wait_for(Duration::from_secs(30), || holds_reservation(daemon))?;
+        wait_for(Duration::from_secs(30), || daemon.holds_reservation().unwrap_or(false))?;
         ids.push(id(daemon));
     }
     for (i, daemon) in daemons.iter().enumerate() {
@@ -125,13 +125,13 @@ fn main() -> anyhow::Result<()> {
     let daemons: Vec<Daemon> =
         (0..3).map(|i| start_daemon(i, port)).collect::<anyhow::Result<_>>()?;
     for i in [0, 2] {
-        wait_for(Duration::from_secs(30), || holds_reservation(&daemons[i]))?;
+        wait_for(Duration::from_secs(30), || daemons[i].holds_reservation().unwrap_or(false))?;
     }
     kith_ok(&daemons[0].dir, &["send", "carol", "hello", "--wait", "delivered"])?;
     kith_ok(&daemons[0].dir, &["send", "bob", "hello", "--wait", "delivered"])?;
     // Alice ↔ Bob on the hole-punched connection only (the relayed one closed after it).
     wait_for(Duration::from_secs(60), || {
-        let to_bob = connections(&daemons[0], &peer(1));
+        let to_bob = connections_of(&daemons[0], &peer(1));
         !to_bob.is_empty() && to_bob.iter().all(|c| c["relayed"] == false)
     })?;
     let direct = runtime.block_on(latencies(&daemons[0], &daemons[1], "bob", repeats))?;
@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
     let circuit = runtime.block_on(latencies(&daemons[0], &daemons[2], "carol", repeats))?;
     let circuit_rtt = rtts(&daemons[0], &peer(2));
     anyhow::ensure!(
-        connections(&daemons[0], &peer(2)).iter().all(|c| c["relayed"] == true),
+        connections_of(&daemons[0], &peer(2)).iter().all(|c| c["relayed"] == true),
         "carol was reached directly: the symmetric NAT let a hole punch through"
     );
 
@@ -147,8 +147,8 @@ fn main() -> anyhow::Result<()> {
     relay.kill();
     relay = spawn_relay(&["--max-circuits", "0"])?;
     wait_for(Duration::from_secs(60), || {
-        connections(&daemons[0], &peer(2)).is_empty()
-            && [0, 2].iter().all(|&i| !connections(&daemons[i], &relay_peer).is_empty())
+        connections_of(&daemons[0], &peer(2)).is_empty()
+            && [0, 2].iter().all(|&i| !connections_of(&daemons[i], &relay_peer).is_empty())
     })?;
     let mailbox = runtime.block_on(latencies(&daemons[0], &daemons[2], "carol", repeats))?;
     let hop_rtt = |i: usize| percentile(&rtts(&daemons[i], &relay_peer), 50);
@@ -227,7 +227,7 @@ fn rtts(daemon: &Daemon, peer: &str) -> Vec<Duration> {
     let mut samples = Vec::new();
     for _ in 0..5 {
         samples.extend(
-            connections(daemon, peer)
+            connections_of(daemon, peer)
                 .iter()
                 .filter_map(|c| c["rtt_ms"].as_f64())
                 .map(|ms| Duration::from_secs_f64(ms / 1e3)),
@@ -254,20 +254,12 @@ fn fsyncs(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
 }
 
 fn id(daemon: &Daemon) -> Value {
-    serde_json::from_str(&kith_ok(&daemon.dir, &["id", "--json"]).unwrap_or_default())
-        .unwrap_or_default()
+    daemon.json(&["id", "--json"]).unwrap_or_default()
 }
 
-fn holds_reservation(daemon: &Daemon) -> bool {
-    id(daemon)["addresses"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|a| a.as_str().is_some_and(|a| a.contains("/p2p-circuit"))))
-}
-
-fn connections(daemon: &Daemon, peer: &str) -> Vec<Value> {
-    let out = kith_ok(&daemon.dir, &["peers", "--json"]).unwrap_or_default();
-    let all: Value = serde_json::from_str(&out).unwrap_or_default();
-    all.as_array().into_iter().flatten().filter(|c| c["peer"] == peer).cloned().collect()
+/// `daemon`'s connections to `peer`, none while the daemon cannot say.
+fn connections_of(daemon: &Daemon, peer: &str) -> Vec<Value> {
+    daemon.connections_to(peer).unwrap_or_default()
 }
 
 fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {

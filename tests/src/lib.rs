@@ -247,6 +247,30 @@ impl Daemon {
         kith(&self.dir, args)
     }
 
+    /// Runs a `kith ... --json` command against this daemon and parses what it printed.
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&kith_ok(&self.dir, args)?)?)
+    }
+
+    /// Whether the daemon lists a circuit address (it holds a relay reservation).
+    pub fn holds_reservation(&self) -> anyhow::Result<bool> {
+        let id = self.json(&["id", "--json"])?;
+        Ok(id
+            .get("addresses")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|a| a.as_str().is_some_and(|a| a.contains("/p2p-circuit"))))
+    }
+
+    /// The daemon's connections to `peer` (`kith peers --json` entries: `address`,
+    /// `relayed`, `rtt_ms`).
+    pub fn connections_to(&self, peer: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let all = self.json(&["peers", "--json"])?;
+        let to_peer = |c: &&serde_json::Value| c.get("peer").and_then(|p| p.as_str()) == Some(peer);
+        Ok(all.as_array().into_iter().flatten().filter(to_peer).cloned().collect())
+    }
+
     /// Kills the process with SIGKILL (no flush, no goodbye) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -72,15 +72,6 @@ fn metric(relay_ns: &str, name: &str) -> f64 {
 /// Where the relay serves its metrics.
 const METRICS_PORT: u16 = 9464;
 
-/// Whether `daemon` lists a circuit address (it holds a reservation).
-fn holds_reservation(daemon: &Daemon) -> bool {
-    json(daemon, &["id", "--json"])["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
-}
-
 /// Waits until `daemon` has downloaded a file named like `sent`, and checks it is identical.
 fn received(daemon: &Daemon, sent: &std::path::Path, within: Duration) {
     let name = sent.file_name().unwrap();
@@ -94,11 +85,10 @@ fn received(daemon: &Daemon, sent: &std::path::Path, within: Duration) {
 
 /// `daemon`'s connections to `peer`, as (address, relayed).
 fn connections_to(daemon: &Daemon, peer: &str) -> Vec<(String, bool)> {
-    json(daemon, &["peers", "--json"])
-        .as_array()
+    daemon
+        .connections_to(peer)
         .unwrap()
         .iter()
-        .filter(|c| c["peer"] == peer)
         .map(|c| (c["address"].as_str().unwrap().to_owned(), c["relayed"].as_bool().unwrap()))
         .collect()
 }
@@ -198,7 +188,7 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     let mut ids = Vec::new();
     for daemon in &daemons {
         wait_for(Duration::from_secs(30), "a relay reservation", || {
-            holds_reservation(daemon).then_some(())
+            daemon.holds_reservation().unwrap().then_some(())
         });
         ids.push(json(daemon, &["id", "--json"]));
     }
@@ -368,7 +358,7 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     relay.kill();
     for daemon in &daemons {
         wait_for(Duration::from_secs(30), "the reservation to be gone", || {
-            (!holds_reservation(daemon)).then_some(())
+            (!daemon.holds_reservation().unwrap()).then_some(())
         });
     }
     let sent = json(
@@ -383,7 +373,7 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     let start = Instant::now();
     for daemon in &daemons {
         wait_for(Duration::from_secs(60), "the reservation to be renewed", || {
-            holds_reservation(daemon).then_some(())
+            daemon.holds_reservation().unwrap().then_some(())
         });
     }
     println!("reservations held again {:?} after the relay came back", start.elapsed());
