@@ -361,6 +361,7 @@ impl Driver {
     /// Live connections to the people we talk to: dials our contacts (through their relays'
     /// circuits when they are behind NAT), the most recently seen first, at most
     /// [`MAX_LIVE_CONTACTS`]. Queued messages to them then leave as soon as each connects.
+    /// Runs on start and whenever a relay accepts a new reservation of ours.
     fn dial_contacts(&mut self) {
         let mut contacts = match self.engine.contacts() {
             Ok(contacts) => contacts,
@@ -1318,6 +1319,14 @@ impl Driver {
                     "relay {} holds our reservation (renewal: {renewal})",
                     crate::short(&relay_peer_id)
                 );
+                // Reachable through a new relay: dial the contacts again. Our dials on start
+                // failed for every contact that had no reservation yet (both sides starting
+                // together, or the relay coming back), and a contact whose reservation came
+                // before ours could not reach us; whichever of two contacts reserves last
+                // now connects them.
+                if !renewal {
+                    self.dial_contacts();
+                }
             }
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(_) => {

@@ -16,6 +16,7 @@
 //!   connection and over the relayed one.
 //! - The relay killed: the direct connection carries on, and what Alice writes Carol meanwhile
 //!   waits; the relay back: the reservations are held again and the message reaches Carol once.
+//! - Alice and Bob restarted together with nothing to send: a direct connection within 30 s.
 //!
 //! Every address is inside namespaces the test made. Needs root, `ip` and `iptables`
 //! (`.ci/run` installs both). With `CI` set, a missing one fails the test; elsewhere the test
@@ -164,10 +165,8 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
     assert!(relay_addr.starts_with(&relay_tcp), "{relay_addr}");
 
     let names = ["alice", "bob", "carol"];
-    let mut daemons = Vec::new();
-    for (name, home) in names.iter().zip(&homes) {
-        let profile = dir.path().join(name);
-        kith_ok(&profile, &["init", "--name", name]).unwrap();
+    let start_daemon = |i: usize| {
+        let home = &homes[i];
         let tcp = format!("/ip4/{}/tcp/4001", home.lan_ip);
         let quic = format!("/ip4/{}/udp/4001/quic-v1", home.lan_ip);
         let args = [
@@ -181,7 +180,13 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
             "--relay",
             &relay_addr,
         ];
-        daemons.push(Daemon::spawn(&profile, &args, &["ip", "netns", "exec", &home.host]).unwrap());
+        let profile = dir.path().join(names[i]);
+        Daemon::spawn(&profile, &args, &["ip", "netns", "exec", &home.host]).unwrap()
+    };
+    let mut daemons = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        kith_ok(&dir.path().join(name), &["init", "--name", name]).unwrap();
+        daemons.push(start_daemon(i));
     }
     // Each holds a reservation on the relay: its circuit address is among its addresses.
     let start = Instant::now();
@@ -384,6 +389,18 @@ fn people_behind_nat_routers_get_a_direct_connection_or_a_relayed_one() {
         (copies == 1).then_some(())
     });
     println!("the message written while the relay was down at carol {:?} after", start.elapsed());
+
+    // Alice and Bob stop, then start together with nothing to send: their nodes connect them
+    // directly anyway (each dials its contacts on start and again once its relay holds its
+    // reservation), within 30 s.
+    let carol = daemons.pop().unwrap();
+    daemons.clear();
+    let start = Instant::now();
+    daemons = vec![start_daemon(0), start_daemon(1), carol];
+    let direct = wait_for(Duration::from_secs(30), "alice ↔ bob direct after a restart", || {
+        connections_to(&daemons[0], &peer(1)).into_iter().find(|(_, relayed)| !relayed)
+    });
+    println!("restarted, alice ↔ bob direct after {:?} at {}", start.elapsed(), direct.0);
     drop(daemons);
     drop(relay);
     drop(net);
