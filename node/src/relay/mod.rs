@@ -20,6 +20,7 @@ pub(crate) mod blobs;
 pub(crate) mod metrics;
 pub(crate) mod store;
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
@@ -122,6 +123,16 @@ pub struct RelayConfig {
     pub circuits: CircuitLimits,
 }
 
+/// Relayed-connection attempts one peer may make at once (four times a node's live
+/// contacts: a start and a reservation, twice over).
+pub const CIRCUIT_BURST_PER_PEER: NonZeroU32 = NonZeroU32::MIN.saturating_add(255);
+/// Time for one more relayed-connection attempt of a peer to be allowed.
+pub const CIRCUIT_REFILL_PER_PEER: Duration = Duration::from_secs(10);
+/// Reservations one peer may ask for at once.
+pub const RESERVATION_BURST_PER_PEER: NonZeroU32 = NonZeroU32::MIN.saturating_add(59);
+/// Time for one more reservation of a peer to be allowed.
+pub const RESERVATION_REFILL_PER_PEER: Duration = Duration::from_secs(60);
+
 /// What a relay allows of libp2p circuit relay v2: the reservations users behind NAT hold on
 /// it and the connections it relays to them until they are upgraded to direct ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,8 +169,19 @@ impl Default for CircuitLimits {
 }
 
 impl CircuitLimits {
-    /// libp2p's relay settings for these limits (its rate limits per peer and IP kept).
+    /// libp2p's relay settings for these limits, with rate limits sized for Kith.
+    ///
+    /// libp2p's own allow a peer a burst of 30 relayed-connection attempts, then one every 2
+    /// minutes; a Kith node dials up to [`crate::defaults::MAX_LIVE_CONTACTS`] contacts through
+    /// their relays when it starts and again once its own reservation is accepted, so a user
+    /// who restarted twice was refused by their contacts' relay for the next hour (found by
+    /// the reach bench's repeated starts). Here a peer gets a burst of
+    /// [`CIRCUIT_BURST_PER_PEER`] and one more every [`CIRCUIT_REFILL_PER_PEER`], an address
+    /// (many users behind one carrier-grade NAT) four times that; reservations a burst of
+    /// [`RESERVATION_BURST_PER_PEER`], one more every [`RESERVATION_REFILL_PER_PEER`]. The
+    /// limits on concurrent circuits, their bytes and duration bound what a burst costs.
     pub(crate) fn libp2p(&self) -> libp2p::relay::Config {
+        let per_ip = |n: NonZeroU32| n.saturating_mul(NonZeroU32::MIN.saturating_add(3));
         libp2p::relay::Config {
             max_reservations: self.max_reservations,
             max_reservations_per_peer: self.max_reservations_per_peer,
@@ -168,8 +190,16 @@ impl CircuitLimits {
             max_circuits_per_peer: self.max_circuits_per_peer,
             max_circuit_duration: self.max_circuit_duration,
             max_circuit_bytes: self.max_circuit_bytes,
-            ..libp2p::relay::Config::default()
+            reservation_rate_limiters: Vec::new(),
+            circuit_src_rate_limiters: Vec::new(),
         }
+        .reservation_rate_per_peer(RESERVATION_BURST_PER_PEER, RESERVATION_REFILL_PER_PEER)
+        .reservation_rate_per_ip(
+            per_ip(RESERVATION_BURST_PER_PEER),
+            RESERVATION_REFILL_PER_PEER / 4,
+        )
+        .circuit_src_per_peer(CIRCUIT_BURST_PER_PEER, CIRCUIT_REFILL_PER_PEER)
+        .circuit_src_per_ip(per_ip(CIRCUIT_BURST_PER_PEER), CIRCUIT_REFILL_PER_PEER / 4)
     }
 }
 

@@ -153,3 +153,24 @@ fn expired_envelopes_are_not_fetched_and_are_purged_when_due() {
     relay.service.maintain(later, start + Duration::from_secs(60));
     assert_eq!(relay.service.stored().0, 0);
 }
+
+/// A node that starts twice dials its contacts through their relays four times over: the
+/// relay lets all of it through (libp2p's defaults refused a peer after 30 attempts, then
+/// allowed one every 2 minutes), and still stops a peer that keeps going.
+#[test]
+fn a_node_restarting_may_dial_all_its_contacts_through_the_relay_twice_over() {
+    let config = CircuitLimits::default().libp2p();
+    let peer = PeerId::random();
+    let address: libp2p::Multiaddr = "/ip4/192.0.2.1/tcp/4001".parse().unwrap();
+    let now = std::time::Instant::now();
+    let mut limiters = config.circuit_src_rate_limiters;
+    let mut allowed = |n: u32| {
+        (0..n).all(|_| limiters.iter_mut().all(|l| l.try_next(peer, &address, now)))
+    };
+    let attempts = u32::try_from(crate::defaults::MAX_LIVE_CONTACTS * 4).unwrap();
+    assert!(allowed(attempts), "two starts' dials are allowed");
+    assert!(!allowed(1), "a peer that keeps dialing is stopped");
+    // Another peer is not held back by the first.
+    let other = PeerId::random();
+    assert!(limiters.iter_mut().all(|l| l.try_next(other, &address, now)));
+}
