@@ -55,12 +55,19 @@ pub type SimEngine = Engine<ChaCha20Rng>;
 #[derive(Clone, Default)]
 pub struct CrashableBackend {
     inner: Arc<Mutex<(MemoryBackend, Vec<RawWrite>)>>,
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CrashableBackend {
     /// Loses every write not flushed.
     pub fn crash(&self) {
         self.lock().1.clear();
+    }
+
+    /// While `full`, the disk is full: every flush fails (`StorageFull`) and what it would
+    /// have made durable stays at the mercy of a [`CrashableBackend::crash`].
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (MemoryBackend, Vec<RawWrite>)> {
@@ -115,6 +122,10 @@ impl Backend for CrashableBackend {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(StoreError::Backend(crate::store::BackendError::new(full)));
+        }
         let mut guard = self.lock();
         let pending = std::mem::take(&mut guard.1);
         guard.0.apply(&pending)

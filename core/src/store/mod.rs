@@ -54,7 +54,7 @@ use records::{
     PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode, encode,
 };
 #[cfg(feature = "sled")]
-pub use sled_backend::{SledBackend, open_sled};
+pub use sled_backend::{SledBackend, SledDurability, open_sled};
 
 use crate::group::sender_key::{MemberChains, OwnChain};
 use crate::identity::IdentityKeyPair;
@@ -516,24 +516,30 @@ impl Store {
     }
 
     /// Writes every commit since the last flush to the backend as one atomic batch and makes
-    /// it durable. On failure nothing is lost: the writes stay pending for the next flush.
+    /// it durable. On failure nothing is lost: the writes stay pending until a flush makes
+    /// them durable, and the next one applies them again (a backend that failed may have lost
+    /// what it had applied but not made durable: sled, after a full disk, is reopened).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        if self.has_pending() {
-            let mut writes: Vec<RawWrite> = std::mem::take(&mut self.pending)
-                .into_iter()
-                .flat_map(|(tree, entries)| entries.into_iter().map(move |(k, v)| (tree, k, v)))
-                .collect();
-            if let Err(e) = self.backend.apply(&writes) {
-                for (tree, key, value) in writes {
-                    self.pending.entry(tree).or_default().insert(key, value);
-                }
-                return Err(e);
+        let mut writes: Vec<RawWrite> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .flat_map(|(tree, entries)| entries.into_iter().map(move |(k, v)| (tree, k, v)))
+            .collect();
+        let result = if writes.is_empty() {
+            self.backend.flush()
+        } else {
+            self.backend.apply(&writes).and_then(|()| self.backend.flush())
+        };
+        if result.is_err() {
+            // Nothing was committed meanwhile (`&mut self`): put them back as they were.
+            for (tree, key, value) in writes {
+                self.pending.entry(tree).or_default().insert(key, value);
             }
-            for value in writes.iter_mut().filter_map(|(_, _, v)| v.as_mut()) {
-                value.zeroize();
-            }
+            return result;
         }
-        self.backend.flush()
+        for value in writes.iter_mut().filter_map(|(_, _, v)| v.as_mut()) {
+            value.zeroize();
+        }
+        Ok(())
     }
 
     /// Every stored entry (flushed or not), in tree and key order (feature `test-utils`: tests

@@ -9,6 +9,9 @@
 //! file before the record was written, so a restarted download trusts it.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use kith_core::store::SledDurability;
 
 use kith_protocol::content::MediaManifest;
 use kith_protocol::{ChunkHash, MediaId, MessageId, UnixMillis, UserId};
@@ -97,6 +100,8 @@ pub(crate) fn set_bit(map: &mut [u8], index: u32) {
 #[derive(Clone)]
 pub(crate) struct MediaStore {
     db: sled::Db,
+    /// What makes a flush survive a power cut.
+    durability: Arc<Mutex<SledDurability>>,
     outgoing: sled::Tree,
     incoming: sled::Tree,
 }
@@ -125,7 +130,13 @@ impl MediaStore {
         let db = crate::clock::wait_for_lock(|| {
             kith_core::store::open_sled(&sled::Config::new().path(path), path)
         })?;
-        Ok(Self { outgoing: db.open_tree("outgoing")?, incoming: db.open_tree("incoming")?, db })
+        let durability = SledDurability::new(path).map_err(sled::Error::from)?;
+        Ok(Self {
+            outgoing: db.open_tree("outgoing")?,
+            incoming: db.open_tree("incoming")?,
+            db,
+            durability: Arc::new(Mutex::new(durability)),
+        })
     }
 
     pub(crate) fn put_outgoing(
@@ -171,9 +182,10 @@ impl MediaStore {
         scan(&self.incoming)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable (across a power cut).
     pub(crate) fn flush(&self) -> Result<(), MediaStoreError> {
-        self.db.flush()?;
+        let mut durability = self.durability.lock().unwrap_or_else(PoisonError::into_inner);
+        durability.flush(&self.db)?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use kith_core::store::SledDurability;
 use kith_protocol::prekey::{OneTimePreKeyPublic, PreKeyBundle, PreKeyRequest, PreKeyUpload};
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
@@ -71,6 +72,8 @@ pub(crate) struct Mail {
 
 pub(crate) struct RelayStore {
     db: sled::Db,
+    /// What makes a flush survive a power cut (`None`: a temporary database, in tests).
+    durability: Option<SledDurability>,
     mailbox: sled::Tree,
     prekeys: sled::Tree,
     usage: HashMap<UserId, Usage>,
@@ -131,12 +134,14 @@ fn parse_mail(value: &[u8]) -> Option<(UnixMillis, MessageId, &[u8])> {
 impl RelayStore {
     /// Opens (or creates) the store at `path` and reads the usage of every mailbox.
     pub(crate) fn open(path: &Path) -> Result<Self, RelayStoreError> {
-        Self::with_db(crate::clock::wait_for_lock(|| {
+        let db = crate::clock::wait_for_lock(|| {
             kith_core::store::open_sled(&sled::Config::new().path(path), path)
-        })?)
+        })?;
+        let durability = SledDurability::new(path).map_err(sled::Error::from)?;
+        Self::with_db(db, Some(durability))
     }
 
-    fn with_db(db: sled::Db) -> Result<Self, RelayStoreError> {
+    fn with_db(db: sled::Db, durability: Option<SledDurability>) -> Result<Self, RelayStoreError> {
         let mailbox = db.open_tree("mailbox")?;
         let prekeys = db.open_tree("prekeys")?;
         let mut usage: HashMap<UserId, Usage> = HashMap::new();
@@ -152,7 +157,7 @@ impl RelayStore {
             total.bytes += bytes;
         }
         let prekey_users = prekeys.len();
-        Ok(Self { db, mailbox, prekeys, usage, total, prekey_users, dirty: false })
+        Ok(Self { db, durability, mailbox, prekeys, usage, total, prekey_users, dirty: false })
     }
 
     /// What `recipient` has stored.
@@ -406,7 +411,12 @@ impl RelayStore {
     /// Makes everything written so far durable.
     pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
         if self.dirty {
-            self.db.flush()?;
+            match self.durability.as_mut() {
+                Some(durability) => durability.flush(&self.db)?,
+                None => {
+                    self.db.flush()?;
+                }
+            }
             self.dirty = false;
         }
         Ok(())
@@ -429,7 +439,7 @@ mod tests {
     use super::*;
 
     fn store() -> RelayStore {
-        RelayStore::with_db(sled::Config::new().temporary(true).open().unwrap()).unwrap()
+        RelayStore::with_db(sled::Config::new().temporary(true).open().unwrap(), None).unwrap()
     }
 
     const BOB: UserId = UserId([2; 32]);

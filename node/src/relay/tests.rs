@@ -164,9 +164,8 @@ fn a_node_restarting_may_dial_all_its_contacts_through_the_relay_twice_over() {
     let address: libp2p::Multiaddr = "/ip4/192.0.2.1/tcp/4001".parse().unwrap();
     let now = std::time::Instant::now();
     let mut limiters = config.circuit_src_rate_limiters;
-    let mut allowed = |n: u32| {
-        (0..n).all(|_| limiters.iter_mut().all(|l| l.try_next(peer, &address, now)))
-    };
+    let mut allowed =
+        |n: u32| (0..n).all(|_| limiters.iter_mut().all(|l| l.try_next(peer, &address, now)));
     let attempts = u32::try_from(crate::defaults::MAX_LIVE_CONTACTS * 4).unwrap();
     assert!(allowed(attempts), "two starts' dials are allowed");
     assert!(!allowed(1), "a peer that keeps dialing is stopped");
