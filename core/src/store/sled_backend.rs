@@ -77,7 +77,13 @@ impl SledDurability {
 
     fn sync_blobs(&mut self) -> std::io::Result<()> {
         let mut newest = self.synced_blob;
-        for entry in std::fs::read_dir(&self.blobs)? {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            // No value file written yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
