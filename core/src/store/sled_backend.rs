@@ -207,7 +207,10 @@ impl SledBackend {
 
     fn probe_room(&self) -> std::io::Result<()> {
         let probe = self.path.join("room-probe");
-        let result = File::create(&probe).and_then(|mut f| f.write_all(&[0; PROBE_BYTES]));
+        // From a static block: a 1 MiB array on the stack could overflow a worker thread's.
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let result = File::create(&probe)
+            .and_then(|mut f| (0..PROBE_BYTES / ZEROS.len()).try_for_each(|_| f.write_all(&ZEROS)));
         let _ = std::fs::remove_file(&probe);
         result
     }
