@@ -211,6 +211,16 @@ impl ChatState {
             "media_progress" | "media_saved" | "media_failed" if for_us_or_ours(self, event) => {
                 self.update_attachment(kind, event);
             }
+            "storage_failing" => {
+                let reason = event.get("reason").and_then(Value::as_str).unwrap_or("");
+                self.notice = format!(
+                    "the node cannot save ({reason}): nothing new is sent or acknowledged until \
+                     there is room again"
+                );
+            }
+            "storage_recovered" => {
+                self.notice = "the node saves again; what waited has gone out".into();
+            }
             "identity_changed" if from_contact(event) => {
                 self.notice = format!(
                     "{}'s safety number changed: verify it with `kith contact verify`",

@@ -4,8 +4,10 @@
 //! Pairwise envelopes, acknowledgements, prekey requests and bundles, and group publications
 //! travel as packets subject to [`Faults`]: loss, delay (hence reordering) and duplication.
 //! Nodes go offline (a direct delivery to them fails at once, as a dial would; what is in
-//! flight is lost), crash (losing every write not flushed, on a [`CrashableBackend`]) and
-//! restart from their store. A group publication reaches the members that are online and
+//! flight is lost), lose power (every write not made durable by a flush is lost, on a
+//! [`CrashableBackend`]), run out of disk (every flush fails until there is room again, so the
+//! engine holds every output that depends on what it could not make durable) and restart from
+//! their store. A group publication reaches the members that are online and
 //! subscribed to its topic; the publisher is told which members it did not reach, as the node
 //! tells it.
 //!
@@ -267,6 +269,8 @@ pub struct Net {
     pub delivered_packets: u64,
     /// Packets lost (to faults, or to a node down or offline).
     pub dropped_packets: u64,
+    /// Flushes that failed (a full disk); the node's outputs stayed held.
+    pub failed_flushes: u64,
     /// With `sniff`, every envelope that left a node: (from, to, bytes).
     pub sniffed: Vec<(usize, usize, Vec<u8>)>,
     /// Whether to record `sniffed`.
@@ -293,6 +297,7 @@ impl Net {
             next_token: 0,
             delivered_packets: 0,
             dropped_packets: 0,
+            failed_flushes: 0,
             sniffed: Vec::new(),
             sniff: false,
             envelopes: Vec::new(),
@@ -514,13 +519,24 @@ impl Net {
         }
     }
 
-    /// Crashes a node: it loses everything not flushed and stops.
+    /// Crashes a node, or cuts its power (the same to its disk, a [`CrashableBackend`]): it
+    /// loses everything not made durable by a flush, and stops.
     pub fn crash(&mut self, node: usize) {
         self.nodes[node].engine = None;
         match &self.nodes[node].storage {
             Storage::Crashable(backend) => backend.crash(),
             #[cfg(feature = "sled")]
             Storage::Sled(_) => panic!("crashes are simulated on in-memory nodes only"),
+        }
+    }
+
+    /// Fills node `node`'s disk (`true`: every flush fails from now on) or frees it again. The
+    /// node keeps running: it holds its outputs until a flush succeeds.
+    pub fn set_disk_full(&mut self, node: usize, full: bool) {
+        match &self.nodes[node].storage {
+            Storage::Crashable(backend) => backend.set_full(full),
+            #[cfg(feature = "sled")]
+            Storage::Sled(_) => panic!("full disks are simulated on in-memory nodes only"),
         }
     }
 
@@ -586,11 +602,14 @@ impl Net {
         self.nodes[node].online && self.nodes[node].engine.is_some()
     }
 
-    /// Flushes every running node and routes its outputs.
+    /// Flushes every running node and routes its outputs: after a failed flush (a full disk),
+    /// only those that were ready before it (the engine holds the rest).
     fn drain(&mut self) {
         for i in 0..self.nodes.len() {
             let Some(engine) = self.nodes[i].engine.as_mut() else { continue };
-            engine.flush().unwrap();
+            if engine.flush().is_err() {
+                self.failed_flushes += 1;
+            }
             let outputs: Vec<Output> = std::iter::from_fn(|| engine.poll_output()).collect();
             for output in outputs {
                 self.route(i, output);

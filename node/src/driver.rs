@@ -64,6 +64,7 @@ use crate::redial::Redial;
 use crate::relay::RelayUsage;
 use crate::relay::{Push, RelayService};
 use crate::reservations::{ReservationAction, Reservations};
+use crate::storage::StorageHealth;
 use crate::upgrades::Upgrades;
 
 /// Most events and calls taken into one turn (one fsync) besides the first, and most engine
@@ -101,6 +102,8 @@ enum Deferred {
     Media(ResponseChannel<MediaResponse>, MediaResponse),
     Push(Push),
     Upload(PeerId, Box<PreKeyUpload>),
+    /// The answer to a read of messages: it shows what the turn's flush makes durable.
+    Read(Box<dyn FnOnce() + Send>),
 }
 
 /// The parts of the node the driver routes between.
@@ -125,6 +128,8 @@ pub(crate) struct Components {
     pub(crate) liveness: Liveness,
     /// The user's activity, for the presence the node announces.
     pub(crate) activity: Activity,
+    /// Whether the profile's database takes commits.
+    pub(crate) storage: StorageHealth,
 }
 
 /// How the node meets the network once its listeners are up (dials leave from the listen
@@ -407,6 +412,7 @@ impl Driver {
             self.c.redial.poll_timeout(),
             self.c.liveness.poll_timeout(),
             self.c.reach.announce_presence.then(|| self.c.activity.poll_timeout()).flatten(),
+            self.c.storage.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -420,6 +426,12 @@ impl Driver {
         if let Err(e) = self.engine.handle_input(now, input) {
             tracing::error!("store failure while handling network input: {e}");
         }
+    }
+
+    /// Answers a read of messages after the turn's flush, so that it shows nothing a power cut
+    /// could still take back (while commits fail, not before they succeed again).
+    fn answer_read(&mut self, answer: impl FnOnce() + Send + 'static) {
+        self.deferred.push(Deferred::Read(Box::new(answer)));
     }
 
     fn emit(&self, event: NodeEvent) {
@@ -487,7 +499,9 @@ impl Driver {
                 let _ = reply.send(self.engine.group(&id));
             }
             Call::GroupHistory { group, before, limit, reply } => {
-                let _ = reply.send(self.engine.group_history(&group, before, limit));
+                let history = self.engine.group_history(&group, before, limit);
+                // The caller may have gone.
+                self.answer_read(move || drop(reply.send(history)));
             }
             Call::PendingGroupMessages(group, reply) => {
                 let _ = reply.send(self.engine.pending_group_messages(&group));
@@ -506,10 +520,14 @@ impl Driver {
                 let _ = reply.send(self.engine.contact_by_name(&name));
             }
             Call::History { peer, before, limit, reply } => {
-                let _ = reply.send(self.engine.history(&peer, before, limit));
+                let history = self.engine.history(&peer, before, limit);
+                // The caller may have gone.
+                self.answer_read(move || drop(reply.send(history)));
             }
             Call::Message(id, reply) => {
-                let _ = reply.send(self.engine.message(&id));
+                let message = self.engine.message(&id);
+                // The caller may have gone.
+                self.answer_read(move || drop(reply.send(message)));
             }
             Call::SafetyNumber(peer, reply) => {
                 let _ = reply.send(self.engine.safety_number(&peer));
@@ -653,23 +671,28 @@ impl Driver {
         self.drain();
     }
 
-    /// Makes the turn's writes durable: the engine's, the relay's and the media store's.
+    /// Makes the turn's writes durable, in one commit of the profile's database: the
+    /// engine's, the relay service's and the attachment records'.
     fn flush_stores(&mut self) -> bool {
-        if let Err(e) = self.engine.flush() {
-            tracing::error!("flush failed, retrying next turn: {e}");
-            return false;
+        let flushed = self.flush_engine().is_ok();
+        if flushed {
+            self.c.transfers.flushed();
         }
-        if let Some(relay) = self.c.relay.as_mut()
-            && let Err(e) = relay.flush()
-        {
-            tracing::error!("relay flush failed, retrying next turn: {e}");
-            return false;
+        flushed
+    }
+
+    /// Flushes the engine (the whole database), telling the storage health how it went.
+    fn flush_engine(&mut self) -> Result<(), StoreError> {
+        let result = self.engine.flush();
+        let now = self.clock.instant();
+        let change = match &result {
+            Ok(()) => self.c.storage.flushed(now),
+            Err(e) => self.c.storage.failed(now, e),
+        };
+        if let Some(event) = change {
+            self.emit(event);
         }
-        if let Err(e) = self.c.transfers.flush() {
-            tracing::error!("media flush failed, retrying next turn: {e}");
-            return false;
-        }
-        true
+        result
     }
 
     fn carry_out(&mut self, deferred: Deferred) {
@@ -705,6 +728,7 @@ impl Driver {
                 let request = behaviour.prekey.send_request(&relay, PreKeyRequest::Upload(upload));
                 self.c.mailbox.upload_sent(request, relay);
             }
+            Deferred::Read(answer) => answer(),
         }
     }
 
@@ -1706,7 +1730,7 @@ impl crate::turn::Turn for Driver {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        blocking(|| self.engine.flush())
+        blocking(|| self.flush_engine())
     }
 
     fn act_on(&mut self, outputs: Vec<Output>) {

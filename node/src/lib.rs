@@ -88,6 +88,7 @@ mod driver;
 mod error;
 mod events;
 mod groups;
+mod keyspace;
 mod limiter;
 mod liveness;
 mod mailbox;
@@ -100,6 +101,7 @@ mod redial;
 pub mod relay;
 mod reservations;
 pub mod rpc;
+mod storage;
 #[cfg(test)]
 mod test_support;
 mod tokens;
@@ -119,6 +121,7 @@ pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, SentFile};
 pub use profile::{Profile, ProfileError, ProfileRng};
 pub use relay::RelayUsage;
+pub use storage::StorageStatus;
 
 /// Raw gossip pieces for tests that play a misbehaving group member (feature `test-utils`).
 #[cfg(feature = "test-utils")]
@@ -163,6 +166,8 @@ pub enum NodeEvent {
     },
     /// Attachment progress and outcomes.
     Media(media::MediaEvent),
+    /// The profile's database stopped taking commits (a full disk), or takes them again.
+    Storage(StorageStatus),
     /// This subscriber fell behind and lost `missed` events (never sent by the node: an
     /// [`Events`] subscription reports it in place of what it lost). Everything an event
     /// announces is stored: re-read the conversations shown, from the message after

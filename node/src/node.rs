@@ -25,6 +25,7 @@ use crate::driver::{Components, Connection, Driver, Reach, work_channel};
 use crate::error::NodeError;
 use crate::events::Events;
 use crate::groups::GroupTransport;
+use crate::keyspace::{LEGACY_MEDIA, LEGACY_RELAY};
 use crate::liveness::Liveness;
 use crate::mailbox::MailboxClient;
 use crate::media::Attachment;
@@ -37,6 +38,7 @@ use crate::redial::Redial;
 use crate::relay::RelayService;
 use crate::relay::RelayUsage;
 use crate::reservations::Reservations;
+use crate::storage::StorageHealth;
 use crate::tokens::{Tokens, tag};
 use crate::upgrades::Upgrades;
 
@@ -91,11 +93,6 @@ impl Node {
         Self::start_with(profile, config).await
     }
 
-    /// Where a relay keeps its mailboxes inside its data directory.
-    pub fn relay_db_path(data_dir: &std::path::Path) -> std::path::PathBuf {
-        data_dir.join("relay")
-    }
-
     /// Starts a node on `config.data_dir`, creating its identity first if it has none (what
     /// a relay does: its identity, and so its PeerId, persists from then on).
     pub async fn start_or_create(config: NodeConfig) -> Result<Self, NodeError> {
@@ -110,6 +107,10 @@ impl Node {
         let mut metrics_task = None;
         let clock = Clock::start();
         let engine = profile.into_engine();
+        let side = engine.store().side();
+        // Relay and media records lived in databases of their own before Kith 0.4 (layout 4).
+        crate::keyspace::import_legacy(&config.data_dir.join("relay"), &side, &LEGACY_RELAY)?;
+        crate::keyspace::import_legacy(&config.data_dir.join("media"), &side, &LEGACY_MEDIA)?;
         let keypair = engine.identity().libp2p_keypair();
         let peer_id = keypair.public().to_peer_id();
         let user = engine.user_id();
@@ -142,7 +143,8 @@ impl Node {
         let relay = match &config.relay_service {
             Some(settings) => {
                 let service = RelayService::open(
-                    &Self::relay_db_path(&config.data_dir),
+                    side.clone(),
+                    &Profile::db_path(&config.data_dir),
                     &config.data_dir.join("relay-blobs"),
                     settings.clone(),
                     clock.instant(),
@@ -159,7 +161,7 @@ impl Node {
             }
             None => None,
         };
-        let store = MediaStore::open(&config.data_dir.join("media"))?;
+        let store = MediaStore::open(side);
         let transfers = Transfers::open(
             store,
             config.data_dir.join("media-sealed"),
@@ -194,6 +196,7 @@ impl Node {
             redial: Redial::default(),
             liveness: Liveness::default(),
             activity: Activity::new(clock.instant()),
+            storage: StorageHealth::default(),
         };
         let driver = Driver::new(engine, swarm, clock, components, calls_rx, events.clone(), work);
         let task = tokio::spawn(async move {

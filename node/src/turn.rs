@@ -22,8 +22,8 @@ pub(crate) trait Turn {
 
 /// Acts on the engine's outputs, flushing again whenever acting produced more, until the engine
 /// has nothing ready after a flush. Call after the turn's first flush succeeded. A failed flush
-/// ends the turn; what it held stays held for the next one (nothing is promised that is not on
-/// disk).
+/// ends the turn (the driver's storage health reports it); what it held stays held for the next
+/// one (nothing is promised that is not on disk).
 pub(crate) fn settle(turn: &mut impl Turn) {
     let mut flushed = true;
     loop {
@@ -33,8 +33,7 @@ pub(crate) fn settle(turn: &mut impl Turn) {
                 return;
             }
             flushed = true;
-            if let Err(e) = turn.flush() {
-                tracing::error!("flush failed, retrying next turn: {e}");
+            if turn.flush().is_err() {
                 return;
             }
             continue;

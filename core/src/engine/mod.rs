@@ -260,7 +260,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// Opens an engine on a store that holds an identity: loads the outbox (everything in it is
-    /// due at once), tops up prekeys and re-requests bundles that messages still wait for.
+    /// due at once), tops up prekeys and re-requests bundles that messages still wait for. A
+    /// full disk does not fail the opening: what it wrote stays pending, and the outputs that
+    /// depend on it held, until an [`Engine::flush`] succeeds.
     pub fn open(
         store: Store,
         rng: R,
@@ -304,7 +306,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for peer in engine.outbox.peers_with_unsealed() {
             engine.pump(peer)?;
         }
-        engine.flush()?;
+        // A disk that is full now does not keep the engine from starting: what opening wrote
+        // stays pending, and what depends on it held, until a flush by the driver succeeds.
+        let _ = engine.flush();
         Ok(engine)
     }
 

@@ -40,11 +40,17 @@ pub enum Tree {
     GroupOrphans,
     /// Members' sender keys that came before their membership: group ‖ sender.
     GroupKeysWaiting,
+    /// The embedding node's relay service (mailboxes, prekeys, blob index), written through a
+    /// [`super::SideStore`]; the engine never reads it.
+    Relay,
+    /// The embedding node's attachment records, written through a [`super::SideStore`]; the
+    /// engine never reads it.
+    Media,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 17] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -60,6 +66,8 @@ impl Tree {
         Tree::GroupChanges,
         Tree::GroupOrphans,
         Tree::GroupKeysWaiting,
+        Tree::Relay,
+        Tree::Media,
     ];
 
     /// The tree's name in the database.
@@ -80,6 +88,8 @@ impl Tree {
             Tree::GroupChanges => "group_changes",
             Tree::GroupOrphans => "group_orphans",
             Tree::GroupKeysWaiting => "group_keys_waiting",
+            Tree::Relay => "relay",
+            Tree::Media => "media",
         }
     }
 
@@ -182,8 +192,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 
 type MemoryTrees = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
 
-/// An ordered key-value store with named trees.
-pub trait Backend: Send {
+/// An ordered key-value store with named trees. Shared between the engine and the
+/// [`super::SideStore`] handles of the node that embeds it, hence `Sync`.
+pub trait Backend: Send + Sync {
     /// The value at `key`.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -31,15 +31,21 @@
 //! | group_keys_waiting | group ‖ sender | a member's sender key that came before its membership |
 //! | sender_keys | group ‖ member | our chain (member = us) or the member's chains |
 //! | group_pending | group ‖ sender ‖ authenticated ‖ chain ‖ message id | a group message waiting for its key |
+//! | relay, media | the embedding node's own layout | written through a [`SideStore`] |
+//!
+//! The embedding node keeps its own records (its relay service's mailboxes, its attachments)
+//! in the `relay` and `media` trees of the same database through [`SideStore`] handles: their
+//! commits share the pending writes, and one flush makes the engine's and the node's writes of
+//! a turn durable together.
 
 mod backend;
 pub(crate) mod records;
+mod shared;
 #[cfg(feature = "sled")]
 mod sled_backend;
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Bound;
+use std::sync::Arc;
 
 use kith_protocol::content::GroupControl;
 use kith_protocol::{ChangeHash, GroupId, MessageId, UnixMillis, UserId};
@@ -53,6 +59,8 @@ use records::{
     MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord, PeerSessionsRecord,
     PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode, encode,
 };
+use shared::Shared;
+pub use shared::{SideStore, SideTree, SideWrite};
 #[cfg(feature = "sled")]
 pub use sled_backend::{SledBackend, SledDurability, open_sled};
 
@@ -407,25 +415,10 @@ impl PendingKey {
     }
 }
 
-/// Writes committed but not yet flushed, per tree: the newest value of each key (`None`: deleted).
-type Pending = BTreeMap<Tree, BTreeMap<Vec<u8>, Option<Vec<u8>>>>;
-
-/// The typed store.
+/// The typed store. It shares its database, and its pending writes, with the node's
+/// [`SideStore`]s ([`Store::side`]).
 pub struct Store {
-    backend: Box<dyn Backend>,
-    pending: Pending,
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        zeroize_pending(&mut self.pending);
-    }
-}
-
-fn zeroize_pending(pending: &mut Pending) {
-    for value in pending.values_mut().flat_map(|tree| tree.values_mut()).flatten() {
-        value.zeroize();
-    }
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for Store {
@@ -437,7 +430,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// A store over any backend.
     pub fn new(backend: Box<dyn Backend>) -> Self {
-        Self { backend, pending: Pending::new() }
+        Self { shared: Shared::new(backend) }
     }
 
     /// An in-memory store.
@@ -459,15 +452,22 @@ impl Store {
         Self::open_backend(Box::new(SledBackend::open(path)?))
     }
 
+    /// A handle on the embedding node's own trees in this database: what it commits there
+    /// becomes durable with the engine's writes, at the next flush by either.
+    pub fn side(&self) -> SideStore {
+        SideStore::new(Arc::clone(&self.shared))
+    }
+
     /// Accepts a database with this build's layout (upgrading one of layout 3) and stamps an
     /// empty one with it.
     fn check_layout(&self) -> Result<(), StoreError> {
+        let backend = self.shared.backend();
         match self.meta_u32(META_LAYOUT)? {
             Some(STORE_LAYOUT) => Ok(()),
             Some(3) => {
                 let mut writes: Vec<RawWrite> = Vec::new();
                 for tree in LAYOUT_3_DROPPED {
-                    for (key, _) in self.backend.range(tree, &[], &[], false, usize::MAX)? {
+                    for (key, _) in backend.range(tree, &[], &[], false, usize::MAX)? {
                         writes.push((tree, key, None));
                     }
                 }
@@ -476,13 +476,13 @@ impl Store {
                     META_LAYOUT.to_vec(),
                     Some(STORE_LAYOUT.to_be_bytes().to_vec()),
                 ));
-                self.backend.apply(&writes)?;
-                self.backend.flush()
+                backend.apply(&writes)?;
+                backend.flush()
             }
             Some(found) => Err(StoreError::UnsupportedLayout { found, supported: STORE_LAYOUT }),
             None => {
                 for tree in Tree::ALL {
-                    if !self.backend.range(tree, &[], &[], false, 1)?.is_empty() {
+                    if !backend.range(tree, &[], &[], false, 1)?.is_empty() {
                         return Err(StoreError::UnsupportedLayout {
                             found: 0,
                             supported: STORE_LAYOUT,
@@ -490,8 +490,8 @@ impl Store {
                     }
                 }
                 let layout = STORE_LAYOUT.to_be_bytes().to_vec();
-                self.backend.apply(&[(Tree::Meta, META_LAYOUT.to_vec(), Some(layout))])?;
-                self.backend.flush()
+                backend.apply(&[(Tree::Meta, META_LAYOUT.to_vec(), Some(layout))])?;
+                backend.flush()
             }
         }
     }
@@ -502,66 +502,34 @@ impl Store {
         if let Some(e) = batch.error.take() {
             return Err(e);
         }
-        for (tree, key, value) in std::mem::take(&mut batch.writes) {
-            if let Some(Some(mut old)) = self.pending.entry(tree).or_default().insert(key, value) {
-                old.zeroize();
-            }
-        }
+        self.shared.commit(std::mem::take(&mut batch.writes));
         Ok(())
     }
 
-    /// Whether commits are waiting for [`Store::flush`].
+    /// Whether commits (the engine's or a [`SideStore`]'s) are waiting for [`Store::flush`].
     pub fn has_pending(&self) -> bool {
-        self.pending.values().any(|tree| !tree.is_empty())
+        self.shared.has_pending()
     }
 
-    /// Writes every commit since the last flush to the backend as one atomic batch and makes
-    /// it durable. On failure nothing is lost: the writes stay pending until a flush makes
-    /// them durable, and the next one applies them again (a backend that failed may have lost
-    /// what it had applied but not made durable: sled, after a full disk, is reopened).
+    /// Writes every commit since the last flush (the [`SideStore`]s' included) to the backend
+    /// as one atomic batch and makes it durable. On failure nothing is lost: the writes stay
+    /// pending until a flush makes them durable, and the next one applies them again (a
+    /// backend that failed may have lost what it had applied but not made durable: sled,
+    /// after a full disk, is reopened).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let mut writes: Vec<RawWrite> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .flat_map(|(tree, entries)| entries.into_iter().map(move |(k, v)| (tree, k, v)))
-            .collect();
-        let result = if writes.is_empty() {
-            self.backend.flush()
-        } else {
-            self.backend.apply(&writes).and_then(|()| self.backend.flush())
-        };
-        if result.is_err() {
-            // Nothing was committed meanwhile (`&mut self`): put them back as they were.
-            for (tree, key, value) in writes {
-                self.pending.entry(tree).or_default().insert(key, value);
-            }
-            return result;
-        }
-        for value in writes.iter_mut().filter_map(|(_, _, v)| v.as_mut()) {
-            value.zeroize();
-        }
-        Ok(())
+        self.shared.flush()
     }
 
     /// Every stored entry (flushed or not), in tree and key order (feature `test-utils`: tests
     /// compare stores byte for byte with it).
     #[cfg(any(test, feature = "test-utils"))]
     pub fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
-        let mut all: BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>> =
-            self.backend.dump()?.into_iter().map(|(t, k, v)| ((t, k), v)).collect();
-        for (tree, entries) in &self.pending {
-            for (key, value) in entries {
-                all.insert((*tree, key.clone()), value.clone());
-            }
-        }
-        Ok(all.into_iter().filter_map(|((t, k), v)| v.map(|v| (t, k, Some(v)))).collect())
+        self.shared.dump()
     }
 
     /// The value at `key`, pending writes first.
     fn raw(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.pending.get(&tree).and_then(|entries| entries.get(key)) {
-            Some(value) => Ok(value.clone()),
-            None => self.backend.get(tree, key),
-        }
+        self.shared.get(tree, key)
     }
 
     /// Up to `limit` entries with keys in `[start, end)` (no end bound if `end` is empty),
@@ -574,32 +542,7 @@ impl Store {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
-        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = match self.pending.get(&tree) {
-            Some(entries) if end.is_empty() || start < end => {
-                entries.range::<[u8], _>((Bound::Included(start), upper)).collect()
-            }
-            _ => Vec::new(),
-        };
-        if overlay.is_empty() {
-            return self.backend.range(tree, start, end, reverse, limit);
-        }
-        // Each pending delete hides at most one backend entry, so the first `limit +
-        // overlay.len()` backend entries hold every backend entry of the merged first `limit`.
-        let base =
-            self.backend.range(tree, start, end, reverse, limit.saturating_add(overlay.len()))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
-        for (key, value) in overlay {
-            match value {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        Ok(if reverse {
-            merged.into_iter().rev().take(limit).collect()
-        } else {
-            merged.into_iter().take(limit).collect()
-        })
+        self.shared.range(tree, start, end, reverse, limit)
     }
 
     fn get<T: Record>(&self, tree: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {

@@ -150,12 +150,12 @@ fn sled_trees_do_not_leak_into_each_other() {
     store.commit(batch).unwrap();
     store.flush().unwrap();
     for tree in Tree::ALL {
-        let all = store.backend.range(tree, &[], &[], false, usize::MAX).unwrap();
+        let all = store.shared.backend().range(tree, &[], &[], false, usize::MAX).unwrap();
         assert_eq!(
             all,
             vec![(vec![], vec![tree.prefix()]), (vec![0xff, 0xff], vec![tree.prefix()])]
         );
-        let back = store.backend.range(tree, &[], &[], true, 1).unwrap();
+        let back = store.shared.backend().range(tree, &[], &[], true, 1).unwrap();
         assert_eq!(back, vec![(vec![0xff, 0xff], vec![tree.prefix()])]);
     }
 }
@@ -211,7 +211,7 @@ fn a_failed_flush_keeps_every_commit_for_the_next_one() {
     failing.store(false, Ordering::SeqCst);
     store.flush().unwrap();
     assert!(!store.has_pending());
-    assert_eq!(store.backend.get(Tree::Seen, b"b").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(store.shared.backend().get(Tree::Seen, b"b").unwrap(), Some(b"2".to_vec()));
 }
 
 /// A full disk fails the flush after the batch was applied; a power cut then loses what the
@@ -415,10 +415,106 @@ fn a_full_disk_fails_the_flush_and_the_store_resumes_when_there_is_room_again() 
     std::fs::remove_file(filler).unwrap();
     store.flush().unwrap();
     assert!(!store.has_pending());
-    let written = store.backend.range(Tree::Messages, &[], &[], false, usize::MAX).unwrap().len();
+    let written =
+        store.shared.backend().range(Tree::Messages, &[], &[], false, usize::MAX).unwrap().len();
     drop(store);
     let store = wait(|| Store::open(&path)).unwrap();
-    let durable = store.backend.range(Tree::Messages, &[], &[], false, usize::MAX).unwrap();
+    let durable =
+        store.shared.backend().range(Tree::Messages, &[], &[], false, usize::MAX).unwrap();
     assert_eq!(durable.len(), written);
     assert!(durable.iter().all(|(_, v)| *v == value));
+}
+
+/// The node's side trees share the engine's pending writes: one flush, by either, makes both
+/// durable together, and a power cut before it loses both.
+#[test]
+fn a_side_store_commits_with_the_engine_in_one_flush() {
+    let backend = crate::testing::CrashableBackend::default();
+    let mut store = Store::new(Box::new(backend.clone()));
+    let side = store.side();
+    let mut batch = Batch::new();
+    batch.put_raw(Tree::Outbox, b"e", b"engine".to_vec());
+    store.commit(batch).unwrap();
+    side.commit(vec![(SideTree::Relay, b"r".to_vec(), Some(b"relay".to_vec()))]);
+    assert_eq!(side.get(SideTree::Relay, b"r").unwrap(), Some(b"relay".to_vec()));
+    backend.crash();
+    assert!(side.has_pending() && store.has_pending(), "pending in memory, not on disk");
+    side.flush().unwrap();
+    assert!(!store.has_pending());
+    backend.crash();
+    assert_eq!(backend.get(Tree::Outbox, b"e").unwrap(), Some(b"engine".to_vec()));
+    assert_eq!(backend.get(Tree::Relay, b"r").unwrap(), Some(b"relay".to_vec()));
+    assert_eq!(backend.get(Tree::Media, b"r").unwrap(), None, "side trees are apart");
+}
+
+/// A backend whose flush waits until the test lets it go.
+struct Gated {
+    inner: MemoryBackend,
+    entered: std::sync::mpsc::SyncSender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Backend for Gated {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn range(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.range(tree, start, end, reverse, limit)
+    }
+    fn apply(&self, writes: &[RawWrite]) -> Result<(), StoreError> {
+        self.inner.apply(writes)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.entered.send(()).unwrap();
+        self.go.lock().unwrap().recv().unwrap();
+        Ok(())
+    }
+    fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
+        self.inner.dump()
+    }
+}
+
+/// A commit made while another thread's flush is in flight is not reported durable by it: it
+/// stays pending (reads see the newest value throughout) until the next flush.
+#[test]
+fn a_commit_made_during_a_flush_stays_pending_for_the_next() {
+    let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let mut store = Store::new(Box::new(Gated {
+        inner: MemoryBackend::new(),
+        entered: entered_tx,
+        go: std::sync::Mutex::new(go_rx),
+    }));
+    let side = store.side();
+    side.commit(vec![(SideTree::Media, b"k".to_vec(), Some(b"old".to_vec()))]);
+    let flusher = std::thread::spawn({
+        let side = side.clone();
+        move || side.flush()
+    });
+    entered.recv().unwrap();
+    // The flush in flight applied "old"; this commit comes after it took its writes.
+    side.commit(vec![(SideTree::Media, b"k".to_vec(), Some(b"new".to_vec()))]);
+    let mut batch = Batch::new();
+    batch.put_raw(Tree::Seen, b"s", b"1".to_vec());
+    store.commit(batch).unwrap();
+    assert_eq!(side.get(SideTree::Media, b"k").unwrap(), Some(b"new".to_vec()));
+    go.send(()).unwrap();
+    flusher.join().unwrap().unwrap();
+    assert!(store.has_pending(), "the later commits wait for the next flush");
+    assert_eq!(side.get(SideTree::Media, b"k").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.shared.backend().get(Tree::Media, b"k").unwrap(), Some(b"old".to_vec()));
+    // The next flush passes the gate at once (its signals are buffered).
+    go.send(()).unwrap();
+    store.flush().unwrap();
+    entered.recv().unwrap();
+    assert!(!store.has_pending());
+    assert_eq!(store.shared.backend().get(Tree::Media, b"k").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(store.shared.backend().get(Tree::Seen, b"s").unwrap(), Some(b"1".to_vec()));
 }

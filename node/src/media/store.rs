@@ -1,21 +1,24 @@
-//! The node's attachment records, in a sled database of their own (`<data-dir>/media`).
+//! The node's attachment records, in the profile's database (the `media` side tree), so that
+//! they commit with the engine's writes of the same turn.
 //!
 //! ```text
-//!  outgoing: media id → OutgoingRecord   (what we serve: recipient, hashes, sealed copy)
-//!  incoming: media id → IncomingRecord   (manifest, verified chunks on disk, outcome)
+//!  'O' ‖ media id → OutgoingRecord   (what we serve: recipient, hashes, sealed copy)
+//!  'I' ‖ media id → IncomingRecord   (manifest, verified chunks on disk, outcome)
 //! ```
 //!
 //! An incoming record's `done` bitmap only names chunks whose bytes were synced to the partial
 //! file before the record was written, so a restarted download trusts it.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
 
-use kith_core::store::SledDurability;
+use kith_core::store::{SideStore, SideTree};
 
 use kith_protocol::content::MediaManifest;
 use kith_protocol::{ChunkHash, MediaId, MessageId, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
+
+use crate::keyspace::Keyspace;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +30,6 @@ pub enum MediaStoreError {
     /// A record did not decode.
     #[error("media store: corrupt record")]
     Corrupt,
-}
-
-impl From<sled::Error> for MediaStoreError {
-    fn from(e: sled::Error) -> Self {
-        Self::Backend(e.into())
-    }
 }
 
 /// An attachment we sent and serve.
@@ -99,11 +96,8 @@ pub(crate) fn set_bit(map: &mut [u8], index: u32) {
 /// The attachment database. Cheap to clone (the download writers share it).
 #[derive(Clone)]
 pub(crate) struct MediaStore {
-    db: sled::Db,
-    /// What makes a flush survive a power cut.
-    durability: Arc<Mutex<SledDurability>>,
-    outgoing: sled::Tree,
-    incoming: sled::Tree,
+    outgoing: Keyspace,
+    incoming: Keyspace,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -111,32 +105,37 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
-/// Every record of a tree keyed by media id.
+/// Every record of a keyspace keyed by media id.
 fn scan<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
+    space: &Keyspace,
 ) -> Result<Vec<(MediaId, T)>, MediaStoreError> {
-    tree.iter()
-        .map(|entry| {
-            let (key, value) = entry?;
-            let id = <[u8; 16]>::try_from(key.as_ref()).map_err(|_| MediaStoreError::Corrupt)?;
-            let record = postcard::from_bytes(&value).map_err(|_| MediaStoreError::Corrupt)?;
-            Ok((MediaId(id), record))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut corrupt = false;
+    space.scan(&[], &[], |key, value| {
+        let id = <[u8; 16]>::try_from(key).ok();
+        match id.zip(postcard::from_bytes(value).ok()) {
+            Some((id, record)) => {
+                out.push((MediaId(id), record));
+                ControlFlow::Continue(())
+            }
+            None => {
+                corrupt = true;
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if corrupt {
+        return Err(MediaStoreError::Corrupt);
+    }
+    Ok(out)
 }
 
 impl MediaStore {
-    pub(crate) fn open(path: &Path) -> Result<Self, MediaStoreError> {
-        let db = crate::clock::wait_for_lock(|| {
-            kith_core::store::open_sled(&sled::Config::new().path(path), path)
-        })?;
-        let durability = SledDurability::new(path).map_err(sled::Error::from)?;
-        Ok(Self {
-            outgoing: db.open_tree("outgoing")?,
-            incoming: db.open_tree("incoming")?,
-            db,
-            durability: Arc::new(Mutex::new(durability)),
-        })
+    pub(crate) fn open(side: SideStore) -> Self {
+        Self {
+            outgoing: Keyspace::new(side.clone(), SideTree::Media, b'O'),
+            incoming: Keyspace::new(side, SideTree::Media, b'I'),
+        }
     }
 
     pub(crate) fn put_outgoing(
@@ -144,7 +143,7 @@ impl MediaStore {
         media: &MediaId,
         record: &OutgoingRecord,
     ) -> Result<(), MediaStoreError> {
-        self.outgoing.insert(media.0, encode(record))?;
+        self.outgoing.insert(&media.0, encode(record));
         Ok(())
     }
 
@@ -153,7 +152,7 @@ impl MediaStore {
     }
 
     pub(crate) fn delete_outgoing(&self, media: &MediaId) -> Result<(), MediaStoreError> {
-        self.outgoing.remove(media.0)?;
+        self.outgoing.remove(&media.0);
         Ok(())
     }
 
@@ -162,7 +161,7 @@ impl MediaStore {
         media: &MediaId,
         record: &IncomingRecord,
     ) -> Result<(), MediaStoreError> {
-        self.incoming.insert(media.0, encode(record))?;
+        self.incoming.insert(&media.0, encode(record));
         Ok(())
     }
 
@@ -170,7 +169,7 @@ impl MediaStore {
         &self,
         media: &MediaId,
     ) -> Result<Option<IncomingRecord>, MediaStoreError> {
-        match self.incoming.get(media.0)? {
+        match self.incoming.get(&media.0)? {
             Some(value) => {
                 postcard::from_bytes(&value).map(Some).map_err(|_| MediaStoreError::Corrupt)
             }
@@ -182,10 +181,9 @@ impl MediaStore {
         scan(&self.incoming)
     }
 
-    /// Makes every write so far durable (across a power cut).
+    /// Makes every write so far durable (across a power cut): the profile's whole database,
+    /// one flush.
     pub(crate) fn flush(&self) -> Result<(), MediaStoreError> {
-        let mut durability = self.durability.lock().unwrap_or_else(PoisonError::into_inner);
-        durability.flush(&self.db)?;
-        Ok(())
+        Ok(self.outgoing.flush()?)
     }
 }

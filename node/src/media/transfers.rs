@@ -268,13 +268,20 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         self.sealed_dir.join(media.to_string())
     }
 
-    /// Whether records were written since the last [`Transfers::flush`].
+    /// Makes the records written since the last flush durable (the profile's whole database:
+    /// one commit); nothing to do if none were.
     pub(crate) fn flush(&mut self) -> Result<(), MediaStoreError> {
         if self.dirty {
             self.store.flush()?;
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// The profile's database was flushed (by the engine): every record written so far is
+    /// durable.
+    pub(crate) fn flushed(&mut self) {
+        self.dirty = false;
     }
 
     fn put_outgoing(&mut self, media: &MediaId) {

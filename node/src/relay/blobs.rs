@@ -1,5 +1,6 @@
 //! The relay's blob store: sealed attachment chunks held for recipients, one file per chunk
-//! (`<data-dir>/relay-blobs/<recipient>/<hash>`), indexed in the relay's sled database:
+//! (`<data-dir>/relay-blobs/<recipient>/<hash>`), indexed in the profile's database (the
+//! `relay` side tree, namespace `B`):
 //!
 //! ```text
 //!  'b' ‖ recipient ‖ hash               → deposited_at ‖ size   (what is held, for whom)
@@ -7,18 +8,20 @@
 //! ```
 //!
 //! A chunk file is written, synced and renamed into place (on a blocking thread) before its
-//! index entry is inserted; the upload is answered after the relay's flush. Usage per recipient
+//! index entry is inserted; the upload is answered after the profile's next flush. Usage per recipient
 //! is kept in memory, rebuilt from the index on open, and counts uploads still being written, so
 //! concurrent uploads cannot overshoot a quota.
 
 use std::collections::HashMap;
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use kith_protocol::media::MediaRefusal;
 use kith_protocol::{ChunkHash, UnixMillis, UserId};
 
 use super::store::RelayStoreError;
+use crate::keyspace::{Keyspace, WriteBatch};
 
 const BLOB: u8 = b'b';
 const EXPIRY: u8 = b'e';
@@ -57,24 +60,23 @@ pub(crate) enum Admit {
 
 pub(crate) struct BlobStore {
     dir: PathBuf,
-    index: sled::Tree,
+    index: Keyspace,
     usage: HashMap<UserId, u64>,
     total: u64,
 }
 
 impl BlobStore {
-    pub(crate) fn open(dir: &Path, index: sled::Tree) -> Result<Self, RelayStoreError> {
+    pub(crate) fn open(dir: &Path, index: Keyspace) -> Result<Self, RelayStoreError> {
         let mut usage: HashMap<UserId, u64> = HashMap::new();
         let mut total = 0;
-        for entry in index.scan_prefix([BLOB]) {
-            let (key, value) = entry?;
+        index.scan_prefix(&[BLOB], |key, value| {
             let recipient = key.get(1..33).and_then(|r| <[u8; 32]>::try_from(r).ok());
-            let (Some(recipient), Some((_, size))) = (recipient, parse_value(&value)) else {
-                continue;
-            };
-            *usage.entry(UserId(recipient)).or_default() += size;
-            total += size;
-        }
+            if let (Some(recipient), Some((_, size))) = (recipient, parse_value(value)) {
+                *usage.entry(UserId(recipient)).or_default() += size;
+                total += size;
+            }
+            ControlFlow::Continue(())
+        })?;
         Ok(Self { dir: dir.to_owned(), index, usage, total })
     }
 
@@ -83,13 +85,13 @@ impl BlobStore {
         self.dir.join(recipient.to_string()).join(hash.to_string())
     }
 
-    /// A lookup of held chunks for the fetch server, which runs beside the driver (sled trees
-    /// are safe to read from several threads).
+    /// A lookup of held chunks for the fetch server, which runs beside the driver (the
+    /// database is safe to read from several threads).
     pub(crate) fn index(&self) -> crate::media::fetch::BlobIndex {
         let (index, dir) = (self.index.clone(), self.dir.clone());
         crate::media::fetch::BlobIndex {
             lookup: std::sync::Arc::new(move |recipient: &UserId, hash: &ChunkHash| {
-                let held = index.contains_key(blob_key(recipient, hash)).ok()?;
+                let held = index.contains_key(&blob_key(recipient, hash)).ok()?;
                 held.then(|| dir.join(recipient.to_string()).join(hash.to_string()))
             }),
         }
@@ -101,7 +103,7 @@ impl BlobStore {
         recipient: &UserId,
         hash: &ChunkHash,
     ) -> Result<bool, RelayStoreError> {
-        Ok(self.index.contains_key(blob_key(recipient, hash))?)
+        Ok(self.index.contains_key(&blob_key(recipient, hash))?)
     }
 
     /// Bytes held (and being written) for `recipient`, and in all.
@@ -154,10 +156,10 @@ impl BlobStore {
     ) -> Result<(), RelayStoreError> {
         let mut value = now.to_be_bytes().to_vec();
         value.extend_from_slice(&size.to_be_bytes());
-        let mut batch = sled::Batch::default();
-        batch.insert(blob_key(recipient, hash), value);
-        batch.insert(expiry_key(now, recipient, hash), Vec::new());
-        self.index.apply_batch(batch)?;
+        let mut batch = WriteBatch::default();
+        batch.insert(&self.index, &blob_key(recipient, hash), value);
+        batch.insert(&self.index, &expiry_key(now, recipient, hash), Vec::new());
+        self.index.commit(batch);
         Ok(())
     }
 
@@ -167,18 +169,18 @@ impl BlobStore {
         recipient: &UserId,
         hashes: &[ChunkHash],
     ) -> Result<u32, RelayStoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut removed = Vec::new();
         for hash in hashes {
             let key = blob_key(recipient, hash);
             let Some((at, size)) = self.index.get(&key)?.as_deref().and_then(parse_value) else {
                 continue;
             };
-            batch.remove(key);
-            batch.remove(expiry_key(at, recipient, hash));
+            batch.remove(&self.index, &key);
+            batch.remove(&self.index, &expiry_key(at, recipient, hash));
             removed.push((*hash, size));
         }
-        self.index.apply_batch(batch)?;
+        self.index.commit(batch);
         for (hash, size) in &removed {
             self.release(recipient, *size);
             // A crash before this leaves a file no index entry names: never served, only disk.
@@ -195,14 +197,16 @@ impl BlobStore {
     ) -> Result<usize, RelayStoreError> {
         let mut expired: Vec<(UserId, ChunkHash)> = Vec::new();
         let end = expiry_key(cutoff, &UserId([0; 32]), &ChunkHash([0; 32]));
-        for entry in self.index.range(vec![EXPIRY]..end).take(max) {
-            let (key, _) = entry?;
+        let mut visited = 0;
+        self.index.scan(&[EXPIRY], &end, |key, _| {
             let recipient = key.get(9..41).and_then(|r| <[u8; 32]>::try_from(r).ok());
             let hash = key.get(41..73).and_then(|h| <[u8; 32]>::try_from(h).ok());
             if let (Some(recipient), Some(hash)) = (recipient, hash) {
                 expired.push((UserId(recipient), ChunkHash(hash)));
             }
-        }
+            visited += 1;
+            if visited >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
         let mut purged = 0;
         for (recipient, hash) in expired {
             purged += self.remove(&recipient, &[hash])? as usize;
@@ -256,8 +260,9 @@ mod tests {
     #[test]
     fn quotas_count_reservations_and_removal_frees_them() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let mut blobs = BlobStore::open(dir.path(), db.open_tree("blobs").unwrap()).unwrap();
+        let db = kith_core::store::Store::memory();
+        let index = || Keyspace::new(db.side(), kith_core::store::SideTree::Relay, b'B');
+        let mut blobs = BlobStore::open(dir.path(), index()).unwrap();
         let (bob, carol) = (UserId([1; 32]), UserId([2; 32]));
         let data = vec![7u8; 100];
         let hash = ChunkHash(*blake3::hash(&data).as_bytes());
@@ -280,7 +285,7 @@ mod tests {
             Err(MediaRefusal::HashMismatch)
         );
         // Reopened, the usage is rebuilt from the index.
-        let reopened = BlobStore::open(dir.path(), db.open_tree("blobs").unwrap()).unwrap();
+        let reopened = BlobStore::open(dir.path(), index()).unwrap();
         assert_eq!(reopened.usage(&bob), (100, 100));
         assert_eq!(blobs.purge_expired(5, 10).unwrap(), 0, "stored at 5 is not before 5");
         assert_eq!(blobs.purge_expired(6, 10).unwrap(), 1);

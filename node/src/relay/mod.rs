@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use kith_core::identity::user_id_of;
 use kith_core::prekeys::verify_bundle;
+use kith_core::store::SideStore;
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_ENVELOPE_BYTES, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
 use kith_protocol::mailbox::{DepositResult, MailboxRefusal, MailboxResponse};
@@ -253,6 +254,8 @@ pub(crate) struct Push {
 pub(crate) struct RelayService {
     config: RelayConfig,
     store: RelayStore,
+    /// The profile's database directory (its size is reported to the operator).
+    db_dir: std::path::PathBuf,
     blobs: BlobStore,
     limiter: RateLimiter,
     upload_limiter: RateLimiter,
@@ -261,15 +264,17 @@ pub(crate) struct RelayService {
 }
 
 impl RelayService {
-    /// Opens the relay's store in `dir` and its blob store in `blob_dir`.
+    /// Opens the relay's records in the profile's database (at `db_dir`, through `side`) and
+    /// its blob store in `blob_dir`.
     pub(crate) fn open(
-        dir: &Path,
+        side: SideStore,
+        db_dir: &Path,
         blob_dir: &Path,
         config: RelayConfig,
         now: Instant,
     ) -> Result<Self, RelayStoreError> {
-        let store = RelayStore::open(dir)?;
-        let blobs = BlobStore::open(blob_dir, store.tree("blobs")?)?;
+        let store = RelayStore::open(side)?;
+        let blobs = BlobStore::open(blob_dir, store.keyspace(b'B'))?;
         let metrics = RelayMetrics::new();
         let total = store.total();
         metrics.set_stored(total.messages, total.bytes);
@@ -279,6 +284,7 @@ impl RelayService {
             upload_limiter: RateLimiter::new(PREKEY_UPLOAD_RATE.0, PREKEY_UPLOAD_RATE.1),
             config,
             store,
+            db_dir: db_dir.to_owned(),
             blobs,
             metrics,
             next_purge: now,
@@ -493,7 +499,6 @@ impl RelayService {
                     instant + self.config.purge_interval
                 };
                 if chunks > 0 {
-                    self.store.mark_dirty();
                     tracing::info!("purged {chunks} expired attachment chunks");
                 }
                 if envelopes > 0 {
@@ -515,7 +520,9 @@ impl RelayService {
         self.next_purge
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable (the driver flushes the whole database
+    /// through the engine; the service's own tests flush here).
+    #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
         self.store.flush()
     }
@@ -526,9 +533,10 @@ impl RelayService {
         (total.messages, total.bytes, self.store.prekey_users())
     }
 
-    /// Bytes the relay's database occupies on disk.
-    pub(crate) fn size_on_disk(&self) -> Result<u64, RelayStoreError> {
-        self.store.size_on_disk()
+    /// Bytes the profile's database (the relay's records and the node's own) occupies on
+    /// disk.
+    pub(crate) fn size_on_disk(&self) -> std::io::Result<u64> {
+        dir_size(&self.db_dir)
     }
 
     fn update_gauges(&self) {
@@ -578,7 +586,6 @@ impl RelayService {
         });
         match result {
             Ok(()) => {
-                self.store.mark_dirty();
                 self.metrics.blob_uploads.inc();
                 self.update_gauges();
                 MediaResponse::Stored
@@ -602,7 +609,6 @@ impl RelayService {
         };
         match self.blobs.remove(&recipient, hashes) {
             Ok(removed) => {
-                self.store.mark_dirty();
                 self.update_gauges();
                 MediaResponse::Deleted { removed }
             }
@@ -617,6 +623,17 @@ impl RelayService {
     pub(crate) fn blob_bytes(&self) -> u64 {
         self.blobs.total()
     }
+}
+
+/// The bytes of the files in `dir` and below.
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
 }
 
 /// A refusal decided while storing.

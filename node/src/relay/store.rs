@@ -1,6 +1,8 @@
-//! The relay's disk: mailboxes and uploaded prekeys, in a sled database of their own.
+//! The relay's disk: mailboxes and uploaded prekeys, in the profile's database (the `relay`
+//! side tree: namespace `M` for mail, `P` for prekeys), so that they commit with the engine's
+//! writes of the same turn.
 //!
-//! One `mailbox` tree holds three kinds of entry, so that every change is one atomic batch:
+//! The mail namespace holds three kinds of entry, so that every change is one atomic batch:
 //!
 //! ```text
 //!  'm' ‖ recipient ‖ seq            → deposited_at ‖ id ‖ envelope bytes   (the mail, in order)
@@ -8,15 +10,18 @@
 //!  'e' ‖ deposited_at ‖ recipient ‖ seq → ()                               (expiry order)
 //! ```
 //!
-//! `seq` comes from sled's persistent id generator, so a recipient's mail reads back in deposit
-//! order, also across restarts. Usage per recipient (messages, bytes) is kept in memory and
-//! rebuilt from the `'m'` entries on open. Nothing here is durable until [`RelayStore::flush`]
-//! returns; the relay acknowledges only after it.
+//! `seq` counts up from one past the highest stored on open, so a recipient's mail reads back
+//! in deposit order, also across restarts (a seq lost with a power cut named nothing durable).
+//! Usage per recipient (messages, bytes) is kept in memory and rebuilt from the `'m'` entries
+//! on open. Nothing here is durable until the profile's next flush; the relay acknowledges only
+//! after it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::ops::ControlFlow;
 
-use kith_core::store::SledDurability;
+use kith_core::store::{SideStore, SideTree};
+
+use crate::keyspace::{Keyspace, WriteBatch};
 use kith_protocol::prekey::{OneTimePreKeyPublic, PreKeyBundle, PreKeyRequest, PreKeyUpload};
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
@@ -39,12 +44,6 @@ pub enum RelayStoreError {
     /// A record could not be encoded.
     #[error("relay store: could not encode a prekey record")]
     Encode(#[source] kith_protocol::EncodeError),
-}
-
-impl From<sled::Error> for RelayStoreError {
-    fn from(e: sled::Error) -> Self {
-        Self::Backend(e.into())
-    }
 }
 
 /// Messages and bytes held for one recipient.
@@ -71,15 +70,14 @@ pub(crate) struct Mail {
 }
 
 pub(crate) struct RelayStore {
-    db: sled::Db,
-    /// What makes a flush survive a power cut (`None`: a temporary database, in tests).
-    durability: Option<SledDurability>,
-    mailbox: sled::Tree,
-    prekeys: sled::Tree,
+    side: SideStore,
+    mailbox: Keyspace,
+    prekeys: Keyspace,
+    /// The next mail's seq.
+    next_seq: u64,
     usage: HashMap<UserId, Usage>,
     total: Usage,
     prekey_users: usize,
-    dirty: bool,
 }
 
 fn mail_key(recipient: &UserId, seq: u64) -> Vec<u8> {
@@ -132,32 +130,33 @@ fn parse_mail(value: &[u8]) -> Option<(UnixMillis, MessageId, &[u8])> {
 }
 
 impl RelayStore {
-    /// Opens (or creates) the store at `path` and reads the usage of every mailbox.
-    pub(crate) fn open(path: &Path) -> Result<Self, RelayStoreError> {
-        let db = crate::clock::wait_for_lock(|| {
-            kith_core::store::open_sled(&sled::Config::new().path(path), path)
-        })?;
-        let durability = SledDurability::new(path).map_err(sled::Error::from)?;
-        Self::with_db(db, Some(durability))
-    }
-
-    fn with_db(db: sled::Db, durability: Option<SledDurability>) -> Result<Self, RelayStoreError> {
-        let mailbox = db.open_tree("mailbox")?;
-        let prekeys = db.open_tree("prekeys")?;
+    /// Opens the relay's records in the profile's database and reads the usage of every
+    /// mailbox.
+    pub(crate) fn open(side: SideStore) -> Result<Self, RelayStoreError> {
+        let mailbox = Keyspace::new(side.clone(), SideTree::Relay, b'M');
+        let prekeys = Keyspace::new(side.clone(), SideTree::Relay, b'P');
         let mut usage: HashMap<UserId, Usage> = HashMap::new();
         let mut total = Usage::default();
-        for entry in mailbox.scan_prefix([MAIL]) {
-            let (key, value) = entry?;
-            let Some((recipient, _)) = parse_mail_key(&key) else { continue };
+        let mut next_seq = 0;
+        mailbox.scan_prefix(&[MAIL], |key, value| {
+            let Some((recipient, seq)) = parse_mail_key(key) else {
+                return ControlFlow::Continue(());
+            };
+            next_seq = next_seq.max(seq + 1);
             let bytes = value.len().saturating_sub(MAIL_HEADER) as u64;
             let u = usage.entry(recipient).or_default();
             u.messages += 1;
             u.bytes += bytes;
             total.messages += 1;
             total.bytes += bytes;
-        }
-        let prekey_users = prekeys.len();
-        Ok(Self { db, durability, mailbox, prekeys, usage, total, prekey_users, dirty: false })
+            ControlFlow::Continue(())
+        })?;
+        let mut prekey_users = 0;
+        prekeys.scan(&[], &[], |_, _| {
+            prekey_users += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(Self { side, mailbox, prekeys, next_seq, usage, total, prekey_users })
     }
 
     /// What `recipient` has stored.
@@ -181,7 +180,7 @@ impl RelayStore {
         recipient: &UserId,
         id: &MessageId,
     ) -> Result<bool, RelayStoreError> {
-        Ok(self.mailbox.contains_key(id_key(recipient, id))?)
+        Ok(self.mailbox.contains_key(&id_key(recipient, id))?)
     }
 
     /// Stores an envelope (quota checks are the caller's); durable after [`Self::flush`].
@@ -195,7 +194,8 @@ impl RelayStore {
         if self.holds(recipient, id)? {
             return Ok(Deposit::AlreadyHeld);
         }
-        let seq = self.db.generate_id()?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let mut value = Vec::with_capacity(MAIL_HEADER + envelope.len());
         value.extend_from_slice(&now.to_be_bytes());
         value.extend_from_slice(&id.0);
@@ -203,12 +203,11 @@ impl RelayStore {
         let mut index = [0u8; 16];
         index[..8].copy_from_slice(&seq.to_be_bytes());
         index[8..].copy_from_slice(&now.to_be_bytes());
-        let mut batch = sled::Batch::default();
-        batch.insert(mail_key(recipient, seq), value);
-        batch.insert(id_key(recipient, id), index.as_slice());
-        batch.insert(expiry_key(now, recipient, seq), &[]);
-        self.mailbox.apply_batch(batch)?;
-        self.dirty = true;
+        let mut batch = WriteBatch::default();
+        batch.insert(&self.mailbox, &mail_key(recipient, seq), value);
+        batch.insert(&self.mailbox, &id_key(recipient, id), index.to_vec());
+        batch.insert(&self.mailbox, &expiry_key(now, recipient, seq), Vec::new());
+        self.mailbox.commit(batch);
         let bytes = envelope.len() as u64;
         let u = self.usage.entry(*recipient).or_default();
         u.messages += 1;
@@ -231,19 +230,20 @@ impl RelayStore {
         let mut out = Vec::new();
         let mut size = 0usize;
         let mut seen = 0u64;
-        for entry in self.mailbox.scan_prefix(prefix(MAIL, recipient)) {
-            let (_, value) = entry?;
-            let Some((at, id, envelope)) = parse_mail(&value) else { continue };
+        self.mailbox.scan_prefix(&prefix(MAIL, recipient), |_, value| {
+            let Some((at, id, envelope)) = parse_mail(value) else {
+                return ControlFlow::Continue(());
+            };
             if out.len() >= limit || (!out.is_empty() && size + envelope.len() > max_bytes) {
-                break;
+                return ControlFlow::Break(());
             }
             seen += 1;
-            if at < expired_before {
-                continue;
+            if at >= expired_before {
+                size += envelope.len();
+                out.push(Mail { id, bytes: envelope.to_vec() });
             }
-            size += envelope.len();
-            out.push(Mail { id, bytes: envelope.to_vec() });
-        }
+            ControlFlow::Continue(())
+        })?;
         let remaining = self.usage(recipient).messages.saturating_sub(seen);
         Ok((out, remaining))
     }
@@ -254,7 +254,7 @@ impl RelayStore {
         recipient: &UserId,
         ids: &[MessageId],
     ) -> Result<u32, RelayStoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteBatch::default();
         let mut removed = 0u32;
         let mut bytes = 0u64;
         for id in ids {
@@ -263,19 +263,18 @@ impl RelayStore {
             let (Some(seq), Some(at)) = (be_u64(&index), index.get(8..).and_then(be_u64)) else {
                 continue;
             };
-            if let Some(mail) = self.mailbox.get(mail_key(recipient, seq))? {
+            if let Some(mail) = self.mailbox.get(&mail_key(recipient, seq))? {
                 bytes += mail.len().saturating_sub(MAIL_HEADER) as u64;
             }
-            batch.remove(mail_key(recipient, seq));
-            batch.remove(key);
-            batch.remove(expiry_key(at, recipient, seq));
+            batch.remove(&self.mailbox, &mail_key(recipient, seq));
+            batch.remove(&self.mailbox, &key);
+            batch.remove(&self.mailbox, &expiry_key(at, recipient, seq));
             removed += 1;
         }
         if removed == 0 {
             return Ok(0);
         }
-        self.mailbox.apply_batch(batch)?;
-        self.dirty = true;
+        self.mailbox.commit(batch);
         self.release(recipient, u64::from(removed), bytes);
         Ok(removed)
     }
@@ -298,29 +297,28 @@ impl RelayStore {
         cutoff: UnixMillis,
         max: usize,
     ) -> Result<usize, RelayStoreError> {
-        let mut expired: Vec<(UserId, MessageId)> = Vec::new();
-        for entry in self.mailbox.range(vec![EXPIRY]..expiry_key(cutoff, &UserId([0; 32]), 0)) {
-            let (key, _) = entry?;
+        let mut candidates: Vec<(Vec<u8>, UserId, u64)> = Vec::new();
+        let end = expiry_key(cutoff, &UserId([0; 32]), 0);
+        self.mailbox.scan(&[EXPIRY], &end, |key, _| {
             let parsed = key
                 .get(9..41)
                 .and_then(|r| <[u8; 32]>::try_from(r).ok())
                 .zip(key.get(41..49).and_then(be_u64));
-            let Some((recipient, seq)) = parsed else { continue };
-            let recipient = UserId(recipient);
+            if let Some((recipient, seq)) = parsed {
+                candidates.push((key.to_vec(), UserId(recipient), seq));
+            }
+            if candidates.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        let mut expired: Vec<(UserId, MessageId)> = Vec::new();
+        for (key, recipient, seq) in candidates {
             let id = self
                 .mailbox
-                .get(mail_key(&recipient, seq))?
+                .get(&mail_key(&recipient, seq))?
                 .and_then(|v| parse_mail(&v).map(|(_, id, _)| id));
             match id {
                 Some(id) => expired.push((recipient, id)),
                 // A stale index entry: drop it alone.
-                None => {
-                    self.mailbox.remove(key)?;
-                    self.dirty = true;
-                }
-            }
-            if expired.len() >= max {
-                break;
+                None => self.mailbox.remove(&key),
             }
         }
         let mut purged = 0;
@@ -383,7 +381,7 @@ impl RelayStore {
     ) -> Result<Option<PreKeyUpload>, RelayStoreError> {
         // A record that no longer decodes is treated as absent (and replaced on upload).
         // Stored as the upload frame itself, so that decoding re-checks its limits.
-        let decoded = self.prekeys.get(user.0)?.and_then(|v| kith_protocol::decode(&v).ok());
+        let decoded = self.prekeys.get(&user.0)?.and_then(|v| kith_protocol::decode(&v).ok());
         Ok(match decoded {
             Some(PreKeyRequest::Upload(upload)) => Some(*upload),
             _ => None,
@@ -393,38 +391,19 @@ impl RelayStore {
     fn write_prekeys(&mut self, key: &[u8], upload: &PreKeyUpload) -> Result<(), RelayStoreError> {
         let bytes = kith_protocol::encode(&PreKeyRequest::Upload(Box::new(upload.clone())))
             .map_err(RelayStoreError::Encode)?;
-        self.prekeys.insert(key, bytes)?;
-        self.dirty = true;
+        self.prekeys.insert(key, bytes);
         Ok(())
     }
 
-    /// Opens another tree of the relay's database (flushed with it; mark it dirty when written).
-    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, RelayStoreError> {
-        Ok(self.db.open_tree(name)?)
+    /// Another namespace of the relay's side tree (the blob index).
+    pub(crate) fn keyspace(&self, ns: u8) -> Keyspace {
+        Keyspace::new(self.side.clone(), SideTree::Relay, ns)
     }
 
-    /// Notes a write to another tree, for the next flush.
-    pub(crate) fn mark_dirty(&mut self) {
-        self.dirty = true;
-    }
-
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable (the profile's whole database: one flush).
+    #[cfg(test)]
     pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
-        if self.dirty {
-            match self.durability.as_mut() {
-                Some(durability) => durability.flush(&self.db)?,
-                None => {
-                    self.db.flush()?;
-                }
-            }
-            self.dirty = false;
-        }
-        Ok(())
-    }
-
-    /// Bytes the database occupies on disk.
-    pub(crate) fn size_on_disk(&self) -> Result<u64, RelayStoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.side.flush()?)
     }
 }
 
@@ -439,7 +418,7 @@ mod tests {
     use super::*;
 
     fn store() -> RelayStore {
-        RelayStore::with_db(sled::Config::new().temporary(true).open().unwrap(), None).unwrap()
+        RelayStore::open(kith_core::store::Store::memory().side()).unwrap()
     }
 
     const BOB: UserId = UserId([2; 32]);
@@ -482,12 +461,14 @@ mod tests {
     fn usage_survives_reopen_and_expired_mail_is_purged_not_served() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = RelayStore::open(dir.path()).unwrap();
+            let db = kith_core::store::Store::open(dir.path()).unwrap();
+            let mut s = RelayStore::open(db.side()).unwrap();
             s.deposit(&BOB, &MessageId([1; 16]), &[1; 10], 1_000).unwrap();
             s.deposit(&BOB, &MessageId([2; 16]), &[2; 20], 5_000).unwrap();
             s.flush().unwrap();
         }
-        let mut s = RelayStore::open(dir.path()).unwrap();
+        let db = crate::clock::wait_for_lock(|| kith_core::store::Store::open(dir.path())).unwrap();
+        let mut s = RelayStore::open(db.side()).unwrap();
         assert_eq!(s.usage(&BOB), Usage { messages: 2, bytes: 30 });
         // Expired mail is not served even before it is purged.
         let (mail, _) = s.fetch(&BOB, 10, usize::MAX, 2_000).unwrap();

@@ -27,19 +27,22 @@ const NOW: UnixMillis = 1_700_000_000_000;
 
 struct Relay {
     service: RelayService,
+    _store: kith_core::store::Store,
     _dir: tempfile::TempDir,
 }
 
 fn relay(config: RelayConfig) -> Relay {
     let dir = tempfile::tempdir().unwrap();
+    let store = kith_core::store::Store::open(&dir.path().join("db")).unwrap();
     let service = RelayService::open(
+        store.side(),
         &dir.path().join("db"),
         &dir.path().join("blobs"),
         config,
         Instant::now(),
     )
     .unwrap();
-    Relay { service, _dir: dir }
+    Relay { service, _store: store, _dir: dir }
 }
 
 fn refusals(results: &[DepositResult]) -> Vec<Option<MailboxRefusal>> {
@@ -172,4 +175,140 @@ fn a_node_restarting_may_dial_all_its_contacts_through_the_relay_twice_over() {
     // Another peer is not held back by the first.
     let other = PeerId::random();
     assert!(limiters.iter_mut().all(|l| l.try_next(other, &address, now)));
+}
+
+/// A relay's mailboxes through power cuts and a full disk, its store on a disk that loses every
+/// write not flushed when the power goes (`CrashableBackend`): a deposit the relay
+/// acknowledged (its answer leaves only after the flush) is held after any cut until an ack of
+/// its recipient is durable; a durable ack never comes back; nothing is fetched that was never
+/// deposited; and the usage the quotas count is what the store holds. While the disk is full
+/// every flush fails, so nothing is acknowledged, and the senders' retries are taken once
+/// there is room again.
+#[test]
+fn power_cuts_and_a_full_disk_never_lose_an_acknowledged_deposit() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kith_core::store::Store;
+    use kith_core::testing::CrashableBackend;
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = CrashableBackend::default();
+    let open = || {
+        let store = Store::new(Box::new(disk.clone()));
+        let blobs = dir.path().join("blobs");
+        RelayService::open(store.side(), dir.path(), &blobs, RelayConfig::default(), Instant::now())
+            .unwrap()
+    };
+    let mut relay = open();
+    let (alice, bob, carol) = (user(), user(), user());
+    let recipients = [&bob, &carol];
+    // A xorshift: reproducible, no dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rng = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % n).unwrap_or_default()
+    };
+    let mut acked: BTreeMap<MessageId, usize> = BTreeMap::new();
+    let mut unanswered: BTreeMap<MessageId, Envelope> = BTreeMap::new();
+    let mut deposited: BTreeSet<MessageId> = BTreeSet::new();
+    let mut gone: BTreeSet<MessageId> = BTreeSet::new();
+    // Acks whose flush failed: their removals are still pending, durable at the next flush
+    // that succeeds (unless the power goes first).
+    let mut removing: BTreeSet<MessageId> = BTreeSet::new();
+    let (mut cuts, mut failed, mut full, mut next) = (0, 0, false, 0u64);
+    let check = |relay: &mut RelayService,
+                 acked: &BTreeMap<MessageId, usize>,
+                 deposited: &BTreeSet<MessageId>,
+                 gone: &BTreeSet<MessageId>| {
+        let mut held = BTreeSet::new();
+        for (r, recipient) in recipients.iter().enumerate() {
+            let (mail, _) = relay.store.fetch(&recipient.id, usize::MAX, usize::MAX, 0).unwrap();
+            let ids: Vec<MessageId> = mail.iter().map(|m| m.id).collect();
+            for id in &ids {
+                assert!(deposited.contains(id), "fetched {id}, never deposited");
+                assert!(!gone.contains(id), "{id} came back after a durable ack");
+            }
+            for (id, _) in acked.iter().filter(|(_, to)| **to == r) {
+                assert!(ids.contains(id), "acknowledged deposit {id} lost");
+            }
+            held.extend(ids);
+        }
+        assert_eq!(relay.stored().0, held.len() as u64, "usage counts what is held");
+    };
+    for _ in 0..3_000 {
+        match rng(100) {
+            // A sender deposits a new envelope, or retries one it got no answer for.
+            0..55 => {
+                let envelope = match unanswered.keys().next().copied().filter(|_| rng(2) == 0) {
+                    Some(id) => unanswered.remove(&id).unwrap(),
+                    None => {
+                        next += 1;
+                        let to = recipients[rng(2)];
+                        let mut e = envelope(1, &alice, to, 200);
+                        e.id = MessageId((u128::from(next) << 8).to_be_bytes());
+                        e
+                    }
+                };
+                deposited.insert(envelope.id);
+                // A retry after its recipient's ack (not yet durable) is a deposit anew.
+                removing.remove(&envelope.id);
+                let (results, _) =
+                    relay.deposit(alice.peer, vec![envelope.clone()], NOW, Instant::now());
+                assert_eq!(refusals(&results), [None]);
+                if relay.flush().is_ok() {
+                    let to = recipients.iter().position(|r| r.id == envelope.recipient).unwrap();
+                    acked.insert(envelope.id, to);
+                    for id in std::mem::take(&mut removing) {
+                        acked.remove(&id);
+                        unanswered.remove(&id);
+                        gone.insert(id);
+                    }
+                } else {
+                    failed += 1;
+                    unanswered.insert(envelope.id, envelope);
+                }
+            }
+            // A recipient fetches and acks what it got.
+            55..80 => {
+                let recipient = recipients[rng(2)];
+                let ids = fetched(relay.fetch(&recipient.peer, &recipient.id, 16, NOW));
+                relay.ack(&recipient.peer, &recipient.id, &ids);
+                removing.extend(ids);
+                if relay.flush().is_ok() {
+                    for id in std::mem::take(&mut removing) {
+                        acked.remove(&id);
+                        unanswered.remove(&id);
+                        gone.insert(id);
+                    }
+                } else {
+                    failed += 1;
+                }
+            }
+            80..88 => {
+                full = !full;
+                disk.set_full(full);
+            }
+            _ => {
+                disk.crash();
+                removing.clear();
+                relay = open();
+                cuts += 1;
+                check(&mut relay, &acked, &deposited, &gone);
+            }
+        }
+    }
+    disk.set_full(false);
+    for (_, envelope) in std::mem::take(&mut unanswered) {
+        let (results, _) = relay.deposit(alice.peer, vec![envelope.clone()], NOW, Instant::now());
+        assert_eq!(refusals(&results), [None]);
+        relay.flush().unwrap();
+        let to = recipients.iter().position(|r| r.id == envelope.recipient).unwrap();
+        acked.insert(envelope.id, to);
+    }
+    disk.crash();
+    relay = open();
+    check(&mut relay, &acked, &deposited, &gone);
+    assert!(cuts > 100 && failed > 50, "{cuts} cuts, {failed} failed flushes");
 }

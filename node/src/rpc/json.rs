@@ -9,8 +9,8 @@ use kith_protocol::UserId;
 use kith_protocol::content::{Body, PresenceStatus, TypingState};
 use serde::Serialize;
 
-use crate::NodeEvent;
 use crate::media::{Attachment, AttachmentState, MediaEvent, TransferDirection};
+use crate::{NodeEvent, StorageStatus};
 
 /// A user as a peer id string.
 pub fn peer(user: &UserId) -> String {
@@ -439,6 +439,17 @@ pub enum EventJson {
         /// What was wrong.
         error: String,
     },
+    /// The node's database refuses commits (a full disk): nothing new is acknowledged, sent or
+    /// answered until it takes them again (the node retries every second by itself).
+    StorageFailing {
+        /// What the database reported.
+        reason: String,
+    },
+    /// The node's database takes commits again; what was held has left.
+    StorageRecovered {
+        /// How long commits had failed (ms).
+        after_ms: u64,
+    },
     /// An attachment failed for good.
     MediaFailed {
         /// Attachment id.
@@ -499,6 +510,12 @@ impl EventJson {
                 id: id.to_string(),
                 relay: relay.to_string(),
                 reason: crate::relay::metrics::reason_label(*reason).to_owned(),
+            },
+            NodeEvent::Storage(StorageStatus::Failing { reason }) => {
+                Self::StorageFailing { reason: reason.clone() }
+            }
+            NodeEvent::Storage(StorageStatus::Recovered { after }) => Self::StorageRecovered {
+                after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
             },
             NodeEvent::Media(event) => match event {
                 MediaEvent::Progress {

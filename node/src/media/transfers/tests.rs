@@ -14,7 +14,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let store = MediaStore::open(&dir.path().join("media")).unwrap();
+    let store = MediaStore::open(kith_core::store::Store::memory().side());
     let sealed = dir.path().join("sealed");
     std::fs::create_dir_all(&sealed).unwrap();
     let transfers = Transfers::open(
@@ -233,7 +233,7 @@ async fn a_broken_stream_sends_its_chunks_elsewhere_and_a_resumed_download_asks_
 #[test]
 fn an_attachment_over_the_limit_is_refused_before_any_chunk_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let store = MediaStore::open(&dir.path().join("media")).unwrap();
+    let store = MediaStore::open(kith_core::store::Store::memory().side());
     let mut t: Transfers<u32> = Transfers::open(
         store,
         dir.path().join("sealed"),

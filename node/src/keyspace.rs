@@ -1,0 +1,290 @@
+//! The node's own records in the profile's database: a [`Keyspace`] is one namespace (a key
+//! prefix byte) of one of the engine store's side trees, so that the relay service's mailboxes,
+//! prekeys and blob index and the attachment records commit with the engine's writes, in one
+//! flush per turn.
+//!
+//! | side tree | namespace | holds |
+//! |---|---|---|
+//! | relay | `M` | mailboxes ([`crate::relay`]'s store) |
+//! | relay | `P` | uploaded prekeys |
+//! | relay | `B` | the blob index |
+//! | media | `O` | attachments we send |
+//! | media | `I` | attachments we receive |
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use kith_core::store::{BackendError, Entry, SideStore, SideTree, SideWrite, StoreError};
+
+/// Entries read per page when scanning.
+const PAGE: usize = 256;
+
+/// One namespace of a side tree.
+#[derive(Clone, Debug)]
+pub(crate) struct Keyspace {
+    side: SideStore,
+    tree: SideTree,
+    ns: u8,
+}
+
+/// Writes to one or more keyspaces, committed at once by [`Keyspace::commit`].
+#[derive(Default)]
+pub(crate) struct WriteBatch {
+    writes: Vec<SideWrite>,
+}
+
+impl WriteBatch {
+    pub(crate) fn insert(&mut self, space: &Keyspace, key: &[u8], value: Vec<u8>) {
+        self.writes.push((space.tree, space.key(key), Some(value)));
+    }
+
+    pub(crate) fn remove(&mut self, space: &Keyspace, key: &[u8]) {
+        self.writes.push((space.tree, space.key(key), None));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+impl Keyspace {
+    pub(crate) fn new(side: SideStore, tree: SideTree, ns: u8) -> Self {
+        Self { side, tree, ns }
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(key.len() + 1);
+        out.push(self.ns);
+        out.extend_from_slice(key);
+        out
+    }
+
+    /// The value at `key` (committed, durable or not).
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.side.get(self.tree, &self.key(key))
+    }
+
+    pub(crate) fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Puts one value (durable after the next flush).
+    pub(crate) fn insert(&self, key: &[u8], value: Vec<u8>) {
+        let mut batch = WriteBatch::default();
+        batch.insert(self, key, value);
+        self.commit(batch);
+    }
+
+    /// Deletes one key (durable after the next flush).
+    pub(crate) fn remove(&self, key: &[u8]) {
+        let mut batch = WriteBatch::default();
+        batch.remove(self, key);
+        self.commit(batch);
+    }
+
+    /// Commits a batch (of this keyspace's writes or others' in the same database) at once.
+    pub(crate) fn commit(&self, batch: WriteBatch) {
+        if !batch.is_empty() {
+            self.side.commit(batch.writes);
+        }
+    }
+
+    /// Visits the entries with keys in `[start, end)` (no end bound if `end` is empty) in key
+    /// order, a page at a time, until `visit` breaks; keys are given without the namespace.
+    pub(crate) fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let end = if end.is_empty() { vec![self.ns + 1] } else { self.key(end) };
+        let mut from = self.key(start);
+        loop {
+            let page: Vec<Entry> = self.side.range(self.tree, &from, &end, false, PAGE)?;
+            let full = page.len() == PAGE;
+            for (key, value) in &page {
+                if visit(key.get(1..).unwrap_or_default(), value).is_break() {
+                    return Ok(());
+                }
+            }
+            match page.into_iter().last() {
+                // The next page starts just after the last key.
+                Some((mut last, _)) if full => {
+                    last.push(0);
+                    from = last;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// [`Keyspace::scan`] of the keys that start with `prefix`.
+    pub(crate) fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        match prefix_end(prefix) {
+            Some(end) => self.scan(prefix, &end, visit),
+            None => self.scan(prefix, &[], visit),
+        }
+    }
+
+    /// Makes every commit so far durable (the whole database's: one flush).
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.side.flush()
+    }
+}
+
+/// The trees of the relay service's database of its own (`<data-dir>/relay`, before one
+/// database held everything) and where their records go now.
+pub(crate) const LEGACY_RELAY: [(&str, SideTree, u8); 3] = [
+    ("mailbox", SideTree::Relay, b'M'),
+    ("prekeys", SideTree::Relay, b'P'),
+    ("blobs", SideTree::Relay, b'B'),
+];
+
+/// The same for the attachment records' database (`<data-dir>/media`).
+pub(crate) const LEGACY_MEDIA: [(&str, SideTree, u8); 2] =
+    [("outgoing", SideTree::Media, b'O'), ("incoming", SideTree::Media, b'I')];
+
+/// Bytes of records imported before each flush.
+const IMPORT_FLUSH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Moves the records of a sled database of the old layout (one per service) at `dir`, if
+/// there is one, into the profile's database, makes them durable, then deletes the old
+/// database. Interrupted, it runs again at the next start: the same records land on the same
+/// keys.
+pub(crate) fn import_legacy(
+    dir: &Path,
+    side: &SideStore,
+    trees: &[(&str, SideTree, u8)],
+) -> Result<(), StoreError> {
+    if !dir.join("db").is_file() || !dir.join("conf").is_file() {
+        return Ok(());
+    }
+    let db = crate::clock::wait_for_lock(|| {
+        kith_core::store::open_sled(&sled::Config::new().path(dir), dir)
+    })?;
+    let mut imported = 0usize;
+    for (name, tree, ns) in trees {
+        let space = Keyspace::new(side.clone(), *tree, *ns);
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0;
+        for entry in db.open_tree(name)?.iter() {
+            let (key, value) = entry?;
+            bytes += key.len() + value.len();
+            batch.insert(&space, &key, value.to_vec());
+            imported += 1;
+            if bytes >= IMPORT_FLUSH_BYTES {
+                space.commit(std::mem::take(&mut batch));
+                side.flush()?;
+                bytes = 0;
+            }
+        }
+        space.commit(batch);
+    }
+    side.flush()?;
+    drop(db);
+    std::fs::remove_dir_all(dir).map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    tracing::info!("moved {imported} records from {} into the profile's database", dir.display());
+    Ok(())
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such key, or an empty
+/// prefix).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kith_core::store::Store;
+
+    use super::*;
+
+    #[test]
+    fn namespaces_are_apart_and_scans_page_through_everything_in_order() {
+        let store = Store::memory();
+        let a = Keyspace::new(store.side(), SideTree::Relay, b'A');
+        let b = Keyspace::new(store.side(), SideTree::Relay, b'B');
+        let media = Keyspace::new(store.side(), SideTree::Media, b'A');
+        let mut batch = WriteBatch::default();
+        for i in 0..1000u32 {
+            batch.insert(&a, &i.to_be_bytes(), vec![1]);
+        }
+        batch.insert(&b, b"x", vec![2]);
+        a.commit(batch);
+        media.insert(b"x", vec![3]);
+        store.side().flush().unwrap();
+        a.insert(&5000u32.to_be_bytes(), vec![4]);
+        a.remove(&3u32.to_be_bytes());
+
+        let mut keys = Vec::new();
+        a.scan(&[], &[], |k, _| {
+            keys.push(u32::from_be_bytes(k.try_into().unwrap()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let want: Vec<u32> = (0..1000).filter(|i| *i != 3).chain([5000]).collect();
+        assert_eq!(keys, want);
+        assert_eq!(b.get(b"x").unwrap(), Some(vec![2]));
+        assert_eq!(media.get(b"x").unwrap(), Some(vec![3]));
+        assert!(!b.contains_key(&0u32.to_be_bytes()).unwrap());
+
+        let mut prefixed = 0;
+        a.scan_prefix(&[0, 0, 1], |_, _| {
+            prefixed += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(prefixed, 256);
+        let mut first = None;
+        a.scan(&10u32.to_be_bytes(), &[], |k, _| {
+            first = Some(k.to_vec());
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(first, Some(10u32.to_be_bytes().to_vec()));
+    }
+
+    /// A relay's mailbox and a node's attachment records from the old layout (a sled
+    /// database each) move into the profile's database, and the old databases go.
+    #[test]
+    fn records_of_the_old_separate_databases_move_into_the_profile_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay_dir, media_dir) = (dir.path().join("relay"), dir.path().join("media"));
+        {
+            let relay = sled::open(&relay_dir).unwrap();
+            relay.open_tree("mailbox").unwrap().insert(b"m-key", b"mail".as_slice()).unwrap();
+            relay.open_tree("prekeys").unwrap().insert(b"user", b"bundle".as_slice()).unwrap();
+            relay.flush().unwrap();
+            let media = sled::open(&media_dir).unwrap();
+            media.open_tree("incoming").unwrap().insert(b"media-id", b"record".as_slice()).unwrap();
+            media.flush().unwrap();
+        }
+        let store = Store::memory();
+        import_legacy(&relay_dir, &store.side(), &LEGACY_RELAY).unwrap();
+        import_legacy(&media_dir, &store.side(), &LEGACY_MEDIA).unwrap();
+        let space = |tree, ns| Keyspace::new(store.side(), tree, ns);
+        assert_eq!(space(SideTree::Relay, b'M').get(b"m-key").unwrap(), Some(b"mail".to_vec()));
+        assert_eq!(space(SideTree::Relay, b'P').get(b"user").unwrap(), Some(b"bundle".to_vec()));
+        assert_eq!(
+            space(SideTree::Media, b'I').get(b"media-id").unwrap(),
+            Some(b"record".to_vec())
+        );
+        assert!(!store.side().has_pending(), "flushed before the old databases went");
+        assert!(!relay_dir.exists() && !media_dir.exists());
+        // Nothing to move a second time.
+        import_legacy(&relay_dir, &store.side(), &LEGACY_RELAY).unwrap();
+    }
+}
