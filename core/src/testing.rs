@@ -58,6 +58,8 @@ pub type SimEngine = Engine<ChaCha20Rng>;
 pub struct CrashableBackend {
     inner: Arc<Mutex<(MemoryBackend, Vec<RawWrite>)>>,
     full: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes made durable so far, and their bytes (keys and values).
+    durable: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl CrashableBackend {
@@ -70,6 +72,13 @@ impl CrashableBackend {
     /// have made durable stays at the mercy of a [`CrashableBackend::crash`].
     pub fn set_full(&self, full: bool) {
         self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes its flushes made durable so far, and their bytes (keys and values): what a disk
+    /// would have been asked to keep.
+    pub fn durable_writes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.durable[0].load(Relaxed), self.durable[1].load(Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (MemoryBackend, Vec<RawWrite>)> {
@@ -130,6 +139,10 @@ impl Backend for CrashableBackend {
         }
         let mut guard = self.lock();
         let pending = std::mem::take(&mut guard.1);
+        let bytes: usize =
+            pending.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        self.durable[0].fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.durable[1].fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         guard.0.apply(&pending)
     }
 
@@ -606,6 +619,12 @@ impl Net {
     /// only those that were ready before it (the engine holds the rest).
     fn drain(&mut self) {
         for i in 0..self.nodes.len() {
+            let Some(engine) = self.nodes[i].engine.as_mut() else { continue };
+            // Taken before the flush, as the node does.
+            let early = engine.take_early_events();
+            for event in early {
+                self.record(i, event);
+            }
             let Some(engine) = self.nodes[i].engine.as_mut() else { continue };
             if engine.flush().is_err() {
                 self.failed_flushes += 1;

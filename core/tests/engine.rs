@@ -852,3 +852,23 @@ fn presence_is_announced_both_ways_once_the_first_message_sets_up_a_session() {
     assert!(online(&net.nodes[1].take_events(), alice), "bob hears alice is online");
     assert!(online(&net.nodes[0].take_events(), bob), "alice hears bob is online");
 }
+
+/// The node writes its relay's mailboxes and its attachment records through side handles on
+/// the engine's store and relies on the engine's flush at the end of each turn: a flush with
+/// nothing of the engine's own to write still makes them durable (it once skipped the store,
+/// and a relay killed after acknowledging deposits lost them).
+#[test]
+fn the_engines_flush_makes_the_side_trees_durable_even_with_nothing_of_its_own() {
+    use kith_core::store::SideTree;
+    use kith_core::testing::Storage;
+
+    let mut net = Net::new(1, Faults::NONE, 31);
+    net.run_until_quiet(u64::MAX);
+    let side = net.engine(0).store().side();
+    side.commit(vec![(SideTree::Relay, b"mail".to_vec(), Some(b"deposit".to_vec()))]);
+    net.engine(0).flush().unwrap();
+    net.crash(0);
+    let Storage::Crashable(disk) = &net.nodes[0].storage else { panic!("in memory") };
+    use kith_core::store::{Backend, Tree};
+    assert_eq!(disk.get(Tree::Relay, b"mail").unwrap(), Some(b"deposit".to_vec()));
+}

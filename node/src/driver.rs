@@ -655,6 +655,10 @@ impl Driver {
         for (token, verdict) in self.engine.take_verdicts() {
             self.report(token, verdict);
         }
+        // So are statuses a peer's durable acknowledgement gave (Sent).
+        for event in self.engine.take_early_events() {
+            self.emit(NodeEvent::Engine(event));
+        }
         if !blocking(|| self.flush_stores()) {
             // Outputs stay held until a flush succeeds: nothing is promised that is not on disk.
             return;

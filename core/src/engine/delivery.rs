@@ -27,8 +27,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 };
                 self.commit(batch)?;
                 self.outbox.remove(&id);
-                if let Some(event) = update {
-                    self.event(event);
+                match update {
+                    // The peer holds it: reportable before our status commit.
+                    Some(event) if kind == OutboxKind::Message => self.early.push(event),
+                    Some(event) => self.event(event),
+                    None => {}
                 }
                 self.pump(to)?;
             }

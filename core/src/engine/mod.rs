@@ -208,6 +208,9 @@ pub struct Engine<R> {
     group_receipts_due: Option<u64>,
     /// Outputs waiting for the next flush.
     held: VecDeque<Output>,
+    /// Sent statuses from peers' acknowledgements: reportable before the flush
+    /// ([`Engine::take_early_events`]).
+    early: Vec<Event>,
     /// Our presence as last set ([`Command::SetPresence`]): told to each contact that becomes
     /// reachable, since presence travels only over live connections.
     own_presence: Option<PresenceStatus>,
@@ -287,6 +290,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             group_receipts: BTreeMap::new(),
             group_receipts_due: None,
             held: VecDeque::new(),
+            early: Vec::new(),
             own_presence: None,
             ready: VecDeque::new(),
             dirty: false,
@@ -456,12 +460,24 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
         }
-        if self.dirty {
+        // The node's side trees share the store: their commits are the engine's to flush too.
+        if self.dirty || self.store.has_pending() {
             self.store.flush()?;
             self.dirty = false;
         }
+        self.ready.extend(self.early.drain(..).map(Output::Event));
         self.ready.extend(self.held.drain(..));
         Ok(())
+    }
+
+    /// Takes the status events that promise nothing about our own state: a message became
+    /// *Sent* because its recipient (or a relay) acknowledged holding it durably. A driver may
+    /// report them before [`Engine::flush`], saving the wait for our own status commit: after a
+    /// crash before it, the message is sent again, the peer deduplicates it and *Sent* is
+    /// reported again. Events not taken here come out of [`Engine::poll_output`] after the
+    /// flush like any other.
+    pub fn take_early_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.early)
     }
 
     /// Takes the gossip verdicts queued so far ([`Output::Validation`]) and nothing else: they
