@@ -8,46 +8,10 @@ use std::time::{Duration, Instant};
 
 use kith_node::kith_core::engine::Event;
 use kith_node::kith_core::model::MessageStatus;
+use kith_node::kith_core::testing::SmallDisk;
 use kith_node::kith_protocol::MessageId;
 use kith_node::{Node, NodeEvent, StorageStatus};
 use kith_tests::{TestNode, eventually};
-
-/// A small tmpfs, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "kith-test"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(Self { dir })
-    }
-
-    /// Fills the disk; returns the filler to delete to free it.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut filler = std::fs::File::create(&path).unwrap();
-        let block = [0u8; 64 * 1024];
-        while filler.write_all(&block).is_ok() {}
-        while filler.write_all(&[0]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 /// Every node event, with the time it came.
 fn record(node: &Node) -> std::sync::Arc<std::sync::Mutex<Vec<(Instant, NodeEvent)>>> {
@@ -78,7 +42,7 @@ async fn a_full_disk_holds_every_acknowledgement_and_the_node_resumes_by_itself(
         }
     };
     let alice = TestNode::start(vec![]).await.unwrap();
-    let bob_dir = disk.dir.path().join("bob");
+    let bob_dir = disk.path().join("bob");
     let bootstrap = alice.node.addresses().await.unwrap();
     let bob = Node::create(TestNode::config(&bob_dir, bootstrap)).await.unwrap();
     let bob_events = record(&bob);

@@ -333,51 +333,12 @@ fn a_locked_database_is_reported_as_locked_by_kind_and_opens_once_free() {
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
 
-/// A small tmpfs for the full-disk test, unmounted on drop; `None` (with the reason) where
-/// mounting is not allowed.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: u64) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "kith-test"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(Self { dir })
-    }
-
-    /// Fills the disk, returning the filler to remove to free it.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut filler = std::fs::File::create(&path).unwrap();
-        let block = [0u8; 64 * 1024];
-        while filler.write_all(&block).is_ok() {}
-        // The last partial block too.
-        while filler.write_all(&[0]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 /// The disk fills up under a sled store: the flush fails, the writes stay pending, nothing is
 /// lost; once there is room again the next flush succeeds by itself (sled refuses every write
 /// after an IO error, so the backend reopens it), and a reopen from disk finds every write.
 #[test]
 fn a_full_disk_fails_the_flush_and_the_store_resumes_when_there_is_room_again() {
-    let disk = match SmallDisk::mount(8 * 1024 * 1024) {
+    let disk = match crate::testing::SmallDisk::mount(8 * 1024 * 1024) {
         Ok(disk) => disk,
         Err(why) => {
             assert!(std::env::var_os("CI").is_none(), "CI must run the full-disk test: {why}");
@@ -385,7 +346,7 @@ fn a_full_disk_fails_the_flush_and_the_store_resumes_when_there_is_room_again() 
             return;
         }
     };
-    let path = disk.dir.path().join("db");
+    let path = disk.path().join("db");
     let mut store = wait(|| Store::open(&path)).unwrap();
     let value = vec![7u8; 1024];
     let put = |store: &mut Store, from: u32, to: u32| {
