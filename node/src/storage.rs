@@ -27,7 +27,7 @@ pub enum StorageStatus {
     /// until they succeed again. The node retries every second by itself.
     Failing {
         /// What the database reported.
-        reason: String,
+        error: StoreError,
     },
     /// Commits succeed again; what was held has left.
     Recovered {
@@ -51,8 +51,8 @@ pub(crate) struct StorageHealth {
 
 impl StorageHealth {
     /// A flush failed with `error`: the event to emit if commits had succeeded until now.
-    pub(crate) fn failed(&mut self, now: Instant, error: &StoreError) -> Option<NodeEvent> {
-        let error = with_sources(error);
+    pub(crate) fn failed(&mut self, now: Instant, store_error: &StoreError) -> Option<NodeEvent> {
+        let error = with_sources(store_error);
         match &mut self.failing {
             None => {
                 tracing::error!(
@@ -65,7 +65,7 @@ impl StorageHealth {
                     log_at: now + LOG_EVERY,
                     attempts: 1,
                 });
-                Some(NodeEvent::Storage(StorageStatus::Failing { reason: error }))
+                Some(NodeEvent::Storage(StorageStatus::Failing { error: store_error.clone() }))
             }
             Some(failing) => {
                 failing.attempts += 1;
@@ -98,7 +98,7 @@ impl StorageHealth {
 }
 
 /// An error and its sources, as one line ("storage backend error: No space left on device").
-fn with_sources(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_sources(error: &dyn std::error::Error) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -130,11 +130,12 @@ mod tests {
         let start = Instant::now();
         assert!(health.flushed(start).is_none(), "nothing to tell while commits succeed");
         assert_eq!(health.poll_timeout(), None);
-        let Some(NodeEvent::Storage(StorageStatus::Failing { reason })) =
+        let Some(NodeEvent::Storage(StorageStatus::Failing { error })) =
             health.failed(start, &full)
         else {
             panic!("the first failure is told");
         };
+        let reason = with_sources(&error);
         assert_eq!(reason, "storage backend error: no storage space");
         assert_eq!(health.poll_timeout(), Some(start + STORAGE_RETRY));
         tokio::time::advance(STORAGE_RETRY).await;

@@ -511,8 +511,8 @@ impl EventJson {
                 relay: relay.to_string(),
                 reason: crate::relay::metrics::reason_label(*reason).to_owned(),
             },
-            NodeEvent::Storage(StorageStatus::Failing { reason }) => {
-                Self::StorageFailing { reason: reason.clone() }
+            NodeEvent::Storage(StorageStatus::Failing { error }) => {
+                Self::StorageFailing { reason: crate::storage::with_sources(error) }
             }
             NodeEvent::Storage(StorageStatus::Recovered { after }) => Self::StorageRecovered {
                 after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
