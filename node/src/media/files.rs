@@ -21,6 +21,13 @@ use super::{FileError, MediaFailure, Work};
 /// Verified chunks written between two syncs of a download (and of its progress record).
 pub const CHECKPOINT_CHUNKS: u32 = 16;
 
+/// Most verified chunks a download's writer runs ahead of its checkpoints: with this many
+/// written and not yet handed to a checkpoint, the writer waits for the one in progress. A
+/// process killed mid-download fetches again at most the chunks in flight, those of the
+/// checkpoint in progress and those not yet handed to one: fewer than
+/// [`PARALLEL_CHUNKS`](super::PARALLEL_CHUNKS) + 2 × `MAX_UNCHECKPOINTED`.
+pub const MAX_UNCHECKPOINTED: u32 = 2 * CHECKPOINT_CHUNKS;
+
 /// Makes a rename or a new file in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -186,9 +193,11 @@ impl Writer {
         let mut written = self.done.clone();
         let this = &*self;
         // Checkpoints run beside the writes: a snapshot of what is written, then a sync (which
-        // covers every write made before it), then the record. Writing never waits for a sync.
+        // covers every write made before it), then the record. A snapshot is handed over only
+        // to an idle checkpoint thread (the channel holds none), so writing waits for a sync
+        // only when it has run MAX_UNCHECKPOINTED chunks ahead of the checkpoints.
         let finished = std::thread::scope(|scope| -> io::Result<bool> {
-            let (checkpoints, snapshots) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+            let (checkpoints, snapshots) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
             let file = &file;
             let syncer = scope.spawn(move || -> io::Result<()> {
                 for snapshot in snapshots {
@@ -217,11 +226,16 @@ impl Writer {
                 unsynced += 1;
                 let bytes = Some(chunk.plain.len() as u64);
                 let _ = this.work.blocking_send(Work::ChunkWritten { media: this.media, bytes });
-                // A busy syncer takes the next snapshot instead.
-                if unsynced >= CHECKPOINT_CHUNKS
-                    && have < this.layout.chunks()
-                    && checkpoints.try_send(written.clone()).is_ok()
-                {
+                if unsynced < CHECKPOINT_CHUNKS || have >= this.layout.chunks() {
+                    continue;
+                }
+                let handed = if unsynced >= MAX_UNCHECKPOINTED {
+                    checkpoints.send(written.clone()).is_ok()
+                } else {
+                    // A busy checkpoint thread takes the next snapshot instead.
+                    checkpoints.try_send(written.clone()).is_ok()
+                };
+                if handed {
                     unsynced = 0;
                 }
             }

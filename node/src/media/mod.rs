@@ -35,7 +35,7 @@ use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 
 pub use fetch::{FETCH_PROTOCOL, FETCH_TIMEOUT, MAX_FETCH_STREAMS};
-pub use files::{CHECKPOINT_CHUNKS, safe_file_name};
+pub use files::{CHECKPOINT_CHUNKS, MAX_UNCHECKPOINTED, safe_file_name};
 pub use store::MediaStoreError;
 pub use transfers::{PARALLEL_CHUNKS, RETRY_FIRST, RETRY_MAX, UPLOAD_IN_FLIGHT};
 
