@@ -17,6 +17,8 @@
     clippy::indexing_slicing
 )]
 
+use std::collections::BTreeMap;
+
 use kith_core::testing::{Faults, Net, Storage};
 
 const MESSAGES: usize = 1_000;
@@ -25,6 +27,8 @@ const PAYLOAD: usize = 1024;
 struct Figures {
     writes: [f64; 2],
     bytes: [f64; 2],
+    /// Per tree: writes per message on each side.
+    by_tree: BTreeMap<&'static str, [f64; 2]>,
 }
 
 fn measure(burst: usize) -> Figures {
@@ -37,13 +41,14 @@ fn measure(burst: usize) -> Figures {
         net.run();
     }
     net.advance(10_000);
-    let counts = |net: &Net| {
-        [0, 1].map(|i| match &net.nodes[i].storage {
-            Storage::Crashable(backend) => backend.durable_writes(),
-            _ => unreachable!("the bench runs on crashable backends"),
-        })
+    let backend = |net: &Net, i: usize| match &net.nodes[i].storage {
+        Storage::Crashable(backend) => backend.clone(),
+        _ => unreachable!("the bench runs on crashable backends"),
     };
+    let counts = |net: &Net| [0, 1].map(|i| backend(net, i).durable_writes());
+    let trees = |net: &Net| [0, 1].map(|i| backend(net, i).durable_writes_by_tree());
     let before = counts(&net);
+    let trees_before = trees(&net);
     let mut sent = 0;
     while sent < MESSAGES {
         for _ in 0..burst.min(MESSAGES - sent) {
@@ -55,11 +60,22 @@ fn measure(burst: usize) -> Figures {
     // Receipts owed and acknowledgements still to come.
     net.advance(10_000);
     let after = counts(&net);
+    let trees_after = trees(&net);
     let per =
         |i: usize, f: fn((u64, u64)) -> u64| (f(after[i]) - f(before[i])) as f64 / MESSAGES as f64;
+    let mut by_tree: BTreeMap<&'static str, [f64; 2]> = BTreeMap::new();
+    for side in 0..2 {
+        for (tree, (writes, _)) in &trees_after[side] {
+            let earlier = trees_before[side].get(tree).map_or(0, |c| c.0);
+            let entry = by_tree.entry(tree.name()).or_default();
+            entry[side] = (writes - earlier) as f64 / MESSAGES as f64;
+        }
+    }
+    by_tree.retain(|_, w| w[0] + w[1] > 0.0);
     Figures {
         writes: [per(0, |c| c.0), per(1, |c| c.0)],
         bytes: [per(0, |c| c.1), per(1, |c| c.1)],
+        by_tree,
     }
 }
 
@@ -74,6 +90,7 @@ fn main() {
         "| pattern | sender writes | recipient writes | total writes | sender bytes | recipient bytes | total bytes |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut breakdowns = Vec::new();
     for (name, burst) in [("one message per turn", 1), ("50 messages per turn", 50)] {
         let f = measure(burst);
         println!(
@@ -85,5 +102,14 @@ fn main() {
             f.bytes[1],
             f.bytes[0] + f.bytes[1]
         );
+        breakdowns.push((name, f.by_tree));
+    }
+    for (name, by_tree) in breakdowns {
+        println!("\nwrites per message by tree, {name}\n");
+        println!("| tree | sender | recipient |");
+        println!("|---|---:|---:|");
+        for (tree, [sender, recipient]) in by_tree {
+            println!("| {tree} | {sender:.2} | {recipient:.2} |");
+        }
     }
 }

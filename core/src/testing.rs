@@ -60,6 +60,8 @@ pub struct CrashableBackend {
     full: Arc<std::sync::atomic::AtomicBool>,
     /// Writes made durable so far, and their bytes (keys and values).
     durable: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// The same, per tree.
+    by_tree: Arc<Mutex<BTreeMap<Tree, (u64, u64)>>>,
 }
 
 impl CrashableBackend {
@@ -79,6 +81,11 @@ impl CrashableBackend {
     pub fn durable_writes(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.durable[0].load(Relaxed), self.durable[1].load(Relaxed))
+    }
+
+    /// [`CrashableBackend::durable_writes`] per tree: where a flush's writes go.
+    pub fn durable_writes_by_tree(&self) -> BTreeMap<Tree, (u64, u64)> {
+        self.by_tree.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (MemoryBackend, Vec<RawWrite>)> {
@@ -139,10 +146,18 @@ impl Backend for CrashableBackend {
         }
         let mut guard = self.lock();
         let pending = std::mem::take(&mut guard.1);
-        let bytes: usize =
-            pending.iter().map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        let size = |(_, k, v): &RawWrite| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+        let bytes: u64 = pending.iter().map(size).sum();
         self.durable[0].fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.durable[1].fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.durable[1].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut by_tree = self.by_tree.lock().unwrap_or_else(PoisonError::into_inner);
+            for write in &pending {
+                let entry = by_tree.entry(write.0).or_default();
+                entry.0 += 1;
+                entry.1 += size(write);
+            }
+        }
         guard.0.apply(&pending)
     }
 

@@ -22,7 +22,7 @@ pub const MAINTENANCE_INTERVAL_MS: u64 = 60 * 60 * 1000;
 /// its prekeys could still accept it.
 pub const SEEN_RETENTION_MS: u64 = 60 * 24 * 60 * 60 * 1000;
 
-/// Seen ids pruned per upkeep run (bounds the work of one run).
+/// Seen ids scanned for old ones per upkeep run (bounds the work of one run).
 const SEEN_PRUNE_BATCH: usize = 10_000;
 
 /// A one-time prekey handed out but never used this long ago is deleted.
@@ -89,6 +89,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.store.prune_seen(
             now.saturating_sub(SEEN_RETENTION_MS),
             SEEN_PRUNE_BATCH,
+            &mut self.seen_prune_cursor,
             &mut batch,
         )?;
         // What others made us hold for a while: group messages waiting for keys, group

@@ -24,7 +24,7 @@
 //! | message_ids | message id | user, group, seq and status of the message |
 //! | outbox | seq | outbox record |
 //! | seen | sender ‖ message id | time (‖ 1 if it came by gossip) |
-//! | seen_by_time | time ‖ sender ‖ message id | (empty) |
+//! | seen_by_time | time ‖ sender ‖ message id | (empty; layout 1 only, drained by pruning) |
 //! | groups | group | when and through whom we learned of it |
 //! | group_changes | group ‖ position | one change of its membership (parents first) |
 //! | group_orphans | group ‖ change hash | a change waiting for its parents |
@@ -111,13 +111,6 @@ fn seen_key(sender: &UserId, id: &MessageId) -> [u8; 48] {
     let mut k = [0u8; 48];
     k[..32].copy_from_slice(&sender.0);
     k[32..].copy_from_slice(&id.0);
-    k
-}
-
-fn seen_time_key(at: UnixMillis, sender: &UserId, id: &MessageId) -> [u8; 56] {
-    let mut k = [0u8; 56];
-    k[..8].copy_from_slice(&at.to_be_bytes());
-    k[8..].copy_from_slice(&seen_key(sender, id));
     k
 }
 
@@ -296,9 +289,9 @@ impl Batch {
         self.delete(Tree::Outbox, &seq.to_be_bytes());
     }
 
+    /// Marks a message seen: one write (pruning scans the seen ids themselves for old ones).
     pub(crate) fn mark_seen(&mut self, sender: &UserId, id: &MessageId, now: UnixMillis) {
         self.put_raw(Tree::Seen, &seen_key(sender, id), now.to_be_bytes().to_vec());
-        self.put_raw(Tree::SeenByTime, &seen_time_key(now, sender, id), Vec::new());
     }
 
     /// Marks a group message seen, remembering whether it came by gossip (a second copy by
@@ -315,7 +308,6 @@ impl Batch {
             value.push(1);
         }
         self.put_raw(Tree::Seen, &seen_key(sender, id), value);
-        self.put_raw(Tree::SeenByTime, &seen_time_key(now, sender, id), Vec::new());
     }
 
     pub(crate) fn put_group(&mut self, record: &GroupRecord) {
@@ -382,13 +374,6 @@ impl Batch {
 
     pub(crate) fn delete_waiting_key(&mut self, group: &GroupId, sender: &UserId) {
         self.delete(Tree::GroupKeysWaiting, &member_key(group, sender));
-    }
-
-    fn forget_seen(&mut self, time_key: &[u8]) {
-        if let Some(seen) = time_key.get(8..) {
-            self.delete(Tree::Seen, seen);
-        }
-        self.delete(Tree::SeenByTime, time_key);
     }
 }
 
@@ -907,19 +892,38 @@ impl Store {
         Ok(self.raw(Tree::Seen, &seen_key(sender, id))?.map(|v| v.get(8) == Some(&1)))
     }
 
-    /// Adds to `batch` the removal of up to `limit` seen ids recorded before `cutoff`; returns
-    /// how many.
+    /// Adds to `batch` the removal of the seen ids recorded before `cutoff` among up to `limit`
+    /// of them, scanned in key order from `cursor`, and moves `cursor` past them (back to the
+    /// start once the scan reaches the end): called periodically, it goes round the whole set.
+    /// Also drains up to `limit` entries of the time index older layouts kept beside it.
+    /// Returns how many seen ids it forgets.
     pub(crate) fn prune_seen(
         &self,
         cutoff: UnixMillis,
         limit: usize,
+        cursor: &mut Vec<u8>,
         batch: &mut Batch,
     ) -> Result<usize, StoreError> {
-        let old = self.range(Tree::SeenByTime, &[], &cutoff.to_be_bytes(), false, limit)?;
-        for (key, _) in &old {
-            batch.forget_seen(key);
+        for (key, _) in self.range(Tree::SeenByTime, &[], &[], false, limit)? {
+            batch.delete(Tree::SeenByTime, &key);
         }
-        Ok(old.len())
+        let scanned = self.range(Tree::Seen, cursor, &[], false, limit)?;
+        let mut forgotten = 0;
+        for (key, value) in &scanned {
+            let at = value.get(..8).and_then(read_u64).unwrap_or(0);
+            if at < cutoff {
+                batch.delete(Tree::Seen, key);
+                forgotten += 1;
+            }
+        }
+        match scanned.last() {
+            Some((last, _)) if scanned.len() == limit => {
+                cursor.clone_from(last);
+                cursor.push(0); // the next key after it
+            }
+            _ => cursor.clear(),
+        }
+        Ok(forgotten)
     }
 }
 

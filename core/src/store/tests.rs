@@ -479,3 +479,44 @@ fn a_commit_made_during_a_flush_stays_pending_for_the_next() {
     assert_eq!(store.shared.backend().get(Tree::Media, b"k").unwrap(), Some(b"new".to_vec()));
     assert_eq!(store.shared.backend().get(Tree::Seen, b"s").unwrap(), Some(b"1".to_vec()));
 }
+
+#[test]
+fn pruning_goes_round_the_seen_ids_forgetting_only_old_ones_and_drains_the_old_time_index() {
+    const CUTOFF: UnixMillis = 1_000;
+    let mut store = Store::memory();
+    let sender = UserId([7; 32]);
+    let ids: Vec<MessageId> = (0..25u8).map(|i| MessageId([i; 16])).collect();
+    let old = |i: usize| i % 3 == 0;
+    let mut batch = Batch::new();
+    for (i, id) in ids.iter().enumerate() {
+        let at = if old(i) { CUTOFF - 1 } else { CUTOFF };
+        if i % 2 == 0 {
+            batch.mark_seen(&sender, id, at);
+        } else {
+            batch.mark_seen_group(&sender, id, at, true);
+        }
+    }
+    // What layout 1 wrote beside each seen id: a time index, drained by pruning.
+    for i in 0..12u8 {
+        batch.put_raw(Tree::SeenByTime, &[i; 56], Vec::new());
+    }
+    store.commit(batch).unwrap();
+
+    let mut cursor = Vec::new();
+    let mut forgotten = 0;
+    // 25 ids, 10 per run: the third run reaches the end, the fourth starts over.
+    for run in 0..3 {
+        let mut batch = Batch::new();
+        forgotten += store.prune_seen(CUTOFF, 10, &mut cursor, &mut batch).unwrap();
+        store.commit(batch).unwrap();
+        assert_eq!(cursor.is_empty(), run == 2, "run {run}");
+    }
+    assert_eq!(forgotten, ids.iter().enumerate().filter(|(i, _)| old(*i)).count());
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(store.is_seen(&sender, id).unwrap(), !old(i), "id {i}");
+    }
+    assert!(store.range(Tree::SeenByTime, &[], &[], false, 100).unwrap().is_empty());
+    // Round again: nothing more is old.
+    let mut batch = Batch::new();
+    assert_eq!(store.prune_seen(CUTOFF, 100, &mut cursor, &mut batch).unwrap(), 0);
+}
