@@ -486,7 +486,7 @@ fn pruning_goes_round_the_seen_ids_forgetting_only_old_ones_and_drains_the_old_t
     let mut store = Store::memory();
     let sender = UserId([7; 32]);
     let ids: Vec<MessageId> = (0..25u8).map(|i| MessageId([i; 16])).collect();
-    let old = |i: usize| i % 3 == 0;
+    let old = |i: usize| i.is_multiple_of(3);
     let mut batch = Batch::new();
     for (i, id) in ids.iter().enumerate() {
         let at = if old(i) { CUTOFF - 1 } else { CUTOFF };
