@@ -872,3 +872,62 @@ fn the_engines_flush_makes_the_side_trees_durable_even_with_nothing_of_its_own()
     use kith_core::store::{Backend, Tree};
     assert_eq!(disk.get(Tree::Relay, b"mail").unwrap(), Some(b"deposit".to_vec()));
 }
+
+/// The message ids an engine's ready deliveries carry, in order (everything else dropped).
+fn ready_deliveries(net: &mut Net, node: usize) -> Vec<MessageId> {
+    let engine = net.engine(node);
+    std::iter::from_fn(|| engine.poll_output())
+        .filter_map(|o| match o {
+            Output::Deliver(d) => Some(d.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_flush_in_flight_releases_only_what_it_covers_and_a_failed_one_holds_it_again() {
+    let mut net = Net::new(2, Faults::NONE, 11);
+    net.introduce_all();
+    net.send_text(0, 1, "the session first");
+    net.run();
+    net.engine(0).flush().unwrap();
+    ready_deliveries(&mut net, 0);
+
+    let first = net.send_text(0, 1, "first");
+    let flush = net.engine(0).begin_flush().unwrap().expect("nothing in flight");
+    assert!(!flush.is_empty(), "the first message's commit is pending");
+    assert!(net.engine(0).begin_flush().unwrap().is_none(), "one flush at a time");
+    // Handled while the flush is in flight: its commit may come too late for that flush.
+    let second = net.send_text(0, 1, "second");
+    assert_eq!(ready_deliveries(&mut net, 0), [], "nothing leaves before its flush");
+    let result = flush.run();
+    net.engine(0).end_flush(&result);
+    assert_eq!(ready_deliveries(&mut net, 0), [first], "only what the flush covers");
+
+    // The next flush fails (the disk is full): the second message is held again.
+    net.set_disk_full(0, true);
+    let flush = net.engine(0).begin_flush().unwrap().expect("nothing in flight");
+    let third = net.send_text(0, 1, "third");
+    let result = flush.run();
+    assert!(result.is_err());
+    net.engine(0).end_flush(&result);
+    assert_eq!(ready_deliveries(&mut net, 0), [], "a failed flush releases nothing");
+    assert!(net.engine(0).wants_flush());
+
+    // Room again: one flush releases both, in the order they were queued.
+    net.set_disk_full(0, false);
+    let flush = net.engine(0).begin_flush().unwrap().expect("nothing in flight");
+    let result = flush.run();
+    net.engine(0).end_flush(&result);
+    assert_eq!(ready_deliveries(&mut net, 0), [second, third]);
+    assert!(!net.engine(0).wants_flush());
+    // Power cut: everything released was durable, and after the restart Bob gets all three.
+    net.crash(0);
+    net.restart(0);
+    net.run();
+    let at_bob: Vec<_> = [first, second, third]
+        .iter()
+        .map(|id| net.engine(1).message(id).unwrap().map(|m| m.status))
+        .collect();
+    assert!(at_bob.iter().all(Option::is_some), "{at_bob:?}");
+}

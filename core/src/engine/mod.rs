@@ -186,6 +186,34 @@ impl From<UnixMillis> for Now {
     }
 }
 
+/// A flush begun by [`Engine::begin_flush`]: the commit to run, on any thread, before its
+/// result goes to [`Engine::end_flush`].
+#[must_use = "run it, then give its result to Engine::end_flush"]
+pub struct PendingFlush {
+    /// The database to flush; `None` when nothing was pending (the outputs only wait for the
+    /// flushes before).
+    store: Option<crate::store::SideStore>,
+}
+
+impl PendingFlush {
+    /// Makes durable every commit made before it runs (one fsync, or none if nothing was
+    /// pending when it began).
+    pub fn run(self) -> Result<(), StoreError> {
+        self.store.map_or(Ok(()), |store| store.flush())
+    }
+
+    /// Whether running it does nothing (nothing was pending): the caller may run it in place.
+    pub fn is_empty(&self) -> bool {
+        self.store.is_none()
+    }
+}
+
+impl std::fmt::Debug for PendingFlush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFlush").field("empty", &self.is_empty()).finish()
+    }
+}
+
 /// The engine. See the [module docs](self) for the drain order.
 pub struct Engine<R> {
     identity: IdentityKeyPair,
@@ -208,6 +236,8 @@ pub struct Engine<R> {
     group_receipts_due: Option<u64>,
     /// Outputs waiting for the next flush.
     held: VecDeque<Output>,
+    /// Outputs waiting for the flush in flight ([`Engine::begin_flush`]), if one is.
+    in_flight: Option<VecDeque<Output>>,
     /// Sent statuses from peers' acknowledgements: reportable before the flush
     /// ([`Engine::take_early_events`]).
     early: Vec<Event>,
@@ -292,6 +322,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             group_receipts: BTreeMap::new(),
             group_receipts_due: None,
             held: VecDeque::new(),
+            in_flight: None,
             early: Vec::new(),
             own_presence: None,
             ready: VecDeque::new(),
@@ -442,8 +473,68 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     }
 
     /// Sends the turn's receipts, makes all commits durable (one fsync) and releases the
-    /// outputs queued so far. See the drain order in the [module docs](self).
+    /// outputs queued so far. See the drain order in the [module docs](self). With a flush
+    /// of [`Engine::begin_flush`] still in flight, it releases that flush's outputs too (its
+    /// commit covers theirs); that flush's [`Engine::end_flush`] then has nothing left to do.
     pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.queue_receipts()?;
+        // The node's side trees share the store: their commits are the engine's to flush too.
+        if self.dirty || self.store.has_pending() {
+            self.store.flush()?;
+            self.dirty = false;
+        }
+        if let Some(outputs) = self.in_flight.take() {
+            self.ready.extend(outputs);
+        }
+        self.ready.extend(self.early.drain(..).map(Output::Event));
+        self.ready.extend(self.held.drain(..));
+        Ok(())
+    }
+
+    /// Begins a flush that runs apart from the engine (on a blocking thread, say) while the
+    /// engine goes on handling input: sends the turn's receipts and sets aside the outputs
+    /// queued so far, to be released by [`Engine::end_flush`] once the returned
+    /// [`PendingFlush`] has run. What the engine commits and queues meanwhile waits for the
+    /// next flush: a commit started before it cannot cover it. `None` while a flush is in
+    /// flight (one at a time: wait for its end, then begin the next).
+    pub fn begin_flush(&mut self) -> Result<Option<PendingFlush>, StoreError> {
+        if self.in_flight.is_some() {
+            return Ok(None);
+        }
+        self.queue_receipts()?;
+        let store = (self.dirty || self.store.has_pending()).then(|| self.store.side());
+        self.dirty = false;
+        let mut outputs: VecDeque<Output> = self.early.drain(..).map(Output::Event).collect();
+        outputs.extend(self.held.drain(..));
+        self.in_flight = Some(outputs);
+        Ok(Some(PendingFlush { store }))
+    }
+
+    /// Ends the flush in flight with its result: on success its outputs become ready; on
+    /// failure they are held again, ahead of those queued since, for the next flush (its
+    /// writes stay pending: nothing is lost, nothing leaves before it is durable).
+    pub fn end_flush(&mut self, result: &Result<(), StoreError>) {
+        let Some(mut outputs) = self.in_flight.take() else { return };
+        if result.is_ok() {
+            self.ready.extend(outputs);
+        } else {
+            outputs.extend(self.held.drain(..));
+            self.held = outputs;
+        }
+    }
+
+    /// Whether a flush would make anything durable or release anything.
+    pub fn wants_flush(&self) -> bool {
+        self.dirty
+            || self.store.has_pending()
+            || !self.held.is_empty()
+            || !self.early.is_empty()
+            || !self.pending_receipts.is_empty()
+            || self.group_receipts_due.is_some_and(|due| due <= self.mono)
+    }
+
+    /// Queues the delivery receipts owed (those of group messages once they are due).
+    fn queue_receipts(&mut self) -> Result<(), StoreError> {
         let mut receipts = std::mem::take(&mut self.pending_receipts);
         if self.group_receipts_due.is_some_and(|due| due <= self.mono) {
             self.group_receipts_due = None;
@@ -463,13 +554,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
         }
-        // The node's side trees share the store: their commits are the engine's to flush too.
-        if self.dirty || self.store.has_pending() {
-            self.store.flush()?;
-            self.dirty = false;
-        }
-        self.ready.extend(self.early.drain(..).map(Output::Event));
-        self.ready.extend(self.held.drain(..));
         Ok(())
     }
 
