@@ -103,11 +103,12 @@ impl Shared {
                 .collect();
             (writes, pending.next)
         };
-        let result = if writes.is_empty() {
-            self.backend.flush()
-        } else {
-            self.backend.apply(&writes).and_then(|()| self.backend.flush())
-        };
+        if writes.is_empty() {
+            // Every write reached the backend in a flush that succeeded (a failed one keeps
+            // its writes pending): nothing to make durable, no fsync to wait for.
+            return Ok(());
+        }
+        let result = self.backend.apply(&writes).and_then(|()| self.backend.flush());
         for value in writes.iter_mut().filter_map(|(_, _, v)| v.as_mut()) {
             value.zeroize();
         }

@@ -520,3 +520,22 @@ fn pruning_goes_round_the_seen_ids_forgetting_only_old_ones_and_drains_the_old_t
     let mut batch = Batch::new();
     assert_eq!(store.prune_seen(CUTOFF, 100, &mut cursor, &mut batch).unwrap(), 0);
 }
+
+#[test]
+fn a_flush_with_nothing_pending_asks_nothing_of_the_disk() {
+    let backend = crate::testing::CrashableBackend::default();
+    let mut store = Store::new(Box::new(backend.clone()));
+    backend.set_full(true);
+    store.flush().unwrap();
+    let mut batch = Batch::new();
+    batch.put_raw(Tree::Messages, b"k", b"v".to_vec());
+    store.commit(batch).unwrap();
+    assert!(store.flush().is_err(), "the full disk fails the flush of a write");
+    assert!(store.has_pending());
+    backend.set_full(false);
+    store.flush().unwrap();
+    let durable = backend.durable_writes();
+    assert!(durable.0 >= 1);
+    store.flush().unwrap();
+    assert_eq!(backend.durable_writes(), durable, "nothing more asked of the disk");
+}
