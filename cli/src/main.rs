@@ -309,6 +309,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("no daemon is running for {}", dir.display()))?;
             client.call("shutdown", Value::Null).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            // The daemon closes our connection when its process ends, after its last flush.
+            if tokio::time::timeout(STOP_WAIT, client.closed()).await.is_err() {
+                anyhow::bail!(
+                    "the daemon was asked to stop but is still running after {} s",
+                    STOP_WAIT.as_secs()
+                );
+            }
             say!("daemon stopped");
         }
         Command::Peers { json } => {
@@ -465,6 +472,9 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How long `kith stop` waits for the daemon's process to end.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[allow(clippy::print_stdout, reason = "the daemon reports its addresses on stdout")]
 async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     let node = Node::start(net.config(dir)?).await?;
@@ -476,8 +486,13 @@ async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
         say!("listening: {address}");
     }
     say!("control socket: {}", rpc::socket_path(dir).display());
+    // SIGTERM (a service manager, `kill`) and SIGINT (Ctrl-C) stop it as `kith stop` does:
+    // stores flushed, peers told, the socket removed, exit status 0.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = stop.recv() => {}
     }
     node.shutdown().await?;
@@ -503,7 +518,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Whatever still runs on blocking threads (a download's writer between two chunks) is
+    // not waited for: the node has flushed what it acknowledged before `run` returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kith: {}", kith_node::kith_core::text::for_terminal(&format!("{e:#}")));

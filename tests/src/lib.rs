@@ -281,6 +281,28 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends the process `signal` (`TERM`, `INT`, ...).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status =
+            Command::new("kill").args([format!("-{signal}"), self.pid().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// The process's exit status if it ends within `wait`.
+    pub fn exit_within(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for Daemon {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::time::Duration;
+
 use kith_tests::kith;
 
 #[test]
@@ -167,7 +169,7 @@ fn group_create_send_info_and_history_through_the_cli() {
     .unwrap();
     let group = created["group"].as_str().unwrap().to_owned();
     // Bob's node joins once the invitation and keys arrive.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let info = kith(&b, &["group", "info", &group, "--json"]).unwrap();
         if info.status.success() {
@@ -177,13 +179,13 @@ fn group_create_send_info_and_history_through_the_cli() {
             }
         }
         assert!(std::time::Instant::now() < deadline, "Bob never joined");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     let list = kith_ok(&b, &["group", "list"]).unwrap();
     assert!(list.contains("climbers") && list.contains("2 members"), "{list}");
 
     kith_ok(&a, &["group", "send", "climbers", "rope at 6"]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let history: serde_json::Value =
             serde_json::from_str(&kith_ok(&b, &["history", "climbers", "--json"]).unwrap())
@@ -194,11 +196,11 @@ fn group_create_send_info_and_history_through_the_cli() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the group message never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     // Bob answers; Alice's history names him by her contact name.
     kith_ok(&b, &["group", "send", "climbers", "on my way"]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let history = kith_ok(&a, &["history", "climbers"]).unwrap();
         if history.contains("bob: on my way") {
@@ -206,7 +208,7 @@ fn group_create_send_info_and_history_through_the_cli() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "Bob's answer never arrived: {history}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     // Bad input: an unknown group and a non-admin removal are clear errors.
     let unknown = kith(&b, &["group", "send", "nosuchgroup", "hi"]).unwrap();
@@ -242,7 +244,7 @@ fn text_from_peers_reaches_the_terminal_without_escapes() {
     )
     .unwrap();
     let group = created["group"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let info = kith(&b, &["group", "info", &group, "--json"]).unwrap();
         if info.status.success() {
@@ -252,13 +254,13 @@ fn text_from_peers_reaches_the_terminal_without_escapes() {
             }
         }
         assert!(std::time::Instant::now() < deadline, "Bob never joined");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     kith_ok(&a, &["group", "send", &group, text]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !kith_ok(&b, &["history", &group, "--json"]).unwrap().contains("invoice") {
         assert!(std::time::Instant::now() < deadline, "the group message never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200));
     }
     let raw =
         |c: char| c.is_control() && c != '\n' || matches!(c, '\u{202e}' | '\u{2066}' | '\u{feff}');
@@ -286,4 +288,37 @@ fn text_from_peers_reaches_the_terminal_without_escapes() {
     let json = kith_ok(&b, &["history", mallory_peer.as_str(), "--json"]).unwrap();
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json[0]["text"], text);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_daemon_cleanly_with_status_zero() {
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("alice");
+        kith_ok(&profile, &["init", "--name", "Alice"]).unwrap();
+        let mut daemon = Daemon::spawn(&profile, LOOPBACK, &[]).unwrap();
+        let socket = profile.join("kith.sock");
+        assert!(socket.exists());
+        daemon.signal(signal).unwrap();
+        let status = daemon.exit_within(Duration::from_secs(20)).expect("the daemon exited");
+        assert!(status.success(), "SIG{signal}: {status}");
+        assert!(!socket.exists(), "SIG{signal} left the control socket behind");
+        // The profile is free again at once: a new daemon starts on it.
+        drop(daemon);
+        let again = Daemon::spawn(&profile, LOOPBACK, &[]).unwrap();
+        drop(again);
+    }
+}
+
+#[test]
+fn kith_stop_returns_once_the_daemon_process_has_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("alice");
+    kith_ok(&profile, &["init", "--name", "Alice"]).unwrap();
+    let mut daemon = Daemon::spawn(&profile, LOOPBACK, &[]).unwrap();
+    let out = kith_ok(&profile, &["stop"]).unwrap();
+    assert_eq!(out.trim(), "daemon stopped");
+    // It used to say so 1–3 s before the process ended (its goodbye and last flush).
+    let status = daemon.exit_within(Duration::from_millis(250));
+    assert!(status.is_some_and(|s| s.success()), "still running after `kith stop`: {status:?}");
 }

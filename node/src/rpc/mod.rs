@@ -711,6 +711,12 @@ impl RpcClient {
         }
     }
 
+    /// Waits until the daemon closes the connection (its process ends, or it drops the
+    /// connection), discarding what else it sends.
+    pub async fn closed(&mut self) {
+        while self.responses.recv().await.is_some() {}
+    }
+
     /// The next `event` notification's params (after `subscribe`), or `None` once the
     /// connection closed.
     pub async fn next_event(&mut self) -> Option<Value> {
