@@ -98,7 +98,7 @@ enum Command {
     Send {
         /// Contact name or peer id.
         to: String,
-        /// The text.
+        /// The text (UTF-8, at most 64 KiB); `-` reads it from standard input.
         text: String,
         /// Wait until the message is sent (held by the peer or a relay), delivered or read.
         #[arg(long, value_enum)]
@@ -343,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Send { to, text, wait, timeout, json, net } => {
+            let text = if text == "-" { read_text(std::io::stdin().lock())? } else { text };
             let mut conn = Conn::open(&dir, Some(&net)).await?;
             // A node started just for this command stays up until the message left it.
             let wait = wait.map(Wait::word).or((!conn.is_daemon()).then_some("sent"));
@@ -470,6 +471,22 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// A message's text from `input` (standard input for `kith send NAME -`): UTF-8 up to
+/// [`MAX_TEXT_BYTES`](kith_node::kith_protocol::limits::MAX_TEXT_BYTES), one trailing newline
+/// dropped (what `echo` and here-documents add).
+fn read_text(input: impl std::io::Read) -> anyhow::Result<String> {
+    use std::io::Read;
+    let max = kith_node::kith_protocol::limits::MAX_TEXT_BYTES;
+    let mut bytes = Vec::new();
+    input.take(max as u64 + 2).read_to_end(&mut bytes).context("reading the text")?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+    }
+    anyhow::ensure!(bytes.len() <= max, "the text is longer than {} KiB (the limit)", max / 1024);
+    anyhow::ensure!(!bytes.is_empty(), "no text on standard input");
+    String::from_utf8(bytes).context("the text on standard input is not UTF-8")
 }
 
 /// How long `kith stop` waits for the daemon's process to end.

@@ -63,6 +63,29 @@ pub fn kith(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output>
         .output()?)
 }
 
+/// Runs `kith` with `args` and the profile `data_dir`, `input` on its standard input.
+pub fn kith_with_input(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    input: &[u8],
+) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(kith_binary()?)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("KITH_DATA_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    // A child that refuses early closes its end: what it says is in its output.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Ok(child.wait_with_output()?)
+}
+
 /// A node on 127.0.0.1 (no mDNS, DHT server mode) with its own temporary profile directory.
 pub struct TestNode {
     /// The node.

@@ -56,7 +56,7 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit with 2");
 }
 
-use kith_tests::{Daemon, kith_ok};
+use kith_tests::{Daemon, kith_ok, kith_with_input};
 
 const LOOPBACK: &[&str] = &["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--dht-server"];
 
@@ -106,6 +106,21 @@ fn two_daemons_contact_add_send_and_history_json_show_the_message_on_both_sides(
         (theirs["direction"].as_str(), theirs["status"].as_str(), theirs["text"].as_str()),
         (Some("incoming"), Some("received"), Some("hello from the CLI"))
     );
+
+    // `-` reads the text from standard input: more than a shell line holds, newlines kept.
+    let long = format!("{}\nsecond line", "x".repeat(40_000));
+    let out = kith_with_input(&a, &["send", "bob", "-", "--json"], format!("{long}\n").as_bytes())
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = kith_ok(&a, &["history", "bob", "--json"]).unwrap();
+    let history: serde_json::Value = serde_json::from_str(&message).unwrap();
+    let stdin_message = history.as_array().unwrap().iter().find(|m| m["id"] == sent["id"]);
+    assert_eq!(stdin_message.and_then(|m| m["text"].as_str()), Some(long.as_str()));
+    // Over the 64 KiB limit: refused before anything is queued, with the limit named.
+    let out = kith_with_input(&a, &["send", "bob", "-"], &vec![b'y'; 70_000]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 KiB"), "{out:?}");
 
     // Human output too.
     let lines = kith_ok(&a, &["history", "bob"]).unwrap();
