@@ -494,6 +494,9 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[allow(clippy::print_stdout, reason = "the daemon reports its addresses on stdout")]
 async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
+    if rpc::RpcClient::connect(dir).await.is_ok() {
+        anyhow::bail!("a daemon is already running for {} (`kith stop` stops it)", dir.display());
+    }
     let node = Node::start(net.config(dir)?).await?;
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
     // Received attachments download on their own; show them (bars only on a terminal).

@@ -27,15 +27,15 @@ pub enum ProfileError {
     #[error("{0} already holds a Kith identity")]
     Exists(PathBuf),
     /// The data directory could not be created or secured.
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     Io {
         /// The directory.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
-    /// The database failed.
-    #[error("database: {0}")]
+    /// The database failed (the cause is its [`source`](std::error::Error::source)).
+    #[error("the profile's database")]
     Store(#[from] StoreError),
 }
 

@@ -337,3 +337,22 @@ fn kith_stop_returns_once_the_daemon_process_has_ended() {
     let status = daemon.exit_within(Duration::from_millis(250));
     assert!(status.is_some_and(|s| s.success()), "still running after `kith stop`: {status:?}");
 }
+
+#[test]
+fn a_second_process_on_a_running_profile_gets_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("alice");
+    kith_ok(&profile, &["init", "--name", "Alice"]).unwrap();
+    let _daemon = Daemon::spawn(&profile, LOOPBACK, &[]).unwrap();
+    let out = kith(&profile, &["daemon", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("a daemon is already running") && stderr.contains("kith stop"));
+    // A relay on the same profile finds the database held: said once, not once per layer.
+    let out = kith(&profile, &["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("locked by another process").count(), 1, "{stderr}");
+}
