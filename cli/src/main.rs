@@ -431,12 +431,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()> {
     match command {
         ContactCommand::Add { contact, name } => {
+            // A bare peer id is a contact string without its scheme.
+            let contact = if contact.trim().starts_with("kith:") {
+                contact
+            } else {
+                format!("kith:{}", contact.trim())
+            };
             // Check the string here too, for a precise error before anything is touched.
-            contact
+            let parsed = contact
                 .parse::<ContactString>()
-                .with_context(|| format!("malformed contact string `{contact}`"))?;
+                .with_context(|| format!("malformed contact string or peer id `{contact}`"))?;
+            let peer = kith_node::kith_core::identity::peer_id_of(&parsed.user)
+                .map(|p| p.to_string())
+                .with_context(|| format!("`{contact}` is not a valid peer id"))?;
+            let contacts = conn.call("contact.list", Value::Null).await?;
+            let known = contacts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["peer_id"] == peer.as_str())
+                .and_then(|c| c["name"].as_str().map(str::to_owned));
             conn.call("contact.add", json!({ "contact": contact, "name": name })).await?;
-            say!("added {name}");
+            match known {
+                Some(old) if old == name.trim() => say!("{old} is already a contact"),
+                Some(old) => say!("renamed {old} to {}", name.trim()),
+                None => say!("added {}", name.trim()),
+            }
         }
         ContactCommand::List { json } => {
             let contacts = conn.call("contact.list", Value::Null).await?;
@@ -464,6 +484,20 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
             }
         }
         ContactCommand::Trust { name } => {
+            let bare = name.trim().trim_start_matches("kith:");
+            let contacts = conn.call("contact.list", Value::Null).await?;
+            let Some(found) = contacts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == name.trim() || c["peer_id"] == bare)
+            else {
+                anyhow::bail!("no contact named `{name}`");
+            };
+            if found["identity_changed"].as_bool() != Some(true) {
+                say!("{name}'s identity key has not changed: nothing to accept");
+                return Ok(());
+            }
             conn.call("contact.trust", json!({ "contact": name })).await?;
             say!(
                 "accepted {name}'s new identity key; verify the new safety number with `kith contact verify {name}`"

@@ -356,3 +356,36 @@ fn a_second_process_on_a_running_profile_gets_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(stderr.matches("locked by another process").count(), 1, "{stderr}");
 }
+
+#[test]
+fn contact_add_takes_a_bare_peer_id_says_when_it_renames_and_trust_says_when_nothing_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let bob: serde_json::Value =
+        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
+    let bare = bob["peer_id"].as_str().unwrap();
+
+    // The README's promise: a bare peer id works.
+    assert_eq!(
+        kith_ok(&a, &["contact", "add", bare, "--name", "bob"]).unwrap().trim(),
+        "added bob"
+    );
+    let again = kith_ok(&a, &["contact", "add", &format!("kith:{bare}"), "--name", "bob"]).unwrap();
+    assert_eq!(again.trim(), "bob is already a contact");
+    // A new name for a known peer is a rename, and says so.
+    let renamed = kith_ok(&a, &["contact", "add", bare, "--name", "robert"]).unwrap();
+    assert_eq!(renamed.trim(), "renamed bob to robert");
+    let list = kith_ok(&a, &["contact", "list", "--json"]).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "robert");
+
+    // Nothing to accept: no claim that a new key was accepted.
+    let trust = kith_ok(&a, &["contact", "trust", "robert"]).unwrap();
+    assert!(trust.contains("has not changed") && !trust.contains("accepted"), "{trust}");
+    let unknown = kith(&a, &["contact", "trust", "nobody"]).unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no contact named `nobody`"));
+}
