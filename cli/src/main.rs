@@ -50,6 +50,15 @@ struct Cli {
     #[arg(long, global = true, env = "KITH_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (`KITH_LOG`, a tracing
+    /// filter such as `kith_node=debug`, takes precedence).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Errors only on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -554,17 +563,29 @@ async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logs to stderr at the level `-v`/`-q` ask for (warnings by default), or as `KITH_LOG`
+/// says; colours only on a terminal (not in a file or a service manager's journal).
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[allow(clippy::print_stderr, reason = "errors are reported on stderr")]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -389,3 +389,26 @@ fn contact_add_takes_a_bare_peer_id_says_when_it_renames_and_trust_says_when_not
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no contact named `nobody`"));
 }
+
+#[test]
+fn logs_follow_v_and_q_and_carry_no_colour_codes_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let bob: serde_json::Value =
+        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
+    let bob = bob["peer_id"].as_str().unwrap();
+    // A short-lived node (no daemon): it logs where it listens at info.
+    let send = |flag: &str| {
+        let mut args = vec![flag, "send", bob, "hi", "--timeout", "1"];
+        args.extend(LOOPBACK);
+        let out = kith(&a, &args).unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let verbose = send("-v");
+    assert!(verbose.contains(" INFO ") && verbose.contains("listening on"), "{verbose}");
+    assert!(!verbose.contains('\u{1b}'), "colour codes in a log that is not a terminal");
+    let quiet = send("-q");
+    assert!(!quiet.contains(" INFO ") && !quiet.contains(" WARN "), "{quiet}");
+}
