@@ -563,11 +563,14 @@ async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr at the level `-v`/`-q` ask for (warnings by default), or as `KITH_LOG`
-/// says; colours only on a terminal (not in a file or a service manager's journal).
-fn init_logging(verbose: u8, quiet: bool) {
+/// Logs to stderr at the level `-v`/`-q` ask for (warnings by default, info for `service`:
+/// `kith relay`), or as `KITH_LOG` says; colours only on a terminal (not in a file or a
+/// service manager's journal).
+fn init_logging(verbose: u8, quiet: bool, service: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
+        // A relay is a service: its operator wants to see connections, deposits, refusals.
+        (false, 0) if service => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",
@@ -585,7 +588,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 #[allow(clippy::print_stderr, reason = "errors are reported on stderr")]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, matches!(cli.command, Command::Relay(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -1252,6 +1252,10 @@ impl Driver {
                 self.c.reservations.connected(peer_id, now);
                 if num_established.get() == 1 {
                     self.emit(NodeEvent::PeerConnected(peer_id));
+                    if self.c.relay.is_some() {
+                        let how = if relayed { "relayed" } else { "direct" };
+                        tracing::info!("{} connected ({how})", crate::short(&peer_id));
+                    }
                 }
                 if let Ok(user) = user_id_of(&peer_id) {
                     self.input(Input::PeerReachable { user });
@@ -1276,6 +1280,9 @@ impl Driver {
                         self.c.redial.lost(peer_id, now);
                     }
                     self.emit(NodeEvent::PeerDisconnected(peer_id));
+                    if self.c.relay.is_some() {
+                        tracing::info!("{} disconnected", crate::short(&peer_id));
+                    }
                     self.count_peers();
                 }
             }

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kith_node::kith_core::engine::Event;
@@ -138,8 +138,8 @@ where
 
 /// Collects every engine event a node emits, in a background task.
 pub struct EventLog {
-    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
-    lagged: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    events: Arc<Mutex<Vec<Event>>>,
+    lagged: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,8 +147,8 @@ impl EventLog {
     /// Starts recording `node`'s events (from now on).
     pub fn record(node: &Node) -> Self {
         let mut rx = node.subscribe();
-        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let lagged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let lagged = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (sink, lost) = (events.clone(), lagged.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -540,6 +540,8 @@ pub struct RelayProcess {
     pub dir: PathBuf,
     /// The address it announced (with `/p2p/`).
     pub address: Multiaddr,
+    /// What it logged on stderr.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl RelayProcess {
@@ -567,9 +569,21 @@ impl RelayProcess {
             .args(args)
             .env_remove("KITH_DATA_DIR")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
             .spawn()?;
         let rx = stdout_lines(&mut child)?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    // Shown with the test's output if it fails.
+                    eprintln!("relay: {line}");
+                    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+                }
+            });
+        }
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
@@ -577,7 +591,7 @@ impl RelayProcess {
                         && address.contains("/tcp/")
                     {
                         let address = address.parse()?;
-                        return Ok(Self { child, dir: dir.to_owned(), address });
+                        return Ok(Self { child, dir: dir.to_owned(), address, log });
                     }
                 }
                 Err(_) => {
@@ -592,6 +606,11 @@ impl RelayProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The lines it logged on stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 

@@ -146,3 +146,36 @@ async fn a_relay_killed_repeatedly_mid_deposit_loses_no_acked_message_and_duplic
     assert_eq!(received.len(), N + 1);
     bob.shutdown().await.unwrap();
 }
+
+/// An operator sees what their relay does without asking for it: connections, deposits and
+/// refusals are logged at info by default (and without colour codes: not a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_logs_connections_deposits_and_refusals_by_default() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let relay = RelayProcess::spawn(relay_dir.path(), port, &["--max-messages-per-recipient", "2"])
+        .unwrap();
+    let bob_dir = tempfile::tempdir().unwrap();
+    let mut bob_config = TestNode::config(bob_dir.path(), vec![]);
+    bob_config.relays = vec![relay.address.clone()];
+    let bob = Node::create(bob_config).await.unwrap();
+    let alice = TestNode::start(vec![]).await.unwrap();
+    let bob_user = meet_then_go_offline(&alice.node, bob).await.unwrap();
+
+    // Three messages for an offline Bob whose mailbox holds two.
+    for i in 0..3 {
+        alice.node.send_text(bob_user, format!("m{i}")).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = relay.log().join("\n");
+        if log.contains("QuotaExceeded") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("connected (direct)"), "{log}");
+    assert!(log.contains(" envelope(s) from "), "{log}");
+    assert!(log.contains(", refused 1: QuotaExceeded"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in the relay's log");
+}

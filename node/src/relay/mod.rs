@@ -339,6 +339,19 @@ impl RelayService {
             results.push(DepositResult { id, refused });
         }
         self.update_gauges();
+        let stored: usize = pushes.iter().map(|p| p.envelopes.len()).sum();
+        let refused: Vec<String> =
+            results.iter().filter_map(|r| r.refused.map(|why| format!("{why:?}"))).collect();
+        if refused.is_empty() {
+            tracing::info!("held {stored} envelope(s) from {}", crate::short(&sender));
+        } else {
+            tracing::info!(
+                "held {stored} envelope(s) from {}, refused {}: {}",
+                crate::short(&sender),
+                refused.len(),
+                refused.join(", ")
+            );
+        }
         (results, pushes)
     }
 
