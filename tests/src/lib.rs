@@ -554,6 +554,7 @@ impl RelayProcess {
 
     /// Starts `kith --data-dir DIR relay LISTEN... ARGS...`, wrapped in `wrapper` (e.g.
     /// `ip netns exec NS`), and waits until it announces a TCP address.
+    #[allow(clippy::print_stderr, reason = "the relay's log goes into the test's output")]
     pub fn spawn_in(
         dir: &std::path::Path,
         listen: &[&str],
