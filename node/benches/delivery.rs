@@ -45,7 +45,7 @@ use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_node::kith_core::engine::Event;
 use kith_node::kith_core::model::MessageStatus;
-use kith_node::kith_protocol::MessageId;
+use kith_node::kith_protocol::{MessageId, UserId};
 use kith_node::{Node, NodeConfig, NodeEvent};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -224,6 +224,29 @@ async fn wait_for(events: &mut kith_node::Events, id: MessageId, status: Message
     }
 }
 
+/// [`LATENCY_SAMPLES`] messages one at a time, each timed from `send` to *Sent*; `idle`: the
+/// next only once the last is Delivered and [`IDLE`] has passed.
+async fn one_at_a_time(
+    alice: &Node,
+    events: &mut kith_node::Events,
+    to: UserId,
+    text: &str,
+    idle: bool,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for _ in 0..LATENCY_SAMPLES {
+        let start = Instant::now();
+        let id = alice.send_text(to, text.to_owned()).await.unwrap();
+        wait_for(events, id, MessageStatus::Sent).await;
+        samples.push(start.elapsed());
+        if idle {
+            wait_for(events, id, MessageStatus::Delivered).await;
+            tokio::time::sleep(IDLE).await;
+        }
+    }
+    samples
+}
+
 async fn kith() -> Figures {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let alice = Node::create(NodeConfig::loopback(dirs.0.path())).await.unwrap();
@@ -243,25 +266,10 @@ async fn kith() -> Figures {
     // One message at a time, the next sent as soon as the last is Sent: the next message's
     // commits queue behind the last one's tail (the sender's status commit, the receipt and
     // its acknowledgement on both sides).
-    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
-    for _ in 0..LATENCY_SAMPLES {
-        let start = Instant::now();
-        let id = alice.send_text(to, text.clone()).await.unwrap();
-        wait_for(&mut events, id, MessageStatus::Sent).await;
-        samples.push(start.elapsed());
-    }
-    let (back_to_back, _) = percentiles(samples);
+    let (back_to_back, _) = percentiles(one_at_a_time(&alice, &mut events, to, &text, false).await);
     // One message at a time on idle nodes: the next is sent once the last is Delivered and
     // both nodes have had IDLE to finish its tail. What a person sending a message sees.
-    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
-    for _ in 0..LATENCY_SAMPLES {
-        let start = Instant::now();
-        let id = alice.send_text(to, text.clone()).await.unwrap();
-        wait_for(&mut events, id, MessageStatus::Sent).await;
-        samples.push(start.elapsed());
-        wait_for(&mut events, id, MessageStatus::Delivered).await;
-        tokio::time::sleep(IDLE).await;
-    }
+    let samples = one_at_a_time(&alice, &mut events, to, &text, true).await;
     let (p50, p99) = percentiles(samples);
     drop(events);
 

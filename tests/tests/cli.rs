@@ -359,13 +359,8 @@ fn a_second_process_on_a_running_profile_gets_one_clear_line() {
 
 #[test]
 fn contact_add_takes_a_bare_peer_id_says_when_it_renames_and_trust_says_when_nothing_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
-    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
-    let bob: serde_json::Value =
-        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
-    let bare = bob["peer_id"].as_str().unwrap();
+    let (_dir, a, bare) = alice_and_bobs_peer_id();
+    let bare = bare.as_str();
 
     // The README's promise: a bare peer id works.
     assert_eq!(
@@ -392,13 +387,8 @@ fn contact_add_takes_a_bare_peer_id_says_when_it_renames_and_trust_says_when_not
 
 #[test]
 fn logs_follow_v_and_q_and_carry_no_colour_codes_off_a_terminal() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
-    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
-    let bob: serde_json::Value =
-        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
-    let bob = bob["peer_id"].as_str().unwrap();
+    let (_dir, a, bob) = alice_and_bobs_peer_id();
+    let bob = bob.as_str();
     // A short-lived node (no daemon): it logs where it listens at info.
     let send = |flag: &str| {
         let mut args = vec![flag, "send", bob, "hi", "--timeout", "1"];
@@ -411,4 +401,16 @@ fn logs_follow_v_and_q_and_carry_no_colour_codes_off_a_terminal() {
     assert!(!verbose.contains('\u{1b}'), "colour codes in a log that is not a terminal");
     let quiet = send("-q");
     assert!(!quiet.contains(" INFO ") && !quiet.contains(" WARN "), "{quiet}");
+}
+
+/// Two new profiles, Alice's and Bob's: the directory holding them, Alice's, Bob's peer id.
+fn alice_and_bobs_peer_id() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let bob: serde_json::Value =
+        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
+    let peer_id = bob.get("peer_id").and_then(serde_json::Value::as_str).unwrap().to_owned();
+    (dir, a, peer_id)
 }
