@@ -80,10 +80,10 @@ impl GroupCommand {
 fn label(g: &Value) -> String {
     let members = g["members"].as_array().map_or(0, Vec::len);
     let left = if g["joined"] == false { "  (left)" } else { "" };
+    let noun = if members == 1 { "member" } else { "members" };
     format!(
-        "{}  {} members  {}{left}",
+        "{}  {members} {noun}  {}{left}",
         g["name"].as_str().unwrap_or(""),
-        members,
         g["id"].as_str().unwrap_or("").get(..16).unwrap_or("")
     )
 }
@@ -135,10 +135,23 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
+                // Members by the name we gave them, else their own; the peer id beside it.
+                let me = conn.call("id", Value::Null).await?;
+                let contacts = conn.call("contact.list", Value::Null).await?;
+                let name_of = |peer: &str| -> String {
+                    if me["peer_id"] == peer {
+                        return "you".to_owned();
+                    }
+                    let contact =
+                        contacts.as_array().into_iter().flatten().find(|c| c["peer_id"] == peer);
+                    contact
+                        .and_then(|c| c["name"].as_str().or(c["profile_name"].as_str()))
+                        .map_or_else(|| "(not a contact)".to_owned(), str::to_owned)
+                };
                 for m in info["members"].as_array().into_iter().flatten().filter_map(Value::as_str)
                 {
                     let admin = if admins.contains(&m) { "  (admin)" } else { "" };
-                    say!("  kith:{m}{admin}");
+                    say!("  {}  kith:{m}{admin}", name_of(m));
                 }
             }
         }
@@ -152,4 +165,19 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_label_counts_its_members_in_good_grammar() {
+        let id = "0123456789abcdef0123";
+        let one = label(&json!({ "name": "solo", "members": ["a"], "id": id }));
+        assert_eq!(one, "solo  1 member  0123456789abcdef");
+        let two =
+            label(&json!({ "name": "duo", "members": ["a", "b"], "id": id, "joined": false }));
+        assert_eq!(two, "duo  2 members  0123456789abcdef  (left)");
+    }
 }

@@ -198,6 +198,9 @@ fn group_create_send_info_and_history_through_the_cli() {
     }
     let list = kith_ok(&b, &["group", "list"]).unwrap();
     assert!(list.contains("climbers") && list.contains("2 members"), "{list}");
+    // Members by name, not as bare peer ids.
+    let info = kith_ok(&a, &["group", "info", "climbers"]).unwrap();
+    assert!(info.contains("  you  kith:") && info.contains("  bob  kith:"), "{info}");
 
     kith_ok(&a, &["group", "send", "climbers", "rope at 6"]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
