@@ -250,8 +250,6 @@ pub struct Engine<R> {
     dirty: bool,
     /// When maintenance is next due (monotonic).
     next_maintenance: u64,
-    /// Where the next maintenance's scan of the seen ids for old ones starts.
-    seen_prune_cursor: Vec<u8>,
     /// All one-time prekeys below this id have been handed out.
     opk_cursor: u32,
     /// Every group we know and its replayed membership.
@@ -328,7 +326,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             ready: VecDeque::new(),
             dirty: false,
             next_maintenance: mono,
-            seen_prune_cursor: Vec::new(),
             opk_cursor: 0,
             groups: HashMap::new(),
             tags: HashMap::new(),

@@ -89,7 +89,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.store.prune_seen(
             now.saturating_sub(SEEN_RETENTION_MS),
             SEEN_PRUNE_BATCH,
-            &mut self.seen_prune_cursor,
             &mut batch,
         )?;
         // What others made us hold for a while: group messages waiting for keys, group

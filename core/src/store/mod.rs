@@ -16,7 +16,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | meta | `layout`, `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next` | [`STORE_LAYOUT`], identity, name, counters |
+//! | meta | `layout`, `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next`, `seen-cursor` | [`STORE_LAYOUT`], identity, name, counters, where pruning of seen ids resumes |
 //! | prekeys | `s` ‖ id / `o` ‖ id | signed / one-time prekey record |
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
@@ -77,6 +77,7 @@ const META_SPK_CURRENT: &[u8] = b"spk-current";
 const META_OPK_NEXT: &[u8] = b"opk-next";
 const META_PROFILE: &[u8] = b"profile";
 const META_LAYOUT: &[u8] = b"layout";
+const META_SEEN_CURSOR: &[u8] = b"seen-cursor";
 
 /// The storage layout (trees, keys and record encodings) this build reads and writes. A
 /// database with another layout is refused with [`StoreError::UnsupportedLayout`] rather than
@@ -893,21 +894,21 @@ impl Store {
     }
 
     /// Adds to `batch` the removal of the seen ids recorded before `cutoff` among up to `limit`
-    /// of them, scanned in key order from `cursor`, and moves `cursor` past them (back to the
-    /// start once the scan reaches the end): called periodically, it goes round the whole set.
-    /// Also drains up to `limit` entries of the time index older layouts kept beside it.
-    /// Returns how many seen ids it forgets.
+    /// of them, scanned in key order from where the last call stopped (stored with the batch,
+    /// so that restarts do not start over: back to the start once the scan reaches the end):
+    /// called periodically, it goes round the whole set. Also drains up to `limit` entries of
+    /// the time index older layouts kept beside it. Returns how many seen ids it forgets.
     pub(crate) fn prune_seen(
         &self,
         cutoff: UnixMillis,
         limit: usize,
-        cursor: &mut Vec<u8>,
         batch: &mut Batch,
     ) -> Result<usize, StoreError> {
+        let mut cursor = self.raw(Tree::Meta, META_SEEN_CURSOR)?.unwrap_or_default();
         for (key, _) in self.range(Tree::SeenByTime, &[], &[], false, limit)? {
             batch.delete(Tree::SeenByTime, &key);
         }
-        let scanned = self.range(Tree::Seen, cursor, &[], false, limit)?;
+        let scanned = self.range(Tree::Seen, &cursor, &[], false, limit)?;
         let mut forgotten = 0;
         for (key, value) in &scanned {
             let at = value.get(..8).and_then(read_u64).unwrap_or(0);
@@ -923,6 +924,7 @@ impl Store {
             }
             _ => cursor.clear(),
         }
+        batch.put_raw(Tree::Meta, META_SEEN_CURSOR, cursor);
         Ok(forgotten)
     }
 }
