@@ -242,12 +242,13 @@ pub fn open_chunk(
         .map_err(|_| ChunkError::Unauthentic(index))
 }
 
-/// Checks that `sealed` is chunk `index` of `manifest` (length, then hash) and decrypts it.
+/// Checks that `sealed` is chunk `index` of `manifest` (length, then hash) and decrypts it in
+/// its own buffer (a chunk is never held as ciphertext and plaintext at once).
 pub fn open_verified(
     manifest: &MediaManifest,
     layout: &Layout,
     index: u32,
-    sealed: &[u8],
+    sealed: Vec<u8>,
 ) -> Result<Vec<u8>, ChunkError> {
     let expected_hash =
         manifest.chunk_hashes.get(index as usize).ok_or(ChunkError::NoSuchIndex(index))?;
@@ -255,10 +256,13 @@ pub fn open_verified(
     if sealed.len() != expected {
         return Err(ChunkError::WrongLength { index, got: sealed.len(), expected });
     }
-    if chunk_hash(sealed) != *expected_hash {
+    if chunk_hash(&sealed) != *expected_hash {
         return Err(ChunkError::HashMismatch(index));
     }
-    open_chunk(&manifest.key, &manifest.media_id, index, layout.is_last(index), sealed)
+    let last = layout.is_last(index);
+    let aad = associated_data(&manifest.media_id, index, last);
+    aead::open_in_place(&manifest.key.0, &nonce(index), &aad, sealed)
+        .map_err(|_| ChunkError::Unauthentic(index))
 }
 
 /// Seals an attachment chunk by chunk, in order, and builds its manifest.

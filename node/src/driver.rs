@@ -1097,7 +1097,7 @@ impl Driver {
                 let Some(writer) = self.writers.get(&media).cloned() else { return };
                 let work = self.work_tx.clone();
                 tokio::task::spawn_blocking(move || {
-                    match kith_core::media::open_verified(&manifest, &layout, index, &data) {
+                    match kith_core::media::open_verified(&manifest, &layout, index, data) {
                         Ok(plain) => {
                             let _ = writer.send(files::Incoming { index, plain });
                         }

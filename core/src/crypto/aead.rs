@@ -59,3 +59,23 @@ pub fn open(
         }
     }
 }
+
+/// [`open`] in the buffer it is given: the plaintext takes the ciphertext's place, so a large
+/// sealed value (an attachment chunk) is never held twice. On failure the buffer is dropped
+/// as it came (ciphertext only: decryption happens after the tag verifies).
+pub fn open_in_place(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    aad: &[u8],
+    mut sealed: Vec<u8>,
+) -> Result<Vec<u8>, AeadError> {
+    let Some(body_len) = sealed.len().checked_sub(TAG_LEN) else { return Err(AeadError) };
+    let (body, tag) = sealed.split_at_mut(body_len);
+    let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| AeadError)?;
+    let cipher = ChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt_inout_detached(nonce.into(), aad, InOutBuf::from(body), (&tag).into())
+        .map_err(|_| AeadError)?;
+    sealed.truncate(body_len);
+    Ok(sealed)
+}

@@ -42,7 +42,7 @@ fn a_file_opens_back_chunk_by_chunk() {
     assert_eq!(layout.chunks(), 6);
     let mut out = Vec::new();
     for (i, chunk) in chunks.iter().enumerate() {
-        out.extend(open_verified(&manifest, &layout, i as u32, chunk).unwrap());
+        out.extend(open_verified(&manifest, &layout, i as u32, chunk.to_vec()).unwrap());
     }
     assert_eq!(out, data);
 }
@@ -52,7 +52,7 @@ fn an_empty_file_is_one_empty_sealed_chunk() {
     let (manifest, chunks) = seal(&[], CHUNK, 2);
     let layout = Layout::of(&manifest, u64::MAX).unwrap();
     assert_eq!((layout.chunks(), chunks.len(), chunks[0].len()), (1, 1, SEAL_OVERHEAD));
-    assert_eq!(open_verified(&manifest, &layout, 0, &chunks[0]).unwrap(), Vec::<u8>::new());
+    assert_eq!(open_verified(&manifest, &layout, 0, chunks[0].to_vec()).unwrap(), Vec::<u8>::new());
 }
 
 /// The C2SP chunked-encryption failure classes, each refused by the AEAD alone (without the
@@ -96,35 +96,35 @@ fn verification_names_what_is_wrong_before_decrypting() {
     let (m, chunks) = seal(&data, CHUNK, 5);
     let layout = Layout::of(&m, u64::MAX).unwrap();
     assert_eq!(
-        open_verified(&m, &layout, 0, &chunks[1]),
+        open_verified(&m, &layout, 0, chunks[1].to_vec()),
         Err(ChunkError::HashMismatch(0)),
         "reordered"
     );
     let mut corrupt = chunks[2].clone();
     corrupt[0] ^= 0x80;
-    assert_eq!(open_verified(&m, &layout, 2, &corrupt), Err(ChunkError::HashMismatch(2)));
+    assert_eq!(open_verified(&m, &layout, 2, corrupt.to_vec()), Err(ChunkError::HashMismatch(2)));
     assert!(matches!(
-        open_verified(&m, &layout, 3, &chunks[2]),
+        open_verified(&m, &layout, 3, chunks[2].to_vec()),
         Err(ChunkError::WrongLength { index: 3, .. })
     ));
     let mut extended = chunks[3].clone();
     extended.extend_from_slice(b"more");
     assert!(matches!(
-        open_verified(&m, &layout, 3, &extended),
+        open_verified(&m, &layout, 3, extended.to_vec()),
         Err(ChunkError::WrongLength { got: 21, expected: 17, .. })
     ));
     assert!(matches!(
-        open_verified(&m, &layout, 0, &chunks[0][..100]),
+        open_verified(&m, &layout, 0, chunks[0][..100].to_vec()),
         Err(ChunkError::WrongLength { .. })
     ));
-    assert_eq!(open_verified(&m, &layout, 4, &chunks[3]), Err(ChunkError::NoSuchIndex(4)));
+    assert_eq!(open_verified(&m, &layout, 4, chunks[3].to_vec()), Err(ChunkError::NoSuchIndex(4)));
     // A manifest whose hashes were replaced by an attacker's still refuses the forged chunk:
     // it does not authenticate under the key.
     let mut forged = m.clone();
     let mut fake = chunks[0].clone();
     fake[0] ^= 1;
     forged.chunk_hashes[0] = chunk_hash(&fake);
-    assert_eq!(open_verified(&forged, &layout, 0, &fake), Err(ChunkError::Unauthentic(0)));
+    assert_eq!(open_verified(&forged, &layout, 0, fake.to_vec()), Err(ChunkError::Unauthentic(0)));
 }
 
 #[test]
@@ -182,7 +182,7 @@ proptest! {
         let mut out = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             prop_assert_eq!(chunk.len(), layout.sealed_len(i as u32));
-            out.extend(open_verified(&manifest, &layout, i as u32, chunk).unwrap());
+            out.extend(open_verified(&manifest, &layout, i as u32, chunk.to_vec()).unwrap());
         }
         prop_assert_eq!(out, data);
     }
@@ -198,6 +198,6 @@ fn any_chunk_index_a_peer_names_is_answered_without_overflow() {
     for index in [layout.chunks(), u32::MAX - 1, u32::MAX] {
         assert!(!layout.is_last(index));
         assert_eq!(layout.plain_len(index), 0);
-        assert!(open_verified(&manifest, &layout, index, &chunks[0]).is_err());
+        assert!(open_verified(&manifest, &layout, index, chunks[0].to_vec()).is_err());
     }
 }
