@@ -23,7 +23,7 @@
 //! // The receiver, with the manifest from the ratchet and chunks from anywhere:
 //! let layout = Layout::of(&manifest, 2 << 30)?;
 //! let mut received = Vec::new();
-//! for (index, chunk) in sealed.iter().enumerate() {
+//! for (index, chunk) in sealed.into_iter().enumerate() {
 //!     received.extend(open_verified(&manifest, &layout, index as u32, chunk)?);
 //! }
 //! assert_eq!(received, file);
