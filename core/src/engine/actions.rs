@@ -147,6 +147,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             if let Some(event) = self.set_status(&record.id, MessageStatus::Read, &mut batch)? {
                 events.push(event);
             }
+            // A stranger's messages (a message request) are read without telling them: a
+            // receipt would confirm to anyone who writes that this identity is in use.
+            // Likewise a group's messages while its invitation waits for an answer.
+            match record.group {
+                None if !self.is_named_contact(&record.peer)? => continue,
+                Some(group) if self.is_invitation(&group) => continue,
+                _ => {}
+            }
             by_author.entry(record.peer).or_default().push(record.id);
         }
         self.commit(batch)?;

@@ -22,6 +22,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.store.contact(user)?.ok_or(CommandError::UnknownContact)
     }
 
+    /// Whether `user` is a contact the user named (added or accepted), not a stranger whose
+    /// messages wait as a message request or a group's member we only know from the group.
+    pub(super) fn is_named_contact(&self, user: &UserId) -> Result<bool, StoreError> {
+        Ok(self.store.contact(user)?.is_some_and(|c| c.name.is_some()))
+    }
+
     pub(super) fn save_contact(&mut self, contact: Contact) -> Result<(), StoreError> {
         let mut batch = Batch::new();
         batch.put_contact(&contact);

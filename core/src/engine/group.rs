@@ -65,6 +65,8 @@ const PENDING_RETRY_BATCH: usize = 256;
 pub(crate) struct GroupState {
     pub(crate) record: GroupRecord,
     pub(crate) log: ChangeLog,
+    /// Who added us, while the user has not accepted the invitation.
+    pub(crate) invited_by: Option<UserId>,
 }
 
 impl GroupState {
@@ -126,7 +128,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             .groups
             .values()
             .filter(|g| g.membership().created())
-            .map(|g| Group::new(g.record.id, g.membership(), &me))
+            .map(|g| Group::new(g.record.id, g.membership(), &me, g.invited_by))
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         groups
@@ -137,7 +139,23 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.groups
             .get(id)
             .filter(|g| g.membership().created())
-            .map(|g| Group::new(*id, g.membership(), &self.user_id()))
+            .map(|g| Group::new(*id, g.membership(), &self.user_id(), g.invited_by))
+    }
+
+    /// The public view of a known group with membership `membership`.
+    pub(super) fn group_view(&self, id: GroupId, membership: &Membership) -> Group {
+        let invited_by = self.groups.get(&id).and_then(|g| g.invited_by);
+        Group::new(id, membership, &self.user_id(), invited_by)
+    }
+
+    /// The groups whose waiting invitation came from `user`.
+    pub(super) fn invitations_from(&self, user: &UserId) -> Vec<GroupId> {
+        self.groups.values().filter(|g| g.invited_by == Some(*user)).map(|g| g.record.id).collect()
+    }
+
+    /// Whether the user still has to accept or decline `group`'s invitation.
+    pub(super) fn is_invitation(&self, group: &GroupId) -> bool {
+        self.groups.get(group).is_some_and(|g| g.invited_by.is_some())
     }
 
     /// Up to `limit` messages of a group before sequence number `before` (all if `None`),
@@ -162,6 +180,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// Loads every group and asks the driver to subscribe to the ones we are in.
     pub(super) fn load_groups(&mut self) -> Result<(), StoreError> {
         let me = self.user_id();
+        let invitations: HashMap<GroupId, UserId> =
+            self.store.group_invitations()?.into_iter().map(|i| (i.group, i.from)).collect();
         for record in self.store.groups()? {
             let mut log = ChangeLog::new(record.id);
             for change in self.store.group_changes(&record.id)? {
@@ -176,7 +196,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.held.push_back(Output::Subscribe { tag, members });
             }
             self.tags.insert(tag, record.id);
-            self.groups.insert(record.id, GroupState { record, log });
+            let invited_by = invitations.get(&record.id).copied();
+            self.groups.insert(record.id, GroupState { record, log, invited_by });
         }
         Ok(())
     }
@@ -227,6 +248,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         let admin = membership.admins.contains(&me);
         let members = &membership.members;
+        match command {
+            GroupCommand::Accept => {
+                self.answer_invitation(group)?;
+                return Ok(CommandResult::Done);
+            }
+            // Reading is not an answer; leaving declines; anything that speaks in the group
+            // accepts it.
+            GroupCommand::MarkRead { .. } => {}
+            _ => self.answer_invitation(group)?,
+        }
         let change = match command {
             GroupCommand::Send { text, reply_to } => {
                 let body = Body::Text(Text { body: text, reply_to });
@@ -263,7 +294,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 GroupAction::Add { member }
             }
             GroupCommand::Remove { member } => GroupAction::Remove { member },
-            GroupCommand::Leave => GroupAction::Leave,
+            GroupCommand::Leave | GroupCommand::Decline => GroupAction::Leave,
+            GroupCommand::Accept => return Ok(CommandResult::Done),
             GroupCommand::Rename { name } => {
                 let name = name.trim().to_owned();
                 if name.is_empty() || name.len() > MAX_NAME_BYTES {
@@ -277,6 +309,22 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Err(CommandError::NotAnAdmin);
         }
         self.make_change(now, group, change)
+    }
+
+    /// Forgets `group`'s invitation, if one waits: the user answered it.
+    fn answer_invitation(&mut self, group: GroupId) -> Result<(), StoreError> {
+        let Some(state) = self.groups.get(&group).filter(|g| g.invited_by.is_some()) else {
+            return Ok(());
+        };
+        let membership = state.membership().clone();
+        let mut batch = Batch::new();
+        batch.delete_group_invitation(&group);
+        self.commit(batch)?;
+        if let Some(state) = self.groups.get_mut(&group) {
+            state.invited_by = None;
+        }
+        self.event(Event::GroupChanged(Box::new(self.group_view(group, &membership))));
+        Ok(())
     }
 
     /// Signs `action` after the changes we hold and takes it, if the group's rules let it

@@ -24,9 +24,10 @@ use super::group::GroupState;
 use super::{Engine, Event, Output};
 use crate::group::membership::is_removal;
 use crate::group::sender_key::OwnChain;
-use crate::group::{ChangeLog, Group, MAX_GROUP_OPS, Membership, change_hash, group_tag};
+use crate::group::{ChangeLog, MAX_GROUP_OPS, Membership, change_hash, group_tag};
 use crate::store::records::{
-    GroupChangeRecord, GroupOrphanRecord, GroupRecord, OutboxKind, WaitingKeyRecord,
+    GroupChangeRecord, GroupInvitationRecord, GroupOrphanRecord, GroupRecord, OutboxKind,
+    WaitingKeyRecord,
 };
 use crate::store::{Batch, StoreError};
 
@@ -115,6 +116,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Origin::Peer(peer) => peer,
         };
         let known = self.groups.get(&group);
+        let was_invited_by = known.and_then(|g| g.invited_by);
         let base = known.map(|g| g.log.clone()).unwrap_or_else(|| ChangeLog::new(group));
         let old = base.membership().clone();
 
@@ -218,9 +220,19 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 },
             },
         };
+        // Someone else made us a member (again): the user is asked whether to stay.
+        let invitation = match origin {
+            Origin::Peer(from) if is_member && !was_member => {
+                Some(GroupInvitationRecord { group, from, received_at: now })
+            }
+            _ => None,
+        };
         if !foreign {
             if known.is_none() {
                 batch.put_group(&record);
+            }
+            if let Some(invitation) = &invitation {
+                batch.put_group_invitation(invitation);
             }
             for (position, change) in log.changes().enumerate().skip(base.len()) {
                 let position = u32::try_from(position)
@@ -285,7 +297,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
         let new = log.membership().clone();
         self.tags.insert(group_tag(&group), group);
-        self.groups.insert(group, GroupState { record, log });
+        let invited_by = invitation.map(|i| i.from).or(was_invited_by.filter(|_| is_member));
+        self.groups.insert(group, GroupState { record, log, invited_by });
         // Our own change goes out before anything it causes (our new chain, the history for
         // a member we added), so that members know the group and the member first.
         if origin == Origin::Us {
@@ -303,16 +316,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// added, from a stranger only while fewer than [`MAX_STRANGER_GROUPS`] are.
     fn may_join(&self, origin: Origin) -> Result<bool, StoreError> {
         let Origin::Peer(peer) = origin else { return Ok(true) };
-        let named = |user: &UserId| -> Result<bool, StoreError> {
-            Ok(self.store.contact(user)?.is_some_and(|c| c.name.is_some()))
-        };
-        if named(&peer)? {
+        if self.is_named_contact(&peer)? {
             return Ok(true);
         }
         let mut strangers = 0;
         for state in self.groups.values() {
             if let Some(by) = state.record.introduced_by
-                && !named(&by)?
+                && !self.is_named_contact(&by)?
             {
                 strangers += 1;
             }
@@ -525,7 +535,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
         }
         if old != new {
-            self.event(Event::GroupChanged(Box::new(Group::new(group, new, &me))));
+            self.event(Event::GroupChanged(Box::new(self.group_view(group, new))));
         }
         if is {
             self.retry_pending(now, group, None)?;

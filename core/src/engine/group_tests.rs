@@ -670,3 +670,77 @@ fn a_group_message_is_not_in_the_conversation_with_its_author() {
     net.group_command(0, group, react);
     assert_eq!(net.engine(1).message(&id).unwrap().unwrap().reactions.len(), 1);
 }
+
+/// A member someone else added holds an invitation until it answers: reading its messages
+/// tells no one; accepting (kept across a restart until then) lets read receipts go out;
+/// declining leaves the group.
+#[test]
+fn an_added_member_is_invited_and_answers_before_receipts_go_out() {
+    let mut net = net(3);
+    let group = net.create(0, &[1, 2]);
+    let admin = net.id(0);
+    assert_eq!(net.engine(0).group(&group).unwrap().invited_by, None, "its creator");
+    for i in [1, 2] {
+        assert_eq!(net.engine(i).group(&group).unwrap().invited_by, Some(admin), "member {i}");
+    }
+    net.restart(1);
+    assert_eq!(net.engine(1).group(&group).unwrap().invited_by, Some(admin), "kept on disk");
+
+    let first = net.send(0, group, "welcome");
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    net.group_command(1, group, GroupCommand::MarkRead { ids: vec![first] });
+    let message = net.engine(0).message(&first).unwrap().unwrap();
+    assert_eq!(message.status, MessageStatus::Delivered, "reading an invitation says nothing");
+    assert!(message.receipts.iter().all(|r| r.kind == ReceiptKind::Delivered));
+
+    net.group_command(1, group, GroupCommand::Accept);
+    assert_eq!(net.engine(1).group(&group).unwrap().invited_by, None);
+    net.restart(1);
+    assert_eq!(net.engine(1).group(&group).unwrap().invited_by, None, "the answer is on disk");
+    let second = net.send(0, group, "glad you stayed");
+    net.group_command(1, group, GroupCommand::MarkRead { ids: vec![second] });
+    let message = net.engine(0).message(&second).unwrap().unwrap();
+    assert!(message.receipts.iter().any(|r| r.member == net.id(1) && r.kind == ReceiptKind::Read));
+
+    net.group_command(2, group, GroupCommand::Decline);
+    assert!(!net.members(0, &group).contains(&net.id(2)), "declining leaves");
+    assert!(!net.engine(2).group(&group).unwrap().joined);
+    assert_eq!(net.engine(2).group(&group).unwrap().invited_by, None);
+}
+
+/// Speaking in a group accepts its invitation; blocking whoever added us declines theirs.
+#[test]
+fn sending_accepts_an_invitation_and_blocking_its_sender_declines_it() {
+    let mut net = net(3);
+    let group = net.create(0, &[1, 2]);
+    net.send(1, group, "hi all");
+    assert_eq!(net.engine(1).group(&group).unwrap().invited_by, None);
+
+    let admin = net.id(0);
+    net.command_and_run(2, Command::Block { user: admin, blocked: true });
+    assert!(!net.engine(2).group(&group).unwrap().joined, "blocked sender's invitation declined");
+    // Nothing goes to the blocked admin; the other member hears of it.
+    assert!(!net.members(1, &group).contains(&net.id(2)));
+    assert!(net.members(1, &group).contains(&net.id(1)), "the others stay");
+}
+
+/// A stranger's direct messages are a message request: read without a read receipt until
+/// the user names them.
+#[test]
+fn a_message_request_is_read_without_a_receipt_until_accepted() {
+    let mut net = net(2);
+    let stranger = net.user(1);
+    let first = net.send_text(1, 0, "hello, do you remember me?");
+    net.run();
+    let request = net.engine(0).contact(&stranger).unwrap().unwrap();
+    assert_eq!(request.name, None, "a stranger stays unnamed");
+    net.command_and_run(0, Command::MarkRead { peer: stranger, ids: vec![first] });
+    assert_eq!(net.engine(1).message(&first).unwrap().unwrap().status, MessageStatus::Delivered);
+
+    let user = stranger;
+    net.command_and_run(0, Command::AddContact { user, name: "sam".into(), relays: vec![] });
+    let second = net.send_text(1, 0, "it's Sam");
+    net.run();
+    net.command_and_run(0, Command::MarkRead { peer: stranger, ids: vec![second] });
+    assert_eq!(net.engine(1).message(&second).unwrap().unwrap().status, MessageStatus::Read);
+}

@@ -404,6 +404,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 let mut contact = self.known_contact(&user)?;
                 contact.blocked = blocked;
                 self.save_contact(contact)?;
+                if blocked {
+                    // Their invitations go with them: we leave the groups they added us to.
+                    for group in self.invitations_from(&user) {
+                        self.group_command(now, group, GroupCommand::Decline)?;
+                    }
+                }
                 Ok(CommandResult::Done)
             }
             Command::SendText { to, text, reply_to } => {

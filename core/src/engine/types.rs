@@ -284,6 +284,12 @@ pub enum GroupCommand {
     },
     /// Leaves the group.
     Leave,
+    /// Accepts the invitation to a group someone added us to: read receipts go to its
+    /// members from now on. Speaking in the group (sending, reacting, typing, changing it)
+    /// accepts it too.
+    Accept,
+    /// Declines the invitation to a group someone added us to: we leave it.
+    Decline,
     /// Renames the group (admins).
     Rename {
         /// The new name.

@@ -114,10 +114,18 @@ pub struct Group {
     pub admins: Vec<UserId>,
     /// Whether we are a member (false once we left or were removed).
     pub joined: bool,
+    /// Who added us, while the invitation waits for the user to accept or decline it
+    /// ([`GroupCommand::Accept`](crate::engine::GroupCommand::Accept)).
+    pub invited_by: Option<UserId>,
 }
 
 impl Group {
-    pub(crate) fn new(id: GroupId, state: &Membership, me: &UserId) -> Self {
+    pub(crate) fn new(
+        id: GroupId,
+        state: &Membership,
+        me: &UserId,
+        invited_by: Option<UserId>,
+    ) -> Self {
         Self {
             id,
             tag: group_tag(&id),
@@ -126,6 +134,7 @@ impl Group {
             members: state.members.iter().copied().collect(),
             admins: state.admins.iter().copied().collect(),
             joined: state.members.contains(me),
+            invited_by,
         }
     }
 }

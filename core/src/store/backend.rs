@@ -46,11 +46,13 @@ pub enum Tree {
     /// The embedding node's attachment records, written through a [`super::SideStore`]; the
     /// engine never reads it.
     Media,
+    /// Group invitations waiting for the user's answer: group → who added us.
+    GroupInvitations,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 17] = [
+    pub const ALL: [Tree; 18] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -68,6 +70,7 @@ impl Tree {
         Tree::GroupKeysWaiting,
         Tree::Relay,
         Tree::Media,
+        Tree::GroupInvitations,
     ];
 
     /// The tree's name in the database.
@@ -90,6 +93,7 @@ impl Tree {
             Tree::GroupKeysWaiting => "group_keys_waiting",
             Tree::Relay => "relay",
             Tree::Media => "media",
+            Tree::GroupInvitations => "group_invitations",
         }
     }
 

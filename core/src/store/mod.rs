@@ -55,9 +55,10 @@ use backend::prefix_end;
 pub use backend::{Backend, BackendError, Entry, MemoryBackend, RawWrite, StoreError, Tree};
 pub(crate) use records::MessageIndexRecord;
 use records::{
-    GroupChangeRecord, GroupOrphanRecord, GroupRecord, IdentityRecord, MemberChainsRecord,
-    MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord, PeerSessionsRecord,
-    PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode, encode,
+    GroupChangeRecord, GroupInvitationRecord, GroupOrphanRecord, GroupRecord, IdentityRecord,
+    MemberChainsRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord,
+    PeerSessionsRecord, PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode,
+    encode,
 };
 use shared::Shared;
 pub use shared::{SideStore, SideTree, SideWrite};
@@ -309,6 +310,14 @@ impl Batch {
             value.push(1);
         }
         self.put_raw(Tree::Seen, &seen_key(sender, id), value);
+    }
+
+    pub(crate) fn put_group_invitation(&mut self, record: &GroupInvitationRecord) {
+        self.put(Tree::GroupInvitations, &record.group.0, record);
+    }
+
+    pub(crate) fn delete_group_invitation(&mut self, group: &GroupId) {
+        self.delete(Tree::GroupInvitations, &group.0);
     }
 
     pub(crate) fn put_group(&mut self, record: &GroupRecord) {
@@ -723,6 +732,13 @@ impl Store {
     // --- groups ---
 
     /// Every group we hold.
+    pub(crate) fn group_invitations(&self) -> Result<Vec<GroupInvitationRecord>, StoreError> {
+        self.range(Tree::GroupInvitations, &[], &[], false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
+    }
+
     pub(crate) fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
         self.range(Tree::Groups, &[], &[], false, usize::MAX)?
             .into_iter()

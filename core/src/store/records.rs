@@ -69,6 +69,7 @@ record! {
     OwnChainRecord => "own sender key",
     MemberChainsRecord => "sender keys",
     PendingGroupRecord => "pending group message",
+    GroupInvitationRecord => "group invitation",
 }
 
 /// A group we know (its changes are records of their own, [`GroupChangeRecord`]).
@@ -79,6 +80,15 @@ pub(crate) struct GroupRecord {
     pub(crate) since: UnixMillis,
     /// Who sent us the changes that made us a member first (`None`: we created it).
     pub(crate) introduced_by: Option<UserId>,
+}
+
+/// A group someone added us to, until the user accepts or declines it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct GroupInvitationRecord {
+    pub(crate) group: GroupId,
+    /// The member whose changes made us a member.
+    pub(crate) from: UserId,
+    pub(crate) received_at: UnixMillis,
 }
 
 /// One change of a group's membership.
