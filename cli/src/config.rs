@@ -6,6 +6,7 @@
 //! bootstrap = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]
 //! relays = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."]
 //! # listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+//! # message_requests = false   # refuse strangers' messages instead of holding them as requests
 //! ```
 //!
 //! A flag replaces the file's list of the same kind (`--bootstrap` the file's `bootstrap`,
@@ -32,6 +33,10 @@ pub(crate) struct FileConfig {
     /// Home relays, each with `/p2p/<peer-id>`.
     #[serde(default)]
     pub(crate) relays: Vec<String>,
+    /// Whether a stranger's first message is kept as a message request (the default) or
+    /// refused.
+    #[serde(default)]
+    pub(crate) message_requests: Option<bool>,
 }
 
 impl FileConfig {

@@ -47,6 +47,9 @@ impl NetArgs {
             pick(&self.bootstrap, "--bootstrap", &file.bootstrap, "bootstrap");
         config.bootstrap = parse_addrs(bootstrap, &source)?;
         config.mdns = !self.no_mdns;
+        if let Some(requests) = file.message_requests {
+            config.engine.accept_unknown = requests;
+        }
         config.dht_server = self.dht_server;
         let (relays, source) = pick(&self.relay, "--relay", &file.relays, "relays");
         config.relays = parse_addrs(relays, &source)?;

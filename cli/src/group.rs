@@ -4,6 +4,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::conn::{Conn, NetArgs};
+use crate::render::{self, Names};
 
 /// What `kith group` does.
 #[derive(Subcommand, Debug)]
@@ -32,6 +33,16 @@ pub(crate) enum GroupCommand {
         group: String,
         /// The member (contact name or peer id).
         member: String,
+    },
+    /// Accepts an invitation to a group someone added you to (sending in it accepts it too).
+    Accept {
+        /// The group (name or id).
+        group: String,
+    },
+    /// Declines an invitation to a group: you leave it.
+    Decline {
+        /// The group (name or id).
+        group: String,
     },
     /// Leaves a group.
     Leave {
@@ -77,15 +88,33 @@ impl GroupCommand {
     }
 }
 
-fn label(g: &Value) -> String {
+/// One line for a group: name, size, id prefix, and whether we left it or are invited.
+fn label(g: &Value, names: &Names) -> String {
     let members = g["members"].as_array().map_or(0, Vec::len);
-    let left = if g["joined"] == false { "  (left)" } else { "" };
+    let state = if g["joined"] == false {
+        "  (left)".to_owned()
+    } else if let Some(by) = g["invited_by"].as_str() {
+        format!("  (invitation from {}: kith group accept|decline)", render::name_of(names, by))
+    } else {
+        String::new()
+    };
     let noun = if members == 1 { "member" } else { "members" };
     format!(
-        "{}  {members} {noun}  {}{left}",
+        "{}  {members} {noun}  {}{state}",
         g["name"].as_str().unwrap_or(""),
         g["id"].as_str().unwrap_or("").get(..16).unwrap_or("")
     )
+}
+
+/// Names for peers: ours for contacts, theirs (marked `~`) for others, `you` for us.
+async fn names(conn: &mut Conn) -> anyhow::Result<Names> {
+    let contacts = conn.call("contact.list", Value::Null).await?;
+    let me = conn.call("id", Value::Null).await?;
+    let mut names = render::names(&contacts);
+    if let Some(me) = me["peer_id"].as_str() {
+        names.insert(me.to_owned(), "you".to_owned());
+    }
+    Ok(names)
 }
 
 /// Runs one `kith group` command on `conn`.
@@ -109,6 +138,14 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             conn.call("group.remove", json!({ "group": group, "member": member })).await?;
             say!("removed {member} from {group}");
         }
+        GroupCommand::Accept { group } => {
+            conn.call("group.accept", json!({ "group": group })).await?;
+            say!("joined {group}");
+        }
+        GroupCommand::Decline { group } => {
+            conn.call("group.decline", json!({ "group": group })).await?;
+            say!("declined {group}: you left it");
+        }
         GroupCommand::Leave { group } => {
             conn.call("group.leave", json!({ "group": group })).await?;
             say!("left {group}");
@@ -118,8 +155,9 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             if json {
                 println!("{groups}");
             } else {
+                let names = names(conn).await?;
                 for g in groups.as_array().into_iter().flatten() {
-                    say!("{}", label(g));
+                    say!("{}", label(g, &names));
                 }
             }
         }
@@ -128,7 +166,8 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
             if json {
                 println!("{info}");
             } else {
-                say!("{}", label(&info));
+                let names = names(conn).await?;
+                say!("{}", label(&info, &names));
                 let admins: Vec<&str> = info["admins"]
                     .as_array()
                     .into_iter()
@@ -136,22 +175,11 @@ pub(crate) async fn run(conn: &mut Conn, command: GroupCommand) -> anyhow::Resul
                     .filter_map(Value::as_str)
                     .collect();
                 // Members by the name we gave them, else their own; the peer id beside it.
-                let me = conn.call("id", Value::Null).await?;
-                let contacts = conn.call("contact.list", Value::Null).await?;
-                let name_of = |peer: &str| -> String {
-                    if me["peer_id"] == peer {
-                        return "you".to_owned();
-                    }
-                    let contact =
-                        contacts.as_array().into_iter().flatten().find(|c| c["peer_id"] == peer);
-                    contact
-                        .and_then(|c| c["name"].as_str().or(c["profile_name"].as_str()))
-                        .map_or_else(|| "(not a contact)".to_owned(), str::to_owned)
-                };
                 for m in info["members"].as_array().into_iter().flatten().filter_map(Value::as_str)
                 {
                     let admin = if admins.contains(&m) { "  (admin)" } else { "" };
-                    say!("  {}  kith:{m}{admin}", name_of(m));
+                    let name = names.get(m).map_or("(not a contact)", String::as_str);
+                    say!("  {name}  kith:{m}{admin}");
                 }
             }
         }
@@ -174,10 +202,16 @@ mod tests {
     #[test]
     fn a_group_label_counts_its_members_in_good_grammar() {
         let id = "0123456789abcdef0123";
-        let one = label(&json!({ "name": "solo", "members": ["a"], "id": id }));
+        let names = Names::from([("12D3KooWalice".to_owned(), "alice".to_owned())]);
+        let one = label(&json!({ "name": "solo", "members": ["a"], "id": id }), &names);
         assert_eq!(one, "solo  1 member  0123456789abcdef");
-        let two =
-            label(&json!({ "name": "duo", "members": ["a", "b"], "id": id, "joined": false }));
-        assert_eq!(two, "duo  2 members  0123456789abcdef  (left)");
+        let two = json!({ "name": "duo", "members": ["a", "b"], "id": id, "joined": false });
+        assert_eq!(label(&two, &names), "duo  2 members  0123456789abcdef  (left)");
+        let invited = json!({ "name": "trio", "members": ["a", "b", "c"], "id": id,
+                              "joined": true, "invited_by": "12D3KooWalice" });
+        assert_eq!(
+            label(&invited, &names),
+            "trio  3 members  0123456789abcdef  (invitation from alice: kith group accept|decline)"
+        );
     }
 }

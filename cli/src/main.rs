@@ -178,11 +178,53 @@ enum ContactCommand {
         #[arg(long)]
         name: String,
     },
-    /// List contacts.
+    /// List contacts (and, apart, message requests).
     List {
+        /// Also list the members of your groups you have not added yourself.
+        #[arg(long)]
+        all: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List message requests: strangers who wrote to you, with their latest message.
+    /// Answer with `contact accept`, `contact block` or `contact remove`.
+    Requests {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a message request (or anyone's peer id) as a contact under a name.
+    Accept {
+        /// Their peer id (as `contact requests` shows it).
+        peer: String,
+        /// The name to know them by.
+        #[arg(long)]
+        name: String,
+    },
+    /// Give a contact another name.
+    Rename {
+        /// Contact name or peer id.
+        name: String,
+        /// The new name.
+        new_name: String,
+    },
+    /// Remove a contact and the sessions with them (your history with them stays); a
+    /// stranger's message request is deleted this way.
+    Remove {
+        /// Contact name or peer id.
+        name: String,
+    },
+    /// Block a contact or a stranger: their messages are refused and the groups they invited
+    /// you to are declined.
+    Block {
+        /// Contact name or peer id.
+        name: String,
+    },
+    /// Unblock a contact.
+    Unblock {
+        /// Contact name or peer id.
+        name: String,
     },
     /// Show the safety number with a contact and mark them verified once it matches.
     Verify {
@@ -244,7 +286,11 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 fn contact_label(c: &Value) -> String {
-    let name = c["name"].as_str().or(c["profile_name"].as_str()).unwrap_or("(unnamed)");
+    let name = match (c["name"].as_str(), c["profile_name"].as_str()) {
+        (Some(ours), _) => ours.to_owned(),
+        (None, Some(theirs)) => format!("~{theirs}"),
+        (None, None) => "(unnamed)".to_owned(),
+    };
     let mut flags = Vec::new();
     if c["verified"].as_bool() == Some(true) {
         flags.push("verified");
@@ -362,25 +408,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = conn.call("send", params).await;
             let local = !conn.is_daemon();
             conn.close().await?;
-            let result = match result {
-                Err(e) if e.to_string().contains("timed out") && local => {
-                    say!(
-                        "not sent yet: the message is queued and goes out the next time a node runs (`kith daemon`)"
-                    );
-                    return Ok(ExitCode::from(3));
-                }
-                other => other?,
-            };
+            let result = result?;
+            let timed_out = result["timed_out"] == true;
             if json {
                 println!("{result}");
             } else {
                 let status = result["status"].as_str().unwrap_or_default();
                 let failure =
                     result["failure"].as_str().map(|f| format!(": {f}")).unwrap_or_default();
-                say!("{} {status}{failure}", result["id"].as_str().unwrap_or_default());
+                let why = result["why"].as_str().map(|w| format!(" ({w})")).unwrap_or_default();
+                say!("{} {status}{failure}{why}", result["id"].as_str().unwrap_or_default());
+                if timed_out && local && status == "queued" {
+                    say!(
+                        "not sent yet: the message is queued and goes out the next time a node runs (`kith daemon`)"
+                    );
+                }
             }
             if result["status"] == "failed" {
                 return Ok(ExitCode::FAILURE);
+            }
+            if timed_out {
+                // 3: the message is kept and may still go; it did not reach what was waited for.
+                return Ok(ExitCode::from(3));
             }
         }
         Command::SendFile { to, path, caption, no_wait, timeout, json, net } => {
@@ -467,15 +516,85 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
                 None => say!("added {}", name.trim()),
             }
         }
-        ContactCommand::List { json } => {
+        ContactCommand::List { all, json } => {
             let contacts = conn.call("contact.list", Value::Null).await?;
             if json {
                 println!("{contacts}");
-            } else {
-                for c in contacts.as_array().into_iter().flatten() {
-                    say!("{}", contact_label(c));
-                }
+                return Ok(());
             }
+            let contacts = contacts.as_array().cloned().unwrap_or_default();
+            let (requests, others): (Vec<&Value>, Vec<&Value>) =
+                contacts.iter().partition(|c| c["request"] == true);
+            for c in others.iter().filter(|c| all || c["name"].is_string() || c["blocked"] == true)
+            {
+                say!("{}", contact_label(c));
+            }
+            if !requests.is_empty() {
+                say!("{} message request(s): see `kith contact requests`", requests.len());
+            }
+        }
+        ContactCommand::Requests { json } => {
+            let contacts = conn.call("contact.list", Value::Null).await?;
+            let requests: Vec<&Value> = contacts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["request"] == true)
+                .collect();
+            let mut listed = Vec::new();
+            for c in requests {
+                let peer = c["peer_id"].as_str().unwrap_or_default();
+                let last = conn.call("history", json!({ "peer": peer, "limit": 1 })).await?;
+                let last = last.as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+                listed.push((c, last));
+            }
+            if json {
+                let all: Vec<Value> = listed
+                    .iter()
+                    .map(|(c, last)| json!({ "contact": c, "last_message": last }))
+                    .collect();
+                println!("{}", Value::Array(all));
+            } else if listed.is_empty() {
+                say!("no message requests");
+            } else {
+                for (c, last) in listed {
+                    let peer = c["peer_id"].as_str().unwrap_or_default();
+                    let who =
+                        c["profile_name"].as_str().map(|n| format!("~{n}")).unwrap_or_default();
+                    say!("{who}  kith:{peer}");
+                    if !last.is_null() {
+                        say!("    {}", render::message_line(&last, "them", &render::Names::new()));
+                    }
+                }
+                say!(
+                    "accept: kith contact accept <PEER> --name NAME · block: kith contact block <PEER> · delete: kith contact remove <PEER>"
+                );
+            }
+        }
+        ContactCommand::Accept { peer, name } => {
+            let bare = peer.trim().trim_start_matches("kith:").to_owned();
+            if bare.parse::<libp2p::PeerId>().is_err() {
+                anyhow::bail!("`{peer}` is not a peer id (contact requests lists them)");
+            }
+            conn.call("contact.add", json!({ "contact": format!("kith:{bare}"), "name": name }))
+                .await?;
+            say!("{} is now a contact", name.trim());
+        }
+        ContactCommand::Rename { name, new_name } => {
+            conn.call("contact.rename", json!({ "contact": name, "name": new_name })).await?;
+            say!("renamed {name} to {}", new_name.trim());
+        }
+        ContactCommand::Remove { name } => {
+            conn.call("contact.remove", json!({ "contact": name })).await?;
+            say!("removed {name}");
+        }
+        ContactCommand::Block { name } => {
+            conn.call("contact.block", json!({ "contact": name, "blocked": true })).await?;
+            say!("blocked {name}: their messages are refused");
+        }
+        ContactCommand::Unblock { name } => {
+            conn.call("contact.block", json!({ "contact": name, "blocked": false })).await?;
+            say!("unblocked {name}");
         }
         ContactCommand::Verify { name, yes } => {
             let shown =

@@ -69,7 +69,7 @@ fn attachment_text(m: &Value) -> String {
 /// Contact names by peer id, to name the authors of group messages.
 pub(crate) type Names = HashMap<String, String>;
 
-/// Contact names by peer id, from a `contact.list` answer.
+/// Contact names by peer id, from a `contact.list` answer: ours, else theirs as `~name`.
 pub(crate) fn names(contacts: &Value) -> Names {
     contacts
         .as_array()
@@ -77,8 +77,14 @@ pub(crate) fn names(contacts: &Value) -> Names {
         .flatten()
         .filter_map(|c| {
             let peer = c.get("peer_id").and_then(Value::as_str)?;
-            let name = c.get("name").and_then(Value::as_str)?;
-            Some((peer.to_owned(), name.to_owned()))
+            // Our name for them; else the name they chose, marked as theirs (anyone can
+            // choose any name, so it must not pass for one of ours).
+            let name = match (c.get("name").and_then(Value::as_str), c["profile_name"].as_str()) {
+                (Some(ours), _) => ours.to_owned(),
+                (None, Some(theirs)) => format!("~{theirs}"),
+                (None, None) => return None,
+            };
+            Some((peer.to_owned(), name))
         })
         .collect()
 }
@@ -146,11 +152,17 @@ mod tests {
 
     #[test]
     fn group_authors_are_named_from_contacts_or_shown_by_id() {
-        let names = names(&json!([{"peer_id":"12D3KooWalice","name":"alice"}]));
+        let names = names(&json!([{"peer_id":"12D3KooWalice","name":"alice"},
+                                  {"peer_id":"12D3KooWcarol","name":null,"profile_name":"Carol"}]));
         let m = json!({"direction":"incoming","kind":"text","text":"hi","group":"g1","peer":"12D3KooWalice","status":"received","stored_at":0});
         assert!(message_line(&m, "climbers", &names).contains("alice: hi"));
         let m = json!({"direction":"incoming","kind":"text","text":"yo","group":"g1","peer":"12D3KooWstranger","status":"received","stored_at":0});
         assert!(message_line(&m, "climbers", &names).contains("…stranger: yo"));
+        let m = json!({"direction":"incoming","kind":"text","text":"hey","group":"g1","peer":"12D3KooWcarol","status":"received","stored_at":0});
+        assert!(
+            message_line(&m, "climbers", &names).contains("~Carol: hey"),
+            "their own name, marked"
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub enum DeliveryFailure {
     #[error("the recipient's identity key changed")]
     IdentityChanged,
     /// The recipient refused it.
-    #[error("the recipient refused the message: {0:?}")]
+    #[error("the recipient refused the message: {0}")]
     Rejected(RejectReason),
     /// No valid prekey bundle could be obtained to start a session.
     #[error("no valid prekey bundle for the recipient")]

@@ -58,9 +58,17 @@ pub enum NodeError {
     /// No contact has that name, and it is not a peer id.
     #[error("no contact named `{0}` (and it is not a peer id)")]
     UnknownContact(String),
-    /// No group has that name or id (or the name is ambiguous).
-    #[error("no group named `{0}` (or more than one: use its id)")]
+    /// No group has that name or id.
+    #[error("no group named `{0}`")]
     UnknownGroup(String),
+    /// More than one group has that name (others chose them): an id picks one.
+    #[error("{} groups are named `{name}`: use an id instead ({})", .groups.len(), .groups.join(", "))]
+    AmbiguousGroup {
+        /// The name given.
+        name: String,
+        /// Each group's id prefix and size, e.g. `1a2b3c4d5e6f7a8b (3 members)`.
+        groups: Vec<String>,
+    },
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,

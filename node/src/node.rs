@@ -390,7 +390,19 @@ impl Node {
             .collect();
         match (by_name.as_slice(), by_id.as_slice()) {
             ([one], _) | ([], [one]) => Ok(one.id),
-            _ => Err(NodeError::UnknownGroup(name_or_id.to_owned())),
+            ([], _) => Err(NodeError::UnknownGroup(name_or_id.to_owned())),
+            (many, _) => Err(NodeError::AmbiguousGroup {
+                name: name_or_id.trim().to_owned(),
+                groups: many
+                    .iter()
+                    .map(|g| {
+                        let id = g.id.to_string();
+                        let n = g.members.len();
+                        let noun = if n == 1 { "member" } else { "members" };
+                        format!("{} ({n} {noun})", id.get(..16).unwrap_or(&id))
+                    })
+                    .collect(),
+            }),
         }
     }
 

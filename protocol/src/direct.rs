@@ -115,6 +115,25 @@ pub enum RejectReason {
     TooFarAhead,
 }
 
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "malformed envelope",
+            Self::WrongRecipient => "addressed to someone else",
+            Self::SenderMismatch => "sender is not the connection's peer",
+            Self::NoSession => "no session",
+            Self::DecryptFailed => "could not decrypt it",
+            Self::IdentityChanged => "identity key changed",
+            Self::Blocked => "not accepting messages from you",
+            Self::RateLimited => "too many messages",
+            Self::Unavailable => "could not store it now",
+            Self::Unsupported => "unsupported message",
+            Self::Expired => "its key expired",
+            Self::TooFarAhead => "too far ahead",
+        })
+    }
+}
+
 impl Frame for EnvelopeBatch {
     const NAME: &'static str = "envelope batch";
     const MAX_BYTES: usize = MAX_DIRECT_FRAME_BYTES;

@@ -284,7 +284,7 @@ fn text_from_peers_reaches_the_terminal_without_escapes() {
         |c: char| c.is_control() && c != '\n' || matches!(c, '\u{202e}' | '\u{2066}' | '\u{feff}');
     for args in [
         vec!["history", mallory_peer.as_str()],
-        vec!["contact", "list"],
+        vec!["contact", "requests"],
         vec!["group", "list"],
         vec!["group", "info", group.as_str()],
         vec!["history", group.as_str()],
@@ -416,4 +416,128 @@ fn alice_and_bobs_peer_id() -> (tempfile::TempDir, std::path::PathBuf, String) {
         serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
     let peer_id = bob.get("peer_id").and_then(serde_json::Value::as_str).unwrap().to_owned();
     (dir, a, peer_id)
+}
+
+/// Polls `check` every 200 ms for up to a minute; `what` names what never happened.
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 18, consent and names: a stranger's message is a message request (not a contact),
+/// a group a stranger adds us to is an invitation to accept or decline, two groups of the
+/// same name ask for an id, and contacts are accepted, renamed, blocked, unblocked, removed.
+#[test]
+fn strangers_write_requests_and_invitations_that_the_user_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    let bob_id: serde_json::Value =
+        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
+    let bob_peer = bob_id["peer_id"].as_str().unwrap().to_owned();
+    // Only Bob adds the other.
+    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    kith_ok(&b, &["send", "alice", "hi, it's Bob", "--wait", "delivered"]).unwrap();
+
+    let list = kith_ok(&a, &["contact", "list"]).unwrap();
+    assert!(!list.contains(&bob_peer) && list.contains("1 message request(s)"), "{list}");
+    let requests = kith_ok(&a, &["contact", "requests"]).unwrap();
+    assert!(requests.contains(&bob_peer) && requests.contains("hi, it's Bob"), "{requests}");
+
+    // Alice has a group of her own named like the one Bob is about to add her to.
+    kith_ok(&a, &["group", "create", "climbers"]).unwrap();
+    let again = kith(&a, &["group", "create", "Climbers"]).unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already in a group named"));
+    let created: serde_json::Value = serde_json::from_str(
+        &kith_ok(&b, &["group", "create", "climbers", "--member", "alice", "--json"]).unwrap(),
+    )
+    .unwrap();
+    let bobs_group = created["group"].as_str().unwrap().to_owned();
+    until("Bob's invitation never arrived", || {
+        kith_ok(&a, &["group", "list"]).unwrap().contains("invitation from")
+    });
+    let ambiguous = kith(&a, &["group", "send", "climbers", "hello?"]).unwrap();
+    let error = String::from_utf8_lossy(&ambiguous.stderr).into_owned();
+    assert!(error.contains("2 groups are named `climbers`: use an id"), "{error}");
+    assert!(error.contains(&bobs_group[..16]), "{error}");
+    let history = kith(&a, &["history", "climbers"]).unwrap();
+    assert!(String::from_utf8_lossy(&history.stderr).contains("2 groups are named"));
+    kith_ok(&a, &["group", "decline", &bobs_group]).unwrap();
+    until("Bob never saw Alice decline", || {
+        let info: serde_json::Value =
+            serde_json::from_str(&kith_ok(&b, &["group", "info", &bobs_group, "--json"]).unwrap())
+                .unwrap();
+        info["members"].as_array().unwrap().len() == 1
+    });
+
+    // Accepted, renamed, blocked, unblocked, removed.
+    kith_ok(&a, &["contact", "accept", &bob_peer, "--name", "bob"]).unwrap();
+    assert!(kith_ok(&a, &["contact", "list"]).unwrap().contains(&format!("bob  kith:{bob_peer}")));
+    assert!(kith_ok(&a, &["contact", "requests"]).unwrap().contains("no message requests"));
+    let renamed = kith_ok(&a, &["contact", "rename", "bob", "robert"]).unwrap();
+    assert!(renamed.contains("renamed bob to robert"), "{renamed}");
+    kith_ok(&a, &["contact", "block", "robert"]).unwrap();
+    let refused = kith(&b, &["send", "alice", "are you there?", "--wait", "delivered"]).unwrap();
+    assert!(!refused.status.success(), "a blocked sender's message is not delivered");
+    let history = kith_ok(&a, &["history", "robert"]).unwrap();
+    assert!(!history.contains("are you there?"), "{history}");
+    kith_ok(&a, &["contact", "unblock", "robert"]).unwrap();
+    kith_ok(&b, &["send", "alice", "back again", "--wait", "delivered"]).unwrap();
+    kith_ok(&a, &["contact", "remove", "robert"]).unwrap();
+    let list = kith_ok(&a, &["contact", "list", "--json"]).unwrap();
+    assert!(!list.contains("robert"), "{list}");
+}
+
+/// With `message_requests = false` in kith.toml, a stranger's message is refused, not kept.
+#[test]
+fn message_requests_off_refuses_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    std::fs::write(a.join("kith.toml"), "message_requests = false\n").unwrap();
+    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    let refused = kith(&b, &["send", "alice", "let me in", "--wait", "delivered"]).unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(said.contains("failed: the recipient refused the message: not accepting"), "{said}");
+    let requests = kith_ok(&a, &["contact", "requests", "--json"]).unwrap();
+    assert_eq!(requests.trim(), "[]");
+    assert_eq!(kith_ok(&a, &["contact", "list", "--json"]).unwrap().trim(), "[]");
+}
+
+/// Issue 18: `send --wait` that runs out of time prints the message's id, the status it
+/// reached and why it went no further, and exits 3 (the message stays queued).
+#[test]
+fn a_send_that_times_out_says_how_far_it_got_and_why() {
+    let (_dir, a, bob_peer) = alice_and_bobs_peer_id();
+    let _alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    kith_ok(&a, &["contact", "add", &bob_peer, "--name", "bob"]).unwrap();
+    let out =
+        kith(&a, &["send", "bob", "hello?", "--wait", "delivered", "--timeout", "2"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let (id, rest) = said.trim().split_once(' ').unwrap();
+    assert_eq!(id.len(), 32, "{said}");
+    assert!(rest.starts_with("queued"), "{said}");
+    assert!(rest.contains("timed out after 2 s waiting for delivered"), "{said}");
+    assert!(rest.contains("no connection to the recipient"), "{said}");
+    // The message is kept: history shows it queued.
+    let history = kith_ok(&a, &["history", "bob", "--json"]).unwrap();
+    assert!(history.contains(id), "{history}");
 }

@@ -301,8 +301,15 @@ async fn a_send_that_waits_says_why_the_relays_refused_it() {
 
     let params =
         serde_json::json!({ "to": "bob", "text": "anyone?", "wait": "sent", "timeout_ms": 5000 });
-    let error = kith_node::rpc::dispatch(&alice.node, "send", params).await.unwrap_err();
-    assert!(error.message.contains("timed out"), "{}", error.message);
-    assert!(error.message.contains("quota_exceeded"), "{}", error.message);
+    // The answer names the message, how far it got and why it got no further.
+    let sent = kith_node::rpc::dispatch(&alice.node, "send", params).await.unwrap();
+    assert_eq!(
+        (sent["timed_out"].as_bool(), sent["status"].as_str()),
+        (Some(true), Some("queued"))
+    );
+    assert_eq!(sent["id"].as_str().map(str::len), Some(32), "{sent}");
+    let why = sent["why"].as_str().unwrap();
+    assert!(why.contains("timed out after 5 s waiting for"), "{why}");
+    assert!(why.contains("quota_exceeded"), "{why}");
     assert_eq!(relay.held().await, 0);
 }

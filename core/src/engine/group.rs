@@ -210,10 +210,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         name: String,
         members: Vec<UserId>,
     ) -> Result<CommandResult, CommandError> {
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(CommandError::InvalidName);
-        }
+        let name = self.check_group_name(name, None)?;
         let me = self.user_id();
         let mut all = BTreeSet::from([me]);
         for member in &members {
@@ -297,11 +294,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             GroupCommand::Leave | GroupCommand::Decline => GroupAction::Leave,
             GroupCommand::Accept => return Ok(CommandResult::Done),
             GroupCommand::Rename { name } => {
-                let name = name.trim().to_owned();
-                if name.is_empty() || name.len() > MAX_NAME_BYTES {
-                    return Err(CommandError::InvalidName);
-                }
-                GroupAction::Rename { name }
+                GroupAction::Rename { name: self.check_group_name(name, Some(group))? }
             }
             GroupCommand::Promote { member } => GroupAction::Promote { member },
         };
@@ -309,6 +302,30 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Err(CommandError::NotAnAdmin);
         }
         self.make_change(now, group, change)
+    }
+
+    /// `name`, trimmed, if it may name a group we create or rename (`renamed`): not empty,
+    /// not too long, and not the name of another group we are in. Groups others name are not
+    /// refused for it (we cannot choose them); the CLI asks for an id when names collide.
+    fn check_group_name(
+        &self,
+        name: String,
+        renamed: Option<GroupId>,
+    ) -> Result<String, CommandError> {
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(CommandError::InvalidName);
+        }
+        let me = self.user_id();
+        let taken = self.groups.values().any(|g| {
+            Some(g.record.id) != renamed
+                && g.membership().members.contains(&me)
+                && g.membership().name.to_lowercase() == name.to_lowercase()
+        });
+        if taken {
+            return Err(CommandError::GroupNameTaken(name));
+        }
+        Ok(name)
     }
 
     /// Forgets `group`'s invitation, if one waits: the user answered it.

@@ -744,3 +744,32 @@ fn a_message_request_is_read_without_a_receipt_until_accepted() {
     net.command_and_run(0, Command::MarkRead { peer: stranger, ids: vec![second] });
     assert_eq!(net.engine(1).message(&second).unwrap().unwrap().status, MessageStatus::Read);
 }
+
+/// Our groups' names are unique (case aside): creating or renaming to a name taken by a group
+/// we are in is refused; the name of a group we left is free again.
+#[test]
+fn a_group_name_we_already_use_is_refused() {
+    let mut net = net(2);
+    let first = net.create(0, &[1]);
+    let members = vec![net.id(1)];
+    let again = Command::CreateGroup { name: " Team ".into(), members: members.clone() };
+    assert_eq!(
+        net.engine(0).handle_command(T, again),
+        Err(CommandError::GroupNameTaken("Team".into()))
+    );
+    let other = Command::CreateGroup { name: "other".into(), members };
+    let CommandResult::Group(second) = net.command_and_run(0, other) else { panic!() };
+    let rename =
+        Command::Group { group: second, command: GroupCommand::Rename { name: "TEAM".into() } };
+    assert!(matches!(
+        net.engine(0).handle_command(T, rename),
+        Err(CommandError::GroupNameTaken(_))
+    ));
+    // Renaming a group to its own name (another case) is no conflict.
+    let same =
+        Command::Group { group: first, command: GroupCommand::Rename { name: "Team".into() } };
+    assert!(net.engine(0).handle_command(T, same).is_ok());
+    net.group_command(0, first, GroupCommand::Leave);
+    let reuse = Command::CreateGroup { name: "team".into(), members: vec![net.id(1)] };
+    assert!(matches!(net.command_and_run(0, reuse), CommandResult::Group(_)));
+}

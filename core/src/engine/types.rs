@@ -501,6 +501,9 @@ pub enum CommandError {
     /// Another contact already has that name.
     #[error("the name `{0}` is already taken by another contact")]
     NameTaken(String),
+    /// Another group we are in already has that name (names are how users pick a group).
+    #[error("you are already in a group named `{0}`")]
+    GroupNameTaken(String),
     /// The name is empty or too long.
     #[error("invalid name")]
     InvalidName,

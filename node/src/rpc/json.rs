@@ -98,6 +98,9 @@ pub struct GroupJson {
     pub admins: Vec<String>,
     /// Whether we are a member.
     pub joined: bool,
+    /// Who added us (peer id), while the invitation waits for `group.accept` or
+    /// `group.decline`.
+    pub invited_by: Option<String>,
 }
 
 impl From<&Group> for GroupJson {
@@ -108,6 +111,7 @@ impl From<&Group> for GroupJson {
             members: g.members.iter().map(peer).collect(),
             admins: g.admins.iter().map(peer).collect(),
             joined: g.joined,
+            invited_by: g.invited_by.as_ref().map(peer),
         }
     }
 }
@@ -266,6 +270,9 @@ pub struct ContactJson {
     pub last_seen: Option<u64>,
     /// Whether they are blocked.
     pub blocked: bool,
+    /// Whether this is a message request: a stranger who wrote to us, not yet named (filled
+    /// in by `contact.list`, which looks at the history).
+    pub request: bool,
 }
 
 impl From<&Contact> for ContactJson {
@@ -281,6 +288,7 @@ impl From<&Contact> for ContactJson {
             presence: c.presence.map(presence),
             last_seen: c.last_seen,
             blocked: c.blocked,
+            request: false,
         }
     }
 }

@@ -11,11 +11,13 @@
 //! |---|---|---|
 //! | `id` | – | `{peer_id, contact, display_name, addresses}` |
 //! | `contact.add` | `{contact, name}` | `{peer_id}` |
-//! | `contact.list` | – | `[Contact]` |
+//! | `contact.list` | – | `[Contact]`; `request`: a stranger who wrote to us (unnamed, not blocked) |
 //! | `contact.verify` | `{contact, mark}` | `{safety_number, verified}` |
 //! | `contact.trust` | `{contact}` | `{}` — accept a changed identity key |
-//! | `contact.block` | `{contact, blocked}` | `{}` |
-//! | `send` | `{to, text, reply_to?, wait?, timeout_ms?}` | `{id, status, failure}`; `wait` = `sent`/`delivered`/`read` |
+//! | `contact.block` | `{contact, blocked}` | `{}` — a blocked contact's messages are refused and its group invitations declined |
+//! | `contact.rename` | `{contact, name}` | `{}` |
+//! | `contact.remove` | `{contact}` | `{}` — the contact and its sessions go, its history stays |
+//! | `send` | `{to, text, reply_to?, wait?, timeout_ms?}` | `{id, status, failure}`; `wait` = `sent`/`delivered`/`read`; a wait that times out adds `timed_out: true` and `why` |
 //! | `react` | `{to, target, emoji, remove?}` | `{id}` |
 //! | `edit` | `{to, target, text}` | `{id}` |
 //! | `delete` | `{to, target}` | `{id}` |
@@ -32,6 +34,7 @@
 //! | `group.info` | `{group}` | `Group` |
 //! | `group.add` / `group.remove` / `group.promote` | `{group, member}` | `{}` (admins) |
 //! | `group.leave` | `{group}` | `{}` |
+//! | `group.accept` / `group.decline` | `{group}` | `{}` — answer an invitation (`invited_by` in `Group`); declining leaves |
 //! | `group.rename` | `{group, name}` | `{}` (admins) |
 //! | `group.send` | `{group, text, reply_to?}` | `{id}` |
 //! | `group.react` | `{group, target, emoji, remove?}` | `{id}` |
@@ -210,8 +213,16 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
         }
         "contact.list" => {
             let params::NoParams {} = parse(params)?;
-            let contacts = node.contacts().await?;
-            Ok(to_json(contacts.iter().map(ContactJson::from).collect::<Vec<_>>()))
+            let mut listed = Vec::new();
+            for contact in node.contacts().await? {
+                let mut json = ContactJson::from(&contact);
+                // A stranger who wrote to us directly (not only a group's member).
+                json.request = contact.name.is_none()
+                    && !contact.blocked
+                    && !node.history(contact.user, None, 1).await?.is_empty();
+                listed.push(json);
+            }
+            Ok(to_json(listed))
         }
         "contact.verify" => {
             let p: params::ContactVerify = parse(params)?;
@@ -236,6 +247,16 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             let user = user(node, &p.contact).await?;
             queued(node, Command::Block { user, blocked: p.blocked }).await
         }
+        "contact.rename" => {
+            let p: params::ContactRename = parse(params)?;
+            let user = user(node, &p.contact).await?;
+            let relays = node.contact(user).await?.map(|c| c.relays).unwrap_or_default();
+            queued(node, Command::AddContact { user, name: p.name, relays }).await
+        }
+        "contact.remove" => {
+            let p: params::ContactOnly = parse(params)?;
+            queued(node, Command::RemoveContact { user: user(node, &p.contact).await? }).await
+        }
         "send" => {
             let p: params::Send = parse(params)?;
             let to = user(node, &p.to).await?;
@@ -251,11 +272,29 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 Some(wait) => {
                     let timeout = p.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
                     match node.wait_for_status(id, wait_target(wait), timeout).await {
-                        Err(NodeError::Timeout(what)) => {
-                            let why = relay_refusals(&mut events, id);
-                            return Err(RpcError::refused(format!(
-                                "timed out waiting for {what}{why}"
-                            )));
+                        Err(NodeError::Timeout(_)) => {
+                            // The id, how far the message got, and why it got no further.
+                            let status = node.message(id).await?.map(|m| m.status);
+                            let (status, failure) =
+                                json::status(&status.unwrap_or(MessageStatus::Queued));
+                            let (target, _) = json::status(&wait_target(wait));
+                            let mut why = format!(
+                                "timed out after {} s waiting for {target}",
+                                timeout.as_secs_f32()
+                            );
+                            let refusals = relay_refusals(&mut events, id);
+                            if !refusals.is_empty() {
+                                why.push_str(&refusals);
+                            } else if !node.is_connected(to).await? {
+                                why.push_str(" (no connection to the recipient)");
+                            }
+                            return Ok(json!({
+                                "id": id.to_string(),
+                                "status": status,
+                                "failure": failure,
+                                "timed_out": true,
+                                "why": why,
+                            }));
                         }
                         other => other?,
                     }
@@ -327,6 +366,14 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
         "group.leave" => {
             let p: params::GroupOnly = parse(params)?;
             in_group(node, &p.group, GroupCommand::Leave).await
+        }
+        "group.accept" => {
+            let p: params::GroupOnly = parse(params)?;
+            in_group(node, &p.group, GroupCommand::Accept).await
+        }
+        "group.decline" => {
+            let p: params::GroupOnly = parse(params)?;
+            in_group(node, &p.group, GroupCommand::Decline).await
         }
         "group.rename" => {
             let p: params::GroupRename = parse(params)?;

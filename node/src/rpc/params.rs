@@ -54,6 +54,14 @@ pub(super) struct ContactOnly {
     pub(super) contact: String,
 }
 
+/// `contact.rename`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ContactRename {
+    pub(super) contact: String,
+    pub(super) name: String,
+}
+
 /// `contact.block`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
