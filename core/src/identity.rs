@@ -207,8 +207,9 @@ pub enum ContactStringError {
     /// The peer id is not valid base58 multihash.
     #[error("`{0}` is not a valid peer id")]
     BadPeerId(String),
-    /// The peer id is valid but not an Ed25519 identity.
-    #[error("peer id `{0}` is not a Kith identity (Ed25519)")]
+    /// The peer id is valid but not an Ed25519 identity (a mistyped peer id is often caught
+    /// here: most changes to its characters leave no valid Ed25519 key).
+    #[error("peer id `{0}` is not a Kith identity (Ed25519): check it for typos")]
     NotAnIdentity(String),
     /// A parameter other than `relay=` was given.
     #[error("unknown contact string parameter `{0}`")]
@@ -216,6 +217,9 @@ pub enum ContactStringError {
     /// A relay address is not a valid multiaddr.
     #[error("`{0}` is not a valid multiaddr")]
     BadMultiaddr(String),
+    /// A relay address does not say whose it is.
+    #[error("relay address `{0}` must end in /p2p/<peer-id>")]
+    RelayWithoutPeerId(String),
     /// Too many relays.
     #[error("a contact string carries at most {max} relays")]
     TooManyRelays {
@@ -264,10 +268,13 @@ impl FromStr for ContactString {
                     max: kith_protocol::limits::MAX_RELAY_ADDRS,
                 });
             }
-            relays.push(
-                Multiaddr::from_str(addr)
-                    .map_err(|_| ContactStringError::BadMultiaddr(addr.to_owned()))?,
-            );
+            let relay = Multiaddr::from_str(addr)
+                .map_err(|_| ContactStringError::BadMultiaddr(addr.to_owned()))?;
+            // Dialling a relay, and checking who answers, needs its peer id.
+            if !relay.iter().any(|p| matches!(p, multiaddr::Protocol::P2p(_))) {
+                return Err(ContactStringError::RelayWithoutPeerId(addr.to_owned()));
+            }
+            relays.push(relay);
         }
         Ok(Self { user, relays })
     }
@@ -315,7 +322,8 @@ mod tests {
     fn contact_string_round_trips_and_rejects_bad_input() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let id = IdentityKeyPair::generate(&mut rng);
-        let relay: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let relay: Multiaddr =
+            format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", id.peer_id()).parse().unwrap();
         let contact = ContactString::new(id.user_id(), vec![relay.clone(), relay]);
         let text = contact.to_string();
         assert!(text.starts_with(&format!("kith:{}?relay=/ip4/", id.peer_id())), "{text}");
@@ -334,6 +342,11 @@ mod tests {
             format!("kith:{}?relay=/ip4/999.1.1.1/tcp/1", id.peer_id()).parse::<ContactString>(),
             Err(ContactStringError::BadMultiaddr(_))
         ));
+        // A relay must say whose it is (as `--relay` requires).
+        assert_eq!(
+            format!("kith:{}?relay=/ip4/10.0.0.1/tcp/1", id.peer_id()).parse::<ContactString>(),
+            Err(ContactStringError::RelayWithoutPeerId("/ip4/10.0.0.1/tcp/1".into()))
+        );
         assert!(matches!(
             format!("kith:{}?via=x", id.peer_id()).parse::<ContactString>(),
             Err(ContactStringError::UnknownParameter(_))

@@ -358,3 +358,44 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
     assert!(history.iter().all(|m| m.status == MessageStatus::Received));
     bob.node.shutdown().await.unwrap();
 }
+
+/// Issue 18: the control socket answers an oversize line (2 MiB, over the 1 MiB limit) and a
+/// line that is not UTF-8 with a JSON-RPC error, and the same connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_answers_oversize_and_garbage_lines_and_stays_open() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let node = TestNode::start(vec![]).await.unwrap();
+    let _stop = kith_node::rpc::serve(node.node.clone(), node.dir.path()).await.unwrap();
+    let socket = tokio::net::UnixStream::connect(kith_node::rpc::socket_path(node.dir.path()))
+        .await
+        .unwrap();
+    let (read, mut write) = socket.into_split();
+    let mut replies = BufReader::new(read).lines();
+    // Written on its own task: the server reads while we wait for its answers.
+    let writer = tokio::spawn(async move {
+        let mut huge = vec![b' '; 2 << 20];
+        huge.extend_from_slice(b"{}\n");
+        write.write_all(&huge).await.unwrap();
+        write.write_all(b"\xff\xfe not utf-8\n").await.unwrap();
+        write.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"id\"}\n").await.unwrap();
+        write
+    });
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), replies.next_line())
+            .await
+            .expect("no reply")
+            .unwrap()
+            .expect("the socket closed");
+        serde_json::from_str(&line).unwrap()
+    };
+    let too_large = next().await;
+    assert_eq!(too_large["error"]["code"], -32600, "{too_large}");
+    assert!(too_large["error"]["message"].as_str().unwrap().contains("too large"));
+    let garbage = next().await;
+    assert_eq!(garbage["error"]["code"], -32700, "{garbage}");
+    let id = next().await;
+    assert_eq!(id["id"], 7, "{id}");
+    assert!(id["result"]["peer_id"].is_string(), "{id}");
+    drop(writer.await.unwrap());
+}

@@ -64,7 +64,7 @@ use kith_core::model::MessageStatus;
 use kith_protocol::content::{PresenceStatus, TypingState};
 use kith_protocol::{GroupId, MessageId, UserId};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -601,6 +601,49 @@ pub async fn serve(node: Node, data_dir: &Path) -> Result<mpsc::Receiver<()>, st
     Ok(stop_rx)
 }
 
+/// What [`read_request`] read.
+enum Request {
+    /// A line, in the buffer (newline included, if one ended it).
+    Line,
+    /// A line longer than [`MAX_REQUEST_BYTES`], read to its end and dropped.
+    TooLarge,
+    /// The client closed the connection.
+    End,
+}
+
+/// Reads the next request line into `line`, holding at most [`MAX_REQUEST_BYTES`] + 1 bytes
+/// of it: a longer line is read through to its newline without being kept.
+async fn read_request<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Request> {
+    line.clear();
+    let n = (&mut *reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', line).await?;
+    if n == 0 {
+        return Ok(Request::End);
+    }
+    if n <= MAX_REQUEST_BYTES || line.last() == Some(&b'\n') {
+        return Ok(Request::Line);
+    }
+    line.clear();
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(Request::TooLarge);
+        }
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok(Request::TooLarge);
+            }
+            None => {
+                let len = buffer.len();
+                reader.consume(len);
+            }
+        }
+    }
+}
+
 async fn connection(node: Node, stream: UnixStream, stop: mpsc::Sender<()>) {
     let (read, mut write) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Value>(NOTIFICATION_BUFFER);
@@ -615,22 +658,24 @@ async fn connection(node: Node, stream: UnixStream, stop: mpsc::Sender<()>) {
     });
     let mut lines = BufReader::new(read);
     let mut subscribed = false;
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        match (&mut lines).take(MAX_REQUEST_BYTES as u64 + 1).read_line(&mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) if n > MAX_REQUEST_BYTES => {
-                let error = json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request too large"}});
+        match read_request(&mut lines, &mut line).await {
+            Ok(Request::End) | Err(_) => break,
+            Ok(Request::TooLarge) => {
+                // The whole line was read (and dropped): the connection stays usable.
+                let message = format!("request too large (at most {MAX_REQUEST_BYTES} bytes)");
+                let error =
+                    json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":message}});
                 let _ = out_tx.send(error).await;
-                break;
+                continue;
             }
-            Ok(_) => {}
+            Ok(Request::Line) => {}
         }
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let request: Value = match serde_json::from_str(&line) {
+        let request: Value = match serde_json::from_slice(&line) {
             Ok(v) => v,
             Err(e) => {
                 let error = json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":format!("parse error: {e}")}});
