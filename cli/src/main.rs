@@ -166,6 +166,18 @@ enum Command {
     },
     /// Watch two people find each other and chat, on this machine, narrated.
     Demo,
+    /// Print a shell completion script (e.g. `kith completions bash > ~/.local/share/bash-completion/completions/kith`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `kith man | man -l -`; with `--dir`, write it and
+    /// one page per command (kith-send.1, kith-contact-add.1, ...) there.
+    Man {
+        /// Where to write every page.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +268,25 @@ impl Wait {
             Wait::Read => "read",
         }
     }
+}
+
+/// Writes `name`.1 for `command` and one page per subcommand, recursively, into `dir`;
+/// returns how many.
+fn write_man_pages(
+    command: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<usize> {
+    let page = command.clone().name(name.to_owned());
+    let path = dir.join(format!("{name}.1"));
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    clap_mangen::Man::new(page).render(&mut file)?;
+    let mut written = 1;
+    for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+        written += write_man_pages(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+    }
+    Ok(written)
 }
 
 fn data_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -481,6 +512,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             chat::run(conn, &peer).await?;
         }
         Command::Demo => demo::run().await?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "kith", &mut std::io::stdout());
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+        }
+        Command::Man { dir: Some(dir) } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let written = write_man_pages(&command, "kith", &dir)?;
+            say!("wrote {written} manual pages to {}", dir.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

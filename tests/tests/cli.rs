@@ -541,3 +541,26 @@ fn a_send_that_times_out_says_how_far_it_got_and_why() {
     let history = kith_ok(&a, &["history", "bob", "--json"]).unwrap();
     assert!(history.contains(id), "{history}");
 }
+
+/// Issue 18: shell completions and manual pages come from the same definitions as `--help`.
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = kith_ok(dir.path(), &["completions", shell]).unwrap();
+        assert!(script.contains("send-file") && script.contains("requests"), "{shell}");
+    }
+    let bad = kith(dir.path(), &["completions", "tcsh"]).unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'tcsh'"));
+
+    let page = kith_ok(dir.path(), &["man"]).unwrap();
+    assert!(page.contains(".TH kith 1") && page.contains("send\\-file"), "{page}");
+    let pages = dir.path().join("man");
+    let said = kith_ok(dir.path(), &["man", "--dir", pages.to_str().unwrap()]).unwrap();
+    assert!(said.contains("manual pages"), "{said}");
+    let send = std::fs::read_to_string(pages.join("kith-send.1")).unwrap();
+    assert!(send.contains("\\-\\-wait"), "{send}");
+    assert!(pages.join("kith-contact-block.1").exists());
+    assert!(pages.join("kith-group-accept.1").exists());
+}
