@@ -27,6 +27,7 @@ mod conn;
 mod demo;
 mod group;
 mod media;
+mod notify;
 mod relay;
 mod render;
 
@@ -88,6 +89,14 @@ enum Command {
     Group(group::GroupCommand),
     /// Run the node in the foreground, with the control socket (JSON-RPC) in the profile.
     Daemon {
+        /// Raise a desktop notification for each new message (sender and first line), where a
+        /// notification service runs.
+        #[arg(long)]
+        notify: bool,
+        /// Run this shell command for each new message, with the message as one JSON object
+        /// on its standard input (see the README); one at a time, each for at most 30 s.
+        #[arg(long, value_name = "CMD")]
+        on_message: Option<String>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -388,7 +397,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             conn.close().await?;
             result?;
         }
-        Command::Daemon { net } => daemon(&dir, &net).await?,
+        Command::Daemon { notify, on_message, net } => {
+            let notify = notify::Notify { desktop: notify, command: on_message };
+            daemon(&dir, &net, notify).await?;
+        }
         Command::Relay(args) => relay::run(&dir, &args).await?,
         Command::Stop => {
             let mut client = rpc::RpcClient::connect(&dir)
@@ -702,7 +714,11 @@ fn read_text(input: impl std::io::Read) -> anyhow::Result<String> {
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[allow(clippy::print_stdout, reason = "the daemon reports its addresses on stdout")]
-async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
+async fn daemon(
+    dir: &std::path::Path,
+    net: &NetArgs,
+    notify: notify::Notify,
+) -> anyhow::Result<()> {
     if rpc::RpcClient::connect(dir).await.is_ok() {
         anyhow::bail!("a daemon is already running for {} (`kith stop` stops it)", dir.display());
     }
@@ -710,6 +726,7 @@ async fn daemon(dir: &std::path::Path, net: &NetArgs) -> anyhow::Result<()> {
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
     // Received attachments download on their own; show them (bars only on a terminal).
     tokio::spawn(media::show_downloads(node.subscribe()));
+    tokio::spawn(notify::run(node.clone(), notify));
     say!("kith daemon for {}", node.contact_string());
     for address in node.addresses().await? {
         say!("listening: {address}");

@@ -564,3 +564,55 @@ fn completions_and_manual_pages_cover_every_command() {
     assert!(pages.join("kith-contact-block.1").exists());
     assert!(pages.join("kith-group-accept.1").exists());
 }
+
+/// Issue 18: `kith daemon --on-message CMD` runs CMD with each new message as JSON on stdin
+/// (sender named, requests marked); `--notify` without a notification service only logs.
+#[test]
+fn on_message_runs_a_command_with_each_new_message_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    let inbox = dir.path().join("inbox.jsonl");
+    let command = format!("cat >> '{}'", inbox.display());
+    let mut alice_args = LOOPBACK.to_vec();
+    alice_args.extend(["--notify", "--on-message", command.as_str()]);
+    let alice = Daemon::spawn(&a, &alice_args, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
+    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
+    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+
+    // A stranger first, then a contact: `$(rm -rf ~)` stays text inside the JSON.
+    kith_ok(&b, &["send", "alice", "$(touch pwned) first", "--wait", "delivered"]).unwrap();
+    let bob_peer =
+        serde_json::from_str::<serde_json::Value>(&kith_ok(&b, &["id", "--json"]).unwrap())
+            .unwrap()["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    kith_ok(&a, &["contact", "accept", &bob_peer, "--name", "bob"]).unwrap();
+    kith_ok(&b, &["send", "alice", "second", "--wait", "delivered"]).unwrap();
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&inbox)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    until("the command did not see both messages", || lines().len() == 2);
+    let got = lines();
+    assert_eq!(got[0]["text"], "$(touch pwned) first");
+    assert_eq!(
+        (got[0]["request"].as_bool(), got[0]["peer"].as_str()),
+        (Some(true), Some(bob_peer.as_str()))
+    );
+    assert_eq!((got[1]["text"].as_str(), got[1]["from"].as_str()), (Some("second"), Some("bob")));
+    assert_eq!(got[1]["request"], false);
+    assert!(!dir.path().join("pwned").exists() && !a.join("pwned").exists());
+    // The daemon carries on, its own messages never trigger the command.
+    kith_ok(&a, &["send", "bob", "thanks", "--wait", "delivered"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines().len(), 2);
+}
