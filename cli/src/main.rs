@@ -167,8 +167,9 @@ enum Command {
     },
     /// Chat with a contact or in a group, in a terminal UI.
     Chat {
-        /// Contact name or peer id, or group name or id.
-        peer: String,
+        /// The conversation to open first: contact name or peer id, or group name or id
+        /// (default: the most recent).
+        peer: Option<String>,
         /// Network options when no daemon runs.
         #[command(flatten)]
         net: NetArgs,
@@ -519,10 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Chat { peer, net } => {
-            let conn = Conn::open(&dir, Some(&net)).await?;
-            chat::run(conn, &peer).await?;
-        }
+        Command::Chat { peer, net } => chat::run(&dir, &net, peer.as_deref()).await?,
         Command::Demo => demo::run().await?,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
