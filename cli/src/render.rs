@@ -117,7 +117,9 @@ pub(crate) fn message_line(m: &Value, peer_name: &str, names: &Names) -> String 
         "media" => attachment_text(m),
         _ => get("text").to_owned(),
     };
-    let edited = if m.get("edited_at").is_some_and(|v| !v.is_null()) { " (edited)" } else { "" };
+    let deleted = get("kind") == "deleted";
+    let edited = m.get("edited_at").is_some_and(|v| !v.is_null()) && !deleted;
+    let edited = if edited { " (edited)" } else { "" };
     let mark = if outgoing { status_mark(get("status")) } else { "" };
     let failure =
         m.get("failure").and_then(Value::as_str).map(|f| format!(" ({f})")).unwrap_or_default();

@@ -32,6 +32,8 @@ use crate::render::names;
 const TYPING_IDLE: Duration = Duration::from_secs(3);
 /// How often a lost daemon is looked for, and the typing state checked.
 const TICK: Duration = Duration::from_millis(500);
+/// How long one attempt to reconnect may take.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What `/help` shows.
 const COMMANDS: &str = "/react 👍 · /unreact 👍 · /edit TEXT · /delete · /file PATH [caption] · /search TEXT · /open · /accept · /decline · /block";
@@ -219,7 +221,9 @@ async fn command(conn: &mut Conn, state: &mut ChatState, line: &str) -> anyhow::
             let Some(target) = need_target(state) else { return Ok(()) };
             let params = json!({ "target": target, "emoji": rest, "remove": name == "unreact" });
             let (method, params) = conversation.request("react", "to", params);
-            tell(conn, state, &method, params).await;
+            if tell(conn, state, &method, params).await.is_some() {
+                state.selected = None;
+            }
         }
         "edit" | "delete" => {
             let Some(target) = need_target(state) else { return Ok(()) };
@@ -344,11 +348,6 @@ async fn answer(
     Ok(())
 }
 
-/// The events of `conn`, or `None` if they cannot be had (the daemon went away).
-async fn subscribe(conn: &Conn) -> Option<mpsc::Receiver<Value>> {
-    conn.events().await.ok()
-}
-
 /// Runs the chat (opened on `name`, else on the most recent conversation) until the user quits.
 pub(crate) async fn run(data_dir: &Path, net: &NetArgs, name: Option<&str>) -> anyhow::Result<()> {
     let mut conn = Conn::open(data_dir, Some(net)).await?;
@@ -362,7 +361,7 @@ pub(crate) async fn run(data_dir: &Path, net: &NetArgs, name: Option<&str>) -> a
         None => 0,
     };
     open(&mut conn, &mut state, index).await?;
-    let mut events = subscribe(&conn).await;
+    let mut events = Some(conn.events().await?);
 
     let mut terminal: DefaultTerminal = ratatui::init();
     let guard = TerminalGuard;
@@ -418,6 +417,7 @@ pub(crate) async fn run(data_dir: &Path, net: &NetArgs, name: Option<&str>) -> a
                     }
                     Action::Typed => {
                         if last_key.is_none()
+                            && state.link != Link::Lost
                             && let Some(conversation) = state.conversation().cloned()
                         {
                             let (method, params) = conversation.request("typing", "to", json!({ "typing": true }));
@@ -466,23 +466,48 @@ pub(crate) async fn run(data_dir: &Path, net: &NetArgs, name: Option<&str>) -> a
     conn.close().await
 }
 
-/// Tries once to reach the daemon again; on success, re-reads what may have changed.
+/// Tries once to reach the daemon again (for at most [`RECONNECT_TIMEOUT`]: a daemon that is
+/// still stopping may accept and never answer); on success, re-reads what may have changed.
 async fn reconnect(
     data_dir: &Path,
     conn: &mut Conn,
     state: &mut ChatState,
     events: &mut Option<mpsc::Receiver<Value>>,
 ) {
-    let Ok(client) = kith_node::rpc::RpcClient::connect(data_dir).await else { return };
-    *conn = Conn::Daemon { client, data_dir: data_dir.to_owned() };
-    let Some(new_events) = subscribe(conn).await else { return };
-    *events = Some(new_events);
+    let attempt = async {
+        let client = kith_node::rpc::RpcClient::connect(data_dir).await?;
+        let fresh = Conn::Daemon { client, data_dir: data_dir.to_owned() };
+        let subscription = fresh.events().await?;
+        anyhow::Ok((fresh, subscription))
+    };
+    match tokio::time::timeout(RECONNECT_TIMEOUT, attempt).await {
+        Ok(Ok((fresh, subscription))) => {
+            *conn = fresh;
+            *events = Some(subscription);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("reconnecting: {e}");
+            return;
+        }
+        Err(_) => return,
+    }
     state.link = Link::Daemon;
     let current = state.current;
     let selected = state.selected;
-    if load_entries(conn, state).await.is_ok() && open(conn, state, current).await.is_ok() {
-        state.selected = selected.filter(|i| *i < state.messages.len());
-        state.notice = "reconnected".into();
+    let reread = async {
+        load_entries(conn, state).await?;
+        open(conn, state, current).await
+    };
+    match tokio::time::timeout(RECONNECT_TIMEOUT, reread).await {
+        Ok(Ok(())) => {
+            state.selected = selected.filter(|i| *i < state.messages.len());
+            state.notice = "reconnected".into();
+        }
+        Ok(Err(e)) => state.notice = format!("reconnected, but: {e}"),
+        Err(_) => {
+            state.link = Link::Lost;
+            *events = None;
+        }
     }
 }
 
