@@ -3,7 +3,13 @@
 //! delete, send a file, shrink the window to 50×14 and still see the newest message, stop and
 //! restart the daemon under the chat and keep going without losing what was typed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
