@@ -81,6 +81,11 @@ pub(crate) async fn send_file(
     let media = sent["media"].as_str().unwrap_or_default().to_owned();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let progress = bar(sent["size"].as_u64().unwrap_or(0), &format!("sending {name}"));
+    // Redrawn on its own too, so rate and ETA move between chunks.
+    progress.enable_steady_tick(Duration::from_millis(200));
+    // Whether the recipient itself is fetching: then a relay holding the file too is not
+    // where the transfer ends.
+    let mut direct = false;
     let wait = async {
         while let Some(event) = events.recv().await {
             if event["media"].as_str() != Some(media.as_str()) {
@@ -91,11 +96,12 @@ pub(crate) async fn send_file(
                     let done = event["bytes_done"].as_u64().unwrap_or(0);
                     progress.set_position(done.max(progress.position()));
                     let relay = event["relay"].is_string();
+                    direct |= !relay;
                     if !relay && event["chunks_done"] == event["chunks"] {
                         return Ok(Outcome::Delivered);
                     }
                 }
-                Some("media_uploaded") => return Ok(Outcome::OnRelay),
+                Some("media_uploaded") if !direct => return Ok(Outcome::OnRelay),
                 Some("media_failed") => {
                     anyhow::bail!("{}", event["reason"].as_str().unwrap_or("the transfer failed"))
                 }
@@ -108,7 +114,13 @@ pub(crate) async fn send_file(
         Ok(outcome) => outcome?,
         Err(_) => Outcome::TimedOut,
     };
-    progress.finish_and_clear();
+    // The last frame stays on screen (where the transfer got to), not a cleared line.
+    if outcome == Outcome::TimedOut {
+        progress.abandon();
+    } else {
+        progress.set_position(sent["size"].as_u64().unwrap_or(0));
+        progress.finish();
+    }
     Ok((sent, outcome))
 }
 
