@@ -308,6 +308,20 @@ impl ChatState {
             "media_progress" | "media_saved" | "media_failed" | "media_uploaded" => {
                 self.update_attachment(kind, event);
             }
+            "relay_refused" => {
+                // Shown on the message: it waits for a direct connection instead.
+                let id = event["id"].as_str().unwrap_or("");
+                let reason = event["reason"].as_str().unwrap_or("refused").replace('_', " ");
+                let name = self.name().to_owned();
+                let found = self.messages.iter_mut().find(|m| m["id"] == id);
+                if let Some(m) = found.and_then(Value::as_object_mut)
+                    && m.get("status").and_then(Value::as_str) == Some("queued")
+                {
+                    let why =
+                        format!("a relay refused it: {reason}; it waits for {name} to be online");
+                    m.insert("failure".into(), json!(why));
+                }
+            }
             "storage_failing" => {
                 let reason = event.get("reason").and_then(Value::as_str).unwrap_or("");
                 self.notice = format!(

@@ -217,3 +217,19 @@ fn a_group_chat_shows_authors_who_types_and_member_changes() {
     assert!(shown.contains("crag") && shown.contains("2 members"), "{shown}");
     assert!(shown.contains("no longer in this group"), "{shown}");
 }
+
+#[test]
+fn a_relay_refusal_shows_on_the_waiting_message() {
+    let mut state = with_bob();
+    let mut queued = text("7", "outgoing", "a long one", 0);
+    queued["status"] = json!("queued");
+    state.messages.push(queued);
+    state.apply(&json!({"type":"relay_refused","id":"7","relay":"R","reason":"too_large"}));
+    let shown = screen_of(&mut state, 140, 14);
+    assert!(
+        shown.contains(
+            "me: a long one … (a relay refused it: too large; it waits for bob to be online)"
+        ),
+        "{shown}"
+    );
+}
