@@ -63,7 +63,13 @@ fn attachment_text(m: &Value) -> String {
         },
         _ => String::new(),
     };
-    format!("[file {name}{size}]{caption}{state}")
+    match a["image"]
+        .as_array()
+        .map(|d| (d.first().and_then(Value::as_u64), d.get(1).and_then(Value::as_u64)))
+    {
+        Some((Some(w), Some(h))) => format!("[image {w}×{h}] {name}{size}{caption}{state}"),
+        _ => format!("[file {name}{size}]{caption}{state}"),
+    }
 }
 
 /// Contact names by peer id, to name the authors of group messages.
@@ -179,5 +185,12 @@ mod tests {
             message_line(&m, "bob", &Names::new()).contains("[file v.mp4, 10 B] (downloading 75%)")
         );
         assert_eq!(human_size(2 << 30), "2.0 GiB");
+        let m = json!({"direction":"incoming","kind":"media","file_name":"p.png","status":"received","stored_at":0,
+                       "attachment":{"size":2048,"state":"saved","path":"/d/p.png","image":[1920,1080]}});
+        let line = message_line(&m, "bob", &Names::new());
+        assert!(
+            line.contains("bob: [image 1920×1080] p.png, 2.0 KiB (saved to /d/p.png)"),
+            "{line}"
+        );
     }
 }

@@ -472,3 +472,38 @@ fn eventually_blocking<T>(mut check: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 18: an image carries a small JPEG preview in its manifest, and the recipient's
+/// history gives its dimensions once saved (the CLI shows "[image 1920×1080]").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_carries_a_preview_and_its_dimensions_show_once_saved() {
+    let (alice, bob, _bob_dir) = pair(|_| {}).await;
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("summit.png");
+    let photo = image::RgbImage::from_fn(1920, 1080, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    photo.save(&path).unwrap();
+    let sent = alice.node.send_file(bob.user_id(), &path, None).await.unwrap();
+    let saved = saved_by(&bob).await;
+    assert_eq!(blake3_file(&saved), blake3_file(&path));
+
+    let listed = bob.attachments(Some(alice.node.user_id())).await.unwrap();
+    let preview = listed[0].thumbnail.clone().expect("a preview in the manifest");
+    assert!(preview.len() <= kith_node::kith_protocol::limits::MAX_THUMBNAIL_BYTES);
+    let shown = image::load_from_memory_with_format(&preview, image::ImageFormat::Jpeg).unwrap();
+    assert_eq!((shown.width(), shown.height()), (320, 180));
+
+    let params = serde_json::json!({ "peer": alice.node.peer_id().to_string() });
+    let history = kith_node::rpc::dispatch(&bob, "history", params).await.unwrap();
+    let message = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == sent.message.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(message["attachment"]["image"], serde_json::json!([1920, 1080]), "{message}");
+    assert!(message["attachment"]["thumbnail_bytes"].as_u64().unwrap() > 0, "{message}");
+    bob.shutdown().await.unwrap();
+}

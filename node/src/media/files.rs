@@ -81,8 +81,10 @@ pub(crate) fn seal_file(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "attachment".into());
     let mime = mime_guess::from_path(source).first_or_octet_stream().essence_str().to_owned();
-    let manifest =
+    let mut manifest =
         sealer.finish(clip(&file_name, MAX_FILE_NAME_BYTES).to_owned(), mime, caption)?;
+    // A preview for images (what the recipient sees before, or instead of, the download).
+    manifest.thumbnail = super::thumbnail::make(source, &manifest.mime);
     Ok((manifest, done))
 }
 

@@ -23,6 +23,7 @@
 pub(crate) mod fetch;
 pub(crate) mod files;
 pub(crate) mod store;
+pub mod thumbnail;
 pub(crate) mod transfers;
 
 use std::path::PathBuf;
@@ -219,6 +220,8 @@ pub struct Attachment {
     pub size: u64,
     /// Where it stands.
     pub state: AttachmentState,
+    /// The preview image (JPEG) the sender put in the manifest, for a received image.
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// Where an attachment stands.

@@ -325,6 +325,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                     source: o.record.source.clone(),
                     relays: o.record.uploaded.len(),
                 },
+                thumbnail: None,
             });
         }
         for (media, record) in self.store.incoming()? {
@@ -353,6 +354,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                 mime: record.manifest.mime.clone(),
                 size: record.manifest.size,
                 state,
+                thumbnail: record.manifest.thumbnail.clone(),
             });
         }
         Ok(out)

@@ -197,6 +197,10 @@ pub struct AttachmentJson {
     pub relays: Option<usize>,
     /// Why it failed.
     pub failure: Option<String>,
+    /// An image's `[width, height]`, read from the saved (or sent) file's header.
+    pub image: Option<[u32; 2]>,
+    /// Size of the preview image the manifest carries (a received image), in bytes.
+    pub thumbnail_bytes: Option<usize>,
 }
 
 fn direction_word(direction: TransferDirection) -> &'static str {
@@ -222,6 +226,8 @@ impl From<&Attachment> for AttachmentJson {
             chunks: None,
             relays: None,
             failure: None,
+            image: None,
+            thumbnail_bytes: a.thumbnail.as_ref().map(Vec::len),
         };
         match &a.state {
             AttachmentState::Sent { source, relays } => {
@@ -242,6 +248,13 @@ impl From<&Attachment> for AttachmentJson {
                 json.state = "failed";
                 json.failure = Some(why.clone());
             }
+        }
+        // Only the header of a file on our disk is read, for what is an image by its type.
+        if crate::media::thumbnail::previewable(&a.mime)
+            && let Some(path) = &json.path
+        {
+            json.image = crate::media::thumbnail::dimensions(std::path::Path::new(path))
+                .map(|(w, h)| [w, h]);
         }
         json
     }
