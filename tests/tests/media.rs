@@ -481,7 +481,8 @@ async fn a_photo_carries_a_preview_and_its_dimensions_show_once_saved() {
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("summit.png");
     let photo = image::RgbImage::from_fn(1920, 1080, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+        let ([r, ..], [g, ..], [b, ..]) = (x.to_le_bytes(), y.to_le_bytes(), (x ^ y).to_le_bytes());
+        image::Rgb([r, g, b])
     });
     photo.save(&path).unwrap();
     let sent = alice.node.send_file(bob.user_id(), &path, None).await.unwrap();
