@@ -134,7 +134,7 @@ enum Command {
     /// Send a file (photo, video, document) as an end-to-end encrypted attachment, with a
     /// progress bar until the recipient (or, while they are offline, their relay) has it all.
     SendFile {
-        /// Contact name or peer id.
+        /// Contact name or peer id, or a group (name or id): its members fetch it from you.
         to: String,
         /// The file.
         path: PathBuf,
@@ -490,7 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 say!(
                     "{} {}",
                     sent["id"].as_str().unwrap_or_default(),
-                    outcome.describe(&to, local)
+                    outcome.describe(&to, local, sent["group"] == true)
                 );
             }
             if outcome == media::Outcome::TimedOut && local {

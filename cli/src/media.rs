@@ -34,8 +34,11 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn describe(self, to: &str, local: bool) -> String {
+    pub(crate) fn describe(self, to: &str, local: bool, group: bool) -> String {
         match self {
+            Self::Delivered if group => {
+                format!("every chunk went out to {to}'s members; the others fetch it from you")
+            }
             Self::Delivered => format!("{to} has the whole file"),
             Self::OnRelay => format!("{to}'s relay holds the file until {to} fetches it"),
             Self::Queued => "queued; the daemon serves it".into(),
@@ -74,7 +77,20 @@ pub(crate) async fn send_file(
     // Subscribed first: the recipient may start pulling right away.
     let mut events = conn.events().await?;
     let params = json!({ "to": to, "path": path.display().to_string(), "caption": caption });
-    let sent = conn.call("send_file", params).await?;
+    let sent = match conn.call("send_file", params).await {
+        // Not a contact: perhaps a group (its members fetch the file from us).
+        Err(e) if e.to_string().contains("no contact named") => {
+            let params =
+                json!({ "group": to, "path": path.display().to_string(), "caption": caption });
+            let mut sent = match conn.call("group.send_file", params).await {
+                Err(g) if g.to_string().contains("no group named") => return Err(e),
+                other => other?,
+            };
+            sent["group"] = json!(true);
+            sent
+        }
+        other => other?,
+    };
     if no_wait && conn.is_daemon() {
         return Ok((sent, Outcome::Queued));
     }

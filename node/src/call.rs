@@ -22,6 +22,15 @@ use crate::relay::RelayUsage;
 /// Where an answer of type `T` goes.
 pub(crate) type Reply<T> = oneshot::Sender<T>;
 
+/// Whom an attachment goes to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MediaRecipient {
+    /// A contact.
+    User(UserId),
+    /// Every member of a group we are in.
+    Group(GroupId),
+}
+
 /// A request from a [`crate::Node`] handle.
 pub(crate) enum Call {
     /// A user command; answered once its effects are durable.
@@ -29,7 +38,7 @@ pub(crate) enum Call {
     /// An attachment sealed into `sealed`: record it and queue its manifest to `to`;
     /// answered once both are durable.
     SendMedia {
-        to: UserId,
+        to: MediaRecipient,
         manifest: Box<MediaManifest>,
         source: std::path::PathBuf,
         reply: Reply<Result<MessageId, CommandError>>,

@@ -573,14 +573,24 @@ impl Driver {
     /// durable after the flush.
     fn send_media(
         &mut self,
-        to: UserId,
+        to: crate::call::MediaRecipient,
         manifest: kith_protocol::content::MediaManifest,
         source: std::path::PathBuf,
     ) -> Result<MessageId, CommandError> {
+        use crate::call::MediaRecipient;
         let now = self.clock.engine(self.clock.instant());
         let sealed = self.c.transfers.sealed_dir().join(manifest.media_id.to_string());
-        let command =
-            kith_core::engine::Command::SendMedia { to, manifest: Box::new(manifest.clone()) };
+        let boxed = Box::new(manifest.clone());
+        let (command, user, group) = match to {
+            MediaRecipient::User(user) => {
+                (kith_core::engine::Command::SendMedia { to: user, manifest: boxed }, user, None)
+            }
+            MediaRecipient::Group(group) => {
+                let command = kith_core::engine::GroupCommand::SendMedia { manifest: boxed };
+                let me = self.engine.user_id();
+                (kith_core::engine::Command::Group { group, command }, me, Some(group))
+            }
+        };
         let message = match self.engine.handle_command(now, command) {
             Ok(CommandResult::Queued(id)) => id,
             Ok(other) => {
@@ -595,7 +605,7 @@ impl Driver {
         };
         self.c
             .transfers
-            .sent(message, to, &manifest, source, now.wall)
+            .sent(message, user, group, &manifest, source, now.wall)
             .map_err(|e| CommandError::Store(StoreError::Backend(BackendError::new(e))))?;
         Ok(message)
     }
@@ -1749,6 +1759,10 @@ impl crate::turn::Turn for Driver {
         for output in &outputs {
             if let Output::Event(event) = output {
                 self.c.transfers.incoming(event);
+                if let kith_core::engine::Event::GroupChanged(group) = event {
+                    let members = group.joined.then(|| group.members.clone());
+                    self.c.transfers.set_group_members(group.id, members);
+                }
             }
         }
         if let Err(e) = self.c.transfers.flush() {

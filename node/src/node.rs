@@ -170,6 +170,11 @@ impl Node {
             crate::media::SEALED_RETENTION,
             now_millis(),
         )?;
+        let mut transfers = transfers;
+        // Members of our groups may fetch what we sent to them; the driver keeps this current.
+        for group in engine.groups() {
+            transfers.set_group_members(group.id, group.joined.then_some(group.members));
+        }
         let work = work_channel();
         let mut control = swarm.behaviour().stream.new_control();
         let incoming = control.accept(crate::media::FETCH_PROTOCOL)?;
@@ -254,6 +259,42 @@ impl Node {
         let (media, size) = (manifest.media_id, manifest.size);
         let source = std::fs::canonicalize(&path).unwrap_or(path);
         let manifest = Box::new(manifest);
+        let to = crate::call::MediaRecipient::User(to);
+        let message = self.ask(|reply| Call::SendMedia { to, manifest, source, reply }).await??;
+        Ok(SentFile { message, media, size, chunks })
+    }
+
+    /// Sends a file to every member of `group`, as [`Node::send_file`] does to a contact: each
+    /// member's node fetches the chunks from us (the fetch is allowed to current members
+    /// only).
+    pub async fn send_file_to_group(
+        &self,
+        group: GroupId,
+        path: impl Into<std::path::PathBuf>,
+        caption: Option<String>,
+    ) -> Result<SentFile, NodeError> {
+        let path = path.into();
+        let (sealed_dir, max) = self.ask(Call::MediaSettings).await?;
+        if !self.group(group).await?.is_some_and(|g| g.joined) {
+            return Err(NodeError::Command(CommandError::NotAMember));
+        }
+        let source = path.clone();
+        let (manifest, _) = tokio::task::spawn_blocking(move || {
+            crate::media::files::seal_file(
+                &source,
+                &sealed_dir,
+                kith_core::media::CHUNK_BYTES,
+                max,
+                caption,
+            )
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)??;
+        let chunks = u32::try_from(manifest.chunk_hashes.len()).unwrap_or(u32::MAX);
+        let (media, size) = (manifest.media_id, manifest.size);
+        let source = std::fs::canonicalize(&path).unwrap_or(path);
+        let manifest = Box::new(manifest);
+        let to = crate::call::MediaRecipient::Group(group);
         let message = self.ask(|reply| Call::SendMedia { to, manifest, source, reply }).await??;
         Ok(SentFile { message, media, size, chunks })
     }

@@ -228,6 +228,21 @@ fn group_create_send_info_and_history_through_the_cli() {
         assert!(std::time::Instant::now() < deadline, "Bob's answer never arrived: {history}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A file to the group: Bob's daemon fetches it from Alice's and saves it.
+    let topo = dir.path().join("topo.txt");
+    std::fs::write(&topo, "pitch 1: 5c\n".repeat(50_000)).unwrap();
+    let sent =
+        kith_ok(&a, &["send-file", "climbers", topo.to_str().unwrap(), "--no-wait"]).unwrap();
+    assert!(sent.contains("queued"), "{sent}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let history = kith_ok(&b, &["history", "climbers"]).unwrap();
+        if history.contains("[file topo.txt, 585.9 KiB]") && history.contains("(saved to") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the group file never arrived: {history}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Bad input: an unknown group and a non-admin removal are clear errors.
     let unknown = kith(&b, &["group", "send", "nosuchgroup", "hi"]).unwrap();
     assert!(!unknown.status.success());

@@ -457,3 +457,44 @@ async fn concurrent_add_and_remove_by_two_admins_converge() {
         .unwrap();
     }
 }
+
+/// Issue 18: a file sent to a group of three reaches both other members byte-identical; they
+/// fetch it from the sender, which serves current members only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_to_a_group_reaches_every_member() {
+    use kith_node::media::AttachmentState;
+
+    let all = nodes(3, None).await;
+    let refs: Vec<&Node> = all.iter().map(|t| &t.node).collect();
+    let others = refs[1..].iter().map(|n| n.user_id()).collect();
+    let group = refs[0].create_group("climbers", others).await.unwrap();
+    converged(&refs, group, &ids(&refs)).await;
+
+    let files = tempfile::tempdir().unwrap();
+    let path = kith_tests::random_file(files.path(), "topo.pdf", 3 * 1024 * 1024 + 77).unwrap();
+    let sent = refs[0].send_file_to_group(group, &path, Some("the route".into())).await.unwrap();
+    assert_eq!(sent.chunks, 7);
+    for (i, member) in refs.iter().enumerate().skip(1) {
+        let saved = eventually(WAIT, &format!("member {i} to save the file"), || async {
+            for a in member.attachments(None).await? {
+                match a.state {
+                    AttachmentState::Saved(path) if a.message == sent.message => {
+                        return Ok(Some(path));
+                    }
+                    AttachmentState::Failed(why) => anyhow::bail!("member {i}: {why}"),
+                    _ => {}
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            kith_tests::blake3_file(&saved).unwrap(),
+            kith_tests::blake3_file(&path).unwrap(),
+            "member {i}"
+        );
+        let message = member.message(sent.message).await.unwrap().unwrap();
+        assert_eq!(message.group, Some(group), "member {i}: it is the group's message");
+    }
+}

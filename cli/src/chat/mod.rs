@@ -289,12 +289,9 @@ async fn send_file(
             return;
         }
     };
-    let Conversation::Contact(peer) = conversation else {
-        state.notice = "files cannot be sent to groups yet: send it to each member".into();
-        return;
-    };
-    let params = json!({ "to": peer, "path": path, "caption": caption });
-    let answer = tell(conn, state, "send_file", params).await;
+    let (method, params) =
+        conversation.request("send_file", "to", json!({ "path": path, "caption": caption }));
+    let answer = tell(conn, state, &method, params).await;
     show_sent(conn, state, answer).await;
 }
 

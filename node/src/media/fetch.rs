@@ -11,7 +11,7 @@
 //! may serve (the attachments it sent, a relay's blob index), reading chunks on blocking
 //! threads, one chunk in memory per stream, at most [`MAX_FETCH_STREAMS`] streams at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use kith_core::identity::user_id_of;
 use kith_core::media::Layout;
 use kith_protocol::limits::{MAX_CHUNK_BYTES, MAX_MEDIA_FRAME_BYTES};
 use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
-use kith_protocol::{ChunkHash, MediaId, UserId};
+use kith_protocol::{ChunkHash, GroupId, MediaId, UserId};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -72,6 +72,8 @@ async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, frame: &[u8]) -> std::io
 /// An attachment we sent, as the server side needs it.
 pub(crate) struct Served {
     pub(crate) to: UserId,
+    /// The group it went to: any current member may fetch it (`to` is then ourselves).
+    pub(crate) group: Option<GroupId>,
     pub(crate) sealed: PathBuf,
     pub(crate) layout: Layout,
     pub(crate) hashes: Arc<Vec<ChunkHash>>,
@@ -91,6 +93,9 @@ pub(crate) struct BlobIndex {
 pub(crate) struct Catalog {
     pub(crate) outgoing: Arc<RwLock<HashMap<MediaId, Served>>>,
     pub(crate) blobs: Option<BlobIndex>,
+    /// The current members of the groups we are in (kept by the driver from the engine's
+    /// group events), for attachments sent to a group.
+    pub(crate) members: Arc<RwLock<HashMap<GroupId, HashSet<UserId>>>>,
 }
 
 /// Where a chunk comes from: a file, where, how long; and whether it is one of ours.
@@ -108,7 +113,16 @@ impl Catalog {
         if let Ok(outgoing) = self.outgoing.read()
             && let Some(served) = outgoing.get(media)
         {
-            if requester != Some(served.to) {
+            let allowed = match (served.group, requester) {
+                (None, requester) => requester == Some(served.to),
+                // A member of the group now: one removed since may fetch nothing more.
+                (Some(group), Some(requester)) => self
+                    .members
+                    .read()
+                    .is_ok_and(|m| m.get(&group).is_some_and(|m| m.contains(&requester))),
+                (Some(_), None) => false,
+            };
+            if !allowed {
                 return Err(MediaResponse::Refused(MediaRefusal::NotRecipient));
             }
             if served.hashes.get(index as usize) != Some(hash) {
@@ -293,6 +307,7 @@ mod tests {
             media,
             Served {
                 to: bob,
+                group: None,
                 sealed: PathBuf::from("/sealed"),
                 layout: Layout::new(1000, 512).unwrap(),
                 hashes: Arc::new(hashes.clone()),
@@ -312,6 +327,34 @@ mod tests {
             catalog.locate(Some(bob), &MediaId([9; 16]), 0, &hashes[0]),
             Err(MediaResponse::NotFound)
         );
+    }
+
+    #[test]
+    fn a_group_attachment_is_served_to_current_members_only() {
+        let (me, bob, carol) = (UserId([0; 32]), UserId([1; 32]), UserId([2; 32]));
+        let (media, group) = (MediaId([3; 16]), GroupId([7; 32]));
+        let hashes = vec![ChunkHash([4; 32])];
+        let catalog = Catalog::default();
+        catalog.outgoing.write().unwrap().insert(
+            media,
+            Served {
+                to: me,
+                group: Some(group),
+                sealed: PathBuf::from("/sealed"),
+                layout: Layout::new(100, 512).unwrap(),
+                hashes: Arc::new(hashes.clone()),
+            },
+        );
+        let refused = Err(MediaResponse::Refused(MediaRefusal::NotRecipient));
+        assert_eq!(catalog.locate(Some(bob), &media, 0, &hashes[0]), refused, "members unknown");
+        catalog.members.write().unwrap().insert(group, HashSet::from([me, bob, carol]));
+        assert!(catalog.locate(Some(bob), &media, 0, &hashes[0]).is_ok());
+        assert!(catalog.locate(Some(carol), &media, 0, &hashes[0]).is_ok());
+        // Carol is removed: from then on she fetches nothing more of it.
+        catalog.members.write().unwrap().insert(group, HashSet::from([me, bob]));
+        assert_eq!(catalog.locate(Some(carol), &media, 0, &hashes[0]), refused);
+        assert_eq!(catalog.locate(Some(UserId([9; 32])), &media, 0, &hashes[0]), refused);
+        assert_eq!(catalog.locate(None, &media, 0, &hashes[0]), refused);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! ```text
 //!  'O' ‖ media id → OutgoingRecord   (what we serve: recipient, hashes, sealed copy)
 //!  'I' ‖ media id → IncomingRecord   (manifest, verified chunks on disk, outcome)
+//!  'G' ‖ media id → group id         (an attachment we sent to a group: its members fetch it)
 //! ```
 //!
 //! An incoming record's `done` bitmap only names chunks whose bytes were synced to the partial
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use kith_core::store::{SideStore, SideTree};
 
 use kith_protocol::content::MediaManifest;
-use kith_protocol::{ChunkHash, MediaId, MessageId, UnixMillis, UserId};
+use kith_protocol::{ChunkHash, GroupId, MediaId, MessageId, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::keyspace::Keyspace;
@@ -98,6 +99,7 @@ pub(crate) fn set_bit(map: &mut [u8], index: u32) {
 pub(crate) struct MediaStore {
     outgoing: Keyspace,
     incoming: Keyspace,
+    groups: Keyspace,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -134,7 +136,8 @@ impl MediaStore {
     pub(crate) fn open(side: SideStore) -> Self {
         Self {
             outgoing: Keyspace::new(side.clone(), SideTree::Media, b'O'),
-            incoming: Keyspace::new(side, SideTree::Media, b'I'),
+            incoming: Keyspace::new(side.clone(), SideTree::Media, b'I'),
+            groups: Keyspace::new(side, SideTree::Media, b'G'),
         }
     }
 
@@ -153,7 +156,18 @@ impl MediaStore {
 
     pub(crate) fn delete_outgoing(&self, media: &MediaId) -> Result<(), MediaStoreError> {
         self.outgoing.remove(&media.0);
+        self.groups.remove(&media.0);
         Ok(())
+    }
+
+    /// Records that `media`, which we sent, went to `group`.
+    pub(crate) fn put_outgoing_group(&self, media: &MediaId, group: &GroupId) {
+        self.groups.insert(&media.0, encode(group));
+    }
+
+    /// The groups our attachments went to.
+    pub(crate) fn outgoing_groups(&self) -> Result<Vec<(MediaId, GroupId)>, MediaStoreError> {
+        scan(&self.groups)
     }
 
     pub(crate) fn put_incoming(

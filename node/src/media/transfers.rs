@@ -32,7 +32,7 @@ use kith_core::media::{ChunkError, Layout};
 use kith_core::model::{Direction, Message};
 use kith_protocol::content::{Body, MediaManifest};
 use kith_protocol::media::{MediaRefusal, MediaResponse};
-use kith_protocol::{ChunkHash, MediaId, MessageId, UnixMillis, UserId};
+use kith_protocol::{ChunkHash, GroupId, MediaId, MessageId, UnixMillis, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
@@ -208,6 +208,8 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             actions: VecDeque::new(),
         };
         let retention = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let groups: HashMap<MediaId, GroupId> =
+            transfers.store.outgoing_groups()?.into_iter().collect();
         for (id, record) in transfers.store.outgoing()? {
             let sealed = transfers.sealed_path(&id);
             let Ok(layout) = Layout::new(record.size, record.chunk_size) else { continue };
@@ -217,7 +219,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                 transfers.dirty = true;
                 continue;
             }
-            transfers.add_outgoing(id, record, layout);
+            transfers.add_outgoing(id, record, layout, groups.get(&id).copied());
         }
         for (id, record) in transfers.store.incoming()? {
             if record.state == IncomingState::Downloading {
@@ -292,14 +294,19 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         }
     }
 
-    /// Serves an attachment we sent (here and on fetch streams).
-    fn add_outgoing(&mut self, id: MediaId, record: OutgoingRecord, layout: Layout) {
+    /// Serves an attachment we sent (here and on fetch streams); to `group`'s members if it
+    /// went to a group.
+    fn add_outgoing(
+        &mut self,
+        id: MediaId,
+        record: OutgoingRecord,
+        layout: Layout,
+        group: Option<GroupId>,
+    ) {
         let sealed = self.sealed_path(&id);
         if let Ok(mut catalog) = self.catalog.outgoing.write() {
-            catalog.insert(
-                id,
-                Served { to: record.to, sealed, layout, hashes: Arc::new(record.hashes.clone()) },
-            );
+            let hashes = Arc::new(record.hashes.clone());
+            catalog.insert(id, Served { to: record.to, group, sealed, layout, hashes });
         }
         let served = bitmap(layout.chunks());
         self.outgoing
@@ -368,6 +375,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         &mut self,
         message: MessageId,
         to: UserId,
+        group: Option<GroupId>,
         manifest: &MediaManifest,
         source: PathBuf,
         now: UnixMillis,
@@ -388,9 +396,26 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             uploaded: Vec::new(),
         };
         self.store.put_outgoing(&manifest.media_id, &record)?;
+        if let Some(group) = &group {
+            self.store.put_outgoing_group(&manifest.media_id, group);
+        }
         self.dirty = true;
-        self.add_outgoing(manifest.media_id, record, layout);
+        self.add_outgoing(manifest.media_id, record, layout, group);
         Ok(())
+    }
+
+    /// Who may fetch what we sent to `group`: its current members (none once we left it).
+    pub(crate) fn set_group_members(&mut self, group: GroupId, members: Option<Vec<UserId>>) {
+        if let Ok(mut all) = self.catalog.members.write() {
+            match members {
+                Some(members) => {
+                    all.insert(group, members.into_iter().collect());
+                }
+                None => {
+                    all.remove(&group);
+                }
+            }
+        }
     }
 
     /// The manifest of message `id` reached the recipient's relays (it could not be

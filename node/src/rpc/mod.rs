@@ -37,6 +37,7 @@
 //! | `group.accept` / `group.decline` | `{group}` | `{}` — answer an invitation (`invited_by` in `Group`); declining leaves |
 //! | `group.rename` | `{group, name}` | `{}` (admins) |
 //! | `group.send` | `{group, text, reply_to?}` | `{id}` |
+//! | `group.send_file` | `{group, path, caption?}` | `{id, media, size, chunks}`; members fetch it from us |
 //! | `group.react` | `{group, target, emoji, remove?}` | `{id}` |
 //! | `group.edit` / `group.delete` | `{group, target, text?}` | `{id}` |
 //! | `group.read` | `{group, ids}` | `{}` — read receipts go to each author |
@@ -378,6 +379,20 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
         "group.rename" => {
             let p: params::GroupRename = parse(params)?;
             in_group(node, &p.group, GroupCommand::Rename { name: p.name }).await
+        }
+        "group.send_file" => {
+            let p: params::GroupSendFile = parse(params)?;
+            let group = group(node, &p.group).await?;
+            if !p.path.is_absolute() {
+                return Err(RpcError::invalid_params("`path` must be absolute"));
+            }
+            let sent = node.send_file_to_group(group, p.path, p.caption).await?;
+            Ok(json!({
+                "id": sent.message.to_string(),
+                "media": sent.media.to_string(),
+                "size": sent.size,
+                "chunks": sent.chunks,
+            }))
         }
         "group.send" => {
             let p: params::GroupSend = parse(params)?;

@@ -169,6 +169,15 @@ pub(super) struct SendFile {
     pub(super) caption: Option<String>,
 }
 
+/// `group.send_file`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GroupSendFile {
+    pub(super) group: String,
+    pub(super) path: std::path::PathBuf,
+    pub(super) caption: Option<String>,
+}
+
 /// `attachments`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -257,7 +257,7 @@ fn an_attachment_over_the_limit_is_refused_before_any_chunk_moves() {
 /// Sends `manifest` as message `message` to `to`, with its sealed copy on disk.
 fn send(s: &mut Setup, to: UserId, manifest: &MediaManifest, sealed: &[Vec<u8>]) {
     std::fs::write(s.sealed.join(manifest.media_id.to_string()), sealed.concat()).unwrap();
-    s.transfers.sent(MessageId([2; 16]), to, manifest, PathBuf::from("/f.bin"), NOW).unwrap();
+    s.transfers.sent(MessageId([2; 16]), to, None, manifest, PathBuf::from("/f.bin"), NOW).unwrap();
 }
 
 #[tokio::test(start_paused = true)]
