@@ -14,7 +14,7 @@ use kith_protocol::limits::MAX_THUMBNAIL_BYTES;
 const ATTEMPTS: [(u32, u8); 3] = [(320, 75), (200, 60), (120, 50)];
 
 /// Most memory decoding the sender's image may take (a 40-megapixel photo fits).
-const DECODE_LIMIT: u64 = 256 * 1024 * 1024;
+pub const DECODE_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Whether files of MIME type `mime` get a preview.
 pub fn previewable(mime: &str) -> bool {
