@@ -238,30 +238,10 @@ impl Node {
         path: impl Into<std::path::PathBuf>,
         caption: Option<String>,
     ) -> Result<SentFile, NodeError> {
-        let path = path.into();
-        let (sealed_dir, max) = self.ask(Call::MediaSettings).await?;
         if self.contact(to).await?.is_none() {
             return Err(NodeError::Command(CommandError::UnknownContact));
         }
-        let source = path.clone();
-        let (manifest, _) = tokio::task::spawn_blocking(move || {
-            crate::media::files::seal_file(
-                &source,
-                &sealed_dir,
-                kith_core::media::CHUNK_BYTES,
-                max,
-                caption,
-            )
-        })
-        .await
-        .map_err(|_| NodeError::Stopped)??;
-        let chunks = u32::try_from(manifest.chunk_hashes.len()).unwrap_or(u32::MAX);
-        let (media, size) = (manifest.media_id, manifest.size);
-        let source = std::fs::canonicalize(&path).unwrap_or(path);
-        let manifest = Box::new(manifest);
-        let to = crate::call::MediaRecipient::User(to);
-        let message = self.ask(|reply| Call::SendMedia { to, manifest, source, reply }).await??;
-        Ok(SentFile { message, media, size, chunks })
+        self.seal_and_send(crate::call::MediaRecipient::User(to), path.into(), caption).await
     }
 
     /// Sends a file to every member of `group`, as [`Node::send_file`] does to a contact: each
@@ -273,11 +253,20 @@ impl Node {
         path: impl Into<std::path::PathBuf>,
         caption: Option<String>,
     ) -> Result<SentFile, NodeError> {
-        let path = path.into();
-        let (sealed_dir, max) = self.ask(Call::MediaSettings).await?;
         if !self.group(group).await?.is_some_and(|g| g.joined) {
             return Err(NodeError::Command(CommandError::NotAMember));
         }
+        self.seal_and_send(crate::call::MediaRecipient::Group(group), path.into(), caption).await
+    }
+
+    /// Seals the file at `path` (on a blocking thread) and queues its manifest to `to`.
+    async fn seal_and_send(
+        &self,
+        to: crate::call::MediaRecipient,
+        path: std::path::PathBuf,
+        caption: Option<String>,
+    ) -> Result<SentFile, NodeError> {
+        let (sealed_dir, max) = self.ask(Call::MediaSettings).await?;
         let source = path.clone();
         let (manifest, _) = tokio::task::spawn_blocking(move || {
             crate::media::files::seal_file(
@@ -294,7 +283,6 @@ impl Node {
         let (media, size) = (manifest.media_id, manifest.size);
         let source = std::fs::canonicalize(&path).unwrap_or(path);
         let manifest = Box::new(manifest);
-        let to = crate::call::MediaRecipient::Group(group);
         let message = self.ask(|reply| Call::SendMedia { to, manifest, source, reply }).await??;
         Ok(SentFile { message, media, size, chunks })
     }

@@ -433,6 +433,49 @@ fn alice_and_bobs_peer_id() -> (tempfile::TempDir, std::path::PathBuf, String) {
     (dir, a, peer_id)
 }
 
+/// Alice's and Bob's new profiles, each with a daemon on 127.0.0.1 (Bob's bootstrapped from
+/// Alice's); `alice_toml` is written to Alice's kith.toml and `alice_args` given to her daemon
+/// first. Only Bob knows the other: `bob_adds_alice` has him add her as `alice`.
+struct Two {
+    dir: tempfile::TempDir,
+    a: std::path::PathBuf,
+    b: std::path::PathBuf,
+    _alice: Daemon,
+    _bob: Daemon,
+}
+
+fn two_daemons(alice_args: &[&str], alice_toml: Option<&str>) -> Two {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
+    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
+    if let Some(toml) = alice_toml {
+        std::fs::write(a.join("kith.toml"), toml).unwrap();
+    }
+    let mut args = LOOPBACK.to_vec();
+    args.extend(alice_args);
+    let alice = Daemon::spawn(&a, &args, &[]).unwrap();
+    let mut bob_args = LOOPBACK.to_vec();
+    bob_args.extend(["--bootstrap", alice.addresses.first().unwrap().as_str()]);
+    let bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
+    Two { dir, a, b, _alice: alice, _bob: bob }
+}
+
+impl Two {
+    /// Bob adds Alice as `alice`.
+    fn bob_adds_alice(&self) {
+        let alice_contact = kith_ok(&self.a, &["id"]).unwrap().lines().next().unwrap().to_owned();
+        kith_ok(&self.b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    }
+
+    /// Bob's peer id.
+    fn bob_peer(&self) -> String {
+        let id: serde_json::Value =
+            serde_json::from_str(&kith_ok(&self.b, &["id", "--json"]).unwrap()).unwrap();
+        id.get("peer_id").and_then(serde_json::Value::as_str).unwrap().to_owned()
+    }
+}
+
 /// Polls `check` every 200 ms for up to a minute; `what` names what never happened.
 fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -447,20 +490,11 @@ fn until(what: &str, mut check: impl FnMut() -> bool) {
 /// same name ask for an id, and contacts are accepted, renamed, blocked, unblocked, removed.
 #[test]
 fn strangers_write_requests_and_invitations_that_the_user_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
-    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
-    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
-    let mut bob_args = LOOPBACK.to_vec();
-    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
-    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
-    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
-    let bob_id: serde_json::Value =
-        serde_json::from_str(&kith_ok(&b, &["id", "--json"]).unwrap()).unwrap();
-    let bob_peer = bob_id["peer_id"].as_str().unwrap().to_owned();
+    let two = two_daemons(&[], None);
+    let (a, b) = (two.a.clone(), two.b.clone());
+    let bob_peer = two.bob_peer();
     // Only Bob adds the other.
-    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    two.bob_adds_alice();
     kith_ok(&b, &["send", "alice", "hi, it's Bob", "--wait", "delivered"]).unwrap();
 
     let list = kith_ok(&a, &["contact", "list"]).unwrap();
@@ -516,17 +550,9 @@ fn strangers_write_requests_and_invitations_that_the_user_answers() {
 /// With `message_requests = false` in kith.toml, a stranger's message is refused, not kept.
 #[test]
 fn message_requests_off_refuses_strangers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
-    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
-    std::fs::write(a.join("kith.toml"), "message_requests = false\n").unwrap();
-    let alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
-    let mut bob_args = LOOPBACK.to_vec();
-    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
-    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
-    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
-    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    let two = two_daemons(&[], Some("message_requests = false\n"));
+    let (a, b) = (two.a.clone(), two.b.clone());
+    two.bob_adds_alice();
     let refused = kith(&b, &["send", "alice", "let me in", "--wait", "delivered"]).unwrap();
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stdout);
@@ -584,20 +610,12 @@ fn completions_and_manual_pages_cover_every_command() {
 /// (sender named, requests marked); `--notify` without a notification service only logs.
 #[test]
 fn on_message_runs_a_command_with_each_new_message_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    kith_ok(&a, &["init", "--name", "Alice"]).unwrap();
-    kith_ok(&b, &["init", "--name", "Bob"]).unwrap();
-    let inbox = dir.path().join("inbox.jsonl");
+    let scripts = tempfile::tempdir().unwrap();
+    let inbox = scripts.path().join("inbox.jsonl");
     let command = format!("cat >> '{}'", inbox.display());
-    let mut alice_args = LOOPBACK.to_vec();
-    alice_args.extend(["--notify", "--on-message", command.as_str()]);
-    let alice = Daemon::spawn(&a, &alice_args, &[]).unwrap();
-    let mut bob_args = LOOPBACK.to_vec();
-    bob_args.extend(["--bootstrap", alice.addresses[0].as_str()]);
-    let _bob = Daemon::spawn(&b, &bob_args, &[]).unwrap();
-    let alice_contact = kith_ok(&a, &["id"]).unwrap().lines().next().unwrap().to_owned();
-    kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
+    let two = two_daemons(&["--notify", "--on-message", command.as_str()], None);
+    let (a, b, dir) = (two.a.clone(), two.b.clone(), two.dir.path().to_owned());
+    two.bob_adds_alice();
 
     // A stranger first, then a contact: `$(rm -rf ~)` stays text inside the JSON.
     kith_ok(&b, &["send", "alice", "$(touch pwned) first", "--wait", "delivered"]).unwrap();
@@ -625,7 +643,8 @@ fn on_message_runs_a_command_with_each_new_message_as_json() {
     );
     assert_eq!((got[1]["text"].as_str(), got[1]["from"].as_str()), (Some("second"), Some("bob")));
     assert_eq!(got[1]["request"], false);
-    assert!(!dir.path().join("pwned").exists() && !a.join("pwned").exists());
+    assert!(!dir.join("pwned").exists() && !a.join("pwned").exists());
+    assert!(!scripts.path().join("pwned").exists());
     // The daemon carries on, its own messages never trigger the command.
     kith_ok(&a, &["send", "bob", "thanks", "--wait", "delivered"]).unwrap();
     std::thread::sleep(Duration::from_millis(500));

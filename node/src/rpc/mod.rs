@@ -164,6 +164,16 @@ async fn in_group(node: &Node, name: &str, command: GroupCommand) -> Result<Valu
     queued(node, Command::Group { group: group(node, name).await?, command }).await
 }
 
+/// The answer to `send_file` and `group.send_file`.
+fn sent_json(sent: &crate::SentFile) -> Value {
+    json!({
+        "id": sent.message.to_string(),
+        "media": sent.media.to_string(),
+        "size": sent.size,
+        "chunks": sent.chunks,
+    })
+}
+
 fn wait_target(wait: params::WaitFor) -> MessageStatus {
     match wait {
         params::WaitFor::Queued => MessageStatus::Queued,
@@ -386,13 +396,7 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             if !p.path.is_absolute() {
                 return Err(RpcError::invalid_params("`path` must be absolute"));
             }
-            let sent = node.send_file_to_group(group, p.path, p.caption).await?;
-            Ok(json!({
-                "id": sent.message.to_string(),
-                "media": sent.media.to_string(),
-                "size": sent.size,
-                "chunks": sent.chunks,
-            }))
+            Ok(sent_json(&node.send_file_to_group(group, p.path, p.caption).await?))
         }
         "group.send" => {
             let p: params::GroupSend = parse(params)?;
@@ -451,13 +455,7 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             if !p.path.is_absolute() {
                 return Err(RpcError::invalid_params("`path` must be absolute"));
             }
-            let sent = node.send_file(to, p.path, p.caption).await?;
-            Ok(json!({
-                "id": sent.message.to_string(),
-                "media": sent.media.to_string(),
-                "size": sent.size,
-                "chunks": sent.chunks,
-            }))
+            Ok(sent_json(&node.send_file(to, p.path, p.caption).await?))
         }
         "attachments" => {
             let p: params::Attachments = parse(params)?;
