@@ -196,7 +196,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.held.push_back(Output::Subscribe { tag, members });
             }
             self.tags.insert(tag, record.id);
-            let invited_by = invitations.get(&record.id).copied();
+            let invited_by =
+                invitations.get(&record.id).copied().filter(|_| membership.members.contains(&me));
             self.groups.insert(record.id, GroupState { record, log, invited_by });
         }
         Ok(())

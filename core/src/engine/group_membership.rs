@@ -233,6 +233,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             if let Some(invitation) = &invitation {
                 batch.put_group_invitation(invitation);
+            } else if was_invited_by.is_some() && !is_member {
+                // Removed before answering: nothing is left to answer.
+                batch.delete_group_invitation(&group);
             }
             for (position, change) in log.changes().enumerate().skip(base.len()) {
                 let position = u32::try_from(position)

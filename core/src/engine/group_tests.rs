@@ -773,3 +773,18 @@ fn a_group_name_we_already_use_is_refused() {
     let reuse = Command::CreateGroup { name: "team".into(), members: vec![net.id(1)] };
     assert!(matches!(net.command_and_run(0, reuse), CommandResult::Group(_)));
 }
+
+/// A member removed before it answered its invitation has nothing left to answer, after a
+/// restart too.
+#[test]
+fn removal_before_an_answer_ends_the_invitation() {
+    let mut net = net(3);
+    let group = net.create(0, &[1, 2]);
+    assert!(net.engine(2).group(&group).unwrap().invited_by.is_some());
+    let member = net.id(2);
+    net.group_command(0, group, GroupCommand::Remove { member });
+    assert!(!net.engine(2).group(&group).unwrap().joined);
+    assert_eq!(net.engine(2).group(&group).unwrap().invited_by, None);
+    net.restart(2);
+    assert_eq!(net.engine(2).group(&group).unwrap().invited_by, None, "after a restart");
+}
