@@ -222,6 +222,12 @@ pub async fn meet_then_go_offline(
     let status =
         alice.wait_for_status(first, MessageStatus::Delivered, Duration::from_secs(60)).await?;
     anyhow::ensure!(status == MessageStatus::Delivered, "the first message ended {status:?}");
+    // What else the first contact sends (Alice's profile) goes before Bob does: otherwise it
+    // lands at his relays beside what the test sends, depending on timing.
+    eventually(Duration::from_secs(60), "Alice's outbox to empty", || async {
+        Ok((alice.outbox_len().await? == 0).then_some(()))
+    })
+    .await?;
     let user = bob.user_id();
     bob.shutdown().await?;
     Ok(user)
