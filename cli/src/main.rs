@@ -723,7 +723,7 @@ async fn daemon(
     let node = Node::start(net.config(dir)?).await?;
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
     // Received attachments download on their own; show them (bars only on a terminal).
-    tokio::spawn(media::show_downloads(node.subscribe()));
+    tokio::spawn(media::show_downloads(node.clone()));
     tokio::spawn(notify::run(node.clone(), notify));
     say!("kith daemon for {}", node.contact_string());
     for address in node.addresses().await? {

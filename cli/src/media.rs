@@ -142,7 +142,8 @@ pub(crate) async fn send_file(
 
 /// Shows a bar per attachment being downloaded, and a line when it is saved or fails.
 #[allow(clippy::print_stdout, reason = "the daemon reports saved attachments on stdout")]
-pub(crate) async fn show_downloads(mut events: kith_node::Events) {
+pub(crate) async fn show_downloads(node: kith_node::Node) {
+    let mut events = node.subscribe();
     let bars = MultiProgress::new();
     let mut shown: HashMap<kith_node::kith_protocol::MediaId, ProgressBar> = HashMap::new();
     loop {
@@ -159,9 +160,20 @@ pub(crate) async fn show_downloads(mut events: kith_node::Events) {
                 bytes,
                 ..
             } => {
-                let progress = shown
-                    .entry(media)
-                    .or_insert_with(|| bars.add(bar(bytes, &format!("receiving {media:?}"))));
+                let progress = match shown.entry(media) {
+                    std::collections::hash_map::Entry::Occupied(bar) => bar.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        // Labelled with the file's name, as its sender gave it (sanitised).
+                        let name = node
+                            .attachments(None)
+                            .await
+                            .ok()
+                            .and_then(|all| all.into_iter().find(|a| a.media == media))
+                            .map_or_else(|| "a file".to_owned(), |a| a.name);
+                        let name = kith_node::kith_core::text::single_line(&name).into_owned();
+                        slot.insert(bars.add(bar(bytes, &format!("receiving {name}"))))
+                    }
+                };
                 progress.set_position(bytes_done);
             }
             MediaEvent::Saved { media, path, .. } => {
