@@ -406,7 +406,12 @@ pub(crate) async fn run(data_dir: &Path, net: &NetArgs, name: Option<&str>) -> a
                         }
                         show_sent(&mut conn, &mut state, answer).await;
                     }
-                    Action::Command(line) => command(&mut conn, &mut state, &line).await?,
+                    Action::Command(line) => {
+                        // A command that fails says why; the chat goes on.
+                        if let Err(e) = command(&mut conn, &mut state, &line).await {
+                            state.notice = e.to_string();
+                        }
+                    }
                     Action::Open(index) => {
                         if let Err(e) = open(&mut conn, &mut state, index).await {
                             state.notice = e.to_string();
