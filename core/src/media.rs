@@ -219,7 +219,9 @@ pub fn chunk_hash(sealed: &[u8]) -> ChunkHash {
     ChunkHash(*blake3::hash(sealed).as_bytes())
 }
 
-/// Seals one chunk. Each index is sealed once per key: only [`Sealer`] calls this.
+/// Seals one chunk. Each index is sealed once per key with fresh plaintext: only [`Sealer`]
+/// calls this, and [`reseal_verified`], which seals the same plaintext again and hands out the
+/// result only when it is byte for byte the chunk the manifest names.
 fn seal_chunk(
     key: &SymmetricKey,
     media: &MediaId,
@@ -263,6 +265,34 @@ pub fn open_verified(
     let aad = associated_data(&manifest.media_id, index, last);
     aead::open_in_place(&manifest.key.0, &nonce(index), &aad, sealed)
         .map_err(|_| ChunkError::Unauthentic(index))
+}
+
+/// Seals chunk `index` of `manifest` again from its plaintext, for a receiver that serves the
+/// chunks it holds to others (members of a group fetching the same attachment). The result is
+/// returned only if its length and BLAKE3 hash are those the manifest lists, that is, only if
+/// `plaintext` is exactly what the sender sealed at that index: sealing is deterministic (the
+/// nonce is the index), so the same plaintext gives the same bytes, and a file changed on disk
+/// since gives [`ChunkError::HashMismatch`]. That is what keeps this safe under a reused nonce:
+/// a ciphertext of other plaintext under the chunk's key and nonce never leaves this function.
+pub fn reseal_verified(
+    manifest: &MediaManifest,
+    layout: &Layout,
+    index: u32,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, ChunkError> {
+    let expected_hash =
+        manifest.chunk_hashes.get(index as usize).ok_or(ChunkError::NoSuchIndex(index))?;
+    let expected = layout.plain_len(index);
+    if index >= layout.chunks() || plaintext.len() != expected {
+        return Err(ChunkError::WrongLength { index, got: plaintext.len(), expected });
+    }
+    let sealed =
+        seal_chunk(&manifest.key, &manifest.media_id, index, layout.is_last(index), plaintext)
+            .map_err(|_| ChunkError::Unauthentic(index))?;
+    if chunk_hash(&sealed) != *expected_hash {
+        return Err(ChunkError::HashMismatch(index));
+    }
+    Ok(sealed)
 }
 
 /// Seals an attachment chunk by chunk, in order, and builds its manifest.

@@ -1122,11 +1122,12 @@ impl Driver {
                     }
                 });
             }
-            MediaAction::Read { media, relay, index, path, offset, len } => {
+            MediaAction::Read { media, relay, recipient, index, path, offset, len } => {
                 let work = self.work_tx.clone();
                 tokio::task::spawn_blocking(move || {
                     let data = files::read_at(&path, offset, len);
-                    let _ = work.blocking_send(Work::UploadRead { media, relay, index, data });
+                    let read = Work::UploadRead { media, relay, recipient, index, data };
+                    let _ = work.blocking_send(read);
                 });
             }
             MediaAction::Put { media, relay, index, recipient, hash, data } => {
@@ -1135,7 +1136,7 @@ impl Driver {
                     .behaviour_mut()
                     .media
                     .send_request(&relay, MediaRequest::Put { recipient, hash, data });
-                self.c.transfers.put_sent(request, media, relay, index);
+                self.c.transfers.put_sent(request, media, relay, recipient, index);
             }
             MediaAction::Delete { relay, hashes } => {
                 self.swarm
@@ -1174,8 +1175,8 @@ impl Driver {
                 self.sessions.remove(&(media, source));
                 t.source_down(media, source, &relays, now);
             }
-            Work::UploadRead { media, relay, index, data } => {
-                t.chunk_read(media, relay, index, data)
+            Work::UploadRead { media, relay, recipient, index, data } => {
+                t.chunk_read(media, relay, recipient, index, data)
             }
             Work::BlobWritten { channel, recipient, hash, size, result } => {
                 let Some(relay) = self.c.relay.as_mut() else { return };

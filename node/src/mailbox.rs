@@ -119,6 +119,9 @@ struct RelayQueue {
 
 /// How the relays answered for one message so far.
 struct Fallback {
+    /// The id inside the envelope, by which relays answer: the message's (for a group's
+    /// message, every member's copy carries it, while `id` names the copy).
+    envelope_id: MessageId,
     pending: usize,
     /// The relays that hold it.
     stored_at: Vec<Multiaddr>,
@@ -331,7 +334,12 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         let size = attempt.envelope.len();
         self.fallbacks.insert(
             id,
-            Fallback { pending: targets.len(), stored_at: Vec::new(), targets: targets.clone() },
+            Fallback {
+                envelope_id: envelope.id,
+                pending: targets.len(),
+                stored_at: Vec::new(),
+                targets: targets.clone(),
+            },
         );
         for (relay, address) in targets {
             self.actions.push_back(MailboxAction::AddAddress(relay, address));
@@ -406,8 +414,13 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         }
         match response {
             Some(MailboxResponse::Deposited { results }) => {
-                for id in ids {
-                    let result = results.iter().find(|r| r.id == id);
+                for (position, id) in ids.into_iter().enumerate() {
+                    // The relay answers each envelope in order, by the envelope's id.
+                    let wanted = self.fallbacks.get(&id).map_or(id, |f| f.envelope_id);
+                    let result = results
+                        .get(position)
+                        .filter(|r| r.id == wanted)
+                        .or_else(|| results.iter().find(|r| r.id == wanted));
                     let refused = result.and_then(|r| r.refused);
                     self.relay_outcome(id, relay, refused, result.is_some() && refused.is_none());
                 }

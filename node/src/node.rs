@@ -29,6 +29,7 @@ use crate::keyspace::{LEGACY_MEDIA, LEGACY_RELAY};
 use crate::liveness::Liveness;
 use crate::mailbox::MailboxClient;
 use crate::media::Attachment;
+use crate::media::MediaServed;
 use crate::media::store::MediaStore;
 use crate::media::transfers::Transfers;
 use crate::prekeys::PreKeyServer;
@@ -71,6 +72,7 @@ pub struct Node {
     peer_id: PeerId,
     relays: Vec<Multiaddr>,
     metrics_addr: Option<std::net::SocketAddr>,
+    served: Arc<crate::media::fetch::ServedCounters>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -163,6 +165,7 @@ impl Node {
         };
         let store = MediaStore::open(side);
         let transfers = Transfers::open(
+            user,
             store,
             config.data_dir.join("media-sealed"),
             config.downloads(),
@@ -179,6 +182,7 @@ impl Node {
         let mut control = swarm.behaviour().stream.new_control();
         let incoming = control.accept(crate::media::FETCH_PROTOCOL)?;
         let mut catalog = transfers.catalog();
+        let served = catalog.served.clone();
         catalog.blobs = relay.as_ref().map(RelayService::blob_index);
         tokio::spawn(crate::media::fetch::serve(incoming, catalog, work.0.clone()));
         let components = Components {
@@ -217,6 +221,7 @@ impl Node {
             peer_id,
             relays: config.relays.clone(),
             metrics_addr,
+            served,
             task: Arc::new(Mutex::new(Some(task))),
         };
         if !config.listen.is_empty() {
@@ -329,6 +334,12 @@ impl Node {
     /// Where this relay serves its Prometheus metrics (if it is a relay and serves them).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The attachment chunks this node has served to others since it started (what it sent,
+    /// what a group's members fetch from it, and a relay's held chunks), each time counted.
+    pub fn media_served(&self) -> MediaServed {
+        self.served.get()
     }
 
     /// Envelopes and envelope bytes this relay holds, and its database's size on disk

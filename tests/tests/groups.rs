@@ -497,4 +497,90 @@ async fn a_file_sent_to_a_group_reaches_every_member() {
         let message = member.message(sent.message).await.unwrap().unwrap();
         assert_eq!(message.group, Some(group), "member {i}: it is the group's message");
     }
+    // The members shared the chunks out: each took half from the sender and half from the
+    // other (sealed again from what it saved), instead of the sender serving the file twice.
+    let sealed = 3 * 1024 * 1024 + 77 + 7 * 16;
+    let served: Vec<u64> = refs.iter().map(|n| n.media_served().bytes).collect();
+    println!(
+        "bytes served: sender {}, members {:?} (file sealed: {sealed})",
+        served[0],
+        &served[1..]
+    );
+    assert!(served[0] >= sealed, "every chunk came from the sender at least once");
+    assert!(served[0] < 2 * sealed, "the sender served less than a copy per member: {served:?}");
+    assert!(served[1] > 0 && served[2] > 0, "each member served the other: {served:?}");
+}
+
+/// Issue 18: a group's file reaches a member that was offline when it was sent, from the
+/// member's relay, after the sender and everyone else have gone: the sender uploaded the
+/// chunks there for that member, as for a direct attachment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_gets_a_group_file_from_its_relay_after_the_sender_left() {
+    use kith_node::media::{AttachmentState, MediaEvent};
+
+    let relay = TestRelay::start(Default::default()).await.unwrap();
+    let relays = vec![relay.address().await.unwrap()];
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut users = Vec::new();
+    for dir in &dirs {
+        users.push(user_with_relays(dir.path(), relays.clone(), true).await.unwrap());
+    }
+    connect_all(&users.iter().collect::<Vec<_>>()).await;
+    for a in &users {
+        for (j, b) in users.iter().enumerate() {
+            if a.user_id() != b.user_id() {
+                a.add_contact(&b.contact_string(), &format!("user{j}")).await.unwrap();
+            }
+        }
+    }
+    let group =
+        users[0].create_group("trio", vec![users[1].user_id(), users[2].user_id()]).await.unwrap();
+    let refs: Vec<&Node> = users.iter().collect();
+    converged(&refs, group, &ids(&refs)).await;
+    users[0].send_group_text(group, "before").await.unwrap();
+    for node in &refs {
+        eventually(WAIT, "the first message everywhere", || async {
+            Ok(texts(node, group).await.contains(&"before".to_owned()).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    let carol = users.pop().unwrap();
+    carol.shutdown().await.unwrap();
+
+    let mut uploads = users[0].subscribe();
+    let files = tempfile::tempdir().unwrap();
+    let path = kith_tests::random_file(files.path(), "map.png", 1024 * 1024 + 5).unwrap();
+    let sent = users[0].send_file_to_group(group, &path, None).await.unwrap();
+    let relay_peer = relay.node.peer_id();
+    tokio::time::timeout(WAIT, async {
+        while let Ok(event) = uploads.recv().await {
+            if let NodeEvent::Media(MediaEvent::Uploaded { message, relay, .. }) = event
+                && message == sent.message
+                && relay == relay_peer
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the sender to upload the file to Carol's relay");
+    for node in users.drain(..) {
+        node.shutdown().await.unwrap();
+    }
+
+    let carol = user_with_relays(dirs[2].path(), relays.clone(), false).await.unwrap();
+    let saved = eventually(WAIT, "Carol to save the file", || async {
+        for a in carol.attachments(None).await? {
+            match a.state {
+                AttachmentState::Saved(path) if a.message == sent.message => return Ok(Some(path)),
+                AttachmentState::Failed(why) => anyhow::bail!("{why}"),
+                _ => {}
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(kith_tests::blake3_file(&saved).unwrap(), kith_tests::blake3_file(&path).unwrap());
 }

@@ -108,8 +108,9 @@ pub(crate) enum GroupEffect {
 }
 
 /// The outbox id of the copy of group message `id` for `member` (each copy is its own outbox
-/// entry; the envelope inside keeps the message's id).
-fn copy_id(id: &MessageId, member: &UserId) -> MessageId {
+/// entry; the envelope inside keeps the message's id). A node sees it in delivery results and
+/// relay deposits of the copy.
+pub fn group_copy_id(id: &MessageId, member: &UserId) -> MessageId {
     let mut hasher = blake3::Hasher::new_derive_key("kith 2026-11 group copy id v1");
     hasher.update(&id.0);
     hasher.update(&member.0);
@@ -240,22 +241,29 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let state = self.groups.get(&group).filter(|g| g.membership().created());
         let Some(state) = state else { return Err(CommandError::UnknownGroup) };
         let membership = state.membership().clone();
-        let me = self.user_id();
-        if !membership.members.contains(&me) {
+        if !membership.members.contains(&self.user_id()) {
             return Err(CommandError::NotAMember);
         }
-        let admin = membership.admins.contains(&me);
-        let members = &membership.members;
-        match command {
-            GroupCommand::Accept => {
-                self.answer_invitation(group)?;
-                return Ok(CommandResult::Done);
-            }
-            // Reading is not an answer; leaving declines; anything that speaks in the group
-            // accepts it.
-            GroupCommand::MarkRead { .. } => {}
-            _ => self.answer_invitation(group)?,
+        // Reading is not an answer to an invitation; anything that speaks in the group accepts
+        // it (leaving declines it), once it succeeded.
+        let answers = !matches!(command, GroupCommand::MarkRead { .. });
+        let result = self.run_group_command(now, group, command, &membership)?;
+        if answers {
+            self.answer_invitation(group)?;
         }
+        Ok(result)
+    }
+
+    /// Carries out `command` in `group`, of which we are a member.
+    fn run_group_command(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        command: GroupCommand,
+        membership: &Membership,
+    ) -> Result<CommandResult, CommandError> {
+        let admin = membership.admins.contains(&self.user_id());
+        let members = &membership.members;
         let change = match command {
             GroupCommand::Send { text, reply_to } => {
                 let body = Body::Text(Text { body: text, reply_to });
@@ -451,7 +459,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 let envelope = kith_protocol::encode(&copy)
                     .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
                 let record = OutboxRecord {
-                    id: copy_id(&id, member),
+                    id: group_copy_id(&id, member),
                     to: *member,
                     seq: self.take_seq(),
                     kind: OutboxKind::GroupCopy,
@@ -496,7 +504,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut send = Vec::new();
         let mut reached_any = false;
         for member in members {
-            let copy = copy_id(&id, &member);
+            let copy = group_copy_id(&id, &member);
             if self.outbox.get(&copy).is_none() {
                 continue;
             }
@@ -832,7 +840,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Ok(None);
         }
         // They have it: their copy need not go.
-        if let Some(entry) = self.outbox.get(&copy_id(&record.id, &from)) {
+        if let Some(entry) = self.outbox.get(&group_copy_id(&record.id, &from)) {
             batch.delete_outbox(entry.record.seq);
             copies_done.push(entry.record.id);
         }

@@ -713,6 +713,10 @@ fn an_added_member_is_invited_and_answers_before_receipts_go_out() {
 fn sending_accepts_an_invitation_and_blocking_its_sender_declines_it() {
     let mut net = net(3);
     let group = net.create(0, &[1, 2]);
+    // A command that fails answers nothing (here: a member who is no admin renames).
+    let rename = Command::Group { group, command: GroupCommand::Rename { name: "x".into() } };
+    assert_eq!(net.engine(1).handle_command(T, rename), Err(CommandError::NotAnAdmin));
+    assert_eq!(net.engine(1).group(&group).unwrap().invited_by, Some(net.id(0)));
     net.send(1, group, "hi all");
     assert_eq!(net.engine(1).group(&group).unwrap().invited_by, None);
 

@@ -201,3 +201,32 @@ fn any_chunk_index_a_peer_names_is_answered_without_overflow() {
         assert!(open_verified(&manifest, &layout, index, chunks[0].to_vec()).is_err());
     }
 }
+
+/// A receiver that holds a chunk's plaintext seals it back into exactly the bytes the sender
+/// sent (so other members can take it from them), and nothing else: plaintext changed on disk
+/// since, of the wrong length, or at another index is refused, never handed out.
+#[test]
+fn a_held_chunk_reseals_to_the_senders_bytes_and_nothing_else_is_handed_out() {
+    let data = file(2 * CHUNK as usize + 300);
+    let (manifest, chunks) = seal(&data, CHUNK, 11);
+    let layout = Layout::of(&manifest, u64::MAX).unwrap();
+    for (i, sealed) in chunks.iter().enumerate() {
+        let index = i as u32;
+        let offset = layout.offset(index) as usize;
+        let plain = &data[offset..offset + layout.plain_len(index)];
+        assert_eq!(&reseal_verified(&manifest, &layout, index, plain).unwrap(), sealed);
+    }
+    let mut changed = data[..CHUNK as usize].to_vec();
+    changed[5] ^= 1;
+    assert_eq!(reseal_verified(&manifest, &layout, 0, &changed), Err(ChunkError::HashMismatch(0)));
+    assert!(matches!(
+        reseal_verified(&manifest, &layout, 0, &data[..10]),
+        Err(ChunkError::WrongLength { index: 0, .. })
+    ));
+    // Chunk 0's plaintext at index 1 seals to other bytes than chunk 1's.
+    assert_eq!(
+        reseal_verified(&manifest, &layout, 1, &data[..CHUNK as usize]),
+        Err(ChunkError::HashMismatch(1))
+    );
+    assert_eq!(reseal_verified(&manifest, &layout, 9, &[]), Err(ChunkError::NoSuchIndex(9)));
+}

@@ -118,6 +118,40 @@ fn a_failed_delivery_goes_to_two_relays_and_is_stored_once_one_holds_it() {
     assert!(out.iter().any(|a| matches!(a, MailboxAction::StoredAt { relays, .. } if *relays == vec![address(&r2.peer, 1)])));
 }
 
+/// Issue 18 (found while sending files to groups): a group message's copy for an offline
+/// member is an outbox entry of its own id, while the envelope inside (which the relay names in
+/// its answer) carries the message's id. The answer was matched by the copy's id, found
+/// nothing, and the copy counted as refused: it was deposited again and again, never reported
+/// stored, and its attachment never uploaded to the member's relay.
+#[test]
+fn a_group_copy_held_by_a_relay_is_stored_although_the_relay_names_the_messages_id() {
+    let (me, carol, r1) = (user(), user(), user());
+    let mut c = client(&me, &[], 1);
+    let (message, copy) = (id(1), id(2));
+    let given = vec![address(&r1.peer, 1).to_string()];
+    // Two copies in one deposit: a direct message of its own id, then the group's copy.
+    c.track(id(3), carol.id, &envelope(id(3), &me.id, &carol.id), &given);
+    c.track(copy, carol.id, &envelope(message, &me.id, &carol.id), &given);
+    c.fall_back(id(3));
+    c.fall_back(copy);
+    assert_eq!(deposits(&actions(&mut c)), vec![(r1.peer, vec![id(3)])]);
+    c.deposit_sent(1, r1.peer, vec![id(3)]);
+    let stored = |ids: &[MessageId]| MailboxResponse::Deposited {
+        results: ids.iter().map(|id| DepositResult { id: *id, refused: None }).collect(),
+    };
+    c.answered_request(r1.peer, 1, stored(&[id(3)]));
+    let out = actions(&mut c);
+    assert_eq!(deposits(&out), vec![(r1.peer, vec![copy])]);
+    c.deposit_sent(2, r1.peer, vec![copy]);
+    c.answered_request(r1.peer, 2, stored(&[message]));
+    let out = actions(&mut c);
+    assert_eq!(
+        engine_inputs(&out),
+        vec![Input::Delivery { id: copy, result: DeliveryResult::Stored }]
+    );
+    assert!(out.iter().any(|a| matches!(a, MailboxAction::StoredAt { id, .. } if *id == copy)));
+}
+
 #[test]
 fn no_relay_holds_it_means_unreachable_and_a_peer_that_is_no_relay_is_not_asked_again() {
     let (me, bob, r1) = (user(), user(), user());

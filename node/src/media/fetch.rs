@@ -8,17 +8,22 @@
 //! new substream each time and reached a quarter of a plain stream's throughput).
 //!
 //! The server side runs outside the driver: it answers from a [`Catalog`] of what this node
-//! may serve (the attachments it sent, a relay's blob index), reading chunks on blocking
-//! threads, one chunk in memory per stream, at most [`MAX_FETCH_STREAMS`] streams at once.
+//! may serve (the attachments it sent, a group's attachments it received, a relay's blob
+//! index), reading chunks on blocking threads, one chunk in memory per stream, at most
+//! [`MAX_FETCH_STREAMS`] streams at once. A group's attachment we received is served from its
+//! plaintext on disk, sealed again, and only if that gives the chunk the manifest names
+//! ([`kith_core::media::reseal_verified`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kith_core::identity::user_id_of;
 use kith_core::media::Layout;
+use kith_protocol::content::MediaManifest;
 use kith_protocol::limits::{MAX_CHUNK_BYTES, MAX_MEDIA_FRAME_BYTES};
 use kith_protocol::media::{MediaRefusal, MediaRequest, MediaResponse};
 use kith_protocol::{ChunkHash, GroupId, MediaId, UserId};
@@ -79,6 +84,48 @@ pub(crate) struct Served {
     pub(crate) hashes: Arc<Vec<ChunkHash>>,
 }
 
+/// A group's attachment we receive, as the server side needs it: its members may fetch the
+/// chunks we hold.
+pub(crate) struct Held {
+    pub(crate) group: GroupId,
+    /// The file its plaintext is in: the partial file while it downloads, then the saved file.
+    pub(crate) plain: PathBuf,
+    pub(crate) layout: Layout,
+    pub(crate) manifest: Arc<MediaManifest>,
+}
+
+/// What the fetch server has served since the node started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MediaServed {
+    /// Chunks served (every time one is served, counted again).
+    pub chunks: u64,
+    /// Their bytes, as sent (sealed).
+    pub bytes: u64,
+}
+
+/// Counters of what the fetch server served.
+#[derive(Default)]
+pub(crate) struct ServedCounters {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl ServedCounters {
+    fn add(&self, bytes: usize) {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub(crate) fn get(&self) -> MediaServed {
+        MediaServed {
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Finds the file of a chunk held for a recipient.
 pub(crate) type BlobLookup = dyn Fn(&UserId, &ChunkHash) -> Option<PathBuf> + Send + Sync;
 
@@ -96,10 +143,47 @@ pub(crate) struct Catalog {
     /// The current members of the groups we are in (kept by the driver from the engine's
     /// group events), for attachments sent to a group.
     pub(crate) members: Arc<RwLock<HashMap<GroupId, HashSet<UserId>>>>,
+    /// Groups' attachments we receive, served to their members.
+    pub(crate) held: Arc<RwLock<HashMap<MediaId, Held>>>,
+    /// What was served.
+    pub(crate) served: Arc<ServedCounters>,
 }
 
-/// Where a chunk comes from: a file, where, how long; and whether it is one of ours.
-type Located = (PathBuf, u64, usize, bool);
+/// Where a chunk comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum Located {
+    /// Sealed bytes in a file, at an offset, of a length: one of ours (`ours`), or a relay's.
+    Sealed { path: PathBuf, offset: u64, len: usize, ours: bool },
+    /// A group's attachment we received: the plaintext at an offset, sealed again to serve.
+    Plain { path: PathBuf, layout: Layout, manifest: Arc<MediaManifest>, index: u32 },
+}
+
+impl Located {
+    /// Reads the chunk (on a blocking thread).
+    fn read(self) -> Result<(Vec<u8>, bool), MediaResponse> {
+        match self {
+            Located::Sealed { path, offset, len, ours } => {
+                match super::files::read_at(&path, offset, len) {
+                    Ok(data) => Ok((data, ours)),
+                    Err(e) => {
+                        tracing::warn!("reading a chunk to serve: {e}");
+                        Err(MediaResponse::NotFound)
+                    }
+                }
+            }
+            Located::Plain { path, layout, manifest, index } => {
+                // Not on disk yet (a partial file), or changed since it was saved: not served.
+                let plain =
+                    super::files::read_at(&path, layout.offset(index), layout.plain_len(index))
+                        .map(zeroize::Zeroizing::new)
+                        .map_err(|_| MediaResponse::NotFound)?;
+                kith_core::media::reseal_verified(&manifest, &layout, index, &plain)
+                    .map(|data| (data, false))
+                    .map_err(|_| MediaResponse::NotFound)
+            }
+        }
+    }
+}
 
 impl Catalog {
     /// Finds chunk `index` of `media` (hash `hash`) for `requester`.
@@ -116,10 +200,7 @@ impl Catalog {
             let allowed = match (served.group, requester) {
                 (None, requester) => requester == Some(served.to),
                 // A member of the group now: one removed since may fetch nothing more.
-                (Some(group), Some(requester)) => self
-                    .members
-                    .read()
-                    .is_ok_and(|m| m.get(&group).is_some_and(|m| m.contains(&requester))),
+                (Some(group), Some(requester)) => self.is_member(&group, &requester),
                 (Some(_), None) => false,
             };
             if !allowed {
@@ -130,7 +211,23 @@ impl Catalog {
             }
             let layout = served.layout;
             let (offset, len) = (layout.sealed_offset(index), layout.sealed_len(index));
-            return Ok((served.sealed.clone(), offset, len, true));
+            return Ok(Located::Sealed { path: served.sealed.clone(), offset, len, ours: true });
+        }
+        if let Ok(held) = self.held.read()
+            && let Some(held) = held.get(media)
+        {
+            if !requester.is_some_and(|r| self.is_member(&held.group, &r)) {
+                return Err(MediaResponse::Refused(MediaRefusal::NotRecipient));
+            }
+            if held.manifest.chunk_hashes.get(index as usize) != Some(hash) {
+                return Err(MediaResponse::NotFound);
+            }
+            return Ok(Located::Plain {
+                path: held.plain.clone(),
+                layout: held.layout,
+                manifest: held.manifest.clone(),
+                index,
+            });
         }
         let (Some(blobs), Some(requester)) = (&self.blobs, requester) else {
             return Err(MediaResponse::NotFound);
@@ -138,9 +235,16 @@ impl Catalog {
         let path = (blobs.lookup)(&requester, hash).ok_or(MediaResponse::NotFound)?;
         let len = std::fs::metadata(&path).map_err(|_| MediaResponse::NotFound)?.len();
         match usize::try_from(len) {
-            Ok(len) if len <= MAX_CHUNK_BYTES => Ok((path, 0, len, false)),
+            Ok(len) if len <= MAX_CHUNK_BYTES => {
+                Ok(Located::Sealed { path, offset: 0, len, ours: false })
+            }
             _ => Err(MediaResponse::NotFound),
         }
+    }
+
+    /// Whether `user` is a member of `group` now (one removed since may fetch nothing more).
+    fn is_member(&self, group: &GroupId, user: &UserId) -> bool {
+        self.members.read().is_ok_and(|m| m.get(group).is_some_and(|m| m.contains(user)))
     }
 }
 
@@ -189,17 +293,11 @@ async fn serve_stream(
             ));
         };
         // Finding the file and reading it both touch the disk: on a blocking thread.
-        let catalog = catalog.clone();
+        let looked_up = catalog.clone();
         let (response, ours) = tokio::task::spawn_blocking(move || {
-            match catalog.locate(requester, &media, index, &hash) {
+            match looked_up.locate(requester, &media, index, &hash).and_then(Located::read) {
                 Err(response) => (response, false),
-                Ok((path, offset, len, ours)) => match super::files::read_at(&path, offset, len) {
-                    Ok(data) => (MediaResponse::Chunk { data }, ours),
-                    Err(e) => {
-                        tracing::warn!("reading a chunk to serve: {e}");
-                        (MediaResponse::NotFound, false)
-                    }
-                },
+                Ok((data, ours)) => (MediaResponse::Chunk { data }, ours),
             }
         })
         .await
@@ -207,9 +305,11 @@ async fn serve_stream(
         let frame = kith_protocol::encode(&response)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         write_frame(&mut stream, &frame).await?;
+        let MediaResponse::Chunk { data } = &response else { continue };
+        catalog.served.add(data.len());
         if ours {
             let _ = work.send(Work::Served { media, index }).await;
-        } else if matches!(response, MediaResponse::Chunk { .. }) {
+        } else if catalog.blobs.is_some() {
             let _ = work.send(Work::BlobServed).await;
         }
     }
@@ -320,7 +420,12 @@ mod tests {
         assert_eq!(catalog.locate(Some(bob), &media, 7, &hashes[0]), Err(MediaResponse::NotFound));
         assert_eq!(
             catalog.locate(Some(bob), &media, 1, &hashes[1]),
-            Ok((PathBuf::from("/sealed"), 528, 504, true))
+            Ok(Located::Sealed {
+                path: PathBuf::from("/sealed"),
+                offset: 528,
+                len: 504,
+                ours: true
+            })
         );
         // Not ours, and not a relay: nothing.
         assert_eq!(
@@ -355,6 +460,47 @@ mod tests {
         assert_eq!(catalog.locate(Some(carol), &media, 0, &hashes[0]), refused);
         assert_eq!(catalog.locate(Some(UserId([9; 32])), &media, 0, &hashes[0]), refused);
         assert_eq!(catalog.locate(None, &media, 0, &hashes[0]), refused);
+    }
+
+    #[test]
+    fn a_groups_attachment_we_hold_is_served_sealed_again_to_members_only_and_only_if_intact() {
+        use kith_core::media::Sealer;
+        let (bob, carol) = (UserId([1; 32]), UserId([2; 32]));
+        let group = GroupId([7; 32]);
+        let file: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        let mut sealer = Sealer::new(&mut rand::rng(), file.len() as u64, 1024).unwrap();
+        let sealed: Vec<Vec<u8>> =
+            file.chunks(1024).map(|c| sealer.seal_next(c).unwrap()).collect();
+        let manifest = sealer.finish("f".into(), "x/y".into(), None).unwrap();
+        let (media, layout) = (manifest.media_id, Layout::of(&manifest, u64::MAX).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("partial");
+        // Chunks 0 and 2 are written; chunk 1 is not yet (zeros, as in a partial file).
+        let mut partial = file.clone();
+        partial[1024..2048].fill(0);
+        std::fs::write(&plain, &partial).unwrap();
+        let catalog = Catalog::default();
+        catalog.members.write().unwrap().insert(group, HashSet::from([bob]));
+        let manifest = Arc::new(manifest);
+        catalog.held.write().unwrap().insert(
+            media,
+            Held { group, plain: plain.clone(), layout, manifest: manifest.clone() },
+        );
+        let get = |who, index: u32| {
+            let hash = manifest.chunk_hashes[index as usize];
+            catalog.locate(Some(who), &media, index, &hash).and_then(Located::read)
+        };
+        assert_eq!(get(bob, 0), Ok((sealed[0].clone(), false)));
+        assert_eq!(get(bob, 2), Ok((sealed[2].clone(), false)));
+        assert_eq!(get(bob, 1), Err(MediaResponse::NotFound), "not written yet");
+        assert_eq!(get(carol, 0), Err(MediaResponse::Refused(MediaRefusal::NotRecipient)));
+        // The saved file changed on disk: its chunk is not served.
+        partial[3] ^= 1;
+        std::fs::write(&plain, &partial).unwrap();
+        assert_eq!(get(bob, 0), Err(MediaResponse::NotFound));
+        // A hash that is not the index's is not looked up.
+        let wrong = catalog.locate(Some(bob), &media, 2, &manifest.chunk_hashes[0]);
+        assert_eq!(wrong, Err(MediaResponse::NotFound));
     }
 
     #[tokio::test]

@@ -11,7 +11,11 @@
 //!             writes in place, syncs and records progress every CHECKPOINT_CHUNKS →
 //!             complete: renamed into the downloads directory, relays told to delete
 //!  sender:    the manifest went to the recipient's relays (they were unreachable) → upload
-//!             every chunk to each of those relays, UPLOAD_IN_FLIGHT at a time
+//!             every chunk to each of those relays, UPLOAD_IN_FLIGHT at a time (for a group:
+//!             for each member whose copy went to its relays)
+//!  group:     each member fetches the chunks homed at it (index mod members) from the sender
+//!             and the others from their home members, who serve them sealed again from the
+//!             plaintext they saved (only if that matches the manifest's hash)
 //! ```
 //!
 //! A source that serves a chunk failing verification is not asked again for that attachment;
@@ -35,10 +39,13 @@ use kith_protocol::{ChunkHash, MediaId, MessageId, UserId};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 
-pub use fetch::{FETCH_PROTOCOL, FETCH_TIMEOUT, MAX_FETCH_STREAMS};
+pub use fetch::{FETCH_PROTOCOL, FETCH_TIMEOUT, MAX_FETCH_STREAMS, MediaServed};
 pub use files::{CHECKPOINT_CHUNKS, MAX_UNCHECKPOINTED, safe_file_name};
 pub use store::MediaStoreError;
-pub use transfers::{PARALLEL_CHUNKS, RETRY_FIRST, RETRY_MAX, UPLOAD_IN_FLIGHT};
+pub use transfers::{
+    HOME_PATIENCE, HOME_RETRY_FIRST, HOME_RETRY_MAX, PARALLEL_CHUNKS, RETRY_FIRST, RETRY_MAX,
+    UPLOAD_IN_FLIGHT,
+};
 
 /// Results from blocking threads queued for the driver; a full queue makes those threads wait.
 pub const WORK_QUEUE: usize = 256;
@@ -259,7 +266,13 @@ pub(crate) enum Work {
     /// A fetch stream could not be opened or broke: its requests are lost.
     SourceDown { media: MediaId, source: usize },
     /// A chunk read for an upload.
-    UploadRead { media: MediaId, relay: PeerId, index: u32, data: std::io::Result<Vec<u8>> },
+    UploadRead {
+        media: MediaId,
+        relay: PeerId,
+        recipient: UserId,
+        index: u32,
+        data: std::io::Result<Vec<u8>>,
+    },
     /// A relay's chunk file was written (or not).
     BlobWritten {
         channel: ResponseChannel<MediaResponse>,

@@ -5,6 +5,9 @@
 //!  'O' ‖ media id → OutgoingRecord   (what we serve: recipient, hashes, sealed copy)
 //!  'I' ‖ media id → IncomingRecord   (manifest, verified chunks on disk, outcome)
 //!  'G' ‖ media id → group id         (an attachment we sent to a group: its members fetch it)
+//!  'H' ‖ media id → HeldRecord       (a group's attachment we receive: we serve it to members)
+//!  'P' ‖ media id ‖ member → RelayUploads (what we sent to a group, uploaded for a member that
+//!                                     was offline to its relays)
 //! ```
 //!
 //! An incoming record's `done` bitmap only names chunks whose bytes were synced to the partial
@@ -74,6 +77,23 @@ pub(crate) struct IncomingRecord {
     pub(crate) state: IncomingState,
 }
 
+/// A group's attachment we receive (or received), which we serve to the group's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HeldRecord {
+    pub(crate) group: GroupId,
+    /// When its manifest arrived (local clock): we serve it for the retention period.
+    pub(crate) received_at: UnixMillis,
+}
+
+/// The relays (multiaddr bytes) an attachment we sent to a group goes to for one member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RelayUploads {
+    /// Relays that still need every chunk.
+    pub(crate) pending: Vec<Vec<u8>>,
+    /// Relays that hold every chunk.
+    pub(crate) uploaded: Vec<Vec<u8>>,
+}
+
 /// Bitmap helpers for [`IncomingRecord::done`].
 pub(crate) fn bitmap(chunks: u32) -> Vec<u8> {
     vec![0; (chunks as usize).div_ceil(8)]
@@ -100,6 +120,14 @@ pub(crate) struct MediaStore {
     outgoing: Keyspace,
     incoming: Keyspace,
     groups: Keyspace,
+    held: Keyspace,
+    member_uploads: Keyspace,
+}
+
+fn member_key(media: &MediaId, member: &UserId) -> Vec<u8> {
+    let mut key = media.0.to_vec();
+    key.extend_from_slice(&member.0);
+    key
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -137,7 +165,9 @@ impl MediaStore {
         Self {
             outgoing: Keyspace::new(side.clone(), SideTree::Media, b'O'),
             incoming: Keyspace::new(side.clone(), SideTree::Media, b'I'),
-            groups: Keyspace::new(side, SideTree::Media, b'G'),
+            groups: Keyspace::new(side.clone(), SideTree::Media, b'G'),
+            held: Keyspace::new(side.clone(), SideTree::Media, b'H'),
+            member_uploads: Keyspace::new(side, SideTree::Media, b'P'),
         }
     }
 
@@ -157,7 +187,66 @@ impl MediaStore {
     pub(crate) fn delete_outgoing(&self, media: &MediaId) -> Result<(), MediaStoreError> {
         self.outgoing.remove(&media.0);
         self.groups.remove(&media.0);
+        let mut members = Vec::new();
+        self.member_uploads.scan_prefix(&media.0, |key, _| {
+            members.push(key.to_vec());
+            ControlFlow::Continue(())
+        })?;
+        for key in members {
+            self.member_uploads.remove(&key);
+        }
         Ok(())
+    }
+
+    /// Records the relays an attachment we sent to a group goes to for `member`.
+    pub(crate) fn put_member_uploads(
+        &self,
+        media: &MediaId,
+        member: &UserId,
+        uploads: &RelayUploads,
+    ) {
+        self.member_uploads.insert(&member_key(media, member), encode(uploads));
+    }
+
+    /// The relays each member's uploads of `media` go to.
+    pub(crate) fn member_uploads(
+        &self,
+        media: &MediaId,
+    ) -> Result<Vec<(UserId, RelayUploads)>, MediaStoreError> {
+        let mut out = Vec::new();
+        let mut corrupt = false;
+        self.member_uploads.scan_prefix(&media.0, |key, value| {
+            let member = key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok());
+            match member.zip(postcard::from_bytes(value).ok()) {
+                Some((member, uploads)) => {
+                    out.push((UserId(member), uploads));
+                    ControlFlow::Continue(())
+                }
+                None => {
+                    corrupt = true;
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if corrupt {
+            return Err(MediaStoreError::Corrupt);
+        }
+        Ok(out)
+    }
+
+    /// Records that `media`, which we receive, is a group's (its members may fetch it from us).
+    pub(crate) fn put_held(&self, media: &MediaId, record: &HeldRecord) {
+        self.held.insert(&media.0, encode(record));
+    }
+
+    /// The groups' attachments we receive or received.
+    pub(crate) fn held(&self) -> Result<Vec<(MediaId, HeldRecord)>, MediaStoreError> {
+        scan(&self.held)
+    }
+
+    /// Forgets that we serve `media` to its group.
+    pub(crate) fn delete_held(&self, media: &MediaId) {
+        self.held.remove(&media.0);
     }
 
     /// Records that `media`, which we sent, went to `group`.

@@ -2,7 +2,16 @@
 //! resume), uploads to relays, and progress of what we serve.
 //!
 //! A download pulls up to [`PARALLEL_CHUNKS`] chunks at once, each from the next source in
-//! turn (the sender first, then our relays) that is neither banned nor resting. A source that
+//! turn (the sender first, then our relays) that is neither banned nor resting.
+//!
+//! A group's attachment is shared out among its members so that the sender's upload does not
+//! grow with the group: the members other than the sender, sorted, take chunk `i` "home" to
+//! member `i mod m`. Each member fetches its own chunks from the sender first, and every other
+//! chunk from its home member, who serves what it holds (sealed again from the plaintext, and
+//! only if that gives the manifest's hash). A home that does not have a chunk yet is asked again
+//! after a short back-off ([`HOME_RETRY_FIRST`] up to [`HOME_RETRY_MAX`]); one that has not
+//! had it for [`HOME_PATIENCE`], or cannot be reached, gives way to the sender and our relays,
+//! and when those fail too, to the other members. A source that
 //! serves a chunk failing verification is banned for that attachment; one that lacks a chunk
 //! or cannot be reached rests until the next round, which comes after a back-off
 //! ([`RETRY_FIRST`], doubling up to [`RETRY_MAX`]) or at once when a source reconnects. When
@@ -26,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kith_core::engine::Event;
+use kith_core::engine::{Event, group_copy_id};
 use kith_core::identity::peer_id_of;
 use kith_core::media::{ChunkError, Layout};
 use kith_core::model::{Direction, Message};
@@ -36,10 +45,10 @@ use kith_protocol::{ChunkHash, GroupId, MediaId, MessageId, UnixMillis, UserId};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
-use super::fetch::{Catalog, Served};
+use super::fetch::{Catalog, Held, Served};
 use super::store::{
-    IncomingRecord, IncomingState, MediaStore, MediaStoreError, OutgoingRecord, bit, bitmap, count,
-    set_bit,
+    HeldRecord, IncomingRecord, IncomingState, MediaStore, MediaStoreError, OutgoingRecord,
+    RelayUploads, bit, bitmap, count, set_bit,
 };
 use super::{Attachment, AttachmentState, MediaEvent, MediaFailure, TransferDirection};
 use crate::mailbox::peer_of;
@@ -54,6 +63,14 @@ pub const UPLOAD_IN_FLIGHT: usize = 4;
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest delay between two rounds of asking a download's sources.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// First delay before a group member that did not have a chunk yet (its home) is asked again;
+/// it doubles up to [`HOME_RETRY_MAX`], and starts over whenever a chunk arrives.
+pub const HOME_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay before a chunk's home member is asked again.
+pub const HOME_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a group member waits for a chunk's home member to have it before asking the
+/// sender (or our relays) instead.
+pub const HOME_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What the driver does for attachments.
 #[derive(Debug)]
@@ -76,10 +93,19 @@ pub(crate) enum MediaAction {
         manifest: Arc<MediaManifest>,
         layout: Layout,
     },
-    /// Read a sealed chunk for an upload on a blocking thread; report
+    /// Read a sealed chunk for an upload (for `recipient`) on a blocking thread; report
     /// [`Transfers::chunk_read`].
-    Read { media: MediaId, relay: PeerId, index: u32, path: PathBuf, offset: u64, len: usize },
-    /// Upload a sealed chunk to `relay`; report [`Transfers::put_sent`].
+    Read {
+        media: MediaId,
+        relay: PeerId,
+        recipient: UserId,
+        index: u32,
+        path: PathBuf,
+        offset: u64,
+        len: usize,
+    },
+    /// Upload a sealed chunk to `relay`, held there for `recipient`; report
+    /// [`Transfers::put_sent`].
     Put {
         media: MediaId,
         relay: PeerId,
@@ -101,6 +127,10 @@ pub(crate) enum MediaAction {
 /// An attachment we serve.
 struct Outgoing {
     record: OutgoingRecord,
+    /// The group it went to.
+    group: Option<GroupId>,
+    /// For a group: the relays it goes to for members that were offline.
+    member_uploads: HashMap<UserId, RelayUploads>,
     layout: Layout,
     /// Distinct chunks served to the recipient this run, and their plaintext bytes.
     served: Vec<u8>,
@@ -108,9 +138,21 @@ struct Outgoing {
     served_bytes: u64,
 }
 
+/// What a download's source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceKind {
+    /// Who sent the attachment.
+    Sender,
+    /// Another member of the group it went to.
+    Member,
+    /// One of our relays.
+    Relay,
+}
+
 /// A place a download's chunks may come from.
 struct Source {
     peer: PeerId,
+    kind: SourceKind,
     /// Served bad bytes: never asked again for this attachment.
     banned: bool,
     /// Unreachable or lacking chunks this round.
@@ -120,8 +162,12 @@ struct Source {
 }
 
 impl Source {
-    fn new(peer: PeerId) -> Self {
-        Self { peer, banned: false, resting: false, unreachable: false }
+    fn new(peer: PeerId, kind: SourceKind) -> Self {
+        Self { peer, kind, banned: false, resting: false, unreachable: false }
+    }
+
+    fn available(&self) -> bool {
+        !self.banned && !self.resting
     }
 }
 
@@ -143,6 +189,51 @@ struct Download {
     chunks_done: u32,
     bytes_done: u64,
     last_error: Option<ChunkError>,
+    /// A group's attachment: the source each chunk is asked of first, by `index mod len`
+    /// (`None`: a chunk homed here, asked of the sender). Empty for a direct attachment.
+    homes: Vec<Option<usize>>,
+    /// Chunks whose home member did not have them yet, asked again at `later_at`.
+    later: Vec<u32>,
+    later_at: Option<Instant>,
+    later_backoff: Duration,
+    /// When each chunk's home member first did not have it.
+    home_missed: HashMap<u32, Instant>,
+}
+
+impl Download {
+    /// The member chunk `index` is homed at, as a source.
+    fn home(&self, index: u32) -> Option<usize> {
+        let n = self.homes.len();
+        if n == 0 {
+            return None;
+        }
+        self.homes.get(index as usize % n).copied().flatten()
+    }
+
+    /// The home member to ask for chunk `index`, if it may be asked now.
+    fn home_source(&self, index: u32, now: Instant) -> Option<usize> {
+        let home = self.home(index)?;
+        let source = self.sources.get(home)?;
+        let patient = self
+            .home_missed
+            .get(&index)
+            .is_none_or(|since| now.saturating_duration_since(*since) < HOME_PATIENCE);
+        (source.available() && !source.unreachable && patient).then_some(home)
+    }
+
+    /// The next source in turn for a chunk not asked of its home: the sender or a relay, else
+    /// (both unavailable) another member.
+    fn next_source(&self) -> Option<usize> {
+        let n = self.sources.len();
+        let in_turn = |members: bool| {
+            (0..n).map(|k| (self.cursor + k) % n.max(1)).find(|i| {
+                self.sources
+                    .get(*i)
+                    .is_some_and(|s| s.available() && (s.kind == SourceKind::Member) == members)
+            })
+        };
+        in_turn(false).or_else(|| in_turn(true))
+    }
 }
 
 struct Upload {
@@ -160,11 +251,17 @@ struct Upload {
 struct Put {
     media: MediaId,
     relay: PeerId,
+    recipient: UserId,
     index: u32,
 }
 
+/// An upload: an attachment, the relay it goes to, and the member it is held for there.
+type UploadKey = (MediaId, PeerId, UserId);
+
 /// The attachments' state. `R` names upload requests.
 pub(crate) struct Transfers<R> {
+    /// Who we are (a group's attachment: which chunks are homed here).
+    me: UserId,
     store: MediaStore,
     max_bytes: u64,
     downloads_dir: PathBuf,
@@ -174,8 +271,10 @@ pub(crate) struct Transfers<R> {
     /// Incoming attachments recorded, to start after the flush that makes their records
     /// durable.
     starting: Vec<MediaId>,
-    uploads: HashMap<(MediaId, PeerId), Upload>,
+    uploads: HashMap<UploadKey, Upload>,
     puts: HashMap<R, Put>,
+    /// The groups' attachments we receive or received, and their group.
+    held: HashMap<MediaId, GroupId>,
     /// What the fetch server may hand out (shared with it).
     catalog: Catalog,
     dirty: bool,
@@ -183,9 +282,11 @@ pub(crate) struct Transfers<R> {
 }
 
 impl<R: Copy + Eq + Hash> Transfers<R> {
-    /// Opens the records in `store`: outgoing attachments older than `retention` (or whose
-    /// sealed copy is gone) are forgotten, unfinished downloads are queued to start.
+    /// Opens the records in `store` for user `me`: outgoing attachments older than `retention`
+    /// (or whose sealed copy is gone) are forgotten, as are the groups' attachments received
+    /// longer ago (we stop serving them); unfinished downloads are queued to start.
     pub(crate) fn open(
+        me: UserId,
         store: MediaStore,
         sealed_dir: PathBuf,
         downloads_dir: PathBuf,
@@ -194,6 +295,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         now: UnixMillis,
     ) -> Result<Self, MediaStoreError> {
         let mut transfers = Self {
+            me,
             store,
             max_bytes,
             downloads_dir,
@@ -203,6 +305,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             starting: Vec::new(),
             uploads: HashMap::new(),
             puts: HashMap::new(),
+            held: HashMap::new(),
             catalog: Catalog::default(),
             dirty: false,
             actions: VecDeque::new(),
@@ -221,9 +324,23 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             }
             transfers.add_outgoing(id, record, layout, groups.get(&id).copied());
         }
+        for (id, held) in transfers.store.held()? {
+            if now.saturating_sub(held.received_at) > retention {
+                transfers.store.delete_held(&id);
+                transfers.dirty = true;
+            } else {
+                transfers.held.insert(id, held.group);
+            }
+        }
         for (id, record) in transfers.store.incoming()? {
-            if record.state == IncomingState::Downloading {
-                transfers.starting.push(id);
+            match &record.state {
+                IncomingState::Downloading => transfers.starting.push(id),
+                IncomingState::Complete(path) => {
+                    if let Some(group) = transfers.held.get(&id).copied() {
+                        transfers.serve_held(id, group, path.clone(), &record.manifest);
+                    }
+                }
+                IncomingState::Failed(_) => {}
             }
         }
         Ok(transfers)
@@ -236,7 +353,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
 
     /// When a retry is next due.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let downloads = self.downloads.values().filter_map(|d| d.retry_at);
+        let downloads = self.downloads.values().flat_map(|d| [d.retry_at, d.later_at]).flatten();
         let uploads = self.uploads.values().filter_map(|u| u.retry_at);
         downloads.chain(uploads).min()
     }
@@ -294,6 +411,36 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         }
     }
 
+    /// Records where the uploads of `media` for `recipient` stand (the attachment's record for
+    /// its recipient, a member's own record for a group's).
+    fn save_relays(&mut self, media: &MediaId, recipient: &UserId) {
+        let Some(outgoing) = self.outgoing.get(media) else { return };
+        match outgoing.group {
+            None => self.put_outgoing(media),
+            Some(_) => {
+                let lists = outgoing.member_uploads.get(recipient).cloned().unwrap_or_default();
+                self.store.put_member_uploads(media, recipient, &lists);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Serves a group's attachment we received (or receive: `plain` is then the partial file)
+    /// to the group's members.
+    fn serve_held(
+        &mut self,
+        media: MediaId,
+        group: GroupId,
+        plain: PathBuf,
+        manifest: &MediaManifest,
+    ) {
+        let Ok(layout) = Layout::of(manifest, u64::MAX) else { return };
+        if let Ok(mut held) = self.catalog.held.write() {
+            let manifest = Arc::new(manifest.clone());
+            held.insert(media, Held { group, plain, layout, manifest });
+        }
+    }
+
     /// Serves an attachment we sent (here and on fetch streams); to `group`'s members if it
     /// went to a group.
     fn add_outgoing(
@@ -309,8 +456,23 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             catalog.insert(id, Served { to: record.to, group, sealed, layout, hashes });
         }
         let served = bitmap(layout.chunks());
-        self.outgoing
-            .insert(id, Outgoing { record, layout, served, served_chunks: 0, served_bytes: 0 });
+        let member_uploads = match group {
+            Some(_) => self.store.member_uploads(&id).unwrap_or_else(|e| {
+                tracing::error!("reading an attachment's uploads for offline members: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        let outgoing = Outgoing {
+            record,
+            group,
+            member_uploads: member_uploads.into_iter().collect(),
+            layout,
+            served,
+            served_chunks: 0,
+            served_bytes: 0,
+        };
+        self.outgoing.insert(id, outgoing);
     }
 
     /// Attachments exchanged with `peer` (all of them for `None`).
@@ -330,7 +492,8 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                 size: o.record.size,
                 state: AttachmentState::Sent {
                     source: o.record.source.clone(),
-                    relays: o.record.uploaded.len(),
+                    relays: o.record.uploaded.len()
+                        + o.member_uploads.values().map(|u| u.uploaded.len()).sum::<usize>(),
                 },
                 thumbnail: None,
             });
@@ -418,57 +581,86 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         }
     }
 
+    /// The attachment message `id` carries (for a group's message, its copy for one member),
+    /// and whom that copy is for.
+    fn sent_as(&self, id: &MessageId) -> Option<(MediaId, UserId)> {
+        let members = self.catalog.members.read().ok()?;
+        self.outgoing.iter().find_map(|(media, o)| {
+            if o.record.message == *id {
+                return Some((*media, o.record.to));
+            }
+            let members = members.get(&o.group?)?;
+            let member = members.iter().find(|m| group_copy_id(&o.record.message, m) == *id)?;
+            Some((*media, *member))
+        })
+    }
+
     /// The manifest of message `id` reached the recipient's relays (it could not be
-    /// delivered directly): upload the attachment's chunks to each of them.
+    /// delivered directly; for a group, `id` is a member's copy): upload the attachment's
+    /// chunks to each of them, held there for that recipient.
     pub(crate) fn stored_at(&mut self, id: MessageId, relays: Vec<Multiaddr>) {
-        let Some((media, outgoing)) =
-            self.outgoing.iter_mut().find(|(_, o)| o.record.message == id)
-        else {
-            return;
+        let Some((media, recipient)) = self.sent_as(&id) else { return };
+        let Some(outgoing) = self.outgoing.get_mut(&media) else { return };
+        let message = outgoing.record.message;
+        let (pending, uploaded) = match outgoing.group {
+            None => (&mut outgoing.record.pending_uploads, &outgoing.record.uploaded),
+            Some(_) => {
+                let lists = outgoing.member_uploads.entry(recipient).or_default();
+                (&mut lists.pending, &lists.uploaded)
+            }
         };
-        let media = *media;
         let mut changed = false;
         for address in &relays {
             let bytes = address.to_vec();
-            if !outgoing.record.pending_uploads.contains(&bytes)
-                && !outgoing.record.uploaded.contains(&bytes)
-            {
-                outgoing.record.pending_uploads.push(bytes);
+            if !pending.contains(&bytes) && !uploaded.contains(&bytes) {
+                pending.push(bytes);
                 changed = true;
             }
         }
-        let message = outgoing.record.message;
         if changed {
-            self.put_outgoing(&media);
+            self.save_relays(&media, &recipient);
         }
         for address in relays {
-            self.start_upload(media, message, address);
+            self.start_upload(media, recipient, message, address);
         }
     }
 
     /// Resumes the uploads a previous run left unfinished.
     pub(crate) fn resume_uploads(&mut self) {
-        let pending: Vec<(MediaId, MessageId, Vec<Vec<u8>>)> = self
-            .outgoing
-            .iter()
-            .filter(|(_, o)| !o.record.pending_uploads.is_empty())
-            .map(|(m, o)| (*m, o.record.message, o.record.pending_uploads.clone()))
-            .collect();
-        for (media, message, relays) in pending {
-            for address in relays.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()) {
-                self.start_upload(media, message, address);
+        let mut pending: Vec<(MediaId, UserId, MessageId, Vec<u8>)> = Vec::new();
+        for (media, o) in &self.outgoing {
+            let message = o.record.message;
+            for address in &o.record.pending_uploads {
+                pending.push((*media, o.record.to, message, address.clone()));
+            }
+            for (member, lists) in &o.member_uploads {
+                for address in &lists.pending {
+                    pending.push((*media, *member, message, address.clone()));
+                }
+            }
+        }
+        for (media, recipient, message, address) in pending {
+            if let Ok(address) = Multiaddr::try_from(address) {
+                self.start_upload(media, recipient, message, address);
             }
         }
     }
 
-    fn start_upload(&mut self, media: MediaId, message: MessageId, address: Multiaddr) {
+    fn start_upload(
+        &mut self,
+        media: MediaId,
+        recipient: UserId,
+        message: MessageId,
+        address: Multiaddr,
+    ) {
         let Some(relay) = peer_of(&address) else { return };
-        if self.uploads.contains_key(&(media, relay)) {
+        let key = (media, relay, recipient);
+        if self.uploads.contains_key(&key) {
             return;
         }
         self.actions.push_back(MediaAction::AddAddress(relay, address.clone()));
         self.uploads.insert(
-            (media, relay),
+            key,
             Upload {
                 message,
                 address,
@@ -480,17 +672,18 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                 backoff: RETRY_FIRST,
             },
         );
-        self.pump_upload(media, relay);
+        self.pump_upload(key);
     }
 
     /// Reads the next chunks of an upload; each is sent when read.
-    fn pump_upload(&mut self, media: MediaId, relay: PeerId) {
+    fn pump_upload(&mut self, key: UploadKey) {
+        let (media, relay, recipient) = key;
         let Some(outgoing) = self.outgoing.get(&media) else {
-            self.uploads.remove(&(media, relay));
+            self.uploads.remove(&key);
             return;
         };
         let sealed = self.sealed_dir.join(media.to_string());
-        let Some(upload) = self.uploads.get_mut(&(media, relay)) else { return };
+        let Some(upload) = self.uploads.get_mut(&key) else { return };
         if upload.retry_at.is_some() {
             return;
         }
@@ -507,6 +700,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             self.actions.push_back(MediaAction::Read {
                 media,
                 relay,
+                recipient,
                 index,
                 path: sealed.clone(),
                 offset: outgoing.layout.sealed_offset(index),
@@ -520,21 +714,29 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         &mut self,
         media: MediaId,
         relay: PeerId,
+        recipient: UserId,
         index: u32,
         data: std::io::Result<Vec<u8>>,
     ) {
+        let key = (media, relay, recipient);
         let (Ok(data), Some(outgoing)) = (data, self.outgoing.get(&media)) else {
-            self.upload_refused(media, relay, MediaRefusal::Unavailable);
+            self.upload_refused(key, MediaRefusal::Unavailable);
             return;
         };
         let Some(hash) = outgoing.record.hashes.get(index as usize).copied() else { return };
-        let recipient = outgoing.record.to;
         self.actions.push_back(MediaAction::Put { media, relay, index, recipient, hash, data });
     }
 
     /// The driver sent a [`MediaAction::Put`] as `request`.
-    pub(crate) fn put_sent(&mut self, request: R, media: MediaId, relay: PeerId, index: u32) {
-        self.puts.insert(request, Put { media, relay, index });
+    pub(crate) fn put_sent(
+        &mut self,
+        request: R,
+        media: MediaId,
+        relay: PeerId,
+        recipient: UserId,
+        index: u32,
+    ) {
+        self.puts.insert(request, Put { media, relay, recipient, index });
     }
 
     /// A relay answered an upload (`None`: the request failed).
@@ -544,27 +746,24 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         response: Option<MediaResponse>,
         now: Instant,
     ) {
-        let Some(Put { media, relay, index }) = self.puts.remove(&request) else { return };
+        let Some(Put { media, relay, recipient, index }) = self.puts.remove(&request) else {
+            return;
+        };
+        let key = (media, relay, recipient);
         match response {
-            Some(MediaResponse::Stored) => self.upload_answered(media, relay, index, true, now),
+            Some(MediaResponse::Stored) => self.upload_answered(key, index, true, now),
             Some(MediaResponse::Refused(reason))
                 if !matches!(reason, MediaRefusal::RateLimited | MediaRefusal::Unavailable) =>
             {
-                self.upload_refused(media, relay, reason)
+                self.upload_refused(key, reason)
             }
-            _ => self.upload_answered(media, relay, index, false, now),
+            _ => self.upload_answered(key, index, false, now),
         }
     }
 
-    fn upload_answered(
-        &mut self,
-        media: MediaId,
-        relay: PeerId,
-        index: u32,
-        stored: bool,
-        now: Instant,
-    ) {
-        let Some(upload) = self.uploads.get_mut(&(media, relay)) else { return };
+    fn upload_answered(&mut self, key: UploadKey, index: u32, stored: bool, now: Instant) {
+        let (media, relay, recipient) = key;
+        let Some(upload) = self.uploads.get_mut(&key) else { return };
         upload.in_flight = upload.in_flight.saturating_sub(1);
         if !stored {
             upload.retry.push(index);
@@ -578,13 +777,12 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         upload.backoff = RETRY_FIRST;
         let (message, stored, address) = (upload.message, upload.stored, upload.address.clone());
         let Some(outgoing) = self.outgoing.get(&media) else { return };
-        let (chunks, size, to) =
-            (outgoing.layout.chunks(), outgoing.layout.size(), outgoing.record.to);
+        let (chunks, size) = (outgoing.layout.chunks(), outgoing.layout.size());
         let bytes_done = (u64::from(stored) * u64::from(outgoing.layout.chunk_size())).min(size);
         self.actions.push_back(MediaAction::Event(MediaEvent::Progress {
             media,
             message,
-            peer: to,
+            peer: recipient,
             direction: TransferDirection::Sending,
             relay: Some(relay),
             chunks_done: stored,
@@ -593,27 +791,42 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
             bytes: size,
         }));
         if stored < chunks {
-            self.pump_upload(media, relay);
+            self.pump_upload(key);
             return;
         }
-        self.uploads.remove(&(media, relay));
+        self.uploads.remove(&key);
         let Some(outgoing) = self.outgoing.get_mut(&media) else { return };
+        let (pending, uploaded) = match outgoing.group {
+            None => (&mut outgoing.record.pending_uploads, &mut outgoing.record.uploaded),
+            Some(_) => {
+                let lists = outgoing.member_uploads.entry(recipient).or_default();
+                (&mut lists.pending, &mut lists.uploaded)
+            }
+        };
         let bytes = address.to_vec();
-        outgoing.record.pending_uploads.retain(|a| *a != bytes);
-        if !outgoing.record.uploaded.contains(&bytes) {
-            outgoing.record.uploaded.push(bytes);
+        pending.retain(|a| *a != bytes);
+        if !uploaded.contains(&bytes) {
+            uploaded.push(bytes);
         }
-        self.put_outgoing(&media);
+        self.save_relays(&media, &recipient);
         tracing::info!("attachment uploaded to relay …{}", crate::short(&relay));
         self.actions.push_back(MediaAction::Event(MediaEvent::Uploaded { media, message, relay }));
     }
 
-    fn upload_refused(&mut self, media: MediaId, relay: PeerId, reason: MediaRefusal) {
-        let Some(upload) = self.uploads.remove(&(media, relay)) else { return };
+    fn upload_refused(&mut self, key: UploadKey, reason: MediaRefusal) {
+        let (media, relay, recipient) = key;
+        let Some(upload) = self.uploads.remove(&key) else { return };
         if let Some(outgoing) = self.outgoing.get_mut(&media) {
             let bytes = upload.address.to_vec();
-            outgoing.record.pending_uploads.retain(|a| *a != bytes);
-            self.put_outgoing(&media);
+            match outgoing.group {
+                None => outgoing.record.pending_uploads.retain(|a| *a != bytes),
+                Some(_) => {
+                    if let Some(lists) = outgoing.member_uploads.get_mut(&recipient) {
+                        lists.pending.retain(|a| *a != bytes);
+                    }
+                }
+            }
+            self.save_relays(&media, &recipient);
         }
         tracing::warn!("relay …{} refused an attachment: {reason:?}", crate::short(&relay));
         self.actions.push_back(MediaAction::Event(MediaEvent::Failed {
@@ -652,7 +865,13 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
     pub(crate) fn incoming(&mut self, event: &Event) {
         let Event::Message(message) = event else { return };
         let Message {
-            id, peer, direction: Direction::Incoming, body: Some(Body::Media(m)), ..
+            id,
+            peer,
+            group,
+            direction: Direction::Incoming,
+            body: Some(Body::Media(m)),
+            stored_at,
+            ..
         } = message.as_ref()
         else {
             return;
@@ -671,6 +890,10 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         if let Err(e) = self.store.put_incoming(&media, &record) {
             tracing::error!("recording an incoming attachment: {e}");
             return;
+        }
+        if let (Some(group), Ok(_)) = (group, &layout) {
+            self.store.put_held(&media, &HeldRecord { group: *group, received_at: *stored_at });
+            self.held.insert(media, *group);
         }
         self.dirty = true;
         match layout {
@@ -730,7 +953,36 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         });
         let mut sources = Vec::new();
         if let Ok(peer) = peer_id_of(&record.from) {
-            sources.push(Source::new(peer));
+            sources.push(Source::new(peer, SourceKind::Sender));
+        }
+        let mut missing = missing;
+        let mut homes = Vec::new();
+        if let Some(group) = self.held.get(&media).copied() {
+            let partial = super::files::partial_path(&self.downloads_dir, &media);
+            self.serve_held(media, group, partial, &record.manifest);
+            // The members but the sender, in the same order for every member.
+            let mut members: Vec<UserId> = self
+                .catalog
+                .members
+                .read()
+                .ok()
+                .and_then(|m| m.get(&group).map(|m| m.iter().copied().collect()))
+                .unwrap_or_default();
+            members.retain(|m| *m != record.from);
+            members.sort_unstable();
+            for member in &members {
+                if *member == self.me {
+                    homes.push(None);
+                } else if let Ok(peer) = peer_id_of(member) {
+                    homes.push(Some(sources.len()));
+                    sources.push(Source::new(peer, SourceKind::Member));
+                }
+            }
+            // Our own chunks first (the other members wait for them), then the rest in order.
+            if let Some(here) = homes.iter().position(Option::is_none) {
+                let n = homes.len();
+                missing.make_contiguous().sort_by_key(|i| (*i as usize % n != here, *i));
+            }
         }
         self.downloads.insert(
             media,
@@ -750,6 +1002,11 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
                 chunks_done,
                 bytes_done,
                 last_error: None,
+                homes,
+                later: Vec::new(),
+                later_at: None,
+                later_backoff: HOME_RETRY_FIRST,
+                home_missed: HashMap::new(),
             },
         );
         if chunks_done == layout.chunks() {
@@ -767,13 +1024,14 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         for (peer, address) in relays {
             if !download.sources.iter().any(|s| s.peer == *peer) {
                 self.actions.push_back(MediaAction::AddAddress(*peer, address.clone()));
-                download.sources.push(Source::new(*peer));
+                download.sources.push(Source::new(*peer, SourceKind::Relay));
             }
         }
     }
 
-    /// Sends chunk requests until [`PARALLEL_CHUNKS`] are in flight, each to the next source
-    /// in turn that is neither banned nor resting.
+    /// Sends chunk requests until [`PARALLEL_CHUNKS`] are in flight, each to its home member
+    /// (a group's attachment) or else to the next source in turn that is neither banned nor
+    /// resting.
     fn pump_download(&mut self, media: MediaId, relays: &[(PeerId, Multiaddr)], now: Instant) {
         self.add_relay_sources(media, relays);
         let Some(download) = self.downloads.get_mut(&media) else { return };
@@ -782,16 +1040,16 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         }
         while download.in_flight < PARALLEL_CHUNKS {
             let Some(index) = download.missing.pop_front() else { break };
-            let n = download.sources.len();
-            let pick = (0..n)
-                .map(|k| (download.cursor + k) % n.max(1))
-                .find(|i| download.sources.get(*i).is_some_and(|s| !s.banned && !s.resting));
+            let home = download.home_source(index, now);
+            let pick = home.or_else(|| download.next_source());
             let hash = download.manifest.chunk_hashes.get(index as usize);
             let (Some(source), Some(hash)) = (pick, hash) else {
                 download.stalled.push(index);
                 continue;
             };
-            download.cursor = source + 1;
+            if home.is_none() {
+                download.cursor = source + 1;
+            }
             let Some(peer) = download.sources.get(source).map(|s| s.peer) else { continue };
             download.in_flight += 1;
             download.assigned.insert(index, source);
@@ -830,6 +1088,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
     /// A download failed for good: its partial file goes, its record says why.
     pub(crate) fn fail_download(&mut self, media: MediaId, reason: MediaFailure) {
         let Some(download) = self.downloads.remove(&media) else { return };
+        self.stop_serving_held(&media);
         self.actions.push_back(MediaAction::StopWriter(media));
         self.actions.push_back(MediaAction::RemoveFile(super::files::partial_path(
             &self.downloads_dir,
@@ -872,6 +1131,38 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         self.pump_download(media, relays, now);
     }
 
+    /// We no longer serve a group's attachment we were receiving.
+    fn stop_serving_held(&mut self, media: &MediaId) {
+        if self.held.remove(media).is_some() {
+            self.store.delete_held(media);
+            self.dirty = true;
+        }
+        if let Ok(mut held) = self.catalog.held.write() {
+            held.remove(media);
+        }
+    }
+
+    /// The home member of chunk `index` does not have it yet: it is asked again later, and
+    /// of the sender once [`HOME_PATIENCE`] has passed.
+    fn home_missed(
+        &mut self,
+        media: MediaId,
+        index: u32,
+        relays: &[(PeerId, Multiaddr)],
+        now: Instant,
+    ) {
+        let Some(download) = self.downloads.get_mut(&media) else { return };
+        download.in_flight = download.in_flight.saturating_sub(1);
+        download.assigned.remove(&index);
+        download.home_missed.entry(index).or_insert(now);
+        download.later.push(index);
+        if download.later_at.is_none() {
+            download.later_at = Some(now + download.later_backoff);
+            download.later_backoff = (download.later_backoff * 2).min(HOME_RETRY_MAX);
+        }
+        self.pump_download(media, relays, now);
+    }
+
     /// A fetch stream answered: a chunk goes to be verified, anything else is a miss.
     pub(crate) fn fetched(
         &mut self,
@@ -883,7 +1174,15 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         now: Instant,
     ) {
         let MediaResponse::Chunk { data } = response else {
-            self.chunk_missed(media, index, source, false, relays, now);
+            let from_home = self
+                .downloads
+                .get(&media)
+                .is_some_and(|d| d.home_source(index, now) == Some(source));
+            if from_home && response == MediaResponse::NotFound {
+                self.home_missed(media, index, relays, now);
+            } else {
+                self.chunk_missed(media, index, source, false, relays, now);
+            }
             return;
         };
         let Some(download) = self.downloads.get_mut(&media) else { return };
@@ -932,6 +1231,7 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         let Some(download) = self.downloads.get_mut(&media) else { return };
         download.in_flight = download.in_flight.saturating_sub(1);
         if let Some(bytes) = bytes {
+            download.later_backoff = HOME_RETRY_FIRST;
             download.chunks_done += 1;
             download.bytes_done += bytes;
             let event = MediaEvent::Progress {
@@ -982,12 +1282,18 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         self.pump_download(media, relays, now);
     }
 
-    /// The writer saved a download: the relays among its sources may drop their copies.
+    /// The writer saved a download: the relays among its sources may drop their copies; a
+    /// group's attachment is served from the saved file from now on.
     pub(crate) fn completed(&mut self, media: MediaId, path: PathBuf) {
         let Some(download) = self.downloads.remove(&media) else { return };
         self.actions.push_back(MediaAction::StopWriter(media));
         tracing::info!("attachment saved to {}", path.display());
-        for source in download.sources.iter().skip(1) {
+        if let Ok(mut held) = self.catalog.held.write()
+            && let Some(held) = held.get_mut(&media)
+        {
+            held.plain = path.clone();
+        }
+        for source in download.sources.iter().filter(|s| s.kind == SourceKind::Relay) {
             let hashes = download.manifest.chunk_hashes.clone();
             self.actions.push_back(MediaAction::Delete { relay: source.peer, hashes });
         }
@@ -1009,17 +1315,30 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         for media in due {
             self.retry_download(media, relays, now);
         }
-        let due: Vec<(MediaId, PeerId)> = self
+        let later: Vec<MediaId> = self
+            .downloads
+            .iter()
+            .filter(|(_, d)| d.later_at.is_some_and(|at| at <= now))
+            .map(|(m, _)| *m)
+            .collect();
+        for media in later {
+            let Some(download) = self.downloads.get_mut(&media) else { continue };
+            download.later_at = None;
+            let later = std::mem::take(&mut download.later);
+            download.missing.extend(later);
+            self.pump_download(media, relays, now);
+        }
+        let due: Vec<UploadKey> = self
             .uploads
             .iter()
             .filter(|(_, u)| u.retry_at.is_some_and(|at| at <= now))
             .map(|(k, _)| *k)
             .collect();
-        for (media, relay) in due {
-            if let Some(upload) = self.uploads.get_mut(&(media, relay)) {
+        for key in due {
+            if let Some(upload) = self.uploads.get_mut(&key) {
                 upload.retry_at = None;
             }
-            self.pump_upload(media, relay);
+            self.pump_upload(key);
         }
     }
 
@@ -1034,8 +1353,14 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         self.pump_download(media, relays, now);
     }
 
-    /// A peer connected: downloads waiting for it try again now.
+    /// A peer connected: downloads waiting for it try again now (a member that could not be
+    /// reached is again asked for the chunks homed at it).
     pub(crate) fn connected(&mut self, peer: PeerId, relays: &[(PeerId, Multiaddr)], now: Instant) {
+        for download in self.downloads.values_mut() {
+            for source in download.sources.iter_mut().filter(|s| s.peer == peer) {
+                source.unreachable = false;
+            }
+        }
         let waiting: Vec<MediaId> = self
             .downloads
             .iter()
