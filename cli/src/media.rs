@@ -64,6 +64,50 @@ fn bar(total: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// What a `send-file` follows of the daemon's events, for one attachment.
+struct Follow {
+    media: String,
+    /// Whether the recipient itself is fetching: then a relay holding the file too is not
+    /// where the transfer ends.
+    direct: bool,
+}
+
+/// What an event means to a `send-file`.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Bytes done so far.
+    Progress(u64),
+    /// The transfer ended.
+    Done(Outcome),
+    /// It failed, for this reason.
+    Failed(String),
+    /// Not about it.
+    Nothing,
+}
+
+impl Follow {
+    fn step(&mut self, event: &Value) -> Step {
+        if event["media"].as_str() != Some(self.media.as_str()) {
+            return Step::Nothing;
+        }
+        match event["type"].as_str() {
+            Some("media_progress") if event["direction"] == "sending" => {
+                let relay = event["relay"].is_string();
+                self.direct |= !relay;
+                if !relay && event["chunks_done"] == event["chunks"] {
+                    return Step::Done(Outcome::Delivered);
+                }
+                Step::Progress(event["bytes_done"].as_u64().unwrap_or(0))
+            }
+            Some("media_uploaded") if !self.direct => Step::Done(Outcome::OnRelay),
+            Some("media_failed") => {
+                Step::Failed(event["reason"].as_str().unwrap_or("the transfer failed").to_owned())
+            }
+            _ => Step::Nothing,
+        }
+    }
+}
+
 /// Sends `path` to `to`, then follows the transfer until the recipient or one of its relays has
 /// every chunk (unless `no_wait`).
 pub(crate) async fn send_file(
@@ -99,29 +143,14 @@ pub(crate) async fn send_file(
     let progress = bar(sent["size"].as_u64().unwrap_or(0), &format!("sending {name}"));
     // Redrawn on its own too, so rate and ETA move between chunks.
     progress.enable_steady_tick(Duration::from_millis(200));
-    // Whether the recipient itself is fetching: then a relay holding the file too is not
-    // where the transfer ends.
-    let mut direct = false;
+    let mut follow = Follow { media, direct: false };
     let wait = async {
         while let Some(event) = events.recv().await {
-            if event["media"].as_str() != Some(media.as_str()) {
-                continue;
-            }
-            match event["type"].as_str() {
-                Some("media_progress") if event["direction"] == "sending" => {
-                    let done = event["bytes_done"].as_u64().unwrap_or(0);
-                    progress.set_position(done.max(progress.position()));
-                    let relay = event["relay"].is_string();
-                    direct |= !relay;
-                    if !relay && event["chunks_done"] == event["chunks"] {
-                        return Ok(Outcome::Delivered);
-                    }
-                }
-                Some("media_uploaded") if !direct => return Ok(Outcome::OnRelay),
-                Some("media_failed") => {
-                    anyhow::bail!("{}", event["reason"].as_str().unwrap_or("the transfer failed"))
-                }
-                _ => {}
+            match follow.step(&event) {
+                Step::Progress(done) => progress.set_position(done.max(progress.position())),
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Failed(reason) => anyhow::bail!("{reason}"),
+                Step::Nothing => {}
             }
         }
         anyhow::bail!("the node stopped")
@@ -190,5 +219,36 @@ pub(crate) async fn show_downloads(node: kith_node::Node) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(relay: Option<&str>, done: u32) -> Value {
+        json!({ "type": "media_progress", "media": "m", "direction": "sending", "relay": relay,
+                "chunks_done": done, "chunks": 3, "bytes_done": u64::from(done) * 10 })
+    }
+
+    /// Issue 18: `send-file` to a recipient who was online said "bob's relay holds the file"
+    /// as soon as a relay had every chunk, while Bob himself was still fetching it.
+    #[test]
+    fn a_relay_holding_the_file_does_not_end_a_transfer_the_recipient_itself_is_fetching() {
+        let uploaded = json!({ "type": "media_uploaded", "media": "m", "relay": "r" });
+        let mut follow = Follow { media: "m".into(), direct: false };
+        assert_eq!(follow.step(&progress(None, 1)), Step::Progress(10));
+        assert_eq!(follow.step(&progress(Some("r"), 3)), Step::Progress(30));
+        assert_eq!(follow.step(&uploaded), Step::Nothing, "Bob is fetching it himself");
+        assert_eq!(follow.step(&progress(None, 3)), Step::Done(Outcome::Delivered));
+        // Nobody fetching directly (Bob offline): the relay holding it is where it ends.
+        let mut follow = Follow { media: "m".into(), direct: false };
+        assert_eq!(follow.step(&progress(Some("r"), 3)), Step::Progress(30));
+        assert_eq!(follow.step(&uploaded), Step::Done(Outcome::OnRelay));
+        // Other attachments' events are not this one's.
+        let other = json!({ "type": "media_failed", "media": "x", "reason": "no" });
+        assert_eq!(follow.step(&other), Step::Nothing);
+        let failed = json!({ "type": "media_failed", "media": "m", "reason": "refused" });
+        assert_eq!(follow.step(&failed), Step::Failed("refused".into()));
     }
 }

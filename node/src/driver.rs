@@ -1084,7 +1084,7 @@ impl Driver {
                 if !self.sessions.contains_key(&(media, source)) && self.relayed_only(&peer) {
                     // Not over a relayed connection: the sender's relays have the chunks.
                     let (relays, now) = (self.relays(), self.clock.instant());
-                    self.c.transfers.source_down(media, source, &relays, now);
+                    self.c.transfers.source_down(media, source, false, &relays, now);
                     return;
                 }
                 let session = self.sessions.entry((media, source)).or_insert_with(|| {
@@ -1100,7 +1100,7 @@ impl Driver {
                 if session.try_send((index, hash)).is_err() {
                     self.sessions.remove(&(media, source));
                     let (relays, now) = (self.relays(), self.clock.instant());
-                    self.c.transfers.source_down(media, source, &relays, now);
+                    self.c.transfers.source_down(media, source, false, &relays, now);
                 }
             }
             MediaAction::Verify { media, source, index, data, manifest, layout } => {
@@ -1171,9 +1171,9 @@ impl Driver {
             Work::Fetched { media, index, source, response } => {
                 t.fetched(media, index, source, response, &relays, now)
             }
-            Work::SourceDown { media, source } => {
+            Work::SourceDown { media, source, broke } => {
                 self.sessions.remove(&(media, source));
-                t.source_down(media, source, &relays, now);
+                t.source_down(media, source, broke, &relays, now);
             }
             Work::UploadRead { media, relay, recipient, index, data } => {
                 t.chunk_read(media, relay, recipient, index, data)

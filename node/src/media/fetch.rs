@@ -335,11 +335,11 @@ pub(crate) fn start_session(
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 tracing::debug!("fetch stream to …{}: {e}", crate::short(&peer));
-                let _ = work.send(Work::SourceDown { media, source }).await;
+                let _ = work.send(Work::SourceDown { media, source, broke: false }).await;
                 return;
             }
             Err(_) => {
-                let _ = work.send(Work::SourceDown { media, source }).await;
+                let _ = work.send(Work::SourceDown { media, source, broke: false }).await;
                 return;
             }
         };
@@ -385,7 +385,7 @@ pub(crate) fn start_session(
         };
         if let Err(e) = reading.await {
             tracing::debug!("fetch stream to …{} ended: {e}", crate::short(&peer));
-            let _ = work.send(Work::SourceDown { media, source }).await;
+            let _ = work.send(Work::SourceDown { media, source, broke: true }).await;
         }
     });
     requests_tx

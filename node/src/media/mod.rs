@@ -263,8 +263,8 @@ pub(crate) enum Work {
     BlobServed,
     /// A fetch stream answered a chunk request.
     Fetched { media: MediaId, index: u32, source: usize, response: MediaResponse },
-    /// A fetch stream could not be opened or broke: its requests are lost.
-    SourceDown { media: MediaId, source: usize },
+    /// A fetch stream could not be opened (`broke: false`) or broke: its requests are lost.
+    SourceDown { media: MediaId, source: usize, broke: bool },
     /// A chunk read for an upload.
     UploadRead {
         media: MediaId,

@@ -1200,23 +1200,35 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         });
     }
 
-    /// A download's fetch stream to source `source` is gone: its requests are lost.
+    /// A download's fetch stream to source `source` is gone (it could not be opened, or
+    /// `broke` after it was): its requests are lost. A group member whose stream broke is
+    /// asked again on a new stream after the short back-off of a chunk it did not have (within
+    /// [`HOME_PATIENCE`]); any other source rests, marked unreachable.
     pub(crate) fn source_down(
         &mut self,
         media: MediaId,
         source: usize,
+        broke: bool,
         relays: &[(PeerId, Multiaddr)],
         now: Instant,
     ) {
-        let Some(download) = self.downloads.get(&media) else { return };
+        let Some(mut download) = self.downloads.get(&media) else { return };
         let lost: Vec<u32> = download
             .assigned
             .iter()
             .filter(|(_, s)| **s == source)
             .map(|(index, _)| *index)
             .collect();
+        let member = download.sources.get(source).is_some_and(|s| s.kind == SourceKind::Member);
         for index in lost {
-            self.chunk_missed(media, index, source, true, relays, now);
+            let from_home = download.home_source(index, now) == Some(source);
+            if broke && member && from_home {
+                self.home_missed(media, index, relays, now);
+            } else {
+                self.chunk_missed(media, index, source, true, relays, now);
+            }
+            let Some(next) = self.downloads.get(&media) else { return };
+            download = next;
         }
     }
 

@@ -249,14 +249,21 @@ impl From<&Attachment> for AttachmentJson {
                 json.failure = Some(why.clone());
             }
         }
-        // Only the header of a file on our disk is read, for what is an image by its type.
-        if crate::media::thumbnail::previewable(&a.mime)
-            && let Some(path) = &json.path
+        json
+    }
+}
+
+impl AttachmentJson {
+    /// With `image` read from the header of the file on our disk, for what is an image by its
+    /// type. Reads the disk: call it on a blocking thread.
+    pub(crate) fn with_image_size(mut self) -> Self {
+        if crate::media::thumbnail::previewable(&self.mime)
+            && let Some(path) = &self.path
         {
-            json.image = crate::media::thumbnail::dimensions(std::path::Path::new(path))
+            self.image = crate::media::thumbnail::dimensions(std::path::Path::new(path))
                 .map(|(w, h)| [w, h]);
         }
-        json
+        self
     }
 }
 

@@ -115,6 +115,15 @@ impl From<NodeError> for RpcError {
     }
 }
 
+/// Runs `work`, which reads the disk, on a blocking thread (not on the socket's task).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RpcError::refused(format!("reading attachments failed: {e}")))
+}
+
 /// Why relays refused message `id`, from the events seen so far (empty if none did).
 fn relay_refusals(events: &mut crate::Events, id: MessageId) -> String {
     let mut reasons: Vec<&'static str> = Vec::new();
@@ -464,7 +473,11 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 None => None,
             };
             let list = node.attachments(peer).await?;
-            Ok(to_json(list.iter().map(AttachmentJson::from).collect::<Vec<_>>()))
+            let list = blocking(move || {
+                list.iter().map(|a| AttachmentJson::from(a).with_image_size()).collect::<Vec<_>>()
+            })
+            .await?;
+            Ok(to_json(list))
         }
         "history" => {
             let p: params::History = parse(params)?;
@@ -483,15 +496,20 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 }
                 _ => return Err(RpcError::invalid_params("give either `peer` or `group`")),
             };
-            let list: Vec<MessageJson> = messages
-                .iter()
-                .map(|m| {
-                    let mut json = MessageJson::from(m);
-                    json.attachment =
-                        attachments.iter().find(|a| a.message == m.id).map(AttachmentJson::from);
-                    json
-                })
-                .collect();
+            let list = blocking(move || {
+                messages
+                    .iter()
+                    .map(|m| {
+                        let mut json = MessageJson::from(m);
+                        json.attachment = attachments
+                            .iter()
+                            .find(|a| a.message == m.id)
+                            .map(|a| AttachmentJson::from(a).with_image_size());
+                        json
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
             Ok(to_json(list))
         }
         "message" => {
