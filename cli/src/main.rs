@@ -542,7 +542,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::print_stdout, reason = "printing is this binary's job")]
+#[allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "printing is this binary's job; warnings go to stderr"
+)]
 async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()> {
     match command {
         ContactCommand::Add { contact, name } => {
@@ -567,10 +571,21 @@ async fn contact(conn: &mut Conn, command: ContactCommand) -> anyhow::Result<()>
                 .find(|c| c["peer_id"] == peer.as_str())
                 .and_then(|c| c["name"].as_str().map(str::to_owned));
             conn.call("contact.add", json!({ "contact": contact, "name": name })).await?;
-            match known {
+            match &known {
                 Some(old) if old == name.trim() => say!("{old} is already a contact"),
                 Some(old) => say!("renamed {old} to {}", name.trim()),
                 None => say!("added {}", name.trim()),
+            }
+            // A peer id is a key and carries no checksum: one with a typo is a valid id of
+            // nobody. Look for its owner, and say so when nobody answers to it.
+            if known.is_none() && conn.is_daemon() {
+                let found = conn.call("contact.find", json!({ "contact": contact })).await?;
+                if found["found"] == false {
+                    eprintln!(
+                        "warning: nobody with peer id {peer} is in the network now (not connected, no record in the DHT). Check it for typos; if it is right, messages to {} wait until they come online",
+                        name.trim()
+                    );
+                }
             }
         }
         ContactCommand::List { all, json } => {

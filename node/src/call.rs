@@ -49,6 +49,8 @@ pub(crate) enum Call {
     Attachments(Option<UserId>, Reply<Result<Vec<Attachment>, MediaStoreError>>),
     /// What this relay holds (`None` if it is not a relay).
     RelayUsage(Reply<Option<RelayUsage>>),
+    /// Whether a user can be found: connected, or their record in the DHT.
+    FindUser(UserId, Reply<bool>),
     /// Every group.
     Groups(Reply<Vec<Group>>),
     /// A group by id.

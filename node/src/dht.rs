@@ -161,9 +161,10 @@ impl<Q: Copy + Eq + Hash> Dht<Q> {
         self.publish_at = self.publish_at.min(now + ADDRESS_SETTLE);
     }
 
-    /// `query` ended (its last step): a fetch that found nothing is over.
-    pub(crate) fn query_done(&mut self, query: &Q) {
-        self.fetches.remove(query);
+    /// `query` ended (its last step): a fetch that found nothing is over; the user it was
+    /// for, if so.
+    pub(crate) fn query_done(&mut self, query: &Q) -> Option<UserId> {
+        self.fetches.remove(query)
     }
 }
 

@@ -188,6 +188,8 @@ pub(crate) struct Driver {
     sessions: HashMap<(MediaId, usize), mpsc::Sender<(u32, ChunkHash)>>,
     /// Running download writers.
     writers: HashMap<MediaId, std::sync::mpsc::SyncSender<files::Incoming>>,
+    /// Who waits to learn whether a user's record is in the DHT.
+    finding: HashMap<UserId, Vec<Reply<bool>>>,
     work_tx: mpsc::Sender<Work>,
     work_rx: mpsc::Receiver<Work>,
     deferred: Vec<Deferred>,
@@ -230,6 +232,7 @@ impl Driver {
             control,
             sessions: HashMap::new(),
             writers: HashMap::new(),
+            finding: HashMap::new(),
             work_tx: work.0,
             work_rx: work.1,
             deferred: Vec::new(),
@@ -476,6 +479,14 @@ impl Driver {
             }
             Call::Attachments(peer, reply) => {
                 let _ = reply.send(self.c.transfers.list(peer));
+            }
+            Call::FindUser(user, reply) => {
+                if peer_id_of(&user).is_ok_and(|peer| self.swarm.is_connected(&peer)) {
+                    let _ = reply.send(true);
+                    return;
+                }
+                self.finding.entry(user).or_default().push(reply);
+                self.c.dht.fetch(user);
             }
             Call::RelayUsage(reply) => {
                 let usage = self.c.relay.as_ref().map(|r| {
@@ -1445,10 +1456,20 @@ impl Driver {
                                 self.swarm.behaviour_mut().addresses.extend(peer, addresses);
                             }
                         }
+                        for reply in self.finding.remove(&found.user).unwrap_or_default() {
+                            let _ = reply.send(true);
+                        }
                         self.c.mailbox.record_found(found.user, found.bundle, found.relays);
                     }
                 }
-                kad::QueryResult::GetRecord(_) if step.last => self.c.dht.query_done(&id),
+                kad::QueryResult::GetRecord(_) if step.last => {
+                    // A fetch that ends here found no record that verifies.
+                    if let Some(user) = self.c.dht.query_done(&id) {
+                        for reply in self.finding.remove(&user).unwrap_or_default() {
+                            let _ = reply.send(false);
+                        }
+                    }
+                }
                 kad::QueryResult::PutRecord(Ok(_)) => self.c.dht.published(now),
                 kad::QueryResult::PutRecord(Err(e)) => {
                     tracing::debug!("publishing our user record failed: {e}");

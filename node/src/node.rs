@@ -336,6 +336,21 @@ impl Node {
         self.metrics_addr
     }
 
+    /// Whether `user` can be found in the network now: connected to us, or their signed
+    /// record (published by every node) found in the DHT within `timeout`. `None` if the
+    /// lookup did not end in time. A peer id with a typo names a key nobody holds: it is
+    /// never found (while a user who is offline for long is not found either).
+    pub async fn find_user(
+        &self,
+        user: UserId,
+        timeout: Duration,
+    ) -> Result<Option<bool>, NodeError> {
+        match tokio::time::timeout(timeout, self.ask(|reply| Call::FindUser(user, reply))).await {
+            Ok(found) => found.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// The attachment chunks this node has served to others since it started (what it sent,
     /// what a group's members fetch from it, and a relay's held chunks), each time counted.
     pub fn media_served(&self) -> MediaServed {

@@ -79,7 +79,11 @@ fn two_daemons_contact_add_send_and_history_json_show_the_message_on_both_sides(
     assert!(!alice_id["addresses"].as_array().unwrap().is_empty());
     let bob_contact = kith_ok(&b, &["id"]).unwrap().lines().next().unwrap().to_owned();
     let alice_contact = alice_id["contact"].as_str().unwrap().to_owned();
-    kith_ok(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+    let added = kith(&a, &["contact", "add", &bob_contact, "--name", "bob"]).unwrap();
+    assert!(added.status.success());
+    // Bob is there (connected): no warning about a mistyped id.
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
     kith_ok(&b, &["contact", "add", &alice_contact, "--name", "alice"]).unwrap();
 
     let sent: serde_json::Value = serde_json::from_str(
@@ -401,6 +405,24 @@ fn contact_add_takes_a_bare_peer_id_says_when_it_renames_and_trust_says_when_not
     let unknown = kith(&a, &["contact", "trust", "nobody"]).unwrap();
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no contact named `nobody`"));
+}
+
+/// Issue 18: a mistyped peer id was accepted silently and its messages stayed `…` forever. A
+/// peer id carries no checksum (it is the key itself), so one with a typo is a valid id of
+/// nobody: the daemon looks for its owner in the network and the CLI warns when nobody is
+/// found (the contact is still added: its owner may only be offline).
+#[test]
+fn a_peer_id_nobody_answers_to_is_added_with_a_warning_to_check_it() {
+    let (_dir, a, nobody) = alice_and_bobs_peer_id();
+    let _alice = Daemon::spawn(&a, LOOPBACK, &[]).unwrap();
+    let out = kith(&a, &["contact", "add", &nobody, "--name", "ghost"]).unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "added ghost");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: nobody with peer id") && stderr.contains("typos"),
+        "{stderr}"
+    );
 }
 
 #[test]

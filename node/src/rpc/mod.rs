@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `id` | – | `{peer_id, contact, display_name, addresses}` |
 //! | `contact.add` | `{contact, name}` | `{peer_id}` |
+//! | `contact.find` | `{contact}` (a contact string or `kith:<peer id>`) | `{peer_id, found}`: connected, or their record in the DHT, within 10 s (`null`: the lookup did not end) |
 //! | `contact.list` | – | `[Contact]`; `request`: a stranger who wrote to us (unnamed, not blocked) |
 //! | `contact.verify` | `{contact, mark}` | `{safety_number, verified}` |
 //! | `contact.trust` | `{contact}` | `{}` — accept a changed identity key |
@@ -83,6 +84,9 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const NOTIFICATION_BUFFER: usize = 4096;
 /// Default wait for `send` with `wait`.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// How long `contact.find` looks for a user in the network.
+const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The socket path of a profile directory.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -230,6 +234,13 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 p.contact.parse().map_err(RpcError::invalid_params_from)?;
             node.add_contact(&contact, &p.name).await?;
             Ok(json!({ "peer_id": json::peer(&contact.user) }))
+        }
+        "contact.find" => {
+            let p: params::ContactFind = parse(params)?;
+            let contact: ContactString =
+                p.contact.parse().map_err(RpcError::invalid_params_from)?;
+            let found = node.find_user(contact.user, FIND_TIMEOUT).await?;
+            Ok(json!({ "peer_id": json::peer(&contact.user), "found": found }))
         }
         "contact.list" => {
             let params::NoParams {} = parse(params)?;

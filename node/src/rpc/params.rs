@@ -38,6 +38,13 @@ pub(super) struct ContactAdd {
     pub(super) name: String,
 }
 
+/// `contact.find`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ContactFind {
+    pub(super) contact: String,
+}
+
 /// `contact.verify`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
