@@ -30,6 +30,8 @@ use kith_node::kith_protocol::{GroupId, MediaId};
 use kith_node::media::MediaEvent;
 use kith_node::{Events, Node, NodeConfig, NodeEvent};
 
+#[path = "support/data.rs"]
+mod data;
 const WAIT: Duration = Duration::from_secs(300);
 
 fn sizes() -> Vec<usize> {
@@ -154,14 +156,7 @@ fn main() {
         std::env::var("KITH_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("bench.bin");
-    let mut data = vec![0u8; mib << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in &mut data {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let data = data::pseudo_random(mib << 20);
     std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
     let chunks = data.len().div_ceil(CHUNK_BYTES as usize) as u64;
     let floor = data.len() as u64 + chunks * SEAL_OVERHEAD as u64;

@@ -34,6 +34,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, SwarmBuilder, noise, tcp, yamux};
 
+#[path = "support/data.rs"]
+mod data;
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/bench/copy/1");
 const WRITE: usize = 1 << 20;
 
@@ -358,14 +360,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("bench.bin");
-    let mut data = vec![0u8; mib << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in &mut data {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let data = data::pseudo_random(mib << 20);
     std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
     let data = Arc::new(data);
     let mb = data.len() as f64 / 1e6;

@@ -133,8 +133,17 @@ async fn eight_members_exchange_500_messages_each_received_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_member_gets_what_it_missed_from_its_relay() {
+/// A relay, and three users whose home relay it is (each knowing the others' contact strings)
+/// in a group "trio" whose mesh has formed and whose sender keys have landed.
+struct Trio {
+    relay: TestRelay,
+    relays: Vec<Multiaddr>,
+    dirs: Vec<tempfile::TempDir>,
+    users: Vec<Node>,
+    group: GroupId,
+}
+
+async fn trio_with_relay() -> Trio {
     let relay = TestRelay::start(Default::default()).await.unwrap();
     let relays = vec![relay.address().await.unwrap()];
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -155,7 +164,6 @@ async fn an_offline_member_gets_what_it_missed_from_its_relay() {
         users[0].create_group("trio", vec![users[1].user_id(), users[2].user_id()]).await.unwrap();
     let refs: Vec<&Node> = users.iter().collect();
     converged(&refs, group, &ids(&refs)).await;
-    // Let the mesh form and every sender key land before Carol goes.
     users[0].send_group_text(group, "before").await.unwrap();
     for node in &refs {
         eventually(WAIT, "the first message everywhere", || async {
@@ -164,6 +172,12 @@ async fn an_offline_member_gets_what_it_missed_from_its_relay() {
         .await
         .unwrap();
     }
+    Trio { relay, relays, dirs, users, group }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_gets_what_it_missed_from_its_relay() {
+    let Trio { relay, relays, dirs, mut users, group } = trio_with_relay().await;
     let carol = users.pop().unwrap();
     carol.shutdown().await.unwrap();
     let mut missed = Vec::new();
@@ -518,33 +532,7 @@ async fn a_file_sent_to_a_group_reaches_every_member() {
 async fn an_offline_member_gets_a_group_file_from_its_relay_after_the_sender_left() {
     use kith_node::media::{AttachmentState, MediaEvent};
 
-    let relay = TestRelay::start(Default::default()).await.unwrap();
-    let relays = vec![relay.address().await.unwrap()];
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut users = Vec::new();
-    for dir in &dirs {
-        users.push(user_with_relays(dir.path(), relays.clone(), true).await.unwrap());
-    }
-    connect_all(&users.iter().collect::<Vec<_>>()).await;
-    for a in &users {
-        for (j, b) in users.iter().enumerate() {
-            if a.user_id() != b.user_id() {
-                a.add_contact(&b.contact_string(), &format!("user{j}")).await.unwrap();
-            }
-        }
-    }
-    let group =
-        users[0].create_group("trio", vec![users[1].user_id(), users[2].user_id()]).await.unwrap();
-    let refs: Vec<&Node> = users.iter().collect();
-    converged(&refs, group, &ids(&refs)).await;
-    users[0].send_group_text(group, "before").await.unwrap();
-    for node in &refs {
-        eventually(WAIT, "the first message everywhere", || async {
-            Ok(texts(node, group).await.contains(&"before".to_owned()).then_some(()))
-        })
-        .await
-        .unwrap();
-    }
+    let Trio { relay, relays, dirs, mut users, group } = trio_with_relay().await;
     let carol = users.pop().unwrap();
     carol.shutdown().await.unwrap();
 

@@ -139,13 +139,22 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 fn scan<T: serde::de::DeserializeOwned>(
     space: &Keyspace,
 ) -> Result<Vec<(MediaId, T)>, MediaStoreError> {
+    scan_keys(space, &[], |key| <[u8; 16]>::try_from(key).ok().map(MediaId))
+}
+
+/// Every record of a keyspace under `prefix`, its key read by `key_of` (a key it cannot read,
+/// or a record that does not decode, is corruption).
+fn scan_keys<K, T: serde::de::DeserializeOwned>(
+    space: &Keyspace,
+    prefix: &[u8],
+    key_of: impl Fn(&[u8]) -> Option<K>,
+) -> Result<Vec<(K, T)>, MediaStoreError> {
     let mut out = Vec::new();
     let mut corrupt = false;
-    space.scan(&[], &[], |key, value| {
-        let id = <[u8; 16]>::try_from(key).ok();
-        match id.zip(postcard::from_bytes(value).ok()) {
-            Some((id, record)) => {
-                out.push((MediaId(id), record));
+    space.scan_prefix(prefix, |key, value| {
+        match key_of(key).zip(postcard::from_bytes(value).ok()) {
+            Some(entry) => {
+                out.push(entry);
                 ControlFlow::Continue(())
             }
             None => {
@@ -213,25 +222,9 @@ impl MediaStore {
         &self,
         media: &MediaId,
     ) -> Result<Vec<(UserId, RelayUploads)>, MediaStoreError> {
-        let mut out = Vec::new();
-        let mut corrupt = false;
-        self.member_uploads.scan_prefix(&media.0, |key, value| {
-            let member = key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok());
-            match member.zip(postcard::from_bytes(value).ok()) {
-                Some((member, uploads)) => {
-                    out.push((UserId(member), uploads));
-                    ControlFlow::Continue(())
-                }
-                None => {
-                    corrupt = true;
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if corrupt {
-            return Err(MediaStoreError::Corrupt);
-        }
-        Ok(out)
+        scan_keys(&self.member_uploads, &media.0, |key| {
+            key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok()).map(UserId)
+        })
     }
 
     /// Records that `media`, which we receive, is a group's (its members may fetch it from us).
