@@ -485,6 +485,12 @@ impl Driver {
                     let _ = reply.send(true);
                     return;
                 }
+                // Whoever stopped waiting (a lookup that never started: too many under way)
+                // is forgotten.
+                self.finding.retain(|_, waiting| {
+                    waiting.retain(|r| !r.is_closed());
+                    !waiting.is_empty()
+                });
                 self.finding.entry(user).or_default().push(reply);
                 self.c.dht.fetch(user);
             }
