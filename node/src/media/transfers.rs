@@ -2,22 +2,22 @@
 //! resume), uploads to relays, and progress of what we serve.
 //!
 //! A download pulls up to [`PARALLEL_CHUNKS`] chunks at once, each from the next source in
-//! turn (the sender first, then our relays) that is neither banned nor resting.
-//!
-//! A group's attachment is shared out among its members so that the sender's upload does not
-//! grow with the group: the members other than the sender, sorted, take chunk `i` "home" to
-//! member `i mod m`. Each member fetches its own chunks from the sender first, and every other
-//! chunk from its home member, who serves what it holds (sealed again from the plaintext, and
-//! only if that gives the manifest's hash). A home that does not have a chunk yet is asked again
-//! after a short back-off ([`HOME_RETRY_FIRST`] up to [`HOME_RETRY_MAX`]); one that has not
-//! had it for [`HOME_PATIENCE`], or cannot be reached, gives way to the sender and our relays,
-//! and when those fail too, to the other members. A source that
+//! turn (the sender first, then our relays) that is neither banned nor resting. A source that
 //! serves a chunk failing verification is banned for that attachment; one that lacks a chunk
 //! or cannot be reached rests until the next round, which comes after a back-off
 //! ([`RETRY_FIRST`], doubling up to [`RETRY_MAX`]) or at once when a source reconnects. When
 //! every source we reached served bad bytes and the others are unreachable, the download fails.
 //! Nothing of a download is trusted after a restart but the chunks its record names, which the
 //! writer synced first.
+//!
+//! A group's attachment is shared out among its members so that the sender's upload does not
+//! grow with the group: the members other than the sender, sorted, take chunk `i` "home" to
+//! member `i mod m`. Each member fetches its own chunks from the sender first, and every other
+//! chunk from its home member, who serves what it holds (sealed again from the plaintext, and
+//! only if that gives the manifest's hash). A home that does not have a chunk yet (or whose
+//! stream broke) is asked again after a short back-off ([`HOME_RETRY_FIRST`] up to
+//! [`HOME_RETRY_MAX`]); one that has not had it for [`HOME_PATIENCE`], or cannot be reached,
+//! gives way to the sender and our relays, and when those fail too, to the other members.
 //!
 //! An upload sends an attachment's chunks to a relay that holds its manifest,
 //! [`UPLOAD_IN_FLIGHT`] at a time; a chunk the relay could not take now is sent again after a
