@@ -412,7 +412,6 @@ struct GroupSetup {
     /// The members but the sender, sorted, with their peer ids (ours: `None`).
     others: Vec<(UserId, Option<PeerId>)>,
     manifest: MediaManifest,
-    sealed: Vec<Vec<u8>>,
 }
 
 fn group_download(chunks: u32) -> GroupSetup {
@@ -424,13 +423,13 @@ fn group_download(chunks: u32) -> GroupSetup {
     s.transfers.set_group_members(group, Some(vec![from, ME, m1, m2]));
     let mut others = vec![(ME, None), (m1, Some(p1)), (m2, Some(p2))];
     others.sort_by_key(|(u, _)| *u);
-    let (manifest, sealed) = manifest(chunks);
+    let (manifest, _) = manifest(chunks);
     let Event::Message(mut message) = incoming(from, &manifest) else { unreachable!() };
     message.group = Some(group);
     s.transfers.incoming(&Event::Message(message));
     assert_eq!(s.transfers.take_starting(), vec![manifest.media_id]);
     s.transfers.start_download(manifest.media_id, false, &[], Instant::now()).unwrap();
-    GroupSetup { s, group, sender, others, manifest, sealed }
+    GroupSetup { s, group, sender, others, manifest }
 }
 
 impl GroupSetup {
@@ -571,7 +570,6 @@ fn a_failed_or_saved_group_download_stops_or_moves_what_we_serve() {
     let media = g.manifest.media_id;
     g.s.transfers.fail_download(media, MediaFailure::Corrupt(ChunkError::HashMismatch(0)));
     assert!(!g.s.transfers.catalog().held.read().unwrap().contains_key(&media));
-    let _ = &g.sealed;
 }
 
 #[tokio::test(start_paused = true)]
