@@ -185,7 +185,11 @@ pub enum Storage {
 impl Storage {
     fn store(&self) -> Store {
         match self {
-            Storage::Crashable(b) => Store::new(Box::new(b.clone())),
+            // Encrypted, as on disk (the sled variant covers stores without encryption).
+            Storage::Crashable(b) => {
+                let key = crate::store::DatabaseKey::from_bytes(&mut [7; 32]);
+                Store::open_sealed(Box::new(b.clone()), &key).unwrap()
+            }
             // A store just dropped releases its lock in the background: wait for it.
             #[cfg(feature = "sled")]
             Storage::Sled(path) => loop {

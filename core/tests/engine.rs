@@ -870,7 +870,11 @@ fn the_engines_flush_makes_the_side_trees_durable_even_with_nothing_of_its_own()
     net.crash(0);
     let Storage::Crashable(disk) = &net.nodes[0].storage else { panic!("in memory") };
     use kith_core::store::{Backend, Tree};
-    assert_eq!(disk.get(Tree::Relay, b"mail").unwrap(), Some(b"deposit".to_vec()));
+    let on_disk = disk.get(Tree::Relay, b"mail").unwrap().expect("durable");
+    assert_ne!(on_disk, b"deposit".to_vec(), "sealed on disk");
+    net.restart(0);
+    let side = net.engine(0).store().side();
+    assert_eq!(side.get(SideTree::Relay, b"mail").unwrap(), Some(b"deposit".to_vec()));
 }
 
 /// The message ids an engine's ready deliveries carry, in order (everything else dropped).

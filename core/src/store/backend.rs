@@ -48,11 +48,14 @@ pub enum Tree {
     Media,
     /// Group invitations waiting for the user's answer: group → who added us.
     GroupInvitations,
+    /// In an encrypted store, the ids behind the pseudonyms in keys that the store must turn
+    /// back into ids: pseudonym → id (sealed like every value).
+    Names,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 18] = [
+    pub const ALL: [Tree; 19] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -71,6 +74,7 @@ impl Tree {
         Tree::Relay,
         Tree::Media,
         Tree::GroupInvitations,
+        Tree::Names,
     ];
 
     /// The tree's name in the database.
@@ -94,6 +98,7 @@ impl Tree {
             Tree::Relay => "relay",
             Tree::Media => "media",
             Tree::GroupInvitations => "group_invitations",
+            Tree::Names => "names",
         }
     }
 
@@ -129,6 +134,16 @@ pub enum StoreError {
         /// Record type.
         record: &'static str,
     },
+    /// A stored value failed authentication: the database key is not this database's, or
+    /// the value was altered or moved to another key.
+    #[error("a value of the {tree} tree failed authentication (wrong key, or altered)")]
+    Unauthentic {
+        /// The tree it was read from.
+        tree: &'static str,
+    },
+    /// The database is encrypted and was opened without its key.
+    #[error("the database is encrypted: it opens only with its key")]
+    Encrypted,
     /// The database was written by a build of Kith with another storage layout (0: an early
     /// development build that recorded none).
     #[error("the database has storage layout {found}, this build of Kith reads layout {supported}")]

@@ -40,6 +40,7 @@
 
 mod backend;
 pub(crate) mod records;
+mod sealed;
 mod shared;
 #[cfg(feature = "sled")]
 mod sled_backend;
@@ -60,6 +61,8 @@ use records::{
     PeerSessionsRecord, PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode,
     encode,
 };
+use sealed::Pseudonyms;
+pub use sealed::{DatabaseKey, SEALED_OVERHEAD, SealedBackend};
 use shared::Shared;
 pub use shared::{SideStore, SideTree, SideWrite};
 #[cfg(feature = "sled")]
@@ -146,6 +149,35 @@ fn orphan_key(group: &GroupId, hash: &ChangeHash) -> [u8; 64] {
     k
 }
 
+/// Where the 32-byte ids (peers, groups, conversations) sit in each tree's keys: an encrypted
+/// store replaces them with their pseudonyms.
+fn id_offsets(tree: Tree) -> &'static [usize] {
+    match tree {
+        Tree::Sessions
+        | Tree::Contacts
+        | Tree::Messages
+        | Tree::Seen
+        | Tree::Groups
+        | Tree::GroupChanges
+        | Tree::GroupOrphans
+        | Tree::GroupInvitations => &[0],
+        Tree::SeenByTime => &[8],
+        Tree::SenderKeys | Tree::GroupPending | Tree::GroupKeysWaiting => &[0, 32],
+        Tree::Meta
+        | Tree::PreKeys
+        | Tree::MessageIds
+        | Tree::Outbox
+        | Tree::Relay
+        | Tree::Media
+        | Tree::Names => &[],
+    }
+}
+
+/// The trees whose keys the store turns back into ids: their ids are kept in `names`.
+fn revealed(tree: Tree) -> bool {
+    matches!(tree, Tree::SenderKeys | Tree::GroupPending | Tree::GroupKeysWaiting)
+}
+
 fn read_u64(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
 }
@@ -159,6 +191,9 @@ fn read_u32(bytes: &[u8]) -> Option<u32> {
 #[derive(Default)]
 pub struct Batch {
     writes: Vec<RawWrite>,
+    /// Indices of writes whose keys are already as stored (read back from the store, ids
+    /// hidden): [`Store::commit`] hides the ids of every other write's key.
+    stored_keys: Vec<usize>,
     error: Option<StoreError>,
 }
 
@@ -205,6 +240,12 @@ impl Batch {
 
     fn delete(&mut self, tree: Tree, key: &[u8]) {
         self.writes.push((tree, key.to_vec(), None));
+    }
+
+    /// Deletes a key read back from the store (its ids already hidden).
+    fn delete_stored(&mut self, tree: Tree, key: &[u8]) {
+        self.stored_keys.push(self.writes.len());
+        self.delete(tree, key);
     }
 
     pub(crate) fn put_identity(&mut self, identity: &IdentityKeyPair, now: UnixMillis) {
@@ -423,9 +464,9 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store over any backend.
+    /// A store over any backend, without encryption (see [`Store::open_sealed`]).
     pub fn new(backend: Box<dyn Backend>) -> Self {
-        Self { shared: Shared::new(backend) }
+        Self { shared: Shared::new(backend, Pseudonyms::plain()) }
     }
 
     /// An in-memory store.
@@ -433,18 +474,90 @@ impl Store {
         Self::new(Box::new(MemoryBackend::new()))
     }
 
-    /// A store over a backend that persists: an empty one is stamped with this build's
-    /// [`STORE_LAYOUT`]; one of another layout is upgraded if it can be, refused otherwise.
+    /// A store over a backend that persists, without encryption: an empty one is stamped
+    /// with this build's [`STORE_LAYOUT`]; one of another layout is upgraded if it can be,
+    /// refused otherwise; an encrypted one is refused with [`StoreError::Encrypted`].
     pub fn open_backend(backend: Box<dyn Backend>) -> Result<Self, StoreError> {
         let store = Self::new(backend);
         store.check_layout()?;
         Ok(store)
     }
 
-    /// A sled store at `path`: a new one, or one with this build's [`STORE_LAYOUT`].
+    /// An encrypted store over a backend that persists: every value sealed under `key`
+    /// (with its tree and key as associated data), and the ids in keys replaced by keyed
+    /// hashes ([`SealedBackend`] says how). A database sealed under another key, or not
+    /// sealed, is refused with [`StoreError::Unauthentic`].
+    pub fn open_sealed(backend: Box<dyn Backend>, key: &DatabaseKey) -> Result<Self, StoreError> {
+        let sealed = SealedBackend::new(backend, key);
+        let store = Self { shared: Shared::new(Box::new(sealed), Pseudonyms::keyed(key)) };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// An encrypted in-memory store under a random key (tests of what encryption changes).
+    pub fn memory_sealed() -> Result<Self, StoreError> {
+        let key = DatabaseKey::generate()
+            .map_err(|e| StoreError::Backend(BackendError::new(std::io::Error::other(e))))?;
+        Self::open_sealed(Box::new(MemoryBackend::new()), &key)
+    }
+
+    /// A sled store at `path`, without encryption: a new one, or one with this build's
+    /// [`STORE_LAYOUT`].
     #[cfg(feature = "sled")]
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         Self::open_backend(Box::new(SledBackend::open(path)?))
+    }
+
+    /// An encrypted sled store at `path` ([`Store::open_sealed`]).
+    #[cfg(feature = "sled")]
+    pub fn open_sled_sealed(path: &std::path::Path, key: &DatabaseKey) -> Result<Self, StoreError> {
+        Self::open_sealed(Box::new(SledBackend::open(path)?), key)
+    }
+
+    /// Whether values are sealed and ids hidden.
+    pub fn is_sealed(&self) -> bool {
+        self.shared.pseudonyms().hides()
+    }
+
+    /// `key` as stored in `tree`: its ids replaced by their pseudonyms in an encrypted store.
+    fn stored_key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
+        let mut out = key.to_vec();
+        let pseudonyms = self.shared.pseudonyms();
+        if pseudonyms.hides() {
+            for &at in id_offsets(tree) {
+                if let Some(slot) = out.get_mut(at..at + 32)
+                    && let Ok(id) = <[u8; 32]>::try_from(&*slot)
+                {
+                    slot.copy_from_slice(&pseudonyms.hide(&id));
+                }
+            }
+        }
+        out
+    }
+
+    /// The id behind a pseudonym read from a key (in a store without encryption, the id).
+    fn reveal(&self, stored: &[u8]) -> Result<[u8; 32], StoreError> {
+        let corrupt = || StoreError::Corrupt { record: "name" };
+        let stored: [u8; 32] = stored.try_into().map_err(|_| corrupt())?;
+        if !self.shared.pseudonyms().hides() {
+            return Ok(stored);
+        }
+        let id = self.shared.get(Tree::Names, &stored)?.ok_or_else(corrupt)?;
+        <[u8; 32]>::try_from(id.as_slice()).map_err(|_| corrupt())
+    }
+
+    /// The entries whose keys start with `prefix` (ids as the caller knows them), up to
+    /// `limit`, ascending or descending.
+    fn prefixed(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = self.stored_key(tree, prefix);
+        let end = if start.is_empty() { Vec::new() } else { prefix_end(&start) };
+        self.shared.range(tree, &start, &end, reverse, limit)
     }
 
     /// A handle on the embedding node's own trees in this database: what it commits there
@@ -457,6 +570,12 @@ impl Store {
     /// empty one with it.
     fn check_layout(&self) -> Result<(), StoreError> {
         let backend = self.shared.backend();
+        if !self.is_sealed()
+            && let Some(layout) = backend.get(Tree::Meta, META_LAYOUT)?
+            && layout.len() == 4 + SEALED_OVERHEAD
+        {
+            return Err(StoreError::Encrypted);
+        }
         match self.meta_u32(META_LAYOUT)? {
             Some(STORE_LAYOUT) => Ok(()),
             Some(3) => {
@@ -497,7 +616,32 @@ impl Store {
         if let Some(e) = batch.error.take() {
             return Err(e);
         }
-        self.shared.commit(std::mem::take(&mut batch.writes));
+        let mut writes = std::mem::take(&mut batch.writes);
+        let pseudonyms = self.shared.pseudonyms().clone();
+        if pseudonyms.hides() {
+            let mut names = Vec::new();
+            for (i, (tree, key, value)) in writes.iter_mut().enumerate() {
+                if batch.stored_keys.contains(&i) {
+                    continue;
+                }
+                if value.is_some() && revealed(*tree) {
+                    for &at in id_offsets(*tree) {
+                        if let Some(id) =
+                            key.get(at..at + 32).and_then(|s| <[u8; 32]>::try_from(s).ok())
+                        {
+                            names.push((
+                                Tree::Names,
+                                pseudonyms.hide(&id).to_vec(),
+                                Some(id.to_vec()),
+                            ));
+                        }
+                    }
+                }
+                *key = self.stored_key(*tree, key);
+            }
+            writes.extend(names);
+        }
+        self.shared.commit(writes);
         Ok(())
     }
 
@@ -522,13 +666,14 @@ impl Store {
         self.shared.dump()
     }
 
-    /// The value at `key`, pending writes first.
+    /// The value at `key` (ids as the caller knows them), pending writes first.
     fn raw(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.shared.get(tree, key)
+        self.shared.get(tree, &self.stored_key(tree, key))
     }
 
     /// Up to `limit` entries with keys in `[start, end)` (no end bound if `end` is empty),
-    /// ascending or descending, pending writes merged over the backend's.
+    /// ascending or descending, pending writes merged over the backend's. The bounds are keys
+    /// as stored ([`Store::stored_key`]), and so are the keys returned.
     fn range(
         &self,
         tree: Tree,
@@ -704,10 +849,10 @@ impl Store {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        let start = conversation_key(conversation, 0);
+        let start = self.stored_key(Tree::Messages, &conversation_key(conversation, 0));
         let end = match before {
-            Some(seq) => conversation_key(conversation, seq).to_vec(),
-            None => prefix_end(conversation),
+            Some(seq) => self.stored_key(Tree::Messages, &conversation_key(conversation, seq)),
+            None => prefix_end(&self.stored_key(Tree::Messages, conversation)),
         };
         let mut out = Vec::new();
         for (_, value) in self.range(Tree::Messages, &start, &end, true, limit)? {
@@ -767,13 +912,10 @@ impl Store {
 
     /// The members (and ourselves) holding chains in `group`.
     pub(crate) fn chain_holders(&self, group: &GroupId) -> Result<Vec<UserId>, StoreError> {
-        let entries =
-            self.range(Tree::SenderKeys, &group.0, &prefix_end(&group.0), false, usize::MAX)?;
-        Ok(entries
+        self.prefixed(Tree::SenderKeys, &group.0, false, usize::MAX)?
             .into_iter()
-            .filter_map(|(k, _)| k.get(32..64).and_then(|u| <[u8; 32]>::try_from(u).ok()))
-            .map(UserId)
-            .collect())
+            .map(|(k, _)| self.reveal(k.get(32..64).unwrap_or_default()).map(UserId))
+            .collect()
     }
 
     /// Up to `limit` group messages waiting for a key, in `group` (from `sender` only, if
@@ -810,7 +952,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut prefix = member_key(group, sender).to_vec();
         prefix.push(u8::from(authenticated));
-        Ok(self.range(Tree::GroupPending, &prefix, &prefix_end(&prefix), false, limit)?.len())
+        Ok(self.prefixed(Tree::GroupPending, &prefix, false, limit)?.len())
     }
 
     fn pending_range(
@@ -818,12 +960,13 @@ impl Store {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(PendingKey, PendingGroupRecord)>, StoreError> {
-        let end = if prefix.is_empty() { Vec::new() } else { prefix_end(prefix) };
-        let entries = self.range(Tree::GroupPending, prefix, &end, false, limit)?;
+        let entries = self.prefixed(Tree::GroupPending, prefix, false, limit)?;
         let mut out = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            let key = PendingKey::parse(&key)
+            let mut key = PendingKey::parse(&key)
                 .ok_or(StoreError::Corrupt { record: "pending group message" })?;
+            key.group = GroupId(self.reveal(&key.group.0)?);
+            key.sender = UserId(self.reveal(&key.sender.0)?);
             out.push((key, decode(&value)?));
         }
         Ok(out)
@@ -848,9 +991,7 @@ impl Store {
 
     /// Whether any sender key waits for `group`.
     pub(crate) fn has_waiting_keys(&self, group: &GroupId) -> Result<bool, StoreError> {
-        Ok(!self
-            .range(Tree::GroupKeysWaiting, &group.0, &prefix_end(&group.0), false, 1)?
-            .is_empty())
+        Ok(!self.prefixed(Tree::GroupKeysWaiting, &group.0, false, 1)?.is_empty())
     }
 
     /// Every waiting sender key: (group, sender, record).
@@ -865,14 +1006,18 @@ impl Store {
             ) else {
                 return Err(StoreError::Corrupt { record: "waiting sender key" });
             };
-            out.push((GroupId(group), UserId(sender), decode(&value)?));
+            out.push((
+                GroupId(self.reveal(&group)?),
+                UserId(self.reveal(&sender)?),
+                decode(&value)?,
+            ));
         }
         Ok(out)
     }
 
     /// The changes of `group`'s log, parents first.
     pub(crate) fn group_changes(&self, group: &GroupId) -> Result<Vec<GroupControl>, StoreError> {
-        self.range(Tree::GroupChanges, &group.0, &prefix_end(&group.0), false, usize::MAX)?
+        self.prefixed(Tree::GroupChanges, &group.0, false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode::<GroupChangeRecord>(&v).map(|r| r.change))
             .collect()
@@ -883,11 +1028,8 @@ impl Store {
         &self,
         group: Option<&GroupId>,
     ) -> Result<Vec<GroupOrphanRecord>, StoreError> {
-        let (start, end) = match group {
-            Some(g) => (g.0.to_vec(), prefix_end(&g.0)),
-            None => (Vec::new(), Vec::new()),
-        };
-        self.range(Tree::GroupOrphans, &start, &end, false, usize::MAX)?
+        let prefix = group.map(|g| g.0.to_vec()).unwrap_or_default();
+        self.prefixed(Tree::GroupOrphans, &prefix, false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode(&v))
             .collect()
@@ -922,14 +1064,14 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut cursor = self.raw(Tree::Meta, META_SEEN_CURSOR)?.unwrap_or_default();
         for (key, _) in self.range(Tree::SeenByTime, &[], &[], false, limit)? {
-            batch.delete(Tree::SeenByTime, &key);
+            batch.delete_stored(Tree::SeenByTime, &key);
         }
         let scanned = self.range(Tree::Seen, &cursor, &[], false, limit)?;
         let mut forgotten = 0;
         for (key, value) in &scanned {
             let at = value.get(..8).and_then(read_u64).unwrap_or(0);
             if at < cutoff {
-                batch.delete(Tree::Seen, key);
+                batch.delete_stored(Tree::Seen, key);
                 forgotten += 1;
             }
         }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use zeroize::Zeroize;
 
 use super::backend::{Backend, Entry, RawWrite, StoreError, Tree};
+use super::sealed::Pseudonyms;
 
 /// A pending write: the commit generation that made it, and the value (`None`: deleted).
 type PendingValue = (u64, Option<Vec<u8>>);
@@ -36,6 +37,8 @@ impl Pending {
 
 pub(super) struct Shared {
     backend: Box<dyn Backend>,
+    /// How ids appear in keys (hidden in an encrypted store).
+    pseudonyms: Pseudonyms,
     pending: Mutex<Pending>,
     /// Held for the whole of a flush (apply, then sync), so that no flush can report writes
     /// durable that another's failure had the backend drop.
@@ -54,12 +57,18 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    pub(super) fn new(backend: Box<dyn Backend>) -> Arc<Self> {
+    pub(super) fn new(backend: Box<dyn Backend>, pseudonyms: Pseudonyms) -> Arc<Self> {
         Arc::new(Self {
             backend,
+            pseudonyms,
             pending: Mutex::new(Pending::default()),
             flushing: Mutex::new(()),
         })
+    }
+
+    /// How ids appear in keys.
+    pub(super) fn pseudonyms(&self) -> &Pseudonyms {
+        &self.pseudonyms
     }
 
     /// The backend, bypassing pending writes (opening checks only).
@@ -277,5 +286,37 @@ impl SideStore {
     /// Whether commits are waiting for a flush.
     pub fn has_pending(&self) -> bool {
         self.shared.has_pending()
+    }
+
+    /// The pseudonym under which an id (a peer's, a group's) appears in this database's keys:
+    /// a keyed hash in an encrypted store, the id itself otherwise. Keys the node builds from
+    /// ids use it, so that no key names whom someone talks to.
+    pub fn pseudonym(&self, id: &[u8; 32]) -> [u8; 32] {
+        self.shared.pseudonyms().hide(id)
+    }
+
+    /// Keeps the ids behind their pseudonyms (sealed, in the `names` tree) for
+    /// [`SideStore::reveal`]; commits with the next flush, like any write.
+    pub fn remember(&self, ids: &[[u8; 32]]) {
+        let pseudonyms = self.shared.pseudonyms();
+        if pseudonyms.hides() && !ids.is_empty() {
+            self.shared.commit(
+                ids.iter()
+                    .map(|id| (Tree::Names, pseudonyms.hide(id).to_vec(), Some(id.to_vec())))
+                    .collect(),
+            );
+        }
+    }
+
+    /// The id behind a pseudonym read back from a key, if it was [remembered](Self::remember)
+    /// (in a store without encryption, the pseudonym is the id).
+    pub fn reveal(&self, pseudonym: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError> {
+        if !self.shared.pseudonyms().hides() {
+            return Ok(Some(*pseudonym));
+        }
+        Ok(self
+            .shared
+            .get(Tree::Names, pseudonym)?
+            .and_then(|id| <[u8; 32]>::try_from(id.as_slice()).ok()))
     }
 }

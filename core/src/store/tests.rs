@@ -86,7 +86,9 @@ fn check(store: &mut Store, ops: &[Op]) -> BTreeMap<(Tree, Vec<u8>), Vec<u8>> {
     for ((t, k), v) in &model {
         assert_eq!(store.raw(*t, k).unwrap().as_ref(), Some(v));
     }
-    let dump: Vec<RawWrite> = store.dump().unwrap();
+    // (The stamp of the storage layout an opened store carries is no part of the model.)
+    let dump: Vec<RawWrite> =
+        store.dump().unwrap().into_iter().filter(|(t, _, _)| *t != Tree::Meta).collect();
     let want: Vec<RawWrite> =
         model.iter().map(|((t, k), v)| (*t, k.clone(), Some(v.clone()))).collect();
     assert_eq!(dump, want);
@@ -99,6 +101,11 @@ proptest! {
     #[test]
     fn write_back_store_reads_match_a_model_on_memory_backend(ops in ops()) {
         check(&mut Store::memory(), &ops);
+    }
+
+    #[test]
+    fn write_back_store_reads_match_a_model_when_sealed(ops in ops()) {
+        check(&mut Store::memory_sealed().unwrap(), &ops);
     }
 
     #[test]
@@ -561,4 +568,135 @@ fn a_flush_with_nothing_pending_asks_nothing_of_the_disk() {
     assert!(durable.0 >= 1);
     store.flush().unwrap();
     assert_eq!(backend.durable_writes(), durable, "nothing more asked of the disk");
+}
+
+// --- encryption at rest ---
+
+fn key(byte: u8) -> DatabaseKey {
+    DatabaseKey::from_bytes(&mut [byte; 32])
+}
+
+/// A shared in-memory backend: the test reads and writes "the disk" under the sealed store.
+#[derive(Clone, Default)]
+struct Disk(Arc<MemoryBackend>);
+
+impl Backend for Disk {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(tree, key)
+    }
+    fn range(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.0.range(tree, start, end, reverse, limit)
+    }
+    fn apply(&self, writes: &[RawWrite]) -> Result<(), StoreError> {
+        self.0.apply(writes)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn dump(&self) -> Result<Vec<RawWrite>, StoreError> {
+        self.0.dump()
+    }
+}
+
+fn contact(byte: u8, name: &str) -> Contact {
+    let mut contact = Contact::new(UserId([byte; 32]), 0);
+    contact.name = Some(name.to_owned());
+    contact
+}
+
+#[test]
+fn a_sealed_store_keeps_no_id_or_text_in_the_clear_and_reads_back_through_its_key() {
+    let disk = Disk::default();
+    let alice = UserId([0xa1; 32]);
+    let group = GroupId([0x6b; 32]);
+    {
+        let mut store = Store::open_sealed(Box::new(disk.clone()), &key(1)).unwrap();
+        let mut batch = Batch::new();
+        batch.put_contact(&contact(0xa1, "Alice Liddell"));
+        batch.put_raw(Tree::Messages, &conversation_key(&alice.0, 1), b"meet at noon".to_vec());
+        batch.put_raw(Tree::SenderKeys, &member_key(&group, &alice), b"chains".to_vec());
+        store.commit(batch).unwrap();
+        store.flush().unwrap();
+    }
+    let needles: [&[u8]; 4] = [&alice.0, &group.0, b"Alice Liddell", b"meet at noon"];
+    for (tree, k, v) in disk.dump().unwrap() {
+        let v = v.unwrap();
+        for needle in needles {
+            let found = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+            assert!(!found(&k) && !found(&v), "{} holds a secret in the clear", tree.name());
+        }
+    }
+    let store = Store::open_sealed(Box::new(disk.clone()), &key(1)).unwrap();
+    assert_eq!(store.contact(&alice).unwrap().unwrap().name.as_deref(), Some("Alice Liddell"));
+    let messages = store.prefixed(Tree::Messages, &alice.0, false, 10).unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].1, b"meet at noon");
+    assert_eq!(store.chain_holders(&group).unwrap(), vec![alice], "member ids come back");
+}
+
+#[test]
+fn swapped_sealed_values_fail_authentication_instead_of_reading_as_the_other_record() {
+    let disk = Disk::default();
+    {
+        let mut store = Store::open_sealed(Box::new(disk.clone()), &key(2)).unwrap();
+        let mut batch = Batch::new();
+        batch.put_contact(&contact(1, "one"));
+        batch.put_contact(&contact(2, "two"));
+        store.commit(batch).unwrap();
+        store.flush().unwrap();
+    }
+    let entries = disk.range(Tree::Contacts, &[], &[], false, 10).unwrap();
+    assert_eq!(entries.len(), 2);
+    let (first, second) = (&entries[0], &entries[1]);
+    disk.apply(&[
+        (Tree::Contacts, first.0.clone(), Some(second.1.clone())),
+        (Tree::Contacts, second.0.clone(), Some(first.1.clone())),
+    ])
+    .unwrap();
+    let store = Store::open_sealed(Box::new(disk.clone()), &key(2)).unwrap();
+    for byte in [1, 2] {
+        assert_eq!(
+            store.contact(&UserId([byte; 32])).unwrap_err(),
+            StoreError::Unauthentic { tree: "contacts" }
+        );
+    }
+    // Moved to another tree under the same key: refused too.
+    disk.apply(&[(Tree::Sessions, first.0.clone(), Some(first.1.clone()))]).unwrap();
+    assert!(matches!(
+        store.range(Tree::Sessions, &[], &[], false, 10),
+        Err(StoreError::Unauthentic { tree: "sessions" })
+    ));
+}
+
+#[test]
+fn a_sealed_database_opens_only_with_its_key_and_never_as_plaintext() {
+    let disk = Disk::default();
+    {
+        let mut store = Store::open_sealed(Box::new(disk.clone()), &key(3)).unwrap();
+        let mut batch = Batch::new();
+        batch.put_contact(&contact(1, "one"));
+        store.commit(batch).unwrap();
+        store.flush().unwrap();
+    }
+    let before = disk.dump().unwrap();
+    assert_eq!(
+        Store::open_sealed(Box::new(disk.clone()), &key(4)).unwrap_err(),
+        StoreError::Unauthentic { tree: "meta" }
+    );
+    assert_eq!(Store::open_backend(Box::new(disk.clone())).unwrap_err(), StoreError::Encrypted);
+    assert_eq!(disk.dump().unwrap(), before, "a failed open changes nothing");
+    // And a plaintext database is not taken for a sealed one.
+    let plain = Disk::default();
+    drop(Store::open_backend(Box::new(plain.clone())).unwrap());
+    assert_eq!(
+        Store::open_sealed(Box::new(plain), &key(3)).unwrap_err(),
+        StoreError::Unauthentic { tree: "meta" }
+    );
 }
