@@ -39,6 +39,7 @@
 //! a turn durable together.
 
 mod backend;
+mod keyfile;
 pub(crate) mod records;
 mod sealed;
 mod shared;
@@ -54,6 +55,7 @@ use zeroize::Zeroize;
 
 use backend::prefix_end;
 pub use backend::{Backend, BackendError, Entry, MemoryBackend, RawWrite, StoreError, Tree};
+pub use keyfile::{KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection};
 pub(crate) use records::MessageIndexRecord;
 use records::{
     GroupChangeRecord, GroupInvitationRecord, GroupOrphanRecord, GroupRecord, IdentityRecord,

@@ -1,0 +1,469 @@
+//! The key file: where a profile keeps its [`DatabaseKey`], wrapped under a key derived from
+//! the user's passphrase with Argon2id, or, where the user asked for no passphrase (a relay, a
+//! headless node), unwrapped in a file only its owner can read.
+//!
+//! Format: the magic `KITHKEY` and a version byte, then a postcard record:
+//!
+//! - passphrase: the Argon2id parameters (memory in KiB, passes, lanes), a random 16-byte
+//!   salt, a random 24-byte nonce, and the database key sealed with XChaCha20-Poly1305 under
+//!   the derived key, with the magic and the parameters as associated data (so that a file
+//!   whose parameters were weakened does not open);
+//! - no passphrase: the database key itself.
+//!
+//! Replacing the file (a passphrase change) writes a new file beside it, syncs it, renames it
+//! over the old one and syncs the directory: a crash at any point leaves the old file or the
+//! new one, whole, never a mix, and the database itself is never rewritten.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::DatabaseKey;
+
+const MAGIC: &[u8; 8] = b"KITHKEY\x01";
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+
+/// Argon2id's cost parameters, stored in the key file with the salt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KdfParams {
+    /// What Kith uses: 64 MiB, 3 passes, 1 lane (about 0.2 s on a laptop core; RFC 9106's
+    /// second recommended option scaled to a phone's memory, above OWASP's 19 MiB × 2).
+    pub const DEFAULT: KdfParams =
+        KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 };
+
+    /// The least Kith accepts from a key file (OWASP's minimum for Argon2id): a file asking
+    /// for less was not written by Kith.
+    pub const MINIMUM: KdfParams =
+        KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+
+    fn at_least_minimum(&self) -> bool {
+        self.memory_kib >= Self::MINIMUM.memory_kib
+            && self.iterations >= Self::MINIMUM.iterations
+            && self.parallelism >= 1
+    }
+}
+
+/// How a new key file keeps the database key.
+pub enum Protection<'a> {
+    /// Wrapped under a key derived from this passphrase.
+    Passphrase(&'a [u8]),
+    /// Unwrapped, in a file readable by its owner only (`--no-passphrase`).
+    None,
+}
+
+/// What a key file needs to give up its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyFileKind {
+    /// A passphrase.
+    Passphrase,
+    /// Nothing: the key is stored unwrapped.
+    Unprotected,
+}
+
+/// Why a key file could not be read or written. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file could not be read, written or synced.
+    #[error("key file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No key file there.
+    #[error("no key file at {0}")]
+    Missing(PathBuf),
+    /// Not a key file this build reads.
+    #[error("{0} is not a Kith key file, or one from another version of Kith")]
+    Malformed(PathBuf),
+    /// The passphrase does not unwrap the key.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The key is wrapped and no passphrase was given.
+    #[error("the profile is protected by a passphrase, and none was given")]
+    PassphraseRequired,
+    /// The parameters are below what Kith accepts, or Argon2 refused them.
+    #[error("key file {0} asks for Argon2id parameters Kith does not accept")]
+    BadParams(PathBuf),
+    /// The operating system's random generator failed.
+    #[error("the operating system's random generator failed")]
+    Random,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Stored {
+    Passphrase {
+        params: KdfParams,
+        salt: [u8; SALT_LEN],
+        nonce: [u8; NONCE_LEN],
+        #[serde(with = "serde_bytes")]
+        wrapped: Vec<u8>,
+    },
+    Unprotected {
+        key: [u8; 32],
+    },
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        if let Stored::Unprotected { key } = self {
+            key.zeroize();
+        }
+    }
+}
+
+fn derive(
+    passphrase: &[u8],
+    params: &KdfParams,
+    salt: &[u8; SALT_LEN],
+) -> Option<Zeroizing<[u8; 32]>> {
+    let argon_params =
+        Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32)).ok()?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params)
+        .hash_password_into(passphrase, salt, out.as_mut_slice())
+        .ok()?;
+    Some(out)
+}
+
+fn associated_data(params: &KdfParams) -> Vec<u8> {
+    let mut ad = MAGIC.to_vec();
+    for n in [params.memory_kib, params.iterations, params.parallelism] {
+        ad.extend_from_slice(&n.to_be_bytes());
+    }
+    ad
+}
+
+fn encode(stored: &Stored, path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    let mut out = Zeroizing::new(MAGIC.to_vec());
+    let body = Zeroizing::new(
+        postcard::to_allocvec(stored).map_err(|_| KeyFileError::Malformed(path.to_owned()))?,
+    );
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn wrap(
+    key: &DatabaseKey,
+    protection: &Protection<'_>,
+    params: KdfParams,
+    path: &Path,
+) -> Result<Stored, KeyFileError> {
+    match protection {
+        Protection::None => Ok(Stored::Unprotected { key: *key.expose() }),
+        Protection::Passphrase(passphrase) => {
+            let mut salt = [0u8; SALT_LEN];
+            let mut nonce = [0u8; NONCE_LEN];
+            getrandom::fill(&mut salt).map_err(|_| KeyFileError::Random)?;
+            getrandom::fill(&mut nonce).map_err(|_| KeyFileError::Random)?;
+            let kek = derive(passphrase, &params, &salt)
+                .ok_or_else(|| KeyFileError::BadParams(path.to_owned()))?;
+            let mut wrapped = vec![0u8; 32 + 16];
+            let (body, tag_out) = wrapped.split_at_mut(32);
+            let buffer = InOutBuf::new(key.expose().as_slice(), body)
+                .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+            let tag = XChaCha20Poly1305::new((&*kek).into())
+                .encrypt_inout_detached((&nonce).into(), &associated_data(&params), buffer)
+                .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+            tag_out.copy_from_slice(&tag);
+            Ok(Stored::Passphrase { params, salt, nonce, wrapped })
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Stored, KeyFileError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyFileError::Missing(path.to_owned()));
+        }
+        Err(source) => return Err(KeyFileError::Io { path: path.to_owned(), source }),
+    };
+    let body = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| KeyFileError::Malformed(path.to_owned()))?;
+    postcard::from_bytes(body).map_err(|_| KeyFileError::Malformed(path.to_owned()))
+}
+
+/// The steps of replacing a key file, in order (a crash can stop it after any of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The new file is written beside the old one.
+    Written,
+    /// ... and synced.
+    Synced,
+    /// ... and renamed over the old one.
+    Renamed,
+    /// ... and the rename is synced: done.
+    DirSynced,
+}
+
+/// Writes `bytes` to `path` atomically and durably (see the module documentation); stops
+/// after `stop_after` as if the process had died there (tests of crash safety).
+fn write_atomic(path: &Path, bytes: &[u8], stop_after: Option<Step>) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let stopped = |step| {
+        (stop_after == Some(step))
+            .then(|| Err(io(std::io::Error::other(format!("stopped after {step:?}")))))
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temp = path.with_extension("new");
+    {
+        let mut options = File::options();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        if let Some(stop) = stopped(Step::Written) {
+            return stop;
+        }
+        file.sync_all().map_err(io)?;
+    }
+    if let Some(stop) = stopped(Step::Synced) {
+        return stop;
+    }
+    fs::rename(&temp, path).map_err(io)?;
+    if let Some(stop) = stopped(Step::Renamed) {
+        return stop;
+    }
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    if let Some(stop) = stopped(Step::DirSynced) {
+        return stop;
+    }
+    Ok(())
+}
+
+/// The key file of a profile: `key` in its data directory.
+#[derive(Clone, Debug)]
+pub struct KeyFile {
+    path: PathBuf,
+    params: KdfParams,
+}
+
+impl KeyFile {
+    /// The key file at `path`, new ones wrapped with [`KdfParams::DEFAULT`].
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), params: KdfParams::DEFAULT }
+    }
+
+    /// New wraps use `params` instead (tests use [`KdfParams::MINIMUM`] to save time).
+    pub fn with_params(mut self, params: KdfParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file exists.
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    /// What the file needs to give up its key.
+    pub fn kind(&self) -> Result<KeyFileKind, KeyFileError> {
+        Ok(match read(&self.path)? {
+            Stored::Passphrase { .. } => KeyFileKind::Passphrase,
+            Stored::Unprotected { .. } => KeyFileKind::Unprotected,
+        })
+    }
+
+    /// Writes `key` to a new file, kept as `protection` says. An existing file is replaced
+    /// atomically.
+    pub fn create(
+        &self,
+        key: &DatabaseKey,
+        protection: &Protection<'_>,
+    ) -> Result<(), KeyFileError> {
+        self.write(key, protection, None)
+    }
+
+    fn write(
+        &self,
+        key: &DatabaseKey,
+        protection: &Protection<'_>,
+        stop_after: Option<Step>,
+    ) -> Result<(), KeyFileError> {
+        let stored = wrap(key, protection, self.params, &self.path)?;
+        write_atomic(&self.path, &encode(&stored, &self.path)?, stop_after)
+    }
+
+    /// The database key: unwrapped with `passphrase`, or read as it is from a file without
+    /// one (where a passphrase, if given, is ignored).
+    pub fn unlock(&self, passphrase: Option<&[u8]>) -> Result<DatabaseKey, KeyFileError> {
+        let stored = read(&self.path)?;
+        match &stored {
+            Stored::Unprotected { key } => {
+                let mut key = Zeroizing::new(*key);
+                Ok(DatabaseKey::from_bytes(&mut key))
+            }
+            Stored::Passphrase { params, salt, nonce, wrapped } => {
+                let passphrase = passphrase.ok_or(KeyFileError::PassphraseRequired)?;
+                if !params.at_least_minimum() {
+                    return Err(KeyFileError::BadParams(self.path.clone()));
+                }
+                let kek = derive(passphrase, params, salt)
+                    .ok_or_else(|| KeyFileError::BadParams(self.path.clone()))?;
+                let Some((body, tag)) = wrapped.split_at_checked(32) else {
+                    return Err(KeyFileError::Malformed(self.path.clone()));
+                };
+                let tag: [u8; 16] =
+                    tag.try_into().map_err(|_| KeyFileError::Malformed(self.path.clone()))?;
+                let mut key = Zeroizing::new([0u8; 32]);
+                let buffer = InOutBuf::new(body, key.as_mut_slice())
+                    .map_err(|_| KeyFileError::Malformed(self.path.clone()))?;
+                XChaCha20Poly1305::new((&*kek).into())
+                    .decrypt_inout_detached(
+                        nonce.into(),
+                        &associated_data(params),
+                        buffer,
+                        (&tag).into(),
+                    )
+                    .map_err(|_| KeyFileError::WrongPassphrase)?;
+                Ok(DatabaseKey::from_bytes(&mut key))
+            }
+        }
+    }
+
+    /// Wraps the same database key anew (a new passphrase, or none): the data is not
+    /// rewritten, and a crash leaves a file that opens with the old protection or the new.
+    pub fn rewrap(&self, old: Option<&[u8]>, new: &Protection<'_>) -> Result<(), KeyFileError> {
+        self.rewrap_stopping(old, new, None)
+    }
+
+    pub(crate) fn rewrap_stopping(
+        &self,
+        old: Option<&[u8]>,
+        new: &Protection<'_>,
+        stop_after: Option<Step>,
+    ) -> Result<(), KeyFileError> {
+        let key = self.unlock(old)?;
+        self.write(&key, new, stop_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn file(dir: &Path) -> KeyFile {
+        KeyFile::new(dir.join("key")).with_params(KdfParams::MINIMUM)
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_with_its_passphrase_only_and_a_wrong_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = file(dir.path());
+        let key = DatabaseKey::generate().unwrap();
+        keys.create(&key, &Protection::Passphrase(b"correct horse")).unwrap();
+        let bytes = fs::read(keys.path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == key.expose()), "the key is not in the clear");
+        assert_eq!(keys.kind().unwrap(), KeyFileKind::Passphrase);
+        assert_eq!(keys.unlock(Some(b"correct horse")).unwrap(), key);
+        assert!(matches!(keys.unlock(Some(b"battery staple")), Err(KeyFileError::WrongPassphrase)));
+        assert!(matches!(keys.unlock(None), Err(KeyFileError::PassphraseRequired)));
+        assert_eq!(fs::read(keys.path()).unwrap(), bytes, "nothing modified");
+    }
+
+    #[test]
+    fn a_file_with_weakened_parameters_or_bytes_changed_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = file(dir.path());
+        let key = DatabaseKey::generate().unwrap();
+        keys.create(&key, &Protection::Passphrase(b"pw")).unwrap();
+        let stored = read(keys.path()).unwrap();
+        let Stored::Passphrase { params, salt, nonce, wrapped } = &stored else {
+            panic!("wrapped")
+        };
+        let (params, salt, nonce, wrapped) = (*params, *salt, *nonce, wrapped.clone());
+        // Parameters changed (to Argon2's minimum cost): refused before any work.
+        let weak = KdfParams { memory_kib: 8, iterations: 1, parallelism: 1 };
+        let stored = Stored::Passphrase { params: weak, salt, nonce, wrapped: wrapped.clone() };
+        fs::write(keys.path(), &*encode(&stored, keys.path()).unwrap()).unwrap();
+        assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::BadParams(_))));
+        // Stronger parameters than it was wrapped with: the associated data no longer matches.
+        let params = KdfParams { iterations: params.iterations + 1, ..params };
+        let stored = Stored::Passphrase { params, salt, nonce, wrapped };
+        fs::write(keys.path(), &*encode(&stored, keys.path()).unwrap()).unwrap();
+        assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::WrongPassphrase)));
+        fs::write(keys.path(), b"KITHKEY\x01garbage").unwrap();
+        assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::Malformed(_))));
+        fs::write(keys.path(), b"").unwrap();
+        assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_key_file_without_passphrase_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = file(dir.path());
+        let key = DatabaseKey::generate().unwrap();
+        keys.create(&key, &Protection::None).unwrap();
+        assert_eq!(keys.kind().unwrap(), KeyFileKind::Unprotected);
+        assert_eq!(keys.unlock(None).unwrap(), key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(keys.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// A passphrase change stopped after each of its steps (as a crash would stop it) leaves
+    /// a file that opens with the old passphrase or the new one, always the same key.
+    #[test]
+    fn a_passphrase_change_stopped_at_any_step_opens_with_the_old_or_the_new_passphrase() {
+        for (i, step) in
+            [Step::Written, Step::Synced, Step::Renamed, Step::DirSynced].into_iter().enumerate()
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = file(dir.path());
+            let key = DatabaseKey::generate().unwrap();
+            keys.create(&key, &Protection::Passphrase(b"old")).unwrap();
+            let stopped =
+                keys.rewrap_stopping(Some(b"old"), &Protection::Passphrase(b"new"), Some(step));
+            assert!(stopped.is_err(), "{step:?}");
+            let old = keys.unlock(Some(b"old"));
+            let new = keys.unlock(Some(b"new"));
+            match (old, new) {
+                (Ok(k), Err(KeyFileError::WrongPassphrase)) => {
+                    assert!(i < 2, "{step:?}: the old file after the rename");
+                    assert_eq!(k, key);
+                }
+                (Err(KeyFileError::WrongPassphrase), Ok(k)) => {
+                    assert!(i >= 2, "{step:?}: the new file before the rename");
+                    assert_eq!(k, key);
+                }
+                (old, new) => panic!("{step:?}: old {old:?}, new {new:?}"),
+            }
+            // A change after the interrupted one completes, stale temporary file or not.
+            let current: &[u8] = if i < 2 { b"old" } else { b"new" };
+            keys.rewrap(Some(current), &Protection::Passphrase(b"newer")).unwrap();
+            assert_eq!(keys.unlock(Some(b"newer")).unwrap(), key);
+        }
+    }
+}
