@@ -89,10 +89,11 @@ impl Conn {
         if let Ok(client) = RpcClient::connect(data_dir).await {
             return Ok(Self::Daemon { client, data_dir: data_dir.to_owned() });
         }
-        let config = match net {
+        let mut config = match net {
             Some(net) => net.config(data_dir)?,
             None => NodeConfig::offline(data_dir),
         };
+        config.protection = crate::unlock::for_open(data_dir)?;
         Ok(Self::Local(Node::start(config).await?))
     }
 

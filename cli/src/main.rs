@@ -30,6 +30,7 @@ mod media;
 mod notify;
 mod relay;
 mod render;
+mod unlock;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -60,8 +61,27 @@ struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
 
+    /// Keep the profile's key without a passphrase (a relay, a headless node whose disk is
+    /// protected otherwise): for `init`, `relay`, `passphrase change`, and the one-time
+    /// encryption of a profile from before encryption at rest. Otherwise Kith asks for a
+    /// passphrase, or reads it from the file named by KITH_PASSPHRASE_FILE.
+    #[arg(long, global = true, env = "KITH_NO_PASSPHRASE")]
+    no_passphrase: bool,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum PassphraseCommand {
+    /// Change it (or, with --no-passphrase, remove it): the key is wrapped anew, the data is
+    /// not rewritten, and a crash leaves a profile that opens with the old or the new one.
+    /// The current one is read as for any command (KITH_PASSPHRASE_FILE, else the terminal).
+    Change {
+        /// Read the new passphrase from this file instead of the terminal (scripts).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +92,9 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// The passphrase that protects the profile's key (and so its database) at rest.
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
     /// Print your contact string (and, while the daemon runs, its addresses).
     Id {
         /// Print JSON.
@@ -352,9 +375,28 @@ fn contact_label(c: &Value) -> String {
 #[allow(clippy::print_stdout, reason = "printing is this binary's job")]
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
+    unlock::set_no_passphrase(cli.no_passphrase);
     match cli.command {
+        Command::Passphrase(PassphraseCommand::Change { new_passphrase_file }) => {
+            if !Profile::key_path(&dir).exists() {
+                anyhow::bail!(
+                    "no encrypted profile in {} (a profile from before encryption is encrypted \
+                     the first time it is opened)",
+                    dir.display()
+                );
+            }
+            let old = unlock::current(&dir)?;
+            let new = unlock::new_for_change(new_passphrase_file.as_deref())?;
+            let removed = matches!(new, kith_node::KeyProtection::NoPassphrase);
+            Profile::change_protection(&dir, &old, &new)?;
+            if removed {
+                say!("The profile's key is now kept without a passphrase (readable by you only).");
+            } else {
+                say!("Passphrase changed.");
+            }
+        }
         Command::Init { name } => {
-            let mut profile = Profile::create(&dir, Config::default())?;
+            let mut profile = Profile::create(&dir, Config::default(), &unlock::for_create()?)?;
             if let Some(name) = name {
                 let now = kith_node::now_millis();
                 profile
@@ -735,7 +777,9 @@ async fn daemon(
     if rpc::RpcClient::connect(dir).await.is_ok() {
         anyhow::bail!("a daemon is already running for {} (`kith stop` stops it)", dir.display());
     }
-    let node = Node::start(net.config(dir)?).await?;
+    let mut config = net.config(dir)?;
+    config.protection = unlock::for_open(dir)?;
+    let node = Node::start(config).await?;
     let mut stop = rpc::serve(node.clone(), dir).await.context("starting the control socket")?;
     // Received attachments download on their own; show them (bars only on a terminal).
     tokio::spawn(media::show_downloads(node.clone()));

@@ -174,7 +174,9 @@ impl RelayArgs {
 /// Runs the relay in the foreground until Ctrl-C or SIGTERM.
 #[allow(clippy::print_stdout, reason = "the relay reports its addresses on stdout")]
 pub(crate) async fn run(dir: &Path, args: &RelayArgs) -> anyhow::Result<()> {
-    let node = Node::start_or_create(args.config(dir)?).await?;
+    let mut config = args.config(dir)?;
+    config.protection = crate::unlock::for_open_or_create(dir)?;
+    let node = Node::start_or_create(config).await?;
     say!("kith relay {}", node.peer_id());
     for address in node.addresses().await? {
         say!("listening: {address}");

@@ -10,6 +10,10 @@ use libp2p::Multiaddr;
 pub struct NodeConfig {
     /// The profile directory (identity, keys, messages).
     pub data_dir: PathBuf,
+    /// How the profile's database key is unlocked (and kept, for a new profile): a
+    /// passphrase, or explicitly none. Unset by default: a profile that needs a passphrase
+    /// then refuses to open, and none is created.
+    pub protection: crate::profile::KeyProtection,
     /// Addresses to listen on. Empty: listen nowhere (an offline node that only serves its
     /// local API).
     pub listen: Vec<Multiaddr>,
@@ -59,6 +63,7 @@ impl NodeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            protection: crate::profile::KeyProtection::Unset,
             listen: default_listen(),
             bootstrap: Vec::new(),
             mdns: true,
@@ -90,10 +95,16 @@ impl NodeConfig {
         }
     }
 
-    /// A node on 127.0.0.1 only, without mDNS (tests, the demo).
+    /// A node on 127.0.0.1 only, without mDNS (tests, the demo), whose profile's key takes
+    /// no passphrase ([`KeyProtection::NoPassphrase`](crate::KeyProtection::NoPassphrase)).
     pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
         let listen = ["/ip4/127.0.0.1/tcp/0"].iter().filter_map(|a| a.parse().ok()).collect();
-        Self { listen, mdns: false, ..Self::new(data_dir) }
+        Self {
+            listen,
+            mdns: false,
+            protection: crate::profile::KeyProtection::NoPassphrase,
+            ..Self::new(data_dir)
+        }
     }
 }
 

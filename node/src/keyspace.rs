@@ -15,6 +15,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use kith_core::store::{BackendError, Entry, SideStore, SideTree, SideWrite, StoreError};
+use kith_protocol::UserId;
 
 /// Entries read per page when scanning.
 const PAGE: usize = 256;
@@ -50,6 +51,23 @@ impl WriteBatch {
 impl Keyspace {
     pub(crate) fn new(side: SideStore, tree: SideTree, ns: u8) -> Self {
         Self { side, tree, ns }
+    }
+
+    /// The pseudonym `user` has in this database's keys (and file names): a keyed hash when
+    /// the database is encrypted, the id itself otherwise. Keys built from user ids use it so
+    /// that no key names a user.
+    pub(crate) fn hide(&self, user: &UserId) -> UserId {
+        UserId(self.side.pseudonym(&user.0))
+    }
+
+    /// Keeps the users behind their pseudonyms, for [`Keyspace::reveal`].
+    pub(crate) fn remember(&self, users: &[UserId]) {
+        self.side.remember(&users.iter().map(|u| u.0).collect::<Vec<_>>());
+    }
+
+    /// The user behind a pseudonym read from a key, if remembered.
+    pub(crate) fn reveal(&self, pseudonym: &[u8; 32]) -> Result<Option<UserId>, StoreError> {
+        Ok(self.side.reveal(pseudonym)?.map(UserId))
     }
 
     fn key(&self, key: &[u8]) -> Vec<u8> {
@@ -136,6 +154,42 @@ impl Keyspace {
     }
 }
 
+/// Where a side tree's key (namespace byte included) holds a user id, and whether the node
+/// reads that id back from the key: the layouts of [`crate::relay`]'s store and blob index and
+/// of [`crate::media`]'s records, in one place for the one-time migration of a profile to
+/// encryption (a test checks them against the live key builders).
+fn id_in_key(tree: SideTree, key: &[u8]) -> Option<(usize, bool)> {
+    match (tree, key.first()?, key.get(1)) {
+        // Mailboxes: 'm' ‖ recipient ‖ seq, 'i' ‖ recipient ‖ id, 'e' ‖ at ‖ recipient ‖ seq.
+        (SideTree::Relay, b'M', Some(b'm' | b'i')) => Some((2, false)),
+        (SideTree::Relay, b'M', Some(b'e')) => Some((10, false)),
+        // Prekeys: user.
+        (SideTree::Relay, b'P', _) => Some((1, false)),
+        // Blob index: 'b' ‖ recipient ‖ hash, 'e' ‖ at ‖ recipient ‖ hash.
+        (SideTree::Relay, b'B', Some(b'b')) => Some((2, false)),
+        (SideTree::Relay, b'B', Some(b'e')) => Some((10, false)),
+        // Uploads of a group's attachment for an offline member: media id ‖ member.
+        (SideTree::Media, b'P', _) => Some((1 + kith_protocol::MediaId::LEN, true)),
+        _ => None,
+    }
+}
+
+/// `key` (a side tree's, namespace byte included, ids in the clear) as the node writes it to
+/// `side`: its user id replaced by its pseudonym, and remembered where the node reads it back.
+pub(crate) fn hidden_side_key(side: &SideStore, tree: SideTree, key: &[u8]) -> Vec<u8> {
+    let mut out = key.to_vec();
+    if let Some((at, revealed)) = id_in_key(tree, key)
+        && let Some(slot) = out.get_mut(at..at + 32)
+        && let Ok(id) = <[u8; 32]>::try_from(&*slot)
+    {
+        slot.copy_from_slice(&side.pseudonym(&id));
+        if revealed {
+            side.remember(&[id]);
+        }
+    }
+    out
+}
+
 /// The trees of the relay service's database of its own (`<data-dir>/relay`, before one
 /// database held everything) and where their records go now.
 pub(crate) const LEGACY_RELAY: [(&str, SideTree, u8); 3] = [
@@ -174,7 +228,8 @@ pub(crate) fn import_legacy(
         for entry in db.open_tree(name)?.iter() {
             let (key, value) = entry?;
             bytes += key.len() + value.len();
-            batch.insert(&space, &key, value.to_vec());
+            let key = hidden_side_key(side, *tree, &space.key(&key));
+            batch.writes.push((*tree, key, Some(value.to_vec())));
             imported += 1;
             if bytes >= IMPORT_FLUSH_BYTES {
                 space.commit(std::mem::take(&mut batch));

@@ -119,7 +119,7 @@ pub use kith_core;
 pub use kith_protocol;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, SentFile};
-pub use profile::{Profile, ProfileError, ProfileRng};
+pub use profile::{KeyProtection, Passphrase, Profile, ProfileError, ProfileRng};
 pub use relay::RelayUsage;
 pub use storage::StorageStatus;
 

@@ -85,20 +85,20 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Starts a node on an existing profile (see [`Profile::create`] or [`Node::create`]).
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        let profile = Profile::open(&config.data_dir, config.engine.clone())?;
+        let profile = Profile::open(&config.data_dir, config.engine.clone(), &config.protection)?;
         Self::start_with(profile, config).await
     }
 
     /// Creates a new identity in `config.data_dir` and starts a node on it.
     pub async fn create(config: NodeConfig) -> Result<Self, NodeError> {
-        let profile = Profile::create(&config.data_dir, config.engine.clone())?;
+        let profile = Profile::create(&config.data_dir, config.engine.clone(), &config.protection)?;
         Self::start_with(profile, config).await
     }
 
     /// Starts a node on `config.data_dir`, creating its identity first if it has none (what
     /// a relay does: its identity, and so its PeerId, persists from then on).
     pub async fn start_or_create(config: NodeConfig) -> Result<Self, NodeError> {
-        match Profile::open(&config.data_dir, config.engine.clone()) {
+        match Profile::open(&config.data_dir, config.engine.clone(), &config.protection) {
             Ok(profile) => Self::start_with(profile, config).await,
             Err(ProfileError::NoIdentity(_)) => Self::create(config).await,
             Err(e) => Err(e.into()),

@@ -1,12 +1,25 @@
 //! A profile: one user's data directory, its database and the engine over it.
+//!
+//! The database is encrypted ([`kith_core::store::SealedBackend`]) under a random key kept in
+//! the key file `<data-dir>/key`, wrapped under the user's passphrase with Argon2id, or, where
+//! the user chose no passphrase (a relay, a headless node), unwrapped and readable by its owner
+//! only ([`KeyProtection`]). A profile from before encryption is migrated once, the first time
+//! it is opened with a protection chosen ([`Profile::needs_migration`]).
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kith_core::engine::{Config, Engine, OpenError};
-use kith_core::store::{Store, StoreError};
+use kith_core::store::{
+    DatabaseKey, KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection, SideStore, SideTree,
+    Store, StoreError,
+};
+use kith_protocol::UserId;
 use rand::rand_core::UnwrapErr;
 use rand::rngs::SysRng;
+use zeroize::Zeroizing;
 
 use crate::clock::{now_millis, wait_for_lock};
 
@@ -15,6 +28,61 @@ use crate::clock::{now_millis, wait_for_lock};
 /// failure aborts the draw with a panic, as `rand`'s own generators do: continuing without
 /// randomness is never an option.
 pub type ProfileRng = UnwrapErr<SysRng>;
+
+/// A passphrase: zeroized when the last copy is dropped, never printed.
+#[derive(Clone)]
+pub struct Passphrase(Arc<Zeroizing<Vec<u8>>>);
+
+impl Passphrase {
+    /// Takes the passphrase's bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Arc::new(Zeroizing::new(bytes)))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
+}
+
+/// How the profile's database key is unlocked, and kept when a profile is created or migrated
+/// to encryption.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum KeyProtection {
+    /// Not chosen: a profile whose key needs no passphrase opens; creating a profile, or
+    /// opening one that needs a passphrase or is not encrypted yet, is refused with an error
+    /// that says what to choose.
+    #[default]
+    Unset,
+    /// Wrapped under this passphrase (Argon2id, [`KdfParams::DEFAULT`]).
+    Passphrase(Passphrase),
+    /// Kept unwrapped in the key file, readable by its owner only: for a relay or a headless
+    /// node whose disk is protected otherwise. Never a default; an explicit choice.
+    NoPassphrase,
+}
+
+impl KeyProtection {
+    fn passphrase(&self) -> Option<&[u8]> {
+        match self {
+            KeyProtection::Passphrase(p) => Some(p.bytes()),
+            _ => None,
+        }
+    }
+
+    fn protection(&self) -> Option<Protection<'_>> {
+        match self {
+            KeyProtection::Unset => None,
+            KeyProtection::Passphrase(p) => Some(Protection::Passphrase(p.bytes())),
+            KeyProtection::NoPassphrase => Some(Protection::None),
+        }
+    }
+}
 
 /// Why a profile could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +105,29 @@ pub enum ProfileError {
     /// The database failed (the cause is its [`source`](std::error::Error::source)).
     #[error("the profile's database")]
     Store(#[from] StoreError),
+    /// The profile's key is protected by a passphrase and none was given.
+    #[error("the profile in {0} is protected by a passphrase; give it (a terminal prompt, or the file named by KITH_PASSPHRASE_FILE)")]
+    PassphraseRequired(PathBuf),
+    /// The passphrase does not open the profile. Nothing was changed.
+    #[error("wrong passphrase for the profile in {0}")]
+    WrongPassphrase(PathBuf),
+    /// Creating a profile, or encrypting one from before encryption, needs a choice: a
+    /// passphrase, or explicitly none.
+    #[error("the profile in {0} needs a passphrase, or an explicit choice of none (--no-passphrase)")]
+    ProtectionRequired(PathBuf),
+    /// The key file could not be read or written.
+    #[error("the profile's key file")]
+    KeyFile(#[source] KeyFileError),
+}
+
+impl ProfileError {
+    fn key_file(dir: &Path, error: KeyFileError) -> Self {
+        match error {
+            KeyFileError::WrongPassphrase => ProfileError::WrongPassphrase(dir.to_owned()),
+            KeyFileError::PassphraseRequired => ProfileError::PassphraseRequired(dir.to_owned()),
+            e => ProfileError::KeyFile(e),
+        }
+    }
 }
 
 /// A user's profile on disk.
@@ -45,8 +136,8 @@ pub struct Profile {
     engine: Engine<ProfileRng>,
 }
 
-impl std::fmt::Debug for Profile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Profile").field("dir", &self.dir).field("engine", &self.engine).finish()
     }
 }
@@ -69,10 +160,43 @@ impl Profile {
         dir.join("db")
     }
 
-    /// Creates a new identity in `dir` (which must not hold one yet).
-    pub fn create(dir: &Path, config: Config) -> Result<Self, ProfileError> {
+    /// The key file inside a data directory.
+    pub fn key_path(dir: &Path) -> PathBuf {
+        dir.join("key")
+    }
+
+    fn key_file(dir: &Path) -> KeyFile {
+        KeyFile::new(Self::key_path(dir)).with_params(kdf_params())
+    }
+
+    /// Creates a new identity in `dir` (which must not hold one yet), its database encrypted
+    /// under a new key kept as `protection` says.
+    pub fn create(
+        dir: &Path,
+        config: Config,
+        protection: &KeyProtection,
+    ) -> Result<Self, ProfileError> {
+        let new = protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
         secure_dir(dir)?;
-        let store = wait_for_lock(|| Store::open(&Self::db_path(dir)))?;
+        recover_migration(dir)?;
+        let keys = Self::key_file(dir);
+        let key = if Self::db_path(dir).exists() {
+            // A database from an earlier attempt that stopped before its identity was
+            // written opens with its key; one that holds an identity is refused below.
+            if !keys.exists() {
+                return Err(ProfileError::Exists(dir.to_owned()));
+            }
+            keys.unlock(protection.passphrase()).map_err(|_| ProfileError::Exists(dir.to_owned()))?
+        } else {
+            // The key file first: a database never exists without the key it is sealed under.
+            let key = DatabaseKey::generate().map_err(|e| ProfileError::Io {
+                path: dir.to_owned(),
+                source: std::io::Error::other(e),
+            })?;
+            keys.create(&key, &new).map_err(|e| ProfileError::key_file(dir, e))?;
+            key
+        };
+        let store = wait_for_lock(|| Store::open_sled_sealed(&Self::db_path(dir), &key))?;
         let engine = Engine::create(store, UnwrapErr(SysRng), now_millis(), config).map_err(
             |e| match e {
                 OpenError::IdentityExists => ProfileError::Exists(dir.to_owned()),
@@ -83,19 +207,66 @@ impl Profile {
         Ok(Self { dir: dir.to_owned(), engine })
     }
 
-    /// Opens the identity in `dir`.
-    pub fn open(dir: &Path, config: Config) -> Result<Self, ProfileError> {
+    /// Opens the identity in `dir`, unlocking its key as `protection` says. A profile from
+    /// before encryption is encrypted first ([`Profile::needs_migration`]), its key kept as
+    /// `protection` says.
+    pub fn open(
+        dir: &Path,
+        config: Config,
+        protection: &KeyProtection,
+    ) -> Result<Self, ProfileError> {
+        recover_migration(dir)?;
         if !Self::db_path(dir).exists() {
             return Err(ProfileError::NoIdentity(dir.to_owned()));
         }
         secure_dir(dir)?;
-        let store = wait_for_lock(|| Store::open(&Self::db_path(dir)))?;
+        if Self::needs_migration(dir) {
+            migrate(dir, protection)?;
+        }
+        let key = Self::key_file(dir)
+            .unlock(protection.passphrase())
+            .map_err(|e| ProfileError::key_file(dir, e))?;
+        finish_migration(dir, &key)?;
+        let store = wait_for_lock(|| Store::open_sled_sealed(&Self::db_path(dir), &key))?;
         let engine =
             Engine::open(store, UnwrapErr(SysRng), now_millis(), config).map_err(|e| match e {
                 OpenError::Store(e) => ProfileError::Store(e),
                 _ => ProfileError::NoIdentity(dir.to_owned()),
             })?;
         Ok(Self { dir: dir.to_owned(), engine })
+    }
+
+    /// Whether `dir` holds a profile from before encryption, which the next open encrypts.
+    pub fn needs_migration(dir: &Path) -> bool {
+        Self::db_path(dir).exists() && !Self::key_path(dir).exists()
+    }
+
+    /// Whether opening the profile in `dir` needs a passphrase (`false` too where there is no
+    /// profile, or one from before encryption).
+    pub fn needs_passphrase(dir: &Path) -> Result<bool, ProfileError> {
+        let keys = Self::key_file(dir);
+        if !keys.exists() {
+            return Ok(false);
+        }
+        match keys.kind() {
+            Ok(kind) => Ok(kind == KeyFileKind::Passphrase),
+            Err(e) => Err(ProfileError::key_file(dir, e)),
+        }
+    }
+
+    /// Wraps the profile's key anew: another passphrase, or none. The database is not
+    /// rewritten, and a crash at any point leaves a profile that opens with the old protection
+    /// or the new one. The profile may be open meanwhile (its key does not change).
+    pub fn change_protection(
+        dir: &Path,
+        old: &KeyProtection,
+        new: &KeyProtection,
+    ) -> Result<(), ProfileError> {
+        let new = new.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        if !Self::key_path(dir).exists() {
+            return Err(ProfileError::NoIdentity(dir.to_owned()));
+        }
+        Self::key_file(dir).rewrap(old.passphrase(), &new).map_err(|e| ProfileError::key_file(dir, e))
     }
 
     /// The data directory.
@@ -117,4 +288,135 @@ impl Profile {
     pub fn engine_mut(&mut self) -> &mut Engine<ProfileRng> {
         &mut self.engine
     }
+}
+
+/// The Argon2id parameters new key files get: [`KdfParams::DEFAULT`], or OWASP's minimum where
+/// `KITH_TEST_FAST_KDF` is set (test suites that create many profiles; never for real use).
+fn kdf_params() -> KdfParams {
+    if std::env::var_os("KITH_TEST_FAST_KDF").is_some() {
+        KdfParams::MINIMUM
+    } else {
+        KdfParams::DEFAULT
+    }
+}
+
+/// Where a migration builds the encrypted database, and keeps the plaintext one while it swaps
+/// them.
+fn sealed_path(dir: &Path) -> PathBuf {
+    dir.join("db.sealed")
+}
+
+fn plain_path(dir: &Path) -> PathBuf {
+    dir.join("db.plain")
+}
+
+/// The relay's chunk files, one directory per recipient (see [`crate::relay`]).
+fn blobs_path(dir: &Path) -> PathBuf {
+    dir.join("relay-blobs")
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ProfileError + '_ {
+    move |source| ProfileError::Io { path: path.to_owned(), source }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ProfileError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+/// Encrypts a profile from before encryption: copies its database into a new encrypted one
+/// (ids in keys hidden, values sealed), writes the key file, swaps the databases, renames the
+/// relay's per-recipient chunk directories to the recipients' pseudonyms, and deletes the
+/// plaintext database. Until the key file exists a crash leaves the plaintext profile as it
+/// was (the partial copy is discarded); after, [`recover_migration`] finishes the swap.
+fn migrate(dir: &Path, protection: &KeyProtection) -> Result<(), ProfileError> {
+    let new = protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+    tracing::warn!(
+        "encrypting the profile in {} (once: it was written by a version of Kith without \
+         encryption at rest)",
+        dir.display()
+    );
+    let sealed = sealed_path(dir);
+    if sealed.exists() {
+        fs::remove_dir_all(&sealed).map_err(io_error(&sealed))?;
+    }
+    let key = DatabaseKey::generate()
+        .map_err(|e| ProfileError::Io { path: dir.to_owned(), source: std::io::Error::other(e) })?;
+    let copied = {
+        let plain = wait_for_lock(|| Store::open(&Profile::db_path(dir)))?;
+        // Records of the databases the relay and media services had of their own before one
+        // database held everything come along.
+        let side = plain.side();
+        crate::keyspace::import_legacy(&dir.join("relay"), &side, &crate::keyspace::LEGACY_RELAY)?;
+        crate::keyspace::import_legacy(&dir.join("media"), &side, &crate::keyspace::LEGACY_MEDIA)?;
+        let mut target = Store::open_sled_sealed(&sealed, &key)?;
+        plain.copy_into(&mut target, &|side: &SideStore, tree: SideTree, key: &[u8]| {
+            crate::keyspace::hidden_side_key(side, tree, key)
+        })?
+    };
+    sync_dir(dir)?;
+    Profile::key_file(dir).create(&key, &new).map_err(|e| ProfileError::key_file(dir, e))?;
+    recover_migration(dir)?;
+    finish_migration(dir, &key)?;
+    tracing::warn!("the profile in {} is encrypted ({copied} records)", dir.display());
+    Ok(())
+}
+
+/// Finishes the database swap of a migration a crash interrupted after its key file was
+/// written, or discards one interrupted before (its copy is incomplete, and the plaintext
+/// database untouched).
+fn recover_migration(dir: &Path) -> Result<(), ProfileError> {
+    let (db, sealed, plain) = (Profile::db_path(dir), sealed_path(dir), plain_path(dir));
+    if !Profile::key_path(dir).exists() {
+        if sealed.exists() {
+            fs::remove_dir_all(&sealed).map_err(io_error(&sealed))?;
+        }
+        return Ok(());
+    }
+    if sealed.exists() {
+        if db.exists() {
+            fs::rename(&db, &plain).map_err(io_error(&db))?;
+            sync_dir(dir)?;
+        }
+        fs::rename(&sealed, &db).map_err(io_error(&sealed))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The last steps of a migration, once the encrypted database is in place and its key known:
+/// the relay's chunk directories renamed to the recipients' pseudonyms, then the plaintext
+/// database deleted (its presence says these steps are still to do).
+fn finish_migration(dir: &Path, key: &DatabaseKey) -> Result<(), ProfileError> {
+    let plain = plain_path(dir);
+    if plain.exists() {
+        hide_blob_dirs(dir, key)?;
+        fs::remove_dir_all(&plain).map_err(io_error(&plain))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Renames the relay's chunk directories from recipients' ids to their pseudonyms: all of them
+/// into a new directory, which then takes the old one's place (run again after a crash, it
+/// moves what is left).
+fn hide_blob_dirs(dir: &Path, key: &DatabaseKey) -> Result<(), ProfileError> {
+    let (blobs, moving) = (blobs_path(dir), dir.join("relay-blobs.sealed"));
+    if !blobs.exists() && !moving.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(&moving).map_err(io_error(&moving))?;
+    if blobs.exists() {
+        for entry in fs::read_dir(&blobs).map_err(io_error(&blobs))? {
+            let entry = entry.map_err(io_error(&blobs))?;
+            let name = entry.file_name();
+            let target = match name.to_str().and_then(|n| UserId::from_hex(n)) {
+                Some(user) => UserId(key.pseudonym(&user.0)).to_string(),
+                None => name.to_string_lossy().into_owned(),
+            };
+            fs::rename(entry.path(), moving.join(target)).map_err(io_error(&blobs))?;
+        }
+        fs::remove_dir(&blobs).map_err(io_error(&blobs))?;
+    }
+    fs::rename(&moving, &blobs).map_err(io_error(&moving))?;
+    sync_dir(dir)
 }

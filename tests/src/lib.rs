@@ -53,14 +53,26 @@ pub fn kith_binary() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Sets the environment every `kith` a test runs gets: profiles whose key takes no
+/// passphrase (`KITH_NO_PASSPHRASE`; the tests of passphrases set their own), no profile from
+/// the caller's environment.
+pub fn test_env(command: &mut Command) -> &mut Command {
+    command
+        .env("KITH_NO_PASSPHRASE", "true")
+        .env_remove("KITH_PASSPHRASE_FILE")
+        .env_remove("KITH_DATA_DIR")
+}
+
+/// The `kith` binary as a command with [`test_env`].
+pub fn kith_command() -> anyhow::Result<Command> {
+    let mut command = Command::new(kith_binary()?);
+    test_env(&mut command);
+    Ok(command)
+}
+
 /// Runs `kith` with `args` and the profile `data_dir`, returning its output.
 pub fn kith(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(kith_binary()?)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("KITH_DATA_DIR")
-        .output()?)
+    Ok(kith_command()?.arg("--data-dir").arg(data_dir).args(args).output()?)
 }
 
 /// Runs `kith` with `args` and the profile `data_dir`, `input` on its standard input.
@@ -70,11 +82,10 @@ pub fn kith_with_input(
     input: &[u8],
 ) -> anyhow::Result<Output> {
     use std::io::Write;
-    let mut child = Command::new(kith_binary()?)
+    let mut child = kith_command()?
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        .env_remove("KITH_DATA_DIR")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -352,14 +363,16 @@ impl Drop for Daemon {
 /// The `kith` binary as a command, run through `wrapper` if given (e.g. `ip netns exec NS`).
 fn wrapped_kith(wrapper: &[&str]) -> anyhow::Result<Command> {
     let kith = kith_binary()?;
-    Ok(match wrapper.split_first() {
+    let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
             let mut c = Command::new(program);
             c.args(rest).arg(&kith);
             c
         }
         None => Command::new(&kith),
-    })
+    };
+    test_env(&mut command);
+    Ok(command)
 }
 
 /// Helpers for the tests that build network namespaces (as root, with iproute2 and, for NAT,

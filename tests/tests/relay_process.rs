@@ -57,7 +57,8 @@ fn relay_help_documents_every_operator_setting() {
 fn a_relay_whose_stdout_reader_went_away_keeps_running() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(kith_tests::kith_binary().unwrap())
+    let mut child = kith_tests::kith_command()
+        .unwrap()
         .args(["--data-dir"])
         .arg(dir.path())
         .args(["relay", "--listen", "/ip4/127.0.0.1/tcp/0"])

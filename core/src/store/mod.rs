@@ -521,6 +521,60 @@ impl Store {
         self.shared.pseudonyms().hides()
     }
 
+    /// Copies every record of this store, which must not be encrypted, into `target`, an
+    /// empty encrypted one (the one-time migration of a profile to encryption): the engine's
+    /// records with the ids in their keys hidden for `target`, the node's side trees through
+    /// `side_key`, which rebuilds one of the node's keys with its ids hidden (through
+    /// [`SideStore::pseudonym`] and [`SideStore::remember`] on the handle it is given).
+    /// Flushes `target` every few thousand records and at the end; returns how many it copied.
+    pub fn copy_into(
+        &self,
+        target: &mut Store,
+        side_key: &dyn Fn(&SideStore, SideTree, &[u8]) -> Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        const PAGE: usize = 4096;
+        if self.is_sealed() {
+            return Err(StoreError::Encrypted);
+        }
+        let side = target.side();
+        let mut copied = 0u64;
+        for tree in Tree::ALL {
+            let mut from = Vec::new();
+            loop {
+                let page = self.shared.range(tree, &from, &[], false, PAGE)?;
+                let full = page.len() == PAGE;
+                if let Some((last, _)) = page.last() {
+                    from.clone_from(last);
+                    from.push(0);
+                }
+                copied += page.len() as u64;
+                match tree {
+                    Tree::Relay | Tree::Media => {
+                        let side_tree =
+                            if tree == Tree::Relay { SideTree::Relay } else { SideTree::Media };
+                        let writes = page
+                            .into_iter()
+                            .map(|(k, v)| (side_tree, side_key(&side, side_tree, &k), Some(v)))
+                            .collect();
+                        side.commit(writes);
+                    }
+                    _ => {
+                        let mut batch = Batch::new();
+                        for (key, value) in page {
+                            batch.put_raw(tree, &key, value);
+                        }
+                        target.commit(batch)?;
+                    }
+                }
+                target.flush()?;
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(copied)
+    }
+
     /// `key` as stored in `tree`: its ids replaced by their pseudonyms in an encrypted store.
     fn stored_key(&self, tree: Tree, key: &[u8]) -> Vec<u8> {
         let mut out = key.to_vec();

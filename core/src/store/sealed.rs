@@ -66,6 +66,12 @@ impl DatabaseKey {
         self.0.expose()
     }
 
+    /// The pseudonym `id` has in the keys of a database sealed under this key (what
+    /// [`super::SideStore::pseudonym`] gives).
+    pub fn pseudonym(&self, id: &[u8; 32]) -> [u8; 32] {
+        Pseudonyms::keyed(self).hide(id)
+    }
+
     fn subkey(&self, context: &str) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(blake3::derive_key(context, self.0.expose()))
     }

@@ -214,7 +214,9 @@ impl MediaStore {
         member: &UserId,
         uploads: &RelayUploads,
     ) {
-        self.member_uploads.insert(&member_key(media, member), encode(uploads));
+        self.member_uploads.remember(&[*member]);
+        let member = self.member_uploads.hide(member);
+        self.member_uploads.insert(&member_key(media, &member), encode(uploads));
     }
 
     /// The relays each member's uploads of `media` go to.
@@ -222,9 +224,17 @@ impl MediaStore {
         &self,
         media: &MediaId,
     ) -> Result<Vec<(UserId, RelayUploads)>, MediaStoreError> {
-        scan_keys(&self.member_uploads, &media.0, |key| {
+        let hidden: Vec<(UserId, RelayUploads)> = scan_keys(&self.member_uploads, &media.0, |key| {
             key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok()).map(UserId)
-        })
+        })?;
+        let mut out = Vec::with_capacity(hidden.len());
+        for (member, uploads) in hidden {
+            match self.member_uploads.reveal(&member.0)? {
+                Some(member) => out.push((member, uploads)),
+                None => return Err(MediaStoreError::Corrupt),
+            }
+        }
+        Ok(out)
     }
 
     /// Records that `media`, which we receive, is a group's (its members may fetch it from us).

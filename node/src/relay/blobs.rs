@@ -1,5 +1,6 @@
 //! The relay's blob store: sealed attachment chunks held for recipients, one file per chunk
-//! (`<data-dir>/relay-blobs/<recipient>/<hash>`), indexed in the profile's database (the
+//! (`<data-dir>/relay-blobs/<recipient>/<hash>`, the recipient by its pseudonym in an
+//! encrypted profile), indexed in the profile's database (the
 //! `relay` side tree, namespace `B`):
 //!
 //! ```text
@@ -80,8 +81,12 @@ impl BlobStore {
         Ok(Self { dir: dir.to_owned(), index, usage, total })
     }
 
-    /// Where a chunk's file lives.
+    /// Where a chunk's file lives (under the recipient's pseudonym, in an encrypted profile).
     pub(crate) fn path(&self, recipient: &UserId, hash: &ChunkHash) -> PathBuf {
+        self.hidden_path(&self.index.hide(recipient), hash)
+    }
+
+    fn hidden_path(&self, recipient: &UserId, hash: &ChunkHash) -> PathBuf {
         self.dir.join(recipient.to_string()).join(hash.to_string())
     }
 
@@ -91,6 +96,7 @@ impl BlobStore {
         let (index, dir) = (self.index.clone(), self.dir.clone());
         crate::media::fetch::BlobIndex {
             lookup: std::sync::Arc::new(move |recipient: &UserId, hash: &ChunkHash| {
+                let recipient = &index.hide(recipient);
                 let held = index.contains_key(&blob_key(recipient, hash)).ok()?;
                 held.then(|| dir.join(recipient.to_string()).join(hash.to_string()))
             }),
@@ -103,12 +109,12 @@ impl BlobStore {
         recipient: &UserId,
         hash: &ChunkHash,
     ) -> Result<bool, RelayStoreError> {
-        Ok(self.index.contains_key(&blob_key(recipient, hash))?)
+        Ok(self.index.contains_key(&blob_key(&self.index.hide(recipient), hash))?)
     }
 
     /// Bytes held (and being written) for `recipient`, and in all.
     pub(crate) fn usage(&self, recipient: &UserId) -> (u64, u64) {
-        (self.usage.get(recipient).copied().unwrap_or(0), self.total)
+        (self.usage.get(&self.index.hide(recipient)).copied().unwrap_or(0), self.total)
     }
 
     /// Decides an upload of `size` bytes; on [`Admit::Write`] the bytes are reserved until
@@ -136,14 +142,14 @@ impl BlobStore {
         if all + size > total {
             return Err(MediaRefusal::Unavailable);
         }
-        *self.usage.entry(*recipient).or_default() += size;
+        *self.usage.entry(self.index.hide(recipient)).or_default() += size;
         self.total += size;
         Ok(Admit::Write)
     }
 
     /// Releases a reservation whose write failed.
     pub(crate) fn abort(&mut self, recipient: &UserId, size: u64) {
-        self.release(recipient, size);
+        self.release(&self.index.hide(recipient), size);
     }
 
     /// Indexes a chunk whose file is written and synced.
@@ -154,6 +160,7 @@ impl BlobStore {
         size: u64,
         now: UnixMillis,
     ) -> Result<(), RelayStoreError> {
+        let recipient = &self.index.hide(recipient);
         let mut value = now.to_be_bytes().to_vec();
         value.extend_from_slice(&size.to_be_bytes());
         let mut batch = WriteBatch::default();
@@ -165,6 +172,16 @@ impl BlobStore {
 
     /// Deletes `recipient`'s chunks among `hashes`; returns how many were held.
     pub(crate) fn remove(
+        &mut self,
+        recipient: &UserId,
+        hashes: &[ChunkHash],
+    ) -> Result<u32, RelayStoreError> {
+        let hidden = self.index.hide(recipient);
+        self.remove_hidden(&hidden, hashes)
+    }
+
+    /// [`Self::remove`], for the recipient's pseudonym (as keys hold it).
+    fn remove_hidden(
         &mut self,
         recipient: &UserId,
         hashes: &[ChunkHash],
@@ -184,7 +201,7 @@ impl BlobStore {
         for (hash, size) in &removed {
             self.release(recipient, *size);
             // A crash before this leaves a file no index entry names: never served, only disk.
-            let _ = fs::remove_file(self.path(recipient, hash));
+            let _ = fs::remove_file(self.hidden_path(recipient, hash));
         }
         Ok(u32::try_from(removed.len()).unwrap_or(u32::MAX))
     }
@@ -209,7 +226,7 @@ impl BlobStore {
         })?;
         let mut purged = 0;
         for (recipient, hash) in expired {
-            purged += self.remove(&recipient, &[hash])? as usize;
+            purged += self.remove_hidden(&recipient, &[hash])? as usize;
         }
         Ok(purged)
     }

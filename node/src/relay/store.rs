@@ -161,7 +161,7 @@ impl RelayStore {
 
     /// What `recipient` has stored.
     pub(crate) fn usage(&self, recipient: &UserId) -> Usage {
-        self.usage.get(recipient).copied().unwrap_or_default()
+        self.usage.get(&self.mailbox.hide(recipient)).copied().unwrap_or_default()
     }
 
     /// What the whole relay holds.
@@ -180,7 +180,7 @@ impl RelayStore {
         recipient: &UserId,
         id: &MessageId,
     ) -> Result<bool, RelayStoreError> {
-        Ok(self.mailbox.contains_key(&id_key(recipient, id))?)
+        Ok(self.mailbox.contains_key(&id_key(&self.mailbox.hide(recipient), id))?)
     }
 
     /// Stores an envelope (quota checks are the caller's); durable after [`Self::flush`].
@@ -194,6 +194,7 @@ impl RelayStore {
         if self.holds(recipient, id)? {
             return Ok(Deposit::AlreadyHeld);
         }
+        let recipient = &self.mailbox.hide(recipient);
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut value = Vec::with_capacity(MAIL_HEADER + envelope.len());
@@ -230,7 +231,7 @@ impl RelayStore {
         let mut out = Vec::new();
         let mut size = 0usize;
         let mut seen = 0u64;
-        self.mailbox.scan_prefix(&prefix(MAIL, recipient), |_, value| {
+        self.mailbox.scan_prefix(&prefix(MAIL, &self.mailbox.hide(recipient)), |_, value| {
             let Some((at, id, envelope)) = parse_mail(value) else {
                 return ControlFlow::Continue(());
             };
@@ -250,6 +251,16 @@ impl RelayStore {
 
     /// Deletes these envelopes of `recipient`; returns how many it held.
     pub(crate) fn remove(
+        &mut self,
+        recipient: &UserId,
+        ids: &[MessageId],
+    ) -> Result<u32, RelayStoreError> {
+        let hidden = self.mailbox.hide(recipient);
+        self.remove_hidden(&hidden, ids)
+    }
+
+    /// [`Self::remove`], for the recipient's pseudonym (as keys hold it).
+    fn remove_hidden(
         &mut self,
         recipient: &UserId,
         ids: &[MessageId],
@@ -323,7 +334,7 @@ impl RelayStore {
         }
         let mut purged = 0;
         for (recipient, id) in expired {
-            purged += self.remove(&recipient, &[id])? as usize;
+            purged += self.remove_hidden(&recipient, &[id])? as usize;
         }
         Ok(purged)
     }
@@ -332,7 +343,7 @@ impl RelayStore {
     /// accumulate up to [`MAX_RELAY_ONE_TIME_PREKEYS`], oldest dropped first. Returns how many
     /// one-time prekeys the relay now holds for the user.
     pub(crate) fn put_prekeys(&mut self, upload: PreKeyUpload) -> Result<u32, RelayStoreError> {
-        let key = upload.identity.user.0;
+        let key = self.prekeys.hide(&upload.identity.user).0;
         let merged = match self.stored_prekeys(&upload.identity.user)? {
             Some(mut stored) => {
                 if upload.signed_prekey.created_at >= stored.signed_prekey.created_at {
@@ -366,7 +377,7 @@ impl RelayStore {
         let one_time_prekey: Option<OneTimePreKeyPublic> =
             (!stored.one_time_prekeys.is_empty()).then(|| stored.one_time_prekeys.remove(0));
         if one_time_prekey.is_some() {
-            self.write_prekeys(&user.0, &stored)?;
+            self.write_prekeys(&self.prekeys.hide(user).0, &stored)?;
         }
         Ok(Some(PreKeyBundle {
             identity: stored.identity,
@@ -381,7 +392,7 @@ impl RelayStore {
     ) -> Result<Option<PreKeyUpload>, RelayStoreError> {
         // A record that no longer decodes is treated as absent (and replaced on upload).
         // Stored as the upload frame itself, so that decoding re-checks its limits.
-        let decoded = self.prekeys.get(&user.0)?.and_then(|v| kith_protocol::decode(&v).ok());
+        let decoded = self.prekeys.get(&self.prekeys.hide(user).0)?.and_then(|v| kith_protocol::decode(&v).ok());
         Ok(match decoded {
             Some(PreKeyRequest::Upload(upload)) => Some(*upload),
             _ => None,
