@@ -89,7 +89,8 @@ pub(crate) fn new_for_change(file: Option<&Path>) -> anyhow::Result<KeyProtectio
 
 fn read_file(path: &Path) -> anyhow::Result<Passphrase> {
     let bytes = Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("reading the passphrase from {}", path.display()))?,
+        std::fs::read(path)
+            .with_context(|| format!("reading the passphrase from {}", path.display()))?,
     );
     // One trailing line break (what `echo` and editors add) is not part of it.
     let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
@@ -102,7 +103,7 @@ fn read_file(path: &Path) -> anyhow::Result<Passphrase> {
 /// (twice for a new one, `confirm`).
 fn read(prompt: &str, confirm: bool) -> anyhow::Result<Passphrase> {
     if let Some(path) = std::env::var_os(PASSPHRASE_FILE) {
-        return read_file(Path::new(&path)).with_context(|| format!("{PASSPHRASE_FILE}"));
+        return read_file(Path::new(&path)).context(PASSPHRASE_FILE);
     }
     read_from_terminal(prompt, confirm)
 }
@@ -114,8 +115,12 @@ fn read_from_terminal(prompt: &str, confirm: bool) -> anyhow::Result<Passphrase>
          {PASSPHRASE_FILE} to a file that holds it{}",
         if confirm { " (or choose none with --no-passphrase)" } else { "" }
     );
-    let first = Zeroizing::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
-    anyhow::ensure!(!first.is_empty(), "an empty passphrase protects nothing: use --no-passphrase for none");
+    let first =
+        Zeroizing::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
+    anyhow::ensure!(
+        !first.is_empty(),
+        "an empty passphrase protects nothing: use --no-passphrase for none"
+    );
     if confirm {
         let again = Zeroizing::new(
             rpassword::prompt_password("Repeat it: ").context("reading the passphrase")?,

@@ -177,23 +177,37 @@ impl Backend for CrashableBackend {
 pub enum Storage {
     /// In memory, with simulated crashes.
     Crashable(CrashableBackend),
-    /// A real sled database (crashes are not simulated).
+    /// A real sled database, not encrypted (crashes are not simulated).
     #[cfg(feature = "sled")]
     Sled(std::path::PathBuf),
+    /// A real sled database, encrypted under a fixed key (crashes are not simulated).
+    #[cfg(feature = "sled")]
+    SealedSled(std::path::PathBuf),
+}
+
+/// The key the simulation's encrypted stores are sealed under.
+fn sim_key() -> crate::store::DatabaseKey {
+    crate::store::DatabaseKey::from_bytes(&mut [7; 32])
 }
 
 impl Storage {
     fn store(&self) -> Store {
         match self {
             // Encrypted, as on disk (the sled variant covers stores without encryption).
-            Storage::Crashable(b) => {
-                let key = crate::store::DatabaseKey::from_bytes(&mut [7; 32]);
-                Store::open_sealed(Box::new(b.clone()), &key).unwrap()
-            }
+            Storage::Crashable(b) => Store::open_sealed(Box::new(b.clone()), &sim_key()).unwrap(),
             // A store just dropped releases its lock in the background: wait for it.
             #[cfg(feature = "sled")]
             Storage::Sled(path) => loop {
                 match Store::open(path) {
+                    Err(StoreError::Locked) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    result => break result.unwrap(),
+                }
+            },
+            #[cfg(feature = "sled")]
+            Storage::SealedSled(path) => loop {
+                match Store::open_sled_sealed(path, &sim_key()) {
                     Err(StoreError::Locked) => {
                         std::thread::sleep(std::time::Duration::from_millis(10))
                     }
@@ -347,6 +361,16 @@ impl Net {
         let mut net = Net::new(0, Faults::NONE, seed);
         for dir in dirs {
             net.add_node(Storage::Sled(dir.to_path_buf()));
+        }
+        net
+    }
+
+    /// A network of nodes on encrypted sled databases in `dirs`, without faults.
+    #[cfg(feature = "sled")]
+    pub fn with_sealed_sled(dirs: &[&std::path::Path], seed: u64) -> Self {
+        let mut net = Net::new(0, Faults::NONE, seed);
+        for dir in dirs {
+            net.add_node(Storage::SealedSled(dir.to_path_buf()));
         }
         net
     }
@@ -558,7 +582,9 @@ impl Net {
         match &self.nodes[node].storage {
             Storage::Crashable(backend) => backend.crash(),
             #[cfg(feature = "sled")]
-            Storage::Sled(_) => panic!("crashes are simulated on in-memory nodes only"),
+            Storage::Sled(_) | Storage::SealedSled(_) => {
+                panic!("crashes are simulated on in-memory nodes only")
+            }
         }
     }
 
@@ -568,7 +594,9 @@ impl Net {
         match &self.nodes[node].storage {
             Storage::Crashable(backend) => backend.set_full(full),
             #[cfg(feature = "sled")]
-            Storage::Sled(_) => panic!("full disks are simulated on in-memory nodes only"),
+            Storage::Sled(_) | Storage::SealedSled(_) => {
+                panic!("full disks are simulated on in-memory nodes only")
+            }
         }
     }
 

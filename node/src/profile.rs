@@ -106,14 +106,18 @@ pub enum ProfileError {
     #[error("the profile's database")]
     Store(#[from] StoreError),
     /// The profile's key is protected by a passphrase and none was given.
-    #[error("the profile in {0} is protected by a passphrase; give it (a terminal prompt, or the file named by KITH_PASSPHRASE_FILE)")]
+    #[error(
+        "the profile in {0} is protected by a passphrase; give it (a terminal prompt, or the file named by KITH_PASSPHRASE_FILE)"
+    )]
     PassphraseRequired(PathBuf),
     /// The passphrase does not open the profile. Nothing was changed.
     #[error("wrong passphrase for the profile in {0}")]
     WrongPassphrase(PathBuf),
     /// Creating a profile, or encrypting one from before encryption, needs a choice: a
     /// passphrase, or explicitly none.
-    #[error("the profile in {0} needs a passphrase, or an explicit choice of none (--no-passphrase)")]
+    #[error(
+        "the profile in {0} needs a passphrase, or an explicit choice of none (--no-passphrase)"
+    )]
     ProtectionRequired(PathBuf),
     /// The key file could not be read or written.
     #[error("the profile's key file")]
@@ -176,7 +180,9 @@ impl Profile {
         config: Config,
         protection: &KeyProtection,
     ) -> Result<Self, ProfileError> {
-        let new = protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        let new = protection
+            .protection()
+            .ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
         secure_dir(dir)?;
         recover_migration(dir)?;
         let keys = Self::key_file(dir);
@@ -186,7 +192,8 @@ impl Profile {
             if !keys.exists() {
                 return Err(ProfileError::Exists(dir.to_owned()));
             }
-            keys.unlock(protection.passphrase()).map_err(|_| ProfileError::Exists(dir.to_owned()))?
+            keys.unlock(protection.passphrase())
+                .map_err(|_| ProfileError::Exists(dir.to_owned()))?
         } else {
             // The key file first: a database never exists without the key it is sealed under.
             let key = DatabaseKey::generate().map_err(|e| ProfileError::Io {
@@ -262,11 +269,14 @@ impl Profile {
         old: &KeyProtection,
         new: &KeyProtection,
     ) -> Result<(), ProfileError> {
-        let new = new.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        let new =
+            new.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
         if !Self::key_path(dir).exists() {
             return Err(ProfileError::NoIdentity(dir.to_owned()));
         }
-        Self::key_file(dir).rewrap(old.passphrase(), &new).map_err(|e| ProfileError::key_file(dir, e))
+        Self::key_file(dir)
+            .rewrap(old.passphrase(), &new)
+            .map_err(|e| ProfileError::key_file(dir, e))
     }
 
     /// The data directory.
@@ -329,7 +339,8 @@ fn sync_dir(dir: &Path) -> Result<(), ProfileError> {
 /// plaintext database. Until the key file exists a crash leaves the plaintext profile as it
 /// was (the partial copy is discarded); after, [`recover_migration`] finishes the swap.
 fn migrate(dir: &Path, protection: &KeyProtection) -> Result<(), ProfileError> {
-    let new = protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+    let new =
+        protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
     tracing::warn!(
         "encrypting the profile in {} (once: it was written by a version of Kith without \
          encryption at rest)",
@@ -409,7 +420,7 @@ fn hide_blob_dirs(dir: &Path, key: &DatabaseKey) -> Result<(), ProfileError> {
         for entry in fs::read_dir(&blobs).map_err(io_error(&blobs))? {
             let entry = entry.map_err(io_error(&blobs))?;
             let name = entry.file_name();
-            let target = match name.to_str().and_then(|n| UserId::from_hex(n)) {
+            let target = match name.to_str().and_then(UserId::from_hex) {
                 Some(user) => UserId(key.pseudonym(&user.0)).to_string(),
                 None => name.to_string_lossy().into_owned(),
             };

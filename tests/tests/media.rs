@@ -227,8 +227,14 @@ async fn relay() -> TestRelay {
 }
 
 /// The chunk files `relay` holds for `user`, in name order.
+/// The chunk files a relay holds for `user`, the only recipient it holds chunks for (their
+/// directory is named by the recipient's pseudonym, never its id).
 fn chunks_for(relay: &TestRelay, user: &UserId) -> Vec<PathBuf> {
-    files_under(&relay.dir.path().join("relay-blobs").join(user.to_string()))
+    let root = relay.dir.path().join("relay-blobs");
+    assert!(!root.join(user.to_string()).exists(), "a directory named by the recipient's id");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "one recipient");
+    files_under(&dirs[0])
 }
 
 /// Bob, whose home relays are `relays`.

@@ -131,10 +131,11 @@ async fn a_first_message_to_an_offline_stranger_arrives_through_prekeys_its_rela
         alice.node.wait_for_status(id, MessageStatus::Sent, WAIT).await.unwrap(),
         MessageStatus::Sent
     );
-    // While the relay holds it: its files carry Bob's id (what a relay must know) and no text.
+    // While the relay holds it: its files carry neither the text nor Bob's id (the mailbox is
+    // keyed by his pseudonym in the relay's encrypted database).
     assert_eq!(relay.held().await, 1);
     assert_no_plaintext(relay.dir.path(), &["nice to meet you"]);
-    assert!(dir_contains(relay.dir.path(), &bob_id.0), "the search would not find stored data");
+    assert!(!dir_contains(relay.dir.path(), &bob_id.0), "the relay's files name the recipient");
 
     let bob = user(bob_dir.path(), vec![relay.address().await], false).await;
     assert_eq!(
@@ -186,7 +187,8 @@ async fn with_one_of_two_relays_down_for_good_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_envelopes_are_purged_and_never_reported_delivered() {
     let mut settings = RelayConfig::default();
-    settings.ttl = Duration::from_secs(2);
+    // Long enough that a loaded machine checks the deposit before it expires.
+    settings.ttl = Duration::from_secs(4);
     settings.purge_interval = Duration::from_millis(200);
     let relay = Relay::start(settings).await;
     let bob_dir = tempfile::tempdir().unwrap();

@@ -453,6 +453,9 @@ impl PendingKey {
     }
 }
 
+/// Rebuilds one of the node's side-tree keys for an encrypted store ([`Store::copy_into`]).
+pub type SideKeyFn<'a> = dyn Fn(&SideStore, SideTree, &[u8]) -> Vec<u8> + 'a;
+
 /// The typed store. It shares its database, and its pending writes, with the node's
 /// [`SideStore`]s ([`Store::side`]).
 pub struct Store {
@@ -530,7 +533,7 @@ impl Store {
     pub fn copy_into(
         &self,
         target: &mut Store,
-        side_key: &dyn Fn(&SideStore, SideTree, &[u8]) -> Vec<u8>,
+        side_key: &SideKeyFn<'_>,
     ) -> Result<u64, StoreError> {
         const PAGE: usize = 4096;
         if self.is_sealed() {

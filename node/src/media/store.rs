@@ -224,9 +224,10 @@ impl MediaStore {
         &self,
         media: &MediaId,
     ) -> Result<Vec<(UserId, RelayUploads)>, MediaStoreError> {
-        let hidden: Vec<(UserId, RelayUploads)> = scan_keys(&self.member_uploads, &media.0, |key| {
-            key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok()).map(UserId)
-        })?;
+        let hidden: Vec<(UserId, RelayUploads)> =
+            scan_keys(&self.member_uploads, &media.0, |key| {
+                key.get(MediaId::LEN..).and_then(|m| <[u8; 32]>::try_from(m).ok()).map(UserId)
+            })?;
         let mut out = Vec::with_capacity(hidden.len());
         for (member, uploads) in hidden {
             match self.member_uploads.reveal(&member.0)? {

@@ -392,7 +392,10 @@ impl RelayStore {
     ) -> Result<Option<PreKeyUpload>, RelayStoreError> {
         // A record that no longer decodes is treated as absent (and replaced on upload).
         // Stored as the upload frame itself, so that decoding re-checks its limits.
-        let decoded = self.prekeys.get(&self.prekeys.hide(user).0)?.and_then(|v| kith_protocol::decode(&v).ok());
+        let decoded = self
+            .prekeys
+            .get(&self.prekeys.hide(user).0)?
+            .and_then(|v| kith_protocol::decode(&v).ok());
         Ok(match decoded {
             Some(PreKeyRequest::Upload(upload)) => Some(*upload),
             _ => None,
