@@ -73,6 +73,34 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum BackupCommand {
+    /// Write a backup: identity, contacts and their verification marks, groups, history and
+    /// attachment records (not the downloads, not the sessions), encrypted under a new
+    /// 30-digit recovery code shown once (or under the passphrase in --passphrase-file).
+    Create {
+        /// Where to write it.
+        file: PathBuf,
+        /// Encrypt it under the passphrase in this file instead of a recovery code.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into this (fresh) profile directory: the same identity, contacts,
+    /// groups and history. Sessions start anew: contacts see a session reset, not a new key.
+    /// The recovery code is read from standard input when that is not a terminal; the new
+    /// profile's passphrase as for `kith init`.
+    Restore {
+        /// The backup.
+        file: PathBuf,
+        /// The backup was made with --passphrase-file: read that passphrase from this file.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum PassphraseCommand {
     /// Change it (or, with --no-passphrase, remove it): the key is wrapped anew, the data is
     /// not rewritten, and a crash leaves a profile that opens with the old or the new one.
@@ -95,6 +123,9 @@ enum Command {
     /// The passphrase that protects the profile's key (and so its database) at rest.
     #[command(subcommand)]
     Passphrase(PassphraseCommand),
+    /// Encrypted backups of the profile, and restoring one on another machine.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print your contact string (and, while the daemon runs, its addresses).
     Id {
         /// Print JSON.
@@ -377,6 +408,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
     unlock::set_no_passphrase(cli.no_passphrase);
     match cli.command {
+        Command::Backup(BackupCommand::Create { file, passphrase_file, json }) => {
+            let path = std::path::absolute(&file)
+                .with_context(|| format!("{}: not a usable path", file.display()))?;
+            let mut params = json!({ "path": path.to_string_lossy() });
+            if let Some(passphrase_file) = passphrase_file {
+                let passphrase = unlock::read_passphrase_file(&passphrase_file)?;
+                params["passphrase"] = json!(passphrase.as_str());
+            }
+            let mut conn = Conn::open(&dir, None).await?;
+            let made = conn.call("backup.create", params).await?;
+            conn.close().await?;
+            if json {
+                println!("{made}");
+            } else {
+                say!(
+                    "Wrote a backup of {} contacts and {} messages to {}.",
+                    made["contacts"],
+                    made["messages"],
+                    path.display()
+                );
+                if let Some(code) = made["code"].as_str() {
+                    say!("Recovery code (shown only now; write it down, it opens the backup):");
+                    say!("    {code}");
+                }
+            }
+        }
+        Command::Backup(BackupCommand::Restore { file, passphrase_file }) => {
+            restore(&dir, &file, passphrase_file.as_deref())?;
+        }
         Command::Passphrase(PassphraseCommand::Change { new_passphrase_file }) => {
             if !Profile::key_path(&dir).exists() {
                 anyhow::bail!(
@@ -763,6 +823,52 @@ fn read_text(input: impl std::io::Read) -> anyhow::Result<String> {
     anyhow::ensure!(bytes.len() <= max, "the text is longer than {} KiB (the limit)", max / 1024);
     anyhow::ensure!(!bytes.is_empty(), "no text on standard input");
     String::from_utf8(bytes).context("the text on standard input is not UTF-8")
+}
+
+/// `kith backup restore`: opens the backup with its recovery code (from standard input when
+/// that is not a terminal) or passphrase file, then restores it into `dir`.
+fn restore(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use kith_node::kith_core::store::{BackupSecret, RecoveryCode, RestoredBackup};
+    if Profile::db_path(dir).exists() {
+        anyhow::bail!(
+            "{} already holds a profile: restore into a fresh directory (--data-dir)",
+            dir.display()
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let backup = match passphrase_file {
+        Some(path) => {
+            let passphrase = unlock::read_passphrase_file(path)?;
+            RestoredBackup::open(&bytes, &BackupSecret::Passphrase(passphrase.as_bytes()))?
+        }
+        None => {
+            let line = if std::io::stdin().is_terminal() {
+                rpassword::prompt_password("Recovery code: ")
+                    .context("reading the recovery code")?
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the recovery code")?;
+                line
+            };
+            let code = RecoveryCode::parse(&line)?;
+            RestoredBackup::open(&bytes, &BackupSecret::Code(&code))?
+        }
+    };
+    let summary = backup.summary();
+    let profile = Profile::restore(dir, &backup, Config::default(), &unlock::for_create()?)?;
+    say!(
+        "Restored {} into {}: {} contacts, {} messages. Sessions start anew: your contacts see \
+         a session reset, and the same identity.",
+        ContactString::new(profile.engine().user_id(), Vec::new()),
+        dir.display(),
+        summary.contacts,
+        summary.messages
+    );
+    Ok(())
 }
 
 /// How long `kith stop` waits for the daemon's process to end.

@@ -134,3 +134,13 @@ fn read_from_terminal(prompt: &str, confirm: bool) -> anyhow::Result<Passphrase>
 fn eprintln_safe(line: &str) {
     eprintln!("{}", kith_node::kith_core::text::for_terminal(line));
 }
+
+/// A passphrase from a file, as text (for the control API): one trailing line break is not
+/// part of it.
+pub(crate) fn read_passphrase_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let passphrase = read_file(path)?;
+    Ok(Zeroizing::new(
+        String::from_utf8(passphrase.as_bytes().to_vec())
+            .map_err(|_| anyhow::anyhow!("{}: the passphrase is not UTF-8", path.display()))?,
+    ))
+}

@@ -28,6 +28,9 @@ pub enum NodeError {
         #[source]
         source: libp2p::TransportError<std::io::Error>,
     },
+    /// A backup could not be made.
+    #[error(transparent)]
+    Backup(kith_core::store::BackupError),
     /// The relay's store could not be opened.
     #[error(transparent)]
     RelayStore(#[from] crate::relay::RelayStoreError),

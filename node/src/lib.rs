@@ -118,7 +118,7 @@ pub use groups::GossipError;
 pub use kith_core;
 pub use kith_protocol;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{Node, SentFile};
+pub use node::{BackupSecretOwned, Node, SentFile};
 pub use profile::{KeyProtection, Passphrase, Profile, ProfileError, ProfileRng};
 pub use relay::RelayUsage;
 pub use storage::StorageStatus;

@@ -49,6 +49,15 @@ pub const CALL_QUEUE: usize = 1024;
 /// and is told so ([`NodeEvent::Lagged`]).
 pub const EVENT_BUFFER: usize = 8192;
 
+/// What a backup is encrypted under ([`Node::create_backup`]).
+#[derive(Clone, Debug)]
+pub enum BackupSecretOwned {
+    /// A recovery code (shown to the user once).
+    Code(kith_core::store::RecoveryCode),
+    /// A passphrase the user chose.
+    Passphrase(crate::profile::Passphrase),
+}
+
 /// An attachment queued by [`Node::send_file`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentFile {
@@ -73,6 +82,8 @@ pub struct Node {
     relays: Vec<Multiaddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     served: Arc<crate::media::fetch::ServedCounters>,
+    /// A handle on the profile's database, for work that reads it off the driver (backups).
+    side: kith_core::store::SideStore,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -110,6 +121,7 @@ impl Node {
         let clock = Clock::start();
         let engine = profile.into_engine();
         let side = engine.store().side();
+        let backup_side = side.clone();
         // Relay and media records lived in databases of their own before Kith 0.4 (layout 4).
         crate::keyspace::import_legacy(&config.data_dir.join("relay"), &side, &LEGACY_RELAY)?;
         crate::keyspace::import_legacy(&config.data_dir.join("media"), &side, &LEGACY_MEDIA)?;
@@ -222,12 +234,37 @@ impl Node {
             relays: config.relays.clone(),
             metrics_addr,
             served,
+            side: backup_side,
             task: Arc::new(Mutex::new(Some(task))),
         };
         if !config.listen.is_empty() {
             node.wait_listening(Duration::from_secs(10)).await?;
         }
         Ok(node)
+    }
+
+    /// A backup of the profile (identity, contacts and their verification marks, groups,
+    /// history, attachment records; not sessions, prekeys or downloads), encrypted under
+    /// `secret` ([`kith_core::store::create_backup`]); what was committed so far is in it. Runs
+    /// on a blocking thread: Argon2id takes a moment.
+    pub async fn create_backup(
+        &self,
+        secret: BackupSecretOwned,
+    ) -> Result<(Vec<u8>, kith_core::store::BackupSummary), NodeError> {
+        let side = self.side.clone();
+        let params = crate::profile::kdf_params();
+        tokio::task::spawn_blocking(move || {
+            let secret = match &secret {
+                BackupSecretOwned::Code(code) => kith_core::store::BackupSecret::Code(code),
+                BackupSecretOwned::Passphrase(p) => {
+                    kith_core::store::BackupSecret::Passphrase(p.as_bytes())
+                }
+            };
+            kith_core::store::create_backup(&side, &secret, params, now_millis())
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+        .map_err(NodeError::Backup)
     }
 
     /// Sends the file at `path` to `to` as an attachment, with an optional caption.

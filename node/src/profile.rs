@@ -39,7 +39,8 @@ impl Passphrase {
         Self(Arc::new(Zeroizing::new(bytes)))
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The passphrase's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
@@ -70,7 +71,7 @@ pub enum KeyProtection {
 impl KeyProtection {
     fn passphrase(&self) -> Option<&[u8]> {
         match self {
-            KeyProtection::Passphrase(p) => Some(p.bytes()),
+            KeyProtection::Passphrase(p) => Some(p.as_bytes()),
             _ => None,
         }
     }
@@ -78,7 +79,7 @@ impl KeyProtection {
     fn protection(&self) -> Option<Protection<'_>> {
         match self {
             KeyProtection::Unset => None,
-            KeyProtection::Passphrase(p) => Some(Protection::Passphrase(p.bytes())),
+            KeyProtection::Passphrase(p) => Some(Protection::Passphrase(p.as_bytes())),
             KeyProtection::NoPassphrase => Some(Protection::None),
         }
     }
@@ -122,6 +123,9 @@ pub enum ProfileError {
     /// The key file could not be read or written.
     #[error("the profile's key file")]
     KeyFile(#[source] KeyFileError),
+    /// The backup could not be restored.
+    #[error("the backup")]
+    Backup(#[from] kith_core::store::BackupError),
 }
 
 impl ProfileError {
@@ -243,6 +247,42 @@ impl Profile {
         Ok(Self { dir: dir.to_owned(), engine })
     }
 
+    /// Restores `backup` into `dir`, which must hold no profile: the same identity, contacts
+    /// (verification marks included), groups, history and attachment records, its key kept as
+    /// `protection` says. Sessions are not restored: they start anew with X3DH, and contacts
+    /// see a session reset (the identity key is the same), never a key change. Built in a
+    /// directory beside the database and renamed into place once durable: a crash leaves no
+    /// profile, or the whole restored one.
+    pub fn restore(
+        dir: &Path,
+        backup: &kith_core::store::RestoredBackup,
+        config: Config,
+        protection: &KeyProtection,
+    ) -> Result<Self, ProfileError> {
+        let new = protection
+            .protection()
+            .ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        if Self::db_path(dir).exists() {
+            return Err(ProfileError::Exists(dir.to_owned()));
+        }
+        secure_dir(dir)?;
+        let building = dir.join("db.restoring");
+        if building.exists() {
+            fs::remove_dir_all(&building).map_err(io_error(&building))?;
+        }
+        let key = backup.database_key();
+        {
+            let mut store = Store::open_sled_sealed(&building, &key)?;
+            backup.write_into(&mut store)?;
+        }
+        Self::key_file(dir).create(&key, &new).map_err(|e| ProfileError::key_file(dir, e))?;
+        // sled releases its lock in the background: the rename waits for nothing, the open
+        // below waits for the lock.
+        fs::rename(&building, Self::db_path(dir)).map_err(io_error(&building))?;
+        sync_dir(dir)?;
+        Self::open(dir, config, protection)
+    }
+
     /// Whether `dir` holds a profile from before encryption, which the next open encrypts.
     pub fn needs_migration(dir: &Path) -> bool {
         Self::db_path(dir).exists() && !Self::key_path(dir).exists()
@@ -302,7 +342,7 @@ impl Profile {
 
 /// The Argon2id parameters new key files get: [`KdfParams::DEFAULT`], or OWASP's minimum where
 /// `KITH_TEST_FAST_KDF` is set (test suites that create many profiles; never for real use).
-fn kdf_params() -> KdfParams {
+pub(crate) fn kdf_params() -> KdfParams {
     if std::env::var_os("KITH_TEST_FAST_KDF").is_some() {
         KdfParams::MINIMUM
     } else {

@@ -333,3 +333,151 @@ async fn a_profile_from_before_encryption_is_encrypted_once_and_keeps_everything
     assert_eq!(node.relay_usage().await.unwrap().unwrap().envelopes, 1);
     node.shutdown().await.unwrap();
 }
+
+/// A backup restored onto a fresh data directory on "another machine" (another directory,
+/// another address): the same identity chats with its old contacts, history and verification
+/// marks intact; no ratchet state came back (so no message key can be used twice), and the
+/// contact sees a session reset, not a key change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_chats_with_old_contacts_with_history_and_verification_intact() {
+    use kith_node::BackupSecretOwned;
+    use kith_node::kith_core::engine::{Command, Event};
+    use kith_node::kith_core::store::{BackupSecret, RecoveryCode, RestoredBackup, Tree};
+
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = Node::create(NodeConfig::loopback(alice_dir.path())).await.unwrap();
+    let bob = Node::create(NodeConfig::loopback(bob_dir.path())).await.unwrap();
+    let bob_log = kith_tests::EventLog::record(&bob);
+    for address in bob.addresses().await.unwrap() {
+        alice.connect(address).await.unwrap();
+    }
+    alice.add_contact(&bob.contact_string(), "bob").await.unwrap();
+    bob.add_contact(&alice.contact_string(), "alice").await.unwrap();
+    let first = alice.send_text(bob.user_id(), "before the backup").await.unwrap();
+    alice.wait_for_status(first, MessageStatus::Delivered, WAIT).await.unwrap();
+    let reply = bob.send_text(alice.user_id(), "noted").await.unwrap();
+    bob.wait_for_status(reply, MessageStatus::Delivered, WAIT).await.unwrap();
+    alice.command(Command::VerifyContact { user: bob.user_id() }).await.unwrap();
+
+    let code = RecoveryCode::generate().unwrap();
+    let (archive, summary) =
+        alice.create_backup(BackupSecretOwned::Code(code.clone())).await.unwrap();
+    assert_eq!(summary.contacts, 1);
+    assert!(summary.messages >= 2, "{summary:?}");
+    let (user, peer_id) = (alice.user_id(), alice.peer_id());
+    alice.shutdown().await.unwrap();
+    drop(alice);
+    drop(alice_dir); // the device is lost
+
+    // The archive opens with its code only, and holds no plaintext.
+    let other = RecoveryCode::generate().unwrap();
+    assert!(RestoredBackup::open(&archive, &BackupSecret::Code(&other)).is_err());
+    for text in ["before the backup", "noted", "bob"] {
+        assert!(!archive.windows(text.len()).any(|w| w == text.as_bytes()), "{text} in the clear");
+    }
+    let backup = RestoredBackup::open(&archive, &BackupSecret::Code(&code)).unwrap();
+
+    let new_dir = tempfile::tempdir().unwrap();
+    let profile =
+        Profile::restore(new_dir.path(), &backup, Config::default(), &KeyProtection::NoPassphrase)
+            .unwrap();
+    assert_eq!(profile.engine().user_id(), user);
+    // No ratchet state, sender key or queued envelope came back: whatever the restored node
+    // sends is encrypted under keys it makes anew.
+    let dump = profile.engine().store().dump().unwrap();
+    for tree in [Tree::Sessions, Tree::SenderKeys, Tree::Outbox, Tree::Seen] {
+        assert!(!dump.iter().any(|(t, _, _)| *t == tree), "{} restored", tree.name());
+    }
+    drop(profile);
+
+    let alice = Node::start(NodeConfig::loopback(new_dir.path())).await.unwrap();
+    assert_eq!((alice.user_id(), alice.peer_id()), (user, peer_id));
+    let contact = alice.contact(bob.user_id()).await.unwrap().unwrap();
+    assert_eq!(contact.name.as_deref(), Some("bob"));
+    assert!(contact.verified, "the verification mark is kept");
+    let history: Vec<String> = alice
+        .history(bob.user_id(), None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Some(Body::Text(t)) => Some(t.body),
+            _ => None,
+        })
+        .collect();
+    assert!(history.contains(&"before the backup".to_owned()), "{history:?}");
+    assert!(history.contains(&"noted".to_owned()), "{history:?}");
+
+    // Another address: Bob reaches it only because the restored node dials him.
+    for address in bob.addresses().await.unwrap() {
+        alice.connect(address).await.unwrap();
+    }
+    let after = alice.send_text(bob.user_id(), "restored and well").await.unwrap();
+    alice.wait_for_status(after, MessageStatus::Delivered, WAIT).await.unwrap();
+    let again = bob.send_text(user, "welcome back").await.unwrap();
+    bob.wait_for_status(again, MessageStatus::Delivered, WAIT).await.unwrap();
+
+    let events = bob_log.events();
+    let reset = events.iter().any(|e| matches!(e, Event::SessionReset { peer } if *peer == user));
+    let key_changed = events.iter().any(|e| matches!(e, Event::IdentityChanged { .. }));
+    let texts: Vec<String> = bob_log
+        .messages()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Some(Body::Text(t)) => Some(t.body),
+            _ => None,
+        })
+        .collect();
+    assert!(reset, "Bob sees a session reset");
+    assert!(!key_changed, "and no key change");
+    assert!(texts.contains(&"restored and well".to_owned()), "{texts:?}");
+    let bob_contact = bob.contact(user).await.unwrap().unwrap();
+    assert!(bob_contact.pending_identity.is_none());
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+}
+
+/// `kith backup create` shows the recovery code once; `kith backup restore` on another data
+/// directory reads it from standard input (a script) and brings the same identity back; a
+/// wrong code is refused and creates nothing.
+#[test]
+fn the_cli_backs_up_and_restores_with_the_code_read_from_standard_input() {
+    let (old, new, files) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(kith_tests::kith(old.path(), &["init", "--name", "Ada"]).unwrap());
+    let id = ok(kith_tests::kith(old.path(), &["id"]).unwrap());
+    let archive = files.path().join("ada.kithbackup");
+    let made =
+        ok(kith_tests::kith(old.path(), &["backup", "create", archive.to_str().unwrap()]).unwrap());
+    let code = made
+        .lines()
+        .skip_while(|l| !l.starts_with("Recovery code"))
+        .nth(1)
+        .expect("the code is shown")
+        .trim()
+        .to_owned();
+    assert_eq!(code.chars().filter(char::is_ascii_digit).count(), 30, "{made}");
+
+    let wrong = kith_tests::kith_with_input(
+        new.path(),
+        &["backup", "restore", archive.to_str().unwrap()],
+        b"00000 00000 00000 00000 00000 00000\n",
+    )
+    .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong recovery code"));
+    assert!(!Profile::db_path(new.path()).exists(), "a refused restore creates nothing");
+
+    let restored = kith_tests::kith_with_input(
+        new.path(),
+        &["backup", "restore", archive.to_str().unwrap()],
+        format!("{code}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(ok(restored).contains("Restored"));
+    assert_eq!(ok(kith_tests::kith(new.path(), &["id"]).unwrap()), id, "the same identity");
+}

@@ -338,6 +338,12 @@ impl ChatState {
                     self.name()
                 );
             }
+            "session_reset" if from_contact(event) => {
+                self.notice = format!(
+                    "the session with {} started anew (a restored backup?); same safety number",
+                    self.name()
+                );
+            }
             _ => {}
         }
         None

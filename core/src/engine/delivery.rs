@@ -115,6 +115,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         self.fetches.finish(&peer);
         self.request_bundle(peer);
+        self.event(Event::SessionReset { peer });
         Ok(())
     }
 

@@ -126,6 +126,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut contact = existing.clone().unwrap_or_else(|| Contact::new(sender, now));
 
         let mut sessions = self.take_sessions(&sender)?;
+        // A session that carried messages both ways: a new one replacing it is a reset.
+        let confirmed_before =
+            sessions.current.as_ref().is_some_and(|s| s.pending_prekey.is_none());
         let mut batch = Batch::new();
         let mut new_session = false;
         let decrypted = match &envelope.kind {
@@ -189,6 +192,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         self.apply_group_effects(now, sender, effects.group)?;
         if new_session {
+            if confirmed_before {
+                self.event(Event::SessionReset { peer: sender });
+            }
             // The peer may have been reachable, and told nothing, since before the session.
             self.announce_presence_to(now, sender)?;
         }

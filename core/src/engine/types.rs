@@ -468,6 +468,15 @@ pub enum Event {
     },
     /// A contact was created (someone wrote to us first) or changed (profile name).
     ContactChanged(Box<Contact>),
+    /// The session with a contact started anew under the same identity key: they restored a
+    /// backup or lost their sessions (a new X3DH session replaced one that had carried
+    /// messages), or their device could not decrypt ours and we started a new one. Nothing to
+    /// accept: the identity is the one already pinned. Messages in flight under the old
+    /// session may be lost.
+    SessionReset {
+        /// Who.
+        peer: UserId,
+    },
     /// A contact's identity key changed. Messages to and from them are refused until the user
     /// accepts the new key with [`Command::TrustIdentity`].
     IdentityChanged {

@@ -39,6 +39,7 @@
 //! a turn durable together.
 
 mod backend;
+mod backup;
 mod keyfile;
 pub(crate) mod records;
 mod sealed;
@@ -55,6 +56,10 @@ use zeroize::Zeroize;
 
 use backend::prefix_end;
 pub use backend::{Backend, BackendError, Entry, MemoryBackend, RawWrite, StoreError, Tree};
+pub use backup::{
+    BackupError, BackupSecret, BackupSummary, RECOVERY_CODE_DIGITS, RecoveryCode, RestoredBackup,
+    create_backup,
+};
 pub use keyfile::{KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection};
 pub(crate) use records::MessageIndexRecord;
 use records::{
@@ -471,7 +476,7 @@ impl fmt::Debug for Store {
 impl Store {
     /// A store over any backend, without encryption (see [`Store::open_sealed`]).
     pub fn new(backend: Box<dyn Backend>) -> Self {
-        Self { shared: Shared::new(backend, Pseudonyms::plain()) }
+        Self { shared: Shared::new(backend, Pseudonyms::plain(), None) }
     }
 
     /// An in-memory store.
@@ -494,7 +499,9 @@ impl Store {
     /// sealed, is refused with [`StoreError::Unauthentic`].
     pub fn open_sealed(backend: Box<dyn Backend>, key: &DatabaseKey) -> Result<Self, StoreError> {
         let sealed = SealedBackend::new(backend, key);
-        let store = Self { shared: Shared::new(Box::new(sealed), Pseudonyms::keyed(key)) };
+        let store = Self {
+            shared: Shared::new(Box::new(sealed), Pseudonyms::keyed(key), Some(key.clone())),
+        };
         store.check_layout()?;
         Ok(store)
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use zeroize::Zeroize;
 
 use super::backend::{Backend, Entry, RawWrite, StoreError, Tree};
-use super::sealed::Pseudonyms;
+use super::sealed::{DatabaseKey, Pseudonyms};
 
 /// A pending write: the commit generation that made it, and the value (`None`: deleted).
 type PendingValue = (u64, Option<Vec<u8>>);
@@ -39,6 +39,8 @@ pub(super) struct Shared {
     backend: Box<dyn Backend>,
     /// How ids appear in keys (hidden in an encrypted store).
     pseudonyms: Pseudonyms,
+    /// The key an encrypted store is sealed under (a backup carries it).
+    key: Option<DatabaseKey>,
     pending: Mutex<Pending>,
     /// Held for the whole of a flush (apply, then sync), so that no flush can report writes
     /// durable that another's failure had the backend drop.
@@ -57,10 +59,15 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    pub(super) fn new(backend: Box<dyn Backend>, pseudonyms: Pseudonyms) -> Arc<Self> {
+    pub(super) fn new(
+        backend: Box<dyn Backend>,
+        pseudonyms: Pseudonyms,
+        key: Option<DatabaseKey>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             backend,
             pseudonyms,
+            key,
             pending: Mutex::new(Pending::default()),
             flushing: Mutex::new(()),
         })
@@ -69,6 +76,11 @@ impl Shared {
     /// How ids appear in keys.
     pub(super) fn pseudonyms(&self) -> &Pseudonyms {
         &self.pseudonyms
+    }
+
+    /// The key an encrypted store is sealed under.
+    pub(super) fn database_key(&self) -> Option<&DatabaseKey> {
+        self.key.as_ref()
     }
 
     /// The backend, bypassing pending writes (opening checks only).
@@ -240,6 +252,10 @@ impl fmt::Debug for SideStore {
 impl SideStore {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The value at `key` (committed, durable or not).

@@ -366,6 +366,11 @@ pub enum EventJson {
         /// Who.
         peer: String,
     },
+    /// The session with a contact started anew, same identity key (a restored backup).
+    SessionReset {
+        /// Who.
+        peer: String,
+    },
     /// An envelope was refused.
     Rejected {
         /// The claimed sender.
@@ -522,6 +527,7 @@ impl EventJson {
                 },
                 Event::ContactChanged(c) => Self::Contact { contact: c.as_ref().into() },
                 Event::IdentityChanged { peer: p, .. } => Self::IdentityChanged { peer: peer(p) },
+                Event::SessionReset { peer: p } => Self::SessionReset { peer: peer(p) },
                 Event::Rejected { sender, reason } => Self::Rejected {
                     sender: sender.as_ref().map(peer),
                     reason: format!("{reason:?}"),

@@ -10,6 +10,7 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `id` | – | `{peer_id, contact, display_name, addresses}` |
+//! | `backup.create` | `{path, passphrase?}` | `{code, records, messages, contacts}`: the backup written to `path` (absolute), encrypted under a new 30-digit recovery `code` (shown once; `null` with a passphrase) |
 //! | `contact.add` | `{contact, name}` | `{peer_id}` |
 //! | `contact.find` | `{contact}` (a contact string or `kith:<peer id>`) | `{peer_id, found}`: connected, or their record in the DHT, within 10 s (`null`: the lookup did not end) |
 //! | `contact.list` | – | `[Contact]`; `request`: a stranger who wrote to us (unnamed, not blocked) |
@@ -128,6 +129,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RpcError::refused(format!("reading attachments failed: {e}")))
 }
 
+/// Writes `bytes` to `path` durably: a temporary file beside it, synced, renamed into place,
+/// the directory synced. Owner-only: a backup is encrypted, but it is no one else's.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("partial");
+    let mut options = std::fs::File::options();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Why relays refused message `id`, from the events seen so far (empty if none did).
 fn relay_refusals(events: &mut crate::Events, id: MessageId) -> String {
     let mut reasons: Vec<&'static str> = Vec::new();
@@ -234,6 +252,39 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 p.contact.parse().map_err(RpcError::invalid_params_from)?;
             node.add_contact(&contact, &p.name).await?;
             Ok(json!({ "peer_id": json::peer(&contact.user) }))
+        }
+        "backup.create" => {
+            let p: params::BackupCreate = parse(params)?;
+            let path = PathBuf::from(&p.path);
+            if !path.is_absolute() {
+                return Err(RpcError::invalid_params("path must be absolute"));
+            }
+            let (secret, code) = match p.passphrase {
+                Some(passphrase) if passphrase.is_empty() => {
+                    return Err(RpcError::invalid_params("an empty passphrase protects nothing"));
+                }
+                Some(passphrase) => (
+                    crate::BackupSecretOwned::Passphrase(crate::Passphrase::new(
+                        passphrase.into_bytes(),
+                    )),
+                    None,
+                ),
+                None => {
+                    let code =
+                        kith_core::store::RecoveryCode::generate().map_err(RpcError::refused)?;
+                    (crate::BackupSecretOwned::Code(code.clone()), Some(code))
+                }
+            };
+            let (bytes, summary) = node.create_backup(secret).await?;
+            blocking(move || write_durably(&path, &bytes))
+                .await?
+                .map_err(|e| RpcError::refused(format!("writing {}: {e}", p.path)))?;
+            Ok(json!({
+                "code": code.map(|c| c.grouped()),
+                "records": summary.records,
+                "messages": summary.messages,
+                "contacts": summary.contacts,
+            }))
         }
         "contact.find" => {
             let p: params::ContactFind = parse(params)?;

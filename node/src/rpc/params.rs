@@ -41,6 +41,16 @@ pub(super) struct ContactAdd {
 /// `contact.find`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct BackupCreate {
+    /// Where to write the backup (absolute).
+    pub(super) path: String,
+    /// Encrypt it under this passphrase instead of a new recovery code.
+    pub(super) passphrase: Option<String>,
+}
+
+/// `contact.find`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ContactFind {
     pub(super) contact: String,
 }
