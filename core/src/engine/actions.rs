@@ -107,6 +107,70 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(CommandResult::Queued(id))
     }
 
+    /// Deletes messages `ids` of `conversation` from this device only: their records and
+    /// index entries, and an outbox entry still waiting (it is not sent). All or nothing.
+    pub(super) fn delete_locally(
+        &mut self,
+        conversation: Conversation,
+        ids: &[MessageId],
+    ) -> Result<CommandResult, CommandError> {
+        let records = ids
+            .iter()
+            .map(|id| self.conversation_message(conversation, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.forget_records(conversation, records)?;
+        Ok(CommandResult::Done)
+    }
+
+    /// Deletes every message of `conversation` from this device only, a page at a time.
+    pub(super) fn delete_conversation(
+        &mut self,
+        conversation: Conversation,
+    ) -> Result<CommandResult, CommandError> {
+        let key = match conversation {
+            Conversation::Contact(peer) => {
+                self.known_contact(&peer)?;
+                peer.0
+            }
+            Conversation::Group(group) => group.0,
+        };
+        loop {
+            let page = self.store.history(&key, None, 256)?;
+            if page.is_empty() {
+                return Ok(CommandResult::Done);
+            }
+            self.forget_records(conversation, page)?;
+        }
+    }
+
+    fn forget_records(
+        &mut self,
+        conversation: Conversation,
+        records: Vec<MessageRecord>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for record in &records {
+            batch.delete_message(record);
+            if let Some(entry) = self.outbox.get(&record.id) {
+                batch.delete_outbox(entry.record.seq);
+            }
+        }
+        self.commit(batch)?;
+        let ids: Vec<MessageId> = records.iter().map(|r| r.id).collect();
+        for id in &ids {
+            self.outbox.remove(id);
+        }
+        let (peer, group) = match conversation {
+            Conversation::Contact(peer) => (peer, None),
+            Conversation::Group(group) => (self.user_id(), Some(group)),
+        };
+        self.event(Event::MessagesDeleted { peer, group, ids });
+        Ok(())
+    }
+
     pub(super) fn update_message(&mut self, record: MessageRecord) -> Result<(), StoreError> {
         let mut batch = Batch::new();
         batch.update_message(&record);

@@ -240,6 +240,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     ) -> Result<CommandResult, CommandError> {
         let state = self.groups.get(&group).filter(|g| g.membership().created());
         let Some(state) = state else { return Err(CommandError::UnknownGroup) };
+        // What is on this device only: also for a group we left.
+        match command {
+            GroupCommand::DeleteLocally { ids } => {
+                return self.delete_locally(Conversation::Group(group), &ids);
+            }
+            GroupCommand::DeleteHistory => {
+                return self.delete_conversation(Conversation::Group(group));
+            }
+            _ => {}
+        }
         let membership = state.membership().clone();
         if !membership.members.contains(&self.user_id()) {
             return Err(CommandError::NotAMember);
@@ -285,6 +295,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             GroupCommand::MarkRead { ids } => {
                 return self.mark_read(now, Conversation::Group(group), ids);
+            }
+            GroupCommand::DeleteLocally { ids } => {
+                return self.delete_locally(Conversation::Group(group), &ids);
+            }
+            GroupCommand::DeleteHistory => {
+                return self.delete_conversation(Conversation::Group(group));
             }
             GroupCommand::Typing { state } => {
                 if self.config.typing_indicators {

@@ -426,6 +426,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 self.edit(now, Conversation::Contact(to), target, text)
             }
             Command::Delete { to, target } => self.delete(now, Conversation::Contact(to), target),
+            Command::DeleteLocally { peer, ids } => {
+                self.delete_locally(Conversation::Contact(peer), &ids)
+            }
+            Command::DeleteConversation { peer } => {
+                self.delete_conversation(Conversation::Contact(peer))
+            }
             Command::MarkRead { peer, ids } => {
                 self.mark_read(now, Conversation::Contact(peer), ids)
             }

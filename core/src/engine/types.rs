@@ -120,6 +120,21 @@ pub enum Command {
         /// Their relays, as multiaddr strings.
         relays: Vec<String>,
     },
+    /// Deletes messages from this device only (the peer keeps theirs); one not yet sent is
+    /// not sent. Every id must be a message of the conversation with `peer`, or nothing is
+    /// deleted ([`CommandError::UnknownMessage`]).
+    DeleteLocally {
+        /// The conversation.
+        peer: UserId,
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Deletes the whole conversation with `peer` from this device only (the contact stays;
+    /// see [`Command::RemoveContact`]); messages not yet sent are not sent.
+    DeleteConversation {
+        /// The conversation.
+        peer: UserId,
+    },
     /// Removes a contact and the sessions with them (history is kept).
     RemoveContact {
         /// Their id.
@@ -229,6 +244,14 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupCommand {
+    /// Deletes messages of the group's conversation from this device only (members keep
+    /// theirs). Every id must be one of the group's messages, or nothing is deleted.
+    DeleteLocally {
+        /// The messages.
+        ids: Vec<MessageId>,
+    },
+    /// Deletes the group's whole conversation from this device only (the membership stays).
+    DeleteHistory,
     /// Sends a text message.
     Send {
         /// The text.
@@ -439,6 +462,16 @@ pub enum Event {
     },
     /// A message was edited, deleted or reacted to.
     MessageUpdated(Box<Message>),
+    /// Messages were deleted from this device ([`Command::DeleteLocally`],
+    /// [`Command::DeleteConversation`] and their group forms).
+    MessagesDeleted {
+        /// The conversation's peer (ourselves for a group).
+        peer: UserId,
+        /// The group, for a group's conversation.
+        group: Option<GroupId>,
+        /// The messages deleted.
+        ids: Vec<MessageId>,
+    },
     /// A group was created, joined, changed, or left.
     GroupChanged(Box<Group>),
     /// A member started or stopped typing in a group.

@@ -325,6 +325,12 @@ impl Batch {
         self.put_message_index(&record.id, &index);
     }
 
+    /// Deletes a stored message and its index entry.
+    pub(crate) fn delete_message(&mut self, record: &MessageRecord) {
+        self.delete(Tree::Messages, &conversation_key(&record.conversation(), record.seq));
+        self.delete(Tree::MessageIds, &record.id.0);
+    }
+
     /// Writes a message's index entry (where it lives and its status).
     pub(crate) fn put_message_index(&mut self, id: &MessageId, index: &MessageIndexRecord) {
         self.put(Tree::MessageIds, &id.0, index);
@@ -498,7 +504,7 @@ impl Store {
     /// hashes ([`SealedBackend`] says how). A database sealed under another key, or not
     /// sealed, is refused with [`StoreError::Unauthentic`].
     pub fn open_sealed(backend: Box<dyn Backend>, key: &DatabaseKey) -> Result<Self, StoreError> {
-        let sealed = SealedBackend::new(backend, key);
+        let sealed = SealedBackend::new(backend, key)?;
         let store = Self {
             shared: Shared::new(Box::new(sealed), Pseudonyms::keyed(key), Some(key.clone())),
         };

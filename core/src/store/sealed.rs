@@ -1,9 +1,10 @@
 //! Encryption at rest: every value sealed under the database key, ids in keys replaced by
 //! keyed hashes.
 //!
-//! - **Values**: XChaCha20-Poly1305 under a subkey of the [`DatabaseKey`], a random 24-byte
-//!   nonce per write (random nonces of that length never collide in practice, however many
-//!   writes a database sees), and as associated data the tree and the key the value is stored
+//! - **Values**: XChaCha20-Poly1305 under a subkey of the [`DatabaseKey`], a unique 24-byte
+//!   nonce per write — a random 16-byte prefix drawn when the store is opened, then a 64-bit
+//!   counter (prefixes of different opens collide with probability 2^-128 per pair; no system
+//!   call per write) — and as associated data the tree and the key the value is stored
 //!   under: a value copied or swapped to another key, or another tree, fails authentication
 //!   instead of being read as the wrong record. Stored as `1 ‖ nonce ‖ ciphertext ‖ tag`
 //!   (41 bytes more than the value).
@@ -18,13 +19,14 @@
 //! plain so that history is one ordered range).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use zeroize::Zeroizing;
 
-use super::backend::{Backend, Entry, RawWrite, StoreError, Tree};
+use super::backend::{Backend, BackendError, Entry, RawWrite, StoreError, Tree};
 use crate::crypto::SecretBytes;
 
 /// The version byte of a sealed value.
@@ -112,6 +114,10 @@ impl Pseudonyms {
 pub struct SealedBackend {
     inner: Box<dyn Backend>,
     cipher: XChaCha20Poly1305,
+    /// The random first 16 bytes of every nonce this handle uses.
+    nonce_prefix: [u8; 16],
+    /// The last 8 bytes of the next nonce.
+    nonce_counter: AtomicU64,
 }
 
 impl fmt::Debug for SealedBackend {
@@ -129,10 +135,19 @@ fn associated_data(tree: Tree, key: &[u8]) -> Vec<u8> {
 }
 
 impl SealedBackend {
-    /// Seals what it writes to `inner` under `key`, and opens what it reads.
-    pub fn new(inner: Box<dyn Backend>, key: &DatabaseKey) -> Self {
+    /// Seals what it writes to `inner` under `key`, and opens what it reads. Fails only if the
+    /// operating system's random generator does.
+    pub fn new(inner: Box<dyn Backend>, key: &DatabaseKey) -> Result<Self, StoreError> {
         let subkey = key.subkey("kith store values v1");
-        Self { inner, cipher: XChaCha20Poly1305::new((&*subkey).into()) }
+        let mut nonce_prefix = [0u8; 16];
+        getrandom::fill(&mut nonce_prefix)
+            .map_err(|e| StoreError::Backend(BackendError::new(std::io::Error::other(e))))?;
+        Ok(Self {
+            inner,
+            cipher: XChaCha20Poly1305::new((&*subkey).into()),
+            nonce_prefix,
+            nonce_counter: AtomicU64::new(0),
+        })
     }
 
     fn seal(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -142,7 +157,10 @@ impl SealedBackend {
         let (nonce, rest) = rest.split_at_mut(NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(value.len());
         version.copy_from_slice(&[SEALED_V1]);
-        getrandom::fill(nonce).map_err(|_| failed())?;
+        let count = self.nonce_counter.fetch_add(1, Ordering::Relaxed);
+        let (prefix, counter) = nonce.split_at_mut(16);
+        prefix.copy_from_slice(&self.nonce_prefix);
+        counter.copy_from_slice(&count.to_be_bytes());
         let nonce: &[u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| failed())?;
         let buffer = InOutBuf::new(value, body).map_err(|_| failed())?;
         let tag = self
