@@ -157,6 +157,18 @@ enum Command {
     /// Run a relay: a headless node that holds encrypted messages for offline users and
     /// serves their prekeys (it never sees plaintext).
     Relay(relay::RelayArgs),
+    /// Delete messages on this device only (your contacts keep theirs): the ids given (from
+    /// `kith history --json`), or with --all the whole conversation. A message not yet sent is
+    /// not sent. The contact or group stays (`kith contact remove` removes a contact).
+    Forget {
+        /// Contact name or peer id, or a group (name or id).
+        conversation: String,
+        /// The messages' ids.
+        ids: Vec<String>,
+        /// The whole conversation.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
     /// Stop the running daemon.
     Stop,
     /// List the running daemon's connections: to whom, at which address, and whether direct
@@ -432,6 +444,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say!("Recovery code (shown only now; write it down, it opens the backup):");
                     say!("    {code}");
                 }
+            }
+        }
+        Command::Forget { conversation, ids, all } => {
+            if ids.is_empty() && !all {
+                anyhow::bail!(
+                    "give the ids of the messages to delete, or --all for the whole conversation"
+                );
+            }
+            let mut conn = Conn::open(&dir, None).await?;
+            let with_ids = |mut params: Value| {
+                if !all {
+                    params["ids"] = json!(ids);
+                }
+                params
+            };
+            let mut result = conn.call("forget", with_ids(json!({ "peer": conversation }))).await;
+            // Not a contact: perhaps a group (as for `kith history`).
+            if result.as_ref().is_err_and(|e| e.to_string().contains("no contact named")) {
+                let group = conn.call("forget", with_ids(json!({ "group": conversation }))).await;
+                if !group.as_ref().is_err_and(|e| e.to_string().contains("no group named")) {
+                    result = group;
+                }
+            }
+            conn.close().await?;
+            result?;
+            if all {
+                say!("Deleted the conversation with {conversation} on this device.");
+            } else {
+                say!("Deleted {} message(s) on this device.", ids.len());
             }
         }
         Command::Backup(BackupCommand::Restore { file, passphrase_file }) => {

@@ -672,3 +672,46 @@ fn on_message_runs_a_command_with_each_new_message_as_json() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lines().len(), 2);
 }
+
+/// `kith forget` deletes messages on this device, by id or the whole conversation; an id that
+/// is not in the conversation deletes nothing.
+#[test]
+fn forget_deletes_messages_by_id_or_the_whole_conversation() {
+    use kith_tests::kith_ok;
+    let (alice, bob) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    kith_ok(alice.path(), &["init"]).unwrap();
+    kith_ok(bob.path(), &["init"]).unwrap();
+    let bob_contact = kith_ok(bob.path(), &["id"]).unwrap();
+    kith_ok(alice.path(), &["contact", "add", bob_contact.trim(), "--name", "bob"]).unwrap();
+    for text in ["one", "two", "three"] {
+        kith_ok(alice.path(), &["send", "bob", text, "--timeout", "1"]).ok();
+    }
+    let history = |dir: &std::path::Path| -> Vec<(String, String)> {
+        let out = kith_ok(dir, &["history", "bob", "--json"]).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (m["id"].as_str().unwrap().to_owned(), m["text"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let before = history(alice.path());
+    assert_eq!(before.len(), 3, "{before:?}");
+    let refused =
+        kith(alice.path(), &["forget", "bob", &before[0].0, "00112233445566778899aabbccddeeff"])
+            .unwrap();
+    assert!(!refused.status.success());
+    assert_eq!(history(alice.path()).len(), 3, "nothing deleted");
+    kith_ok(alice.path(), &["forget", "bob", &before[1].0]).unwrap();
+    let after: Vec<String> = history(alice.path()).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(after.len(), 2);
+    assert!(!after.contains(&before[1].1));
+    kith_ok(alice.path(), &["forget", "bob", "--all"]).unwrap();
+    assert!(history(alice.path()).is_empty());
+    assert!(
+        kith_ok(alice.path(), &["contact", "list"]).unwrap().contains("bob"),
+        "the contact stays"
+    );
+}

@@ -385,3 +385,62 @@ fn a_wall_clock_step_back_does_not_stall_retries() {
     alice.handle_input(later, Input::Timeout).unwrap();
     assert_eq!(fetches(&drain(&mut alice)), 1, "the retry went out on time");
 }
+
+/// Deleting messages, or a whole conversation, on this device: gone from the store (also after
+/// a restart), the peer's copies untouched, an unknown id deletes nothing, and a message not
+/// yet sent is not sent.
+#[test]
+fn local_deletion_removes_messages_here_only_and_survives_a_restart() {
+    let mut net = Net::new(2, Faults::NONE, 91);
+    net.introduce_all();
+    let (alice, bob) = (net.nodes[0].user, net.nodes[1].user);
+    let ids: Vec<MessageId> = (0..4).map(|i| net.send_text(0, 1, &format!("m{i}"))).collect();
+    net.run();
+    let texts = |net: &mut Net, node: usize, peer: UserId| -> usize {
+        net.engine(node).history(&peer, None, 100).unwrap().len()
+    };
+    assert_eq!((texts(&mut net, 0, bob), texts(&mut net, 1, alice)), (4, 4));
+
+    // One id that is not in the conversation: nothing is deleted.
+    let err = net
+        .engine(0)
+        .handle_command(
+            T,
+            Command::DeleteLocally { peer: bob, ids: vec![ids[0], MessageId([9; 16])] },
+        )
+        .unwrap_err();
+    assert_eq!(err, CommandError::UnknownMessage);
+    assert_eq!(texts(&mut net, 0, bob), 4);
+
+    net.engine(0)
+        .handle_command(T, Command::DeleteLocally { peer: bob, ids: vec![ids[1]] })
+        .unwrap();
+    net.run();
+    let left: Vec<MessageId> =
+        net.engine(0).history(&bob, None, 100).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(left, vec![ids[0], ids[2], ids[3]]);
+    assert!(net.engine(0).message(&ids[1]).unwrap().is_none());
+    assert_eq!(texts(&mut net, 1, alice), 4, "the peer keeps its copy");
+
+    // A message still queued (Bob is away) is deleted and never sent.
+    net.crash(1);
+    let queued = net.send_text(0, 1, "never mind");
+    net.engine(0).handle_command(T, Command::DeleteConversation { peer: bob }).unwrap();
+    net.run(); // the turn ends: its writes are flushed
+    net.restart(1);
+    net.restart(0);
+    net.advance(120_000);
+    net.run();
+    assert_eq!(texts(&mut net, 0, bob), 0, "the conversation is gone, also after a restart");
+    assert!(net.engine(0).message(&queued).unwrap().is_none());
+    let at_bob: Vec<MessageId> =
+        net.engine(1).history(&alice, None, 100).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(at_bob.len(), 4);
+    assert!(!at_bob.contains(&queued), "a deleted message that was not sent is not sent");
+    assert!(net.engine(0).store.contact(&bob).unwrap().is_some(), "the contact stays");
+    // Unknown contacts are refused.
+    let stranger = UserId([3; 32]);
+    assert!(
+        net.engine(0).handle_command(T, Command::DeleteConversation { peer: stranger }).is_err()
+    );
+}

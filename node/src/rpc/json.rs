@@ -371,6 +371,15 @@ pub enum EventJson {
         /// Who.
         peer: String,
     },
+    /// Messages were deleted on this device (`forget`).
+    MessagesDeleted {
+        /// The conversation's peer (ourselves for a group).
+        peer: String,
+        /// The group, for a group's conversation.
+        group: Option<String>,
+        /// The messages.
+        ids: Vec<String>,
+    },
     /// An envelope was refused.
     Rejected {
         /// The claimed sender.
@@ -528,6 +537,11 @@ impl EventJson {
                 Event::ContactChanged(c) => Self::Contact { contact: c.as_ref().into() },
                 Event::IdentityChanged { peer: p, .. } => Self::IdentityChanged { peer: peer(p) },
                 Event::SessionReset { peer: p } => Self::SessionReset { peer: peer(p) },
+                Event::MessagesDeleted { peer: p, group, ids } => Self::MessagesDeleted {
+                    peer: peer(p),
+                    group: group.map(|g| g.to_string()),
+                    ids: ids.iter().map(ToString::to_string).collect(),
+                },
                 Event::Rejected { sender, reason } => Self::Rejected {
                     sender: sender.as_ref().map(peer),
                     reason: format!("{reason:?}"),

@@ -24,6 +24,7 @@
 //! | `edit` | `{to, target, text}` | `{id}` |
 //! | `delete` | `{to, target}` | `{id}` |
 //! | `read` | `{peer, ids}` | `{}` |
+//! | `forget` | `{peer or group, ids?}` | `{}` — deletes these messages (without `ids`: the whole conversation) on this device only; one not yet sent is not sent |
 //! | `typing` | `{to, typing}` | `{}` |
 //! | `presence` | `{status}` (`online`/`away`/`offline`) | `{}` |
 //! | `profile.set` | `{name}` | `{}` |
@@ -540,6 +541,28 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
             })
             .await?;
             Ok(to_json(list))
+        }
+        "forget" => {
+            let p: params::Forget = parse(params)?;
+            let ids = p.ids.as_deref().map(message_ids).transpose()?;
+            match (&p.group, &p.peer) {
+                (Some(name), None) => {
+                    let command = match ids {
+                        Some(ids) => GroupCommand::DeleteLocally { ids },
+                        None => GroupCommand::DeleteHistory,
+                    };
+                    in_group(node, name, command).await
+                }
+                (None, Some(name)) => {
+                    let peer = user(node, name).await?;
+                    let command = match ids {
+                        Some(ids) => Command::DeleteLocally { peer, ids },
+                        None => Command::DeleteConversation { peer },
+                    };
+                    queued(node, command).await
+                }
+                _ => Err(RpcError::invalid_params("give either `peer` or `group`")),
+            }
         }
         "history" => {
             let p: params::History = parse(params)?;

@@ -212,6 +212,15 @@ pub(super) struct History {
     pub(super) before: Option<u64>,
 }
 
+/// `forget`: messages (or, without `ids`, the whole conversation) deleted on this device.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Forget {
+    pub(super) peer: Option<String>,
+    pub(super) group: Option<String>,
+    pub(super) ids: Option<Vec<String>>,
+}
+
 /// `message`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
