@@ -76,6 +76,11 @@ impl KeyProtection {
         }
     }
 
+    /// How a new key file keeps the key, or why none can be written for `dir`.
+    fn chosen(&self, dir: &Path) -> Result<Protection<'_>, ProfileError> {
+        self.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))
+    }
+
     fn protection(&self) -> Option<Protection<'_>> {
         match self {
             KeyProtection::Unset => None,
@@ -184,9 +189,7 @@ impl Profile {
         config: Config,
         protection: &KeyProtection,
     ) -> Result<Self, ProfileError> {
-        let new = protection
-            .protection()
-            .ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        let new = protection.chosen(dir)?;
         secure_dir(dir)?;
         recover_migration(dir)?;
         let keys = Self::key_file(dir);
@@ -259,9 +262,7 @@ impl Profile {
         config: Config,
         protection: &KeyProtection,
     ) -> Result<Self, ProfileError> {
-        let new = protection
-            .protection()
-            .ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        let new = protection.chosen(dir)?;
         if Self::db_path(dir).exists() {
             return Err(ProfileError::Exists(dir.to_owned()));
         }
@@ -309,8 +310,7 @@ impl Profile {
         old: &KeyProtection,
         new: &KeyProtection,
     ) -> Result<(), ProfileError> {
-        let new =
-            new.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+        let new = new.chosen(dir)?;
         if !Self::key_path(dir).exists() {
             return Err(ProfileError::NoIdentity(dir.to_owned()));
         }
@@ -379,8 +379,7 @@ fn sync_dir(dir: &Path) -> Result<(), ProfileError> {
 /// plaintext database. Until the key file exists a crash leaves the plaintext profile as it
 /// was (the partial copy is discarded); after, [`recover_migration`] finishes the swap.
 fn migrate(dir: &Path, protection: &KeyProtection) -> Result<(), ProfileError> {
-    let new =
-        protection.protection().ok_or_else(|| ProfileError::ProtectionRequired(dir.to_owned()))?;
+    let new = protection.chosen(dir)?;
     tracing::warn!(
         "encrypting the profile in {} (once: it was written by a version of Kith without \
          encryption at rest)",
