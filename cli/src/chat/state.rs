@@ -286,6 +286,15 @@ impl ChatState {
                 self.count_elsewhere(&event["message"]);
             }
             "updated" if owns(&event["message"]) => self.upsert(event["message"].clone()),
+            "messages_deleted" if owns(event) => {
+                let gone: Vec<&str> = event["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                self.messages.retain(|m| !m["id"].as_str().is_some_and(|id| gone.contains(&id)));
+            }
             "status" if owns(event) => {
                 let id = event.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
                 let status = event.get("status").and_then(Value::as_str).unwrap_or("").to_owned();

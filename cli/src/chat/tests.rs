@@ -233,3 +233,17 @@ fn a_relay_refusal_shows_on_the_waiting_message() {
         "{shown}"
     );
 }
+
+#[test]
+fn messages_forgotten_on_this_device_leave_the_view_and_a_session_reset_is_said() {
+    let mut state = with_bob();
+    state.apply(&json!({"type":"message","message":text("1","incoming","keep me",0)}));
+    state.apply(&json!({"type":"message","message":text("2","incoming","forget me",1)}));
+    // Deleted in another conversation: nothing changes here.
+    state.apply(&json!({"type":"messages_deleted","peer":"Q","ids":["1"]}));
+    state.apply(&json!({"type":"messages_deleted","peer":"P","ids":["2"]}));
+    let shown = screen(&mut state);
+    assert!(shown.contains("keep me") && !shown.contains("forget me"), "{shown}");
+    state.apply(&json!({"type":"session_reset","peer":"P"}));
+    assert!(screen(&mut state).contains("started anew"));
+}
