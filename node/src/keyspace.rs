@@ -342,4 +342,58 @@ mod tests {
         // Nothing to move a second time.
         import_legacy(&relay_dir, &store.side(), &LEGACY_RELAY).unwrap();
     }
+
+    /// The layouts [`hidden_side_key`] knows match what the relay and media stores write: the
+    /// same records written to a plain store, their keys rebuilt with `hidden_side_key`, are
+    /// the keys an encrypted store holds.
+    #[test]
+    fn the_migration_layouts_match_the_live_key_builders() {
+        use kith_core::store::{DatabaseKey, MemoryBackend, RawWrite, Tree};
+        use kith_protocol::{ChunkHash, MediaId, MessageId};
+
+        let write_all = |store: &Store| {
+            let side = store.side();
+            let mut relay = crate::relay::store::RelayStore::open(side.clone()).unwrap();
+            let (recipient, id) = (UserId([0x42; 32]), MessageId([7; 16]));
+            relay.deposit(&recipient, &id, b"envelope", 1_000).unwrap();
+            let index = Keyspace::new(side.clone(), SideTree::Relay, b'B');
+            let dir = tempfile::tempdir().unwrap();
+            let mut blobs = crate::relay::blobs::BlobStore::open(dir.path(), index).unwrap();
+            blobs.commit(&recipient, &ChunkHash([9; 32]), 10, 1_000).unwrap();
+            let media = crate::media::store::MediaStore::open(side.clone());
+            media.put_member_uploads(
+                &MediaId([5; MediaId::LEN]),
+                &UserId([0x43; 32]),
+                &crate::media::store::RelayUploads::default(),
+            );
+            store.dump().unwrap()
+        };
+        let side_keys = |dump: &[RawWrite]| -> Vec<(Tree, Vec<u8>)> {
+            let mut keys: Vec<(Tree, Vec<u8>)> = dump
+                .iter()
+                .filter(|(t, _, _)| matches!(t, Tree::Relay | Tree::Media))
+                .map(|(t, k, _)| (*t, k.clone()))
+                .collect();
+            keys.sort();
+            keys
+        };
+        let key = DatabaseKey::from_bytes(&mut [3; 32]);
+        let sealed = Store::open_sealed(Box::new(MemoryBackend::new()), &key).unwrap();
+        let plain = Store::memory();
+        let written = side_keys(&write_all(&sealed));
+        let plain_keys = side_keys(&write_all(&plain));
+        assert_eq!(plain_keys.len(), 6, "mail, its id and expiry, blob and expiry, upload");
+        let target = Store::open_sealed(Box::new(MemoryBackend::new()), &key).unwrap();
+        let mut rebuilt: Vec<(Tree, Vec<u8>)> = plain_keys
+            .iter()
+            .map(|(tree, k)| {
+                let side_tree =
+                    if *tree == Tree::Relay { SideTree::Relay } else { SideTree::Media };
+                (*tree, hidden_side_key(&target.side(), side_tree, k))
+            })
+            .collect();
+        rebuilt.sort();
+        assert_eq!(rebuilt, written);
+        assert_ne!(written, plain_keys, "ids are hidden");
+    }
 }
