@@ -100,6 +100,9 @@ pub(crate) enum Call {
     /// Every stored entry (tests).
     #[cfg(feature = "test-utils")]
     Dump(Reply<Result<Vec<RawWrite>, StoreError>>),
+    /// A handle on the database, for work that reads it off the driver (a backup); dropped
+    /// when that work ends, so that it never outlives the node's database.
+    Database(Reply<kith_core::store::SideStore>),
     /// Flush and stop.
     Shutdown(Reply<()>),
 }

@@ -575,6 +575,9 @@ impl Driver {
             Call::Dump(reply) => {
                 let _ = reply.send(self.engine.store().dump());
             }
+            Call::Database(reply) => {
+                let _ = reply.send(self.engine.store().side());
+            }
             Call::Shutdown(done) => {
                 // Receipts owed go into the outbox now, durable, rather than wait for a
                 // timer that will not fire.

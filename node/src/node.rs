@@ -82,8 +82,6 @@ pub struct Node {
     relays: Vec<Multiaddr>,
     metrics_addr: Option<std::net::SocketAddr>,
     served: Arc<crate::media::fetch::ServedCounters>,
-    /// A handle on the profile's database, for work that reads it off the driver (backups).
-    side: kith_core::store::SideStore,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -121,7 +119,6 @@ impl Node {
         let clock = Clock::start();
         let engine = profile.into_engine();
         let side = engine.store().side();
-        let backup_side = side.clone();
         // Relay and media records lived in databases of their own before Kith 0.4 (layout 4).
         crate::keyspace::import_legacy(&config.data_dir.join("relay"), &side, &LEGACY_RELAY)?;
         crate::keyspace::import_legacy(&config.data_dir.join("media"), &side, &LEGACY_MEDIA)?;
@@ -234,7 +231,6 @@ impl Node {
             relays: config.relays.clone(),
             metrics_addr,
             served,
-            side: backup_side,
             task: Arc::new(Mutex::new(Some(task))),
         };
         if !config.listen.is_empty() {
@@ -251,7 +247,7 @@ impl Node {
         &self,
         secret: BackupSecretOwned,
     ) -> Result<(Vec<u8>, kith_core::store::BackupSummary), NodeError> {
-        let side = self.side.clone();
+        let side = self.ask(Call::Database).await?;
         let params = crate::profile::kdf_params();
         tokio::task::spawn_blocking(move || {
             let secret = match &secret {

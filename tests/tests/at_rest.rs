@@ -481,3 +481,17 @@ fn the_cli_backs_up_and_restores_with_the_code_read_from_standard_input() {
     assert!(ok(restored).contains("Restored"));
     assert_eq!(ok(kith_tests::kith(new.path(), &["id"]).unwrap()), id, "the same identity");
 }
+
+/// A backup reads the database through a handle it drops when done: a node handle kept after
+/// shutdown holds no database open (it once did, and the profile could not be opened again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_made_a_backup_and_stopped_leaves_its_profile_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::create(NodeConfig::loopback(dir.path())).await.unwrap();
+    let secret = kith_node::BackupSecretOwned::Passphrase(Passphrase::new(b"pw".to_vec()));
+    node.create_backup(secret).await.unwrap();
+    node.shutdown().await.unwrap();
+    let again = Node::start(NodeConfig::loopback(dir.path())).await.unwrap();
+    assert_eq!(again.user_id(), node.user_id());
+    again.shutdown().await.unwrap();
+}
