@@ -248,7 +248,7 @@ impl Node {
         secret: BackupSecretOwned,
     ) -> Result<(Vec<u8>, kith_core::store::BackupSummary), NodeError> {
         let side = self.ask(Call::Database).await?;
-        let params = crate::profile::kdf_params();
+        let params = kith_core::store::KdfParams::DEFAULT;
         tokio::task::spawn_blocking(move || {
             let secret = match &secret {
                 BackupSecretOwned::Code(code) => kith_core::store::BackupSecret::Code(code),

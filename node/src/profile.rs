@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use kith_core::engine::{Config, Engine, OpenError};
 use kith_core::store::{
-    DatabaseKey, KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection, SideStore, SideTree,
-    Store, StoreError,
+    DatabaseKey, KeyFile, KeyFileError, KeyFileKind, Protection, SideStore, SideTree, Store,
+    StoreError,
 };
 use kith_protocol::UserId;
 use rand::rand_core::UnwrapErr;
@@ -61,7 +61,7 @@ pub enum KeyProtection {
     /// that says what to choose.
     #[default]
     Unset,
-    /// Wrapped under this passphrase (Argon2id, [`KdfParams::DEFAULT`]).
+    /// Wrapped under this passphrase (Argon2id, [`kith_core::store::KdfParams::DEFAULT`]).
     Passphrase(Passphrase),
     /// Kept unwrapped in the key file, readable by its owner only: for a relay or a headless
     /// node whose disk is protected otherwise. Never a default; an explicit choice.
@@ -179,7 +179,7 @@ impl Profile {
     }
 
     fn key_file(dir: &Path) -> KeyFile {
-        KeyFile::new(Self::key_path(dir)).with_params(kdf_params())
+        KeyFile::new(Self::key_path(dir))
     }
 
     /// Creates a new identity in `dir` (which must not hold one yet), its database encrypted
@@ -337,16 +337,6 @@ impl Profile {
     /// The engine, mutably.
     pub fn engine_mut(&mut self) -> &mut Engine<ProfileRng> {
         &mut self.engine
-    }
-}
-
-/// The Argon2id parameters new key files get: [`KdfParams::DEFAULT`], or OWASP's minimum where
-/// `KITH_TEST_FAST_KDF` is set (test suites that create many profiles; never for real use).
-pub(crate) fn kdf_params() -> KdfParams {
-    if std::env::var_os("KITH_TEST_FAST_KDF").is_some() {
-        KdfParams::MINIMUM
-    } else {
-        KdfParams::DEFAULT
     }
 }
 

@@ -116,7 +116,7 @@ async fn after_chatting_a_file_and_a_group_no_profile_or_relay_file_holds_a_secr
     .unwrap();
 
     // Bob goes offline: what Alice sends now waits at the relay.
-    let (bob_id, bob_peer) = (bob.user_id(), bob.peer_id());
+    let bob_id = bob.user_id();
     let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
     needles.extend(id_needles("Alice", &alice));
     needles.extend(id_needles("Bob", &bob));
@@ -126,7 +126,6 @@ async fn after_chatting_a_file_and_a_group_no_profile_or_relay_file_holds_a_secr
     assert_eq!(relay.node.relay_usage().await.unwrap().unwrap().envelopes, 1);
     alice.shutdown().await.unwrap();
     relay.node.shutdown().await.unwrap();
-    let _ = bob_peer;
 
     for text in [
         "meet me by the old lighthouse",

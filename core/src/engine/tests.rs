@@ -444,3 +444,39 @@ fn local_deletion_removes_messages_here_only_and_survives_a_restart() {
         net.engine(0).handle_command(T, Command::DeleteConversation { peer: stranger }).is_err()
     );
 }
+
+/// A peer that comes back with the same identity and no sessions (a restored backup): the
+/// new session it starts is a session reset for us, never an identity change, and the chat
+/// goes on both ways.
+#[test]
+fn a_peer_back_with_the_same_identity_and_no_sessions_is_a_session_reset_not_a_key_change() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let bob_id = IdentityKeyPair::generate(&mut rng);
+    let mut net = net_with(&[&alice_id, &bob_id]);
+    let (ua, ub) = (net.user(0), net.user(1));
+    net.command(0, Command::AddContact { user: ub, name: "bob".into(), relays: vec![] });
+    send(net.engine(0), ub, "hi");
+    net.run();
+    send(net.engine(1), ua, "hello");
+    net.run();
+    assert!(!net.nodes[0].take_events().iter().any(|e| matches!(e, Event::SessionReset { .. })));
+
+    net.reinstall(1, &bob_id);
+    net.command(1, Command::AddContact { user: ua, name: "alice".into(), relays: vec![] });
+    let back = send(net.engine(1), ua, "restored");
+    net.run();
+    let events = net.nodes[0].take_events();
+    assert!(
+        events.iter().any(|e| matches!(e, Event::SessionReset { peer } if *peer == ub)),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::IdentityChanged { .. })), "{events:?}");
+    assert_eq!(net.engine(1).message(&back).unwrap().unwrap().status, MessageStatus::Delivered);
+    let reply = send(net.engine(0), ub, "welcome back");
+    net.run();
+    assert!(matches!(
+        net.engine(0).message(&reply).unwrap().unwrap().status,
+        MessageStatus::Delivered | MessageStatus::Read
+    ));
+}

@@ -147,7 +147,7 @@ impl BackupSecret<'_> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 struct Header {
     params: KdfParams,
     salt: [u8; SALT_LEN],
@@ -300,9 +300,7 @@ impl RestoredBackup {
             .ok_or(BackupError::Malformed)?;
         let header: Header =
             postcard::from_bytes(header_bytes).map_err(|_| BackupError::Malformed)?;
-        if header.params.memory_kib < KdfParams::MINIMUM.memory_kib
-            || header.params.iterations < KdfParams::MINIMUM.iterations
-        {
+        if !header.params.acceptable() {
             return Err(BackupError::Malformed);
         }
         let body_len = sealed.len().checked_sub(16).ok_or(BackupError::Malformed)?;
@@ -363,7 +361,7 @@ impl RestoredBackup {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -377,5 +375,34 @@ mod tests {
         assert!(RecoveryCode::parse("12345").is_err());
         assert!(RecoveryCode::parse(&"x".repeat(30)).is_err());
         assert_ne!(RecoveryCode::generate().unwrap(), code);
+    }
+
+    /// A backup whose header asks Argon2id for more than Kith accepts is refused before any
+    /// work (a crafted file cannot take the machine's memory); one asking for less too.
+    #[test]
+    fn a_backup_with_parameters_out_of_bounds_is_refused_before_any_work() {
+        let store = Store::memory_sealed().unwrap();
+        let code = RecoveryCode::generate().unwrap();
+        let secret = BackupSecret::Code(&code);
+        let (archive, _) = create_backup(&store.side(), &secret, KdfParams::MINIMUM, 0).unwrap();
+        assert!(RestoredBackup::open(&archive, &secret).is_ok());
+        let header_len =
+            usize::try_from(u32::from_be_bytes(archive[8..12].try_into().unwrap())).unwrap();
+        let header: Header = postcard::from_bytes(&archive[12..12 + header_len]).unwrap();
+        for params in [
+            KdfParams { memory_kib: u32::MAX, ..header.params },
+            KdfParams { iterations: 1, ..header.params },
+        ] {
+            let changed = postcard::to_allocvec(&Header { params, ..header }).unwrap();
+            let mut forged = MAGIC.to_vec();
+            forged.extend_from_slice(&u32::try_from(changed.len()).unwrap().to_be_bytes());
+            forged.extend_from_slice(&changed);
+            forged.extend_from_slice(&archive[12 + header_len..]);
+            assert!(matches!(RestoredBackup::open(&forged, &secret), Err(BackupError::Malformed)));
+        }
+        assert!(matches!(
+            RestoredBackup::open(&archive[..archive.len() - 1], &secret),
+            Err(BackupError::WrongSecret | BackupError::Malformed)
+        ));
     }
 }

@@ -53,10 +53,17 @@ impl KdfParams {
     pub const MINIMUM: KdfParams =
         KdfParams { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
 
-    fn at_least_minimum(&self) -> bool {
-        self.memory_kib >= Self::MINIMUM.memory_kib
-            && self.iterations >= Self::MINIMUM.iterations
-            && self.parallelism >= 1
+    /// The most Kith accepts from a file (1 GiB, 64 passes, 16 lanes): a file asking for more
+    /// would make opening it take the machine's memory or minutes of work.
+    pub const MAXIMUM: KdfParams =
+        KdfParams { memory_kib: 1024 * 1024, iterations: 64, parallelism: 16 };
+
+    /// Whether a file's parameters lie between [`KdfParams::MINIMUM`] and
+    /// [`KdfParams::MAXIMUM`].
+    pub(crate) fn acceptable(&self) -> bool {
+        (Self::MINIMUM.memory_kib..=Self::MAXIMUM.memory_kib).contains(&self.memory_kib)
+            && (Self::MINIMUM.iterations..=Self::MAXIMUM.iterations).contains(&self.iterations)
+            && (Self::MINIMUM.parallelism..=Self::MAXIMUM.parallelism).contains(&self.parallelism)
     }
 }
 
@@ -322,7 +329,7 @@ impl KeyFile {
             }
             Stored::Passphrase { params, salt, nonce, wrapped } => {
                 let passphrase = passphrase.ok_or(KeyFileError::PassphraseRequired)?;
-                if !params.at_least_minimum() {
+                if !params.acceptable() {
                     return Err(KeyFileError::BadParams(self.path.clone()));
                 }
                 let kek = derive(passphrase, params, salt)
@@ -411,6 +418,11 @@ mod tests {
         let stored = Stored::Passphrase { params, salt, nonce, wrapped };
         fs::write(keys.path(), &*encode(&stored, keys.path()).unwrap()).unwrap();
         assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::WrongPassphrase)));
+        // Parameters that would take the machine's memory: refused before any work.
+        let huge = KdfParams { memory_kib: u32::MAX, ..params };
+        let stored = Stored::Passphrase { params: huge, salt, nonce, wrapped: Vec::new() };
+        fs::write(keys.path(), &*encode(&stored, keys.path()).unwrap()).unwrap();
+        assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::BadParams(_))));
         fs::write(keys.path(), b"KITHKEY\x01garbage").unwrap();
         assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::Malformed(_))));
         fs::write(keys.path(), b"").unwrap();

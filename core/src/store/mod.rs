@@ -512,7 +512,9 @@ impl Store {
         Ok(store)
     }
 
-    /// An encrypted in-memory store under a random key (tests of what encryption changes).
+    /// An encrypted in-memory store under a random key (tests of what encryption changes;
+    /// feature `test-utils`).
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn memory_sealed() -> Result<Self, StoreError> {
         let key = DatabaseKey::generate()
             .map_err(|e| StoreError::Backend(BackendError::new(std::io::Error::other(e))))?;
@@ -689,7 +691,7 @@ impl Store {
             return Err(e);
         }
         let mut writes = std::mem::take(&mut batch.writes);
-        let pseudonyms = self.shared.pseudonyms().clone();
+        let pseudonyms = self.shared.pseudonyms();
         if pseudonyms.hides() {
             let mut names = Vec::new();
             for (i, (tree, key, value)) in writes.iter_mut().enumerate() {
