@@ -67,6 +67,9 @@ pub(crate) enum Call {
     /// A peer's gossipsub score.
     #[cfg(feature = "test-utils")]
     GossipScore(PeerId, Reply<Option<f64>>),
+    /// Deliveries under way: direct requests in flight plus messages on their way to relays.
+    #[cfg(feature = "test-utils")]
+    DeliveriesInFlight(Reply<usize>),
     /// Every contact.
     Contacts(Reply<Result<Vec<Contact>, StoreError>>),
     /// A contact by id.

@@ -138,6 +138,12 @@ impl<R: Copy + Eq + Hash> DirectDelivery<R> {
         self.requests.is_empty()
     }
 
+    /// Requests in flight.
+    #[cfg(feature = "test-utils")]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
     /// Sends every peer's waiting deliveries (the turn is flushed).
     pub(crate) fn end_turn(&mut self) {
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();

@@ -527,6 +527,10 @@ impl Driver {
             Call::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
+            #[cfg(feature = "test-utils")]
+            Call::DeliveriesInFlight(reply) => {
+                let _ = reply.send(self.c.delivery.in_flight() + self.c.mailbox.deposits_pending());
+            }
             Call::Contacts(reply) => {
                 let _ = reply.send(self.engine.contacts());
             }

@@ -290,6 +290,12 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         self.attempts.insert(id, Attempt { to, envelope: envelope.to_vec(), relays });
     }
 
+    /// Messages on their way to relays (queued or deposited, not yet answered).
+    #[cfg(feature = "test-utils")]
+    pub(crate) fn deposits_pending(&self) -> usize {
+        self.fallbacks.len()
+    }
+
     /// A direct delivery was answered: nothing to fall back to.
     pub(crate) fn answered(&mut self, id: &MessageId) {
         self.attempts.remove(id);

@@ -516,6 +516,13 @@ impl Node {
         self.ask(|reply| Call::GossipScore(peer, reply)).await
     }
 
+    #[cfg(feature = "test-utils")]
+    /// Deliveries under way: direct requests in flight plus messages on their way to relays
+    /// (zero once nothing this node sent can still land anywhere).
+    pub async fn deliveries_in_flight(&self) -> Result<usize, NodeError> {
+        self.ask(Call::DeliveriesInFlight).await
+    }
+
     /// Adds (or renames) a contact from its contact string.
     pub async fn add_contact(&self, contact: &ContactString, name: &str) -> Result<(), NodeError> {
         let relays = contact.relays.iter().map(ToString::to_string).collect();
