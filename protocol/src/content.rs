@@ -17,8 +17,9 @@ use crate::ids::{
 };
 use crate::limits::{
     MAX_CHANGE_PARENTS, MAX_CHANGES_PER_MESSAGE, MAX_CHUNK_BYTES, MAX_CONTENT_BYTES,
-    MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS, MAX_MIME_BYTES, MAX_NAME_BYTES,
-    MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_SYNC_HEADS, MAX_TEXT_BYTES, MAX_THUMBNAIL_BYTES,
+    MAX_EXPIRE_SECONDS, MAX_FILE_NAME_BYTES, MAX_GROUP_MEMBERS, MAX_MEDIA_CHUNKS, MAX_MIME_BYTES,
+    MAX_NAME_BYTES, MAX_REACTION_BYTES, MAX_RECEIPT_IDS, MAX_SYNC_HEADS, MAX_TEXT_BYTES,
+    MAX_THUMBNAIL_BYTES,
 };
 
 /// Shows a length in place of the redacted value.
@@ -85,6 +86,18 @@ pub enum Body {
     SenderKeyDistribution(SenderKeyDistribution),
     /// A member asks for the changes of a group that it lacks.
     GroupSync(GroupSync),
+    /// The conversation's disappearing-message timer, set by the sender for everyone in it.
+    /// It is a message of the history: everyone sees who set it.
+    ExpireTimer(ExpireTimer),
+}
+
+/// A conversation's disappearing-message timer: each text or attachment sent or received while
+/// it is on disappears from every member's device `seconds` after it was read (after it was
+/// sent, on the sender's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireTimer {
+    /// Seconds, at most [`MAX_EXPIRE_SECONDS`]; 0 turns the timer off.
+    pub seconds: u32,
 }
 
 /// A text message.
@@ -450,6 +463,10 @@ impl Body {
                 check_ascending("heads", &sync.heads)
             }
             Self::SenderKeyDistribution(_) => Ok(()),
+            Self::ExpireTimer(t) if t.seconds > MAX_EXPIRE_SECONDS => {
+                Err(Invalid::OutOfRange { field: "seconds" })
+            }
+            Self::ExpireTimer(_) => Ok(()),
         }
     }
 }

@@ -42,6 +42,9 @@ pub const MAX_MEDIA_FRAME_BYTES: usize = MAX_CHUNK_BYTES + 256;
 /// Most message ids acknowledged by one receipt (a read receipt for a screenful of messages).
 pub const MAX_RECEIPT_IDS: usize = 256;
 
+/// Longest disappearing-message timer: one year.
+pub const MAX_EXPIRE_SECONDS: u32 = 365 * 24 * 60 * 60;
+
 /// Most members in a group (bounds control messages and sender-key fan-out).
 pub const MAX_GROUP_MEMBERS: usize = 256;
 

@@ -118,7 +118,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             .iter()
             .map(|id| self.conversation_message(conversation, id))
             .collect::<Result<Vec<_>, _>>()?;
-        self.forget_records(conversation, records)?;
+        self.forget_records(conversation, records, DeleteReason::Local)?;
         Ok(CommandResult::Done)
     }
 
@@ -139,14 +139,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             if page.is_empty() {
                 return Ok(CommandResult::Done);
             }
-            self.forget_records(conversation, page)?;
+            self.forget_records(conversation, page, DeleteReason::Local)?;
         }
     }
 
-    fn forget_records(
+    /// Deletes `records` of `conversation` (and what waits to send them) from this device.
+    pub(super) fn forget_records(
         &mut self,
         conversation: Conversation,
         records: Vec<MessageRecord>,
+        reason: DeleteReason,
     ) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
@@ -163,11 +165,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for id in &ids {
             self.outbox.remove(id);
         }
+        self.forget_expiring(&ids);
         let (peer, group) = match conversation {
             Conversation::Contact(peer) => (peer, None),
             Conversation::Group(group) => (self.user_id(), Some(group)),
         };
-        self.event(Event::MessagesDeleted { peer, group, ids });
+        self.event(Event::MessagesDeleted { peer, group, ids, reason });
         Ok(())
     }
 

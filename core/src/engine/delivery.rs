@@ -143,7 +143,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// Moves an outgoing message's status forward (never back); returns the event to emit.
     pub(super) fn set_status(
-        &self,
+        &mut self,
         id: &MessageId,
         status: MessageStatus,
         batch: &mut Batch,
@@ -155,6 +155,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
         index.status = status;
         batch.put_message_index(id, &index);
+        self.start_expiry(id, status, batch);
         Ok(Some(Event::StatusChanged { peer: index.peer, group: index.group, id: *id, status }))
     }
 
@@ -168,6 +169,6 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for user in self.fetches.take_due(self.mono) {
             self.request_bundle(user);
         }
-        Ok(())
+        self.expire_due(now)
     }
 }

@@ -302,6 +302,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             GroupCommand::DeleteHistory => {
                 return self.delete_conversation(Conversation::Group(group));
             }
+            GroupCommand::SetDisappearing { seconds } => {
+                return self.set_timer(now, Conversation::Group(group), seconds);
+            }
             GroupCommand::Typing { state } => {
                 if self.config.typing_indicators {
                     self.publish(now, group, Body::Typing(state), true)?;
@@ -436,7 +439,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         if !ephemeral && self.outbox.len() + members.len() > super::MAX_OUTBOX {
             return Err(CommandError::OutboxFull { max: super::MAX_OUTBOX });
         }
-        let stored = matches!(body, Body::Text(_) | Body::Media(_));
+        let stored = matches!(body, Body::Text(_) | Body::Media(_) | Body::ExpireTimer(_));
+        let expires = matches!(body, Body::Text(_) | Body::Media(_));
         let content = Content { sent_at: now, body };
         let plaintext = kith_protocol::encode(&content)
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
@@ -464,6 +468,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             if stored {
                 let seq = self.take_seq();
                 batch.put_message(&MessageRecord::queued(id, me, Some(group), plaintext, now, seq));
+            }
+            if expires {
+                self.mark_expiring(Conversation::Group(group), id, &mut batch);
             }
             for member in &members {
                 let copy = Envelope {
@@ -546,7 +553,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
     /// The copy `copy` of a group message was stored by the member or a relay.
     pub(super) fn group_copy_delivered(
-        &self,
+        &mut self,
         envelope: &[u8],
         batch: &mut Batch,
     ) -> Result<Option<Event>, StoreError> {
@@ -796,6 +803,25 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     sent_at,
                     batch,
                 )?);
+                self.mark_expiring(Conversation::Group(group), id, batch);
+            }
+            Body::ExpireTimer(timer) => {
+                let sent_at = content.sent_at;
+                events.push(self.store_incoming(
+                    now,
+                    sender,
+                    Some(group),
+                    id,
+                    plaintext,
+                    sent_at,
+                    batch,
+                )?);
+                events.extend(self.receive_timer(
+                    Conversation::Group(group),
+                    timer,
+                    sent_at,
+                    batch,
+                ));
             }
             Body::Reaction(reaction) => {
                 if let Some(mut target) = self.store.message(&reaction.target)?.filter(in_group) {
@@ -842,7 +868,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// A member's receipt for our group message `target`; returns the status event, if the
     /// message's status moved (delivered once every member has it, read once every one read it).
     pub(super) fn group_receipt(
-        &self,
+        &mut self,
         mut record: MessageRecord,
         from: UserId,
         kind: ReceiptKind,

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use kith_protocol::GroupId;
-use kith_protocol::content::ReceiptKind;
+use kith_protocol::content::{ExpireTimer, ReceiptKind};
 use kith_protocol::envelope::GroupEnvelope;
 use rand_chacha::ChaCha20Rng;
 
@@ -791,4 +791,33 @@ fn removal_before_an_answer_ends_the_invitation() {
     assert_eq!(net.engine(2).group(&group).unwrap().invited_by, None);
     net.restart(2);
     assert_eq!(net.engine(2).group(&group).unwrap().invited_by, None, "after a restart");
+}
+
+/// A group's disappearing-message timer: any member sets it for all with a message everyone
+/// sees; each member's copy of a later message goes the timer after that member read it (the
+/// author's after it was sent), and an unread copy waits for its reader.
+#[test]
+fn a_groups_disappearing_timer_is_set_by_any_member_for_all() {
+    let mut net = net(3);
+    let group = net.create(0, &[1, 2]);
+    let setting = net.group_command(1, group, GroupCommand::SetDisappearing { seconds: 30 });
+    let CommandResult::Queued(setting) = setting else { panic!("{setting:?}") };
+    for i in 0..3 {
+        assert_eq!(net.engine(i).group_disappearing_timer(&group), 30, "member {i}");
+        let message = net.engine(i).message(&setting).unwrap().expect("the setting is shown");
+        assert_eq!(message.body, Some(Body::ExpireTimer(ExpireTimer { seconds: 30 })));
+    }
+    let before = net.texts(2, &group).len();
+    let id = net.send(0, group, "gone in 30 s");
+    net.group_command(1, group, GroupCommand::MarkRead { ids: vec![id] });
+    net.advance(31_000);
+    assert!(net.engine(0).message(&id).unwrap().is_none(), "the author's copy");
+    assert!(net.engine(1).message(&id).unwrap().is_none(), "the reader's copy");
+    assert!(net.engine(2).message(&id).unwrap().is_some(), "unread: it waits");
+    net.restart(2);
+    net.group_command(2, group, GroupCommand::MarkRead { ids: vec![id] });
+    net.advance(31_000);
+    assert!(net.engine(2).message(&id).unwrap().is_none());
+    assert_eq!(net.texts(2, &group).len(), before);
+    assert!(net.engine(2).message(&setting).unwrap().is_some(), "the setting stays");
 }

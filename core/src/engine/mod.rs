@@ -78,6 +78,9 @@
 mod actions;
 mod contacts;
 mod delivery;
+mod disappearing;
+#[cfg(test)]
+mod disappearing_tests;
 mod fetches;
 mod group;
 mod group_membership;
@@ -261,6 +264,8 @@ pub struct Engine<R> {
     syncs: HashMap<(kith_protocol::GroupId, UserId, bool), UnixMillis>,
     /// New identity keys that peers' refused initial messages carried, for the user to review.
     pending_identities: BTreeMap<UserId, kith_protocol::prekey::IdentityBinding>,
+    /// Disappearing messages: the timers and the messages waiting to disappear.
+    expiry: disappearing::Expiry,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -331,8 +336,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             tags: HashMap::new(),
             syncs: HashMap::new(),
             pending_identities: BTreeMap::new(),
+            expiry: disappearing::Expiry::default(),
         };
         engine.load_groups()?;
+        engine.load_expiry()?;
+        // What disappeared while we were stopped goes now.
+        engine.expire_due(now)?;
         for record in engine.store.outbox()? {
             let due = record.envelope.is_some().then_some(mono);
             engine.outbox.insert(record, due);
@@ -431,6 +440,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             Command::DeleteConversation { peer } => {
                 self.delete_conversation(Conversation::Contact(peer))
+            }
+            Command::SetDisappearing { peer, seconds } => {
+                self.set_timer(now, Conversation::Contact(peer), seconds)
             }
             Command::MarkRead { peer, ids } => {
                 self.mark_read(now, Conversation::Contact(peer), ids)
@@ -601,10 +613,17 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<u64> {
         let fetch = self.fetches.next_due();
-        [self.outbox.next_due(), fetch, self.group_receipts_due, Some(self.next_maintenance)]
-            .into_iter()
-            .flatten()
-            .min()
+        let expiry = self.next_expiry();
+        [
+            self.outbox.next_due(),
+            fetch,
+            self.group_receipts_due,
+            expiry,
+            Some(self.next_maintenance),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Makes the next [`Engine::flush`] send every delivery receipt owed, without waiting for

@@ -13,7 +13,9 @@ use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
 use super::group::{Arrival, GroupEffect, GroupReceived};
-use super::{Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction};
+use super::{
+    Conversation, Engine, Event, Output, ReceiveError, Reply, ReplyToken, Via, apply_reaction,
+};
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
 use crate::session::{PeerSessions, Session};
@@ -295,6 +297,16 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 effects
                     .events
                     .push(self.store_incoming(now, sender, None, id, plaintext, sent_at, batch)?);
+                self.mark_expiring(Conversation::Contact(sender), id, batch);
+                effects.receipt = Some(id);
+            }
+            Body::ExpireTimer(timer) => {
+                let sent_at = content.sent_at;
+                effects
+                    .events
+                    .push(self.store_incoming(now, sender, None, id, plaintext, sent_at, batch)?);
+                let conversation = Conversation::Contact(sender);
+                effects.events.extend(self.receive_timer(conversation, timer, sent_at, batch));
                 effects.receipt = Some(id);
             }
             Body::Reaction(reaction) => {

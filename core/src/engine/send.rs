@@ -50,6 +50,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Err(CommandError::OutboxFull { max: MAX_OUTBOX });
         }
         let id = self.random_id();
+        let expires = kind == OutboxKind::Message && matches!(body, Body::Text(_) | Body::Media(_));
         let content = Content { sent_at: now, body };
         let plaintext = kith_protocol::encode(&content)
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
@@ -73,6 +74,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         };
         batch.put_outbox(&record);
         batch.put_seq(seq + 1);
+        if expires {
+            self.mark_expiring(Conversation::Contact(to), id, &mut batch);
+        }
         self.commit(batch)?;
         self.take_seq();
         self.outbox.insert(record, None);

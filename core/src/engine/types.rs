@@ -135,6 +135,15 @@ pub enum Command {
         /// The conversation.
         peer: UserId,
     },
+    /// Sets the disappearing-message timer of the conversation with `peer` for both sides:
+    /// each text or attachment from then on disappears `seconds` after it was read (after it
+    /// was sent, for ours); 0 turns it off. The setting is a message of the history.
+    SetDisappearing {
+        /// The conversation.
+        peer: UserId,
+        /// Seconds, at most [`kith_protocol::limits::MAX_EXPIRE_SECONDS`]; 0: off.
+        seconds: u32,
+    },
     /// Removes a contact and the sessions with them (history is kept).
     RemoveContact {
         /// Their id.
@@ -252,6 +261,12 @@ pub enum GroupCommand {
     },
     /// Deletes the group's whole conversation from this device only (the membership stays).
     DeleteHistory,
+    /// Sets the group's disappearing-message timer for every member (see
+    /// [`Command::SetDisappearing`]); any member may.
+    SetDisappearing {
+        /// Seconds; 0: off.
+        seconds: u32,
+    },
     /// Sends a text message.
     Send {
         /// The text.
@@ -462,8 +477,8 @@ pub enum Event {
     },
     /// A message was edited, deleted or reacted to.
     MessageUpdated(Box<Message>),
-    /// Messages were deleted from this device ([`Command::DeleteLocally`],
-    /// [`Command::DeleteConversation`] and their group forms).
+    /// Messages were deleted from this device: by the user ([`Command::DeleteLocally`],
+    /// [`Command::DeleteConversation`] and their group forms), or because they disappeared.
     MessagesDeleted {
         /// The conversation's peer (ourselves for a group).
         peer: UserId,
@@ -471,6 +486,18 @@ pub enum Event {
         group: Option<GroupId>,
         /// The messages deleted.
         ids: Vec<MessageId>,
+        /// Why.
+        reason: DeleteReason,
+    },
+    /// A conversation's disappearing-message timer changed (set by us or by someone in it;
+    /// the message that set it is in the history).
+    TimerChanged {
+        /// The conversation's peer (ourselves for a group).
+        peer: UserId,
+        /// The group, for a group's conversation.
+        group: Option<GroupId>,
+        /// The new timer in seconds (0: off).
+        seconds: u32,
     },
     /// A group was created, joined, changed, or left.
     GroupChanged(Box<Group>),
@@ -680,4 +707,14 @@ pub enum OpenError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why messages were deleted from this device ([`Event::MessagesDeleted`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// The user deleted them here.
+    Local,
+    /// Their disappearing-message timer ran out: whatever else holds them (attachment files,
+    /// downloads) goes too.
+    Expired,
 }

@@ -51,11 +51,15 @@ pub enum Tree {
     /// In an encrypted store, the ids behind the pseudonyms in keys that the store must turn
     /// back into ids: pseudonym → id (sealed like every value).
     Names,
+    /// Conversations' disappearing-message timers: user or group → timer.
+    Timers,
+    /// Messages that disappear: message id → their timer and, once it started, when.
+    Expiring,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 19] = [
+    pub const ALL: [Tree; 21] = [
         Tree::Meta,
         Tree::PreKeys,
         Tree::Sessions,
@@ -75,6 +79,8 @@ impl Tree {
         Tree::Media,
         Tree::GroupInvitations,
         Tree::Names,
+        Tree::Timers,
+        Tree::Expiring,
     ];
 
     /// The tree's name in the database.
@@ -99,6 +105,8 @@ impl Tree {
             Tree::Media => "media",
             Tree::GroupInvitations => "group_invitations",
             Tree::Names => "names",
+            Tree::Timers => "timers",
+            Tree::Expiring => "expiring",
         }
     }
 

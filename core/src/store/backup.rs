@@ -33,10 +33,11 @@ const NONCE_LEN: usize = 24;
 /// Digits of a recovery code (about 100 bits).
 pub const RECOVERY_CODE_DIGITS: usize = 30;
 
-/// The trees a backup holds: who we are, whom we know, what was said, the groups and the
-/// attachments' records. The ids behind pseudonyms (`names`) come along so that the restored
-/// store reads its keys back.
-const BACKED_UP: [Tree; 9] = [
+/// The trees a backup holds: who we are, whom we know, what was said, the groups, the
+/// attachments' records and the disappearing-message timers (a restored message still
+/// disappears when it would have). The ids behind pseudonyms (`names`) come along so that the
+/// restored store reads its keys back.
+const BACKED_UP: [Tree; 11] = [
     Tree::Meta,
     Tree::Contacts,
     Tree::Messages,
@@ -46,6 +47,8 @@ const BACKED_UP: [Tree; 9] = [
     Tree::GroupInvitations,
     Tree::Names,
     Tree::Media,
+    Tree::Timers,
+    Tree::Expiring,
 ];
 
 /// Meta entries a backup leaves out: the current signed prekey (prekeys are not restored: a

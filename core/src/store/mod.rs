@@ -31,6 +31,8 @@
 //! | group_keys_waiting | group ‖ sender | a member's sender key that came before its membership |
 //! | sender_keys | group ‖ member | our chain (member = us) or the member's chains |
 //! | group_pending | group ‖ sender ‖ authenticated ‖ chain ‖ message id | a group message waiting for its key |
+//! | timers | user or group | the conversation's disappearing-message timer (0: off) |
+//! | expiring | message id | a disappearing message's timer and when it disappears |
 //! | relay, media | the embedding node's own layout | written through a [`SideStore`] |
 //!
 //! The embedding node keeps its own records (its relay service's mailboxes, its attachments)
@@ -62,6 +64,7 @@ pub use backup::{
 };
 pub use keyfile::{KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection};
 pub(crate) use records::MessageIndexRecord;
+pub(crate) use records::{ExpiringRecord, TimerRecord};
 use records::{
     GroupChangeRecord, GroupInvitationRecord, GroupOrphanRecord, GroupRecord, IdentityRecord,
     MemberChainsRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord,
@@ -167,7 +170,8 @@ fn id_offsets(tree: Tree) -> &'static [usize] {
         | Tree::Groups
         | Tree::GroupChanges
         | Tree::GroupOrphans
-        | Tree::GroupInvitations => &[0],
+        | Tree::GroupInvitations
+        | Tree::Timers => &[0],
         Tree::SeenByTime => &[8],
         Tree::SenderKeys | Tree::GroupPending | Tree::GroupKeysWaiting => &[0, 32],
         Tree::Meta
@@ -176,7 +180,8 @@ fn id_offsets(tree: Tree) -> &'static [usize] {
         | Tree::Outbox
         | Tree::Relay
         | Tree::Media
-        | Tree::Names => &[],
+        | Tree::Names
+        | Tree::Expiring => &[],
     }
 }
 
@@ -329,6 +334,22 @@ impl Batch {
     pub(crate) fn delete_message(&mut self, record: &MessageRecord) {
         self.delete(Tree::Messages, &conversation_key(&record.conversation(), record.seq));
         self.delete(Tree::MessageIds, &record.id.0);
+        self.delete(Tree::Expiring, &record.id.0);
+    }
+
+    /// Sets a conversation's disappearing-message timer.
+    pub(crate) fn put_timer(&mut self, record: &TimerRecord) {
+        self.put(Tree::Timers, &record.conversation, record);
+    }
+
+    /// Marks message `id` as one that disappears.
+    pub(crate) fn put_expiring(&mut self, id: &MessageId, record: &ExpiringRecord) {
+        self.put(Tree::Expiring, &id.0, record);
+    }
+
+    /// Forgets that message `id` disappears (it is gone).
+    pub(crate) fn delete_expiring(&mut self, id: &MessageId) {
+        self.delete(Tree::Expiring, &id.0);
     }
 
     /// Writes a message's index entry (where it lives and its status).
@@ -955,6 +976,27 @@ impl Store {
         self.range(Tree::GroupInvitations, &[], &[], false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode(&v))
+            .collect()
+    }
+
+    /// Every conversation whose messages disappear, with its timer.
+    pub(crate) fn timers(&self) -> Result<Vec<TimerRecord>, StoreError> {
+        self.range(Tree::Timers, &[], &[], false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
+    }
+
+    /// Every message that disappears, with its timer.
+    pub(crate) fn expiring(&self) -> Result<Vec<(MessageId, ExpiringRecord)>, StoreError> {
+        self.range(Tree::Expiring, &[], &[], false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id = k.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                    record: <ExpiringRecord as Record>::NAME,
+                })?;
+                Ok((MessageId(id), decode(&v)?))
+            })
             .collect()
     }
 

@@ -70,6 +70,28 @@ record! {
     MemberChainsRecord => "sender keys",
     PendingGroupRecord => "pending group message",
     GroupInvitationRecord => "group invitation",
+    TimerRecord => "disappearing-message timer",
+    ExpiringRecord => "disappearing message",
+}
+
+/// A conversation's disappearing-message timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TimerRecord {
+    /// The contact's user id or the group's id (the key holds only its pseudonym).
+    pub(crate) conversation: [u8; 32],
+    /// Seconds after reading (after sending, for our own) that a message disappears.
+    pub(crate) seconds: u32,
+    /// The sender's time of the message that set it: a later setting wins.
+    pub(crate) set_at: UnixMillis,
+}
+
+/// A message that disappears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExpiringRecord {
+    /// Its timer, in seconds.
+    pub(crate) seconds: u32,
+    /// When it disappears, once its timer started (it was read, or sent for our own).
+    pub(crate) expires_at: Option<UnixMillis>,
 }
 
 /// A group we know (its changes are records of their own, [`GroupChangeRecord`]).

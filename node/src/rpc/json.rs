@@ -1,7 +1,7 @@
 //! The JSON shapes of the control API: stable, documented views of Kith's types (ids as hex,
 //! users as peer ids, statuses as lowercase words).
 
-use kith_core::engine::Event;
+use kith_core::engine::{DeleteReason, Event};
 use kith_core::group::Group;
 use kith_core::identity::peer_id_of;
 use kith_core::model::{Contact, Direction, Message, MessageStatus};
@@ -57,8 +57,11 @@ pub struct MessageJson {
     pub group: Option<String>,
     /// `incoming` or `outgoing`.
     pub direction: &'static str,
-    /// `text`, `media` or `deleted`.
+    /// `text`, `media`, `timer` (the conversation's disappearing-message timer was set),
+    /// `other` or `deleted`.
     pub kind: &'static str,
+    /// For a `timer` message: the timer it set, in seconds (0: off).
+    pub timer_seconds: Option<u32>,
     /// The text (or the attachment's caption).
     pub text: Option<String>,
     /// The attachment's file name.
@@ -125,8 +128,13 @@ impl From<&Message> for MessageJson {
             Some(Body::Media(media)) => {
                 ("media", media.caption.clone(), Some(media.name.clone()), None)
             }
+            Some(Body::ExpireTimer(_)) => ("timer", None, None, None),
             Some(_) => ("other", None, None, None),
             None => ("deleted", None, None, None),
+        };
+        let timer_seconds = match &m.body {
+            Some(Body::ExpireTimer(t)) => Some(t.seconds),
+            _ => None,
         };
         let (status, failure) = status(&m.status);
         Self {
@@ -138,6 +146,7 @@ impl From<&Message> for MessageJson {
                 Direction::Outgoing => "outgoing",
             },
             kind,
+            timer_seconds,
             text,
             file_name,
             attachment: None,
@@ -371,7 +380,7 @@ pub enum EventJson {
         /// Who.
         peer: String,
     },
-    /// Messages were deleted on this device (`forget`).
+    /// Messages were deleted on this device: by `forget`, or because they disappeared.
     MessagesDeleted {
         /// The conversation's peer (ourselves for a group).
         peer: String,
@@ -379,6 +388,17 @@ pub enum EventJson {
         group: Option<String>,
         /// The messages.
         ids: Vec<String>,
+        /// `local` (forgotten here) or `expired` (their disappearing-message timer ran out).
+        reason: &'static str,
+    },
+    /// A conversation's disappearing-message timer changed.
+    Timer {
+        /// The conversation's peer (ourselves for a group).
+        peer: String,
+        /// The group, for a group's conversation.
+        group: Option<String>,
+        /// The timer in seconds (0: off).
+        seconds: u32,
     },
     /// An envelope was refused.
     Rejected {
@@ -537,10 +557,19 @@ impl EventJson {
                 Event::ContactChanged(c) => Self::Contact { contact: c.as_ref().into() },
                 Event::IdentityChanged { peer: p, .. } => Self::IdentityChanged { peer: peer(p) },
                 Event::SessionReset { peer: p } => Self::SessionReset { peer: peer(p) },
-                Event::MessagesDeleted { peer: p, group, ids } => Self::MessagesDeleted {
+                Event::MessagesDeleted { peer: p, group, ids, reason } => Self::MessagesDeleted {
                     peer: peer(p),
                     group: group.map(|g| g.to_string()),
                     ids: ids.iter().map(ToString::to_string).collect(),
+                    reason: match reason {
+                        DeleteReason::Local => "local",
+                        DeleteReason::Expired => "expired",
+                    },
+                },
+                Event::TimerChanged { peer: p, group, seconds } => Self::Timer {
+                    peer: peer(p),
+                    group: group.map(|g| g.to_string()),
+                    seconds: *seconds,
                 },
                 Event::Rejected { sender, reason } => Self::Rejected {
                     sender: sender.as_ref().map(peer),
