@@ -169,6 +169,18 @@ enum Command {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+    /// Show or set a conversation's disappearing messages: with a timer (`1w`, `1d`, `8h`,
+    /// `30m`, `45s`, at most a year), each message from then on disappears from every device
+    /// in the conversation that long after it was read (after it was sent, on the sender's),
+    /// attachments and downloads included; `off` stops it. Everyone in the conversation sees
+    /// who set it.
+    Disappear {
+        /// Contact name or peer id, or a group (name or id).
+        conversation: String,
+        /// The timer, or `off`; without it, shows the current one.
+        #[arg(value_parser = render::parse_timer)]
+        timer: Option<u32>,
+    },
     /// Stop the running daemon.
     Stop,
     /// List the running daemon's connections: to whom, at which address, and whether direct
@@ -444,6 +456,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     say!("Recovery code (shown only now; write it down, it opens the backup):");
                     say!("    {code}");
                 }
+            }
+        }
+        Command::Disappear { conversation, timer } => {
+            let mut conn = Conn::open(&dir, None).await?;
+            let with_timer = |mut params: Value| {
+                if let Some(seconds) = timer {
+                    params["seconds"] = json!(seconds);
+                }
+                params
+            };
+            let mut result =
+                conn.call("disappear", with_timer(json!({ "peer": conversation }))).await;
+            // Not a contact: perhaps a group (as for `kith history`).
+            if result.as_ref().is_err_and(|e| e.to_string().contains("no contact named")) {
+                let group =
+                    conn.call("disappear", with_timer(json!({ "group": conversation }))).await;
+                if !group.as_ref().is_err_and(|e| e.to_string().contains("no group named")) {
+                    result = group;
+                }
+            }
+            conn.close().await?;
+            let seconds = result?.get("seconds").and_then(Value::as_u64).unwrap_or(0);
+            match (timer, seconds) {
+                (None, 0) => say!("Disappearing messages are off with {conversation}."),
+                (None, s) => say!(
+                    "Messages with {conversation} disappear {} after they are read.",
+                    render::timer_words(s)
+                ),
+                (Some(_), 0) => say!("Disappearing messages are now off with {conversation}."),
+                (Some(_), s) => say!(
+                    "Messages with {conversation} now disappear {} after they are read.",
+                    render::timer_words(s)
+                ),
             }
         }
         Command::Forget { conversation, ids, all } => {

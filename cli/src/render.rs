@@ -103,6 +103,42 @@ pub(crate) fn name_of(names: &Names, peer: &str) -> String {
         .unwrap_or_else(|| format!("…{}", peer.get(peer.len().saturating_sub(8)..).unwrap_or(peer)))
 }
 
+/// A disappearing-message timer in words: `off`, or its largest whole unit (`1w`, `36h`,
+/// `90m`, `30s`).
+pub(crate) fn timer_words(seconds: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(604_800, "w"), (86_400, "d"), (3_600, "h"), (60, "m")];
+    if seconds == 0 {
+        return "off".to_owned();
+    }
+    UNITS
+        .iter()
+        .find(|(unit, _)| seconds.is_multiple_of(*unit))
+        .map_or_else(|| format!("{seconds}s"), |(unit, name)| format!("{}{name}", seconds / unit))
+}
+
+/// Parses a disappearing-message timer: `off` (or `0`), or a duration like `1w`, `1d`,
+/// `8h`, `30m` or `45s`, at most a year.
+pub(crate) fn parse_timer(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if text == "off" || text == "0" {
+        return Ok(0);
+    }
+    let (number, weeks) = match text.strip_suffix('w') {
+        Some(n) => (format!("{n}d"), 7),
+        None => (text.to_owned(), 1),
+    };
+    let duration = crate::relay::parse_duration(&number).map_err(|_| {
+        format!("`{text}`: expected off, or a duration like 1w, 1d, 8h, 30m or 45s")
+    })?;
+    let max = kith_node::kith_protocol::limits::MAX_EXPIRE_SECONDS;
+    duration
+        .as_secs()
+        .checked_mul(weeks)
+        .and_then(|s| u32::try_from(s).ok())
+        .filter(|s| *s <= max)
+        .ok_or_else(|| format!("`{text}`: disappearing messages last at most a year"))
+}
+
 /// One line for a message (as the API returns it): time, who, text, marks, reactions.
 /// `peer_name` names the other side of a conversation; in a group, the author is named from
 /// `names`, or shown as the end of its peer id.
@@ -121,6 +157,13 @@ pub(crate) fn message_line(m: &Value, peer_name: &str, names: &Names) -> String 
     let body = match get("kind") {
         "deleted" => "(deleted)".to_owned(),
         "media" => attachment_text(m),
+        "timer" => {
+            let seconds = m.get("timer_seconds").and_then(Value::as_u64).unwrap_or(0);
+            match seconds {
+                0 => "⏱ turned disappearing messages off".to_owned(),
+                s => format!("⏱ set disappearing messages to {}", timer_words(s)),
+            }
+        }
         _ => get("text").to_owned(),
     };
     let deleted = get("kind") == "deleted";
@@ -145,6 +188,35 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn timers_read_and_show_in_their_largest_unit() {
+        for (text, seconds, shown) in [
+            ("off", 0, "off"),
+            ("30s", 30, "30s"),
+            ("90m", 5_400, "90m"),
+            ("8h", 28_800, "8h"),
+            ("1d", 86_400, "1d"),
+            ("2w", 1_209_600, "2w"),
+            ("365d", 31_536_000, "365d"),
+        ] {
+            assert_eq!(parse_timer(text), Ok(seconds), "{text}");
+            assert_eq!(timer_words(u64::from(seconds)), shown, "{seconds}");
+        }
+        for bad in ["", "5", "1y", "366d", "-1h", "1.5h", "60w"] {
+            assert!(parse_timer(bad).is_err(), "{bad}");
+        }
+        let m = json!({"direction":"incoming","kind":"timer","timer_seconds":3600,"status":"received","stored_at":0});
+        assert!(
+            message_line(&m, "bob", &Names::new())
+                .ends_with("bob: ⏱ set disappearing messages to 1h")
+        );
+        let m = json!({"direction":"outgoing","kind":"timer","timer_seconds":0,"status":"sent","stored_at":0});
+        assert!(
+            message_line(&m, "bob", &Names::new())
+                .contains("me: ⏱ turned disappearing messages off")
+        );
+    }
 
     #[test]
     fn lines_show_direction_marks_edits_and_reactions() {

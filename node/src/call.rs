@@ -70,6 +70,10 @@ pub(crate) enum Call {
     /// Deliveries under way: direct requests in flight plus messages on their way to relays.
     #[cfg(feature = "test-utils")]
     DeliveriesInFlight(Reply<usize>),
+    /// The disappearing-message timer of the conversation with a contact (seconds, 0: off).
+    DisappearingTimer(UserId, Reply<u32>),
+    /// A group's disappearing-message timer (seconds, 0: off).
+    GroupDisappearingTimer(GroupId, Reply<u32>),
     /// Every contact.
     Contacts(Reply<Result<Vec<Contact>, StoreError>>),
     /// A contact by id.

@@ -531,6 +531,12 @@ impl Driver {
             Call::DeliveriesInFlight(reply) => {
                 let _ = reply.send(self.c.delivery.in_flight() + self.c.mailbox.deposits_pending());
             }
+            Call::DisappearingTimer(user, reply) => {
+                let _ = reply.send(self.engine.disappearing_timer(&user));
+            }
+            Call::GroupDisappearingTimer(group, reply) => {
+                let _ = reply.send(self.engine.group_disappearing_timer(&group));
+            }
             Call::Contacts(reply) => {
                 let _ = reply.send(self.engine.contacts());
             }
@@ -1794,6 +1800,10 @@ impl crate::turn::Turn for Driver {
         for output in &outputs {
             if let Output::Event(event) = output {
                 self.c.transfers.incoming(event);
+                if let kith_core::engine::Event::MessagesDeleted { ids, reason, .. } = event {
+                    let expired = *reason == kith_core::engine::DeleteReason::Expired;
+                    self.c.transfers.forget_messages(ids, expired);
+                }
                 if let kith_core::engine::Event::GroupChanged(group) = event {
                     let members = group.joined.then(|| group.members.clone());
                     self.c.transfers.set_group_members(group.id, members);

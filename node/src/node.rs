@@ -523,6 +523,18 @@ impl Node {
         self.ask(Call::DeliveriesInFlight).await
     }
 
+    /// The disappearing-message timer of the conversation with `peer`, in seconds (0: off).
+    /// Set it with [`Command::SetDisappearing`].
+    pub async fn disappearing_timer(&self, peer: UserId) -> Result<u32, NodeError> {
+        self.ask(|reply| Call::DisappearingTimer(peer, reply)).await
+    }
+
+    /// A group's disappearing-message timer, in seconds (0: off). Set it with
+    /// [`GroupCommand::SetDisappearing`].
+    pub async fn group_disappearing_timer(&self, group: GroupId) -> Result<u32, NodeError> {
+        self.ask(|reply| Call::GroupDisappearingTimer(group, reply)).await
+    }
+
     /// Adds (or renames) a contact from its contact string.
     pub async fn add_contact(&self, contact: &ContactString, name: &str) -> Result<(), NodeError> {
         let relays = contact.relays.iter().map(ToString::to_string).collect();

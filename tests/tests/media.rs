@@ -514,3 +514,54 @@ async fn a_photo_carries_a_preview_and_its_dimensions_show_once_saved() {
     assert!(message["attachment"]["thumbnail_bytes"].as_u64().unwrap() > 0, "{message}");
     bob.shutdown().await.unwrap();
 }
+
+/// Disappearing messages between real nodes: the timer Alice sets reaches Bob; a text and a
+/// file sent under it disappear from both stores once read, the file from Bob's downloads
+/// and Alice's sealed copy with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disappearing_messages_take_their_files_with_them_on_both_sides() {
+    use kith_node::kith_core::engine::Command;
+    const SECONDS: u32 = 5;
+    let (alice, bob, _bob_dir) = pair(|_| {}).await;
+    let (alice_id, bob_id) = (alice.node.user_id(), bob.user_id());
+    alice.node.command(Command::SetDisappearing { peer: bob_id, seconds: SECONDS }).await.unwrap();
+    eventually(WAIT, "Bob to take the timer", || async {
+        Ok((bob.disappearing_timer(alice_id).await? == SECONDS).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let files = tempfile::tempdir().unwrap();
+    let path = random_file(files.path(), "secret.pdf", 100 * 1024);
+    let bob_log = MediaLog::record(&bob);
+    let text = alice.node.send_text(bob_id, "burn after reading").await.unwrap();
+    let sent = alice.node.send_file(bob_id, &path, None).await.unwrap();
+    let saved = bob_log.saved().await;
+    assert!(saved.exists());
+    let sealed_dir = alice.dir.path().join("media-sealed");
+    eventually(WAIT, "Bob to have the text", || async { Ok(bob.message(text).await?.map(|_| ())) })
+        .await
+        .unwrap();
+    bob.command(Command::MarkRead { peer: alice_id, ids: vec![text, sent.message] }).await.unwrap();
+
+    eventually(WAIT, "both copies, the download and the sealed copy to disappear", || async {
+        let gone = bob.message(text).await?.is_none()
+            && bob.message(sent.message).await?.is_none()
+            && alice.node.message(text).await?.is_none()
+            && alice.node.message(sent.message).await?.is_none()
+            && !saved.exists()
+            && files_under(&sealed_dir).is_empty();
+        Ok(gone.then_some(()))
+    })
+    .await
+    .unwrap();
+    // The setting stays in both histories; nothing else is left.
+    for (node, peer) in [(&alice.node, bob_id), (&bob, alice_id)] {
+        let history = node.history(peer, None, 100).await.unwrap();
+        assert_eq!(history.len(), 1, "only the setting is left");
+        assert!(matches!(history[0].body, Some(Body::ExpireTimer(_))));
+    }
+    assert!(bob.attachments(Some(alice_id)).await.unwrap().is_empty());
+    assert!(alice.node.attachments(Some(bob_id)).await.unwrap().is_empty());
+    bob.shutdown().await.unwrap();
+}

@@ -36,7 +36,7 @@ const TICK: Duration = Duration::from_millis(500);
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What `/help` shows.
-const COMMANDS: &str = "/react 👍 · /unreact 👍 · /edit TEXT · /delete · /file PATH [caption] · /search TEXT · /open · /accept · /decline · /block";
+const COMMANDS: &str = "/react 👍 · /unreact 👍 · /edit TEXT · /delete · /file PATH [caption] · /search TEXT · /open · /disappear 1d|off · /accept · /decline · /block";
 
 /// Restores the terminal even on error.
 struct TerminalGuard;
@@ -131,6 +131,7 @@ async fn open(conn: &mut Conn, state: &mut ChatState, index: usize) -> anyhow::R
     state.typing = None;
     state.notice.clear();
     state.presence = None;
+    state.timer = 0;
     let history = conn.call("history", entry.conversation.history()).await?;
     state.messages = history.as_array().cloned().unwrap_or_default();
     match &entry.conversation {
@@ -148,6 +149,8 @@ async fn open(conn: &mut Conn, state: &mut ChatState, index: usize) -> anyhow::R
             state.show_group(&group);
         }
     }
+    let (_, params) = entry.conversation.request("disappear", "peer", json!({}));
+    state.timer = conn.call("disappear", params).await?["seconds"].as_u64().unwrap_or(0);
     mark_read(conn, state).await;
     Ok(())
 }
@@ -265,6 +268,17 @@ async fn command(conn: &mut Conn, state: &mut ChatState, line: &str) -> anyhow::
             };
         }
         "accept" | "decline" | "block" => answer(conn, state, &conversation, name, rest).await?,
+        "disappear" => match crate::render::parse_timer(rest) {
+            Ok(seconds) => {
+                let (_, params) =
+                    conversation.request("disappear", "peer", json!({ "seconds": seconds }));
+                if let Some(answer) = tell(conn, state, "disappear", params).await {
+                    state.timer = answer["seconds"].as_u64().unwrap_or(0);
+                    show_sent(conn, state, Some(answer)).await;
+                }
+            }
+            Err(e) => state.notice = format!("/disappear off|1w|1d|8h|30m|45s: {e}"),
+        },
         _ => state.notice = format!("unknown command /{name}: {COMMANDS}"),
     }
     Ok(())

@@ -113,6 +113,8 @@ pub(crate) struct ChatState {
     pub(crate) messages: Vec<Value>,
     /// The contact's presence, or a group's member count.
     pub(crate) presence: Option<String>,
+    /// The open conversation's disappearing-message timer, in seconds (0: off).
+    pub(crate) timer: u64,
     /// Who is typing, and until when it shows.
     pub(crate) typing: Option<(String, Instant)>,
     /// The input line, and the cursor in it (in characters).
@@ -286,6 +288,7 @@ impl ChatState {
                 self.count_elsewhere(&event["message"]);
             }
             "updated" if owns(&event["message"]) => self.upsert(event["message"].clone()),
+            "timer" if owns(event) => self.timer = event["seconds"].as_u64().unwrap_or(0),
             "messages_deleted" if owns(event) => {
                 let gone: Vec<&str> = event["ids"]
                     .as_array()

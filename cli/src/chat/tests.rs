@@ -247,3 +247,25 @@ fn messages_forgotten_on_this_device_leave_the_view_and_a_session_reset_is_said(
     state.apply(&json!({"type":"session_reset","peer":"P"}));
     assert!(screen(&mut state).contains("started anew"));
 }
+
+#[test]
+fn the_header_shows_the_timer_its_setting_is_a_line_and_what_disappears_leaves_the_view() {
+    let mut state = with_bob();
+    assert!(!screen(&mut state).contains('⏱'), "no timer, nothing shown");
+    state.apply(&json!({"type":"message","message":{"id":"1","peer":"P","direction":"incoming","kind":"timer","timer_seconds":28800,"status":"received","stored_at":0}}));
+    state.apply(&json!({"type":"timer","peer":"P","group":null,"seconds":28800}));
+    // Another conversation's timer is not this one's.
+    state.apply(&json!({"type":"timer","peer":"ME","group":"G","seconds":60}));
+    state.apply(&json!({"type":"message","message":text("2","incoming","gone soon",0)}));
+    let shown = screen(&mut state);
+    assert!(shown.contains("bob · ⏱ 8h"), "{shown}");
+    assert!(shown.contains("bob: ⏱ set disappearing messages to 8h"), "{shown}");
+    assert!(shown.contains("gone soon"), "{shown}");
+    state.apply(
+        &json!({"type":"messages_deleted","peer":"P","group":null,"ids":["2"],"reason":"expired"}),
+    );
+    let shown = screen(&mut state);
+    assert!(!shown.contains("gone soon"), "{shown}");
+    state.apply(&json!({"type":"timer","peer":"P","group":null,"seconds":0}));
+    assert!(!screen(&mut state).contains("· ⏱"));
+}

@@ -144,6 +144,9 @@ pub(crate) fn draw(frame: &mut Frame<'_>, state: &mut ChatState) {
     if let Some(p) = &state.presence {
         title.push_str(&format!("· {p} "));
     }
+    if state.timer > 0 {
+        title.push_str(&format!("· ⏱ {} ", crate::render::timer_words(state.timer)));
+    }
     match (&state.typing, state.conversation()) {
         (Some((_, until)), Some(Conversation::Contact(_))) if *until > Instant::now() => {
             title.push_str("· typing… ");

@@ -288,6 +288,10 @@ impl MediaStore {
         scan(&self.incoming)
     }
 
+    pub(crate) fn delete_incoming(&self, media: &MediaId) {
+        self.incoming.remove(&media.0);
+    }
+
     /// Makes every write so far durable (across a power cut): the profile's whole database,
     /// one flush.
     pub(crate) fn flush(&self) -> Result<(), MediaStoreError> {

@@ -915,6 +915,53 @@ impl<R: Copy + Eq + Hash> Transfers<R> {
         }
     }
 
+    /// Messages `ids` were deleted from this device: their attachments are no longer served,
+    /// uploaded or fetched, and their sealed copies and partial downloads go with their
+    /// records. With `downloads` (the messages disappeared), a saved download goes too.
+    pub(crate) fn forget_messages(&mut self, ids: &[MessageId], downloads: bool) {
+        let sent: Vec<MediaId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| ids.contains(&o.record.message))
+            .map(|(media, _)| *media)
+            .collect();
+        for media in sent {
+            self.outgoing.remove(&media);
+            self.uploads.retain(|(m, _, _), _| *m != media);
+            if let Ok(mut catalog) = self.catalog.outgoing.write() {
+                catalog.remove(&media);
+            }
+            self.actions.push_back(MediaAction::RemoveFile(self.sealed_path(&media)));
+            match self.store.delete_outgoing(&media) {
+                Ok(()) => self.dirty = true,
+                Err(e) => tracing::error!("forgetting an attachment: {e}"),
+            }
+        }
+        let received = match self.store.incoming() {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::error!("reading attachments to forget: {e}");
+                return;
+            }
+        };
+        for (media, record) in received.into_iter().filter(|(_, r)| ids.contains(&r.message)) {
+            if self.downloads.remove(&media).is_some() {
+                self.actions.push_back(MediaAction::StopWriter(media));
+            }
+            self.starting.retain(|m| *m != media);
+            self.stop_serving_held(&media);
+            self.actions.push_back(MediaAction::RemoveFile(super::files::partial_path(
+                &self.downloads_dir,
+                &media,
+            )));
+            if let (true, IncomingState::Complete(path)) = (downloads, &record.state) {
+                self.actions.push_back(MediaAction::RemoveFile(path.clone()));
+            }
+            self.store.delete_incoming(&media);
+            self.dirty = true;
+        }
+    }
+
     /// The downloads recorded so far, to start now that their records are durable.
     pub(crate) fn take_starting(&mut self) -> Vec<MediaId> {
         std::mem::take(&mut self.starting)

@@ -25,6 +25,7 @@
 //! | `delete` | `{to, target}` | `{id}` |
 //! | `read` | `{peer, ids}` | `{}` |
 //! | `forget` | `{peer or group, ids?}` | `{}` — deletes these messages (without `ids`: the whole conversation) on this device only; one not yet sent is not sent |
+//! | `disappear` | `{peer or group, seconds?}` | `{seconds, id}` — sets the conversation's disappearing-message timer for everyone in it (0: off; at most a year), a message of the history (`id`, null if it was already set so); without `seconds`, reads it |
 //! | `typing` | `{to, typing}` | `{}` |
 //! | `presence` | `{status}` (`online`/`away`/`offline`) | `{}` |
 //! | `profile.set` | `{name}` | `{}` |
@@ -563,6 +564,35 @@ pub async fn dispatch(node: &Node, method: &str, params: Value) -> Result<Value,
                 }
                 _ => Err(RpcError::invalid_params("give either `peer` or `group`")),
             }
+        }
+        "disappear" => {
+            let p: params::Disappear = parse(params)?;
+            let (seconds, message) = match (&p.group, &p.peer) {
+                (Some(name), None) => {
+                    let group = group(node, name).await?;
+                    let message = match p.seconds {
+                        Some(seconds) => {
+                            let command = GroupCommand::SetDisappearing { seconds };
+                            queued(node, Command::Group { group, command }).await?
+                        }
+                        None => json!({}),
+                    };
+                    (node.group_disappearing_timer(group).await?, message)
+                }
+                (None, Some(name)) => {
+                    let peer = user(node, name).await?;
+                    let message = match p.seconds {
+                        Some(seconds) => {
+                            queued(node, Command::SetDisappearing { peer, seconds }).await?
+                        }
+                        None => json!({}),
+                    };
+                    (node.disappearing_timer(peer).await?, message)
+                }
+                _ => return Err(RpcError::invalid_params("give either `peer` or `group`")),
+            };
+            // `id`: the message that set it, if this call changed it.
+            Ok(json!({ "seconds": seconds, "id": message.get("id") }))
         }
         "history" => {
             let p: params::History = parse(params)?;

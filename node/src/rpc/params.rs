@@ -221,6 +221,16 @@ pub(super) struct Forget {
     pub(super) ids: Option<Vec<String>>,
 }
 
+/// `disappear`: a conversation's disappearing-message timer, set to `seconds` (0: off) or,
+/// without it, read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Disappear {
+    pub(super) peer: Option<String>,
+    pub(super) group: Option<String>,
+    pub(super) seconds: Option<u32>,
+}
+
 /// `message`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
