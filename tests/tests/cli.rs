@@ -715,3 +715,31 @@ fn forget_deletes_messages_by_id_or_the_whole_conversation() {
         "the contact stays"
     );
 }
+
+#[test]
+fn disappear_sets_shows_and_refuses_bad_timers() {
+    use kith_tests::kith_ok;
+    let (alice, bob) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    kith_ok(alice.path(), &["init"]).unwrap();
+    kith_ok(bob.path(), &["init"]).unwrap();
+    let bob_contact = kith_ok(bob.path(), &["id"]).unwrap();
+    kith_ok(alice.path(), &["contact", "add", bob_contact.trim(), "--name", "bob"]).unwrap();
+    let shown = kith_ok(alice.path(), &["disappear", "bob"]).unwrap();
+    assert!(shown.contains("off"), "{shown}");
+    for bad in ["2y", "400d", "soon", "0s"] {
+        let out = kith(alice.path(), &["disappear", "bob", bad]).unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("duration") || err.contains("at most a year"), "{bad}: {err}");
+    }
+    let unknown = kith(alice.path(), &["disappear", "carol", "1d"]).unwrap();
+    assert!(!unknown.status.success());
+    let set = kith_ok(alice.path(), &["disappear", "bob", "1d"]).unwrap();
+    assert!(set.contains("now disappear 1d"), "{set}");
+    let shown = kith_ok(alice.path(), &["disappear", "bob"]).unwrap();
+    assert!(shown.contains("disappear 1d after they are read"), "{shown}");
+    let history = kith_ok(alice.path(), &["history", "bob"]).unwrap();
+    assert!(history.contains("me: ⏱ set disappearing messages to 1d"), "{history}");
+    kith_ok(alice.path(), &["disappear", "bob", "off"]).unwrap();
+    assert!(kith_ok(alice.path(), &["disappear", "bob"]).unwrap().contains("are off"));
+}
