@@ -68,6 +68,13 @@ struct Cli {
     #[arg(long, global = true, env = "KITH_NO_PASSPHRASE")]
     no_passphrase: bool,
 
+    /// Keep the profile's key in the operating system's keyring (the Secret Service: GNOME
+    /// Keyring, KWallet) instead of under a passphrase: for `init`, `passphrase change`, a
+    /// restored backup, and the one-time encryption of a profile from before encryption at
+    /// rest. The profile then opens while your keyring is unlocked, without a passphrase.
+    #[arg(long, global = true, env = "KITH_KEYRING", conflicts_with = "no_passphrase")]
+    keyring: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -431,6 +438,7 @@ fn contact_label(c: &Value) -> String {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
     unlock::set_no_passphrase(cli.no_passphrase);
+    unlock::set_keyring(cli.keyring);
     match cli.command {
         Command::Backup(BackupCommand::Create { file, passphrase_file, json }) => {
             let path = std::path::absolute(&file)
@@ -533,12 +541,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let old = unlock::current(&dir)?;
             let new = unlock::new_for_change(new_passphrase_file.as_deref())?;
-            let removed = matches!(new, kith_node::KeyProtection::NoPassphrase);
             Profile::change_protection(&dir, &old, &new)?;
-            if removed {
-                say!("The profile's key is now kept without a passphrase (readable by you only).");
-            } else {
-                say!("Passphrase changed.");
+            match new {
+                kith_node::KeyProtection::NoPassphrase => say!(
+                    "The profile's key is now kept without a passphrase (readable by you only)."
+                ),
+                kith_node::KeyProtection::Keyring => say!(
+                    "The profile's key is now kept in your keyring: it opens while the keyring \
+                     is unlocked."
+                ),
+                _ => say!("Passphrase changed."),
             }
         }
         Command::Init { name } => {

@@ -1,7 +1,7 @@
 //! How the CLI gets the passphrase of a profile's key: from the file named by
 //! `KITH_PASSPHRASE_FILE` (scripts, services), else from the terminal (never echoed), and
 //! never silently without one: a profile without a passphrase is chosen with
-//! `--no-passphrase`.
+//! `--no-passphrase`, one whose key the operating system's keyring keeps with `--keyring`.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -17,6 +17,39 @@ pub(crate) const PASSPHRASE_FILE: &str = "KITH_PASSPHRASE_FILE";
 /// `--no-passphrase`, set once from the command line.
 static NO_PASSPHRASE: AtomicBool = AtomicBool::new(false);
 
+/// `--keyring`, set once from the command line.
+static KEYRING: AtomicBool = AtomicBool::new(false);
+
+/// Records `--keyring` for the rest of the command.
+pub(crate) fn set_keyring(on: bool) {
+    KEYRING.store(on, Ordering::Relaxed);
+}
+
+/// `--keyring` was given: the platform's keyring is installed, to hold the key.
+fn keyring_chosen() -> anyhow::Result<bool> {
+    if !KEYRING.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    install_keyring()?;
+    Ok(true)
+}
+
+/// Installs the platform's keyring as the store of keyring-held keys (before opening a profile
+/// whose key is there, or creating one).
+fn install_keyring() -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let store = zbus_secret_service_keyring_store::Store::new()
+            .map_err(|e| anyhow::anyhow!("the keyring (Secret Service) cannot be used: {e}"))?;
+        kith_node::keyring_core::set_default_store(store);
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    anyhow::bail!(
+        "keeping the key in the keyring is supported on Linux (the Secret Service) only so far"
+    )
+}
+
 /// Records `--no-passphrase` for the rest of the command.
 pub(crate) fn set_no_passphrase(on: bool) {
     NO_PASSPHRASE.store(on, Ordering::Relaxed);
@@ -29,10 +62,22 @@ fn no_passphrase() -> bool {
 /// The protection to open the profile in `dir` with: its passphrase if its key has one, the
 /// choice for a profile from before encryption (encrypted at this open), nothing otherwise.
 pub(crate) fn for_open(dir: &Path) -> anyhow::Result<KeyProtection> {
+    if Profile::key_in_keyring(dir)? {
+        install_keyring()?;
+        return Ok(KeyProtection::Keyring);
+    }
     if Profile::needs_passphrase(dir)? {
         return Ok(KeyProtection::Passphrase(read("Passphrase: ", false)?));
     }
     if Profile::needs_migration(dir) {
+        if keyring_chosen()? {
+            eprintln_safe(&format!(
+                "Encrypting the profile in {} (written by a version of Kith without encryption \
+                 at rest), its key kept in the keyring as --keyring asks",
+                dir.display()
+            ));
+            return Ok(KeyProtection::Keyring);
+        }
         if no_passphrase() {
             eprintln_safe(&format!(
                 "Encrypting the profile in {} (written by a version of Kith without encryption \
@@ -51,8 +96,11 @@ pub(crate) fn for_open(dir: &Path) -> anyhow::Result<KeyProtection> {
     Ok(if no_passphrase() { KeyProtection::NoPassphrase } else { KeyProtection::Unset })
 }
 
-/// The protection for a new profile: `--no-passphrase`, or a new passphrase.
+/// The protection for a new profile: `--no-passphrase`, `--keyring`, or a new passphrase.
 pub(crate) fn for_create() -> anyhow::Result<KeyProtection> {
+    if keyring_chosen()? {
+        return Ok(KeyProtection::Keyring);
+    }
     if no_passphrase() {
         return Ok(KeyProtection::NoPassphrase);
     }
@@ -68,6 +116,10 @@ pub(crate) fn for_open_or_create(dir: &Path) -> anyhow::Result<KeyProtection> {
 /// The current protection of the profile in `dir`, to change it: its passphrase if it has
 /// one.
 pub(crate) fn current(dir: &Path) -> anyhow::Result<KeyProtection> {
+    if Profile::key_in_keyring(dir)? {
+        install_keyring()?;
+        return Ok(KeyProtection::Keyring);
+    }
     Ok(if Profile::needs_passphrase(dir)? {
         KeyProtection::Passphrase(read("Current passphrase: ", false)?)
     } else {
@@ -80,6 +132,9 @@ pub(crate) fn current(dir: &Path) -> anyhow::Result<KeyProtection> {
 pub(crate) fn new_for_change(file: Option<&Path>) -> anyhow::Result<KeyProtection> {
     if let Some(file) = file {
         return Ok(KeyProtection::Passphrase(read_file(file)?));
+    }
+    if keyring_chosen()? {
+        return Ok(KeyProtection::Keyring);
     }
     if no_passphrase() {
         return Ok(KeyProtection::NoPassphrase);

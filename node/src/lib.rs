@@ -115,6 +115,7 @@ pub use driver::Connection;
 pub use error::{ConnectError, NodeError};
 pub use events::{Events, EventsClosed};
 pub use groups::GossipError;
+pub use keyring_core;
 pub use kith_core;
 pub use kith_protocol;
 pub use libp2p::{Multiaddr, PeerId};

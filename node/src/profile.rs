@@ -66,6 +66,11 @@ pub enum KeyProtection {
     /// Kept unwrapped in the key file, readable by its owner only: for a relay or a headless
     /// node whose disk is protected otherwise. Never a default; an explicit choice.
     NoPassphrase,
+    /// Kept in the operating system's keyring: the credential store installed with
+    /// [`keyring_core::set_default_store`] (the `kith` CLI installs the platform's: the
+    /// Secret Service on Linux, the Keychain on macOS, the Credential Manager on Windows). The
+    /// profile then opens for whoever the keyring opens for (the logged-in user, typically).
+    Keyring,
 }
 
 impl KeyProtection {
@@ -86,6 +91,7 @@ impl KeyProtection {
             KeyProtection::Unset => None,
             KeyProtection::Passphrase(p) => Some(Protection::Passphrase(p.as_bytes())),
             KeyProtection::NoPassphrase => Some(Protection::None),
+            KeyProtection::Keyring => Some(Protection::Keyring),
         }
     }
 }
@@ -128,6 +134,9 @@ pub enum ProfileError {
     /// The key file could not be read or written.
     #[error("the profile's key file")]
     KeyFile(#[source] KeyFileError),
+    /// The profile's key is in the keyring, and the keyring did not give it.
+    #[error("the profile in {0} keeps its key in the keyring: {1}")]
+    Keyring(PathBuf, String),
     /// The backup could not be restored.
     #[error("the backup")]
     Backup(#[from] kith_core::store::BackupError),
@@ -138,6 +147,7 @@ impl ProfileError {
         match error {
             KeyFileError::WrongPassphrase => ProfileError::WrongPassphrase(dir.to_owned()),
             KeyFileError::PassphraseRequired => ProfileError::PassphraseRequired(dir.to_owned()),
+            KeyFileError::Keyring(why) => ProfileError::Keyring(dir.to_owned(), why),
             e => ProfileError::KeyFile(e),
         }
     }
@@ -298,6 +308,19 @@ impl Profile {
         }
         match keys.kind() {
             Ok(kind) => Ok(kind == KeyFileKind::Passphrase),
+            Err(e) => Err(ProfileError::key_file(dir, e)),
+        }
+    }
+
+    /// Whether the profile in `dir` keeps its key in the keyring (so that the caller installs
+    /// a credential store before opening it).
+    pub fn key_in_keyring(dir: &Path) -> Result<bool, ProfileError> {
+        let keys = Self::key_file(dir);
+        if !keys.exists() {
+            return Ok(false);
+        }
+        match keys.kind() {
+            Ok(kind) => Ok(kind == KeyFileKind::Keyring),
             Err(e) => Err(ProfileError::key_file(dir, e)),
         }
     }

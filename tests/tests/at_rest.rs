@@ -494,3 +494,65 @@ async fn a_node_that_made_a_backup_and_stopped_leaves_its_profile_free() {
     assert_eq!(again.user_id(), node.user_id());
     again.shutdown().await.unwrap();
 }
+
+/// A key kept in the keyring (the in-memory mock credential store stands in for the
+/// platform's): the node opens without a passphrase, the key moves to a passphrase and back,
+/// and a keyring that lost the entry is a clear error that changes no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_kept_in_the_keyring_opens_the_profile_and_moves_to_a_passphrase_and_back() {
+    use kith_node::keyring_core;
+    keyring_core::set_default_store(keyring_core::mock::Store::new().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::loopback(dir.path());
+    config.protection = KeyProtection::Keyring;
+    let node = Node::create(config.clone()).await.unwrap();
+    let user = node.user_id();
+    node.shutdown().await.unwrap();
+    drop(node);
+    assert!(!Profile::needs_passphrase(dir.path()).unwrap());
+    assert!(Profile::key_in_keyring(dir.path()).unwrap());
+    for protection in [KeyProtection::Unset, KeyProtection::Keyring] {
+        let profile = Profile::open(dir.path(), Config::default(), &protection).unwrap();
+        assert_eq!(profile.engine().user_id(), user);
+    }
+
+    Profile::change_protection(dir.path(), &KeyProtection::Keyring, &passphrase("p")).unwrap();
+    assert!(!Profile::key_in_keyring(dir.path()).unwrap());
+    let err = Profile::open(dir.path(), Config::default(), &KeyProtection::Unset).unwrap_err();
+    assert!(matches!(err, ProfileError::PassphraseRequired(_)), "{err:?}");
+    let profile = Profile::open(dir.path(), Config::default(), &passphrase("p")).unwrap();
+    assert_eq!(profile.engine().user_id(), user);
+    drop(profile);
+    Profile::change_protection(dir.path(), &passphrase("p"), &KeyProtection::Keyring).unwrap();
+
+    // The keyring lost the entry (another keyring, or it was deleted): refused, clearly.
+    keyring_core::set_default_store(keyring_core::mock::Store::new().unwrap());
+    let before = snapshot(dir.path());
+    let err = Profile::open(dir.path(), Config::default(), &KeyProtection::Unset).unwrap_err();
+    assert!(matches!(err, ProfileError::Keyring(..)), "{err:?}");
+    assert!(err.to_string().contains("keeps its key in the keyring"), "{err}");
+    assert_eq!(snapshot(dir.path()), before, "a refused open changed files");
+}
+
+/// `kith init --keyring` where no keyring service runs: a clear error, and no profile.
+#[test]
+fn init_with_the_keyring_and_no_keyring_service_fails_clearly_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile");
+    let out = kith_tests::kith_command()
+        .unwrap()
+        .env_remove("KITH_NO_PASSPHRASE")
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", dir.path().join("no-bus").display()),
+        )
+        .arg("--data-dir")
+        .arg(&profile)
+        .args(["init", "--keyring"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the keyring (Secret Service) cannot be used"), "{err}");
+    assert!(!Profile::key_path(&profile).exists() && !Profile::db_path(&profile).exists());
+}

@@ -73,7 +73,14 @@ pub enum Protection<'a> {
     Passphrase(&'a [u8]),
     /// Unwrapped, in a file readable by its owner only (`--no-passphrase`).
     None,
+    /// In the operating system's keyring: the credential store the embedding app installed
+    /// with [`keyring_core::set_default_store`] (the `kith` CLI installs the platform's). The
+    /// file keeps only the entry's name and a check value of the key.
+    Keyring,
 }
+
+/// The service name of the keyring entries that hold database keys.
+pub const KEYRING_SERVICE: &str = "kith";
 
 /// What a key file needs to give up its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +90,8 @@ pub enum KeyFileKind {
     Passphrase,
     /// Nothing: the key is stored unwrapped.
     Unprotected,
+    /// The operating system's keyring.
+    Keyring,
 }
 
 /// Why a key file could not be read or written. Never contains key material.
@@ -115,6 +124,44 @@ pub enum KeyFileError {
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Random,
+    /// The keyring failed, or does not hold the key (never contains the secret).
+    #[error("the keyring: {0}")]
+    Keyring(String),
+}
+
+/// A keyring failure, described without the secret some variants carry.
+fn keyring_error(e: &keyring_core::Error) -> KeyFileError {
+    use keyring_core::Error as E;
+    KeyFileError::Keyring(match e {
+        E::NoEntry => "it holds no key for this profile (deleted, or another keyring?)".into(),
+        E::NoStorageAccess(p) => format!("it is locked or cannot be reached ({p})"),
+        E::PlatformFailure(p) => format!("it failed ({p})"),
+        E::NoDefaultStore => "this program has no keyring to use".into(),
+        E::BadEncoding(_) | E::BadDataFormat(..) => "its entry for this profile is damaged".into(),
+        other => format!("it refused ({})", other_kind(other)),
+    })
+}
+
+fn other_kind(e: &keyring_core::Error) -> &'static str {
+    use keyring_core::Error as E;
+    match e {
+        E::TooLong(..) => "a name too long",
+        E::Invalid(..) => "an invalid parameter",
+        E::Ambiguous(_) => "more than one entry matches",
+        E::NotSupportedByStore(_) => "not supported by this store",
+        _ => "unknown",
+    }
+}
+
+/// The keyring entry `account` of [`KEYRING_SERVICE`].
+fn keyring_entry(account: &str) -> Result<keyring_core::Entry, KeyFileError> {
+    keyring_core::Entry::new(KEYRING_SERVICE, account).map_err(|e| keyring_error(&e))
+}
+
+/// A value that identifies the key without revealing it: a keyring entry that gives another
+/// key is refused instead of opening nothing.
+fn key_check(key: &DatabaseKey) -> [u8; 32] {
+    *blake3::keyed_hash(key.expose(), b"kith keyring entry check value").as_bytes()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -128,6 +175,10 @@ enum Stored {
     },
     Unprotected {
         key: [u8; 32],
+    },
+    Keyring {
+        account: String,
+        check: [u8; 32],
     },
 }
 
@@ -178,6 +229,15 @@ fn wrap(
 ) -> Result<Stored, KeyFileError> {
     match protection {
         Protection::None => Ok(Stored::Unprotected { key: *key.expose() }),
+        Protection::Keyring => {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(|_| KeyFileError::Random)?;
+            let account: String = std::iter::once("database key ".to_owned())
+                .chain(id.iter().map(|b| format!("{b:02x}")))
+                .collect();
+            keyring_entry(&account)?.set_secret(key.expose()).map_err(|e| keyring_error(&e))?;
+            Ok(Stored::Keyring { account, check: key_check(key) })
+        }
         Protection::Passphrase(passphrase) => {
             let mut salt = [0u8; SALT_LEN];
             let mut nonce = [0u8; NONCE_LEN];
@@ -295,6 +355,7 @@ impl KeyFile {
         Ok(match read(&self.path)? {
             Stored::Passphrase { .. } => KeyFileKind::Passphrase,
             Stored::Unprotected { .. } => KeyFileKind::Unprotected,
+            Stored::Keyring { .. } => KeyFileKind::Keyring,
         })
     }
 
@@ -326,6 +387,22 @@ impl KeyFile {
             Stored::Unprotected { key } => {
                 let mut key = Zeroizing::new(*key);
                 Ok(DatabaseKey::from_bytes(&mut key))
+            }
+            Stored::Keyring { account, check } => {
+                let secret = Zeroizing::new(
+                    keyring_entry(account)?.get_secret().map_err(|e| keyring_error(&e))?,
+                );
+                let mut key =
+                    Zeroizing::new(<[u8; 32]>::try_from(secret.as_slice()).map_err(|_| {
+                        KeyFileError::Keyring("its entry for this profile is damaged".into())
+                    })?);
+                let key = DatabaseKey::from_bytes(&mut key);
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(&key_check(&key)[..], &check[..])) {
+                    return Err(KeyFileError::Keyring(
+                        "its entry for this profile holds another key".into(),
+                    ));
+                }
+                Ok(key)
             }
             Stored::Passphrase { params, salt, nonce, wrapped } => {
                 let passphrase = passphrase.ok_or(KeyFileError::PassphraseRequired)?;
@@ -368,7 +445,19 @@ impl KeyFile {
         stop_after: Option<Step>,
     ) -> Result<(), KeyFileError> {
         let key = self.unlock(old)?;
-        self.write(&key, new, stop_after)
+        let old_entry = match &read(&self.path)? {
+            Stored::Keyring { account, .. } => Some(account.clone()),
+            _ => None,
+        };
+        self.write(&key, new, stop_after)?;
+        // The new file is durable: the keyring's old copy of the key goes. A failure here
+        // leaves an unused entry behind, never an unopenable profile, so it is not an error.
+        if let Some(account) = old_entry
+            && let Ok(entry) = keyring_entry(&account)
+        {
+            let _ = entry.delete_credential();
+        }
+        Ok(())
     }
 }
 
@@ -427,6 +516,43 @@ mod tests {
         assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::Malformed(_))));
         fs::write(keys.path(), b"").unwrap();
         assert!(matches!(keys.unlock(Some(b"pw")), Err(KeyFileError::Malformed(_))));
+    }
+
+    /// The key kept in a keyring (the in-memory mock store stands in for the platform's):
+    /// opens without a passphrase, moves to a passphrase and back (the unused entry goes), and
+    /// an entry that is gone or holds another key is a clear error, never a wrong key.
+    #[test]
+    fn a_key_in_the_keyring_opens_and_a_missing_or_foreign_entry_is_a_clear_error() {
+        keyring_core::set_default_store(keyring_core::mock::Store::new().unwrap());
+        let account = |keys: &KeyFile| match &read(keys.path()).unwrap() {
+            Stored::Keyring { account, .. } => account.clone(),
+            _ => panic!("not a keyring file"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let keys = file(dir.path());
+        let key = DatabaseKey::generate().unwrap();
+        keys.create(&key, &Protection::Keyring).unwrap();
+        assert_eq!(keys.kind().unwrap(), KeyFileKind::Keyring);
+        let bytes = fs::read(keys.path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == key.expose()), "the key is not in the file");
+        assert_eq!(keys.unlock(None).unwrap().expose(), key.expose());
+
+        // To a passphrase: the keyring entry goes.
+        let first = account(&keys);
+        keys.rewrap(None, &Protection::Passphrase(b"pass")).unwrap();
+        let gone = keyring_entry(&first).unwrap().get_secret();
+        assert!(matches!(gone, Err(keyring_core::Error::NoEntry)), "{gone:?}");
+        assert_eq!(keys.unlock(Some(b"pass")).unwrap().expose(), key.expose());
+
+        // Back to the keyring; an entry holding another key, or none, does not open.
+        keys.rewrap(Some(b"pass"), &Protection::Keyring).unwrap();
+        let entry = keyring_entry(&account(&keys)).unwrap();
+        entry.set_secret(DatabaseKey::generate().unwrap().expose()).unwrap();
+        let err = keys.unlock(None).unwrap_err();
+        assert!(err.to_string().contains("another key"), "{err}");
+        entry.delete_credential().unwrap();
+        let err = keys.unlock(None).unwrap_err();
+        assert!(err.to_string().contains("holds no key"), "{err}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub use backup::{
     BackupError, BackupSecret, BackupSummary, RECOVERY_CODE_DIGITS, RecoveryCode, RestoredBackup,
     create_backup,
 };
-pub use keyfile::{KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection};
+pub use keyfile::{KEYRING_SERVICE, KdfParams, KeyFile, KeyFileError, KeyFileKind, Protection};
 pub(crate) use records::MessageIndexRecord;
 pub(crate) use records::{ExpiringRecord, TimerRecord};
 use records::{
