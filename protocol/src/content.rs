@@ -89,6 +89,16 @@ pub enum Body {
     /// The conversation's disappearing-message timer, set by the sender for everyone in it.
     /// It is a message of the history: everyone sees who set it.
     ExpireTimer(ExpireTimer),
+    /// A member asks another, pairwise, for its current sender key of a group (it holds
+    /// messages it cannot open: its keys were lost, or restored from a backup without them).
+    SenderKeyRequest(SenderKeyRequest),
+}
+
+/// A request for the recipient's current sender key of `group`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderKeyRequest {
+    /// The group.
+    pub group: GroupId,
 }
 
 /// A conversation's disappearing-message timer: each text or attachment sent or received while
@@ -466,7 +476,7 @@ impl Body {
             Self::ExpireTimer(t) if t.seconds > MAX_EXPIRE_SECONDS => {
                 Err(Invalid::OutOfRange { field: "seconds" })
             }
-            Self::ExpireTimer(_) => Ok(()),
+            Self::ExpireTimer(_) | Self::SenderKeyRequest(_) => Ok(()),
         }
     }
 }

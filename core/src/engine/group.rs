@@ -105,6 +105,7 @@ pub(crate) enum GroupEffect {
     Changes(GroupChanges),
     Sync(GroupSync),
     SenderKey(SenderKeyDistribution),
+    KeyRequest(kith_protocol::content::SenderKeyRequest),
 }
 
 /// The outbox id of the copy of group message `id` for `member` (each copy is its own outbox
@@ -411,6 +412,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
                 GroupEffect::Sync(sync) => self.answer_sync(now, sender, sync)?,
                 GroupEffect::SenderKey(skd) => self.take_sender_key(now, sender, skd)?,
+                GroupEffect::KeyRequest(request) => {
+                    self.answer_key_request(now, sender, request.group)?;
+                }
             }
         }
         Ok(())
@@ -446,6 +450,15 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
         let mut chain = match self.store.own_chain(&group, &me)? {
             Some(chain) => chain,
+            // A member without a chain (restored from a backup, which holds none): a new one,
+            // handed to every member.
+            None if self
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.membership().members.contains(&me)) =>
+            {
+                self.rotate(now, group, &members)?
+            }
             None => return Err(CommandError::NotAMember),
         };
         if chain.is_exhausted() {
@@ -728,6 +741,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             PendingGroupRecord { envelope, received_at: now, gossip: arrival == Arrival::Gossip };
         batch.put_pending_group(&key, &record);
         self.commit(batch)?;
+        self.request_sender_key(now, group, sender)?;
         Ok(GroupReceived::Pending)
     }
 
@@ -856,6 +870,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Body::Typing(state) => events.push(Event::GroupTyping { group, peer: sender, state }),
             // Receipts, presence, profiles and group control travel pairwise, never here.
             Body::Receipt(_)
+            | Body::SenderKeyRequest(_)
             | Body::Presence(_)
             | Body::Profile(_)
             | Body::GroupChanges(_)

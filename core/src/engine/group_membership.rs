@@ -60,6 +60,19 @@ pub const MAX_STRANGER_GROUPS: usize = 32;
 /// We ask a member for a group's missing changes, or answer its request, at most this often.
 pub const SYNC_INTERVAL_MS: u64 = 30_000;
 
+/// What a member asks another for, or answers, at most once per [`SYNC_INTERVAL_MS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Exchange {
+    /// The changes of a group it lacks.
+    AskChanges,
+    /// An answer with changes.
+    AnswerChanges,
+    /// Its current sender key.
+    AskKey,
+    /// An answer with our sender key.
+    AnswerKey,
+}
+
 /// Sync requests and answers remembered for [`SYNC_INTERVAL_MS`] (older ones are forgotten
 /// first when it fills).
 const MAX_SYNC_ENTRIES: usize = 4096;
@@ -386,7 +399,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         group: GroupId,
         peer: UserId,
     ) -> Result<(), StoreError> {
-        if !self.sync_due(group, peer, false) {
+        if !self.sync_due(group, peer, Exchange::AskChanges) {
             return Ok(());
         }
         let mut heads = self.groups.get(&group).map(|g| g.log.heads()).unwrap_or_default();
@@ -408,17 +421,77 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             return Ok(());
         }
         let missing = state.log.missing_for(&sync.heads);
-        if missing.is_empty() || !self.sync_due(sync.group, peer, true) {
+        if missing.is_empty() || !self.sync_due(sync.group, peer, Exchange::AnswerChanges) {
             return Ok(());
         }
         self.send_changes(now, peer, sync.group, missing)
     }
 
+    /// `sender`'s message in `group` waits for a key we lack. A key is usually on its way
+    /// (a new member's or a rotated one travels pairwise while messages go by gossip): only
+    /// once messages have waited [`SYNC_INTERVAL_MS`] is `sender` asked for its current one
+    /// (and at most once per that interval). The answer starts where the chain stands, so
+    /// asking early would skip the messages the key on its way would open.
+    pub(super) fn request_sender_key(
+        &mut self,
+        now: UnixMillis,
+        group: GroupId,
+        sender: UserId,
+    ) -> Result<(), StoreError> {
+        let mono = self.mono;
+        if self.key_waits.len() >= MAX_SYNC_ENTRIES {
+            self.key_waits.retain(|_, since| mono.saturating_sub(*since) < SYNC_INTERVAL_MS);
+        }
+        let since = match self.key_waits.get(&(group, sender)) {
+            Some(since) => *since,
+            None if self.key_waits.len() < MAX_SYNC_ENTRIES => {
+                self.key_waits.insert((group, sender), mono);
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        if mono.saturating_sub(since) < SYNC_INTERVAL_MS
+            || !self.sync_due(group, sender, Exchange::AskKey)
+        {
+            return Ok(());
+        }
+        let body = Body::SenderKeyRequest(kith_protocol::content::SenderKeyRequest { group });
+        self.send_reliably(now, sender, body)
+    }
+
+    /// `peer` asks for our sender key of `group`: a member gets our chain as it stands (it
+    /// reads from here on, nothing before), or a new one if we have none (at most once per
+    /// [`SYNC_INTERVAL_MS`] per member).
+    pub(super) fn answer_key_request(
+        &mut self,
+        now: UnixMillis,
+        peer: UserId,
+        group: GroupId,
+    ) -> Result<(), StoreError> {
+        let me = self.user_id();
+        let Some(state) = self.groups.get(&group) else { return Ok(()) };
+        let members = &state.membership().members;
+        if !members.contains(&me) || !members.contains(&peer) {
+            return Ok(());
+        }
+        let others: Vec<UserId> = members.iter().filter(|m| **m != me).copied().collect();
+        if !self.sync_due(group, peer, Exchange::AnswerKey) {
+            return Ok(());
+        }
+        match self.store.own_chain(&group, &me)? {
+            Some(chain) => {
+                let skd = chain.distribution(group);
+                self.send_reliably(now, peer, Body::SenderKeyDistribution(skd))
+            }
+            None => self.rotate(now, group, &others).map(|_| ()),
+        }
+    }
+
     /// Whether a sync request to (or an answer for) `peer` about `group` may go now; if so,
     /// the next one waits [`SYNC_INTERVAL_MS`].
-    fn sync_due(&mut self, group: GroupId, peer: UserId, answer: bool) -> bool {
+    fn sync_due(&mut self, group: GroupId, peer: UserId, exchange: Exchange) -> bool {
         let now = self.mono;
-        let key = (group, peer, answer);
+        let key = (group, peer, exchange);
         if self.syncs.get(&key).is_some_and(|&next| next > now) {
             return false;
         }
@@ -591,6 +664,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let group = skd.group;
         let mut chains = self.store.member_chains(&group, &sender)?;
         if chains.install(skd) {
+            self.key_waits.remove(&(group, sender));
             let mut batch = Batch::new();
             batch.put_member_chains(&group, &sender, &chains);
             self.commit(batch)?;

@@ -821,3 +821,40 @@ fn a_groups_disappearing_timer_is_set_by_any_member_for_all() {
     assert_eq!(net.texts(2, &group).len(), before);
     assert!(net.engine(2).message(&setting).unwrap().is_some(), "the setting stays");
 }
+
+/// A member whose sender keys are gone (a profile restored from a backup, which holds none):
+/// it sends again under a new chain of its own, and it asks a member whose messages it cannot
+/// open for that member's key once they have waited long enough, then reads it again.
+#[test]
+fn a_member_without_sender_keys_sends_under_a_new_one_and_asks_for_the_others() {
+    let mut net = net(3);
+    let group = net.create(0, &[1, 2]);
+    for i in 0..3 {
+        net.send(i, group, &format!("hello from {i}"));
+    }
+    net.advance(GROUP_RECEIPT_DELAY_MS);
+    // Member 2 loses every sender key, its own included, as a restored profile has none.
+    let holders = net.engine(2).store.chain_holders(&group).unwrap();
+    let mut batch = Batch::new();
+    for holder in &holders {
+        batch.delete_chains(&group, holder);
+    }
+    net.engine(2).commit(batch).unwrap();
+    net.engine(2).flush().unwrap();
+    net.restart(2);
+    net.run();
+
+    // It can still speak: a new chain, handed to everyone first.
+    net.send(2, group, "back from a backup");
+    for i in 0..2 {
+        assert!(net.texts(i, &group).contains(&"back from a backup".to_owned()), "member {i}");
+    }
+    // What member 0 sends waits at member 2; once it has waited, member 2 asks for the key.
+    net.send(0, group, "can you read this?");
+    assert!(!net.texts(2, &group).contains(&"can you read this?".to_owned()));
+    net.advance(SYNC_INTERVAL_MS);
+    net.send(0, group, "and this?");
+    net.run();
+    net.send(0, group, "now you can");
+    assert!(net.texts(2, &group).contains(&"now you can".to_owned()), "the key came back");
+}

@@ -259,9 +259,12 @@ pub struct Engine<R> {
     groups: group::GroupMap,
     /// Group tag → id, for incoming group messages.
     tags: group::TagMap,
-    /// When we may next ask a member for a group's changes, or answer it: (group, peer,
-    /// answer?) → time.
-    syncs: HashMap<(kith_protocol::GroupId, UserId, bool), UnixMillis>,
+    /// When we may next ask a member for a group's changes or its sender key, or answer it:
+    /// (group, peer, what) → time (monotonic).
+    syncs: HashMap<(kith_protocol::GroupId, UserId, group_membership::Exchange), UnixMillis>,
+    /// Members whose group messages wait for a key we lack, and since when (monotonic): asked
+    /// for their key once the wait is long (`request_sender_key`).
+    key_waits: HashMap<(kith_protocol::GroupId, UserId), u64>,
     /// New identity keys that peers' refused initial messages carried, for the user to review.
     pending_identities: BTreeMap<UserId, kith_protocol::prekey::IdentityBinding>,
     /// Disappearing messages: the timers and the messages waiting to disappear.
@@ -335,6 +338,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             groups: HashMap::new(),
             tags: HashMap::new(),
             syncs: HashMap::new(),
+            key_waits: HashMap::new(),
             pending_identities: BTreeMap::new(),
             expiry: disappearing::Expiry::default(),
         };

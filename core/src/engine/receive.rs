@@ -387,6 +387,9 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Body::GroupChanges(changes) => effects.group.push(GroupEffect::Changes(changes)),
             Body::GroupSync(sync) => effects.group.push(GroupEffect::Sync(sync)),
             Body::SenderKeyDistribution(skd) => effects.group.push(GroupEffect::SenderKey(skd)),
+            Body::SenderKeyRequest(request) => {
+                effects.group.push(GroupEffect::KeyRequest(request));
+            }
         }
         Ok(effects)
     }
