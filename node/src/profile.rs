@@ -302,27 +302,22 @@ impl Profile {
     /// Whether opening the profile in `dir` needs a passphrase (`false` too where there is no
     /// profile, or one from before encryption).
     pub fn needs_passphrase(dir: &Path) -> Result<bool, ProfileError> {
-        let keys = Self::key_file(dir);
-        if !keys.exists() {
-            return Ok(false);
-        }
-        match keys.kind() {
-            Ok(kind) => Ok(kind == KeyFileKind::Passphrase),
-            Err(e) => Err(ProfileError::key_file(dir, e)),
-        }
+        Ok(Self::key_kind(dir)? == Some(KeyFileKind::Passphrase))
     }
 
     /// Whether the profile in `dir` keeps its key in the keyring (so that the caller installs
     /// a credential store before opening it).
     pub fn key_in_keyring(dir: &Path) -> Result<bool, ProfileError> {
+        Ok(Self::key_kind(dir)? == Some(KeyFileKind::Keyring))
+    }
+
+    /// What the key file in `dir` needs to give up its key (`None`: no key file).
+    fn key_kind(dir: &Path) -> Result<Option<KeyFileKind>, ProfileError> {
         let keys = Self::key_file(dir);
         if !keys.exists() {
-            return Ok(false);
+            return Ok(None);
         }
-        match keys.kind() {
-            Ok(kind) => Ok(kind == KeyFileKind::Keyring),
-            Err(e) => Err(ProfileError::key_file(dir, e)),
-        }
+        keys.kind().map(Some).map_err(|e| ProfileError::key_file(dir, e))
     }
 
     /// Wraps the profile's key anew: another passphrase, or none. The database is not

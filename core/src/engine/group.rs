@@ -806,8 +806,12 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let mut events = Vec::new();
         let in_group = |record: &MessageRecord| record.group == Some(group);
         match content.body {
-            Body::Text(_) | Body::Media(_) => {
+            Body::Text(_) | Body::Media(_) | Body::ExpireTimer(_) => {
                 let sent_at = content.sent_at;
+                let timer = match &content.body {
+                    Body::ExpireTimer(timer) => Some(*timer),
+                    _ => None,
+                };
                 events.push(self.store_incoming(
                     now,
                     sender,
@@ -817,25 +821,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     sent_at,
                     batch,
                 )?);
-                self.mark_expiring(Conversation::Group(group), id, batch);
-            }
-            Body::ExpireTimer(timer) => {
-                let sent_at = content.sent_at;
-                events.push(self.store_incoming(
-                    now,
-                    sender,
-                    Some(group),
-                    id,
-                    plaintext,
-                    sent_at,
-                    batch,
-                )?);
-                events.extend(self.receive_timer(
-                    Conversation::Group(group),
-                    timer,
-                    sent_at,
-                    batch,
-                ));
+                let conversation = Conversation::Group(group);
+                match timer {
+                    None => self.mark_expiring(conversation, id, batch),
+                    Some(timer) => {
+                        events.extend(self.receive_timer(conversation, timer, sent_at, batch));
+                    }
+                }
             }
             Body::Reaction(reaction) => {
                 if let Some(mut target) = self.store.message(&reaction.target)?.filter(in_group) {
