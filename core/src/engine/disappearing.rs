@@ -173,8 +173,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         for id in ids {
             self.expiry.waiting.remove(id);
         }
-        if !ids.is_empty() {
-            self.expiry.due.retain(|(_, id)| !ids.contains(id));
+        if !ids.is_empty() && !self.expiry.due.is_empty() {
+            // One pass over the running timers, a set lookup each (a conversation deleted a
+            // page at a time would otherwise cost page × timers comparisons).
+            let gone: std::collections::HashSet<&MessageId> = ids.iter().collect();
+            self.expiry.due.retain(|(_, id)| !gone.contains(id));
         }
     }
 
