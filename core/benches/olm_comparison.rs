@@ -2,9 +2,9 @@
 //!
 //! Each group times the same operation on both: session setup (initiator creates the session
 //! and encrypts a first message, responder creates its side from that message and decrypts
-//! it), steady-state encryption and decryption of 1 KiB and 64 KiB messages, and a DH ratchet
+//! it; Kith's with PQXDH, and its ML-KEM part alone so that X3DH's cost shows too), steady-state encryption and decryption of 1 KiB and 64 KiB messages, and a DH ratchet
 //! step (a message each way, each carrying a new ratchet key). A table of Kith ÷ vodozemac
-//! ratios is printed at the end.
+//! ratios is printed at the end, and the bytes PQXDH adds to the first messages.
 //!
 //! Run with `cargo bench -p kith-core --bench olm_comparison`.
 
@@ -21,12 +21,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
+use kith_core::hazmat::{KemKeyPair, kem};
 use kith_core::identity::IdentityKeyPair;
-use kith_core::prekeys::{OneTimePreKey, SignedPreKey, VerifiedBundle, verify_bundle};
+use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, VerifiedBundle, verify_bundle};
 use kith_core::session::Session;
 use kith_protocol::MessageId;
-use kith_protocol::envelope::{EnvelopeKind, PreKeyMessage, RatchetMessage};
-use kith_protocol::prekey::PreKeyBundle;
+use kith_protocol::envelope::{
+    Envelope, EnvelopeKind, PqPreKeyMessage, PreKeyMessage, RatchetMessage,
+};
+use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, SessionConfig};
@@ -40,6 +43,7 @@ struct KithSetup {
     bob: IdentityKeyPair,
     spk: SignedPreKey,
     opk: OneTimePreKey,
+    kem: KemPreKey,
     bundle: VerifiedBundle,
 }
 
@@ -49,26 +53,29 @@ fn kith_setup() -> KithSetup {
     let bob = IdentityKeyPair::generate(&mut rng);
     let spk = SignedPreKey::generate(&bob, 1, NOW, &mut rng);
     let opk = OneTimePreKey::generate(1, &mut rng);
+    let kem = KemPreKey::generate(&bob, 1, KemPreKeyKind::OneTime, NOW, &mut rng);
     let bundle = PreKeyBundle {
         identity: bob.binding(),
         signed_prekey: spk.public(),
         one_time_prekey: Some(opk.public()),
+        kem_prekey: kem.public(),
     };
     // Bundle signatures are checked when the bundle is fetched, once, like vodozemac's callers
     // check one-time key signatures: not part of session setup on either side.
     let bundle = verify_bundle(&bundle, &bob.user_id(), NOW).unwrap();
-    KithSetup { rng, alice, bob, spk, opk, bundle }
+    KithSetup { rng, alice, bob, spk, opk, kem, bundle }
 }
 
-fn prekey(kind: EnvelopeKind) -> PreKeyMessage {
+fn prekey(kind: EnvelopeKind) -> PqPreKeyMessage {
     match kind {
-        EnvelopeKind::PreKey(m) => m,
-        _ => unreachable!("first message is a PreKey message"),
+        EnvelopeKind::PqPreKey(m) => *m,
+        _ => unreachable!("first message is a PQXDH PreKey message"),
     }
 }
 
 fn ratchet(kind: EnvelopeKind) -> RatchetMessage {
     match kind {
+        EnvelopeKind::PqPreKey(m) => m.message,
         EnvelopeKind::PreKey(m) => m.message,
         EnvelopeKind::Ratchet(m) => m,
         EnvelopeKind::Group(_) => unreachable!(),
@@ -80,7 +87,8 @@ fn kith_pair(s: &mut KithSetup) -> (Session, Session) {
     let mut a = Session::initiate(&s.alice, &s.bundle, NOW, &mut s.rng).unwrap();
     let first = prekey(a.encrypt(&s.alice, &ID, b"hi", &mut s.rng).unwrap());
     let (mut b, _) =
-        Session::accept(&s.bob, &s.spk, Some(&s.opk), s.alice.public(), &ID, &first, NOW).unwrap();
+        Session::accept(&s.bob, &s.spk, Some(&s.opk), &s.kem, s.alice.public(), &ID, &first, NOW)
+            .unwrap();
     let reply = ratchet(b.encrypt(&s.bob, &ID, b"hi", &mut s.rng).unwrap());
     a.decrypt(&ID, &reply, NOW).unwrap();
     (a, b)
@@ -118,10 +126,28 @@ fn session_setup(c: &mut Criterion) {
         bench.iter(|| {
             let mut a = Session::initiate(&s.alice, &s.bundle, NOW, &mut s.rng).unwrap();
             let first = prekey(a.encrypt(&s.alice, &ID, b"hello", &mut s.rng).unwrap());
-            let (b, plaintext) =
-                Session::accept(&s.bob, &s.spk, Some(&s.opk), s.alice.public(), &ID, &first, NOW)
-                    .unwrap();
+            let (b, plaintext) = Session::accept(
+                &s.bob,
+                &s.spk,
+                Some(&s.opk),
+                &s.kem,
+                s.alice.public(),
+                &ID,
+                &first,
+                NOW,
+            )
+            .unwrap();
             black_box((a, b, plaintext))
+        })
+    });
+    // The ML-KEM part of that setup, measured alone in the same run: Alice's key check and
+    // encapsulation, Bob's decapsulation. Setup minus this is what X3DH costs.
+    let kem_pair = KemKeyPair::generate(&mut s.rng);
+    let kem_pair_public = kem_pair.public().clone();
+    g.bench_function("kith_kem_part", |bench| {
+        bench.iter(|| {
+            let (ct, sent) = kem::encapsulate(&kem_pair_public, &mut s.rng).unwrap();
+            black_box((kem_pair.decapsulate(&ct), sent))
         })
     });
     let (alice, bob, bob_key, otk) = olm_accounts();
@@ -313,16 +339,36 @@ fn main() {
         }
     }
 
+    // PQXDH against X3DH, in this run: X3DH is PQXDH without its ML-KEM operations, which
+    // `kith_kem_part` times alone (Alice's key check and encapsulation, Bob's decapsulation).
+    let setup = (
+        median_ns(&dir, "session_setup", "kith"),
+        median_ns(&dir, "session_setup", "kith_kem_part"),
+        median_ns(&dir, "session_setup", "vodozemac"),
+    );
+    if let (Some(pq), Some(kem), Some(olm)) = setup {
+        println!("\n| session setup | time | ÷ vodozemac |");
+        println!("|---|---:|---:|");
+        println!("| Kith PQXDH (4 X25519 DH + ML-KEM-768) | {} | {:.2}× |", fmt_time(pq), pq / olm);
+        println!("| of which ML-KEM-768 (check + encaps + decaps) | {} | – |", fmt_time(kem));
+        println!(
+            "| Kith X3DH (PQXDH − ML-KEM) | {} | {:.2}× |",
+            fmt_time(pq - kem),
+            (pq - kem) / olm
+        );
+        println!("| vodozemac Olm (3DH) | {} | 1.00× |", fmt_time(olm));
+    }
+    bytes_overhead();
+
     // The bounds as the storage issue set them: session setup per X25519 operation (X3DH with
     // a one-time prekey plus the first ratchet step: ten against Olm's six), and the ratchet's
     // 64 KiB encrypt and decrypt against the bare AEAD it is bound by.
     println!("\n| bound | Kith | reference | ratio | bound |");
     println!("|---|---:|---:|---:|---|");
-    if let (Some(k), Some(v)) =
-        (median_ns(&dir, "session_setup", "kith"), median_ns(&dir, "session_setup", "vodozemac"))
-    {
+    if let (Some(pq), Some(kem), Some(v)) = setup {
+        let k = pq - kem;
         println!(
-            "| session setup per X25519 operation (Kith ÷ 10, vodozemac ÷ 6) | {} | {} | {:.2}× | ≤ 1.0× |",
+            "| session setup per X25519 operation (Kith X3DH part ÷ 10, vodozemac ÷ 6) | {} | {} | {:.2}× | ≤ 1.0× |",
             fmt_time(k / 10.0),
             fmt_time(v / 6.0),
             (k / 10.0) / (v / 6.0)
@@ -341,4 +387,36 @@ fn main() {
             );
         }
     }
+}
+
+/// Bytes on the wire per message, before (X3DH) and after (PQXDH): the first messages carry
+/// the handshake header until answered, later ones only the ratchet header.
+fn bytes_overhead() {
+    let mut s = kith_setup();
+    let mut a = Session::initiate(&s.alice, &s.bundle, NOW, &mut s.rng).unwrap();
+    let envelope = |kind: EnvelopeKind| Envelope {
+        id: ID,
+        sender: s.alice.user_id(),
+        recipient: s.bob.user_id(),
+        kind,
+    };
+    let encoded = |kind: EnvelopeKind| kith_protocol::encode(&envelope(kind)).unwrap().len();
+    let payload = vec![0u8; 100];
+    let pq = prekey(a.encrypt(&s.alice, &ID, &payload, &mut s.rng).unwrap());
+    // The same message with the X3DH header Kith sent before PQXDH.
+    let classical = EnvelopeKind::PreKey(PreKeyMessage {
+        identity_dh_key: pq.identity_dh_key,
+        identity_dh_signature: pq.identity_dh_signature,
+        base_key: pq.base_key,
+        signed_prekey_id: pq.signed_prekey_id,
+        one_time_prekey_id: pq.one_time_prekey_id,
+        message: pq.message.clone(),
+    });
+    let ratchet_only = EnvelopeKind::Ratchet(pq.message.clone());
+    let (before, after, steady) =
+        (encoded(classical), encoded(EnvelopeKind::PqPreKey(Box::new(pq))), encoded(ratchet_only));
+    println!("\n| envelope with a 100-byte content | X3DH (before) | PQXDH (after) | added |");
+    println!("|---|---:|---:|---:|");
+    println!("| first messages, until answered | {before} B | {after} B | {} B |", after - before);
+    println!("| every later message | {steady} B | {steady} B | 0 B |");
 }

@@ -6,9 +6,10 @@
 //!
 //! ```text
 //!  identity (Ed25519 = UserId = PeerId, + signed X25519 identity key)
-//!     │  prekeys: signed prekey (weekly) + one-time prekeys (each handed out once)
+//!     │  prekeys: signed prekey + last-resort ML-KEM-768 prekey (weekly), one-time prekeys
+//!     │           of both kinds (each handed out once), all signed by the identity key
 //!     ▼
-//!  X3DH (Signal spec, 4 DH, contributory checks) ──► Double Ratchet (Signal spec)
+//!  PQXDH (Signal spec rev. 3: 4 DH + ML-KEM) ──► Double Ratchet (Signal spec)
 //!     │                                                  │ decrypt on a plan: commit only
 //!     │                                                  │ after the AEAD tag verifies
 //!     ▼                                                  ▼
@@ -26,14 +27,15 @@
 //! | [`group`] | [`Group`](group::Group) views, and the membership rules ([`ChangeLog`](group::ChangeLog)) |
 //! | [`identity`] | [`IdentityKeyPair`](identity::IdentityKeyPair), [`ContactString`](identity::ContactString), user and peer ids |
 //! | [`fingerprint`] | [`SafetyNumber`](fingerprint::SafetyNumber) for verification |
-//! | [`session`] | X3DH + Double Ratchet for one peer, for apps that bring their own transport and storage |
+//! | [`session`] | PQXDH + Double Ratchet for one peer, for apps that bring their own transport and storage |
 //! | [`prekeys`], [`record`] | prekey bundles and signed user records (what a node publishes) |
 //! | [`media`] | attachments sealed in chunks ([`Sealer`](media::Sealer), [`open_verified`](media::open_verified)) |
 //! | [`store`] | [`Store`](store::Store) over a pluggable [`Backend`](store::Backend) (sled with the default `sled` feature, or in memory) |
 //! | [`text`] | making text from peers safe to print on a terminal |
 //!
 //! Features: `sled` (default) brings the sled backend; `hazmat` opens the raw primitives
-//! (`hazmat`: AEAD, X25519, HKDF, signatures) and the `ratchet` and `x3dh` layers for protocol
+//! (`hazmat`: AEAD, X25519, ML-KEM, HKDF, signatures) and the `ratchet` and `pqxdh` layers for
+//! protocol
 //! work; `test-utils` adds `testing`, a simulated network of engines with faults and crashes,
 //! and [`Store::dump`](store::Store) for tests that compare stores. None
 //! is needed to write a messenger. `kith-node` drives the engine over libp2p.
@@ -42,10 +44,10 @@
 //!
 //! ```
 //! use kith_core::identity::IdentityKeyPair;
-//! use kith_core::prekeys::{OneTimePreKey, SignedPreKey, verify_bundle};
+//! use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
 //! use kith_core::session::Session;
 //! use kith_protocol::envelope::EnvelopeKind;
-//! use kith_protocol::prekey::PreKeyBundle;
+//! use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 //! use kith_protocol::MessageId;
 //!
 //! let mut rng = rand::rng(); // any CryptoRng
@@ -55,25 +57,28 @@
 //! let bob = IdentityKeyPair::generate(&mut rng);
 //! let signed_prekey = SignedPreKey::generate(&bob, 1, now, &mut rng);
 //! let one_time_prekey = OneTimePreKey::generate(1, &mut rng);
+//! let kem_prekey = KemPreKey::generate(&bob, 1, KemPreKeyKind::OneTime, now, &mut rng);
 //! let bundle = PreKeyBundle {
 //!     identity: bob.binding(),
 //!     signed_prekey: signed_prekey.public(),
 //!     one_time_prekey: Some(one_time_prekey.public()),
+//!     kem_prekey: kem_prekey.public(),
 //! };
 //!
-//! // Alice checks the bundle's signatures and starts a session (X3DH).
+//! // Alice checks the bundle's signatures and starts a session (PQXDH).
 //! let alice = IdentityKeyPair::generate(&mut rng);
 //! let bundle = verify_bundle(&bundle, &bob.user_id(), now)?;
 //! let mut alice_session = Session::initiate(&alice, &bundle, now, &mut rng)?;
 //! let id = MessageId([1; 16]);
-//! let EnvelopeKind::PreKey(first) = alice_session.encrypt(&alice, &id, b"hi Bob", &mut rng)? else {
-//!     unreachable!("the first message carries the X3DH header")
+//! let EnvelopeKind::PqPreKey(first) = alice_session.encrypt(&alice, &id, b"hi Bob", &mut rng)? else {
+//!     unreachable!("the first message carries the PQXDH header")
 //! };
 //!
 //! // Bob sets up his side from that message and reads it.
 //! let (mut bob_session, plaintext) = Session::accept(
-//!     &bob, &signed_prekey, Some(&one_time_prekey), alice.public(), &id, &first, now,
+//!     &bob, &signed_prekey, Some(&one_time_prekey), &kem_prekey, alice.public(), &id, &first, now,
 //! )?;
+//! assert!(bob_session.is_post_quantum());
 //! assert_eq!(plaintext, b"hi Bob");
 //!
 //! // And answers on the ratchet.
@@ -97,15 +102,15 @@
 #[cfg_attr(not(feature = "hazmat"), allow(unreachable_pub, dead_code))]
 mod crypto;
 #[cfg(feature = "hazmat")]
+pub mod pqxdh;
+#[cfg(not(feature = "hazmat"))]
+#[allow(unreachable_pub, dead_code)]
+mod pqxdh;
+#[cfg(feature = "hazmat")]
 pub mod ratchet;
 #[cfg(not(feature = "hazmat"))]
 #[allow(unreachable_pub, dead_code)]
 mod ratchet;
-#[cfg(feature = "hazmat")]
-pub mod x3dh;
-#[cfg(not(feature = "hazmat"))]
-#[allow(unreachable_pub, dead_code)]
-mod x3dh;
 
 pub mod engine;
 pub mod fingerprint;
@@ -127,13 +132,13 @@ pub mod testing;
 /// Nothing here is needed to write a messenger: [`engine`] and [`session`] use these
 /// correctly (one nonce per key, domain-separated signatures, contributory DH). Calling them
 /// directly makes nonce reuse, missing authentication and key misuse the caller's problem.
-/// The Double Ratchet and X3DH layers are public under the same feature, as
-/// `kith_core::ratchet` and `kith_core::x3dh`.
+/// The Double Ratchet and PQXDH layers are public under the same feature, as
+/// `kith_core::ratchet` and `kith_core::pqxdh`.
 #[cfg(feature = "hazmat")]
 pub mod hazmat {
     pub use crate::crypto::sign::SignContext;
     pub use crate::crypto::{
-        DhKeyPair, NonContributory, SecretBytes, SignatureError, SigningKeyPair, aead, dh, kdf,
-        secret, sign,
+        DhKeyPair, KemKeyPair, NonContributory, SecretBytes, SignatureError, SigningKeyPair, aead,
+        dh, kdf, kem, secret, sign,
     };
 }

@@ -125,6 +125,10 @@ pub enum DeliveryFailure {
     /// Not delivered within the outbox deadline.
     #[error("not delivered before the deadline")]
     Expired,
+    /// The recipient runs a version of Kith without post-quantum (PQXDH) prekeys; Kith does
+    /// not fall back to a classical session, which a future quantum computer could decrypt.
+    #[error("the recipient has no post-quantum prekeys (their Kith is too old); not sent")]
+    NotPostQuantum,
 }
 
 /// A reaction on a message.

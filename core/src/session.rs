@@ -1,36 +1,39 @@
-//! Sessions: an X3DH handshake followed by a Double Ratchet, bound to both identities.
+//! Sessions: a PQXDH handshake followed by a Double Ratchet, bound to both identities.
 //!
-//! The initiator keeps sending its X3DH header with every message (`PendingPreKey`) until it
+//! The initiator keeps sending its PQXDH header with every message (`PendingPreKey`) until it
 //! has received a reply, so the responder can set up the session from whichever of the first
 //! messages arrives first; later ones are matched to the session by their base key. A peer may
 //! hold several sessions with us (simultaneous initiation, reinstall): `PeerSessions` keeps the
 //! current one and up to [`MAX_PREVIOUS_SESSIONS`] older ones, tries them all on receipt, and
 //! promotes the one that decrypts.
 
-use kith_protocol::envelope::{EnvelopeKind, PreKeyMessage, RatchetMessage};
-use kith_protocol::{DhPublicKey, MessageId, UnixMillis};
+use kith_protocol::envelope::{EnvelopeKind, PqPreKeyMessage, RatchetMessage};
+use kith_protocol::{DhPublicKey, KemCiphertext, MessageId, UnixMillis};
 use zeroize::Zeroizing;
 
-use crate::crypto::NonContributory;
 use crate::identity::{IdentityKeyPair, PublicIdentity};
-use crate::prekeys::{OneTimePreKey, SignedPreKey, VerifiedBundle};
+pub use crate::pqxdh::HandshakeError;
+use crate::pqxdh::{self, ASSOCIATED_DATA_LEN, AssociatedData, ResponderKeys};
+use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, VerifiedBundle};
 pub use crate::ratchet::{
     DecryptError, EncryptError, MAX_DH_PER_MESSAGE, MAX_RECEIVING_CHAINS, MAX_SKIP,
     MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS, MAX_STEPS_PER_MESSAGE,
 };
 use crate::ratchet::{Ratchet, WorkBudget};
 use crate::store::StoreError;
-use crate::x3dh::{self, ASSOCIATED_DATA_LEN, AssociatedData};
 
 /// Most superseded sessions kept per peer, to decrypt messages still in flight on them
 /// (libsignal keeps more; Kith's relays hold mail for 14 days, and sessions rarely churn).
 pub const MAX_PREVIOUS_SESSIONS: usize = 5;
 
-/// The X3DH header the initiator repeats until the responder answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The PQXDH header the initiator repeats until the responder answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PendingPreKey {
     pub(crate) signed_prekey_id: u32,
     pub(crate) one_time_prekey_id: Option<u32>,
+    /// The KEM prekey encapsulated to and the ciphertext; `None` only for a classical X3DH
+    /// session set up before PQXDH (its header is sent as a version-1 PreKey message).
+    pub(crate) kem: Option<(u32, KemCiphertext)>,
 }
 
 /// One session with one peer: the ratchet state plus what binds it to both identities.
@@ -43,8 +46,14 @@ pub struct Session {
     pub(crate) ratchet: Ratchet,
     pub(crate) peer: PublicIdentity,
     pub(crate) associated: AssociatedData,
-    /// The initiator's X3DH ephemeral key; identifies the session on both sides.
+    /// The initiator's ephemeral key; identifies the session on both sides.
     pub(crate) base_key: DhPublicKey,
+    /// Whether the session was set up with PQXDH (a KEM secret in SK); `false` only for
+    /// sessions set up with classical X3DH before PQXDH, read from old records.
+    pub(crate) post_quantum: bool,
+    /// The digest of the PQXDH header that set the session up ([`handshake_digest`]): a later
+    /// initial message naming this session's base key must repeat that header exactly.
+    pub(crate) handshake: Option<[u8; 32]>,
     pub(crate) pending_prekey: Option<PendingPreKey>,
     pub(crate) created_at: UnixMillis,
 }
@@ -54,11 +63,29 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("peer", &self.peer.user())
             .field("base_key", &self.base_key)
+            .field("post_quantum", &self.post_quantum)
             .field("pending_prekey", &self.pending_prekey.is_some())
             .field("created_at", &self.created_at)
             .field("ratchet", &self.ratchet)
             .finish_non_exhaustive()
     }
+}
+
+/// A digest of every field of a PQXDH header but the ratchet message: the initiator repeats
+/// the header until answered, and the responder checks each repeat against the first.
+pub(crate) fn handshake_digest(m: &PqPreKeyMessage) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("kith 2026 pqxdh header");
+    hasher.update(&m.identity_dh_key.0);
+    hasher.update(&m.identity_dh_signature.0);
+    hasher.update(&m.base_key.0);
+    hasher.update(&m.signed_prekey_id.to_be_bytes());
+    match m.one_time_prekey_id {
+        Some(id) => hasher.update(&[1]).update(&id.to_be_bytes()),
+        None => hasher.update(&[0]),
+    };
+    hasher.update(&m.kem_prekey_id.to_be_bytes());
+    hasher.update(m.kem_ciphertext.0.as_slice());
+    *hasher.finalize().as_bytes()
 }
 
 /// `associated ‖ message id`: what every message of a session authenticates besides its header.
@@ -70,55 +97,63 @@ fn message_ad(associated: &AssociatedData, id: &MessageId) -> [u8; ASSOCIATED_DA
 }
 
 impl Session {
-    /// Starts a session as initiator (X3DH) from a verified bundle.
+    /// Starts a session as initiator (PQXDH) from a verified bundle.
     pub fn initiate<R: rand_core::CryptoRng + ?Sized>(
         ours: &IdentityKeyPair,
         bundle: &VerifiedBundle,
         now: UnixMillis,
         rng: &mut R,
-    ) -> Result<Self, NonContributory> {
-        let init = x3dh::initiate(ours, bundle, rng)?;
+    ) -> Result<Self, HandshakeError> {
+        let init = pqxdh::initiate(ours, bundle, rng)?;
         let ratchet = Ratchet::initiator(init.shared, bundle.signed_prekey, rng)
-            .map_err(|_| NonContributory)?;
+            .map_err(|_| crate::crypto::NonContributory)?;
         Ok(Self {
             ratchet,
             peer: bundle.identity,
             associated: init.associated,
             base_key: init.base_key,
+            post_quantum: true,
+            handshake: None,
             pending_prekey: Some(PendingPreKey {
                 signed_prekey_id: bundle.signed_prekey_id,
                 one_time_prekey_id: bundle.one_time_prekey.map(|k| k.id),
+                kem: Some((bundle.kem_prekey.id, init.kem_ciphertext)),
             }),
             created_at: now,
         })
     }
 
     /// Sets up the responder's side of a session from an initial message `id` and decrypts it,
-    /// using the signed and one-time prekeys the message names. The caller keeps the session
-    /// (and deletes the one-time prekey) only if this succeeds; on error nothing was changed.
-    /// `theirs` is the sender's identity, verified from the message's binding or pinned.
+    /// using the signed, one-time and KEM prekeys the message names. The caller keeps the
+    /// session (and deletes the one-time prekeys) only if this succeeds; on error nothing was
+    /// changed. `theirs` is the sender's identity, verified from the message's binding or
+    /// pinned.
+    #[allow(clippy::too_many_arguments)]
     pub fn accept(
         ours: &IdentityKeyPair,
         signed_prekey: &SignedPreKey,
         one_time_prekey: Option<&OneTimePreKey>,
+        kem_prekey: &KemPreKey,
         theirs: PublicIdentity,
         id: &MessageId,
-        message: &PreKeyMessage,
+        message: &PqPreKeyMessage,
         now: UnixMillis,
     ) -> Result<(Self, Vec<u8>), DecryptError> {
-        let (shared, associated) = x3dh::respond(
-            ours,
-            &signed_prekey.pair,
-            one_time_prekey.map(|k| &k.pair),
-            &theirs,
-            &message.base_key,
-        )
-        .map_err(|_| DecryptError::NonContributory)?;
+        let keys = ResponderKeys {
+            signed_prekey: &signed_prekey.pair,
+            one_time_prekey: one_time_prekey.map(|k| &k.pair),
+            kem_prekey: &kem_prekey.pair,
+        };
+        let (shared, associated) =
+            pqxdh::respond(ours, &keys, &theirs, &message.base_key, &message.kem_ciphertext)
+                .map_err(|_| DecryptError::NonContributory)?;
         let mut session = Self {
             ratchet: Ratchet::responder(shared, signed_prekey.pair.clone()),
             peer: theirs,
             associated,
             base_key: message.base_key,
+            post_quantum: true,
+            handshake: Some(handshake_digest(message)),
             pending_prekey: None,
             created_at: now,
         };
@@ -136,15 +171,28 @@ impl Session {
         rng: &mut R,
     ) -> Result<EnvelopeKind, EncryptError> {
         let message = self.ratchet.encrypt(&message_ad(&self.associated, id), plaintext, rng)?;
-        Ok(match self.pending_prekey {
-            Some(pending) => {
-                let identity = ours.public();
-                EnvelopeKind::PreKey(PreKeyMessage {
+        let identity = ours.public();
+        Ok(match &self.pending_prekey {
+            Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: Some((id, ct)) }) => {
+                EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
                     identity_dh_key: identity.dh_key(),
                     identity_dh_signature: identity.binding().signature,
                     base_key: self.base_key,
-                    signed_prekey_id: pending.signed_prekey_id,
-                    one_time_prekey_id: pending.one_time_prekey_id,
+                    signed_prekey_id: *signed_prekey_id,
+                    one_time_prekey_id: *one_time_prekey_id,
+                    kem_prekey_id: *id,
+                    kem_ciphertext: ct.clone(),
+                    message,
+                }))
+            }
+            // A classical session from before PQXDH, still unanswered: its version-1 header.
+            Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: None }) => {
+                EnvelopeKind::PreKey(kith_protocol::envelope::PreKeyMessage {
+                    identity_dh_key: identity.dh_key(),
+                    identity_dh_signature: identity.binding().signature,
+                    base_key: self.base_key,
+                    signed_prekey_id: *signed_prekey_id,
+                    one_time_prekey_id: *one_time_prekey_id,
                     message,
                 })
             }
@@ -174,7 +222,7 @@ impl Session {
     ) -> Result<Vec<u8>, DecryptError> {
         let associated = message_ad(&self.associated, id);
         let plaintext = self.ratchet.decrypt(message, &associated, now, budget)?;
-        // The peer answered on this session, so it holds it: no more X3DH headers.
+        // The peer answered on this session, so it holds it: no more handshake headers.
         self.pending_prekey = None;
         Ok(plaintext)
     }
@@ -184,9 +232,24 @@ impl Session {
         &self.peer
     }
 
-    /// The X3DH base key that identifies this session on both sides.
+    /// The base key (the initiator's ephemeral key) that identifies this session on both sides.
     pub fn base_key(&self) -> DhPublicKey {
         self.base_key
+    }
+
+    /// Whether a repeated initial message naming this session's base key carries the header
+    /// that set the session up (always false for a classical header on a PQXDH session).
+    pub(crate) fn same_handshake(&self, message: Option<&PqPreKeyMessage>) -> bool {
+        match message {
+            Some(m) => self.handshake.is_none_or(|h| h == handshake_digest(m)),
+            None => !self.post_quantum,
+        }
+    }
+
+    /// Whether the session was set up with PQXDH (always, except for a classical X3DH session
+    /// set up before PQXDH and read from an old record).
+    pub fn is_post_quantum(&self) -> bool {
+        self.post_quantum
     }
 
     /// Skipped message keys currently held (at most [`MAX_SKIPPED_KEYS`]).
@@ -273,12 +336,12 @@ impl PeerSessions {
 
 #[cfg(test)]
 mod tests {
-    use kith_protocol::prekey::PreKeyBundle;
+    use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
     use super::*;
-    use crate::prekeys::{OneTimePreKey, SignedPreKey, verify_bundle};
+    use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
 
     #[test]
     fn prekey_messages_repeat_until_answered() {
@@ -287,10 +350,12 @@ mod tests {
         let bob = IdentityKeyPair::generate(&mut rng);
         let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
         let opk = OneTimePreKey::generate(4, &mut rng);
+        let kem = KemPreKey::generate(&bob, 6, KemPreKeyKind::OneTime, 0, &mut rng);
         let bundle = PreKeyBundle {
             identity: bob.binding(),
             signed_prekey: spk.public(),
             one_time_prekey: Some(opk.public()),
+            kem_prekey: kem.public(),
         };
         let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
         let mut a = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
@@ -300,21 +365,41 @@ mod tests {
         let prekeys: Vec<_> = sent
             .iter()
             .map(|k| match k {
-                EnvelopeKind::PreKey(m) => m.clone(),
-                other => panic!("expected a PreKey message, got {other:?}"),
+                EnvelopeKind::PqPreKey(m) => m.clone(),
+                other => panic!("expected a PQXDH PreKey message, got {other:?}"),
             })
             .collect();
-        assert!(
-            prekeys
-                .iter()
-                .all(|m| m.base_key == prekeys[0].base_key && m.one_time_prekey_id == Some(4))
-        );
+        assert!(prekeys.iter().all(|m| m.base_key == prekeys[0].base_key
+            && m.one_time_prekey_id == Some(4)
+            && m.kem_prekey_id == 6
+            && m.kem_ciphertext == prekeys[0].kem_ciphertext));
 
         // Bob gets message 2 first, builds the session from it, then 0 and 1 by base key.
         let (mut b, plain) =
-            Session::accept(&bob, &spk, Some(&opk), alice.public(), &ids[2], &prekeys[2], 0)
+            Session::accept(&bob, &spk, Some(&opk), &kem, alice.public(), &ids[2], &prekeys[2], 0)
                 .unwrap();
         assert_eq!(plain, b"hi");
+        assert!(b.is_post_quantum() && a.is_post_quantum());
+        // The wrong KEM prekey (say, the last-resort one instead of the one-time one named)
+        // gives another SK: the first message does not decrypt.
+        let wrong = KemPreKey::generate(&bob, 6, KemPreKeyKind::LastResort, 0, &mut rng);
+        assert!(
+            Session::accept(
+                &bob,
+                &spk,
+                Some(&opk),
+                &wrong,
+                alice.public(),
+                &ids[2],
+                &prekeys[2],
+                0
+            )
+            .is_err()
+        );
+        // And a session survives its record with the pending KEM ciphertext.
+        let restored = Session::from_bytes(&a.to_bytes().unwrap()).unwrap();
+        assert_eq!(restored.pending_prekey, a.pending_prekey);
+        assert!(restored.is_post_quantum());
         for i in [0, 1] {
             assert_eq!(b.decrypt(&ids[i], &prekeys[i].message, 0).unwrap(), b"hi");
         }
@@ -346,21 +431,24 @@ mod tests {
         let alice = IdentityKeyPair::generate(&mut rng);
         let bob = IdentityKeyPair::generate(&mut rng);
         let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
+        let kem = KemPreKey::generate(&bob, 1, KemPreKeyKind::LastResort, 0, &mut rng);
         let mut sessions = PeerSessions::default();
         for i in 0..6u8 {
             let bundle = PreKeyBundle {
                 identity: bob.binding(),
                 signed_prekey: spk.public(),
                 one_time_prekey: None,
+                kem_prekey: kem.public(),
             };
             let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
             let mut a = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
             let id = MessageId([i; 16]);
-            let EnvelopeKind::PreKey(first) = a.encrypt(&alice, &id, b"hi", &mut rng).unwrap()
+            let EnvelopeKind::PqPreKey(first) = a.encrypt(&alice, &id, b"hi", &mut rng).unwrap()
             else {
                 panic!("first message is a PreKey message")
             };
-            let (b, _) = Session::accept(&bob, &spk, None, alice.public(), &id, &first, 0).unwrap();
+            let (b, _) =
+                Session::accept(&bob, &spk, None, &kem, alice.public(), &id, &first, 0).unwrap();
             sessions.install(b);
         }
         assert_eq!(1 + sessions.previous.len(), 6);

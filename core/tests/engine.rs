@@ -183,7 +183,7 @@ fn replayed_envelopes_are_refused_also_across_restarts() {
         .collect();
     assert!(to_bob.iter().any(|b| matches!(
         kith_protocol::decode::<Envelope>(b).unwrap().kind,
-        EnvelopeKind::PreKey(_)
+        EnvelopeKind::PqPreKey(_)
     )));
     let received_before = net.nodes[1].received.len();
 
@@ -235,7 +235,7 @@ fn a_replayed_initial_message_is_not_accepted_even_after_its_dedup_entry_is_gone
     net.run_until_quiet(u64::MAX);
     let (_, _, first) = net.sniffed.iter().find(|(f, _, _)| *f == 0).cloned().unwrap();
     let mut envelope: Envelope = kith_protocol::decode(&first).unwrap();
-    assert!(matches!(envelope.kind, EnvelopeKind::PreKey(_)));
+    assert!(matches!(envelope.kind, EnvelopeKind::PqPreKey(_)));
     // Same ciphertext under a fresh envelope id: the seen-id check cannot catch it; the
     // authenticated id makes it fail instead.
     envelope.id = MessageId([0x42; 16]);
@@ -385,6 +385,7 @@ fn crashes_before_flush_lose_nothing_acknowledged_and_never_reuse_a_message_key(
     for (from, _, bytes) in &net.sniffed {
         let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
         let message = match envelope.kind {
+            EnvelopeKind::PqPreKey(p) => p.message,
             EnvelopeKind::PreKey(p) => p.message,
             EnvelopeKind::Ratchet(m) => m,
             EnvelopeKind::Group(_) => continue,
@@ -548,6 +549,10 @@ fn assert_no_message_key_reused(net: &Net) -> usize {
     for (from, _, bytes) in &net.sniffed {
         let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
         let (key, ciphertext) = match envelope.kind {
+            EnvelopeKind::PqPreKey(p) => (
+                (*from, p.message.header.ratchet_key, p.message.header.counter),
+                p.message.ciphertext,
+            ),
             EnvelopeKind::PreKey(p) => (
                 (*from, p.message.header.ratchet_key, p.message.header.counter),
                 p.message.ciphertext,

@@ -1,5 +1,6 @@
-//! Double Ratchet properties through the public session API: schedules with reordering, loss
-//! and duplication, the skip limits, tampering, forward secrecy and post-compromise security.
+//! Double Ratchet properties through the public session API, on sessions set up with PQXDH:
+//! schedules with reordering, loss and duplication, the skip limits, tampering, forward
+//! secrecy and post-compromise security.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,12 +12,12 @@
 )]
 
 use kith_core::identity::IdentityKeyPair;
-use kith_core::prekeys::{OneTimePreKey, SignedPreKey, verify_bundle};
+use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
 use kith_core::ratchet::{DecryptError, MAX_SKIP, MAX_SKIPPED_KEYS};
 use kith_core::session::Session;
 use kith_protocol::MessageId;
-use kith_protocol::envelope::{EnvelopeKind, PreKeyMessage, RatchetMessage};
-use kith_protocol::prekey::PreKeyBundle;
+use kith_protocol::envelope::{EnvelopeKind, RatchetMessage};
+use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -31,6 +32,7 @@ struct Pair {
     bob_id: IdentityKeyPair,
     spk: SignedPreKey,
     opk: Option<OneTimePreKey>,
+    kem: Option<KemPreKey>,
     alice: Session,
     bob: Option<Session>,
 }
@@ -50,14 +52,16 @@ impl Pair {
         let bob_id = IdentityKeyPair::generate(&mut rng);
         let spk = SignedPreKey::generate(&bob_id, 1, NOW, &mut rng);
         let opk = OneTimePreKey::generate(7, &mut rng);
+        let kem = KemPreKey::generate(&bob_id, 8, KemPreKeyKind::OneTime, NOW, &mut rng);
         let bundle = PreKeyBundle {
             identity: bob_id.binding(),
             signed_prekey: spk.public(),
             one_time_prekey: Some(opk.public()),
+            kem_prekey: kem.public(),
         };
         let verified = verify_bundle(&bundle, &bob_id.user_id(), NOW).unwrap();
         let alice = Session::initiate(&alice_id, &verified, NOW, &mut rng).unwrap();
-        Self { rng, alice_id, bob_id, spk, opk: Some(opk), alice, bob: None }
+        Self { rng, alice_id, bob_id, spk, opk: Some(opk), kem: Some(kem), alice, bob: None }
     }
 
     fn id(&mut self) -> MessageId {
@@ -81,28 +85,34 @@ impl Pair {
     }
 
     /// Bob's receive path in miniature (what the engine does): a PreKey message creates the
-    /// session if none matches its base key; the one-time prekey is consumed with it.
+    /// session if none matches its base key; the one-time prekeys are consumed with it.
     fn bob_receives(&mut self, m: &Sent) -> Result<Vec<u8>, DecryptError> {
         match (&m.kind, &mut self.bob) {
-            (EnvelopeKind::PreKey(p), Some(bob)) if bob.base_key() == p.base_key => {
+            (EnvelopeKind::PqPreKey(p), Some(bob)) if bob.base_key() == p.base_key => {
                 bob.decrypt(&m.id, &p.message, NOW)
             }
-            (EnvelopeKind::PreKey(p), _) => {
+            (EnvelopeKind::PqPreKey(p), _) => {
                 let opk = self.opk.as_ref().filter(|k| Some(k.id()) == p.one_time_prekey_id);
                 if p.one_time_prekey_id.is_some() && opk.is_none() {
                     return Err(DecryptError::Authentication); // prekey already consumed
                 }
+                let Some(kem) = self.kem.as_ref().filter(|k| k.id() == p.kem_prekey_id) else {
+                    return Err(DecryptError::Authentication); // KEM prekey already consumed
+                };
                 let (session, plaintext) = Session::accept(
                     &self.bob_id,
                     &self.spk,
                     opk,
+                    kem,
                     self.alice_id.public(),
                     &m.id,
                     p,
                     NOW,
                 )?;
+                assert!(session.is_post_quantum());
                 self.bob = Some(session);
                 self.opk = None;
+                self.kem = None;
                 Ok(plaintext)
             }
             (EnvelopeKind::Ratchet(r), Some(bob)) => bob.decrypt(&m.id, r, NOW),
@@ -121,9 +131,9 @@ impl Pair {
 
 fn ratchet_part(kind: &EnvelopeKind) -> &RatchetMessage {
     match kind {
-        EnvelopeKind::PreKey(PreKeyMessage { message, .. }) | EnvelopeKind::Ratchet(message) => {
-            message
-        }
+        EnvelopeKind::PqPreKey(p) => &p.message,
+        EnvelopeKind::PreKey(p) => &p.message,
+        EnvelopeKind::Ratchet(message) => message,
         EnvelopeKind::Group(_) => panic!("not a ratchet message"),
     }
 }
@@ -354,9 +364,15 @@ fn tampered_ciphertext_header_or_ad_is_refused_and_state_is_byte_for_byte_unchan
     // A tampered first message creates no session at all.
     let mut q = Pair::new(3);
     let mut first = q.alice_sends(b"first");
-    if let EnvelopeKind::PreKey(pk) = &mut first.kind {
-        pk.message.ciphertext[0] ^= 1;
-    }
+    let EnvelopeKind::PqPreKey(pk) = &mut first.kind else { panic!("a PQXDH first message") };
+    pk.message.ciphertext[0] ^= 1;
+    assert!(q.bob_receives(&first).is_err());
+    assert!(q.bob.is_none());
+    // So does one whose KEM ciphertext was changed (SK differs, the first message fails).
+    let mut q = Pair::new(5);
+    let mut first = q.alice_sends(b"first");
+    let EnvelopeKind::PqPreKey(pk) = &mut first.kind else { panic!("a PQXDH first message") };
+    pk.kem_ciphertext.0[0] ^= 1;
     assert!(q.bob_receives(&first).is_err());
     assert!(q.bob.is_none());
 }

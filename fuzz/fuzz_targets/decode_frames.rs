@@ -9,7 +9,7 @@ use kith_protocol::direct::{DeliveryAcks, EnvelopeBatch};
 use kith_protocol::envelope::{Envelope, GroupEnvelope};
 use kith_protocol::mailbox::{MailboxRequest, MailboxResponse};
 use kith_protocol::media::{MediaRequest, MediaResponse};
-use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse, UserRecord, UserRecordV2};
+use kith_protocol::prekey::{PreKeyRequest, PreKeyResponse, UserRecord, UserRecordV2, UserRecordV3};
 use libfuzzer_sys::fuzz_target;
 
 fn one<F: Frame>(bytes: &[u8]) {
@@ -28,6 +28,7 @@ fuzz_target!(|bytes: &[u8]| {
     one::<PreKeyResponse>(bytes);
     one::<UserRecord>(bytes);
     one::<UserRecordV2>(bytes);
+    one::<UserRecordV3>(bytes);
     one::<MailboxRequest>(bytes);
     one::<MailboxResponse>(bytes);
     one::<MediaRequest>(bytes);

@@ -41,8 +41,8 @@ pub const ADDRESS_SETTLE: Duration = Duration::from_secs(2);
 pub(crate) struct Found {
     /// Whose record.
     pub(crate) user: UserId,
-    /// Their bundle (no one-time prekey).
-    pub(crate) bundle: PreKeyBundle,
+    /// Their PQXDH bundle (no one-time prekeys); `None` for a classical record.
+    pub(crate) bundle: Option<PreKeyBundle>,
     /// Their home relays.
     pub(crate) relays: Vec<Multiaddr>,
     /// Their devices and where each can be dialed (direct addresses, then circuits).

@@ -1603,6 +1603,8 @@ impl Driver {
                 }
                 None => PreKeyResponse::NotFound,
             },
+            // Relays serve PQXDH bundles only.
+            PreKeyRequest::ClassicalUpload(_) => PreKeyResponse::Refused(PreKeyRefusal::Classical),
             PreKeyRequest::Upload(upload) => match self.c.relay.as_mut() {
                 Some(relay) => {
                     let response = relay.upload_prekeys(&peer, *upload, now_millis(), now);

@@ -499,6 +499,10 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
             PreKeyResponse::Bundle(bundle) => self
                 .actions
                 .push_back(MailboxAction::Engine(Input::PreKeyBundle { user, result: Ok(bundle) })),
+            // A node from before PQXDH: its relays or record may still hold PQXDH prekeys.
+            PreKeyResponse::ClassicalBundle(_) => {
+                self.bundle_failed(user, relays_left, FetchError::Classical, given)
+            }
             _ => self.bundle_failed(user, relays_left, FetchError::NotFound, given),
         }
     }
@@ -540,18 +544,16 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
     }
 
     /// `user`'s verified record from the DHT: its relays for the fallback, its bundle for the
-    /// engine.
+    /// engine (`None`: a classical record, which starts no session).
     pub(crate) fn record_found(
         &mut self,
         user: UserId,
-        bundle: PreKeyBundle,
+        bundle: Option<PreKeyBundle>,
         relays: Vec<Multiaddr>,
     ) {
         self.remember_relays(user, relays);
-        self.actions.push_back(MailboxAction::Engine(Input::PreKeyBundle {
-            user,
-            result: Ok(Box::new(bundle)),
-        }));
+        let result = bundle.map(Box::new).ok_or(FetchError::Classical);
+        self.actions.push_back(MailboxAction::Engine(Input::PreKeyBundle { user, result }));
     }
 
     // ------------------------------------------------------------------ as a recipient

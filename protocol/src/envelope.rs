@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Frame, Invalid, check_count, check_len, check_non_empty};
-use crate::ids::{DhPublicKey, GroupTag, MessageId, Signature, UserId};
+use crate::ids::{DhPublicKey, GroupTag, KemCiphertext, MessageId, Signature, UserId};
 use crate::limits::{MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES};
 
 /// The AEAD tag length of every ciphertext (ChaCha20-Poly1305).
@@ -33,12 +33,37 @@ pub struct Envelope {
 /// The kinds of encrypted payload an envelope carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnvelopeKind {
-    /// The first messages of a session: the X3DH header plus a ratchet message.
+    /// The first messages of a version-1 (classical X3DH) session: still decoded so that a
+    /// message of a session set up before PQXDH decrypts; a new session from one is refused.
     PreKey(PreKeyMessage),
     /// A message of an established Double Ratchet session.
     Ratchet(RatchetMessage),
     /// A group message sealed with the sender's sender key (a mailbox copy for a member).
     Group(GroupMessage),
+    /// The first messages of a session: the PQXDH header plus a ratchet message.
+    PqPreKey(Box<PqPreKeyMessage>),
+}
+
+/// The PQXDH initial message (Signal's PQXDH §3.3, revision 3): the X3DH fields, which KEM
+/// prekey was used and the KEM ciphertext, and the first ratchet message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PqPreKeyMessage {
+    /// The initiator's X25519 identity key.
+    pub identity_dh_key: DhPublicKey,
+    /// The initiator's Ed25519 signature binding `identity_dh_key` to the envelope's sender.
+    pub identity_dh_signature: Signature,
+    /// The initiator's ephemeral key (EK_A), also the session's base key.
+    pub base_key: DhPublicKey,
+    /// Id of the responder's signed prekey that was used.
+    pub signed_prekey_id: u32,
+    /// Id of the responder's one-time prekey that was used, if any.
+    pub one_time_prekey_id: Option<u32>,
+    /// Id of the responder's KEM prekey (one-time or last-resort) that was encapsulated to.
+    pub kem_prekey_id: u32,
+    /// The ML-KEM-768 ciphertext (CT).
+    pub kem_ciphertext: KemCiphertext,
+    /// The first (or a not yet acknowledged) ratchet message.
+    pub message: RatchetMessage,
 }
 
 /// The X3DH initial message (Signal's X3DH §3.3): the initiator's identity and ephemeral keys,
@@ -151,6 +176,7 @@ impl Frame for Envelope {
     fn validate(&self) -> Result<(), Invalid> {
         match &self.kind {
             EnvelopeKind::PreKey(m) => m.message.validate(),
+            EnvelopeKind::PqPreKey(m) => m.message.validate(),
             EnvelopeKind::Ratchet(m) => m.validate(),
             EnvelopeKind::Group(m) => m.validate(),
         }

@@ -166,6 +166,87 @@ impl fmt::Debug for Signature {
     }
 }
 
+/// Serde for a boxed fixed-size byte array: exactly `N` bytes, no length prefix (a postcard
+/// tuple), so a wrong length is a decode error rather than something to check later.
+mod fixed_bytes {
+    use std::fmt;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(N)?;
+        bytes.iter().try_for_each(|b| tuple.serialize_element(b))?;
+        tuple.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<Box<[u8; N]>, D::Error> {
+        struct Bytes<const N: usize>;
+        impl<'de, const N: usize> Visitor<'de> for Bytes<N> {
+            type Value = Box<[u8; N]>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{N} bytes")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Box::new([0u8; N]);
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte =
+                        seq.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_tuple(N, Bytes::<N>)
+    }
+}
+
+macro_rules! kem_bytes {
+    ($(#[$doc:meta])* $name:ident, $len:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub struct $name(
+            #[serde(
+                serialize_with = "fixed_bytes::serialize",
+                deserialize_with = "fixed_bytes::deserialize"
+            )]
+            pub Box<[u8; $len]>,
+        );
+
+        impl $name {
+            /// Length in bytes.
+            pub const LEN: usize = $len;
+        }
+
+        /// Prints the first bytes only, so logs stay short.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "("))?;
+                write_hex(f, &self.0[..4])?;
+                write!(f, "…)")
+            }
+        }
+    };
+}
+
+kem_bytes!(
+    /// An ML-KEM-768 encapsulation key (FIPS 203: 1,184 bytes) as it travels on the wire. Its
+    /// coefficients are checked (FIPS 203 §7.2) by `kith-core` before any encapsulation.
+    KemPublicKey,
+    1184
+);
+
+kem_bytes!(
+    /// An ML-KEM-768 ciphertext (FIPS 203: 1,088 bytes) as it travels on the wire.
+    KemCiphertext,
+    1088
+);
+
 /// A millisecond timestamp since the Unix epoch, as chosen by the party that wrote it.
 pub type UnixMillis = u64;
 

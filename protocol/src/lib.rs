@@ -5,12 +5,13 @@
 //!
 //! ```text
 //!  Content (plaintext)  --kith-core seals-->  Envelope { id, sender, recipient, kind }
-//!                                               kind = PreKey (X3DH header + ratchet msg)
+//!                                               kind = PqPreKey (PQXDH header + ratchet msg)
+//!                                                    | PreKey (X3DH, read for old sessions)
 //!                                                    | Ratchet (header + ciphertext)
 //!                                                    | Group (sender-key message)
 //!  EnvelopeBatch  --/kith/envelope/1--> peer --DeliveryAcks--> (one ack per envelope)
 //!                 --/kith/mailbox/1-->  relay (Deposit / Fetch / Ack / Push)
-//!  PreKeyBundle   <--/kith/prekey/1--   peer or relay
+//!  PreKeyBundle   <--/kith/prekey/1--   peer or relay (PQXDH: with an ML-KEM prekey)
 //!  sealed chunks  <--/kith/media/1-->   peer or relay
 //! ```
 //!
@@ -47,8 +48,8 @@ pub mod prekey;
 
 pub use codec::{DecodeError, EncodeError, Frame, Invalid, WIRE_VERSION, decode, encode};
 pub use ids::{
-    ChangeHash, ChunkHash, DhPublicKey, GroupId, GroupTag, MediaId, MessageId, Signature,
-    UnixMillis, UserId,
+    ChangeHash, ChunkHash, DhPublicKey, GroupId, GroupTag, KemCiphertext, KemPublicKey, MediaId,
+    MessageId, Signature, UnixMillis, UserId,
 };
 /// Owned bytes, as byte-list fields of frames carry them (e.g. the envelopes of a
 /// [`direct::EnvelopeBatch`]).

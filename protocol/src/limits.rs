@@ -8,8 +8,9 @@
 pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
 
 /// Largest encoded plaintext [`Content`](crate::content::Content): an envelope minus room for
-/// the AEAD tag, ratchet header, X3DH header and envelope fields.
-pub const MAX_CONTENT_BYTES: usize = MAX_ENVELOPE_BYTES - 1024;
+/// the AEAD tag, ratchet header, PQXDH header (its KEM ciphertext is 1,088 bytes) and envelope
+/// fields.
+pub const MAX_CONTENT_BYTES: usize = MAX_ENVELOPE_BYTES - 3 * 1024;
 
 /// Longest text body or edit, in UTF-8 bytes (Signal allows 64 KiB "long text" messages too).
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -63,6 +64,9 @@ pub const MAX_SYNC_HEADS: usize = 64;
 /// Most one-time prekeys uploaded to a relay in one frame.
 pub const MAX_PREKEYS_PER_UPLOAD: usize = 200;
 
+/// Most one-time KEM prekeys uploaded to a relay in one frame (each is 1.2 KiB).
+pub const MAX_KEM_PREKEYS_PER_UPLOAD: usize = 100;
+
 /// Most relay addresses a user advertises.
 pub const MAX_RELAY_ADDRS: usize = 8;
 
@@ -82,8 +86,9 @@ pub const MAX_MAILBOX_ACK_IDS: usize = 512;
 /// Largest mailbox frame: a batch is cut short before it reaches this many bytes.
 pub const MAX_MAILBOX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Largest prekey protocol frame (an upload of [`MAX_PREKEYS_PER_UPLOAD`] keys fits).
-pub const MAX_PREKEY_FRAME_BYTES: usize = 16 * 1024;
+/// Largest prekey protocol frame: an upload of [`MAX_PREKEYS_PER_UPLOAD`] classical keys (37
+/// bytes each) and [`MAX_KEM_PREKEYS_PER_UPLOAD`] KEM prekeys (1,263 bytes each) fits.
+pub const MAX_PREKEY_FRAME_BYTES: usize = 160 * 1024;
 
 /// Most envelopes in one direct-delivery request (`/kith/envelope/1`): what a sender has ready
 /// at once travels on one stream with one answer, instead of a stream, a timer and an answer

@@ -53,6 +53,7 @@ fn decode_all(bytes: &[u8]) {
     one::<PreKeyResponse>(bytes);
     one::<UserRecord>(bytes);
     one::<UserRecordV2>(bytes);
+    one::<UserRecordV3>(bytes);
     one::<MailboxRequest>(bytes);
     one::<MailboxResponse>(bytes);
     one::<MediaRequest>(bytes);
@@ -302,7 +303,8 @@ fn media_manifest_hash_count_must_match_size() {
 
 #[test]
 fn max_size_content_fits_an_envelope() {
-    // The largest text, sealed, plus the largest X3DH header must still be a valid envelope.
+    // The largest text, sealed, plus the largest PQXDH header must still be a valid envelope;
+    // and so must the largest content the limits allow.
     let content = Content {
         sent_at: u64::MAX,
         body: Body::Text(Text {
@@ -315,12 +317,14 @@ fn max_size_content_fits_an_envelope() {
         id: MessageId([0; 16]),
         sender: UserId([0; 32]),
         recipient: UserId([0; 32]),
-        kind: EnvelopeKind::PreKey(PreKeyMessage {
+        kind: EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
             identity_dh_key: DhPublicKey([0; 32]),
             identity_dh_signature: Signature([0; 64]),
             base_key: DhPublicKey([0; 32]),
             signed_prekey_id: u32::MAX,
             one_time_prekey_id: Some(u32::MAX),
+            kem_prekey_id: u32::MAX,
+            kem_ciphertext: KemCiphertext(Box::new([0xff; KemCiphertext::LEN])),
             message: RatchetMessage {
                 header: RatchetHeader {
                     ratchet_key: DhPublicKey([0; 32]),
@@ -329,9 +333,14 @@ fn max_size_content_fits_an_envelope() {
                 },
                 ciphertext: vec![0; plain.len() + TAG_BYTES],
             },
-        }),
+        })),
     };
     codec::encode(&env).unwrap();
+    let mut largest = env;
+    if let EnvelopeKind::PqPreKey(m) = &mut largest.kind {
+        m.message.ciphertext = vec![0; MAX_CIPHERTEXT_BYTES];
+    }
+    codec::encode(&largest).unwrap();
 }
 
 /// Golden vectors: the exact bytes of fixed frames. If one of these changes, the wire format
@@ -504,6 +513,125 @@ fn golden_vectors() {
     for (name, bytes, expected) in cases {
         assert_eq!(hex::encode(&bytes), expected, "{name}");
     }
+}
+
+/// Golden vectors of the PQXDH frames (version 2 of the prekey protocol): the first message of
+/// a session and a bundle. Their KEM fields are long, so the expected hex is built from runs.
+#[test]
+fn pqxdh_golden_vectors() {
+    let run = |byte: &str, n: usize| byte.repeat(n);
+    let envelope = Envelope {
+        id: MessageId([0x11; 16]),
+        sender: UserId([0x22; 32]),
+        recipient: UserId([0x33; 32]),
+        kind: EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
+            identity_dh_key: DhPublicKey([0x44; 32]),
+            identity_dh_signature: Signature([0x45; 64]),
+            base_key: DhPublicKey([0x46; 32]),
+            signed_prekey_id: 1,
+            one_time_prekey_id: Some(2),
+            kem_prekey_id: 3,
+            kem_ciphertext: KemCiphertext(Box::new([0x77; KemCiphertext::LEN])),
+            message: RatchetMessage {
+                header: RatchetHeader {
+                    ratchet_key: DhPublicKey([0x48; 32]),
+                    previous_chain_length: 0,
+                    counter: 300,
+                },
+                ciphertext: vec![0x55; 16],
+            },
+        })),
+    };
+    // version, id, sender, recipient, variant 3 (PqPreKey), identity key, its signature, base
+    // key, signed prekey id, Some(one-time id), KEM prekey id, 1,088 ciphertext bytes with no
+    // length prefix, ratchet header (key, pn, n = 300 as varint ac02), ciphertext.
+    let expected = [
+        "01".to_string(),
+        run("11", 16),
+        run("22", 32),
+        run("33", 32),
+        "03".into(),
+        run("44", 32),
+        run("45", 64),
+        run("46", 32),
+        "01".into(),
+        "0102".into(),
+        "03".into(),
+        run("77", KemCiphertext::LEN),
+        run("48", 32),
+        "00".into(),
+        "ac02".into(),
+        "10".into(),
+        run("55", 16),
+    ]
+    .concat();
+    assert_eq!(hex::encode(codec::encode(&envelope).unwrap()), expected, "envelope/pq-prekey");
+
+    let bundle = PreKeyResponse::Bundle(Box::new(PreKeyBundle {
+        identity: IdentityBinding {
+            user: UserId([0x01; 32]),
+            dh_key: DhPublicKey([0x02; 32]),
+            signature: Signature([0x03; 64]),
+        },
+        signed_prekey: SignedPreKeyPublic {
+            id: 4,
+            key: DhPublicKey([0x05; 32]),
+            created_at: 6,
+            signature: Signature([0x07; 64]),
+        },
+        one_time_prekey: None,
+        kem_prekey: KemPreKeyPublic {
+            id: 8,
+            key: KemPublicKey(Box::new([0x09; KemPublicKey::LEN])),
+            kind: KemPreKeyKind::OneTime,
+            created_at: 10,
+            signature: Signature([0x0b; 64]),
+        },
+    }));
+    // version, variant 4 (Bundle; 0 stays the classical bundle), identity binding, signed
+    // prekey, None, KEM prekey (id, 1,184 key bytes, kind 1 = OneTime, date, signature).
+    let expected = [
+        "01".to_string(),
+        "04".into(),
+        run("01", 32),
+        run("02", 32),
+        run("03", 64),
+        "04".into(),
+        run("05", 32),
+        "06".into(),
+        run("07", 64),
+        "00".into(),
+        "08".into(),
+        run("09", KemPublicKey::LEN),
+        "01".into(),
+        "0a".into(),
+        run("0b", 64),
+    ]
+    .concat();
+    assert_eq!(hex::encode(codec::encode(&bundle).unwrap()), expected, "prekey/bundle");
+
+    // Version-1 frames still decode: a classical bundle is variant 0, as it always was.
+    let classical = PreKeyResponse::ClassicalBundle(Box::new(ClassicalPreKeyBundle {
+        identity: IdentityBinding {
+            user: UserId([0x01; 32]),
+            dh_key: DhPublicKey([0x02; 32]),
+            signature: Signature([0x03; 64]),
+        },
+        signed_prekey: SignedPreKeyPublic {
+            id: 4,
+            key: DhPublicKey([0x05; 32]),
+            created_at: 6,
+            signature: Signature([0x07; 64]),
+        },
+        one_time_prekey: None,
+    }));
+    let bytes = codec::encode(&classical).unwrap();
+    assert_eq!(&hex::encode(&bytes)[..4], "0100");
+    assert_eq!(codec::decode::<PreKeyResponse>(&bytes).unwrap(), classical);
+    // A KEM key or ciphertext one byte short is a decode error, never a panic.
+    let mut short = codec::encode(&envelope).unwrap();
+    short.truncate(short.len() - 1);
+    assert!(codec::decode::<Envelope>(&short).is_err());
 }
 
 #[test]

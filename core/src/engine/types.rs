@@ -48,6 +48,10 @@ pub enum FetchError {
     /// The user (or relay) has no bundle.
     #[error("no prekey bundle available")]
     NotFound,
+    /// The user published only classical (pre-PQXDH) prekeys: no session is started with
+    /// them (no silent downgrade).
+    #[error("the user published no post-quantum prekeys")]
+    Classical,
 }
 
 /// An input from the driver (network, timers).
@@ -648,6 +652,10 @@ pub enum ReceiveError {
     /// A kind of message this build does not handle.
     #[error("unsupported message kind")]
     Unsupported,
+    /// A classical X3DH initial message for a new session: Kith sets up sessions with PQXDH
+    /// only (no silent downgrade to a handshake a quantum computer could later break).
+    #[error("a classical (X3DH) session was refused: Kith requires PQXDH")]
+    ClassicalHandshake,
     /// A group message for a group we are not in.
     #[error("unknown group")]
     UnknownGroup,
@@ -681,7 +689,7 @@ impl ReceiveError {
             Self::IdentityChanged => RejectReason::IdentityChanged,
             Self::Blocked => RejectReason::Blocked,
             Self::NoSession => RejectReason::NoSession,
-            Self::Unsupported => RejectReason::Unsupported,
+            Self::Unsupported | Self::ClassicalHandshake => RejectReason::Unsupported,
             Self::UnknownGroup => RejectReason::WrongRecipient,
             Self::NotAMember => RejectReason::Blocked,
             Self::Replay | Self::Group(GroupDecryptError::Duplicate { .. }) => {

@@ -16,8 +16,8 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | meta | `layout`, `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next`, `seen-cursor` | [`STORE_LAYOUT`], identity, name, counters, where pruning of seen ids resumes |
-//! | prekeys | `s` ‖ id / `o` ‖ id | signed / one-time prekey record |
+//! | meta | `layout`, `identity`, `profile`, `seq`, `spk-next`, `spk-current`, `opk-next`, `kem-next`, `kem-current`, `seen-cursor` | [`STORE_LAYOUT`], identity, name, counters, the last-resort KEM prekey's id, where pruning of seen ids resumes |
+//! | prekeys | `s` ‖ id / `o` ‖ id / `k` ‖ id | signed / one-time / KEM (last-resort and one-time) prekey record |
 //! | sessions | user | all sessions with that peer |
 //! | contacts | user | contact |
 //! | messages | user or group ‖ seq | message record (a conversation is one key range) |
@@ -67,9 +67,9 @@ pub(crate) use records::MessageIndexRecord;
 pub(crate) use records::{ExpiringRecord, TimerRecord};
 use records::{
     GroupChangeRecord, GroupInvitationRecord, GroupOrphanRecord, GroupRecord, IdentityRecord,
-    MemberChainsRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord, OwnChainRecord,
-    PeerSessionsRecord, PendingGroupRecord, Record, SignedPreKeyRecord, WaitingKeyRecord, decode,
-    encode,
+    KemPreKeyRecord, MemberChainsRecord, MessageRecord, OneTimePreKeyRecord, OutboxRecord,
+    OwnChainRecord, PeerSessionsRecord, PendingGroupRecord, Record, SignedPreKeyRecord,
+    WaitingKeyRecord, decode, encode,
 };
 use sealed::Pseudonyms;
 pub use sealed::{DatabaseKey, SEALED_OVERHEAD, SealedBackend};
@@ -89,6 +89,8 @@ const META_SEQ: &[u8] = b"seq";
 const META_SPK_NEXT: &[u8] = b"spk-next";
 const META_SPK_CURRENT: &[u8] = b"spk-current";
 const META_OPK_NEXT: &[u8] = b"opk-next";
+const META_KEM_NEXT: &[u8] = b"kem-next";
+const META_KEM_CURRENT: &[u8] = b"kem-current";
 const META_PROFILE: &[u8] = b"profile";
 const META_LAYOUT: &[u8] = b"layout";
 const META_SEEN_CURSOR: &[u8] = b"seen-cursor";
@@ -111,6 +113,12 @@ fn spk_key(id: u32) -> [u8; 5] {
 
 fn opk_key(id: u32) -> [u8; 5] {
     let mut k = [b'o', 0, 0, 0, 0];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn kem_key(id: u32) -> [u8; 5] {
+    let mut k = [b'k', 0, 0, 0, 0];
     k[1..].copy_from_slice(&id.to_be_bytes());
     k
 }
@@ -294,6 +302,22 @@ impl Batch {
 
     pub(crate) fn delete_one_time_prekey(&mut self, id: u32) {
         self.delete(Tree::PreKeys, &opk_key(id));
+    }
+
+    /// Stores a KEM prekey; a last-resort one becomes the current one.
+    pub(crate) fn put_kem_prekey(&mut self, record: &KemPreKeyRecord) {
+        self.put(Tree::PreKeys, &kem_key(record.id()), record);
+        if record.kind() == kith_protocol::prekey::KemPreKeyKind::LastResort {
+            self.put_raw(Tree::Meta, META_KEM_CURRENT, record.id().to_be_bytes().to_vec());
+        }
+    }
+
+    pub(crate) fn put_next_kem_prekey_id(&mut self, next: u32) {
+        self.put_raw(Tree::Meta, META_KEM_NEXT, next.to_be_bytes().to_vec());
+    }
+
+    pub(crate) fn delete_kem_prekey(&mut self, id: u32) {
+        self.delete(Tree::PreKeys, &kem_key(id));
     }
 
     pub(crate) fn put_sessions(&mut self, peer: &UserId, sessions: &PeerSessions) {
@@ -876,6 +900,41 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<OneTimePreKeyRecord>, StoreError> {
         self.range(Tree::PreKeys, b"o", b"p", false, limit)?
+            .into_iter()
+            .map(|(_, v)| decode(&v))
+            .collect()
+    }
+
+    /// The id the next KEM prekey gets.
+    pub(crate) fn next_kem_prekey_id(&self) -> Result<u32, StoreError> {
+        Ok(self.meta_u32(META_KEM_NEXT)?.unwrap_or(1))
+    }
+
+    /// The current last-resort KEM prekey.
+    pub(crate) fn current_kem_prekey(&self) -> Result<Option<KemPreKeyRecord>, StoreError> {
+        match self.meta_u32(META_KEM_CURRENT)? {
+            Some(id) => self.kem_prekey(id),
+            None => Ok(None),
+        }
+    }
+
+    /// A KEM prekey (last-resort or one-time) by id.
+    pub(crate) fn kem_prekey(&self, id: u32) -> Result<Option<KemPreKeyRecord>, StoreError> {
+        self.get(Tree::PreKeys, &kem_key(id))
+    }
+
+    /// The KEM prekey with the lowest id at or above `id`.
+    pub(crate) fn kem_prekey_from(&self, id: u32) -> Result<Option<KemPreKeyRecord>, StoreError> {
+        let start = kem_key(id);
+        Ok(match self.range(Tree::PreKeys, &start, b"l", false, 1)?.into_iter().next() {
+            Some((_, v)) => Some(decode(&v)?),
+            None => None,
+        })
+    }
+
+    /// Every stored KEM prekey, lowest id first.
+    pub(crate) fn kem_prekeys(&self) -> Result<Vec<KemPreKeyRecord>, StoreError> {
+        self.range(Tree::PreKeys, b"k", b"l", false, usize::MAX)?
             .into_iter()
             .map(|(_, v)| decode(&v))
             .collect()

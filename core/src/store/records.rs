@@ -3,75 +3,101 @@
 //! survives refactors of the live types (a new field means a new `V2`, read alongside `V1`).
 
 use kith_protocol::content::{GroupControl, SenderKeyDistribution};
-use kith_protocol::prekey::IdentityBinding;
-use kith_protocol::{DhPublicKey, GroupId, MessageId, Signature, UnixMillis, UserId};
+use kith_protocol::prekey::{IdentityBinding, KemPreKeyKind};
+use kith_protocol::{
+    DhPublicKey, GroupId, KemCiphertext, MessageId, Signature, UnixMillis, UserId,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
+use crate::crypto::KemKeyPair;
 use crate::crypto::SigningKeyPair;
 use crate::crypto::{DhKeyPair, SecretBytes};
 use crate::group::sender_key::{MemberChains, OwnChain, PeerChain, SkippedGroupKey};
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::model::{Direction, MemberReceipt, MessageReaction, MessageStatus};
-use crate::prekeys::{OneTimePreKey, SignedPreKey};
+use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey};
 use crate::ratchet::keys::{ChainKey, MessageKey, RootKey};
 use crate::ratchet::skipped::{SkippedKey, SkippedKeys};
 use crate::ratchet::{Ratchet, ReceivingChain, SendingChain};
 use crate::session::{PeerSessions, PendingPreKey, Session};
 
-/// A record type and its name in errors.
-pub(crate) trait Record: Serialize + DeserializeOwned {
+/// A record type and its name in errors. A record is written with the newest version tag it
+/// has; a record type at version 2 still reads its version-1 shape (`Legacy`) and converts it.
+pub(crate) trait Record: Serialize + DeserializeOwned + From<Self::Legacy> {
     const NAME: &'static str;
+    /// The version written: 1 or 2.
+    const VERSION: u8;
+    /// The version-1 shape (the type itself for records still at version 1).
+    type Legacy: DeserializeOwned;
 }
 
 #[derive(Serialize)]
 enum VersionedRef<'a, T> {
     V1(&'a T),
+    V2(&'a T),
 }
 
 #[derive(Deserialize)]
-enum Versioned<T> {
-    V1(T),
+enum Versioned<T, L> {
+    V1(L),
+    V2(T),
 }
 
 pub(crate) fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(&VersionedRef::V1(record))
-        .map_err(|_| StoreError::Encode { record: T::NAME })
+    let tagged = if T::VERSION == 2 { VersionedRef::V2(record) } else { VersionedRef::V1(record) };
+    postcard::to_allocvec(&tagged).map_err(|_| StoreError::Encode { record: T::NAME })
 }
 
 pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
-    match postcard::from_bytes::<Versioned<T>>(bytes) {
-        Ok(Versioned::V1(record)) => Ok(record),
-        Err(_) => Err(StoreError::Corrupt { record: T::NAME }),
+    match postcard::from_bytes::<Versioned<T, T::Legacy>>(bytes) {
+        Ok(Versioned::V1(legacy)) => Ok(legacy.into()),
+        Ok(Versioned::V2(record)) if T::VERSION == 2 => Ok(record),
+        _ => Err(StoreError::Corrupt { record: T::NAME }),
     }
 }
 
 macro_rules! record {
-    ($($t:ty => $name:literal),* $(,)?) => {$(
-        impl Record for $t { const NAME: &'static str = $name; }
+    ($($t:ty => $name:literal $(, legacy $legacy:ty)?);* $(;)?) => {$(
+        record!(@one $t, $name $(, $legacy)?);
     )*};
+    (@one $t:ty, $name:literal) => {
+        impl Record for $t {
+            const NAME: &'static str = $name;
+            const VERSION: u8 = 1;
+            type Legacy = $t;
+        }
+    };
+    (@one $t:ty, $name:literal, $legacy:ty) => {
+        impl Record for $t {
+            const NAME: &'static str = $name;
+            const VERSION: u8 = 2;
+            type Legacy = $legacy;
+        }
+    };
 }
 
 record! {
-    SessionRecord => "session",
-    IdentityRecord => "identity",
-    SignedPreKeyRecord => "signed prekey",
-    OneTimePreKeyRecord => "one-time prekey",
-    PeerSessionsRecord => "sessions",
-    crate::model::Contact => "contact",
-    MessageRecord => "message",
-    OutboxRecord => "outbox",
-    MessageIndexRecord => "message index",
-    GroupRecord => "group",
-    GroupChangeRecord => "group change",
-    GroupOrphanRecord => "waiting group change",
-    WaitingKeyRecord => "waiting sender key",
-    OwnChainRecord => "own sender key",
-    MemberChainsRecord => "sender keys",
-    PendingGroupRecord => "pending group message",
-    GroupInvitationRecord => "group invitation",
-    TimerRecord => "disappearing-message timer",
-    ExpiringRecord => "disappearing message",
+    SessionRecord => "session", legacy SessionRecordV1;
+    IdentityRecord => "identity";
+    SignedPreKeyRecord => "signed prekey";
+    OneTimePreKeyRecord => "one-time prekey";
+    KemPreKeyRecord => "KEM prekey";
+    PeerSessionsRecord => "sessions", legacy PeerSessionsRecordV1;
+    crate::model::Contact => "contact";
+    MessageRecord => "message";
+    OutboxRecord => "outbox";
+    MessageIndexRecord => "message index";
+    GroupRecord => "group";
+    GroupChangeRecord => "group change";
+    GroupOrphanRecord => "waiting group change";
+    WaitingKeyRecord => "waiting sender key";
+    OwnChainRecord => "own sender key";
+    MemberChainsRecord => "sender keys";
+    PendingGroupRecord => "pending group message";
+    GroupInvitationRecord => "group invitation";
+    TimerRecord => "disappearing-message timer";
+    ExpiringRecord => "disappearing message";
 }
 
 /// A conversation's disappearing-message timer.
@@ -322,6 +348,58 @@ impl OneTimePreKeyRecord {
     }
 }
 
+/// A KEM prekey: its seed halves (the public key is recomputed from them on load) and, for a
+/// one-time one, when it was handed out.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KemPreKeyRecord {
+    id: u32,
+    kind: KemPreKeyKind,
+    seed_d: SecretBytes,
+    seed_z: SecretBytes,
+    created_at: UnixMillis,
+    signature: Signature,
+    /// When a one-time key was handed out in a bundle (at most once).
+    pub(crate) handed_out_at: Option<UnixMillis>,
+}
+
+impl KemPreKeyRecord {
+    pub(crate) fn new(key: &KemPreKey) -> Self {
+        let (seed_d, seed_z) = key.pair.seed();
+        Self {
+            id: key.id,
+            kind: key.kind,
+            seed_d,
+            seed_z,
+            created_at: key.created_at,
+            signature: key.signature,
+            handed_out_at: None,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub(crate) fn kind(&self) -> KemPreKeyKind {
+        self.kind
+    }
+
+    pub(crate) fn created_at(&self) -> UnixMillis {
+        self.created_at
+    }
+
+    /// The key with its secret (expands the seed: tens of microseconds).
+    pub(crate) fn to_key(&self) -> KemPreKey {
+        KemPreKey {
+            id: self.id,
+            pair: KemKeyPair::from_seed(&self.seed_d, &self.seed_z),
+            kind: self.kind,
+            created_at: self.created_at,
+            signature: self.signature,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct RatchetRecord {
     root: SecretBytes,
@@ -391,15 +469,54 @@ impl From<RatchetRecord> for Ratchet {
     }
 }
 
+/// A session (version 2: PQXDH, with the pending KEM ciphertext).
 #[derive(Serialize, Deserialize)]
-struct SessionRecord {
+pub(crate) struct SessionRecord {
     peer: IdentityBinding,
     #[serde(with = "serde_big_array")]
-    associated: [u8; crate::x3dh::ASSOCIATED_DATA_LEN],
+    associated: [u8; crate::pqxdh::ASSOCIATED_DATA_LEN],
+    base_key: DhPublicKey,
+    post_quantum: bool,
+    handshake: Option<[u8; 32]>,
+    pending_prekey: Option<PendingPreKeyRecord>,
+    created_at: UnixMillis,
+    ratchet: RatchetRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingPreKeyRecord {
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+    kem: Option<(u32, KemCiphertext)>,
+}
+
+/// A version-1 session: classical X3DH.
+#[derive(Deserialize)]
+pub(crate) struct SessionRecordV1 {
+    peer: IdentityBinding,
+    #[serde(with = "serde_big_array")]
+    associated: [u8; crate::pqxdh::ASSOCIATED_DATA_LEN],
     base_key: DhPublicKey,
     pending_prekey: Option<(u32, Option<u32>)>,
     created_at: UnixMillis,
     ratchet: RatchetRecord,
+}
+
+impl From<SessionRecordV1> for SessionRecord {
+    fn from(v1: SessionRecordV1) -> Self {
+        Self {
+            peer: v1.peer,
+            associated: v1.associated,
+            base_key: v1.base_key,
+            post_quantum: false,
+            handshake: None,
+            pending_prekey: v1.pending_prekey.map(|(signed_prekey_id, one_time_prekey_id)| {
+                PendingPreKeyRecord { signed_prekey_id, one_time_prekey_id, kem: None }
+            }),
+            created_at: v1.created_at,
+            ratchet: v1.ratchet,
+        }
+    }
 }
 
 /// `[u8; 128]` as a postcard tuple (serde derives arrays only up to 32).
@@ -408,7 +525,7 @@ mod serde_big_array {
     use serde::ser::SerializeTuple;
     use serde::{Deserializer, Serializer};
 
-    const N: usize = crate::x3dh::ASSOCIATED_DATA_LEN;
+    const N: usize = crate::pqxdh::ASSOCIATED_DATA_LEN;
 
     pub(super) fn serialize<S: Serializer>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         let mut t = s.serialize_tuple(N)?;
@@ -441,7 +558,13 @@ impl From<&Session> for SessionRecord {
             peer: s.peer.binding(),
             associated: s.associated,
             base_key: s.base_key,
-            pending_prekey: s.pending_prekey.map(|p| (p.signed_prekey_id, p.one_time_prekey_id)),
+            post_quantum: s.post_quantum,
+            handshake: s.handshake,
+            pending_prekey: s.pending_prekey.as_ref().map(|p| PendingPreKeyRecord {
+                signed_prekey_id: p.signed_prekey_id,
+                one_time_prekey_id: p.one_time_prekey_id,
+                kem: p.kem.clone(),
+            }),
             created_at: s.created_at,
             ratchet: RatchetRecord::from(&s.ratchet),
         }
@@ -457,8 +580,12 @@ impl SessionRecord {
             peer: PublicIdentity { user: b.user, dh_key: b.dh_key, signature: b.signature },
             associated: self.associated,
             base_key: self.base_key,
-            pending_prekey: self.pending_prekey.map(|(signed_prekey_id, one_time_prekey_id)| {
-                PendingPreKey { signed_prekey_id, one_time_prekey_id }
+            post_quantum: self.post_quantum,
+            handshake: self.handshake,
+            pending_prekey: self.pending_prekey.map(|p| PendingPreKey {
+                signed_prekey_id: p.signed_prekey_id,
+                one_time_prekey_id: p.one_time_prekey_id,
+                kem: p.kem,
             }),
             created_at: self.created_at,
         }
@@ -470,6 +597,22 @@ impl SessionRecord {
 pub(crate) struct PeerSessionsRecord {
     current: Option<SessionRecord>,
     previous: Vec<SessionRecord>,
+}
+
+/// All sessions with one peer, version 1 (classical sessions).
+#[derive(Deserialize)]
+pub(crate) struct PeerSessionsRecordV1 {
+    current: Option<SessionRecordV1>,
+    previous: Vec<SessionRecordV1>,
+}
+
+impl From<PeerSessionsRecordV1> for PeerSessionsRecord {
+    fn from(v1: PeerSessionsRecordV1) -> Self {
+        Self {
+            current: v1.current.map(SessionRecord::from),
+            previous: v1.previous.into_iter().map(SessionRecord::from).collect(),
+        }
+    }
 }
 
 impl From<&PeerSessions> for PeerSessionsRecord {

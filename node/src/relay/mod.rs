@@ -27,13 +27,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use kith_core::identity::user_id_of;
-use kith_core::prekeys::verify_bundle;
+use kith_core::prekeys::{verify_bundle, verify_kem_prekey};
 use kith_core::store::SideStore;
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_ENVELOPE_BYTES, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
 use kith_protocol::mailbox::{DepositResult, MailboxRefusal, MailboxResponse};
 use kith_protocol::media::{MediaRefusal, MediaResponse};
-use kith_protocol::prekey::{PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyUpload};
+use kith_protocol::prekey::{
+    KemPreKeyKind, PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyUpload,
+};
 use kith_protocol::{ChunkHash, MessageId, UnixMillis, UserId};
 use libp2p::PeerId;
 
@@ -41,7 +43,7 @@ pub use metrics::{
     CONNECTION_TIMEOUT as METRICS_CONNECTION_TIMEOUT, MAX_REQUEST_HEAD,
     REQUEST_TIMEOUT as METRICS_REQUEST_TIMEOUT,
 };
-pub use store::{MAX_RELAY_ONE_TIME_PREKEYS, RelayStoreError};
+pub use store::{MAX_RELAY_KEM_ONE_TIME_PREKEYS, MAX_RELAY_ONE_TIME_PREKEYS, RelayStoreError};
 
 use crate::limiter::RateLimiter;
 use blobs::{Admit, BlobStore};
@@ -450,16 +452,28 @@ impl RelayService {
         instant: Instant,
     ) -> PreKeyResponse {
         let user = upload.identity.user;
+        if !is_peer(peer, &user) {
+            return PreKeyResponse::Refused(PreKeyRefusal::Unauthorized);
+        }
+        // Rate-limited before the signature checks, which cost up to a hundred verifications.
+        if !self.upload_limiter.allow(*peer, instant) {
+            return PreKeyResponse::Refused(PreKeyRefusal::RateLimited);
+        }
         let bundle = PreKeyBundle {
             identity: upload.identity,
             signed_prekey: upload.signed_prekey,
             one_time_prekey: None,
+            kem_prekey: upload.kem_last_resort.clone(),
         };
-        if !is_peer(peer, &user) || verify_bundle(&bundle, &user, now).is_err() {
+        // Every KEM prekey is signed by the uploader and of the kind it is uploaded as: a relay
+        // never hands out a key its owner did not make.
+        let valid = verify_bundle(&bundle, &user, now).is_ok()
+            && upload.kem_last_resort.kind == KemPreKeyKind::LastResort
+            && upload.kem_one_time_prekeys.iter().all(|k| {
+                k.kind == KemPreKeyKind::OneTime && verify_kem_prekey(&user, k, now).is_ok()
+            });
+        if !valid {
             return PreKeyResponse::Refused(PreKeyRefusal::Unauthorized);
-        }
-        if !self.upload_limiter.allow(*peer, instant) {
-            return PreKeyResponse::Refused(PreKeyRefusal::RateLimited);
         }
         let known = self.store.stored_prekeys(&user).ok().flatten().is_some();
         if !known && self.store.prekey_users() >= self.config.max_prekey_users {

@@ -28,6 +28,9 @@ use kith_protocol::{MessageId, UnixMillis, UserId};
 /// Most one-time prekeys a relay keeps per user (older ones are dropped first).
 pub const MAX_RELAY_ONE_TIME_PREKEYS: usize = 100;
 
+/// Most one-time KEM prekeys a relay keeps per user (1.2 KiB each; oldest dropped first).
+pub const MAX_RELAY_KEM_ONE_TIME_PREKEYS: usize = 100;
+
 const MAIL: u8 = b'm';
 const IDS: u8 = b'i';
 const EXPIRY: u8 = b'e';
@@ -350,9 +353,17 @@ impl RelayStore {
                     stored.signed_prekey = upload.signed_prekey;
                     stored.identity = upload.identity;
                 }
+                if upload.kem_last_resort.created_at >= stored.kem_last_resort.created_at {
+                    stored.kem_last_resort = upload.kem_last_resort;
+                }
                 for key in upload.one_time_prekeys {
                     if !stored.one_time_prekeys.iter().any(|k| k.id == key.id) {
                         stored.one_time_prekeys.push(key);
+                    }
+                }
+                for key in upload.kem_one_time_prekeys {
+                    if !stored.kem_one_time_prekeys.iter().any(|k| k.id == key.id) {
+                        stored.kem_one_time_prekeys.push(key);
                     }
                 }
                 stored
@@ -368,7 +379,8 @@ impl RelayStore {
         Ok(count)
     }
 
-    /// `user`'s bundle with one one-time prekey, which is deleted (each is handed out once).
+    /// `user`'s bundle with one one-time prekey and one one-time KEM prekey (the last-resort
+    /// one when none is left); the one-time keys are deleted (each is handed out once).
     pub(crate) fn take_bundle(
         &mut self,
         user: &UserId,
@@ -376,13 +388,16 @@ impl RelayStore {
         let Some(mut stored) = self.stored_prekeys(user)? else { return Ok(None) };
         let one_time_prekey: Option<OneTimePreKeyPublic> =
             (!stored.one_time_prekeys.is_empty()).then(|| stored.one_time_prekeys.remove(0));
-        if one_time_prekey.is_some() {
+        let kem_one_time = (!stored.kem_one_time_prekeys.is_empty())
+            .then(|| stored.kem_one_time_prekeys.remove(0));
+        if one_time_prekey.is_some() || kem_one_time.is_some() {
             self.write_prekeys(&self.prekeys.hide(user).0, &stored)?;
         }
         Ok(Some(PreKeyBundle {
             identity: stored.identity,
             signed_prekey: stored.signed_prekey,
             one_time_prekey,
+            kem_prekey: kem_one_time.unwrap_or(stored.kem_last_resort),
         }))
     }
 
@@ -424,6 +439,8 @@ impl RelayStore {
 fn trim_prekeys(mut upload: PreKeyUpload) -> PreKeyUpload {
     let excess = upload.one_time_prekeys.len().saturating_sub(MAX_RELAY_ONE_TIME_PREKEYS);
     upload.one_time_prekeys.drain(..excess);
+    let excess = upload.kem_one_time_prekeys.len().saturating_sub(MAX_RELAY_KEM_ONE_TIME_PREKEYS);
+    upload.kem_one_time_prekeys.drain(..excess);
     upload
 }
 

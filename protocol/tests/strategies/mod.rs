@@ -71,6 +71,24 @@ pub fn envelope() -> impl Strategy<Value = Envelope> {
             })),
         ratchet_message().prop_map(EnvelopeKind::Ratchet),
         group_message().prop_map(EnvelopeKind::Group),
+        (
+            (dh(), signature(), dh()),
+            (any::<u32>(), option::of(any::<u32>()), any::<u32>()),
+            any::<u8>(),
+            ratchet_message()
+        )
+            .prop_map(|((i, s, b), (spk, opk, kem), fill, m)| {
+                EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
+                    identity_dh_key: i,
+                    identity_dh_signature: s,
+                    base_key: b,
+                    signed_prekey_id: spk,
+                    one_time_prekey_id: opk,
+                    kem_prekey_id: kem,
+                    kem_ciphertext: KemCiphertext(Box::new([fill; KemCiphertext::LEN])),
+                    message: m,
+                }))
+            }),
     ];
     (message_id(), user_id(), user_id(), kind).prop_map(|(id, sender, recipient, kind)| Envelope {
         id,
@@ -244,26 +262,60 @@ fn spk() -> impl Strategy<Value = SignedPreKeyPublic> {
 fn opk() -> impl Strategy<Value = OneTimePreKeyPublic> {
     (any::<u32>(), dh()).prop_map(|(id, key)| OneTimePreKeyPublic { id, key })
 }
+fn kem_prekey() -> impl Strategy<Value = KemPreKeyPublic> {
+    (any::<u32>(), any::<u8>(), any::<bool>(), any::<u64>(), signature()).prop_map(
+        |(id, fill, last_resort, created_at, signature)| KemPreKeyPublic {
+            id,
+            key: KemPublicKey(Box::new([fill; KemPublicKey::LEN])),
+            kind: if last_resort { KemPreKeyKind::LastResort } else { KemPreKeyKind::OneTime },
+            created_at,
+            signature,
+        },
+    )
+}
 pub fn bundle() -> impl Strategy<Value = PreKeyBundle> {
-    (binding(), spk(), option::of(opk())).prop_map(|(identity, signed_prekey, one_time_prekey)| {
-        PreKeyBundle { identity, signed_prekey, one_time_prekey }
-    })
+    (binding(), spk(), option::of(opk()), kem_prekey()).prop_map(
+        |(identity, signed_prekey, one_time_prekey, kem_prekey)| PreKeyBundle {
+            identity,
+            signed_prekey,
+            one_time_prekey,
+            kem_prekey,
+        },
+    )
 }
 pub fn prekey_request() -> impl Strategy<Value = PreKeyRequest> {
     prop_oneof![
         user_id().prop_map(|user| PreKeyRequest::Fetch { user }),
         (binding(), spk(), vec(opk(), 0..50)).prop_map(|(identity, signed_prekey, opks)| {
-            PreKeyRequest::Upload(Box::new(PreKeyUpload {
+            PreKeyRequest::ClassicalUpload(Box::new(ClassicalPreKeyUpload {
                 identity,
                 signed_prekey,
                 one_time_prekeys: opks,
             }))
         }),
+        (binding(), spk(), kem_prekey(), vec(opk(), 0..50), vec(kem_prekey(), 0..8)).prop_map(
+            |(identity, signed_prekey, kem_last_resort, opks, kems)| {
+                PreKeyRequest::Upload(Box::new(PreKeyUpload {
+                    identity,
+                    signed_prekey,
+                    kem_last_resort,
+                    one_time_prekeys: opks,
+                    kem_one_time_prekeys: kems,
+                }))
+            }
+        ),
     ]
 }
 pub fn prekey_response() -> impl Strategy<Value = PreKeyResponse> {
     prop_oneof![
         bundle().prop_map(|b| PreKeyResponse::Bundle(Box::new(b))),
+        (binding(), spk(), option::of(opk())).prop_map(|(identity, signed_prekey, opk)| {
+            PreKeyResponse::ClassicalBundle(Box::new(ClassicalPreKeyBundle {
+                identity,
+                signed_prekey,
+                one_time_prekey: opk,
+            }))
+        }),
         Just(PreKeyResponse::NotFound),
         any::<u32>().prop_map(|n| PreKeyResponse::Uploaded { one_time_prekeys: n }),
         prop_oneof![
@@ -271,6 +323,7 @@ pub fn prekey_response() -> impl Strategy<Value = PreKeyResponse> {
             Just(PreKeyRefusal::Unauthorized),
             Just(PreKeyRefusal::NotARelay),
             Just(PreKeyRefusal::QuotaExceeded),
+            Just(PreKeyRefusal::Classical),
         ]
         .prop_map(PreKeyResponse::Refused),
     ]
