@@ -508,3 +508,127 @@ fn a_peer_back_with_the_same_identity_and_no_sessions_is_a_session_reset_not_a_k
         MessageStatus::Delivered | MessageStatus::Read
     ));
 }
+
+/// Issue 20: no silent downgrade. A peer that offers only classical prekeys gets no session
+/// (the queued message fails with the reason), and a classical X3DH initial message that would
+/// set up a new session is refused without storing anything.
+#[test]
+fn classical_peers_are_refused_with_a_reason_in_both_directions() {
+    use kith_protocol::envelope::{Envelope, EnvelopeKind, PreKeyMessage};
+
+    let mut alice = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(5)), 5);
+    let mut bob = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(6)), 6);
+    let (ua, ub) = (alice.user_id(), bob.user_id());
+    // Bob's node is from before PQXDH: his relays and record say so.
+    let id = send(&mut alice, ub, "hello");
+    drain(&mut alice);
+    alice
+        .handle_input(T, Input::PreKeyBundle { user: ub, result: Err(FetchError::Classical) })
+        .unwrap();
+    assert_eq!(
+        alice.message(&id).unwrap().unwrap().status,
+        MessageStatus::Failed(DeliveryFailure::NotPostQuantum)
+    );
+    assert_eq!(alice.outbox_len(), 0);
+    assert!(!alice.has_session(&ub).unwrap());
+
+    // Alice, now with a real PQXDH session to Bob, has her first message rewritten into a
+    // classical one (same keys, KEM ciphertext dropped) by someone on the way.
+    let id = send(&mut alice, ub, "hello again");
+    assert!(drain(&mut alice).iter().any(|o| matches!(o, Output::FetchPreKeys { .. })));
+    bob.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(1) }).unwrap();
+    let bundle = drain(&mut bob)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Reply { reply: Reply::PreKeys(PreKeyResponse::Bundle(b)), .. } => Some(b),
+            _ => None,
+        })
+        .expect("a PQXDH bundle");
+    alice.handle_input(T, Input::PreKeyBundle { user: ub, result: Ok(bundle) }).unwrap();
+    let first = drain(&mut alice)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Deliver(d) if d.id == id => Some(d.envelope),
+            _ => None,
+        })
+        .expect("the first message");
+    let mut envelope: Envelope = kith_protocol::decode(&first).unwrap();
+    let EnvelopeKind::PqPreKey(m) = envelope.kind else { panic!("a PQXDH first message") };
+    envelope.kind = EnvelopeKind::PreKey(PreKeyMessage {
+        identity_dh_key: m.identity_dh_key,
+        identity_dh_signature: m.identity_dh_signature,
+        base_key: m.base_key,
+        signed_prekey_id: m.signed_prekey_id,
+        one_time_prekey_id: m.one_time_prekey_id,
+        message: m.message.clone(),
+    });
+    let accept = |bob: &mut E, bytes: Vec<u8>| -> AckResult {
+        bob.handle_input(
+            T,
+            Input::Envelope { bytes, via: Via::Direct(ua), reply: Some(ReplyToken(9)) },
+        )
+        .unwrap();
+        drain(bob)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+                _ => None,
+            })
+            .expect("an ack")
+    };
+    let before = bob.store().dump().unwrap();
+    let classical = kith_protocol::encode(&envelope).unwrap();
+    assert_eq!(accept(&mut bob, classical), AckResult::Rejected(RejectReason::Unsupported));
+    assert_eq!(ReceiveError::ClassicalHandshake.reject_reason(), RejectReason::Unsupported);
+    assert_eq!(bob.store().dump().unwrap(), before, "nothing stored");
+    // The genuine PQXDH message sets up a post-quantum session.
+    assert_eq!(accept(&mut bob, first), AckResult::Accepted);
+    let sessions = bob.store().sessions(&ua).unwrap();
+    assert!(sessions.current.is_some_and(|s| s.is_post_quantum()));
+}
+
+/// One-time KEM prekeys are handed out once and deleted with the session they create; the
+/// last-resort one serves when none is left and is kept. A replayed first message that names a
+/// consumed one-time KEM prekey finds nothing to decrypt with.
+#[test]
+fn one_time_kem_prekeys_are_used_once_and_the_last_resort_one_stays() {
+    use kith_protocol::prekey::KemPreKeyKind;
+
+    let mut bob = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(7)), 7);
+    let serve = |bob: &mut E| {
+        bob.handle_input(T, Input::PreKeyRequest { reply: ReplyToken(1) }).unwrap();
+        drain(bob)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Reply { reply: Reply::PreKeys(PreKeyResponse::Bundle(b)), .. } => Some(b),
+                _ => None,
+            })
+            .expect("a bundle")
+    };
+    let mut served = std::collections::BTreeSet::new();
+    let batch = crate::prekeys::KEM_ONE_TIME_PREKEY_BATCH as usize;
+    for _ in 0..batch {
+        let bundle = serve(&mut bob);
+        assert_eq!(bundle.kem_prekey.kind, KemPreKeyKind::OneTime);
+        assert!(served.insert(bundle.kem_prekey.id), "a one-time KEM prekey handed out twice");
+    }
+    // All handed out: the last-resort key, the same each time, until upkeep tops up.
+    let last = serve(&mut bob).kem_prekey;
+    assert_eq!(last.kind, KemPreKeyKind::LastResort);
+    assert_eq!(bob.store().current_kem_prekey().unwrap().map(|k| k.id()), Some(last.id));
+
+    // A session set up on a one-time KEM prekey deletes it in the same commit.
+    let mut net = Net::new(2, Faults::NONE, 8);
+    net.introduce_all();
+    let ub = net.nodes[1].user;
+    let kem_ids = |net: &mut Net| -> Vec<u32> {
+        let store = net.engine(1).store();
+        store.kem_prekeys().unwrap().iter().map(|r| r.id()).collect()
+    };
+    let before = kem_ids(&mut net);
+    net.send_text(0, 1, "hi");
+    net.run();
+    let after = kem_ids(&mut net);
+    assert_eq!(before.len(), after.len() + 1, "exactly one KEM prekey consumed");
+    assert!(net.engine(0).has_session(&ub).unwrap());
+}

@@ -776,3 +776,82 @@ pub(crate) fn encode_session(session: &Session) -> Result<Vec<u8>, StoreError> {
 pub(crate) fn decode_session(bytes: &[u8]) -> Result<Session, StoreError> {
     decode::<SessionRecord>(bytes).map(SessionRecord::into_session)
 }
+
+#[cfg(test)]
+mod tests {
+    use kith_protocol::envelope::EnvelopeKind;
+    use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::prekeys::{KemPreKey, verify_bundle};
+
+    /// The version-1 session shape, as nodes before PQXDH wrote it.
+    #[derive(Serialize)]
+    struct SessionV1<'a> {
+        peer: IdentityBinding,
+        #[serde(with = "serde_big_array")]
+        associated: [u8; crate::pqxdh::ASSOCIATED_DATA_LEN],
+        base_key: DhPublicKey,
+        pending_prekey: Option<(u32, Option<u32>)>,
+        created_at: UnixMillis,
+        ratchet: &'a RatchetRecord,
+    }
+
+    #[derive(Serialize)]
+    struct PeerSessionsV1<'a> {
+        current: Option<SessionV1<'a>>,
+        previous: Vec<SessionV1<'a>>,
+    }
+
+    /// Sessions set up with classical X3DH before PQXDH still read from their version-1
+    /// records: marked classical, and an unanswered one still sends its version-1 header (the
+    /// responder accepts it only for the session it already has).
+    #[test]
+    fn version_1_session_records_still_read_as_classical_sessions() {
+        let mut rng = ChaCha20Rng::seed_from_u64(40);
+        let alice = IdentityKeyPair::generate(&mut rng);
+        let bob = IdentityKeyPair::generate(&mut rng);
+        let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
+        let kem = KemPreKey::generate(&bob, 2, KemPreKeyKind::LastResort, 0, &mut rng);
+        let bundle = PreKeyBundle {
+            identity: bob.binding(),
+            signed_prekey: spk.public(),
+            one_time_prekey: None,
+            kem_prekey: kem.public(),
+        };
+        let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
+        let session = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
+        let ratchet = RatchetRecord::from(&session.ratchet);
+        let v1 = PeerSessionsV1 {
+            current: Some(SessionV1 {
+                peer: session.peer.binding(),
+                associated: session.associated,
+                base_key: session.base_key,
+                pending_prekey: Some((1, None)),
+                created_at: 5,
+                ratchet: &ratchet,
+            }),
+            previous: Vec::new(),
+        };
+        let bytes = postcard::to_allocvec(&VersionedRef::V1(&v1)).unwrap();
+        let mut read = PeerSessions::from(decode::<PeerSessionsRecord>(&bytes).unwrap());
+        let old = read.current.as_mut().unwrap();
+        assert!(!old.is_post_quantum());
+        assert_eq!(old.created_at, 5);
+        let kind = old.encrypt(&alice, &kith_protocol::MessageId([1; 16]), b"x", &mut rng).unwrap();
+        assert!(matches!(kind, EnvelopeKind::PreKey(_)), "{kind:?}");
+        // Written back, it is a version-2 record that reads the same.
+        let again = encode(&PeerSessionsRecord::from(&read)).unwrap();
+        assert_eq!(again.first(), Some(&1), "the version-2 tag");
+        let reread = PeerSessions::from(decode::<PeerSessionsRecord>(&again).unwrap());
+        assert!(!reread.current.unwrap().is_post_quantum());
+        // A version-2 tag on a record type still at version 1 is corrupt, not misread.
+        let identity = encode(&IdentityRecord::new(&alice, 0)).unwrap();
+        let mut retagged = identity.clone();
+        retagged[0] = 1;
+        assert!(decode::<IdentityRecord>(&retagged).is_err());
+        assert!(decode::<IdentityRecord>(&identity).is_ok());
+    }
+}
