@@ -312,3 +312,76 @@ fn power_cuts_and_a_full_disk_never_lose_an_acknowledged_deposit() {
     check(&mut relay, &acked, &deposited, &gone);
     assert!(cuts > 100 && failed > 50, "{cuts} cuts, {failed} failed flushes");
 }
+
+/// Issue 20: a relay stores and serves PQXDH prekeys only. It checks every KEM prekey's
+/// signature and kind, hands each one-time key (classical or KEM) out once, then serves the
+/// last-resort KEM key; a bundle it serves verifies for the user.
+#[test]
+fn a_relay_serves_pqxdh_bundles_and_refuses_forged_kem_prekeys() {
+    use kith_core::identity::IdentityKeyPair;
+    use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey};
+    use kith_protocol::prekey::KemPreKeyKind;
+
+    let mut r = relay(RelayConfig::default());
+    let mut rng = rand::rng();
+    let bob = IdentityKeyPair::generate(&mut rng);
+    let peer = bob.libp2p_keypair().public().to_peer_id();
+    let kem = |id, kind| KemPreKey::generate(&bob, id, kind, NOW, &mut rand::rng()).public();
+    let upload = PreKeyUpload {
+        identity: bob.binding(),
+        signed_prekey: SignedPreKey::generate(&bob, 1, NOW, &mut rng).public(),
+        kem_last_resort: kem(1, KemPreKeyKind::LastResort),
+        one_time_prekeys: vec![OneTimePreKey::generate(1, &mut rng).public()],
+        kem_one_time_prekeys: vec![kem(2, KemPreKeyKind::OneTime), kem(3, KemPreKeyKind::OneTime)],
+    };
+    let start = Instant::now();
+    // Forgeries: a one-time KEM key whose signature was changed, one uploaded as another
+    // kind than it was signed as, a last-resort key that is a one-time one.
+    let mut forged = upload.clone();
+    forged.kem_one_time_prekeys[1].key.0[0] ^= 1;
+    let mut relabelled = upload.clone();
+    relabelled.kem_one_time_prekeys[0].kind = KemPreKeyKind::LastResort;
+    let mut wrong_kind = upload.clone();
+    wrong_kind.kem_last_resort = kem(4, KemPreKeyKind::OneTime);
+    for (i, bad) in [forged, relabelled, wrong_kind].into_iter().enumerate() {
+        let instant = start + Duration::from_secs(60 * (i as u64 + 1));
+        assert_eq!(
+            r.service.upload_prekeys(&peer, bad, NOW, instant),
+            PreKeyResponse::Refused(PreKeyRefusal::Unauthorized)
+        );
+    }
+    assert_eq!(r.service.bundle(&bob.user_id()), PreKeyResponse::NotFound, "nothing stored");
+    // Someone else uploading Bob's genuine keys.
+    let mallory = crate::test_support::user();
+    assert_eq!(
+        r.service.upload_prekeys(
+            &mallory.peer,
+            upload.clone(),
+            NOW,
+            start + Duration::from_secs(300)
+        ),
+        PreKeyResponse::Refused(PreKeyRefusal::Unauthorized)
+    );
+    assert_eq!(
+        r.service.upload_prekeys(&peer, upload.clone(), NOW, start + Duration::from_secs(400)),
+        PreKeyResponse::Uploaded { one_time_prekeys: 1 }
+    );
+    let served: Vec<_> = (0..4)
+        .map(|_| match r.service.bundle(&bob.user_id()) {
+            PreKeyResponse::Bundle(b) => {
+                kith_core::prekeys::verify_bundle(&b, &bob.user_id(), NOW).expect("verifies");
+                (b.one_time_prekey.map(|k| k.id), b.kem_prekey.id, b.kem_prekey.kind)
+            }
+            other => panic!("not a bundle: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        served,
+        vec![
+            (Some(1), 2, KemPreKeyKind::OneTime),
+            (None, 3, KemPreKeyKind::OneTime),
+            (None, 1, KemPreKeyKind::LastResort),
+            (None, 1, KemPreKeyKind::LastResort),
+        ]
+    );
+}
