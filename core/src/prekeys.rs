@@ -421,7 +421,8 @@ mod tests {
         );
 
         // Every field of the KEM prekey is signed: key, id, kind, date, signature.
-        let tamper: [(&str, fn(&mut KemPreKeyPublic)); 5] = [
+        type Tamper = (&'static str, fn(&mut KemPreKeyPublic));
+        let tamper: [Tamper; 5] = [
             ("key", |k| k.key.0[100] ^= 1),
             ("id", |k| k.id += 1),
             ("kind", |k| k.kind = KemPreKeyKind::OneTime),

@@ -227,7 +227,7 @@ macro_rules! kem_bytes {
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, concat!(stringify!($name), "("))?;
-                write_hex(f, &self.0[..4])?;
+                write_hex(f, self.0.get(..4).unwrap_or(&[]))?;
                 write!(f, "…)")
             }
         }

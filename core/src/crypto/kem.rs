@@ -47,7 +47,8 @@ impl KemKeyPair {
         let (seed_d, seed_z) = seed.as_mut_slice().split_at_mut(32);
         seed_d.copy_from_slice(d.expose());
         seed_z.copy_from_slice(z.expose());
-        let decapsulation = Box::new(DecapsulationKey::from_seed(seed.clone()));
+        let decapsulation = Box::new(DecapsulationKey::from_seed(seed));
+        // `Seed` is `Copy`: the copy handed over is ml-kem's to drop; ours is wiped here.
         seed.as_mut_slice().zeroize();
         let mut public = Box::new([0u8; KemPublicKey::LEN]);
         public.copy_from_slice(decapsulation.encapsulation_key().to_bytes().as_slice());

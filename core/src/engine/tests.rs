@@ -592,6 +592,8 @@ fn classical_peers_are_refused_with_a_reason_in_both_directions() {
 /// consumed one-time KEM prekey finds nothing to decrypt with.
 #[test]
 fn one_time_kem_prekeys_are_used_once_and_the_last_resort_one_stays() {
+    use std::collections::BTreeSet;
+
     use kith_protocol::prekey::KemPreKeyKind;
 
     let mut bob = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(7)), 7);
@@ -605,7 +607,7 @@ fn one_time_kem_prekeys_are_used_once_and_the_last_resort_one_stays() {
             })
             .expect("a bundle")
     };
-    let mut served = std::collections::BTreeSet::new();
+    let mut served = BTreeSet::new();
     let batch = crate::prekeys::KEM_ONE_TIME_PREKEY_BATCH as usize;
     for _ in 0..batch {
         let bundle = serve(&mut bob);

@@ -840,7 +840,7 @@ mod tests {
         let old = read.current.as_mut().unwrap();
         assert!(!old.is_post_quantum());
         assert_eq!(old.created_at, 5);
-        let kind = old.encrypt(&alice, &kith_protocol::MessageId([1; 16]), b"x", &mut rng).unwrap();
+        let kind = old.encrypt(&alice, &MessageId([1; 16]), b"x", &mut rng).unwrap();
         assert!(matches!(kind, EnvelopeKind::PreKey(_)), "{kind:?}");
         // Written back, it is a version-2 record that reads the same.
         let again = encode(&PeerSessionsRecord::from(&read)).unwrap();

@@ -352,7 +352,7 @@ fn a_relay_serves_pqxdh_bundles_and_refuses_forged_kem_prekeys() {
     }
     assert_eq!(r.service.bundle(&bob.user_id()), PreKeyResponse::NotFound, "nothing stored");
     // Someone else uploading Bob's genuine keys.
-    let mallory = crate::test_support::user();
+    let mallory = user();
     assert_eq!(
         r.service.upload_prekeys(
             &mallory.peer,
@@ -369,7 +369,7 @@ fn a_relay_serves_pqxdh_bundles_and_refuses_forged_kem_prekeys() {
     let served: Vec<_> = (0..4)
         .map(|_| match r.service.bundle(&bob.user_id()) {
             PreKeyResponse::Bundle(b) => {
-                kith_core::prekeys::verify_bundle(&b, &bob.user_id(), NOW).expect("verifies");
+                verify_bundle(&b, &bob.user_id(), NOW).expect("verifies");
                 (b.one_time_prekey.map(|k| k.id), b.kem_prekey.id, b.kem_prekey.kind)
             }
             other => panic!("not a bundle: {other:?}"),
