@@ -145,33 +145,22 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                     sessions.decrypt(&envelope.id, message, now).map_err(ReceiveError::from)
                 }
             }
-            EnvelopeKind::PqPreKey(message) => self
-                .receive_prekey(
-                    now,
-                    &envelope,
-                    &Handshake::post_quantum(message),
-                    &mut contact,
-                    &mut sessions,
-                    &mut batch,
-                )
-                .map(|(plaintext, installed)| {
-                    new_session = installed;
-                    plaintext
-                }),
-            EnvelopeKind::PreKey(message) => self
-                .receive_prekey(
-                    now,
-                    &envelope,
-                    &Handshake::classical(message),
-                    &mut contact,
-                    &mut sessions,
-                    &mut batch,
-                )
-                .map(|(plaintext, installed)| {
-                    new_session = installed;
-                    plaintext
-                }),
-            EnvelopeKind::Group(_) => Err(ReceiveError::Unsupported),
+            kind => match Handshake::of(kind) {
+                Some(handshake) => self
+                    .receive_prekey(
+                        now,
+                        &envelope,
+                        &handshake,
+                        &mut contact,
+                        &mut sessions,
+                        &mut batch,
+                    )
+                    .map(|(plaintext, installed)| {
+                        new_session = installed;
+                        plaintext
+                    }),
+                None => Err(ReceiveError::Unsupported),
+            },
         };
         let plaintext = match decrypted {
             Ok(plaintext) => plaintext,
@@ -480,6 +469,15 @@ struct Handshake<'a> {
 }
 
 impl<'a> Handshake<'a> {
+    /// The initial message an envelope carries, if it carries one.
+    fn of(kind: &'a EnvelopeKind) -> Option<Self> {
+        match kind {
+            EnvelopeKind::PqPreKey(m) => Some(Self::post_quantum(m)),
+            EnvelopeKind::PreKey(m) => Some(Self::classical(m)),
+            EnvelopeKind::Ratchet(_) | EnvelopeKind::Group(_) => None,
+        }
+    }
+
     fn post_quantum(m: &'a PqPreKeyMessage) -> Self {
         Self {
             identity_dh_key: m.identity_dh_key,
