@@ -24,10 +24,11 @@ use criterion::{BatchSize, Criterion};
 use kith_core::hazmat::{KemKeyPair, kem};
 use kith_core::identity::IdentityKeyPair;
 use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, VerifiedBundle, verify_bundle};
-use kith_core::session::Session;
+use kith_core::session::{RatchetPayload, Session};
 use kith_protocol::MessageId;
 use kith_protocol::envelope::{
-    Envelope, EnvelopeKind, PqPreKeyMessage, PreKeyMessage, RatchetMessage,
+    Envelope, EnvelopeKind, PqPreKeyMessage, PreKeyMessage, RatchetHeader, RatchetMessage,
+    SealedRatchetMessage,
 };
 use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 use rand_chacha::ChaCha20Rng;
@@ -73,12 +74,11 @@ fn prekey(kind: EnvelopeKind) -> PqPreKeyMessage {
     }
 }
 
-fn ratchet(kind: EnvelopeKind) -> RatchetMessage {
+fn ratchet(kind: EnvelopeKind) -> SealedRatchetMessage {
     match kind {
         EnvelopeKind::PqPreKey(m) => m.message,
-        EnvelopeKind::PreKey(m) => m.message,
-        EnvelopeKind::Ratchet(m) => m,
-        EnvelopeKind::Group(_) => unreachable!(),
+        EnvelopeKind::SealedRatchet(m) => m,
+        _ => unreachable!("sessions set up with PQXDH encrypt their headers"),
     }
 }
 
@@ -90,7 +90,7 @@ fn kith_pair(s: &mut KithSetup) -> (Session, Session) {
         Session::accept(&s.bob, &s.spk, Some(&s.opk), &s.kem, s.alice.public(), &ID, &first, NOW)
             .unwrap();
     let reply = ratchet(b.encrypt(&s.bob, &ID, b"hi", &mut s.rng).unwrap());
-    a.decrypt(&ID, &reply, NOW).unwrap();
+    a.decrypt(&ID, RatchetPayload::Sealed(&reply), NOW).unwrap();
     (a, b)
 }
 
@@ -200,7 +200,7 @@ fn encrypt_decrypt(c: &mut Criterion, size: usize, label: &str) {
         g.bench_function("kith", |bench| {
             bench.iter_batched(
                 || ratchet(a.encrypt(&s.alice, &ID, &payload, &mut s.rng).unwrap()),
-                |m| black_box(b.decrypt(&ID, &m, NOW).unwrap()),
+                |m| black_box(b.decrypt(&ID, RatchetPayload::Sealed(&m), NOW).unwrap()),
                 BatchSize::SmallInput,
             )
         });
@@ -261,9 +261,9 @@ fn ratchet_step(c: &mut Criterion) {
     g.bench_function("kith", |bench| {
         bench.iter(|| {
             let m = ratchet(a.encrypt(&s.alice, &ID, b"ping", &mut s.rng).unwrap());
-            b.decrypt(&ID, &m, NOW).unwrap();
+            b.decrypt(&ID, RatchetPayload::Sealed(&m), NOW).unwrap();
             let r = ratchet(b.encrypt(&s.bob, &ID, b"pong", &mut s.rng).unwrap());
-            black_box(a.decrypt(&ID, &r, NOW).unwrap())
+            black_box(a.decrypt(&ID, RatchetPayload::Sealed(&r), NOW).unwrap())
         })
     });
     let (mut a, mut b) = olm_pair();
@@ -403,20 +403,32 @@ fn bytes_overhead() {
     let encoded = |kind: EnvelopeKind| kith_protocol::encode(&envelope(kind)).unwrap().len();
     let payload = vec![0u8; 100];
     let pq = prekey(a.encrypt(&s.alice, &ID, &payload, &mut s.rng).unwrap());
-    // The same message with the X3DH header Kith sent before PQXDH.
+    // The same message as Kith sent it before PQXDH and header encryption: the X3DH header
+    // and the ratchet header in the clear (a first message's: counters 0).
+    let plain = RatchetMessage {
+        header: RatchetHeader { ratchet_key: pq.base_key, previous_chain_length: 0, counter: 0 },
+        ciphertext: pq.message.ciphertext.clone(),
+    };
     let classical = EnvelopeKind::PreKey(PreKeyMessage {
         identity_dh_key: pq.identity_dh_key,
         identity_dh_signature: pq.identity_dh_signature,
         base_key: pq.base_key,
         signed_prekey_id: pq.signed_prekey_id,
         one_time_prekey_id: pq.one_time_prekey_id,
-        message: pq.message.clone(),
+        message: plain.clone(),
     });
-    let ratchet_only = EnvelopeKind::Ratchet(pq.message.clone());
-    let (before, after, steady) =
-        (encoded(classical), encoded(EnvelopeKind::PqPreKey(Box::new(pq))), encoded(ratchet_only));
-    println!("\n| envelope with a 100-byte content | X3DH (before) | PQXDH (after) | added |");
+    let (steady_before, steady_after) = (
+        encoded(EnvelopeKind::Ratchet(plain)),
+        encoded(EnvelopeKind::SealedRatchet(pq.message.clone())),
+    );
+    let (before, after) = (encoded(classical), encoded(EnvelopeKind::PqPreKey(Box::new(pq))));
+    println!(
+        "\n| envelope with a 100-byte content | X3DH, plain header (before) | PQXDH, encrypted header (after) | added |"
+    );
     println!("|---|---:|---:|---:|");
     println!("| first messages, until answered | {before} B | {after} B | {} B |", after - before);
-    println!("| every later message | {steady} B | {steady} B | 0 B |");
+    println!(
+        "| every later message | {steady_before} B | {steady_after} B | {} B |",
+        steady_after - steady_before
+    );
 }

@@ -7,7 +7,7 @@
 //! current one and up to [`MAX_PREVIOUS_SESSIONS`] older ones, tries them all on receipt, and
 //! promotes the one that decrypts.
 
-use kith_protocol::envelope::{EnvelopeKind, PqPreKeyMessage, RatchetMessage};
+use kith_protocol::envelope::{EnvelopeKind, PqPreKeyMessage, PreKeyMessage};
 use kith_protocol::{DhPublicKey, KemCiphertext, MessageId, UnixMillis};
 use zeroize::Zeroizing;
 
@@ -16,10 +16,11 @@ pub use crate::pqxdh::HandshakeError;
 use crate::pqxdh::{self, ASSOCIATED_DATA_LEN, AssociatedData, ResponderKeys};
 use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, VerifiedBundle};
 pub use crate::ratchet::{
-    DecryptError, EncryptError, MAX_DH_PER_MESSAGE, MAX_RECEIVING_CHAINS, MAX_SKIP,
-    MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS, MAX_STEPS_PER_MESSAGE,
+    DecryptError, EncryptError, MAX_DH_PER_MESSAGE, MAX_HEADER_KEYS_TRIED, MAX_RECEIVING_CHAINS,
+    MAX_RETIRED_HEADER_KEYS, MAX_SKIP, MAX_SKIPPED_KEY_AGE_MS, MAX_SKIPPED_KEYS,
+    MAX_STEPS_PER_MESSAGE, RatchetPayload,
 };
-use crate::ratchet::{Ratchet, WorkBudget};
+use crate::ratchet::{Encrypted, Ratchet, WorkBudget};
 use crate::store::StoreError;
 
 /// Most superseded sessions kept per peer, to decrypt messages still in flight on them
@@ -89,7 +90,10 @@ pub(crate) fn handshake_digest(m: &PqPreKeyMessage) -> [u8; 32] {
 }
 
 /// `associated ‖ message id`: what every message of a session authenticates besides its header.
-fn message_ad(associated: &AssociatedData, id: &MessageId) -> [u8; ASSOCIATED_DATA_LEN + 16] {
+pub(crate) fn message_ad(
+    associated: &AssociatedData,
+    id: &MessageId,
+) -> [u8; ASSOCIATED_DATA_LEN + 16] {
     let mut ad = [0u8; ASSOCIATED_DATA_LEN + 16];
     ad[..ASSOCIATED_DATA_LEN].copy_from_slice(associated);
     ad[ASSOCIATED_DATA_LEN..].copy_from_slice(&id.0);
@@ -105,7 +109,7 @@ impl Session {
         rng: &mut R,
     ) -> Result<Self, HandshakeError> {
         let init = pqxdh::initiate(ours, bundle, rng)?;
-        let ratchet = Ratchet::initiator(init.shared, bundle.signed_prekey, rng)
+        let ratchet = Ratchet::initiator(&init.shared, bundle.signed_prekey, rng)
             .map_err(|_| crate::crypto::NonContributory)?;
         Ok(Self {
             ratchet,
@@ -148,7 +152,7 @@ impl Session {
             pqxdh::respond(ours, &keys, &theirs, &message.base_key, &message.kem_ciphertext)
                 .map_err(|_| DecryptError::NonContributory)?;
         let mut session = Self {
-            ratchet: Ratchet::responder(shared, signed_prekey.pair.clone()),
+            ratchet: Ratchet::responder(&shared, signed_prekey.pair.clone()),
             peer: theirs,
             associated,
             base_key: message.base_key,
@@ -157,7 +161,7 @@ impl Session {
             pending_prekey: None,
             created_at: now,
         };
-        let plaintext = session.decrypt(id, &message.message, now)?;
+        let plaintext = session.decrypt(id, RatchetPayload::Sealed(&message.message), now)?;
         Ok((session, plaintext))
     }
 
@@ -172,40 +176,46 @@ impl Session {
     ) -> Result<EnvelopeKind, EncryptError> {
         let message = self.ratchet.encrypt(&message_ad(&self.associated, id), plaintext, rng)?;
         let identity = ours.public();
-        Ok(match &self.pending_prekey {
-            Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: Some((id, ct)) }) => {
-                EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
-                    identity_dh_key: identity.dh_key(),
-                    identity_dh_signature: identity.binding().signature,
-                    base_key: self.base_key,
-                    signed_prekey_id: *signed_prekey_id,
-                    one_time_prekey_id: *one_time_prekey_id,
-                    kem_prekey_id: *id,
-                    kem_ciphertext: ct.clone(),
-                    message,
-                }))
-            }
+        Ok(match (&self.pending_prekey, message) {
+            (None, Encrypted::Sealed(message)) => EnvelopeKind::SealedRatchet(message),
+            (None, Encrypted::Plain(message)) => EnvelopeKind::Ratchet(message),
+            (
+                Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: Some((id, ct)) }),
+                Encrypted::Sealed(message),
+            ) => EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
+                identity_dh_key: identity.dh_key(),
+                identity_dh_signature: identity.binding().signature,
+                base_key: self.base_key,
+                signed_prekey_id: *signed_prekey_id,
+                one_time_prekey_id: *one_time_prekey_id,
+                kem_prekey_id: *id,
+                kem_ciphertext: ct.clone(),
+                message,
+            })),
             // A classical session from before PQXDH, still unanswered: its version-1 header.
-            Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: None }) => {
-                EnvelopeKind::PreKey(kith_protocol::envelope::PreKeyMessage {
-                    identity_dh_key: identity.dh_key(),
-                    identity_dh_signature: identity.binding().signature,
-                    base_key: self.base_key,
-                    signed_prekey_id: *signed_prekey_id,
-                    one_time_prekey_id: *one_time_prekey_id,
-                    message,
-                })
-            }
-            None => EnvelopeKind::Ratchet(message),
+            (
+                Some(PendingPreKey { signed_prekey_id, one_time_prekey_id, kem: None }),
+                Encrypted::Plain(message),
+            ) => EnvelopeKind::PreKey(PreKeyMessage {
+                identity_dh_key: identity.dh_key(),
+                identity_dh_signature: identity.binding().signature,
+                base_key: self.base_key,
+                signed_prekey_id: *signed_prekey_id,
+                one_time_prekey_id: *one_time_prekey_id,
+                message,
+            }),
+            // Records are checked on reading: a PQXDH session always has header keys and a
+            // classical one never has.
+            (Some(_), _) => return Err(EncryptError::InconsistentState),
         })
     }
 
-    /// Decrypts message `id` (the ratchet part of a PreKey or Ratchet envelope). On error
+    /// Decrypts message `id` (the ratchet part of an initial or ratchet envelope). On error
     /// nothing changes.
     pub fn decrypt(
         &mut self,
         id: &MessageId,
-        message: &RatchetMessage,
+        message: RatchetPayload<'_>,
         now: UnixMillis,
     ) -> Result<Vec<u8>, DecryptError> {
         self.decrypt_within(id, message, now, &mut WorkBudget::default())
@@ -216,7 +226,7 @@ impl Session {
     pub(crate) fn decrypt_within(
         &mut self,
         id: &MessageId,
-        message: &RatchetMessage,
+        message: RatchetPayload<'_>,
         now: UnixMillis,
         budget: &mut WorkBudget,
     ) -> Result<Vec<u8>, DecryptError> {
@@ -296,7 +306,7 @@ impl PeerSessions {
     pub(crate) fn decrypt(
         &mut self,
         id: &MessageId,
-        message: &RatchetMessage,
+        message: RatchetPayload<'_>,
         now: UnixMillis,
     ) -> Result<Vec<u8>, DecryptError> {
         self.decrypt_within(id, message, now, &mut WorkBudget::default())
@@ -305,7 +315,7 @@ impl PeerSessions {
     fn decrypt_within(
         &mut self,
         id: &MessageId,
-        message: &RatchetMessage,
+        message: RatchetPayload<'_>,
         now: UnixMillis,
         budget: &mut WorkBudget,
     ) -> Result<Vec<u8>, DecryptError> {
@@ -341,6 +351,7 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
+    use crate::crypto::SecretBytes;
     use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
 
     #[test]
@@ -401,30 +412,35 @@ mod tests {
         assert_eq!(restored.pending_prekey, a.pending_prekey);
         assert!(restored.is_post_quantum());
         for i in [0, 1] {
-            assert_eq!(b.decrypt(&ids[i], &prekeys[i].message, 0).unwrap(), b"hi");
+            let message = RatchetPayload::Sealed(&prekeys[i].message);
+            assert_eq!(b.decrypt(&ids[i], message, 0).unwrap(), b"hi");
         }
         // A message decrypted under the wrong id fails (the id is authenticated).
         let reply_id = MessageId([9; 16]);
         let reply = b.encrypt(&bob, &reply_id, b"yo", &mut rng).unwrap();
-        let EnvelopeKind::Ratchet(reply) = reply else {
-            panic!("responder sends plain ratchet messages")
+        let EnvelopeKind::SealedRatchet(reply) = reply else {
+            panic!("responder sends ratchet messages with encrypted headers")
         };
-        assert_eq!(a.decrypt(&MessageId([8; 16]), &reply, 0), Err(DecryptError::Authentication));
-        assert_eq!(a.decrypt(&reply_id, &reply, 0).unwrap(), b"yo");
+        let reply = RatchetPayload::Sealed(&reply);
+        assert_eq!(a.decrypt(&MessageId([8; 16]), reply, 0), Err(DecryptError::Authentication));
+        assert_eq!(a.decrypt(&reply_id, reply, 0).unwrap(), b"yo");
         // Answered: Alice stops sending X3DH headers.
         assert!(matches!(
             a.encrypt(&alice, &MessageId([5; 16]), b"x", &mut rng).unwrap(),
-            EnvelopeKind::Ratchet(_)
+            EnvelopeKind::SealedRatchet(_)
         ));
     }
 
-    /// A forged header that passes the skip checks costs one session's worst case, not one per
-    /// session tried (issue 14: 35 ms per envelope with six sessions before).
+    /// A forged header costs at most one session's worst case, whatever the sessions (issue
+    /// 14: 35 ms per envelope with six sessions before). With header encryption, a header
+    /// forged without the header keys opens in no session and derives nothing; the peer
+    /// itself, who holds them, can aim one session only.
     #[test]
     fn a_forged_header_costs_one_sessions_work_whatever_the_sessions() {
-        use kith_protocol::envelope::RatchetHeader;
+        use kith_protocol::envelope::{RatchetHeader, SealedRatchetMessage};
 
         use crate::crypto::DhKeyPair;
+        use crate::ratchet::keys::HeaderKey;
         use crate::ratchet::{MAX_SKIP, MAX_STEPS_PER_MESSAGE};
 
         let mut rng = ChaCha20Rng::seed_from_u64(32);
@@ -433,6 +449,7 @@ mod tests {
         let spk = SignedPreKey::generate(&bob, 1, 0, &mut rng);
         let kem = KemPreKey::generate(&bob, 1, KemPreKeyKind::LastResort, 0, &mut rng);
         let mut sessions = PeerSessions::default();
+        let mut alices = Vec::new();
         for i in 0..6u8 {
             let bundle = PreKeyBundle {
                 identity: bob.binding(),
@@ -450,45 +467,66 @@ mod tests {
             let (b, _) =
                 Session::accept(&bob, &spk, None, &kem, alice.public(), &id, &first, 0).unwrap();
             sessions.install(b);
+            alices.push(a);
         }
         assert_eq!(1 + sessions.previous.len(), 6);
-        let forged = RatchetMessage {
-            header: RatchetHeader {
-                ratchet_key: DhKeyPair::generate(&mut rng).public(),
-                previous_chain_length: MAX_SKIP,
-                counter: MAX_SKIP - 1,
-            },
-            ciphertext: vec![0; 32],
-        };
         let id = MessageId([0xee; 16]);
-        // Alone, each session would spend a worst case.
-        let mut alone = 0;
-        for session in
-            std::iter::once(sessions.current.clone().unwrap()).chain(sessions.previous.clone())
-        {
-            let mut budget = WorkBudget::default();
-            let mut session = session;
-            assert!(session.decrypt_within(&id, &forged, 0, &mut budget).is_err());
-            alone += budget.steps_spent();
-        }
-        assert!(alone > 5 * u64::from(MAX_SKIP), "each session alone derives ~2×MAX_SKIP: {alone}");
-        // Together they share one message's budget.
+        let header = RatchetHeader {
+            ratchet_key: DhKeyPair::generate(&mut rng).public(),
+            previous_chain_length: MAX_SKIP,
+            counter: MAX_SKIP - 1,
+        };
+        let forge = |key: &HeaderKey, header: &RatchetHeader, rng: &mut ChaCha20Rng| {
+            let ad = message_ad(&alices[0].associated, &id);
+            SealedRatchetMessage {
+                header: key.seal(&ad, header, rng).unwrap(),
+                ciphertext: vec![0; 32],
+            }
+        };
         let bytes = |s: &PeerSessions| -> Vec<Vec<u8>> {
             s.current.iter().chain(&s.previous).map(|x| x.to_bytes().unwrap().to_vec()).collect()
         };
         let before = bytes(&sessions);
+
+        // Without the header keys: refused by every session before any derivation.
+        let outsider = forge(&HeaderKey(SecretBytes::random(&mut rng)), &header, &mut rng);
         let mut budget = WorkBudget::default();
-        assert!(sessions.decrypt_within(&id, &forged, 0, &mut budget).is_err());
+        let refused =
+            sessions.decrypt_within(&id, RatchetPayload::Sealed(&outsider), 0, &mut budget);
+        assert_eq!(refused, Err(DecryptError::Authentication));
+        assert_eq!(budget.steps_spent(), 0);
+
+        // The peer, with the first session's next header key: that session's worst case.
+        let next = &alices[0].ratchet.header_keys.as_ref().unwrap().next_sending;
+        let aimed = forge(next, &header, &mut rng);
+        let mut budget = WorkBudget::default();
+        let refused = sessions.decrypt_within(&id, RatchetPayload::Sealed(&aimed), 0, &mut budget);
+        assert_eq!(refused, Err(DecryptError::Authentication));
+        assert!(budget.steps_spent() >= u64::from(MAX_SKIP), "it was tried on its session");
         assert!(budget.steps_spent() <= MAX_STEPS_PER_MESSAGE, "{}", budget.steps_spent());
         assert_eq!(bytes(&sessions), before, "a refused message changes nothing");
-        // And a non-canonical ratchet key (top bit set) is refused before any derivation.
-        let mut flipped = forged.clone();
-        flipped.header.ratchet_key.0[31] |= 0x80;
+
+        // A plain header is refused by sessions with header keys (no stripping them).
+        let plain = kith_protocol::envelope::RatchetMessage { header, ciphertext: vec![0; 32] };
         let mut budget = WorkBudget::default();
+        let refused = sessions.decrypt_within(&id, RatchetPayload::Plain(&plain), 0, &mut budget);
+        assert_eq!(refused, Err(DecryptError::Authentication));
+        assert_eq!(budget.steps_spent(), 0);
+
+        // And a non-canonical ratchet key (top bit set) is refused before any derivation.
+        let mut flipped = header;
+        flipped.ratchet_key.0[31] |= 0x80;
+        let flipped = forge(next, &flipped, &mut rng);
+        let mut budget = WorkBudget::default();
+        let aimed_session = sessions.previous.last_mut().unwrap();
         assert_eq!(
-            sessions.decrypt_within(&id, &flipped, 0, &mut budget),
+            aimed_session.decrypt_within(&id, RatchetPayload::Sealed(&flipped), 0, &mut budget),
             Err(DecryptError::NonCanonicalKey)
         );
+        assert!(
+            sessions.decrypt_within(&id, RatchetPayload::Sealed(&flipped), 0, &mut budget).is_err()
+        );
         assert_eq!(budget.steps_spent(), 0);
+        assert_eq!(bytes(&sessions), before);
     }
 }

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kith_protocol::direct::AckResult;
+use kith_protocol::envelope::{Envelope, EnvelopeKind, RatchetHeader};
 use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse};
 use kith_protocol::{GroupTag, MessageId, UserId};
 use rand::RngExt;
@@ -43,6 +44,9 @@ use crate::engine::{
 };
 use crate::identity::IdentityKeyPair;
 use crate::model::MessageStatus;
+use crate::pqxdh::AssociatedData;
+use crate::ratchet::keys::HeaderKey;
+use crate::session::message_ad;
 use crate::store::{Backend, Batch, MemoryBackend, RawWrite, Store, StoreError, Tree};
 
 /// The virtual time every network starts at (ms since the Unix epoch).
@@ -241,6 +245,9 @@ pub struct Node {
     pub online: bool,
     /// The group topics it listens on.
     pub subscribed: BTreeSet<GroupTag>,
+    /// With `sniff`: every header key it has sent under, with the peer and the session's
+    /// associated data, so that [`Net::ratchet_header`] can read its encrypted headers.
+    header_keys: Vec<(UserId, AssociatedData, HeaderKey)>,
 }
 
 impl Node {
@@ -434,6 +441,7 @@ impl Net {
             verdicts: Vec::new(),
             online: true,
             subscribed: BTreeSet::new(),
+            header_keys: Vec::new(),
         });
         self.nodes.len() - 1
     }
@@ -666,6 +674,9 @@ impl Net {
     /// only those that were ready before it (the engine holds the rest).
     fn drain(&mut self) {
         for i in 0..self.nodes.len() {
+            if self.sniff {
+                self.note_header_keys(i);
+            }
             let Some(engine) = self.nodes[i].engine.as_mut() else { continue };
             // Taken before the flush, as the node does.
             let early = engine.take_early_events();
@@ -681,6 +692,40 @@ impl Net {
                 self.route(i, output);
             }
         }
+    }
+
+    /// Remembers the header keys node `i` sends under now: a header key changes only while an
+    /// input is handled, so noting them after each one sees every key a header was sealed with.
+    fn note_header_keys(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(engine) = node.engine.as_ref() else { return };
+        for key in engine.sending_header_keys() {
+            if !node.header_keys.contains(&key) {
+                node.header_keys.push(key);
+            }
+        }
+    }
+
+    /// The ratchet header of a sniffed pairwise envelope from node `from` to node `to`: read
+    /// in the clear from a classical session's message, or decrypted with the header keys
+    /// `from` was seen to send under. `None` for a group message or a header none opens.
+    pub fn ratchet_header(
+        &self,
+        from: usize,
+        to: usize,
+        envelope: &Envelope,
+    ) -> Option<RatchetHeader> {
+        let sealed = match &envelope.kind {
+            EnvelopeKind::Ratchet(m) => return Some(m.header),
+            EnvelopeKind::PreKey(m) => return Some(m.message.header),
+            EnvelopeKind::Group(_) => return None,
+            EnvelopeKind::PqPreKey(m) => &m.message.header,
+            EnvelopeKind::SealedRatchet(m) => &m.header,
+        };
+        let peer = self.nodes[to].user;
+        self.nodes[from].header_keys.iter().filter(|(p, _, _)| *p == peer).find_map(
+            |(_, associated, key)| key.open(&message_ad(associated, &envelope.id), sealed),
+        )
     }
 
     fn route(&mut self, from: usize, output: Output) {

@@ -74,6 +74,44 @@ fn ten_thousand_messages_each_way_over_a_lossy_reordering_duplicating_network_ar
     );
 }
 
+/// Header encryption: what a relay would store of a conversation (every envelope, as it left
+/// its sender) shows neither a ratchet public key nor a header's counters, on a network that
+/// reorders, so that chains turn over and messages arrive on old ones.
+#[test]
+fn no_envelope_shows_a_ratchet_key_or_counter() {
+    let mut net = Net::new(2, LOSSY, 7);
+    net.sniff = true;
+    net.introduce_all();
+    for i in 0..300 {
+        net.send_text(0, 1, &format!("a→b {i}"));
+        net.send_text(1, 0, &format!("b→a {i}"));
+        if i % 10 == 0 {
+            net.advance(100);
+        }
+    }
+    net.run_until_quiet(u64::MAX);
+    let mut chains = HashSet::new();
+    for (from, to, bytes) in &net.sniffed {
+        let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
+        let sealed = match &envelope.kind {
+            EnvelopeKind::PqPreKey(p) => &p.message.header,
+            EnvelopeKind::SealedRatchet(m) => &m.header,
+            other => panic!("a header in the clear: {other:?}"),
+        };
+        let header = net.ratchet_header(*from, *to, &envelope).expect("its sender sealed it");
+        chains.insert(header.ratchet_key);
+        assert!(
+            !bytes.windows(32).any(|w| w == header.ratchet_key.0),
+            "the ratchet key is visible in an envelope"
+        );
+        // The header's fixed encoding (key ‖ pn ‖ n) appears nowhere, nor its counters' part.
+        let plain = header.to_bytes();
+        assert!(!bytes.windows(plain.len()).any(|w| w == plain));
+        assert!(!sealed.0.windows(8).any(|w| w == &plain[32..]), "counters visible");
+    }
+    assert!(chains.len() > 10, "the conversation turned over {} chains", chains.len());
+}
+
 #[test]
 fn first_message_waits_for_prekeys_and_later_ones_pipeline_behind_it() {
     let mut net = Net::new(2, Faults::NONE, 1);
@@ -382,20 +420,17 @@ fn crashes_before_flush_lose_nothing_acknowledged_and_never_reuse_a_message_key(
     let mut keys: std::collections::HashMap<(usize, DhPublicKey, u32), Vec<u8>> =
         Default::default();
     let mut checked = 0;
-    for (from, _, bytes) in &net.sniffed {
+    for (from, to, bytes) in &net.sniffed {
         let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
-        let message = match envelope.kind {
-            EnvelopeKind::PqPreKey(p) => p.message,
-            EnvelopeKind::PreKey(p) => p.message,
-            EnvelopeKind::Ratchet(m) => m,
-            EnvelopeKind::Group(_) => continue,
+        let ciphertext = match &envelope.kind {
+            EnvelopeKind::PqPreKey(p) => p.message.ciphertext.clone(),
+            EnvelopeKind::SealedRatchet(m) => m.ciphertext.clone(),
+            other => panic!("new sessions encrypt their headers, got {other:?}"),
         };
-        let key = (*from, message.header.ratchet_key, message.header.counter);
-        if let Some(previous) = keys.insert(key, message.ciphertext.clone()) {
-            assert_eq!(
-                previous, message.ciphertext,
-                "message key reused for a different ciphertext"
-            );
+        let header = net.ratchet_header(*from, *to, &envelope).expect("a header its sender sealed");
+        let key = (*from, header.ratchet_key, header.counter);
+        if let Some(previous) = keys.insert(key, ciphertext.clone()) {
+            assert_eq!(previous, ciphertext, "message key reused for a different ciphertext");
         }
         checked += 1;
     }
@@ -546,19 +581,20 @@ fn assert_no_message_key_reused(net: &Net) -> usize {
         Default::default();
     let mut group: std::collections::HashMap<(UserId, u32, u32), Vec<u8>> = Default::default();
     let mut checked = 0;
-    for (from, _, bytes) in &net.sniffed {
+    for (from, to, bytes) in &net.sniffed {
         let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
+        let header = net.ratchet_header(*from, *to, &envelope);
         let (key, ciphertext) = match envelope.kind {
-            EnvelopeKind::PqPreKey(p) => (
-                (*from, p.message.header.ratchet_key, p.message.header.counter),
-                p.message.ciphertext,
-            ),
-            EnvelopeKind::PreKey(p) => (
-                (*from, p.message.header.ratchet_key, p.message.header.counter),
-                p.message.ciphertext,
-            ),
-            EnvelopeKind::Ratchet(m) => {
-                ((*from, m.header.ratchet_key, m.header.counter), m.ciphertext)
+            EnvelopeKind::PqPreKey(p) => {
+                let header = header.expect("a header its sender sealed");
+                ((*from, header.ratchet_key, header.counter), p.message.ciphertext)
+            }
+            EnvelopeKind::SealedRatchet(m) => {
+                let header = header.expect("a header its sender sealed");
+                ((*from, header.ratchet_key, header.counter), m.ciphertext)
+            }
+            EnvelopeKind::PreKey(_) | EnvelopeKind::Ratchet(_) => {
+                panic!("new sessions encrypt their headers")
             }
             EnvelopeKind::Group(m) => {
                 let key = (net.nodes[*from].user, m.chain_id, m.iteration);
@@ -758,7 +794,10 @@ fn session_survives_sled_store_close_and_reopen_and_continues_both_ways() {
     // The sessions carried on: no X3DH initial message after the reopen.
     for (_, _, bytes) in &net.sniffed[sent_before..] {
         let envelope: Envelope = kith_protocol::decode(bytes).unwrap();
-        assert!(matches!(envelope.kind, EnvelopeKind::Ratchet(_)), "a new session was started");
+        assert!(
+            matches!(envelope.kind, EnvelopeKind::SealedRatchet(_)),
+            "a new session was started"
+        );
     }
     let history = net.nodes[0].engine().history(&users[1], None, 10).unwrap();
     assert_eq!(

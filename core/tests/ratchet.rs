@@ -14,9 +14,9 @@
 use kith_core::identity::IdentityKeyPair;
 use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
 use kith_core::ratchet::{DecryptError, MAX_SKIP, MAX_SKIPPED_KEYS};
-use kith_core::session::Session;
+use kith_core::session::{RatchetPayload, Session};
 use kith_protocol::MessageId;
-use kith_protocol::envelope::{EnvelopeKind, RatchetMessage};
+use kith_protocol::envelope::{EnvelopeKind, SealedRatchetMessage};
 use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -89,7 +89,7 @@ impl Pair {
     fn bob_receives(&mut self, m: &Sent) -> Result<Vec<u8>, DecryptError> {
         match (&m.kind, &mut self.bob) {
             (EnvelopeKind::PqPreKey(p), Some(bob)) if bob.base_key() == p.base_key => {
-                bob.decrypt(&m.id, &p.message, NOW)
+                bob.decrypt(&m.id, RatchetPayload::Sealed(&p.message), NOW)
             }
             (EnvelopeKind::PqPreKey(p), _) => {
                 let opk = self.opk.as_ref().filter(|k| Some(k.id()) == p.one_time_prekey_id);
@@ -115,7 +115,9 @@ impl Pair {
                 self.kem = None;
                 Ok(plaintext)
             }
-            (EnvelopeKind::Ratchet(r), Some(bob)) => bob.decrypt(&m.id, r, NOW),
+            (EnvelopeKind::SealedRatchet(r), Some(bob)) => {
+                bob.decrypt(&m.id, RatchetPayload::Sealed(r), NOW)
+            }
             _ => Err(DecryptError::Authentication),
         }
     }
@@ -129,12 +131,19 @@ impl Pair {
     }
 }
 
-fn ratchet_part(kind: &EnvelopeKind) -> &RatchetMessage {
+fn ratchet_part(kind: &EnvelopeKind) -> RatchetPayload<'_> {
     match kind {
-        EnvelopeKind::PqPreKey(p) => &p.message,
-        EnvelopeKind::PreKey(p) => &p.message,
-        EnvelopeKind::Ratchet(message) => message,
-        EnvelopeKind::Group(_) => panic!("not a ratchet message"),
+        EnvelopeKind::PqPreKey(p) => RatchetPayload::Sealed(&p.message),
+        EnvelopeKind::SealedRatchet(message) => RatchetPayload::Sealed(message),
+        other => panic!("sessions set up with PQXDH encrypt their headers: {other:?}"),
+    }
+}
+
+/// The ratchet message of a message of an established session.
+fn sealed(sent: &mut Sent) -> &mut SealedRatchetMessage {
+    match &mut sent.kind {
+        EnvelopeKind::SealedRatchet(m) => m,
+        other => panic!("a ratchet message with an encrypted header expected: {other:?}"),
     }
 }
 
@@ -280,23 +289,27 @@ fn gap_larger_than_max_skip_is_refused_without_changing_state() {
     assert_eq!(p.bob_receives(&sent[MAX_SKIP as usize]).unwrap(), b"x");
     assert_eq!(p.bob.as_ref().unwrap().skipped_keys(), MAX_SKIP as usize);
 
-    // New chain: a forged header claiming a counter beyond MAX_SKIP on a new ratchet key.
+    // New chain: its first message Bob sees is number MAX_SKIP + 1 (a forged header would
+    // not even open: the header key is the peers' secret).
     let reply = p.bob_sends(b"r").unwrap();
     p.alice_receives(&reply).unwrap();
-    let mut forged = p.alice_sends(b"y");
-    if let EnvelopeKind::Ratchet(m) = &mut forged.kind {
-        m.header.counter = MAX_SKIP + 1;
-    }
+    let chain: Vec<Sent> = (0..MAX_SKIP + 2).map(|_| p.alice_sends(b"y")).collect();
     let before = p.bob_bytes();
-    assert!(matches!(p.bob_receives(&forged), Err(DecryptError::TooFarAhead { .. })));
+    assert!(matches!(p.bob_receives(chain.last().unwrap()), Err(DecryptError::TooFarAhead { .. })));
     assert_eq!(p.bob_bytes(), before);
-    // And a previous-chain length beyond MAX_SKIP.
-    let mut forged = p.alice_sends(b"z");
-    if let EnvelopeKind::Ratchet(m) = &mut forged.kind {
-        m.header.previous_chain_length = u32::MAX;
-    }
-    assert!(matches!(p.bob_receives(&forged), Err(DecryptError::TooFarAhead { .. })));
+    // And a new chain whose previous one ran more than MAX_SKIP beyond what Bob received.
+    assert_eq!(p.bob_receives(&chain[0]).unwrap(), b"y");
+    let reply = p.bob_sends(b"r2").unwrap();
+    p.alice_receives(&reply).unwrap();
+    let next = p.alice_sends(b"z");
+    let before = p.bob_bytes();
+    assert!(matches!(
+        p.bob_receives(&next),
+        Err(DecryptError::TooFarAhead { gap, .. }) if gap == u64::from(MAX_SKIP) + 1
+    ));
     assert_eq!(p.bob_bytes(), before);
+    // Within the limit, the old chain still opens.
+    assert_eq!(p.bob_receives(&chain[MAX_SKIP as usize]).unwrap(), b"y");
 }
 
 #[test]
@@ -314,31 +327,21 @@ fn tampered_ciphertext_header_or_ad_is_refused_and_state_is_byte_for_byte_unchan
             let r = p.bob_sends(b"turn").unwrap();
             p.alice_receives(&r).unwrap();
         }
-        let good = p.alice_sends(b"secret");
-        let EnvelopeKind::Ratchet(message) = &good.kind else { panic!("ratchet message expected") };
+        let mut good = p.alice_sends(b"secret");
+        let len = sealed(&mut good).ciphertext.len();
         let mut tampered: Vec<Sent> = Vec::new();
-        for i in [0, message.ciphertext.len() / 2, message.ciphertext.len() - 1] {
+        for i in [0, len / 2, len - 1] {
             let mut m = good.clone();
-            if let EnvelopeKind::Ratchet(r) = &mut m.kind {
-                r.ciphertext[i] ^= 0x01;
-            }
+            sealed(&mut m).ciphertext[i] ^= 0x01;
             tampered.push(m);
         }
         let mut m = good.clone();
-        if let EnvelopeKind::Ratchet(r) = &mut m.kind {
-            r.ciphertext.truncate(r.ciphertext.len() - 1);
-        }
+        sealed(&mut m).ciphertext.truncate(len - 1);
         tampered.push(m);
-        let header_edits: [fn(&mut RatchetMessage); 3] = [
-            |r| r.header.counter += 1,
-            |r| r.header.previous_chain_length += 1,
-            |r| r.header.ratchet_key.0[3] ^= 0x40,
-        ];
-        for edit in header_edits {
+        // The encrypted header: its nonce, the ratchet key, the counters and the tag.
+        for i in [0, 24, 24 + 32, 24 + 36, 24 + 39, 79] {
             let mut m = good.clone();
-            if let EnvelopeKind::Ratchet(r) = &mut m.kind {
-                edit(r);
-            }
+            sealed(&mut m).header.0[i] ^= 0x01;
             tampered.push(m);
         }
         // The associated data: the message id is authenticated with the message.

@@ -1,14 +1,16 @@
 //! Envelopes: what travels between users, directly or through relays.
 //!
 //! Everything a relay or the network can see is in this module: the message id, the sender
-//! and recipient identity keys, the kind of message and the public halves of the handshake and
-//! ratchet. The message itself (a [`Content`](crate::content::Content)) is inside the
-//! ciphertext.
+//! and recipient identity keys, the kind of message and the public halves of the handshake.
+//! The ratchet header of a post-quantum session is encrypted ([`SealedRatchetMessage`]), and
+//! the message itself (a [`Content`](crate::content::Content)) is inside the ciphertext.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Frame, Invalid, check_count, check_len, check_non_empty};
-use crate::ids::{DhPublicKey, GroupTag, KemCiphertext, MessageId, Signature, UserId};
+use crate::ids::{
+    DhPublicKey, EncryptedHeader, GroupTag, KemCiphertext, MessageId, Signature, UserId,
+};
 use crate::limits::{MAX_CONTENT_BYTES, MAX_ENVELOPE_BYTES};
 
 /// The AEAD tag length of every ciphertext (ChaCha20-Poly1305).
@@ -36,12 +38,14 @@ pub enum EnvelopeKind {
     /// The first messages of a version-1 (classical X3DH) session: still decoded so that a
     /// message of a session set up before PQXDH decrypts; a new session from one is refused.
     PreKey(PreKeyMessage),
-    /// A message of an established Double Ratchet session.
+    /// A message of a version-1 (classical) session, whose ratchet header is in the clear.
     Ratchet(RatchetMessage),
     /// A group message sealed with the sender's sender key (a mailbox copy for a member).
     Group(GroupMessage),
     /// The first messages of a session: the PQXDH header plus a ratchet message.
     PqPreKey(Box<PqPreKeyMessage>),
+    /// A message of an established post-quantum session, its header encrypted.
+    SealedRatchet(SealedRatchetMessage),
 }
 
 /// The PQXDH initial message (Signal's PQXDH §3.3, revision 3): the X3DH fields, which KEM
@@ -62,8 +66,8 @@ pub struct PqPreKeyMessage {
     pub kem_prekey_id: u32,
     /// The ML-KEM-768 ciphertext (CT).
     pub kem_ciphertext: KemCiphertext,
-    /// The first (or a not yet acknowledged) ratchet message.
-    pub message: RatchetMessage,
+    /// The first (or a not yet acknowledged) ratchet message, its header encrypted.
+    pub message: SealedRatchetMessage,
 }
 
 /// The X3DH initial message (Signal's X3DH §3.3): the initiator's identity and ephemeral keys,
@@ -94,6 +98,18 @@ pub struct RatchetMessage {
     pub ciphertext: Vec<u8>,
 }
 
+/// A Double Ratchet message with an encrypted header (Double Ratchet §4, header encryption):
+/// whoever carries it sees neither the sender's ratchet key nor its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRatchetMessage {
+    /// The [`RatchetHeader`], encrypted under the sending chain's header key.
+    pub header: EncryptedHeader,
+    /// ChaCha20-Poly1305 ciphertext of an encoded `Content`, tag appended; the encrypted
+    /// header is part of its associated data.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
 /// The Double Ratchet header (Signal's Double Ratchet §3.1: `dh`, `pn`, `n`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RatchetHeader {
@@ -118,6 +134,23 @@ impl RatchetHeader {
         pn.copy_from_slice(&self.previous_chain_length.to_be_bytes());
         n.copy_from_slice(&self.counter.to_be_bytes());
         out
+    }
+
+    /// Reads [`RatchetHeader::to_bytes`] back (every 40-byte string is some header).
+    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Self {
+        let mut key = [0u8; 32];
+        let mut pn = [0u8; 4];
+        let mut n = [0u8; 4];
+        let (k, rest) = bytes.split_at(32);
+        let (p, c) = rest.split_at(4);
+        key.copy_from_slice(k);
+        pn.copy_from_slice(p);
+        n.copy_from_slice(c);
+        Self {
+            ratchet_key: DhPublicKey(key),
+            previous_chain_length: u32::from_be_bytes(pn),
+            counter: u32::from_be_bytes(n),
+        }
     }
 }
 
@@ -163,6 +196,12 @@ impl RatchetMessage {
     }
 }
 
+impl SealedRatchetMessage {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_ciphertext(&self.ciphertext)
+    }
+}
+
 impl GroupMessage {
     fn validate(&self) -> Result<(), Invalid> {
         check_ciphertext(&self.ciphertext)
@@ -178,6 +217,7 @@ impl Frame for Envelope {
             EnvelopeKind::PreKey(m) => m.message.validate(),
             EnvelopeKind::PqPreKey(m) => m.message.validate(),
             EnvelopeKind::Ratchet(m) => m.validate(),
+            EnvelopeKind::SealedRatchet(m) => m.validate(),
             EnvelopeKind::Group(m) => m.validate(),
         }
     }

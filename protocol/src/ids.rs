@@ -247,6 +247,13 @@ kem_bytes!(
     1088
 );
 
+kem_bytes!(
+    /// A Double Ratchet header encrypted under its chain's header key (Double Ratchet §4):
+    /// a 24-byte XChaCha20-Poly1305 nonce, the 40-byte header and the 16-byte tag.
+    EncryptedHeader,
+    80
+);
+
 /// A millisecond timestamp since the Unix epoch, as chosen by the party that wrote it.
 pub type UnixMillis = u64;
 

@@ -48,8 +48,8 @@ pub mod prekey;
 
 pub use codec::{DecodeError, EncodeError, Frame, Invalid, WIRE_VERSION, decode, encode};
 pub use ids::{
-    ChangeHash, ChunkHash, DhPublicKey, GroupId, GroupTag, KemCiphertext, KemPublicKey, MediaId,
-    MessageId, Signature, UnixMillis, UserId,
+    ChangeHash, ChunkHash, DhPublicKey, EncryptedHeader, GroupId, GroupTag, KemCiphertext,
+    KemPublicKey, MediaId, MessageId, Signature, UnixMillis, UserId,
 };
 /// Owned bytes, as byte-list fields of frames carry them (e.g. the envelopes of a
 /// [`direct::EnvelopeBatch`]).

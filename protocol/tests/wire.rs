@@ -325,12 +325,8 @@ fn max_size_content_fits_an_envelope() {
             one_time_prekey_id: Some(u32::MAX),
             kem_prekey_id: u32::MAX,
             kem_ciphertext: KemCiphertext(Box::new([0xff; KemCiphertext::LEN])),
-            message: RatchetMessage {
-                header: RatchetHeader {
-                    ratchet_key: DhPublicKey([0; 32]),
-                    previous_chain_length: u32::MAX,
-                    counter: u32::MAX,
-                },
+            message: SealedRatchetMessage {
+                header: EncryptedHeader(Box::new([0xff; EncryptedHeader::LEN])),
                 ciphertext: vec![0; plain.len() + TAG_BYTES],
             },
         })),
@@ -532,19 +528,15 @@ fn pqxdh_golden_vectors() {
             one_time_prekey_id: Some(2),
             kem_prekey_id: 3,
             kem_ciphertext: KemCiphertext(Box::new([0x77; KemCiphertext::LEN])),
-            message: RatchetMessage {
-                header: RatchetHeader {
-                    ratchet_key: DhPublicKey([0x48; 32]),
-                    previous_chain_length: 0,
-                    counter: 300,
-                },
+            message: SealedRatchetMessage {
+                header: EncryptedHeader(Box::new([0x48; EncryptedHeader::LEN])),
                 ciphertext: vec![0x55; 16],
             },
         })),
     };
     // version, id, sender, recipient, variant 3 (PqPreKey), identity key, its signature, base
     // key, signed prekey id, Some(one-time id), KEM prekey id, 1,088 ciphertext bytes with no
-    // length prefix, ratchet header (key, pn, n = 300 as varint ac02), ciphertext.
+    // length prefix, the 80-byte encrypted ratchet header (no length prefix), ciphertext.
     let expected = [
         "01".to_string(),
         run("11", 16),
@@ -558,14 +550,36 @@ fn pqxdh_golden_vectors() {
         "0102".into(),
         "03".into(),
         run("77", KemCiphertext::LEN),
-        run("48", 32),
-        "00".into(),
-        "ac02".into(),
+        run("48", EncryptedHeader::LEN),
         "10".into(),
         run("55", 16),
     ]
     .concat();
     assert_eq!(hex::encode(codec::encode(&envelope).unwrap()), expected, "envelope/pq-prekey");
+
+    // A message of an established session: variant 4 (SealedRatchet), the encrypted header,
+    // the ciphertext.
+    let sealed = Envelope {
+        id: MessageId([0x11; 16]),
+        sender: UserId([0x22; 32]),
+        recipient: UserId([0x33; 32]),
+        kind: EnvelopeKind::SealedRatchet(SealedRatchetMessage {
+            header: EncryptedHeader(Box::new([0x48; EncryptedHeader::LEN])),
+            ciphertext: vec![0x55; 16],
+        }),
+    };
+    let expected = [
+        "01".to_string(),
+        run("11", 16),
+        run("22", 32),
+        run("33", 32),
+        "04".into(),
+        run("48", EncryptedHeader::LEN),
+        "10".into(),
+        run("55", 16),
+    ]
+    .concat();
+    assert_eq!(hex::encode(codec::encode(&sealed).unwrap()), expected, "envelope/sealed-ratchet");
 
     let bundle = PreKeyResponse::Bundle(Box::new(PreKeyBundle {
         identity: IdentityBinding {

@@ -256,6 +256,7 @@ async fn garbage_oversize_spoofed_and_replayed_frames_leave_the_node_up_and_its_
         EnvelopeKind::PqPreKey(p) => p.message.ciphertext[3] ^= 1,
         EnvelopeKind::PreKey(p) => p.message.ciphertext[3] ^= 1,
         EnvelopeKind::Ratchet(m) => m.ciphertext[3] ^= 1,
+        EnvelopeKind::SealedRatchet(m) => m.ciphertext[3] ^= 1,
         EnvelopeKind::Group(_) => unreachable!(),
     }
     let mut spoofed = decoded.clone();

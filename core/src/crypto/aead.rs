@@ -1,12 +1,18 @@
-//! ChaCha20-Poly1305 (RFC 8439), the only AEAD Kith uses.
+//! ChaCha20-Poly1305 (RFC 8439), the only AEAD Kith uses, and its extended-nonce form
+//! XChaCha20-Poly1305 for the one key used many times with random nonces (a Double Ratchet
+//! header key).
 
 use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::aead::inout::InOutBuf;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, XChaCha20Poly1305};
 use zeroize::Zeroize;
 
 /// Length of the authentication tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
+
+/// Length of an XChaCha20-Poly1305 nonce: long enough (192 bits) to be drawn at random for
+/// every message under one key without a birthday bound to worry about.
+pub const X_NONCE_LEN: usize = 24;
 
 /// Opening failed: the ciphertext, tag, nonce or associated data did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -78,4 +84,32 @@ pub fn open_in_place(
         .map_err(|_| AeadError)?;
     sealed.truncate(body_len);
     Ok(sealed)
+}
+
+/// XChaCha20-Poly1305 in place: encrypts `buffer` and returns the tag. The nonce must be fresh
+/// for `key` (drawn at random: 192 bits never collide in practice).
+pub(crate) fn seal_x_in_place(
+    key: &[u8; 32],
+    nonce: &[u8; X_NONCE_LEN],
+    aad: &[u8],
+    buffer: &mut [u8],
+) -> Result<[u8; TAG_LEN], PlaintextTooLong> {
+    let tag = XChaCha20Poly1305::new(key.into())
+        .encrypt_inout_detached(nonce.into(), aad, InOutBuf::from(buffer))
+        .map_err(|_| PlaintextTooLong)?;
+    Ok(tag.into())
+}
+
+/// Verifies `tag` and decrypts `buffer` in place (XChaCha20-Poly1305). On failure `buffer`
+/// is left as it came: decryption only happens after the tag verifies.
+pub(crate) fn open_x_in_place(
+    key: &[u8; 32],
+    nonce: &[u8; X_NONCE_LEN],
+    aad: &[u8],
+    buffer: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), AeadError> {
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_inout_detached(nonce.into(), aad, InOutBuf::from(buffer), tag.into())
+        .map_err(|_| AeadError)
 }

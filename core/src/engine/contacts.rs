@@ -14,6 +14,14 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.sessions.put(peer, sessions);
     }
 
+    /// The header keys this node currently sends under, per cached session (test harness).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(crate) fn sending_header_keys(
+        &self,
+    ) -> Vec<(UserId, crate::pqxdh::AssociatedData, crate::ratchet::keys::HeaderKey)> {
+        self.sessions.sending_header_keys().collect()
+    }
+
     pub(super) fn has_session(&self, peer: &UserId) -> Result<bool, StoreError> {
         self.sessions.has_current(&self.store, peer)
     }

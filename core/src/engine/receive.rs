@@ -9,7 +9,7 @@
 use kith_protocol::content::{Body, Content};
 use kith_protocol::direct::{AckResult, DeliveryAck};
 use kith_protocol::envelope::{
-    Envelope, EnvelopeKind, GroupEnvelope, PqPreKeyMessage, PreKeyMessage, RatchetMessage,
+    Envelope, EnvelopeKind, GroupEnvelope, PqPreKeyMessage, PreKeyMessage,
 };
 use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::prekey::KemPreKeyKind;
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::identity::PublicIdentity;
 use crate::model::{Contact, Direction, MessageStatus};
-use crate::session::{PeerSessions, Session};
+use crate::session::{PeerSessions, RatchetPayload, Session};
 use crate::store::records::MessageRecord;
 use crate::store::{Batch, StoreError};
 
@@ -137,15 +137,20 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             sessions.current.as_ref().is_some_and(|s| s.pending_prekey.is_none());
         let mut batch = Batch::new();
         let mut new_session = false;
-        let decrypted = match &envelope.kind {
-            EnvelopeKind::Ratchet(message) => {
+        let ratchet = match &envelope.kind {
+            EnvelopeKind::Ratchet(message) => Some(RatchetPayload::Plain(message)),
+            EnvelopeKind::SealedRatchet(message) => Some(RatchetPayload::Sealed(message)),
+            _ => None,
+        };
+        let decrypted = match (ratchet, &envelope.kind) {
+            (Some(message), _) => {
                 if sessions.current.is_none() && sessions.previous.is_empty() {
                     Err(ReceiveError::NoSession)
                 } else {
                     sessions.decrypt(&envelope.id, message, now).map_err(ReceiveError::from)
                 }
             }
-            kind => match Handshake::of(kind) {
+            (None, kind) => match Handshake::of(kind) {
                 Some(handshake) => self
                     .receive_prekey(
                         now,
@@ -463,7 +468,7 @@ struct Handshake<'a> {
     base_key: DhPublicKey,
     signed_prekey_id: u32,
     one_time_prekey_id: Option<u32>,
-    message: &'a RatchetMessage,
+    message: RatchetPayload<'a>,
     /// The whole PQXDH message; `None` for a classical one.
     post_quantum: Option<&'a PqPreKeyMessage>,
 }
@@ -474,7 +479,9 @@ impl<'a> Handshake<'a> {
         match kind {
             EnvelopeKind::PqPreKey(m) => Some(Self::post_quantum(m)),
             EnvelopeKind::PreKey(m) => Some(Self::classical(m)),
-            EnvelopeKind::Ratchet(_) | EnvelopeKind::Group(_) => None,
+            EnvelopeKind::Ratchet(_) | EnvelopeKind::SealedRatchet(_) | EnvelopeKind::Group(_) => {
+                None
+            }
         }
     }
 
@@ -485,7 +492,7 @@ impl<'a> Handshake<'a> {
             base_key: m.base_key,
             signed_prekey_id: m.signed_prekey_id,
             one_time_prekey_id: m.one_time_prekey_id,
-            message: &m.message,
+            message: RatchetPayload::Sealed(&m.message),
             post_quantum: Some(m),
         }
     }
@@ -497,7 +504,7 @@ impl<'a> Handshake<'a> {
             base_key: m.base_key,
             signed_prekey_id: m.signed_prekey_id,
             one_time_prekey_id: m.one_time_prekey_id,
-            message: &m.message,
+            message: RatchetPayload::Plain(&m.message),
             post_quantum: None,
         }
     }

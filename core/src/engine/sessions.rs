@@ -69,6 +69,21 @@ impl SessionCache {
         self.peers.remove(peer);
     }
 
+    /// Every cached session's peer, associated data and current sending header key: what a
+    /// test harness needs to read the headers this node sends.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub(crate) fn sending_header_keys(
+        &self,
+    ) -> impl Iterator<Item = (UserId, crate::pqxdh::AssociatedData, crate::ratchet::keys::HeaderKey)> + '_
+    {
+        self.peers.iter().flat_map(|(peer, sessions)| {
+            sessions.current.iter().chain(&sessions.previous).filter_map(move |s| {
+                let key = s.ratchet.header_keys.as_ref()?.sending.clone()?;
+                Some((*peer, s.associated, key))
+            })
+        })
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.peers.len()

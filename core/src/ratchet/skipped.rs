@@ -2,7 +2,7 @@
 //! they still decrypt when they arrive late. Bounded in count ([`MAX_SKIPPED_KEYS`], oldest
 //! evicted first) and in age ([`MAX_SKIPPED_KEY_AGE_MS`]); each key is used once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use kith_protocol::{DhPublicKey, UnixMillis};
 
@@ -27,10 +27,46 @@ pub(crate) struct SkippedKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SkippedKeys {
     /// Oldest first.
-    pub(crate) keys: VecDeque<SkippedKey>,
+    keys: VecDeque<SkippedKey>,
+    /// How many keys each chain has in `keys`.
+    per_chain: HashMap<DhPublicKey, usize>,
 }
 
 impl SkippedKeys {
+    /// The store holding `keys` (oldest first).
+    pub(crate) fn from_keys(keys: impl IntoIterator<Item = SkippedKey>) -> Self {
+        let mut store = Self::default();
+        for key in keys {
+            store.push(key);
+        }
+        store
+    }
+
+    /// The keys, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SkippedKey> {
+        self.keys.iter()
+    }
+
+    fn push(&mut self, key: SkippedKey) {
+        *self.per_chain.entry(key.ratchet_key).or_default() += 1;
+        self.keys.push_back(key);
+    }
+
+    fn counted_out(&mut self, key: &SkippedKey) {
+        if let Some(count) = self.per_chain.get_mut(&key.ratchet_key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_chain.remove(&key.ratchet_key);
+            }
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(key) = self.keys.pop_front() {
+            self.counted_out(&key);
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
@@ -45,8 +81,22 @@ impl SkippedKeys {
         self.keys.get(position).map(|k| &k.key)
     }
 
+    /// Whether any key of the chain of `ratchet_key` is held.
+    pub(crate) fn holds(&self, ratchet_key: &DhPublicKey) -> bool {
+        self.per_chain.contains_key(ratchet_key)
+    }
+
+    /// Deletes every key of the chain of `ratchet_key`.
+    pub(crate) fn forget(&mut self, ratchet_key: &DhPublicKey) {
+        if self.per_chain.remove(ratchet_key).is_some() {
+            self.keys.retain(|k| &k.ratchet_key != ratchet_key);
+        }
+    }
+
     pub(crate) fn remove(&mut self, position: usize) {
-        self.keys.remove(position);
+        if let Some(key) = self.keys.remove(position) {
+            self.counted_out(&key);
+        }
     }
 
     /// Adds keys, evicting the oldest beyond the cap.
@@ -57,10 +107,10 @@ impl SkippedKeys {
         now: UnixMillis,
     ) {
         for (index, key) in keys {
-            self.keys.push_back(SkippedKey { ratchet_key, index, key, stored_at: now });
+            self.push(SkippedKey { ratchet_key, index, key, stored_at: now });
         }
         while self.keys.len() > MAX_SKIPPED_KEYS {
-            self.keys.pop_front();
+            self.pop_front();
         }
     }
 
@@ -72,7 +122,7 @@ impl SkippedKeys {
             .front()
             .is_some_and(|k| now.saturating_sub(k.stored_at) > MAX_SKIPPED_KEY_AGE_MS)
         {
-            self.keys.pop_front();
+            self.pop_front();
         }
     }
 }

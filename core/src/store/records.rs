@@ -17,9 +17,9 @@ use crate::group::sender_key::{MemberChains, OwnChain, PeerChain, SkippedGroupKe
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 use crate::model::{Direction, MemberReceipt, MessageReaction, MessageStatus};
 use crate::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey};
-use crate::ratchet::keys::{ChainKey, MessageKey, RootKey};
+use crate::ratchet::keys::{ChainKey, HeaderKey, MessageKey, RootKey};
 use crate::ratchet::skipped::{SkippedKey, SkippedKeys};
-use crate::ratchet::{Ratchet, ReceivingChain, SendingChain};
+use crate::ratchet::{HeaderKeys, Ratchet, ReceivingChain, SendingChain};
 use crate::session::{PeerSessions, PendingPreKey, Session};
 
 /// A record type and its name in errors. A record is written with the newest version tag it
@@ -400,6 +400,7 @@ impl KemPreKeyRecord {
     }
 }
 
+/// A ratchet (version 2: with header keys, `None` only for a classical session).
 #[derive(Serialize, Deserialize)]
 struct RatchetRecord {
     root: SecretBytes,
@@ -408,8 +409,47 @@ struct RatchetRecord {
     their: Option<DhPublicKey>,
     sending: Option<(SecretBytes, u32)>,
     previous_sending_length: u32,
+    /// Ratchet key, chain key, next index, header key.
+    receiving: Vec<(DhPublicKey, SecretBytes, u32, Option<SecretBytes>)>,
+    skipped: Vec<(DhPublicKey, u32, SecretBytes, UnixMillis)>,
+    header_keys: Option<HeaderKeysRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeaderKeysRecord {
+    sending: Option<SecretBytes>,
+    next_sending: SecretBytes,
+    next_receiving: SecretBytes,
+    retired: Vec<(DhPublicKey, SecretBytes)>,
+}
+
+/// The ratchet of a version-1 (classical) session: no header keys.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RatchetRecordV1 {
+    root: SecretBytes,
+    our_secret: SecretBytes,
+    our_public: DhPublicKey,
+    their: Option<DhPublicKey>,
+    sending: Option<(SecretBytes, u32)>,
+    previous_sending_length: u32,
     receiving: Vec<(DhPublicKey, SecretBytes, u32)>,
     skipped: Vec<(DhPublicKey, u32, SecretBytes, UnixMillis)>,
+}
+
+impl From<RatchetRecordV1> for RatchetRecord {
+    fn from(v1: RatchetRecordV1) -> Self {
+        Self {
+            root: v1.root,
+            our_secret: v1.our_secret,
+            our_public: v1.our_public,
+            their: v1.their,
+            sending: v1.sending,
+            previous_sending_length: v1.previous_sending_length,
+            receiving: v1.receiving.into_iter().map(|(r, k, i)| (r, k, i, None)).collect(),
+            skipped: v1.skipped,
+            header_keys: None,
+        }
+    }
 }
 
 impl From<&Ratchet> for RatchetRecord {
@@ -424,14 +464,22 @@ impl From<&Ratchet> for RatchetRecord {
             receiving: r
                 .receiving
                 .iter()
-                .map(|c| (c.ratchet_key, c.chain_key.0.clone(), c.index))
+                .map(|c| {
+                    let header = c.header_key.as_ref().map(|k| k.0.clone());
+                    (c.ratchet_key, c.chain_key.0.clone(), c.index, header)
+                })
                 .collect(),
             skipped: r
                 .skipped
-                .keys
                 .iter()
                 .map(|k| (k.ratchet_key, k.index, k.key.0.clone(), k.stored_at))
                 .collect(),
+            header_keys: r.header_keys.as_ref().map(|h| HeaderKeysRecord {
+                sending: h.sending.as_ref().map(|k| k.0.clone()),
+                next_sending: h.next_sending.0.clone(),
+                next_receiving: h.next_receiving.0.clone(),
+                retired: h.retired.iter().map(|(r, k)| (*r, k.0.clone())).collect(),
+            }),
         }
     }
 }
@@ -447,29 +495,32 @@ impl From<RatchetRecord> for Ratchet {
             receiving: r
                 .receiving
                 .into_iter()
-                .map(|(ratchet_key, k, index)| ReceivingChain {
+                .map(|(ratchet_key, k, index, header)| ReceivingChain {
                     ratchet_key,
                     chain_key: ChainKey(k),
                     index,
+                    header_key: header.map(HeaderKey),
                 })
                 .collect(),
-            skipped: SkippedKeys {
-                keys: r
-                    .skipped
-                    .into_iter()
-                    .map(|(ratchet_key, index, k, stored_at)| SkippedKey {
-                        ratchet_key,
-                        index,
-                        key: MessageKey(k),
-                        stored_at,
-                    })
-                    .collect(),
-            },
+            skipped: SkippedKeys::from_keys(r.skipped.into_iter().map(
+                |(ratchet_key, index, k, stored_at)| SkippedKey {
+                    ratchet_key,
+                    index,
+                    key: MessageKey(k),
+                    stored_at,
+                },
+            )),
+            header_keys: r.header_keys.map(|h| HeaderKeys {
+                sending: h.sending.map(HeaderKey),
+                next_sending: HeaderKey(h.next_sending),
+                next_receiving: HeaderKey(h.next_receiving),
+                retired: h.retired.into_iter().map(|(r, k)| (r, HeaderKey(k))).collect(),
+            }),
         }
     }
 }
 
-/// A session (version 2: PQXDH, with the pending KEM ciphertext).
+/// A session (version 2: PQXDH, with the pending KEM ciphertext and header keys).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
     peer: IdentityBinding,
@@ -499,7 +550,7 @@ pub(crate) struct SessionRecordV1 {
     base_key: DhPublicKey,
     pending_prekey: Option<(u32, Option<u32>)>,
     created_at: UnixMillis,
-    ratchet: RatchetRecord,
+    ratchet: RatchetRecordV1,
 }
 
 impl From<SessionRecordV1> for SessionRecord {
@@ -514,7 +565,7 @@ impl From<SessionRecordV1> for SessionRecord {
                 PendingPreKeyRecord { signed_prekey_id, one_time_prekey_id, kem: None }
             }),
             created_at: v1.created_at,
-            ratchet: v1.ratchet,
+            ratchet: v1.ratchet.into(),
         }
     }
 }
@@ -796,7 +847,21 @@ mod tests {
         base_key: DhPublicKey,
         pending_prekey: Option<(u32, Option<u32>)>,
         created_at: UnixMillis,
-        ratchet: &'a RatchetRecord,
+        ratchet: &'a RatchetRecordV1,
+    }
+
+    /// The version-1 shape of a ratchet: no header keys.
+    fn ratchet_v1(r: RatchetRecord) -> RatchetRecordV1 {
+        RatchetRecordV1 {
+            root: r.root,
+            our_secret: r.our_secret,
+            our_public: r.our_public,
+            their: r.their,
+            sending: r.sending,
+            previous_sending_length: r.previous_sending_length,
+            receiving: r.receiving.into_iter().map(|(k, c, i, _)| (k, c, i)).collect(),
+            skipped: r.skipped,
+        }
     }
 
     #[derive(Serialize)]
@@ -823,7 +888,7 @@ mod tests {
         };
         let verified = verify_bundle(&bundle, &bob.user_id(), 0).unwrap();
         let session = Session::initiate(&alice, &verified, 0, &mut rng).unwrap();
-        let ratchet = RatchetRecord::from(&session.ratchet);
+        let ratchet = ratchet_v1(RatchetRecord::from(&session.ratchet));
         let v1 = PeerSessionsV1 {
             current: Some(SessionV1 {
                 peer: session.peer.binding(),
@@ -846,7 +911,9 @@ mod tests {
         let again = encode(&PeerSessionsRecord::from(&read)).unwrap();
         assert_eq!(again.first(), Some(&1), "the version-2 tag");
         let reread = PeerSessions::from(decode::<PeerSessionsRecord>(&again).unwrap());
-        assert!(!reread.current.unwrap().is_post_quantum());
+        let reread = reread.current.unwrap();
+        assert!(!reread.is_post_quantum());
+        assert!(!reread.ratchet.encrypts_headers(), "a classical session has no header keys");
         // A version-2 tag on a record type still at version 1 is corrupt, not misread.
         let identity = encode(&IdentityRecord::new(&alice, 0)).unwrap();
         let mut retagged = identity.clone();

@@ -47,6 +47,12 @@ pub fn ratchet_message() -> impl Strategy<Value = RatchetMessage> {
         ciphertext: c,
     })
 }
+pub fn sealed_ratchet_message() -> impl Strategy<Value = SealedRatchetMessage> {
+    (any::<u8>(), ciphertext()).prop_map(|(fill, c)| SealedRatchetMessage {
+        header: EncryptedHeader(Box::new([fill; EncryptedHeader::LEN])),
+        ciphertext: c,
+    })
+}
 pub fn group_message() -> impl Strategy<Value = GroupMessage> {
     (any::<[u8; 32]>(), any::<u32>(), any::<u32>(), ciphertext(), signature()).prop_map(
         |(t, chain_id, iteration, ciphertext, signature)| GroupMessage {
@@ -70,12 +76,13 @@ pub fn envelope() -> impl Strategy<Value = Envelope> {
                 message: m,
             })),
         ratchet_message().prop_map(EnvelopeKind::Ratchet),
+        sealed_ratchet_message().prop_map(EnvelopeKind::SealedRatchet),
         group_message().prop_map(EnvelopeKind::Group),
         (
             (dh(), signature(), dh()),
             (any::<u32>(), option::of(any::<u32>()), any::<u32>()),
             any::<u8>(),
-            ratchet_message()
+            sealed_ratchet_message()
         )
             .prop_map(|((i, s, b), (spk, opk, kem), fill, m)| {
                 EnvelopeKind::PqPreKey(Box::new(PqPreKeyMessage {
