@@ -111,6 +111,11 @@ pub mod ratchet;
 #[cfg(not(feature = "hazmat"))]
 #[allow(unreachable_pub, dead_code)]
 mod ratchet;
+#[cfg(feature = "hazmat")]
+pub mod sealed_sender;
+#[cfg(not(feature = "hazmat"))]
+#[allow(unreachable_pub, dead_code)]
+mod sealed_sender;
 
 pub mod engine;
 pub mod fingerprint;
