@@ -21,11 +21,23 @@ use kith_protocol::{DhPublicKey, MessageId, UserId};
 use zeroize::Zeroizing;
 
 use crate::crypto::kdf::hkdf_sha256;
-use crate::crypto::{DhKeyPair, NonContributory, aead};
+use crate::crypto::{DhKeyPair, aead};
 use crate::identity::{IdentityKeyPair, PublicIdentity};
 
 /// HKDF info prefix of the outer layer's key.
 const SEALED_SENDER_INFO: &[u8] = b"Kith_SealedSender_v1";
+
+/// Why an envelope could not be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The recipient's identity key is of low order.
+    #[error("the recipient's identity key is of low order")]
+    NonContributory,
+    /// The envelope is too long for the AEAD.
+    #[error("the envelope is too long to seal")]
+    TooLong,
+}
 
 /// Why a sealed envelope did not open. Nothing about it is learned either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,14 +98,13 @@ pub fn seal<R: rand_core::CryptoRng + ?Sized>(
     id: &MessageId,
     envelope: &[u8],
     rng: &mut R,
-) -> Result<(DhPublicKey, Vec<u8>), NonContributory> {
+) -> Result<(DhPublicKey, Vec<u8>), SealError> {
     let ephemeral = DhKeyPair::generate(rng);
-    let shared = ephemeral.agree(&recipient.dh_key())?;
+    let shared = ephemeral.agree(&recipient.dh_key()).map_err(|_| SealError::NonContributory)?;
     let keys = outer_keys(&shared, &ephemeral.public(), &recipient.dh_key(), &recipient.user());
     let ad = outer_ad(&recipient.user(), id);
-    // An envelope is at most a few hundred KiB, far below the AEAD's limit.
     let ciphertext =
-        aead::seal(&keys.key, &keys.nonce, &ad, envelope).map_err(|_| NonContributory)?;
+        aead::seal(&keys.key, &keys.nonce, &ad, envelope).map_err(|_| SealError::TooLong)?;
     Ok((ephemeral.public(), ciphertext))
 }
 
@@ -143,6 +154,10 @@ mod tests {
             open(&bob, &id, &DhPublicKey([0; 32]), &sealed),
             Err(UnsealError::NonContributory)
         );
+        // A low-order recipient key is refused before anything is sealed.
+        let mut low = bob.public();
+        low.dh_key = DhPublicKey([0; 32]);
+        assert_eq!(seal(&low, &id, envelope, &mut rng), Err(SealError::NonContributory));
         // Two seals of one envelope share nothing.
         let (e2, sealed2) = seal(&bob.public(), &id, envelope, &mut rng).unwrap();
         assert_ne!(e, e2);

@@ -116,12 +116,13 @@ impl<R: rand_core::CryptoRng> Engine<R> {
     /// KEM prekeys: the last-resort one is rotated with the signed prekey (and kept as long,
     /// for initial messages sent to it while it was current); one-time ones are topped up and
     /// capped like classical one-time prekeys.
-    fn maintain_kem_prekeys(
+    pub(super) fn maintain_kem_prekeys(
         &mut self,
         now: UnixMillis,
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
-        let mut next = self.store.next_kem_prekey_id()?;
+        let first = self.store.next_kem_prekey_id()?;
+        let mut next = first;
         let current = self.store.current_kem_prekey()?;
         let current_id = match current {
             Some(k) if now.saturating_sub(k.created_at()) < SIGNED_PREKEY_ROTATION_MS => k.id(),
@@ -176,7 +177,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 batch.delete_kem_prekey(record.id());
             }
         }
-        batch.put_next_kem_prekey_id(next);
+        // Written only when keys were made: an hourly upkeep with nothing to do writes nothing.
+        if next != first {
+            batch.put_next_kem_prekey_id(next);
+        }
         Ok(())
     }
 

@@ -635,6 +635,18 @@ fn one_time_kem_prekeys_are_used_once_and_the_last_resort_one_stays() {
     assert!(net.engine(0).has_session(&ub).unwrap());
 }
 
+/// KEM prekey upkeep with nothing to do writes nothing (it used to rewrite the next-id counter
+/// every hour).
+#[test]
+fn kem_prekey_upkeep_with_nothing_to_do_writes_nothing() {
+    let mut bob = engine_with(&IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(9)), 9);
+    let mut batch = crate::store::Batch::new();
+    bob.maintain_kem_prekeys(T, &mut batch).unwrap();
+    assert!(batch.is_empty(), "the engine's start already made its KEM prekeys");
+    let next = bob.store().next_kem_prekey_id().unwrap();
+    assert!(next > 1, "keys were made, and their next id stored");
+}
+
 /// A downgrader's version-1 ratchet message from a sealed one: the same ciphertext under a
 /// plain header (it cannot read the real one, so it guesses: the first message of a chain).
 fn stripped_header(
