@@ -45,7 +45,7 @@
 //! ```
 //! use kith_core::identity::IdentityKeyPair;
 //! use kith_core::prekeys::{KemPreKey, OneTimePreKey, SignedPreKey, verify_bundle};
-//! use kith_core::session::Session;
+//! use kith_core::session::{RatchetPayload, Session};
 //! use kith_protocol::envelope::EnvelopeKind;
 //! use kith_protocol::prekey::{KemPreKeyKind, PreKeyBundle};
 //! use kith_protocol::MessageId;
@@ -81,12 +81,12 @@
 //! assert!(bob_session.is_post_quantum());
 //! assert_eq!(plaintext, b"hi Bob");
 //!
-//! // And answers on the ratchet.
+//! // And answers on the ratchet, its header encrypted.
 //! let reply_id = MessageId([2; 16]);
-//! let EnvelopeKind::Ratchet(reply) = bob_session.encrypt(&bob, &reply_id, b"hi Alice", &mut rng)? else {
+//! let EnvelopeKind::SealedRatchet(reply) = bob_session.encrypt(&bob, &reply_id, b"hi Alice", &mut rng)? else {
 //!     unreachable!()
 //! };
-//! assert_eq!(alice_session.decrypt(&reply_id, &reply, now)?, b"hi Alice");
+//! assert_eq!(alice_session.decrypt(&reply_id, RatchetPayload::Sealed(&reply), now)?, b"hi Alice");
 //!
 //! // Both see the same safety number.
 //! use kith_core::fingerprint::SafetyNumber;
