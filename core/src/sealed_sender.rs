@@ -17,12 +17,29 @@
 //! holds the recipient's identity key can open every sealed envelope addressed to it; the
 //! message inside stays under its Double Ratchet keys.
 
+use kith_protocol::mailbox::{AccessKey, AccessVerifier};
 use kith_protocol::{DhPublicKey, MessageId, UserId};
 use zeroize::Zeroizing;
 
 use crate::crypto::kdf::hkdf_sha256;
 use crate::crypto::{DhKeyPair, aead};
 use crate::identity::{IdentityKeyPair, PublicIdentity};
+
+/// BLAKE3 context of an access key's verifier.
+const ACCESS_VERIFIER_CONTEXT: &str = "kith 2026-12 mailbox access verifier";
+
+/// A fresh access key, for one contact.
+pub fn new_access_key<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> AccessKey {
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
+    AccessKey(key)
+}
+
+/// The verifier a relay keeps for `key`: a one-way function of it, so a relay's files (or a
+/// copy of them) cannot deposit under anyone's key.
+pub fn access_verifier(key: &AccessKey) -> AccessVerifier {
+    AccessVerifier(blake3::derive_key(ACCESS_VERIFIER_CONTEXT, &key.0))
+}
 
 /// HKDF info prefix of the outer layer's key.
 const SEALED_SENDER_INFO: &[u8] = b"Kith_SealedSender_v1";
@@ -129,6 +146,17 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn access_keys_are_random_and_their_verifiers_one_way() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (a, b) = (new_access_key(&mut rng), new_access_key(&mut rng));
+        assert_ne!(a, b);
+        assert_eq!(access_verifier(&a), access_verifier(&a));
+        assert_ne!(access_verifier(&a), access_verifier(&b));
+        assert_ne!(access_verifier(&a).0, a.0);
+        assert_eq!(format!("{a:?}"), "AccessKey(..)");
+    }
 
     #[test]
     fn only_the_recipient_opens_and_nothing_may_change() {

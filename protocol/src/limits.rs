@@ -83,6 +83,13 @@ pub const MAX_MAILBOX_BATCH: usize = 64;
 /// Most ids acknowledged in one mailbox ack.
 pub const MAX_MAILBOX_ACK_IDS: usize = 512;
 
+/// Largest sealed envelope (sealed sender): an encoded envelope of [`MAX_ENVELOPE_BYTES`],
+/// its outer tag and the outer fields.
+pub const MAX_SEALED_ENVELOPE_BYTES: usize = MAX_ENVELOPE_BYTES + 1024;
+
+/// Most access-key verifiers a recipient registers with a relay: one per contact.
+pub const MAX_ACCESS_VERIFIERS: usize = 5000;
+
 /// Largest mailbox frame: a batch is cut short before it reaches this many bytes.
 pub const MAX_MAILBOX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
