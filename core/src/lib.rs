@@ -111,11 +111,6 @@ pub mod ratchet;
 #[cfg(not(feature = "hazmat"))]
 #[allow(unreachable_pub, dead_code)]
 mod ratchet;
-#[cfg(feature = "hazmat")]
-pub mod sealed_sender;
-#[cfg(not(feature = "hazmat"))]
-#[allow(unreachable_pub, dead_code)]
-mod sealed_sender;
 
 pub mod engine;
 pub mod fingerprint;
@@ -125,6 +120,7 @@ pub mod media;
 pub mod model;
 pub mod prekeys;
 pub mod record;
+pub mod sealed_sender;
 pub mod session;
 pub mod store;
 pub mod text;

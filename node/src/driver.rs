@@ -62,7 +62,7 @@ use crate::presence::Activity;
 use crate::profile::ProfileRng;
 use crate::redial::Redial;
 use crate::relay::RelayUsage;
-use crate::relay::{Push, RelayService};
+use crate::relay::{Push, RelayService, SealedPush};
 use crate::reservations::{ReservationAction, Reservations};
 use crate::storage::StorageHealth;
 use crate::upgrades::Upgrades;
@@ -101,6 +101,7 @@ enum Deferred {
     PreKeys(ResponseChannel<PreKeyResponse>, PreKeyResponse),
     Media(ResponseChannel<MediaResponse>, MediaResponse),
     Push(Push),
+    SealedPush(SealedPush),
     Upload(PeerId, Box<PreKeyUpload>),
     /// The answer to a read of messages: it shows what the turn's flush makes durable.
     Read(Box<dyn FnOnce() + Send>),
@@ -765,6 +766,14 @@ impl Driver {
                         .behaviour_mut()
                         .mailbox
                         .send_request(&peer, MailboxRequest::Push { envelopes: push.envelopes });
+                    self.pushes.insert(request);
+                }
+            }
+            Deferred::SealedPush(push) => {
+                let Ok(peer) = peer_id_of(&push.recipient) else { return };
+                if self.swarm.is_connected(&peer) {
+                    let request = MailboxRequest::SealedPush { envelopes: push.envelopes };
+                    let request = self.swarm.behaviour_mut().mailbox.send_request(&peer, request);
                     self.pushes.insert(request);
                 }
             }
@@ -1693,6 +1702,22 @@ impl Driver {
             MailboxRequest::Ack { recipient, ids } => {
                 let response = relay.ack(&peer, &recipient, &ids);
                 self.deferred.push(Deferred::Mailbox(channel, response));
+            }
+            MailboxRequest::SealedDeposit { deposits } => {
+                let (results, pushes) = relay.sealed_deposit(deposits, now_millis(), now);
+                let response = MailboxResponse::Deposited { results };
+                self.deferred.push(Deferred::Mailbox(channel, response));
+                self.deferred.extend(pushes.into_iter().map(Deferred::SealedPush));
+            }
+            MailboxRequest::SetAccess { recipient, verifiers } => {
+                let response = relay.set_access(&peer, &recipient, &verifiers);
+                self.deferred.push(Deferred::Mailbox(channel, response));
+            }
+            // WIP (sealed sender): the recipient side does not unseal yet; the relay keeps
+            // what is not acknowledged.
+            MailboxRequest::SealedPush { .. } => {
+                let response = MailboxResponse::Received { ids: Vec::new() };
+                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
             }
             MailboxRequest::Push { .. } => {}
         }

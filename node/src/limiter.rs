@@ -1,6 +1,8 @@
-//! Per-peer token buckets for inbound requests (bounded: the map cannot grow without limit).
+//! Token buckets per peer (or per any key: a recipient, an access key) for inbound requests
+//! (bounded: the map cannot grow without limit).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use tokio::time::Instant;
 
 use libp2p::PeerId;
@@ -14,22 +16,22 @@ struct Bucket {
     updated: Instant,
 }
 
-/// A token bucket per peer: `rate` requests per second on average, bursts up to `burst`.
+/// A token bucket per key: `rate` requests per second on average, bursts up to `burst`.
 #[derive(Debug)]
-pub(crate) struct RateLimiter {
+pub(crate) struct RateLimiter<K = PeerId> {
     rate: f64,
     burst: f64,
-    buckets: HashMap<PeerId, Bucket>,
+    buckets: HashMap<K, Bucket>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// A limiter allowing `rate` per second with bursts of `burst`.
     pub(crate) fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, buckets: HashMap::new() }
     }
 
     /// Takes a token for `peer` if one is available.
-    pub(crate) fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, peer: K, now: Instant) -> bool {
         if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
             let (rate, burst) = (self.rate, self.burst);
             // A bucket that has refilled completely carries no information.

@@ -64,6 +64,8 @@ pub(crate) fn reason_label(reason: MailboxRefusal) -> &'static str {
         MailboxRefusal::NotRecipient => "not_recipient",
         MailboxRefusal::NotARelay => "not_a_relay",
         MailboxRefusal::Unavailable => "unavailable",
+        MailboxRefusal::AccessDenied => "access_denied",
+        MailboxRefusal::StrangerLimit => "stranger_limit",
     }
 }
 

@@ -31,7 +31,9 @@ use kith_core::prekeys::{verify_bundle, verify_kem_prekey};
 use kith_core::store::SideStore;
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_ENVELOPE_BYTES, MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
-use kith_protocol::mailbox::{DepositResult, MailboxRefusal, MailboxResponse};
+use kith_protocol::mailbox::{
+    AccessVerifier, DepositResult, MailboxRefusal, MailboxResponse, SealedDeposit, SealedEnvelope,
+};
 use kith_protocol::media::{MediaRefusal, MediaResponse};
 use kith_protocol::prekey::{
     KemPreKeyKind, PreKeyBundle, PreKeyRefusal, PreKeyResponse, PreKeyUpload,
@@ -62,6 +64,11 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 pub const DEFAULT_SENDER_RATE: f64 = 50.0;
 /// Default deposits per sender: burst (a day's backlog of a chatty contact).
 pub const DEFAULT_SENDER_BURST: f64 = 1_000.0;
+/// Default deposits without an access key per recipient (strangers' first messages): per
+/// second on average (ten an hour).
+pub const DEFAULT_STRANGER_RATE: f64 = 10.0 / 3600.0;
+/// Default deposits without an access key per recipient: burst.
+pub const DEFAULT_STRANGER_BURST: f64 = 20.0;
 /// Default most users whose prekeys a relay stores.
 pub const DEFAULT_MAX_PREKEY_USERS: usize = 100_000;
 /// Expired envelopes deleted per purge pass (bounds the work of one driver turn).
@@ -110,6 +117,10 @@ pub struct RelayConfig {
     pub sender_rate: f64,
     /// Deposits per sender: burst.
     pub sender_burst: f64,
+    /// Sealed deposits without an access key, per recipient: per second on average.
+    pub stranger_rate: f64,
+    /// Sealed deposits without an access key, per recipient: burst.
+    pub stranger_burst: f64,
     /// How long an envelope waits before it is purged unread.
     pub ttl: Duration,
     /// Most users whose prekeys the relay stores.
@@ -215,6 +226,8 @@ impl Default for RelayConfig {
             max_envelope_bytes: MAX_ENVELOPE_BYTES,
             sender_rate: DEFAULT_SENDER_RATE,
             sender_burst: DEFAULT_SENDER_BURST,
+            stranger_rate: DEFAULT_STRANGER_RATE,
+            stranger_burst: DEFAULT_STRANGER_BURST,
             ttl: DEFAULT_TTL,
             max_prekey_users: DEFAULT_MAX_PREKEY_USERS,
             purge_interval: DEFAULT_PURGE_INTERVAL,
@@ -252,6 +265,12 @@ pub(crate) struct Push {
     pub(crate) envelopes: Vec<Envelope>,
 }
 
+/// New sealed envelopes to push to a recipient that is connected.
+pub(crate) struct SealedPush {
+    pub(crate) recipient: UserId,
+    pub(crate) envelopes: Vec<SealedEnvelope>,
+}
+
 /// The mailbox service: the relay's store and its rules.
 pub(crate) struct RelayService {
     config: RelayConfig,
@@ -260,6 +279,10 @@ pub(crate) struct RelayService {
     db_dir: std::path::PathBuf,
     blobs: BlobStore,
     limiter: RateLimiter,
+    /// Sealed deposits per access key (per contact of a recipient).
+    contact_limiter: RateLimiter<AccessVerifier>,
+    /// Sealed deposits without an access key, per recipient.
+    stranger_limiter: RateLimiter<UserId>,
     upload_limiter: RateLimiter,
     pub(crate) metrics: RelayMetrics,
     next_purge: Instant,
@@ -283,6 +306,8 @@ impl RelayService {
         metrics.prekey_users.set(i64::try_from(store.prekey_users()).unwrap_or(i64::MAX));
         Ok(Self {
             limiter: RateLimiter::new(config.sender_rate, config.sender_burst),
+            contact_limiter: RateLimiter::new(config.sender_rate, config.sender_burst),
+            stranger_limiter: RateLimiter::new(config.stranger_rate, config.stranger_burst),
             upload_limiter: RateLimiter::new(PREKEY_UPLOAD_RATE.0, PREKEY_UPLOAD_RATE.1),
             config,
             store,
@@ -357,6 +382,86 @@ impl RelayService {
         (results, pushes)
     }
 
+    /// Stores what it may of a sealed deposit (made over a throw-away connection: nothing
+    /// here knows the sender). A wrong access key is refused; a deposit with none counts
+    /// against its recipient's stranger budget; each contact's key has the per-sender rate.
+    /// The access keys are checked, never stored. The results are true once flushed.
+    pub(crate) fn sealed_deposit(
+        &mut self,
+        deposits: Vec<SealedDeposit>,
+        now: UnixMillis,
+        instant: Instant,
+    ) -> (Vec<DepositResult>, Vec<SealedPush>) {
+        let mut results = Vec::with_capacity(deposits.len());
+        let mut pushes: Vec<SealedPush> = Vec::new();
+        for SealedDeposit { access, envelope } in deposits {
+            let id = envelope.id;
+            let recipient = envelope.recipient;
+            let admitted = match access.map(|k| kith_core::sealed_sender::access_verifier(&k)) {
+                Some(verifier) if !self.store.has_verifier(&recipient, &verifier) => {
+                    Err(MailboxRefusal::AccessDenied)
+                }
+                Some(verifier) if !self.contact_limiter.allow(verifier, instant) => {
+                    Err(MailboxRefusal::RateLimited)
+                }
+                Some(_) => Ok(()),
+                None if !self.stranger_limiter.allow(recipient, instant) => {
+                    Err(MailboxRefusal::StrangerLimit)
+                }
+                None => Ok(()),
+            };
+            let refused = match admitted.map(|()| kith_protocol::encode(&envelope)) {
+                Err(reason) => self.refuse(reason),
+                Ok(Err(_)) => self.refuse(MailboxRefusal::TooLarge),
+                Ok(Ok(bytes)) if bytes.len() > self.config.max_envelope_bytes + 1024 => {
+                    self.refuse(MailboxRefusal::TooLarge)
+                }
+                Ok(Ok(bytes)) => {
+                    let mut stored = Vec::with_capacity(1 + bytes.len());
+                    stored.push(store::SEALED);
+                    stored.extend_from_slice(&bytes);
+                    match self.store_one(&recipient, &id, &stored, now) {
+                        Ok(Deposit::Stored) => {
+                            self.metrics.deposits.inc();
+                            match pushes.iter_mut().find(|p| p.recipient == recipient) {
+                                Some(push) => push.envelopes.push(envelope),
+                                None => {
+                                    pushes.push(SealedPush { recipient, envelopes: vec![envelope] })
+                                }
+                            }
+                            None
+                        }
+                        Ok(Deposit::AlreadyHeld) => None,
+                        Err(QuotaRefusal(reason)) => self.refuse(reason),
+                    }
+                }
+            };
+            results.push(DepositResult { id, refused });
+        }
+        self.update_gauges();
+        let stored: usize = pushes.iter().map(|p| p.envelopes.len()).sum();
+        // No sender to name: the connection's PeerId is a throw-away one.
+        tracing::info!("held {stored} sealed envelope(s) of {}", results.len());
+        (results, pushes)
+    }
+
+    /// Replaces the access verifiers of `recipient`'s mailbox, if `peer` is the recipient;
+    /// the answer is true once flushed.
+    pub(crate) fn set_access(
+        &mut self,
+        peer: &PeerId,
+        recipient: &UserId,
+        verifiers: &[AccessVerifier],
+    ) -> MailboxResponse {
+        if !is_peer(peer, recipient) {
+            self.metrics.reject(MailboxRefusal::NotRecipient);
+            return MailboxResponse::Refused(MailboxRefusal::NotRecipient);
+        }
+        self.store.set_verifiers(recipient, verifiers);
+        let count = verifiers.iter().collect::<std::collections::HashSet<_>>().len();
+        MailboxResponse::AccessSet { verifiers: u32::try_from(count).unwrap_or(u32::MAX) }
+    }
+
     /// Checks quotas and stores one envelope.
     fn store_one(
         &mut self,
@@ -402,11 +507,26 @@ impl RelayService {
         let max_bytes = MAX_MAILBOX_FRAME_BYTES - FRAME_OVERHEAD;
         match self.store.fetch(recipient, limit, max_bytes, self.expired_before(now)) {
             Ok((mail, remaining)) => {
-                let envelopes =
-                    mail.iter().filter_map(|m| kith_protocol::decode(&m.bytes).ok()).collect();
-                MailboxResponse::Batch {
-                    envelopes,
-                    remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                // Plain and sealed envelopes go in separate batches: this one stops where the
+                // kind of the oldest changes (the rest count as remaining).
+                let sealed = mail.first().is_some_and(|m| m.bytes.first() == Some(&store::SEALED));
+                let run = mail
+                    .iter()
+                    .take_while(|m| (m.bytes.first() == Some(&store::SEALED)) == sealed)
+                    .count();
+                let remaining = remaining + (mail.len() - run) as u64;
+                let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
+                let run = mail.get(..run).unwrap_or_default();
+                if sealed {
+                    let envelopes = run
+                        .iter()
+                        .filter_map(|m| kith_protocol::decode(m.bytes.get(1..)?).ok())
+                        .collect();
+                    MailboxResponse::SealedBatch { envelopes, remaining }
+                } else {
+                    let envelopes =
+                        run.iter().filter_map(|m| kith_protocol::decode(&m.bytes).ok()).collect();
+                    MailboxResponse::Batch { envelopes, remaining }
                 }
             }
             Err(e) => {

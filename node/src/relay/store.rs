@@ -1,6 +1,11 @@
-//! The relay's disk: mailboxes and uploaded prekeys, in the profile's database (the `relay`
-//! side tree: namespace `M` for mail, `P` for prekeys), so that they commit with the engine's
-//! writes of the same turn.
+//! The relay's disk: mailboxes, uploaded prekeys and access verifiers, in the profile's
+//! database (the `relay` side tree: namespace `M` for mail, `P` for prekeys, `A` for each
+//! recipient's access verifiers), so that they commit with the engine's writes of the same
+//! turn.
+//!
+//! A stored envelope is either an encoded [`Envelope`](kith_protocol::envelope::Envelope)
+//! (its first byte is the wire version) or [`SEALED`] followed by an encoded
+//! [`SealedEnvelope`](kith_protocol::mailbox::SealedEnvelope).
 //!
 //! The mail namespace holds three kinds of entry, so that every change is one atomic batch:
 //!
@@ -16,12 +21,13 @@
 //! on open. Nothing here is durable until the profile's next flush; the relay acknowledges only
 //! after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use kith_core::store::{SideStore, SideTree};
 
 use crate::keyspace::{Keyspace, WriteBatch};
+use kith_protocol::mailbox::AccessVerifier;
 use kith_protocol::prekey::{OneTimePreKeyPublic, PreKeyBundle, PreKeyRequest, PreKeyUpload};
 use kith_protocol::{MessageId, UnixMillis, UserId};
 
@@ -30,6 +36,9 @@ pub const MAX_RELAY_ONE_TIME_PREKEYS: usize = 100;
 
 /// Most one-time KEM prekeys a relay keeps per user (1.2 KiB each; oldest dropped first).
 pub const MAX_RELAY_KEM_ONE_TIME_PREKEYS: usize = 100;
+
+/// The first byte of a stored sealed envelope (never a wire version).
+pub(crate) const SEALED: u8 = 0xff;
 
 const MAIL: u8 = b'm';
 const IDS: u8 = b'i';
@@ -76,6 +85,9 @@ pub(crate) struct RelayStore {
     side: SideStore,
     mailbox: Keyspace,
     prekeys: Keyspace,
+    access: Keyspace,
+    /// Each recipient's access verifiers, by the recipient's pseudonym.
+    verifiers: HashMap<UserId, HashSet<AccessVerifier>>,
     /// The next mail's seq.
     next_seq: u64,
     usage: HashMap<UserId, Usage>,
@@ -159,7 +171,37 @@ impl RelayStore {
             prekey_users += 1;
             ControlFlow::Continue(())
         })?;
-        Ok(Self { side, mailbox, prekeys, next_seq, usage, total, prekey_users })
+        let access = Keyspace::new(side.clone(), SideTree::Relay, b'A');
+        let mut verifiers = HashMap::new();
+        access.scan(&[], &[], |key, value| {
+            if let Ok(recipient) = <[u8; 32]>::try_from(key) {
+                verifiers.insert(UserId(recipient), parse_verifiers(value));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(Self { side, mailbox, prekeys, access, verifiers, next_seq, usage, total, prekey_users })
+    }
+
+    /// Replaces `recipient`'s access verifiers; durable after the next flush.
+    pub(crate) fn set_verifiers(&mut self, recipient: &UserId, verifiers: &[AccessVerifier]) {
+        let hidden = self.access.hide(recipient);
+        let set: HashSet<AccessVerifier> = verifiers.iter().copied().collect();
+        let mut value = Vec::with_capacity(32 * set.len());
+        let mut sorted: Vec<_> = set.iter().collect();
+        sorted.sort();
+        sorted.iter().for_each(|v| value.extend_from_slice(&v.0));
+        if set.is_empty() {
+            self.access.remove(&hidden.0);
+            self.verifiers.remove(&hidden);
+        } else {
+            self.access.insert(&hidden.0, value);
+            self.verifiers.insert(hidden, set);
+        }
+    }
+
+    /// Whether `verifier` is one `recipient` registered.
+    pub(crate) fn has_verifier(&self, recipient: &UserId, verifier: &AccessVerifier) -> bool {
+        self.verifiers.get(&self.access.hide(recipient)).is_some_and(|set| set.contains(verifier))
     }
 
     /// What `recipient` has stored.
@@ -434,6 +476,15 @@ impl RelayStore {
     pub(crate) fn flush(&mut self) -> Result<(), RelayStoreError> {
         Ok(self.side.flush()?)
     }
+}
+
+/// Reads a stored list of verifiers (32 bytes each; a torn tail is ignored).
+fn parse_verifiers(value: &[u8]) -> HashSet<AccessVerifier> {
+    value
+        .chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .map(AccessVerifier)
+        .collect()
 }
 
 fn trim_prekeys(mut upload: PreKeyUpload) -> PreKeyUpload {

@@ -385,3 +385,92 @@ fn a_relay_serves_pqxdh_bundles_and_refuses_forged_kem_prekeys() {
         ]
     );
 }
+
+/// A sealed envelope for `to` (its outer layer is opaque to the relay: random bytes will do).
+fn sealed(n: u8, to: &User, access: Option<kith_protocol::mailbox::AccessKey>) -> SealedDeposit {
+    SealedDeposit {
+        access,
+        envelope: SealedEnvelope {
+            id: MessageId([n; 16]),
+            recipient: to.id,
+            ephemeral: DhPublicKey([n; 32]),
+            ciphertext: vec![n; 64],
+        },
+    }
+}
+
+/// Sealed sender at the relay: the recipient registers its contacts' access keys (only it
+/// may); a deposit with a registered key is stored and pushed, one with any other key is
+/// refused, and keyless ones (strangers) pass only within the recipient's stranger budget.
+/// Plain and sealed mail come back in separate batches, oldest first.
+#[test]
+fn sealed_deposits_need_a_registered_access_key_or_the_stranger_budget() {
+    use kith_core::sealed_sender::{access_verifier, new_access_key};
+    use kith_protocol::mailbox::AccessKey;
+
+    let mut config = RelayConfig::default();
+    config.stranger_burst = 2.0;
+    let mut relay = relay(config);
+    let (alice, bob) = (user(), user());
+    let now = Instant::now();
+    let mut rng = rand::rng();
+    let key = new_access_key(&mut rng);
+    let verifier = access_verifier(&key);
+
+    // Only Bob sets his verifiers.
+    assert_eq!(
+        relay.service.set_access(&alice.peer, &bob.id, &[verifier]),
+        MailboxResponse::Refused(MailboxRefusal::NotRecipient)
+    );
+    assert_eq!(
+        relay.service.set_access(&bob.peer, &bob.id, &[verifier, verifier]),
+        MailboxResponse::AccessSet { verifiers: 1 }
+    );
+
+    // A plain envelope first, then sealed ones.
+    let (results, _) =
+        relay.service.deposit(alice.peer, vec![envelope(1, &alice, &bob, 32)], NOW, now);
+    assert_eq!(refusals(&results), [None]);
+    let wrong = AccessKey([7; 32]);
+    let deposits = vec![
+        sealed(2, &bob, Some(key)),
+        sealed(3, &bob, Some(wrong)),
+        sealed(4, &bob, None),
+        sealed(5, &bob, None),
+        sealed(6, &bob, None),
+    ];
+    let (results, pushes) = relay.service.sealed_deposit(deposits, NOW, now);
+    assert_eq!(
+        refusals(&results),
+        [None, Some(MailboxRefusal::AccessDenied), None, None, Some(MailboxRefusal::StrangerLimit)]
+    );
+    assert_eq!(pushes.len(), 1);
+    let pushed: Vec<_> = pushes[0].envelopes.iter().map(|e| e.id.0[0]).collect();
+    assert_eq!(pushed, [2, 4, 5]);
+    assert_eq!(relay.service.stored().0, 4);
+
+    // The stranger budget is the recipient's, whoever deposits: still spent for Bob.
+    let (results, _) = relay.service.sealed_deposit(vec![sealed(7, &bob, None)], NOW, now);
+    assert_eq!(refusals(&results), [Some(MailboxRefusal::StrangerLimit)]);
+    // A contact's key is not limited by the stranger budget.
+    let (results, _) = relay.service.sealed_deposit(vec![sealed(8, &bob, Some(key))], NOW, now);
+    assert_eq!(refusals(&results), [None]);
+
+    // Bob fetches: the plain batch first, then the sealed one.
+    assert_eq!(fetched(relay.service.fetch(&bob.peer, &bob.id, 64, NOW)), [MessageId([1; 16])]);
+    relay.service.ack(&bob.peer, &bob.id, &[MessageId([1; 16])]);
+    match relay.service.fetch(&bob.peer, &bob.id, 64, NOW) {
+        MailboxResponse::SealedBatch { envelopes, remaining } => {
+            let ids: Vec<_> = envelopes.iter().map(|e| e.id.0[0]).collect();
+            assert_eq!(ids, [2, 4, 5, 8]);
+            assert_eq!(remaining, 0);
+            assert_eq!(envelopes[0], sealed(2, &bob, None).envelope, "stored as deposited");
+        }
+        other => panic!("not a sealed batch: {other:?}"),
+    }
+
+    // Revoked: with its verifier gone, the key is refused.
+    relay.service.set_access(&bob.peer, &bob.id, &[]);
+    let (results, _) = relay.service.sealed_deposit(vec![sealed(9, &bob, Some(key))], NOW, now);
+    assert_eq!(refusals(&results), [Some(MailboxRefusal::AccessDenied)]);
+}
