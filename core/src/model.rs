@@ -2,6 +2,7 @@
 
 use kith_protocol::content::{Body, PresenceStatus, ReceiptKind};
 use kith_protocol::direct::RejectReason;
+use kith_protocol::mailbox::AccessKey;
 use kith_protocol::prekey::IdentityBinding;
 use kith_protocol::{GroupId, MessageId, UnixMillis, UserId};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,11 @@ pub struct Contact {
     pub pending_identity: Option<IdentityBinding>,
     /// Whether our profile was sent to them.
     pub profile_shared: bool,
+    /// The access key we handed them for our relays (sealed sender); `None` until it is sent,
+    /// and again once revoked (blocked).
+    pub access_given: Option<AccessKey>,
+    /// The access key they handed us for their relays.
+    pub access_key: Option<AccessKey>,
 }
 
 impl Contact {
@@ -54,6 +60,8 @@ impl Contact {
             blocked: false,
             pending_identity: None,
             profile_shared: false,
+            access_given: None,
+            access_key: None,
         }
     }
 

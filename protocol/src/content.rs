@@ -92,6 +92,9 @@ pub enum Body {
     /// A member asks another, pairwise, for its current sender key of a group (it holds
     /// messages it cannot open: its keys were lost, or restored from a backup without them).
     SenderKeyRequest(SenderKeyRequest),
+    /// The key the sender's relays accept for sealed deposits from the recipient (sealed
+    /// sender): one per contact, replaced when the sender revokes it.
+    AccessKey(crate::mailbox::AccessKey),
 }
 
 /// A request for the recipient's current sender key of `group`.
@@ -476,7 +479,7 @@ impl Body {
             Self::ExpireTimer(t) if t.seconds > MAX_EXPIRE_SECONDS => {
                 Err(Invalid::OutOfRange { field: "seconds" })
             }
-            Self::ExpireTimer(_) | Self::SenderKeyRequest(_) => Ok(()),
+            Self::ExpireTimer(_) | Self::SenderKeyRequest(_) | Self::AccessKey(_) => Ok(()),
         }
     }
 }

@@ -153,6 +153,74 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(CommandResult::Done)
     }
 
+    /// Hands `peer` an access key for our relays (sealed sender) once, if `peer` is a contact
+    /// we added and not blocked; the node registers the keys' verifiers with our relays.
+    pub(super) fn share_access_key_with(
+        &mut self,
+        now: UnixMillis,
+        peer: UserId,
+    ) -> Result<(), StoreError> {
+        let Some(mut contact) = self.store.contact(&peer)? else { return Ok(()) };
+        if contact.access_given.is_some() || contact.name.is_none() || contact.blocked {
+            return Ok(());
+        }
+        let key = crate::sealed_sender::new_access_key(&mut self.rng);
+        match self.queue(now, peer, Body::AccessKey(key), OutboxKind::Control) {
+            Ok(_) => {}
+            Err(CommandError::Store(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        contact.access_given = Some(key);
+        self.save_contact(contact)
+    }
+
+    /// The verifiers of the access keys we handed our contacts (blocked ones have none): what
+    /// the node registers with each of our relays.
+    pub fn access_verifiers(
+        &self,
+    ) -> Result<Vec<kith_protocol::mailbox::AccessVerifier>, StoreError> {
+        let mut verifiers: Vec<_> = self
+            .store
+            .contacts()?
+            .iter()
+            .filter(|c| !c.blocked)
+            .filter_map(|c| c.access_given.as_ref())
+            .map(crate::sealed_sender::access_verifier)
+            .collect();
+        verifiers.sort();
+        Ok(verifiers)
+    }
+
+    /// Seals the encoded envelope `bytes` (one of our [`Output::Deliver`]s) for deposit with
+    /// one of `to`'s relays: encrypted to `to`'s pinned identity key, with the access key `to`
+    /// handed us (none yet: a stranger's deposit, under the relay's stranger budget).
+    pub fn seal_for_relay(
+        &mut self,
+        to: &UserId,
+        id: MessageId,
+        bytes: &[u8],
+    ) -> Result<kith_protocol::mailbox::SealedDeposit, CommandError> {
+        let contact = self.known_contact(to)?;
+        let binding = contact.identity.ok_or(CommandError::UnknownContact)?;
+        let identity = PublicIdentity {
+            user: binding.user,
+            dh_key: binding.dh_key,
+            signature: binding.signature,
+        };
+        let (ephemeral, ciphertext) =
+            crate::sealed_sender::seal(&identity, &id, bytes, &mut self.rng)
+                .map_err(|e| CommandError::InvalidMessage(e.to_string()))?;
+        Ok(kith_protocol::mailbox::SealedDeposit {
+            access: contact.access_key,
+            envelope: kith_protocol::mailbox::SealedEnvelope {
+                id,
+                recipient: *to,
+                ephemeral,
+                ciphertext,
+            },
+        })
+    }
+
     /// Sends our profile to `peer` once, if we have one and `peer` is a contact we added.
     pub(super) fn share_profile_with(
         &mut self,

@@ -865,6 +865,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             | Body::SenderKeyRequest(_)
             | Body::Presence(_)
             | Body::Profile(_)
+            | Body::AccessKey(_)
             | Body::GroupChanges(_)
             | Body::GroupSync(_)
             | Body::SenderKeyDistribution(_) => {}

@@ -371,6 +371,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         let now = self.tick(now.into());
         match input {
             Input::Envelope { bytes, via, reply } => self.on_envelope(now, &bytes, via, reply),
+            Input::SealedEnvelope { envelope, reply } => self.on_sealed(now, &envelope, reply),
             Input::Delivery { id, result } => self.on_delivery(id, result),
             Input::PreKeyBundle { user, result } => self.on_bundle(now, user, result),
             Input::PreKeyRequest { reply } => self.serve_bundle(now, reply),
@@ -419,6 +420,11 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             Command::Block { user, blocked } => {
                 let mut contact = self.known_contact(&user)?;
                 contact.blocked = blocked;
+                if blocked {
+                    // Revoked: our relays refuse their sealed deposits once the node registers
+                    // the new set of verifiers; an unblocked contact gets a new key.
+                    contact.access_given = None;
+                }
                 self.save_contact(contact)?;
                 if blocked {
                     // Their invitations go with them: we leave the groups they added us to.

@@ -77,6 +77,36 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         Ok(())
     }
 
+    /// A sealed envelope from a relay: opened with our identity key, its inner envelope must
+    /// carry the same id (the relay deletes by it); then received as any relayed envelope.
+    /// What does not open is refused like an envelope that does not decrypt, telling the relay
+    /// nothing else.
+    pub(super) fn on_sealed(
+        &mut self,
+        now: UnixMillis,
+        sealed: &kith_protocol::mailbox::SealedEnvelope,
+        reply: Option<ReplyToken>,
+    ) -> Result<(), StoreError> {
+        let opened = crate::sealed_sender::open(
+            &self.identity,
+            &sealed.id,
+            &sealed.ephemeral,
+            &sealed.ciphertext,
+        );
+        let bytes = opened.ok().filter(|bytes| {
+            kith_protocol::decode::<Envelope>(bytes).is_ok_and(|e| e.id == sealed.id)
+        });
+        match bytes {
+            Some(bytes) => self.on_envelope(now, &bytes, Via::Relay, reply),
+            None => {
+                let reason = kith_protocol::direct::RejectReason::DecryptFailed;
+                self.event(Event::Rejected { sender: None, reason });
+                self.reply(reply, sealed.id, AckResult::Rejected(reason));
+                Ok(())
+            }
+        }
+    }
+
     fn reply(&mut self, token: Option<ReplyToken>, id: MessageId, result: AckResult) {
         if let Some(token) = token {
             let ack = DeliveryAck { id, result };
@@ -416,6 +446,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
                 }
             }
             Body::Profile(profile) => contact.profile_name = Some(profile.display_name),
+            // The key this contact's relays accept from us for sealed deposits.
+            Body::AccessKey(key) => contact.access_key = Some(key),
             Body::GroupChanges(changes) => effects.group.push(GroupEffect::Changes(changes)),
             Body::GroupSync(sync) => effects.group.push(GroupEffect::Sync(sync)),
             Body::SenderKeyDistribution(skd) => effects.group.push(GroupEffect::SenderKey(skd)),

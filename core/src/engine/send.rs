@@ -267,6 +267,7 @@ impl<R: rand_core::CryptoRng> Engine<R> {
         self.cache_sessions(user, sessions);
         self.pump(user)?;
         self.share_profile_with(now, user)?;
+        self.share_access_key_with(now, user)?;
         // They may have been reachable, and told nothing, since before the session existed.
         self.announce_presence_to(now, user)
     }

@@ -661,3 +661,77 @@ fn stripped_header(
         ciphertext: m.ciphertext.clone(),
     }
 }
+
+/// Sealed sender in the engine: once a session is set up, each side hands the other an access
+/// key (inside the session); an envelope sealed for a relay opens only at its recipient and
+/// arrives there as from the relay; a tampered or re-labelled one is refused; blocking a
+/// contact revokes its key.
+#[test]
+fn access_keys_are_exchanged_in_session_and_sealed_envelopes_open_only_at_the_recipient() {
+    let mut net = Net::new(2, Faults::NONE, 21);
+    net.introduce_all();
+    let (ua, ub) = (net.user(0), net.user(1));
+    net.send_text(0, 1, "hello");
+    net.run();
+    net.send_text(1, 0, "hi");
+    net.run();
+    let a_about_b = net.engine(0).contact(&ub).unwrap().unwrap();
+    let b_about_a = net.engine(1).contact(&ua).unwrap().unwrap();
+    let (given, held) = (a_about_b.access_given.unwrap(), b_about_a.access_key.unwrap());
+    assert_eq!(given, held, "Bob holds the key Alice handed him");
+    assert_eq!(
+        net.engine(0).access_verifiers().unwrap(),
+        [crate::sealed_sender::access_verifier(&given)]
+    );
+
+    // Bob seals a message for Alice's relay: it carries her key, and opens at Alice only.
+    let id = MessageId([0x5e; 16]);
+    let content =
+        Content { sent_at: T, body: Body::Text(Text { body: "sealed".into(), reply_to: None }) };
+    let plaintext = kith_protocol::encode(&content).unwrap();
+    let bob = net.engine(1);
+    let mut sessions = bob.take_sessions(&ua).unwrap();
+    let session = sessions.current.as_mut().unwrap();
+    let bytes = bob.seal(session, id, ua, &plaintext).unwrap();
+    let sealed = bob.seal_for_relay(&ua, id, &bytes).unwrap();
+    assert_eq!(sealed.access, Some(held));
+    assert!(!sealed.envelope.ciphertext.windows(32).any(|w| w == ub.0), "the sender is hidden");
+    let deposit = sealed.envelope;
+
+    let alice = net.engine(0);
+    let mut tampered = deposit.clone();
+    tampered.ciphertext[5] ^= 1;
+    let mut relabelled = deposit.clone();
+    relabelled.id = MessageId([0x5f; 16]);
+    for bad in [tampered, relabelled] {
+        let before = alice.store().dump().unwrap();
+        alice
+            .handle_input(T, Input::SealedEnvelope { envelope: bad, reply: Some(ReplyToken(3)) })
+            .unwrap();
+        let acks: Vec<_> = drain(alice)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, [AckResult::Rejected(RejectReason::DecryptFailed)]);
+        assert_eq!(alice.store().dump().unwrap(), before);
+    }
+    alice
+        .handle_input(T, Input::SealedEnvelope { envelope: deposit, reply: Some(ReplyToken(4)) })
+        .unwrap();
+    let acks: Vec<_> = drain(alice)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [AckResult::Accepted]);
+    assert!(alice.message(&id).unwrap().is_some(), "the sealed message arrived");
+
+    // Blocked: Bob's key is revoked (no verifier left for our relays).
+    net.command(0, Command::Block { user: ub, blocked: true });
+    assert!(net.engine(0).access_verifiers().unwrap().is_empty());
+}

@@ -67,6 +67,14 @@ pub enum Input {
         /// Where to send the acknowledgement, if the transport wants one.
         reply: Option<ReplyToken>,
     },
+    /// A sealed envelope (sealed sender) a relay handed over: opened with our identity key,
+    /// then received as an envelope from the relay.
+    SealedEnvelope {
+        /// The sealed envelope.
+        envelope: kith_protocol::mailbox::SealedEnvelope,
+        /// Where to send the acknowledgement.
+        reply: Option<ReplyToken>,
+    },
     /// The outcome of an [`Output::Deliver`].
     Delivery {
         /// The message delivered.

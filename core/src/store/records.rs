@@ -22,6 +22,44 @@ use crate::ratchet::skipped::{SkippedKey, SkippedKeys};
 use crate::ratchet::{HeaderKeys, Ratchet, ReceivingChain, SendingChain};
 use crate::session::{PeerSessions, PendingPreKey, Session};
 
+/// A contact as version 1 stored it: before sealed sender's access keys.
+#[derive(Deserialize)]
+pub(crate) struct ContactV1 {
+    user: UserId,
+    name: Option<String>,
+    profile_name: Option<String>,
+    identity: Option<IdentityBinding>,
+    verified: bool,
+    relays: Vec<String>,
+    added_at: UnixMillis,
+    presence: Option<kith_protocol::content::PresenceStatus>,
+    last_seen: Option<UnixMillis>,
+    blocked: bool,
+    pending_identity: Option<IdentityBinding>,
+    profile_shared: bool,
+}
+
+impl From<ContactV1> for crate::model::Contact {
+    fn from(v1: ContactV1) -> Self {
+        Self {
+            user: v1.user,
+            name: v1.name,
+            profile_name: v1.profile_name,
+            identity: v1.identity,
+            verified: v1.verified,
+            relays: v1.relays,
+            added_at: v1.added_at,
+            presence: v1.presence,
+            last_seen: v1.last_seen,
+            blocked: v1.blocked,
+            pending_identity: v1.pending_identity,
+            profile_shared: v1.profile_shared,
+            access_given: None,
+            access_key: None,
+        }
+    }
+}
+
 /// A record type and its name in errors. A record is written with the newest version tag it
 /// has; a record type at version 2 still reads its version-1 shape (`Legacy`) and converts it.
 pub(crate) trait Record: Serialize + DeserializeOwned + From<Self::Legacy> {
@@ -84,7 +122,7 @@ record! {
     OneTimePreKeyRecord => "one-time prekey";
     KemPreKeyRecord => "KEM prekey";
     PeerSessionsRecord => "sessions", legacy PeerSessionsRecordV1;
-    crate::model::Contact => "contact";
+    crate::model::Contact => "contact", legacy ContactV1;
     MessageRecord => "message";
     OutboxRecord => "outbox";
     MessageIndexRecord => "message index";
