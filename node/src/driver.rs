@@ -183,6 +183,10 @@ pub(crate) struct Driver {
     prekey_replies: HashMap<ReplyToken, ResponseChannel<PreKeyResponse>>,
     /// Our pushes to recipients, as a relay.
     pushes: HashSet<OutboundRequestId>,
+    /// The access verifiers each home relay was last sent (sealed sender).
+    access_sent: HashMap<PeerId, Vec<kith_protocol::mailbox::AccessVerifier>>,
+    /// Contacts changed this turn: the verifiers may have too.
+    access_dirty: bool,
     /// Opens fetch streams.
     control: libp2p_stream::Control,
     /// Open fetch streams: (attachment, source) → its request queue.
@@ -230,6 +234,8 @@ impl Driver {
             next_push: 0,
             prekey_replies: HashMap::new(),
             pushes: HashSet::new(),
+            access_sent: HashMap::new(),
+            access_dirty: true,
             control,
             sessions: HashMap::new(),
             writers: HashMap::new(),
@@ -713,6 +719,13 @@ impl Driver {
         for deferred in std::mem::take(&mut self.deferred) {
             self.carry_out(deferred);
         }
+        if std::mem::take(&mut self.access_dirty) {
+            for relay in self.c.mailbox.home_relays() {
+                if self.swarm.is_connected(&relay) {
+                    self.send_access(relay, false);
+                }
+            }
+        }
         self.drain();
     }
 
@@ -850,7 +863,12 @@ impl Driver {
                 self.swarm.behaviour_mut().gossipsub.unsubscribe(&groups::topic(&tag));
             }
             Output::Validation { token, verdict } => self.report(token, verdict),
-            Output::Event(event) => self.emit(NodeEvent::Engine(event)),
+            Output::Event(event) => {
+                if matches!(event, kith_core::engine::Event::ContactChanged(_)) {
+                    self.access_dirty = true;
+                }
+                self.emit(NodeEvent::Engine(event))
+            }
             // `Output` is non-exhaustive; this node carries out every output its kith-core
             // version has.
             other => tracing::error!("an engine output this node cannot carry out: {other:?}"),
@@ -1003,18 +1021,42 @@ impl Driver {
                     tracing::warn!("relay {address}: {e}");
                 }
             }
-            MailboxAction::Deposit { relay, envelopes, ids } => {
+            MailboxAction::Deposit { relay, address, envelopes, ids } => {
                 tracing::debug!(
-                    "depositing {} envelopes at relay {}: {ids:?}",
+                    "depositing {} sealed envelopes at relay {}: {ids:?}",
                     envelopes.len(),
                     crate::short(&relay)
                 );
-                let request = self
-                    .swarm
-                    .behaviour_mut()
-                    .mailbox
-                    .send_request(&relay, MailboxRequest::Deposit { envelopes });
-                self.c.mailbox.deposit_sent(request, relay, ids);
+                // Sealed to each recipient's identity key, with the access key it handed us.
+                let mut deposits = Vec::with_capacity(envelopes.len());
+                let mut sealed_ids = Vec::with_capacity(ids.len());
+                let mut failed = Vec::new();
+                for (id, envelope) in ids.into_iter().zip(envelopes) {
+                    let sealed = kith_protocol::encode(&envelope).ok().and_then(|bytes| {
+                        self.engine.seal_for_relay(&envelope.recipient, envelope.id, &bytes).ok()
+                    });
+                    match sealed {
+                        Some(deposit) => {
+                            deposits.push(deposit);
+                            sealed_ids.push(id);
+                        }
+                        None => failed.push(id),
+                    }
+                }
+                if !failed.is_empty() {
+                    tracing::warn!("{} envelope(s) could not be sealed for a relay", failed.len());
+                    let refused = Some(MailboxResponse::Refused(MailboxRefusal::TooLarge));
+                    self.c.mailbox.sealed_deposit_done(relay, failed, refused);
+                }
+                if deposits.is_empty() {
+                    return;
+                }
+                let work = self.work_tx.clone();
+                tokio::spawn(async move {
+                    let response = crate::sealed_deposit::deposit(relay, address, deposits).await;
+                    let _ =
+                        work.send(Work::SealedDeposited { relay, ids: sealed_ids, response }).await;
+                });
             }
             MailboxAction::Fetch { relay } => {
                 let request = self.swarm.behaviour_mut().mailbox.send_request(
@@ -1066,7 +1108,23 @@ impl Driver {
                 tracing::info!("relay {} refused a message: {reason:?}", crate::short(&relay));
                 self.emit(NodeEvent::RelayRefused { id, relay, reason });
             }
+            MailboxAction::SetAccess { relay } => self.send_access(relay, true),
         }
+    }
+
+    /// Sends `relay` our contacts' access verifiers if it was not sent this set (`force`: it
+    /// just connected, and may have lost what it had).
+    fn send_access(&mut self, relay: PeerId, force: bool) {
+        let verifiers = match self.engine.access_verifiers() {
+            Ok(v) => v,
+            Err(e) => return tracing::error!("reading the access verifiers: {e}"),
+        };
+        if !force && self.access_sent.get(&relay) == Some(&verifiers) {
+            return;
+        }
+        self.access_sent.insert(relay, verifiers.clone());
+        let request = MailboxRequest::SetAccess { recipient: self.user, verifiers };
+        self.swarm.behaviour_mut().mailbox.send_request(&relay, request);
     }
 
     fn on_dht_action(&mut self, action: DhtAction) {
@@ -1232,6 +1290,9 @@ impl Driver {
                 t.completed(media, path);
             }
             Work::Failed { media, failure } => t.fail_download(media, failure),
+            Work::SealedDeposited { relay, ids, response } => {
+                self.c.mailbox.sealed_deposit_done(relay, ids, response);
+            }
         }
         self.drain();
     }
@@ -1682,6 +1743,18 @@ impl Driver {
             self.c.mailbox.pushed(peer, envelopes, push);
             return;
         }
+        if let MailboxRequest::SealedPush { envelopes } = request {
+            if !self.c.delivery.admit(peer, envelopes.len(), now) {
+                let response = MailboxResponse::Received { ids: Vec::new() };
+                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
+                return;
+            }
+            let push = self.next_push;
+            self.next_push += 1;
+            self.pushed.insert(push, channel);
+            self.c.mailbox.pushed_sealed(peer, envelopes, push);
+            return;
+        }
         let Some(relay) = self.c.relay.as_mut() else {
             let response = MailboxResponse::Refused(MailboxRefusal::NotARelay);
             let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
@@ -1713,12 +1786,8 @@ impl Driver {
                 let response = relay.set_access(&peer, &recipient, &verifiers);
                 self.deferred.push(Deferred::Mailbox(channel, response));
             }
-            // WIP (sealed sender): the recipient side does not unseal yet; the relay keeps
-            // what is not acknowledged.
-            MailboxRequest::SealedPush { .. } => {
-                let response = MailboxResponse::Received { ids: Vec::new() };
-                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
-            }
+            // Sealed pushes to a node that is not a relay are handled above.
+            MailboxRequest::SealedPush { .. } => {}
             MailboxRequest::Push { .. } => {}
         }
     }

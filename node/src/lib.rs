@@ -101,6 +101,7 @@ mod redial;
 pub mod relay;
 mod reservations;
 pub mod rpc;
+mod sealed_deposit;
 mod storage;
 #[cfg(test)]
 mod test_support;

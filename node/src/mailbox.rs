@@ -31,7 +31,7 @@ use kith_core::identity::peer_id_of;
 use kith_protocol::direct::{AckResult, DeliveryAck, RejectReason};
 use kith_protocol::envelope::Envelope;
 use kith_protocol::limits::{MAX_MAILBOX_BATCH, MAX_MAILBOX_FRAME_BYTES};
-use kith_protocol::mailbox::{MailboxRefusal, MailboxResponse};
+use kith_protocol::mailbox::{MailboxRefusal, MailboxResponse, SealedEnvelope};
 use kith_protocol::prekey::{PreKeyBundle, PreKeyResponse};
 use kith_protocol::{MessageId, UserId};
 use libp2p::multiaddr::Protocol;
@@ -77,9 +77,9 @@ pub(crate) enum MailboxAction {
     AddAddress(PeerId, Multiaddr),
     /// Dial `address` (it ends in `/p2p/<peer>`).
     Dial(Multiaddr),
-    /// Deposit these envelopes with `relay`; report the request with
-    /// [`MailboxClient::deposit_sent`].
-    Deposit { relay: PeerId, envelopes: Vec<Envelope>, ids: Vec<MessageId> },
+    /// Deposit these envelopes, sealed, with `relay` at `address` over a throw-away identity;
+    /// report the answer with [`MailboxClient::sealed_deposit_done`].
+    Deposit { relay: PeerId, address: Multiaddr, envelopes: Vec<Envelope>, ids: Vec<MessageId> },
     /// Fetch our mailbox from `relay`; report with [`MailboxClient::fetch_sent`].
     Fetch { relay: PeerId },
     /// Acknowledge `ids` to `relay`; report with [`MailboxClient::ack_sent`].
@@ -101,6 +101,30 @@ pub(crate) enum MailboxAction {
     StoredAt { id: MessageId, relays: Vec<Multiaddr> },
     /// A relay refused to store message `id`.
     Refused { id: MessageId, relay: PeerId, reason: MailboxRefusal },
+    /// Register our contacts' access-key verifiers with home relay `relay` (sealed sender),
+    /// if it does not have the current set.
+    SetAccess { relay: PeerId },
+}
+
+/// An envelope from a relay, as the engine takes it.
+enum Fed {
+    /// Encoded.
+    Plain(Vec<u8>),
+    /// Sealed to our identity key.
+    Sealed(SealedEnvelope),
+}
+
+/// Plain envelopes as fed to the engine: re-encoded (they decoded and validated inside the
+/// mailbox frame, so re-encoding gives the bytes the sender sealed).
+fn plain(envelopes: Vec<Envelope>) -> Vec<(MessageId, Fed)> {
+    envelopes
+        .into_iter()
+        .filter_map(|e| Some((e.id, Fed::Plain(kith_protocol::encode(&e).ok()?))))
+        .collect()
+}
+
+fn sealed(envelopes: Vec<SealedEnvelope>) -> Vec<(MessageId, Fed)> {
+    envelopes.into_iter().map(|e| (e.id, Fed::Sealed(e))).collect()
 }
 
 /// A delivery in flight: what is needed to fall back to relays.
@@ -115,6 +139,8 @@ struct Attempt {
 struct RelayQueue {
     waiting: VecDeque<(MessageId, Envelope, usize)>,
     in_flight: bool,
+    /// Where the relay is dialed (deposits go over a connection of their own).
+    address: Option<Multiaddr>,
 }
 
 /// How the relays answered for one message so far.
@@ -152,7 +178,6 @@ pub(crate) struct MailboxClient<R, Q> {
     copies: usize,
     attempts: HashMap<MessageId, Attempt>,
     queues: HashMap<PeerId, RelayQueue>,
-    deposits: HashMap<R, (PeerId, Vec<MessageId>)>,
     fallbacks: HashMap<MessageId, Fallback>,
     fetches: HashMap<R, PeerId>,
     acks: HashMap<R, (PeerId, bool)>,
@@ -195,7 +220,6 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
             copies: copies.max(1),
             attempts: HashMap::new(),
             queues: HashMap::new(),
-            deposits: HashMap::new(),
             fallbacks: HashMap::new(),
             fetches: HashMap::new(),
             acks: HashMap::new(),
@@ -240,6 +264,11 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
     }
 
     /// Our home relays' addresses.
+    /// Our home relays.
+    pub(crate) fn home_relays(&self) -> Vec<PeerId> {
+        self.home.iter().map(|(p, _)| *p).collect()
+    }
+
     pub(crate) fn home_addrs(&self) -> Vec<Multiaddr> {
         self.home.iter().map(|(_, a)| a.clone()).collect()
     }
@@ -348,8 +377,9 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
             },
         );
         for (relay, address) in targets {
-            self.actions.push_back(MailboxAction::AddAddress(relay, address));
+            self.actions.push_back(MailboxAction::AddAddress(relay, address.clone()));
             let queue = self.queues.entry(relay).or_default();
+            queue.address = Some(address);
             queue.waiting.push_back((id, envelope.clone(), size));
             self.pump_relay(relay);
         }
@@ -361,6 +391,7 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         if queue.in_flight || queue.waiting.is_empty() {
             return;
         }
+        let Some(address) = queue.address.clone() else { return };
         let (mut envelopes, mut ids, mut size) = (Vec::new(), Vec::new(), DEPOSIT_OVERHEAD);
         while let Some((_, _, bytes)) = queue.waiting.front() {
             if envelopes.len() >= MAX_MAILBOX_BATCH
@@ -374,12 +405,7 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
             envelopes.push(envelope);
         }
         queue.in_flight = true;
-        self.actions.push_back(MailboxAction::Deposit { relay, envelopes, ids });
-    }
-
-    /// The driver sent a [`MailboxAction::Deposit`] as `request`.
-    pub(crate) fn deposit_sent(&mut self, request: R, relay: PeerId, ids: Vec<MessageId>) {
-        self.deposits.insert(request, (relay, ids));
+        self.actions.push_back(MailboxAction::Deposit { relay, address, envelopes, ids });
     }
 
     /// One relay answered (or failed) for message `id`.
@@ -413,8 +439,13 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         }
     }
 
-    fn deposit_done(&mut self, request: R, response: Option<MailboxResponse>) {
-        let Some((relay, ids)) = self.deposits.remove(&request) else { return };
+    /// A sealed deposit of `ids` with `relay` was answered (`None`: it failed on the way).
+    pub(crate) fn sealed_deposit_done(
+        &mut self,
+        relay: PeerId,
+        ids: Vec<MessageId>,
+        response: Option<MailboxResponse>,
+    ) {
         if let Some(queue) = self.queues.get_mut(&relay) {
             queue.in_flight = false;
         }
@@ -641,8 +672,9 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         }
         self.fetch(peer);
         if !self.home.iter().any(|(p, _)| *p == peer) {
-            return; // prekeys go to home relays only
+            return; // prekeys and access keys go to home relays only
         }
+        self.actions.push_back(MailboxAction::SetAccess { relay: peer });
         let due =
             self.uploaded.get(&peer).is_none_or(|at| now.duration_since(*at) >= PREKEY_REFRESH);
         if due {
@@ -695,35 +727,37 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
 
     /// A relay pushed `envelopes` (the driver holds the push's channel under `push`).
     pub(crate) fn pushed(&mut self, relay: PeerId, envelopes: Vec<Envelope>, push: u64) {
-        self.receive(relay, envelopes, Source::Push(push));
+        self.receive(relay, plain(envelopes), Source::Push(push));
+    }
+
+    /// A relay pushed sealed envelopes; answered once the engine holds them.
+    pub(crate) fn pushed_sealed(
+        &mut self,
+        relay: PeerId,
+        envelopes: Vec<SealedEnvelope>,
+        push: u64,
+    ) {
+        self.receive(relay, sealed(envelopes), Source::Push(push));
     }
 
     /// Feeds envelopes from `relay` to the engine; they are acknowledged once all are answered.
-    fn receive(&mut self, relay: PeerId, envelopes: Vec<Envelope>, source: Source) {
+    fn receive(&mut self, relay: PeerId, fed: Vec<(MessageId, Fed)>, source: Source) {
         let group = self.next_group;
         self.next_group += 1;
-        let mut fed = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            // The envelope decoded and validated inside the mailbox frame; re-encoding it gives
-            // the bytes the sender sealed.
-            if let Ok(bytes) = kith_protocol::encode(&envelope) {
-                fed.push((envelope.id, bytes));
-            }
-        }
         self.receiving
             .insert(group, Receiving { relay, outstanding: fed.len(), done: Vec::new(), source });
         if fed.is_empty() {
             self.finish_receiving(group);
             return;
         }
-        for (id, bytes) in fed {
+        for (id, item) in fed {
             let token = self.tokens.next();
             self.receiving_tokens.insert(token, (group, id));
-            self.actions.push_back(MailboxAction::Engine(Input::Envelope {
-                bytes,
-                via: Via::Relay,
-                reply: Some(token),
-            }));
+            let input = match item {
+                Fed::Plain(bytes) => Input::Envelope { bytes, via: Via::Relay, reply: Some(token) },
+                Fed::Sealed(envelope) => Input::SealedEnvelope { envelope, reply: Some(token) },
+            };
+            self.actions.push_back(MailboxAction::Engine(input));
         }
     }
 
@@ -774,16 +808,15 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
         request: R,
         response: MailboxResponse,
     ) {
-        if self.deposits.contains_key(&request) {
-            self.deposit_done(request, Some(response));
-            return;
-        }
         if self.fetches.remove(&request).is_some() {
             match response {
                 MailboxResponse::Batch { envelopes, remaining } if !envelopes.is_empty() => {
-                    self.receive(relay, envelopes, Source::Fetch { remaining });
+                    self.receive(relay, plain(envelopes), Source::Fetch { remaining });
                 }
-                MailboxResponse::Batch { .. } => {}
+                MailboxResponse::SealedBatch { envelopes, remaining } if !envelopes.is_empty() => {
+                    self.receive(relay, sealed(envelopes), Source::Fetch { remaining });
+                }
+                MailboxResponse::Batch { .. } | MailboxResponse::SealedBatch { .. } => {}
                 MailboxResponse::Refused(MailboxRefusal::NotARelay) => self.mark_not_relay(relay),
                 other => {
                     tracing::info!("relay {} refused a fetch: {other:?}", crate::short(&relay))
@@ -804,9 +837,6 @@ impl<R: Copy + Eq + Hash, Q: Copy + Eq + Hash> MailboxClient<R, Q> {
     pub(crate) fn request_failed(&mut self, relay: PeerId, request: R, unsupported: bool) {
         if unsupported {
             self.mark_not_relay(relay);
-        }
-        if self.deposits.contains_key(&request) {
-            self.deposit_done(request, None);
         }
         self.fetches.remove(&request);
         self.acks.remove(&request);

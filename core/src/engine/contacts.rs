@@ -75,6 +75,10 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             contact.relays = relays;
         }
         self.save_contact(contact)?;
+        // A message request accepted: they get a key for our relays now.
+        if self.has_session(&user)? {
+            self.share_access_key_with(now, user)?;
+        }
         Ok(CommandResult::Done)
     }
 

@@ -247,6 +247,8 @@ impl<R: rand_core::CryptoRng> Engine<R> {
             }
             // The peer may have been reachable, and told nothing, since before the session.
             self.announce_presence_to(now, sender)?;
+            // A contact we added gets a key for our relays (strangers once accepted).
+            self.share_access_key_with(now, sender)?;
         }
         Ok(AckResult::Accepted)
     }

@@ -281,6 +281,12 @@ pub(crate) enum Work {
         size: u64,
         result: Result<(), MediaRefusal>,
     },
+    /// A sealed deposit with `relay` was answered (`None`: it failed on the way).
+    SealedDeposited {
+        relay: PeerId,
+        ids: Vec<MessageId>,
+        response: Option<kith_protocol::mailbox::MailboxResponse>,
+    },
     /// A chunk was written (`None`: it was a duplicate and was dropped).
     ChunkWritten { media: MediaId, bytes: Option<u64> },
     /// A chunk failed verification.
