@@ -512,6 +512,7 @@ impl Driver {
                         blobs_served: r.metrics.blobs_served.get(),
                         fetches_answered: r.metrics.fetches.get(),
                         disk_bytes: r.size_on_disk().unwrap_or(0),
+                        access_verifiers: r.access_verifiers(),
                     }
                 });
                 let _ = reply.send(usage);

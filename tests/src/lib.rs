@@ -246,6 +246,18 @@ pub async fn meet_then_go_offline(
         Ok((alice.deliveries_in_flight().await? == 0).then_some(()))
     })
     .await?;
+    // Bob accepts Alice: she gets his access key for his relays (sealed sender), and his
+    // relays get its verifier, before he goes offline.
+    bob.add_contact(&alice.contact_string(), "alice").await?;
+    eventually(Duration::from_secs(60), "Bob's access key to reach Alice", || async {
+        let contact = alice.contact(bob.user_id()).await?;
+        Ok(contact.and_then(|c| c.access_key).map(|_| ()))
+    })
+    .await?;
+    eventually(Duration::from_secs(60), "Bob's outbox to empty", || async {
+        Ok((bob.outbox_len().await? == 0).then_some(()))
+    })
+    .await?;
     let user = bob.user_id();
     bob.shutdown().await?;
     Ok(user)

@@ -131,9 +131,14 @@ async fn a_first_message_to_an_offline_stranger_arrives_through_prekeys_its_rela
         alice.node.wait_for_status(id, MessageStatus::Sent, WAIT).await.unwrap(),
         MessageStatus::Sent
     );
-    // While the relay holds it: its files carry neither the text nor Bob's id (the mailbox is
-    // keyed by his pseudonym in the relay's encrypted database).
-    assert_eq!(relay.held().await, 1);
+    // While the relay holds it (and the access key Alice hands Bob for her relays, sealed
+    // sender): its files carry neither the text nor Bob's id (the mailbox is keyed by his
+    // pseudonym in the relay's encrypted database).
+    eventually(WAIT, "the message and Alice's access key at the relay", || async {
+        Ok((relay.held().await == 2).then_some(()))
+    })
+    .await
+    .unwrap();
     assert_no_plaintext(relay.dir.path(), &["nice to meet you"]);
     assert!(!dir_contains(relay.dir.path(), &bob_id.0), "the relay's files name the recipient");
 

@@ -257,6 +257,8 @@ pub struct RelayUsage {
     pub fetches_answered: u64,
     /// The relay database's size on disk.
     pub disk_bytes: u64,
+    /// Access-key verifiers registered, over all recipients (sealed sender).
+    pub access_verifiers: usize,
 }
 
 /// New envelopes to push to a recipient that is connected.
@@ -383,8 +385,9 @@ impl RelayService {
     }
 
     /// Stores what it may of a sealed deposit (made over a throw-away connection: nothing
-    /// here knows the sender). A wrong access key is refused; a deposit with none counts
-    /// against its recipient's stranger budget; each contact's key has the per-sender rate.
+    /// here knows the sender). A wrong access key is refused; a deposit with none (or for a
+    /// recipient that registered no keys here) counts against its recipient's stranger budget;
+    /// each contact's key has the per-sender rate.
     /// The access keys are checked, never stored. The results are true once flushed.
     pub(crate) fn sealed_deposit(
         &mut self,
@@ -397,7 +400,14 @@ impl RelayService {
         for SealedDeposit { access, envelope } in deposits {
             let id = envelope.id;
             let recipient = envelope.recipient;
-            let admitted = match access.map(|k| kith_core::sealed_sender::access_verifier(&k)) {
+            // A recipient that registered no keys here (this is not one of its home relays,
+            // just one near it in the DHT) cannot be checked: every deposit for it is a
+            // stranger's.
+            let registered = self.store.has_verifiers(&recipient);
+            let verifier = access
+                .filter(|_| registered)
+                .map(|k| kith_core::sealed_sender::access_verifier(&k));
+            let admitted = match verifier {
                 Some(verifier) if !self.store.has_verifier(&recipient, &verifier) => {
                     Err(MailboxRefusal::AccessDenied)
                 }
@@ -443,6 +453,11 @@ impl RelayService {
         // No sender to name: the connection's PeerId is a throw-away one.
         tracing::info!("held {stored} sealed envelope(s) of {}", results.len());
         (results, pushes)
+    }
+
+    /// Access-key verifiers registered, over all recipients.
+    pub(crate) fn access_verifiers(&self) -> usize {
+        self.store.verifier_count()
     }
 
     /// Replaces the access verifiers of `recipient`'s mailbox, if `peer` is the recipient;

@@ -199,6 +199,16 @@ impl RelayStore {
         }
     }
 
+    /// Verifiers registered, over all recipients.
+    pub(crate) fn verifier_count(&self) -> usize {
+        self.verifiers.values().map(HashSet::len).sum()
+    }
+
+    /// Whether `recipient` registered any verifiers here.
+    pub(crate) fn has_verifiers(&self, recipient: &UserId) -> bool {
+        self.verifiers.contains_key(&self.access.hide(recipient))
+    }
+
     /// Whether `verifier` is one `recipient` registered.
     pub(crate) fn has_verifier(&self, recipient: &UserId, verifier: &AccessVerifier) -> bool {
         self.verifiers.get(&self.access.hide(recipient)).is_some_and(|set| set.contains(verifier))
