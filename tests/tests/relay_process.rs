@@ -176,7 +176,87 @@ async fn a_relay_logs_connections_deposits_and_refusals_by_default() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(log.contains("connected (direct)"), "{log}");
-    assert!(log.contains(" envelope(s) from "), "{log}");
+    assert!(log.contains(" sealed envelope(s)"), "{log}");
     assert!(log.contains(", refused 1: QuotaExceeded"), "{log}");
     assert!(!log.contains('\u{1b}'), "colour codes in the relay's log");
+}
+
+/// Sealed sender: after a conversation in which each side wrote to the other through the
+/// other's relay while it was offline, neither relay's log nor any file of its data dir holds
+/// the sender's PeerId or user id (each relay knows its own user, the recipient, only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_learns_the_recipient_of_a_deposit_never_the_sender() {
+    use kith_node::kith_core::identity::peer_id_of;
+
+    let (ra_dir, rb_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ra = RelayProcess::spawn(ra_dir.path(), free_port().unwrap(), &[]).unwrap();
+    let rb = RelayProcess::spawn(rb_dir.path(), free_port().unwrap(), &[]).unwrap();
+    let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path, relay: &RelayProcess| {
+        let mut c = TestNode::config(dir, vec![]);
+        c.relays = vec![relay.address.clone()];
+        c
+    };
+    let alice = Node::create(config(alice_dir.path(), &ra)).await.unwrap();
+    let bob = Node::create(config(bob_dir.path(), &rb)).await.unwrap();
+    let (ua, ub) = (alice.user_id(), bob.user_id());
+
+    // They meet (both online), each accepts the other: each holds the other's access key.
+    let bob_user = meet_then_go_offline(&alice, bob).await.unwrap();
+    // Bob is offline: Alice writes through his relay.
+    let to_bob: Vec<_> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(alice.send_text(bob_user, format!("to bob {i}")).await.unwrap());
+        }
+        ids
+    };
+    for id in &to_bob {
+        alice.wait_for_status(*id, MessageStatus::Sent, WAIT).await.unwrap();
+    }
+    let bob = Node::start(config(bob_dir.path(), &rb)).await.unwrap();
+    for id in &to_bob {
+        alice.wait_for_status(*id, MessageStatus::Delivered, WAIT).await.unwrap();
+    }
+    // Now Alice is offline: Bob writes through hers.
+    alice.shutdown().await.unwrap();
+    let to_alice = bob.send_text(ua, "to alice").await.unwrap();
+    bob.wait_for_status(to_alice, MessageStatus::Sent, WAIT).await.unwrap();
+    let alice = Node::start(config(alice_dir.path(), &ra)).await.unwrap();
+    bob.wait_for_status(to_alice, MessageStatus::Delivered, WAIT).await.unwrap();
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+
+    for (relay, dir, sender, recipient) in
+        [(&rb, rb_dir.path(), ua, ub), (&ra, ra_dir.path(), ub, ua)]
+    {
+        let log = relay.log().join("\n");
+        assert!(log.contains(" sealed envelope(s)"), "the relay held nothing: {log}");
+        // Logs show a PeerId's last 8 characters: neither form of the sender's may appear.
+        let peer = peer_id_of(&sender).unwrap().to_base58();
+        let short = &peer[peer.len() - 8..];
+        assert!(!log.contains(short), "the sender's PeerId is in the log:\n{log}");
+        let bytes = peer_id_of(&sender).unwrap().to_bytes();
+        for needle in [peer.as_bytes(), short.as_bytes(), &bytes, &sender.0] {
+            assert!(!dir_holds(dir, needle), "the sender's id is in {}", dir.display());
+        }
+        // The recipient is its user: the relay knows it (a check that the search works).
+        let known = peer_id_of(&recipient).unwrap().to_base58();
+        assert!(log.contains(&known[known.len() - 8..]), "{log}");
+    }
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn dir_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut files = vec![dir.to_owned()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            return true;
+        }
+    }
+    false
 }

@@ -697,6 +697,7 @@ fn access_keys_are_exchanged_in_session_and_sealed_envelopes_open_only_at_the_re
     assert_eq!(sealed.access, Some(held));
     assert!(!sealed.envelope.ciphertext.windows(32).any(|w| w == ub.0), "the sender is hidden");
     let deposit = sealed.envelope;
+    let replay = deposit.clone();
 
     let alice = net.engine(0);
     let mut tampered = deposit.clone();
@@ -730,6 +731,27 @@ fn access_keys_are_exchanged_in_session_and_sealed_envelopes_open_only_at_the_re
         .collect();
     assert_eq!(acks, [AckResult::Accepted]);
     assert!(alice.message(&id).unwrap().is_some(), "the sealed message arrived");
+
+    // A relay replaying the deposit learns nothing: it is a duplicate, stored nowhere again,
+    // and Alice sends nothing (no second receipt, nothing to anyone) because of it.
+    let before = alice.store().dump().unwrap();
+    alice
+        .handle_input(T, Input::SealedEnvelope { envelope: replay, reply: Some(ReplyToken(5)) })
+        .unwrap();
+    let outputs = drain(alice);
+    assert!(
+        outputs.iter().all(|o| matches!(o, Output::Reply { reply: Reply::Ack(_), .. })),
+        "a replay made Alice send something: {outputs:?}"
+    );
+    let acks: Vec<_> = outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [AckResult::Duplicate]);
+    assert_eq!(alice.store().dump().unwrap(), before);
 
     // Blocked: Bob's key is revoked (no verifier left for our relays).
     net.command(0, Command::Block { user: ub, blocked: true });

@@ -450,8 +450,18 @@ impl RelayService {
         }
         self.update_gauges();
         let stored: usize = pushes.iter().map(|p| p.envelopes.len()).sum();
+        let refused: Vec<String> =
+            results.iter().filter_map(|r| r.refused.map(|why| format!("{why:?}"))).collect();
         // No sender to name: the connection's PeerId is a throw-away one.
-        tracing::info!("held {stored} sealed envelope(s) of {}", results.len());
+        if refused.is_empty() {
+            tracing::info!("held {stored} sealed envelope(s)");
+        } else {
+            tracing::info!(
+                "held {stored} sealed envelope(s), refused {}: {}",
+                refused.len(),
+                refused.join(", ")
+            );
+        }
         (results, pushes)
     }
 

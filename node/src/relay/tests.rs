@@ -469,8 +469,9 @@ fn sealed_deposits_need_a_registered_access_key_or_the_stranger_budget() {
         other => panic!("not a sealed batch: {other:?}"),
     }
 
-    // Revoked: with its verifier gone, the key is refused.
-    relay.service.set_access(&bob.peer, &bob.id, &[]);
+    // Revoked: with its verifier gone (another contact's remains), the key is refused.
+    let other = access_verifier(&new_access_key(&mut rng));
+    relay.service.set_access(&bob.peer, &bob.id, &[other]);
     let (results, _) = relay.service.sealed_deposit(vec![sealed(9, &bob, Some(key))], NOW, now);
     assert_eq!(refusals(&results), [Some(MailboxRefusal::AccessDenied)]);
 }
