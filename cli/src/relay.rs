@@ -9,7 +9,7 @@ use clap::Args;
 use kith_node::relay::{
     DEFAULT_MAX_CIRCUITS, DEFAULT_MAX_CIRCUITS_PER_PEER, DEFAULT_MAX_MESSAGES_PER_RECIPIENT,
     DEFAULT_MAX_PREKEY_USERS, DEFAULT_MAX_RESERVATIONS, DEFAULT_SENDER_BURST, DEFAULT_SENDER_RATE,
-    RelayConfig,
+    DEFAULT_STRANGER_BURST, DEFAULT_STRANGER_RATE, RelayConfig,
 };
 use kith_node::{Node, NodeConfig};
 
@@ -70,6 +70,13 @@ pub(crate) struct RelayArgs {
     /// Messages one sender may deposit in a burst.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SENDER_BURST)]
     sender_burst: f64,
+    /// Messages without an access key (strangers' first messages) one recipient may receive
+    /// in a burst.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STRANGER_BURST)]
+    stranger_burst: f64,
+    /// Messages without an access key one recipient may receive per hour, on average.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STRANGER_RATE * 3600.0)]
+    stranger_per_hour: f64,
     /// How long a message waits for its recipient before it is deleted unread
     /// (e.g. 14d, 36h, 90m).
     #[arg(long, value_name = "DURATION", default_value = "14d", value_parser = parse_duration)]
@@ -149,6 +156,9 @@ impl RelayArgs {
         if self.sender_rate <= 0.0 || self.sender_burst < 1.0 {
             anyhow::bail!("--sender-rate must be above 0 and --sender-burst at least 1");
         }
+        if self.stranger_per_hour < 0.0 || self.stranger_burst < 0.0 {
+            anyhow::bail!("--stranger-per-hour and --stranger-burst must not be negative");
+        }
         let mut relay = RelayConfig::default();
         relay.max_messages_per_recipient = self.max_messages_per_recipient;
         relay.max_bytes_per_recipient = self.max_bytes_per_recipient;
@@ -156,6 +166,8 @@ impl RelayArgs {
         relay.max_envelope_bytes = max_envelope_bytes;
         relay.sender_rate = self.sender_rate;
         relay.sender_burst = self.sender_burst;
+        relay.stranger_rate = self.stranger_per_hour / 3600.0;
+        relay.stranger_burst = self.stranger_burst;
         relay.ttl = self.ttl;
         relay.max_prekey_users = self.max_prekey_users;
         relay.metrics = self.metrics;

@@ -1364,9 +1364,9 @@ impl Driver {
                 self.c.reservations.connected(peer_id, now);
                 if num_established.get() == 1 {
                     self.emit(NodeEvent::PeerConnected(peer_id));
-                    if self.c.relay.is_some() {
+                    if let Some(relay) = &self.c.relay {
                         let how = if relayed { "relayed" } else { "direct" };
-                        tracing::info!("{} connected ({how})", crate::short(&peer_id));
+                        tracing::info!("{} connected ({how})", relay.name_in_log(&peer_id));
                     }
                 }
                 if let Ok(user) = user_id_of(&peer_id) {
@@ -1392,8 +1392,8 @@ impl Driver {
                         self.c.redial.lost(peer_id, now);
                     }
                     self.emit(NodeEvent::PeerDisconnected(peer_id));
-                    if self.c.relay.is_some() {
-                        tracing::info!("{} disconnected", crate::short(&peer_id));
+                    if let Some(relay) = &self.c.relay {
+                        tracing::info!("{} disconnected", relay.name_in_log(&peer_id));
                     }
                     self.count_peers();
                 }

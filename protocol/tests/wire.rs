@@ -511,6 +511,57 @@ fn golden_vectors() {
     }
 }
 
+/// Golden vectors of the sealed-sender mailbox frames: a sealed deposit with an access key,
+/// and the recipient's registration of its verifiers.
+#[test]
+fn sealed_sender_golden_vectors() {
+    let run = |byte: &str, n: usize| byte.repeat(n);
+    let deposit = MailboxRequest::SealedDeposit {
+        deposits: vec![SealedDeposit {
+            access: Some(AccessKey([0x0a; 32])),
+            envelope: SealedEnvelope {
+                id: MessageId([0x11; 16]),
+                recipient: UserId([0x22; 32]),
+                ephemeral: DhPublicKey([0x33; 32]),
+                ciphertext: vec![0x44; 16],
+            },
+        }],
+    };
+    // version, variant 4 (SealedDeposit), one deposit, Some(key), id, recipient, ephemeral
+    // key, ciphertext (length 16).
+    let expected = [
+        "01".to_string(),
+        "04".into(),
+        "01".into(),
+        "01".into(),
+        run("0a", 32),
+        run("11", 16),
+        run("22", 32),
+        run("33", 32),
+        "10".into(),
+        run("44", 16),
+    ]
+    .concat();
+    assert_eq!(hex::encode(codec::encode(&deposit).unwrap()), expected, "mailbox/sealed-deposit");
+    let set = MailboxRequest::SetAccess {
+        recipient: UserId([0x22; 32]),
+        verifiers: vec![AccessVerifier([0x55; 32])],
+    };
+    let expected =
+        ["01".to_string(), "05".into(), run("22", 32), "01".into(), run("55", 32)].concat();
+    assert_eq!(hex::encode(codec::encode(&set).unwrap()), expected, "mailbox/set-access");
+    // A sealed envelope too short to hold its tag is refused.
+    let short = MailboxRequest::SealedPush {
+        envelopes: vec![SealedEnvelope {
+            id: MessageId([0; 16]),
+            recipient: UserId([0; 32]),
+            ephemeral: DhPublicKey([0; 32]),
+            ciphertext: vec![0; 15],
+        }],
+    };
+    assert!(codec::encode(&short).is_err());
+}
+
 /// Golden vectors of the PQXDH frames (version 2 of the prekey protocol): the first message of
 /// a session and a bundle. Their KEM fields are long, so the expected hex is built from runs.
 #[test]

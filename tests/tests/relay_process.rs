@@ -37,6 +37,8 @@ fn relay_help_documents_every_operator_setting() {
         "--max-envelope-bytes",
         "--sender-rate",
         "--sender-burst",
+        "--stranger-burst",
+        "--stranger-per-hour",
         "--ttl",
         "--max-prekey-users",
         "--metrics",

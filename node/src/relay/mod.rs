@@ -465,6 +465,20 @@ impl RelayService {
         (results, pushes)
     }
 
+    /// How the log names `peer`: its short id if it is one of this relay's users (it has
+    /// mail, prekeys or access keys here), else "a peer": the relay's log does not record
+    /// who else connected (a contact dialing a user through it, a sealed deposit's
+    /// throw-away identity).
+    pub(crate) fn name_in_log(&self, peer: &PeerId) -> String {
+        let user = user_id_of(peer).ok();
+        let serves = user.is_some_and(|u| {
+            self.store.has_verifiers(&u)
+                || self.store.usage(&u).messages > 0
+                || self.store.stored_prekeys(&u).ok().flatten().is_some()
+        });
+        if serves { crate::short(peer) } else { "a peer".to_owned() }
+    }
+
     /// Access-key verifiers registered, over all recipients.
     pub(crate) fn access_verifiers(&self) -> usize {
         self.store.verifier_count()

@@ -408,9 +408,7 @@ fn sealed_deposits_need_a_registered_access_key_or_the_stranger_budget() {
     use kith_core::sealed_sender::{access_verifier, new_access_key};
     use kith_protocol::mailbox::AccessKey;
 
-    let mut config = RelayConfig::default();
-    config.stranger_burst = 2.0;
-    let mut relay = relay(config);
+    let mut relay = relay(RelayConfig { stranger_burst: 2.0, ..Default::default() });
     let (alice, bob) = (user(), user());
     let now = Instant::now();
     let mut rng = rand::rng();
