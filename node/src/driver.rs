@@ -1731,9 +1731,14 @@ impl Driver {
         channel: ResponseChannel<MailboxResponse>,
         now: Instant,
     ) {
-        if let MailboxRequest::Push { envelopes } = request {
+        let count = match &request {
+            MailboxRequest::Push { envelopes } => Some(envelopes.len()),
+            MailboxRequest::SealedPush { envelopes } => Some(envelopes.len()),
+            _ => None,
+        };
+        if let Some(count) = count {
             // Pushed by a relay; each envelope counts against the peer's envelope rate.
-            if !self.c.delivery.admit(peer, envelopes.len(), now) {
+            if !self.c.delivery.admit(peer, count, now) {
                 let response = MailboxResponse::Received { ids: Vec::new() };
                 let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
                 return;
@@ -1741,19 +1746,13 @@ impl Driver {
             let push = self.next_push;
             self.next_push += 1;
             self.pushed.insert(push, channel);
-            self.c.mailbox.pushed(peer, envelopes, push);
-            return;
-        }
-        if let MailboxRequest::SealedPush { envelopes } = request {
-            if !self.c.delivery.admit(peer, envelopes.len(), now) {
-                let response = MailboxResponse::Received { ids: Vec::new() };
-                let _ = self.swarm.behaviour_mut().mailbox.send_response(channel, response);
-                return;
+            match request {
+                MailboxRequest::Push { envelopes } => self.c.mailbox.pushed(peer, envelopes, push),
+                MailboxRequest::SealedPush { envelopes } => {
+                    self.c.mailbox.pushed_sealed(peer, envelopes, push)
+                }
+                _ => {}
             }
-            let push = self.next_push;
-            self.next_push += 1;
-            self.pushed.insert(push, channel);
-            self.c.mailbox.pushed_sealed(peer, envelopes, push);
             return;
         }
         let Some(relay) = self.c.relay.as_mut() else {
@@ -1787,9 +1786,8 @@ impl Driver {
                 let response = relay.set_access(&peer, &recipient, &verifiers);
                 self.deferred.push(Deferred::Mailbox(channel, response));
             }
-            // Sealed pushes to a node that is not a relay are handled above.
-            MailboxRequest::SealedPush { .. } => {}
-            MailboxRequest::Push { .. } => {}
+            // Pushes are handled above, relay or not.
+            MailboxRequest::Push { .. } | MailboxRequest::SealedPush { .. } => {}
         }
     }
 

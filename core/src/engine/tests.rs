@@ -647,6 +647,17 @@ fn kem_prekey_upkeep_with_nothing_to_do_writes_nothing() {
     assert!(next > 1, "keys were made, and their next id stored");
 }
 
+/// The acknowledgement results among `outputs`.
+fn ack_results(outputs: Vec<Output>) -> Vec<AckResult> {
+    outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A downgrader's version-1 ratchet message from a sealed one: the same ciphertext under a
 /// plain header (it cannot read the real one, so it guesses: the first message of a chain).
 fn stripped_header(
@@ -709,26 +720,14 @@ fn access_keys_are_exchanged_in_session_and_sealed_envelopes_open_only_at_the_re
         alice
             .handle_input(T, Input::SealedEnvelope { envelope: bad, reply: Some(ReplyToken(3)) })
             .unwrap();
-        let acks: Vec<_> = drain(alice)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
-                _ => None,
-            })
-            .collect();
+        let acks = ack_results(drain(alice));
         assert_eq!(acks, [AckResult::Rejected(RejectReason::DecryptFailed)]);
         assert_eq!(alice.store().dump().unwrap(), before);
     }
     alice
         .handle_input(T, Input::SealedEnvelope { envelope: deposit, reply: Some(ReplyToken(4)) })
         .unwrap();
-    let acks: Vec<_> = drain(alice)
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
-            _ => None,
-        })
-        .collect();
+    let acks = ack_results(drain(alice));
     assert_eq!(acks, [AckResult::Accepted]);
     assert!(alice.message(&id).unwrap().is_some(), "the sealed message arrived");
 
@@ -743,13 +742,7 @@ fn access_keys_are_exchanged_in_session_and_sealed_envelopes_open_only_at_the_re
         outputs.iter().all(|o| matches!(o, Output::Reply { reply: Reply::Ack(_), .. })),
         "a replay made Alice send something: {outputs:?}"
     );
-    let acks: Vec<_> = outputs
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Reply { reply: Reply::Ack(ack), .. } => Some(ack.result),
-            _ => None,
-        })
-        .collect();
+    let acks = ack_results(outputs);
     assert_eq!(acks, [AckResult::Duplicate]);
     assert_eq!(alice.store().dump().unwrap(), before);
 

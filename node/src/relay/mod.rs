@@ -369,18 +369,7 @@ impl RelayService {
         }
         self.update_gauges();
         let stored: usize = pushes.iter().map(|p| p.envelopes.len()).sum();
-        let refused: Vec<String> =
-            results.iter().filter_map(|r| r.refused.map(|why| format!("{why:?}"))).collect();
-        if refused.is_empty() {
-            tracing::info!("held {stored} envelope(s) from {}", crate::short(&sender));
-        } else {
-            tracing::info!(
-                "held {stored} envelope(s) from {}, refused {}: {}",
-                crate::short(&sender),
-                refused.len(),
-                refused.join(", ")
-            );
-        }
+        log_deposit(&format!("{stored} envelope(s) from {}", crate::short(&sender)), &results);
         (results, pushes)
     }
 
@@ -450,18 +439,8 @@ impl RelayService {
         }
         self.update_gauges();
         let stored: usize = pushes.iter().map(|p| p.envelopes.len()).sum();
-        let refused: Vec<String> =
-            results.iter().filter_map(|r| r.refused.map(|why| format!("{why:?}"))).collect();
         // No sender to name: the connection's PeerId is a throw-away one.
-        if refused.is_empty() {
-            tracing::info!("held {stored} sealed envelope(s)");
-        } else {
-            tracing::info!(
-                "held {stored} sealed envelope(s), refused {}: {}",
-                refused.len(),
-                refused.join(", ")
-            );
-        }
+        log_deposit(&format!("{stored} sealed envelope(s)"), &results);
         (results, pushes)
     }
 
@@ -812,6 +791,17 @@ impl RelayService {
 }
 
 /// The bytes of the files in `dir` and below.
+/// Logs what a deposit stored (`held`) and what it refused, with the reasons.
+fn log_deposit(held: &str, results: &[DepositResult]) {
+    let refused: Vec<String> =
+        results.iter().filter_map(|r| r.refused.map(|why| format!("{why:?}"))).collect();
+    if refused.is_empty() {
+        tracing::info!("held {held}");
+    } else {
+        tracing::info!("held {held}, refused {}: {}", refused.len(), refused.join(", "));
+    }
+}
+
 fn dir_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
