@@ -453,7 +453,7 @@ impl RelayService {
         let serves = user.is_some_and(|u| {
             self.store.has_verifiers(&u)
                 || self.store.usage(&u).messages > 0
-                || self.store.stored_prekeys(&u).ok().flatten().is_some()
+                || self.store.has_prekeys(&u)
         });
         if serves { crate::short(peer) } else { "a peer".to_owned() }
     }
@@ -474,6 +474,14 @@ impl RelayService {
         if !is_peer(peer, recipient) {
             self.metrics.reject(MailboxRefusal::NotRecipient);
             return MailboxResponse::Refused(MailboxRefusal::NotRecipient);
+        }
+        // As many recipients may register keys as may store prekeys: identities are free to
+        // make, so the registrations are bounded like the users a relay serves.
+        if !self.store.has_verifiers(recipient)
+            && self.store.verifier_recipients() >= self.config.max_prekey_users
+        {
+            self.metrics.reject(MailboxRefusal::QuotaExceeded);
+            return MailboxResponse::Refused(MailboxRefusal::QuotaExceeded);
         }
         self.store.set_verifiers(recipient, verifiers);
         let count = verifiers.iter().collect::<std::collections::HashSet<_>>().len();

@@ -204,6 +204,16 @@ impl RelayStore {
         self.verifiers.values().map(HashSet::len).sum()
     }
 
+    /// Recipients with verifiers registered.
+    pub(crate) fn verifier_recipients(&self) -> usize {
+        self.verifiers.len()
+    }
+
+    /// Whether `user` has prekeys stored here (a key lookup, nothing decoded).
+    pub(crate) fn has_prekeys(&self, user: &UserId) -> bool {
+        self.prekeys.contains_key(&self.prekeys.hide(user).0).unwrap_or(false)
+    }
+
     /// Whether `recipient` registered any verifiers here.
     pub(crate) fn has_verifiers(&self, recipient: &UserId) -> bool {
         self.verifiers.contains_key(&self.access.hide(recipient))

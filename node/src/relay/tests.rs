@@ -473,3 +473,24 @@ fn sealed_deposits_need_a_registered_access_key_or_the_stranger_budget() {
     let (results, _) = relay.service.sealed_deposit(vec![sealed(9, &bob, Some(key))], NOW, now);
     assert_eq!(refusals(&results), [Some(MailboxRefusal::AccessDenied)]);
 }
+
+/// Access registrations are bounded like prekey users: identities are free to make.
+#[test]
+fn access_registrations_are_bounded_by_the_users_a_relay_serves() {
+    let mut relay = relay(RelayConfig { max_prekey_users: 1, ..Default::default() });
+    let (alice, bob) = (user(), user());
+    let verifier = kith_protocol::mailbox::AccessVerifier([1; 32]);
+    assert_eq!(
+        relay.service.set_access(&alice.peer, &alice.id, &[verifier]),
+        MailboxResponse::AccessSet { verifiers: 1 }
+    );
+    assert_eq!(
+        relay.service.set_access(&bob.peer, &bob.id, &[verifier]),
+        MailboxResponse::Refused(MailboxRefusal::QuotaExceeded)
+    );
+    // A registered recipient may still replace its own.
+    assert_eq!(
+        relay.service.set_access(&alice.peer, &alice.id, &[]),
+        MailboxResponse::AccessSet { verifiers: 0 }
+    );
+}
