@@ -479,7 +479,7 @@ fn sealed_deposits_need_a_registered_access_key_or_the_stranger_budget() {
 fn access_registrations_are_bounded_by_the_users_a_relay_serves() {
     let mut relay = relay(RelayConfig { max_prekey_users: 1, ..Default::default() });
     let (alice, bob) = (user(), user());
-    let verifier = kith_protocol::mailbox::AccessVerifier([1; 32]);
+    let verifier = AccessVerifier([1; 32]);
     assert_eq!(
         relay.service.set_access(&alice.peer, &alice.id, &[verifier]),
         MailboxResponse::AccessSet { verifiers: 1 }
